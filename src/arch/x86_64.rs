@@ -1,0 +1,390 @@
+//! x86-64 System V: context switch, fresh-stack layout, the asynchronous
+//! preemption trampoline, and the ucontext accessors the signal handler uses.
+//!
+//! # The context switch
+//!
+//! A suspended context is nothing but a stack pointer: everything the
+//! System V ABI says a callee must preserve is pushed on the context's own
+//! stack before the pointer is stored. The caller-saved registers need no
+//! saving: `switch` is an ordinary `extern "C"` call, so the compiler has
+//! already spilled whatever it needs from them.
+//!
+//! ```text
+//! a suspended goroutine (saved sp points at the lowest word)
+//!
+//!   higher addresses
+//!   | ...caller frames...      |
+//!   | return address           |  <- into the code that called `switch`
+//!   | rbp                      |
+//!   | rbx                      |
+//!   | r12                      |
+//!   | r13                      |
+//!   | r14                      |
+//!   | r15                      |
+//!   | fpucw (u16) | mxcsr (u32)|  <- saved sp (16-byte aligned)
+//!   lower addresses
+//! ```
+//!
+//! A fresh goroutine's stack is laid out so that the first `switch` into it
+//! "returns" into [`start`]'s code with r12 = the entry function:
+//!
+//! ```text
+//! a fresh goroutine
+//!
+//!   | 0                        |  <- top (16-aligned); two zero words end the
+//!   | 0                        |     frame-pointer chain
+//!   | gosched_arch_start       |  <- "return address" popped by switch's ret
+//!   | rbp = 0                  |
+//!   | rbx = 0                  |
+//!   | r12 = entry              |
+//!   | r13 = 0                  |
+//!   | r14 = 0                  |
+//!   | r15 = 0                  |
+//!   | 0x037f | 0x1f80          |  <- saved sp: default x87 control word, MXCSR
+//! ```
+//!
+//! # The preemption trampoline
+//!
+//! The signal handler (crate::preempt) rewrites the interrupted context:
+//! it stores the interrupted rip just below the 128-byte red zone, points rsp
+//! at it and sets rip to the trampoline. On return from the handler the
+//! thread runs the trampoline as if the interrupted instruction had called
+//! it, except that the call skipped the red zone:
+//!
+//! ```text
+//! a goroutine just after preempt injection
+//!
+//!   | live frame of the interrupted function |
+//!   | ...                                    |  <- interrupted rsp (any alignment)
+//!   | red zone: 128 bytes the leaf may use   |
+//!   | resume rip                             |  <- rsp on entry to the trampoline
+//!   | rflags                                 |
+//!   | rbp                                    |  <- trampoline's rbp
+//!   | rax rbx rcx rdx rsi rdi r8 ... r15     |  14 words
+//!   | padding to 64 bytes                    |
+//!   | XSAVE area (size from CPUID 0xD)       |  <- 64-byte aligned
+//!   | frames of preempt_park and switch      |
+//! ```
+//!
+//! It returns with `ret 128`: pop the resume rip, then drop the red zone, so
+//! rsp is exactly the interrupted one again.
+
+use core::arch::global_asm;
+
+/// Alignment of the stack pointer at a call instruction.
+pub(crate) const STACK_ALIGN: usize = 16;
+
+/// Bytes below rsp that a leaf function may use without moving rsp.
+pub(crate) const RED_ZONE: usize = 128;
+
+/// Bytes the trampoline pushes before the XSAVE area: resume rip, rflags,
+/// rbp, fourteen general registers, and up to 63 bytes of alignment padding.
+pub(crate) const PREEMPT_FRAME: usize = 8 + 8 + 8 + 14 * 8 + 64;
+
+/// Size of the frame `switch` pushes (and `init_stack` fakes): MXCSR and
+/// x87 control word in one word, six callee-saved registers, and the return
+/// address.
+const SWITCH_FRAME: usize = 8 + 6 * 8 + 8;
+
+/// MXCSR at reset: all exceptions masked, round to nearest.
+const MXCSR_DEFAULT: u64 = 0x1f80;
+
+/// x87 control word at reset: all exceptions masked, 64-bit precision.
+const FPUCW_DEFAULT: u64 = 0x037f;
+
+// The context switch.
+//
+// On entry: rdi = where to store the current stack pointer (*mut usize),
+// rsi = the stack pointer of the context to resume, rdx = a word handed to
+// the resumed context as the return value (rax) of its own `switch`.
+// rsp = 8 mod 16 (a call just pushed the return address).
+global_asm!(
+    ".pushsection .text.gosched_arch_switch,\"ax\",@progbits",
+    ".globl gosched_arch_switch",
+    ".hidden gosched_arch_switch",
+    ".type gosched_arch_switch,@function",
+    ".p2align 4",
+    "gosched_arch_switch:",
+    ".cfi_startproc",
+    "    push rbp",                     // callee-saved registers, rbp first
+    ".cfi_adjust_cfa_offset 8",
+    ".cfi_rel_offset rbp, 0",
+    "    push rbx",
+    ".cfi_adjust_cfa_offset 8",
+    ".cfi_rel_offset rbx, 0",
+    "    push r12",
+    ".cfi_adjust_cfa_offset 8",
+    ".cfi_rel_offset r12, 0",
+    "    push r13",
+    ".cfi_adjust_cfa_offset 8",
+    ".cfi_rel_offset r13, 0",
+    "    push r14",
+    ".cfi_adjust_cfa_offset 8",
+    ".cfi_rel_offset r14, 0",
+    "    push r15",
+    ".cfi_adjust_cfa_offset 8",
+    ".cfi_rel_offset r15, 0",
+    "    sub rsp, 8",                   // one word for the FP control state
+    ".cfi_adjust_cfa_offset 8",
+    "    stmxcsr [rsp]",                // MXCSR: SSE rounding mode and masks
+    "    fnstcw [rsp + 4]",             // x87 control word
+    "    mov [rdi], rsp",               // publish our stack pointer (16-aligned)
+    "    mov rsp, rsi",                 // adopt the other context's stack
+    "    ldmxcsr [rsp]",                // its FP control state
+    "    fldcw [rsp + 4]",
+    "    add rsp, 8",
+    "    pop r15",                      // its callee-saved registers
+    "    pop r14",
+    "    pop r13",
+    "    pop r12",
+    "    pop rbx",
+    "    pop rbp",
+    "    mov rax, rdx",                 // hand over `arg` as its return value
+    "    ret",                          // to wherever it called switch (or start)
+    ".cfi_endproc",
+    ".size gosched_arch_switch, . - gosched_arch_switch",
+    ".popsection",
+);
+
+// The first frame of every goroutine.
+//
+// On entry (from switch's `ret` into a fresh stack): rax = the word passed to
+// switch (the goroutine), r12 = the entry function, rsp = top - 16
+// (16-aligned), rbp = 0. `.cfi_undefined rip` marks this as the outermost
+// frame: unwinders and debuggers stop here instead of walking into garbage.
+global_asm!(
+    ".pushsection .text.gosched_arch_start,\"ax\",@progbits",
+    ".globl gosched_arch_start",
+    ".hidden gosched_arch_start",
+    ".type gosched_arch_start,@function",
+    ".p2align 4",
+    "gosched_arch_start:",
+    ".cfi_startproc",
+    ".cfi_undefined rip",
+    "    mov rdi, rax",                 // entry(arg)
+    "    call r12",                     // never returns: a goroutine exits by switching away
+    "    ud2",
+    ".cfi_endproc",
+    ".size gosched_arch_start, . - gosched_arch_start",
+    ".popsection",
+);
+
+// The asynchronous preemption trampoline.
+//
+// On entry (from sigreturn into a rewritten context): rsp = interrupted
+// rsp - 128 - 8, [rsp] = the interrupted rip; every other register, rflags
+// and the extended state hold the interrupted values. rsp may have any
+// alignment.
+global_asm!(
+    ".pushsection .text.gosched_arch_async_preempt,\"ax\",@progbits",
+    ".globl gosched_arch_async_preempt",
+    ".hidden gosched_arch_async_preempt",
+    ".type gosched_arch_async_preempt,@function",
+    ".p2align 4",
+    "gosched_arch_async_preempt:",
+    ".cfi_startproc",
+    ".cfi_def_cfa rsp, 136",        // the interrupted rsp is CFA ...
+    ".cfi_offset 16, -136",         // ... and the resume rip sits 136 below it
+    "    pushfq",                   // rflags before any arithmetic touches them
+    ".cfi_adjust_cfa_offset 8",
+    "    push rbp",
+    ".cfi_adjust_cfa_offset 8",
+    ".cfi_offset rbp, -152",
+    "    mov rbp, rsp",             // anchor: everything below is found from rbp
+    ".cfi_def_cfa_register rbp",
+    "    push rax",                 // the fourteen other general registers
+    "    push rbx",
+    "    push rcx",
+    "    push rdx",
+    "    push rsi",
+    "    push rdi",
+    "    push r8",
+    "    push r9",
+    "    push r10",
+    "    push r11",
+    "    push r12",
+    "    push r13",
+    "    push r14",
+    "    push r15",
+    "    sub rsp, [rip + {xsave_size}]", // room for the extended state
+    "    and rsp, -64",             // XSAVE needs a 64-byte aligned area
+    "    xor eax, eax",             // zero the XSAVE header (bytes 512..575):
+    "    mov [rsp + 512], rax",     // XRSTOR faults on a header with stale bits
+    "    mov [rsp + 520], rax",
+    "    mov [rsp + 528], rax",
+    "    mov [rsp + 536], rax",
+    "    mov [rsp + 544], rax",
+    "    mov [rsp + 552], rax",
+    "    mov [rsp + 560], rax",
+    "    mov [rsp + 568], rax",
+    "    mov eax, -1",              // request every component XCR0 enables
+    "    mov edx, -1",
+    "    xsave64 [rsp]",            // x87, SSE, AVX (and AVX-512 where enabled)
+    "    cld",                      // the ABI wants DF clear at a call
+    "    call {park}",              // into the scheduler; returns when resumed
+    "    mov eax, -1",
+    "    mov edx, -1",
+    "    xrstor64 [rsp]",           // the extended state, MXCSR included
+    "    lea rsp, [rbp - 14 * 8]",  // back to the general registers
+    "    pop r15",
+    "    pop r14",
+    "    pop r13",
+    "    pop r12",
+    "    pop r11",
+    "    pop r10",
+    "    pop r9",
+    "    pop r8",
+    "    pop rdi",
+    "    pop rsi",
+    "    pop rdx",
+    "    pop rcx",
+    "    pop rbx",
+    "    pop rax",
+    "    pop rbp",
+    "    popfq",                    // rflags last: nothing below changes them
+    "    ret 128",                  // pop the resume rip, then skip the red zone
+    ".cfi_endproc",
+    ".size gosched_arch_async_preempt, . - gosched_arch_async_preempt",
+    ".popsection",
+    xsave_size = sym XSAVE_SIZE,
+    park = sym crate::preempt::preempt_park,
+);
+
+extern "C" {
+    fn gosched_arch_switch(save: *mut usize, to: usize, arg: usize) -> usize;
+    fn gosched_arch_start();
+    fn gosched_arch_async_preempt();
+}
+
+/// Bytes of the XSAVE area for the features XCR0 enables (CPUID 0xD.0 EBX),
+/// rounded up to 64; 0 until [`init_xsave`] ran or when the CPU lacks XSAVE.
+/// Written once by `init_xsave` before any signal handler can run; read by
+/// the trampoline and the handler.
+static mut XSAVE_SIZE: usize = 0;
+
+/// Reads the XSAVE area size from CPUID. Idempotent; call before the
+/// preemption signal handler is installed.
+pub(crate) fn init_xsave() {
+    use core::arch::x86_64::{__cpuid, __cpuid_count};
+    let leaf1 = __cpuid(1);
+    let osxsave = leaf1.ecx & (1 << 27) != 0;
+    let size = if osxsave {
+        // Leaf 0xD exists when OSXSAVE is set.
+        let d = __cpuid_count(0xd, 0);
+        (d.ebx as usize).next_multiple_of(64)
+    } else {
+        0
+    };
+    // SAFETY: single aligned word store; every writer stores the same value
+    // and no reader runs before the first call returns (install order).
+    unsafe { core::ptr::addr_of_mut!(XSAVE_SIZE).write_volatile(size) };
+}
+
+/// Bytes of the extended-state area the trampoline saves (0: no XSAVE, so
+/// asynchronous preemption must be refused).
+pub(crate) fn xsave_area_size() -> usize {
+    // SAFETY: a plain aligned word read of a value written before use.
+    unsafe { core::ptr::addr_of!(XSAVE_SIZE).read_volatile() }
+}
+
+/// Lays out a fresh goroutine stack whose top is `top` so that the first
+/// [`switch`] into it calls `entry(arg)` on that stack. Returns the stack
+/// pointer to pass to `switch`.
+///
+/// # Safety
+/// `top` must be the upper end of a writable region at least 128 bytes deep
+/// that no one else uses.
+pub(crate) unsafe fn init_stack(top: usize, entry: unsafe extern "C" fn(usize) -> !) -> usize {
+    let top = top & !(STACK_ALIGN - 1);
+    let sp = top - 16 - SWITCH_FRAME;
+    let words: [u64; 10] = [
+        (FPUCW_DEFAULT << 32) | MXCSR_DEFAULT, // mxcsr at +0, fpucw at +4
+        0,                                     // r15
+        0,                                     // r14
+        0,                                     // r13
+        entry as *const () as u64,             // r12
+        0,                                     // rbx
+        0,                                     // rbp: ends the frame chain
+        gosched_arch_start as *const () as u64, // "return address"
+        0,
+        0,
+    ];
+    // SAFETY: the caller guarantees [top - 128, top) is ours and writable;
+    // sp is 16-aligned and the 80 bytes written end exactly at `top`.
+    unsafe { core::ptr::copy_nonoverlapping(words.as_ptr(), sp as *mut u64, words.len()) };
+    sp
+}
+
+/// Saves the current context's stack pointer in `*save`, resumes the context
+/// saved at `to`, and returns the `arg` that whoever switches back passes.
+///
+/// # Safety
+/// `to` must be a stack pointer produced by [`init_stack`] or stored by a
+/// previous `switch`, not resumed since; `save` must be valid for a write.
+#[inline(always)]
+pub(crate) unsafe fn switch(save: *mut usize, to: usize, arg: usize) -> usize {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe { gosched_arch_switch(save, to, arg) }
+}
+
+/// Address of the trampoline a rewritten signal context jumps to.
+pub(crate) fn async_preempt_trampoline() -> usize {
+    gosched_arch_async_preempt as *const () as usize
+}
+
+/// The machine context of an interrupted thread, as the kernel saved it for
+/// a signal handler (Go's `sigctxt`).
+pub(crate) struct SigContext {
+    uc: *mut libc::ucontext_t,
+}
+
+impl SigContext {
+    /// # Safety
+    /// `uc` must be the third argument of an `SA_SIGINFO` handler, used only
+    /// while that handler runs.
+    pub(crate) unsafe fn new(uc: *mut libc::c_void) -> SigContext {
+        SigContext { uc: uc.cast() }
+    }
+
+    fn greg(&self, r: libc::c_int) -> usize {
+        // SAFETY: `uc` is the live ucontext of this handler (constructor contract).
+        unsafe { (*self.uc).uc_mcontext.gregs[r as usize] as usize }
+    }
+
+    fn set_greg(&mut self, r: libc::c_int, v: usize) {
+        // SAFETY: as in `greg`; the kernel reloads gregs at sigreturn.
+        unsafe { (*self.uc).uc_mcontext.gregs[r as usize] = v as i64 };
+    }
+
+    /// The interrupted instruction pointer.
+    pub(crate) fn rip(&self) -> usize {
+        self.greg(libc::REG_RIP)
+    }
+
+    /// The interrupted stack pointer.
+    pub(crate) fn rsp(&self) -> usize {
+        self.greg(libc::REG_RSP)
+    }
+
+    /// The signal mask that sigreturn will restore.
+    pub(crate) fn sigmask(&self) -> &libc::sigset_t {
+        // SAFETY: as in `greg`.
+        unsafe { &(*self.uc).uc_sigmask }
+    }
+
+    /// Makes the thread, on return from the handler, behave as if the
+    /// interrupted instruction had called `target` from below the red zone:
+    /// the resume rip is stored at rsp - 128 - 8 and rsp points at it.
+    ///
+    /// # Safety
+    /// The 136 bytes below the interrupted rsp must be writable stack that
+    /// the interrupted code does not own beyond its red zone.
+    pub(crate) unsafe fn push_call(&mut self, target: usize) {
+        let rip = self.rip();
+        let sp = self.rsp() - RED_ZONE - 8;
+        // SAFETY: the caller guarantees [sp, sp + 8) is writable stack.
+        unsafe { (sp as *mut usize).write(rip) };
+        self.set_greg(libc::REG_RSP, sp);
+        self.set_greg(libc::REG_RIP, target);
+    }
+}

@@ -1,0 +1,319 @@
+//! `Builder`: runtime settings, their environment overrides, and validation.
+
+use std::io;
+use std::time::Duration;
+
+use crate::stack::{DEFAULT_STACK, MAX_STACK, MIN_STACK};
+use crate::Runtime;
+
+/// Shortest accepted preemption quantum: below this the signal cost (several
+/// µs per preemption on a VM) would eat a large share of the CPU.
+pub const MIN_QUANTUM: Duration = Duration::from_micros(50);
+
+/// Default preemption quantum: 10 ms, Go's `forcePreemptNS`.
+pub const DEFAULT_QUANTUM: Duration = Duration::from_millis(10);
+
+/// Where a goroutine that was preempted asynchronously resumes.
+///
+/// # Examples
+///
+/// ```
+/// use gosched::{Builder, PreemptMode};
+/// let rt = Builder::new().procs(1).preempt_mode(PreemptMode::Migrate).build().unwrap();
+/// assert_eq!(rt.block_on(|| 6 * 7), 42);
+/// ```
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PreemptMode {
+    /// The goroutine resumes on the OS thread it was interrupted on, and that
+    /// thread runs nothing else meanwhile (its P moves on to another thread).
+    /// Thread-locals, std's reentrant stdout lock and per-thread allocator
+    /// caches stay sound across the preemption. The default.
+    #[default]
+    ThreadAffine,
+    /// Go's behaviour: the goroutine goes to the tail of the global run queue
+    /// and any thread may resume it. Cheapest; only for code that keeps no
+    /// thread-identity state (thread-locals, reentrant locks) live across
+    /// arbitrary instructions.
+    Migrate,
+}
+
+/// Validated settings of one runtime.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) procs: usize,
+    pub(crate) stack_size: usize,
+    pub(crate) quantum: Duration,
+    pub(crate) async_preempt: bool,
+    pub(crate) mode: PreemptMode,
+    pub(crate) schedtrace: Option<Duration>,
+}
+
+/// Configures and builds a [`Runtime`].
+///
+/// Every setting has an environment override read at [`build`](Builder::build)
+/// (`GOSCHED_MAXPROCS`, `GOSCHED_QUANTUM`, `GOSCHED_ASYNCPREEMPTOFF=1`,
+/// `GOSCHED_SCHEDTRACE=MS`); an explicit call wins over the environment.
+/// Invalid settings, and malformed variables, are an `Err` naming the
+/// setting and the value; `build` never panics on input.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use gosched::Builder;
+///
+/// let rt = Builder::new()
+///     .procs(2)
+///     .stack_size(256 * 1024)
+///     .preempt_quantum(Duration::from_millis(1))
+///     .build()
+///     .unwrap();
+/// assert_eq!(rt.block_on(|| gosched::spawn(|| 1 + 1).join().unwrap()), 2);
+///
+/// let err = Builder::new().procs(0).build().unwrap_err();
+/// assert!(err.to_string().contains("procs(0)"));
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Builder {
+    procs: Option<usize>,
+    stack_size: Option<usize>,
+    quantum: Option<Duration>,
+    async_preempt: Option<bool>,
+    mode: Option<PreemptMode>,
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+/// Parses "10ms", "500us", "500µs", "1s", "250000ns", or a bare number of
+/// milliseconds.
+fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let v: f64 = num.parse().ok()?;
+    if !v.is_finite() || v < 0.0 {
+        return None;
+    }
+    let nanos = match unit.trim() {
+        "ns" => v,
+        "us" | "µs" => v * 1e3,
+        "ms" | "" => v * 1e6,
+        "s" => v * 1e9,
+        _ => return None,
+    };
+    (nanos < 1e18).then(|| Duration::from_nanos(nanos as u64))
+}
+
+fn env(name: &str) -> io::Result<Option<String>> {
+    match std::env::var(name) {
+        Ok(v) => Ok(Some(v)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(v)) => Err(invalid(format!("{name}={v:?}: not valid UTF-8"))),
+    }
+}
+
+impl Builder {
+    /// A builder with every setting at its default (or environment) value.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let rt = gosched::Builder::new().build().unwrap();
+    /// assert_eq!(rt.block_on(|| 1), 1);
+    /// ```
+    pub fn new() -> Builder {
+        Builder::default()
+    }
+
+    /// Number of Ps: how many goroutines run in parallel (GOMAXPROCS).
+    /// Default: `$GOSCHED_MAXPROCS`, else `std::thread::available_parallelism()`.
+    /// 0 is an error at `build`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let rt = gosched::Builder::new().procs(1).build().unwrap();
+    /// assert_eq!(rt.stats().procs, 1);
+    /// ```
+    pub fn procs(mut self, n: usize) -> Builder {
+        self.procs = Some(n);
+        self
+    }
+
+    /// Bytes reserved for each goroutine's stack (rounded up to whole pages;
+    /// memory is committed only as the stack is used). Default 1 MiB;
+    /// accepted range 16 KiB ..= 1 GiB.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let rt = gosched::Builder::new().stack_size(64 * 1024).build().unwrap();
+    /// assert_eq!(rt.stats().stack_size, 64 * 1024);
+    /// assert!(gosched::Builder::new().stack_size(100).build().is_err());
+    /// ```
+    pub fn stack_size(mut self, bytes: usize) -> Builder {
+        self.stack_size = Some(bytes);
+        self
+    }
+
+    /// How long a goroutine may run before sysmon preempts it. Default
+    /// 10 ms, or `$GOSCHED_QUANTUM` ("10ms", "500us"); at least 50 µs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let rt = gosched::Builder::new().preempt_quantum(Duration::from_micros(200)).build().unwrap();
+    /// assert_eq!(rt.stats().quantum, Duration::from_micros(200));
+    /// assert!(gosched::Builder::new().preempt_quantum(Duration::from_micros(10)).build().is_err());
+    /// ```
+    pub fn preempt_quantum(mut self, d: Duration) -> Builder {
+        self.quantum = Some(d);
+        self
+    }
+
+    /// Whether sysmon may preempt a goroutine asynchronously (SIGURG) when it
+    /// ignores the cooperative request. Default on with the `preempt-signal`
+    /// feature, unless `GOSCHED_ASYNCPREEMPTOFF=1`. Turning it on without the
+    /// feature is an error at `build`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let rt = gosched::Builder::new().async_preempt(false).build().unwrap();
+    /// assert!(!rt.stats().async_preempt);
+    /// ```
+    pub fn async_preempt(mut self, on: bool) -> Builder {
+        self.async_preempt = Some(on);
+        self
+    }
+
+    /// Where asynchronously preempted goroutines resume. Default
+    /// [`PreemptMode::ThreadAffine`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use gosched::{Builder, PreemptMode};
+    /// let rt = Builder::new().preempt_mode(PreemptMode::Migrate).build().unwrap();
+    /// assert_eq!(rt.stats().mode, PreemptMode::Migrate);
+    /// ```
+    pub fn preempt_mode(mut self, mode: PreemptMode) -> Builder {
+        self.mode = Some(mode);
+        self
+    }
+
+    /// Validates the settings and starts the runtime (its threads start
+    /// lazily, when there is work).
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` naming the setting and its value for: `procs(0)`, a
+    /// stack size outside 16 KiB ..= 1 GiB, a quantum below 50 µs,
+    /// `async_preempt(true)` without the `preempt-signal` feature, or a
+    /// malformed `GOSCHED_*` variable. Any OS error reserving the stacks.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let err = gosched::Builder::new().stack_size(1 << 40).build().unwrap_err();
+    /// assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    /// assert!(err.to_string().contains("stack_size(1099511627776)"));
+    /// ```
+    pub fn build(self) -> io::Result<Runtime> {
+        Runtime::from_config(self.config()?)
+    }
+
+    pub(crate) fn config(self) -> io::Result<Config> {
+        let procs = match self.procs {
+            Some(0) => return Err(invalid("procs(0): a runtime needs at least one P".into())),
+            Some(n) => n,
+            None => match env("GOSCHED_MAXPROCS")? {
+                Some(v) => match v.trim().parse::<usize>() {
+                    Ok(n) if n > 0 => n,
+                    _ => {
+                        return Err(invalid(format!("GOSCHED_MAXPROCS={v:?}: expected a positive integer")));
+                    }
+                },
+                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            },
+        };
+        let stack_size = self.stack_size.unwrap_or(DEFAULT_STACK);
+        if stack_size < MIN_STACK {
+            return Err(invalid(format!(
+                "stack_size({stack_size}): below the {MIN_STACK}-byte minimum (the preemption frame alone needs several KiB)"
+            )));
+        }
+        if stack_size > MAX_STACK {
+            return Err(invalid(format!("stack_size({stack_size}): exceeds the {MAX_STACK}-byte (1 GiB) maximum")));
+        }
+        let page = crate::stack::page_size();
+        let stack_size = stack_size.next_multiple_of(page);
+        let quantum = match self.quantum {
+            Some(q) => {
+                if q < MIN_QUANTUM {
+                    return Err(invalid(format!("preempt_quantum({q:?}): below the 50µs minimum")));
+                }
+                q
+            }
+            None => match env("GOSCHED_QUANTUM")? {
+                Some(v) => match parse_duration(&v) {
+                    Some(q) if q >= MIN_QUANTUM => q,
+                    Some(q) => return Err(invalid(format!("GOSCHED_QUANTUM={v:?}: {q:?} is below the 50µs minimum"))),
+                    None => {
+                        return Err(invalid(format!(
+                            "GOSCHED_QUANTUM={v:?}: expected a duration such as \"10ms\" or \"500us\""
+                        )))
+                    }
+                },
+                None => DEFAULT_QUANTUM,
+            },
+        };
+        let feature = cfg!(feature = "preempt-signal");
+        let async_preempt = match self.async_preempt {
+            Some(true) if !feature => {
+                return Err(invalid(
+                    "async_preempt(true): gosched was built without the `preempt-signal` feature".into(),
+                ))
+            }
+            Some(on) => on,
+            None => match env("GOSCHED_ASYNCPREEMPTOFF")?.as_deref().map(str::trim) {
+                None | Some("") | Some("0") => feature,
+                Some("1") => false,
+                Some(v) => return Err(invalid(format!("GOSCHED_ASYNCPREEMPTOFF={v:?}: expected 0 or 1"))),
+            },
+        };
+        let schedtrace = match env("GOSCHED_SCHEDTRACE")? {
+            None => None,
+            Some(v) => match v.trim().parse::<u64>() {
+                Ok(0) => None,
+                Ok(ms) => Some(Duration::from_millis(ms)),
+                Err(_) => {
+                    return Err(invalid(format!("GOSCHED_SCHEDTRACE={v:?}: expected a period in milliseconds")));
+                }
+            },
+        };
+        Ok(Config { procs, stack_size, quantum, async_preempt, mode: self.mode.unwrap_or_default(), schedtrace })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("10ms"), Some(Duration::from_millis(10)));
+        assert_eq!(parse_duration("500us"), Some(Duration::from_micros(500)));
+        assert_eq!(parse_duration("500µs"), Some(Duration::from_micros(500)));
+        assert_eq!(parse_duration("1.5ms"), Some(Duration::from_micros(1500)));
+        assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("7"), Some(Duration::from_millis(7)));
+        assert_eq!(parse_duration("ten"), None);
+        assert_eq!(parse_duration("10 parsecs"), None);
+        assert_eq!(parse_duration(""), None);
+    }
+}

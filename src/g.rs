@@ -1,0 +1,203 @@
+//! Goroutines (G): the per-goroutine state, the park/unpark handshake, and
+//! `Waiter`, which lets runtime objects wake either a goroutine or a plain
+//! OS thread.
+//!
+//! # Park and unpark
+//!
+//! `park` has token semantics, like `std::thread::park`: an `unpark` that
+//! comes first makes the next `park` return at once, and `park` may return
+//! spuriously, so every caller parks in a loop that re-checks its condition.
+//! The handshake on `G::park` (EMPTY, PARKED, NOTIFIED) closes the race
+//! between a goroutine deciding to sleep and a waker that arrives while it
+//! is still switching to the scheduler:
+//!
+//! 1. The goroutine consumes a pending token (NOTIFIED -> EMPTY) and returns,
+//!    or switches to its M's scheduler stack (g0) with `Reason::Park`.
+//! 2. Only on g0, after the goroutine's registers are saved, the M tries
+//!    EMPTY -> PARKED. If a waker got there first (NOTIFIED), the M resets it
+//!    to EMPTY and runs the goroutine again at once.
+//! 3. A waker does EMPTY -> NOTIFIED (the goroutine has not parked yet: step
+//!    2 will see it) or PARKED -> EMPTY, and then, being the only one to see
+//!    PARKED, makes the goroutine runnable (`ready`).
+//!
+//! So a goroutine is put on a run queue only once it is fully suspended, and
+//! exactly once per park. Go does the same with `gopark`'s unlock function
+//! run on g0; a state word lets wakers run without the waiter's lock.
+
+use std::cell::{Cell, UnsafeCell};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+
+use crate::stack::Stack;
+
+/// Park states (see the module docs).
+pub(crate) const EMPTY: u8 = 0;
+pub(crate) const PARKED: u8 = 1;
+pub(crate) const NOTIFIED: u8 = 2;
+
+/// A goroutine.
+///
+/// Fields marked "owner" are touched only by the thread running the
+/// goroutine or by the M that is switching it in or out (never both at
+/// once: the run queues hand a G from one M to another with Release/Acquire).
+pub(crate) struct G {
+    /// Goroutine id, unique in the process. Set at creation and on reuse
+    /// (owner).
+    pub(crate) id: Cell<u64>,
+    /// Saved stack pointer while suspended (owner; written by `switch`).
+    pub(crate) ctx: UnsafeCell<usize>,
+    /// The stack, taken on first run, returned at exit (owner).
+    pub(crate) stack: UnsafeCell<Option<Stack>>,
+    /// The body; taken by the entry function (owner).
+    pub(crate) entry: UnsafeCell<Option<Box<dyn FnOnce() + Send>>>,
+    /// Park handshake: EMPTY, PARKED, NOTIFIED. Any thread (AcqRel CAS).
+    pub(crate) park: AtomicU8,
+    /// Cooperative preemption request. Set by sysmon (Relaxed), checked and
+    /// cleared by the goroutine at its next runtime call or preempt point.
+    pub(crate) preempt: AtomicBool,
+    /// Nesting depth of no-preempt regions. Written by the goroutine; read by
+    /// the SIGURG handler on the same thread, so Relaxed plus the handler's
+    /// signal fence suffice. Runtime internals and `no_preempt` raise it; a
+    /// suspended goroutine always has it >= 1 (it is inside a switch).
+    pub(crate) no_preempt: AtomicU32,
+    /// `lock_os_thread` nesting depth (owner; Go's lockedExt).
+    pub(crate) lock_count: Cell<u32>,
+    /// Locked to its M after an asynchronous preemption in ThreadAffine
+    /// mode, until its next cooperative scheduling point (owner).
+    pub(crate) affine: Cell<bool>,
+    /// The M this goroutine is locked to, if any (owner; read by the M that
+    /// dequeues it, after the Acquire of the run queue).
+    pub(crate) locked_m: Cell<Option<NonNull<crate::sched::M>>>,
+    /// What the goroutine waits on while parked (for the deadlock report).
+    pub(crate) wait_reason: Cell<&'static str>,
+    /// The runtime this goroutine belongs to.
+    pub(crate) shared: *const crate::sched::Shared,
+}
+
+// SAFETY: the Cell/UnsafeCell fields are accessed only under the ownership
+// rule in the struct docs (one thread at a time, handed over with
+// Release/Acquire through the run queues); the rest are atomics.
+unsafe impl Sync for G {}
+// SAFETY: as above.
+unsafe impl Send for G {}
+
+impl G {
+    pub(crate) fn new(shared: *const crate::sched::Shared) -> G {
+        G {
+            id: Cell::new(0),
+            ctx: UnsafeCell::new(0),
+            stack: UnsafeCell::new(None),
+            entry: UnsafeCell::new(None),
+            park: AtomicU8::new(EMPTY),
+            preempt: AtomicBool::new(false),
+            no_preempt: AtomicU32::new(1),
+            lock_count: Cell::new(0),
+            affine: Cell::new(false),
+            locked_m: Cell::new(None),
+            wait_reason: Cell::new(""),
+            shared,
+        }
+    }
+}
+
+/// A pointer to a G that lives until its runtime is dropped (G structs are
+/// cached and reused, never freed while the runtime runs).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct GRef(pub(crate) NonNull<G>);
+
+// SAFETY: a G is Sync (see above) and outlives every GRef to it.
+unsafe impl Send for GRef {}
+// SAFETY: as above.
+unsafe impl Sync for GRef {}
+
+impl std::ops::Deref for GRef {
+    type Target = G;
+    fn deref(&self) -> &G {
+        // SAFETY: G structs are never freed while their runtime lives, and
+        // every GRef is used only while its runtime lives.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl GRef {
+    pub(crate) fn as_ptr(self) -> *mut G {
+        self.0.as_ptr()
+    }
+
+    /// Step 3 of the handshake: wakes the goroutine if it is parked, or
+    /// leaves a token if it is not.
+    pub(crate) fn unpark(self) {
+        let mut s = self.park.load(Ordering::Acquire);
+        loop {
+            let (next, wake) = match s {
+                EMPTY => (NOTIFIED, false),
+                PARKED => (EMPTY, true),
+                _ => return,
+            };
+            // AcqRel: pairs with the M's EMPTY -> PARKED CAS (it saved the
+            // goroutine's context before) and with the goroutine's consuming
+            // NOTIFIED -> EMPTY.
+            match self.park.compare_exchange_weak(s, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) if wake => return crate::sched::ready(self),
+                Ok(_) => return,
+                Err(now) => s = now,
+            }
+        }
+    }
+}
+
+/// Whoever waits on a runtime object: a goroutine (parks) or a plain thread
+/// (blocks).
+#[derive(Clone, Debug)]
+pub(crate) enum Waiter {
+    G(GRef),
+    Thread(std::thread::Thread),
+}
+
+impl Waiter {
+    /// The calling goroutine, or the calling thread outside a goroutine.
+    pub(crate) fn current() -> Waiter {
+        match crate::sched::current_g() {
+            Some(g) => Waiter::G(g),
+            None => Waiter::Thread(std::thread::current()),
+        }
+    }
+
+    /// Wakes the waiter (or leaves it a token).
+    pub(crate) fn unpark(&self) {
+        match self {
+            Waiter::G(g) => g.unpark(),
+            Waiter::Thread(t) => t.unpark(),
+        }
+    }
+}
+
+/// Parks the calling goroutine (or thread) until `Waiter::unpark`. May
+/// return spuriously: call it in a loop that re-checks the condition.
+/// `reason` says what it waits on (shown by the deadlock report).
+pub(crate) fn park(reason: &'static str) {
+    match crate::sched::current_g() {
+        Some(_) => crate::sched::gopark(reason),
+        None => std::thread::park(),
+    }
+}
+
+/// Like `park`, but gives up at `deadline` (returns either way; the caller
+/// re-checks its condition and the clock).
+pub(crate) fn park_until(reason: &'static str, deadline: std::time::Instant) {
+    match crate::sched::current_g() {
+        Some(g) => {
+            let w = Waiter::G(g);
+            let t = crate::timer::add_current(deadline, Box::new(move || w.unpark()));
+            crate::sched::gopark(reason);
+            if let Some(t) = t {
+                crate::timer::cancel_current(t);
+            }
+        }
+        None => {
+            if let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+                std::thread::park_timeout(left);
+            }
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! # gosched: goroutines for Rust, preempted like Go 1.14+
+//!
+//! gosched runs goroutines on an M:N scheduler built the way Go's is: worker
+//! threads (M) run goroutines (G) through processors (P) with work-stealing
+//! run queues, and a system monitor thread (sysmon) preempts a goroutine
+//! that has run longer than its quantum (10 ms by default). Preemption is
+//! cooperative at every runtime call and, with the `preempt-signal` feature
+//! (default), asynchronous: sysmon sends the goroutine's thread SIGURG and
+//! the handler makes it call into the scheduler exactly where it was,
+//! resuming later with every register intact. So CPU-bound loops with no
+//! calls at all share the CPU fairly, without `.await` or yield calls.
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//!
+//! let rt = gosched::Builder::new().procs(1).build().unwrap();
+//! let late = rt.block_on(|| {
+//!     // A loop with no calls and no yields, on the only P...
+//!     let hog = gosched::spawn(|| {
+//!         let t = Instant::now();
+//!         let mut x = 0u64;
+//!         while t.elapsed() < Duration::from_millis(200) {
+//!             x = x.wrapping_mul(31).wrapping_add(1);
+//!         }
+//!         x
+//!     });
+//!     // ...does not starve a sleeper: it wakes within a few quanta.
+//!     let t = Instant::now();
+//!     gosched::sleep(Duration::from_millis(1));
+//!     let late = t.elapsed();
+//!     hog.join().unwrap();
+//!     late
+//! });
+//! # #[cfg(feature = "preempt-signal")]
+//! assert!(late < Duration::from_millis(150), "{late:?}");
+//! ```
+//!
+//! ## Platform
+//!
+//! | target | status |
+//! | --- | --- |
+//! | x86_64 Linux (kernel 6.13+ for VMA-free guard pages; older: mprotect guards) | supported |
+//! | aarch64 Linux | not yet (the context switch, trampoline and ucontext rewrite are the port) |
+//! | anything else | `compile_error!` |
+//!
+//! ## Features
+//!
+//! - `preempt-signal` (default): asynchronous preemption with SIGURG. Without
+//!   it, preemption is cooperative only: a goroutine yields at runtime calls
+//!   and [`preempt_point`].
+//!
+//! ## What asynchronous preemption may interrupt, and what it never does
+//!
+//! It interrupts only code of the main executable (your crate, std, other
+//! statically linked Rust) running on a goroutine that sysmon asked to yield,
+//! outside any [`no_preempt`] region and outside the runtime. It never
+//! interrupts libc (malloc, stdio), the vDSO or other shared objects, a
+//! signal handler, or the scheduler. In [`PreemptMode::ThreadAffine`] (the
+//! default) a preempted goroutine resumes on the same OS thread, which runs
+//! nothing else meanwhile, so thread-locals and std's reentrant locks stay
+//! sound. In [`PreemptMode::Migrate`] it may resume anywhere (Go's
+//! behaviour): code must not keep thread-identity state across arbitrary
+//! instructions.
+//!
+//! At *cooperative* points (yield, sleep, channel operations, join, ...) a
+//! goroutine may resume on another thread in either mode, as in Go; do not
+//! hold a `thread_local!` reference or a `std::sync::MutexGuard` of a lock
+//! that checks its owner thread across them (or use [`lock_os_thread`]).
+//!
+//! ## Environment
+//!
+//! `GOSCHED_MAXPROCS`, `GOSCHED_QUANTUM` ("10ms", "500us"),
+//! `GOSCHED_ASYNCPREEMPTOFF=1`, `GOSCHED_SCHEDTRACE=MS` (Go-style `SCHED`
+//! lines on stderr every MS milliseconds). Explicit [`Builder`] calls win.
+
+#![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+mod arch;
+mod builder;
+mod g;
+mod monitor;
+mod note;
+mod preempt;
+mod runtime;
+mod sched;
+mod signal;
+mod stack;
+mod timer;
+
+use std::time::{Duration, Instant};
+
+pub use crate::builder::{Builder, PreemptMode, DEFAULT_QUANTUM, MIN_QUANTUM};
+pub use crate::runtime::{JoinHandle, Runtime, Stats};
+
+/// Starts a goroutine on the calling goroutine's runtime. It is queued to
+/// run next on this P (Go's `newproc`); the caller keeps running.
+///
+/// # Panics
+///
+/// Outside a goroutine: use [`Runtime::spawn`] or [`Runtime::block_on`].
+///
+/// # Examples
+///
+/// ```
+/// let rt = gosched::Runtime::new().unwrap();
+/// rt.block_on(|| {
+///     let h = gosched::spawn(|| "from a goroutine");
+///     assert_eq!(h.join().unwrap(), "from a goroutine");
+/// });
+/// ```
+pub fn spawn<F, R>(f: F) -> JoinHandle<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    let g = sched::current_g().unwrap_or_else(|| {
+        panic!("gosched::spawn called outside a goroutine: use Runtime::spawn or Runtime::block_on")
+    });
+    // SAFETY: a running goroutine's runtime is alive.
+    let sh = unsafe { &*g.shared };
+    runtime::spawn_on(sh, f)
+}
+
+/// Yields the processor: the calling goroutine goes to the back of its P's
+/// run queue and others run (Go's `runtime.Gosched`). On a plain thread,
+/// `std::thread::yield_now`.
+///
+/// # Examples
+///
+/// ```
+/// let rt = gosched::Builder::new().procs(1).build().unwrap();
+/// let order = rt.block_on(|| {
+///     let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+///     let l2 = log.clone();
+///     let h = gosched::spawn(move || l2.lock().unwrap().push("other"));
+///     gosched::yield_now(); // lets the new goroutine run on our only P
+///     log.lock().unwrap().push("main");
+///     h.join().unwrap();
+///     let v = log.lock().unwrap().clone();
+///     v
+/// });
+/// assert_eq!(order, ["other", "main"]);
+/// ```
+pub fn yield_now() {
+    match sched::current_g() {
+        Some(_) => sched::goyield(),
+        None => std::thread::yield_now(),
+    }
+}
+
+/// Sleeps for at least `d`: parks the goroutine (its thread runs others)
+/// until a timer wakes it; never wakes early. On a plain thread,
+/// `std::thread::sleep`.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// let rt = gosched::Runtime::new().unwrap();
+/// rt.block_on(|| {
+///     let t = Instant::now();
+///     gosched::sleep(Duration::from_millis(5));
+///     assert!(t.elapsed() >= Duration::from_millis(5));
+/// });
+/// ```
+pub fn sleep(d: Duration) {
+    let deadline = Instant::now() + d;
+    if sched::current_g().is_none() {
+        return std::thread::sleep(d);
+    }
+    preempt_point_inner();
+    while Instant::now() < deadline {
+        g::park_until("sleep", deadline);
+    }
+}
+
+/// A cheap cooperative preemption check: if sysmon asked this goroutine to
+/// yield, yield now. Costs a thread-local read and a load otherwise. Useful
+/// in hot loops when asynchronous preemption is off.
+///
+/// # Examples
+///
+/// ```
+/// let rt = gosched::Builder::new().async_preempt(false).build().unwrap();
+/// let n = rt.block_on(|| {
+///     let mut n = 0u64;
+///     for i in 0..1_000_000u64 {
+///         n = n.wrapping_add(i);
+///         gosched::preempt_point();
+///     }
+///     n
+/// });
+/// assert_eq!(n, 499_999_500_000);
+/// ```
+pub fn preempt_point() {
+    preempt_point_inner();
+}
+
+#[inline]
+pub(crate) fn preempt_point_inner() {
+    sched::preempt_check();
+}
+
+/// Runs `f` with asynchronous preemption disabled for the calling goroutine
+/// (regions nest). Cooperative preemption still happens at runtime calls
+/// inside `f`; a request that arrives meanwhile is honoured when the
+/// outermost region ends.
+///
+/// # Examples
+///
+/// ```
+/// let rt = gosched::Runtime::new().unwrap();
+/// let v = rt.block_on(|| gosched::no_preempt(|| 2 + 2));
+/// assert_eq!(v, 4);
+/// ```
+pub fn no_preempt<R>(f: impl FnOnce() -> R) -> R {
+    let _np = sched::NoPreempt::enter();
+    f()
+}
+
+/// Runs a blocking call (file I/O, a C library, `std::thread::sleep`)
+/// without holding up other goroutines: the goroutine's P is released to
+/// sysmon, which hands it to another thread if the call lasts (after 20 µs
+/// when work waits). On return the goroutine gets a P back (its own if
+/// still free) or queues for one (Go's entersyscall/exitsyscall). On a
+/// plain thread it just calls `f`.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// let rt = gosched::Builder::new().procs(1).build().unwrap();
+/// rt.block_on(|| {
+///     let other = gosched::spawn(|| gosched::sleep(Duration::from_millis(1)));
+///     gosched::blocking(|| std::thread::sleep(Duration::from_millis(20)));
+///     other.join().unwrap();
+/// });
+/// ```
+pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    sched::blocking(f)
+}
+
+/// Wires the calling goroutine to its current OS thread (Go's
+/// `runtime.LockOSThread`): until a matching [`unlock_os_thread`] it runs
+/// only on this thread, and this thread runs nothing else. Calls nest.
+/// No-op on a plain thread.
+///
+/// # Examples
+///
+/// ```
+/// let rt = gosched::Runtime::new().unwrap();
+/// rt.block_on(|| {
+///     gosched::lock_os_thread();
+///     let before = std::thread::current().id();
+///     gosched::yield_now();
+///     gosched::sleep(std::time::Duration::from_millis(1));
+///     assert_eq!(std::thread::current().id(), before);
+///     gosched::unlock_os_thread();
+/// });
+/// ```
+pub fn lock_os_thread() {
+    sched::lock_os_thread();
+}
+
+/// Undoes one [`lock_os_thread`]; at zero the goroutine may run anywhere
+/// again. Extra calls are ignored, as in Go.
+///
+/// # Examples
+///
+/// ```
+/// let rt = gosched::Runtime::new().unwrap();
+/// rt.block_on(|| {
+///     gosched::lock_os_thread();
+///     gosched::unlock_os_thread();
+///     gosched::unlock_os_thread(); // no-op
+/// });
+/// ```
+pub fn unlock_os_thread() {
+    sched::unlock_os_thread();
+}
+
+/// The calling goroutine's id, or `None` outside a goroutine. Ids are unique
+/// within the process and start at 1.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(gosched::current_id(), None);
+/// let rt = gosched::Runtime::new().unwrap();
+/// assert!(rt.block_on(gosched::current_id).is_some());
+/// ```
+pub fn current_id() -> Option<u64> {
+    sched::current_g().map(|g| g.id.get())
+}
+
+/// Goroutines alive in the calling goroutine's runtime (0 outside one).
+///
+/// # Examples
+///
+/// ```
+/// let rt = gosched::Runtime::new().unwrap();
+/// let n = rt.block_on(gosched::num_goroutines);
+/// assert_eq!(n, 1); // just the main goroutine
+/// ```
+pub fn num_goroutines() -> usize {
+    sched::with_current_shared(|sh| sh.goroutines()).unwrap_or(0)
+}

@@ -1,0 +1,158 @@
+//! The sysmon thread: the mechanism half of the system monitor. The policy
+//! (when to preempt, retake, hand off, how long to sleep) is the
+//! `gosched-sysmon` crate, tested with a fake clock; this file implements its
+//! `Target` over the real runtime and runs the loop, plus Go-style
+//! `GOSCHED_SCHEDTRACE` lines.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gosched_sysmon::{Config as PolicyConfig, Monitor, PStatus, PView, Preempt, Sleep, Target};
+
+use crate::sched::Shared;
+
+/// sysmon's view of the runtime.
+struct RuntimeTarget<'a> {
+    sh: &'a Shared,
+}
+
+impl Target for RuntimeTarget<'_> {
+    fn procs(&self) -> usize {
+        self.sh.ps.len()
+    }
+
+    fn observe(&self, p: usize) -> PView {
+        let pp = &self.sh.ps[p];
+        let status = match pp.status.load(Ordering::Acquire) & 0xff {
+            crate::sched::P_SCHED | crate::sched::P_USER => PStatus::Running,
+            crate::sched::P_SYSCALL => PStatus::Syscall,
+            _ => PStatus::Idle,
+        };
+        let m = pp.m.load(Ordering::Acquire);
+        // SAFETY: Ms live as long as Shared.
+        let refused = if m.is_null() { 0 } else { unsafe { (*m).refused.load(Ordering::Relaxed) } };
+        PView {
+            status,
+            schedtick: pp.schedtick.load(Ordering::Acquire),
+            slice_start: Duration::from_nanos(pp.slice_start.load(Ordering::Relaxed)),
+            syscalltick: pp.syscalltick.load(Ordering::Acquire),
+            syscall_start: Duration::from_nanos(pp.syscall_start.load(Ordering::Relaxed)),
+            runq_nonempty: self.sh.p_has_work(p),
+            refused,
+        }
+    }
+
+    fn idle_or_spinning(&self) -> usize {
+        self.sh.npidle.load(Ordering::SeqCst) + self.sh.nmspinning.load(Ordering::SeqCst)
+    }
+
+    fn global_work(&self) -> bool {
+        self.sh.global_has_work()
+    }
+
+    fn preempt(&mut self, p: usize, send_signal: bool) -> Preempt {
+        self.sh.preempt_p(p, send_signal)
+    }
+
+    fn retake(&mut self, p: usize) -> bool {
+        let ok = self.sh.retake(p, crate::sched::P_SYSCALL);
+        if ok {
+            self.sh.counters.retakes.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    fn thread_blocked(&self, p: usize) -> bool {
+        let m = self.sh.ps[p].m.load(Ordering::Acquire);
+        if m.is_null() {
+            return false;
+        }
+        // SAFETY: Ms live as long as Shared.
+        let tid = unsafe { (*m).tid.load(Ordering::Acquire) };
+        thread_sleeping(tid)
+    }
+
+    fn handoff_blocked(&mut self, p: usize) -> bool {
+        let ok = self.sh.retake(p, crate::sched::P_USER);
+        if ok {
+            self.sh.counters.blocked_handoffs.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    fn next_timer(&self) -> Option<Duration> {
+        self.sh.timers.next().map(Duration::from_nanos)
+    }
+
+    fn fire_timers(&mut self, _now: Duration) -> usize {
+        self.sh.fire_timers()
+    }
+}
+
+/// Is thread `tid` of this process asleep in the kernel ('S' or 'D' in
+/// /proc/self/task/TID/stat)?
+fn thread_sleeping(tid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")) else { return false };
+    // The state follows the parenthesised command name, which may contain
+    // spaces or parentheses itself: take the last ')'.
+    let state = stat.rfind(')').and_then(|i| stat[i + 1..].trim_start().chars().next());
+    matches!(state, Some('S') | Some('D'))
+}
+
+/// Starts the sysmon thread of a runtime.
+pub(crate) fn start(sh: Arc<Shared>) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("gosched-sysmon".into())
+        .spawn(move || run(&sh))
+        .expect("gosched: cannot start the sysmon thread")
+}
+
+fn run(sh: &Shared) {
+    // SAFETY: prctl(PR_SET_TIMERSLACK) changes only this thread's slack:
+    // sysmon's deadlines are the quantum's and timers', so wake on time.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
+    let cfg = PolicyConfig {
+        quantum: sh.cfg.quantum,
+        async_preempt: sh.cfg.async_preempt,
+        ..PolicyConfig::default()
+    };
+    let mut mon = Monitor::new(cfg, sh.ps.len());
+    let trace = sh.cfg.schedtrace;
+    let mut next_trace = trace.map(|t| sh.nanotime() + t.as_nanos() as u64);
+    while !sh.shutdown.load(Ordering::Acquire) {
+        let now = sh.nanotime();
+        let sleep = mon.tick(&mut RuntimeTarget { sh }, Duration::from_nanos(now));
+        if let (Some(t), Some(at)) = (trace, next_trace) {
+            if now >= at {
+                eprintln!("{}", sh.schedtrace_line());
+                next_trace = Some(now + t.as_nanos() as u64);
+            }
+        }
+        let trace_cap = next_trace.map(|at| Duration::from_nanos(at.saturating_sub(now)));
+        let woken = match sleep {
+            Sleep::For(d) => sh.sysmon_note.wait(Some(min_opt(d, trace_cap))),
+            Sleep::Idle(deadline) => {
+                // Publish that we sleep, then re-check (Dekker with
+                // `Shared::note_busy`): either a P that just got busy sees the
+                // flag and wakes us, or we see it busy here.
+                sh.sysmon_idle.store(true, Ordering::SeqCst);
+                let timeout = deadline.map(|d| d.saturating_sub(Duration::from_nanos(now)));
+                let timeout = match (timeout, trace_cap) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                let woken = if sh.all_idle() { sh.sysmon_note.wait(timeout) } else { true };
+                sh.sysmon_idle.store(false, Ordering::SeqCst);
+                woken
+            }
+        };
+        if woken {
+            mon.woken();
+        }
+    }
+}
+
+fn min_opt(d: Duration, cap: Option<Duration>) -> Duration {
+    cap.map_or(d, |c| d.min(c))
+}

@@ -1,0 +1,276 @@
+//! Asynchronous preemption: the SIGURG handler, the safe-point rules, and
+//! the context rewrite.
+//!
+//! # Why a signal, and why inject a call
+//!
+//! Cooperative preemption (a flag checked at every runtime call and
+//! `preempt_point`) cannot stop a loop that makes no calls. So sysmon also
+//! sends the goroutine's thread SIGURG (`tgkill`), at most one in flight per
+//! M. SIGURG, as Go argues (preempt.go, design 24543): debuggers pass it
+//! through, libc does not use it, a spurious one is harmless, and it is not
+//! a real-time signal.
+//!
+//! The handler does not run the scheduler itself: a signal handler may not
+//! allocate or take locks, and the scheduler does both. Instead it rewrites
+//! the interrupted context so that, when the handler returns, the thread
+//! *calls* the trampoline in `arch` as if the interrupted instruction had:
+//! the trampoline saves every register and the extended state on the
+//! goroutine's own stack, switches to the scheduler like any yield, and on
+//! resume restores everything and returns to the exact instruction.
+//!
+//! # Safe-point rules (all must hold, or the handler leaves the context alone)
+//!
+//! 1. The thread is an M running a goroutine of a runtime with asynchronous
+//!    preemption on, and that goroutine's preemption was requested.
+//! 2. The goroutine's no-preempt count is zero (runtime internals and
+//!    `no_preempt` raise it; every switch raises it first, so a signal that
+//!    lands mid-switch, with rsp between two stacks, is refused).
+//! 3. The interrupted rsp lies inside the goroutine's stack with room for
+//!    the red zone, the trampoline frame, the XSAVE area and the scheduler
+//!    call.
+//! 4. The interrupted rip lies in the main executable's code, not in libc,
+//!    the loader, the vDSO or another shared object (preempting inside
+//!    malloc would hand its locks and per-thread caches to another thread).
+//! 5. The interrupted signal mask is the M's normal one (not inside a user
+//!    signal handler that runs on the goroutine's stack).
+//!
+//! A refused attempt is counted by reason; the cooperative flag stays set
+//! and sysmon retries at its next deadline.
+//!
+//! # The handler, step by step (`on_sigurg`)
+//!
+//! 1. Find this thread's M (a thread-local read); none: skip to step 4.
+//! 2. Check rules 1-5; if all hold, clear the request and `push_call` the
+//!    trampoline into the ucontext; else count the refusal.
+//! 3. Acknowledge: clear the M's signal-pending flag, so sysmon may signal
+//!    again.
+//! 4. Forward the signal to the SIGURG action installed before ours, so an
+//!    application's own SIGURG handler keeps receiving every SIGURG.
+//!
+//! It calls nothing that is not async-signal-safe: atomics, thread-local
+//! reads, and the previous handler.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Once;
+
+use crate::arch;
+
+/// Number of refusal reasons (indices into the refusal counters).
+pub(crate) const REFUSAL_REASONS: usize = 6;
+
+/// Why an asynchronous preemption was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub(crate) enum Refusal {
+    /// Rule 1: the M was on its scheduler stack, or no preemption was asked.
+    NotRequested = 0,
+    /// Rule 2: inside a no-preempt region (runtime code or `no_preempt`).
+    NoPreempt = 1,
+    /// Rule 3: too close to the end of the goroutine stack, or no XSAVE.
+    Stack = 2,
+    /// Rule 4: in foreign code (libc, vDSO, another shared object).
+    ForeignCode = 3,
+    /// Rule 5: inside a signal handler.
+    SigMask = 4,
+    /// The thread was not an M of a runtime with async preemption on.
+    NotM = 5,
+}
+
+/// Names of the refusal reasons, by index.
+pub(crate) const REFUSAL_NAMES: [&str; REFUSAL_REASONS] =
+    ["not_requested", "no_preempt", "stack", "foreign_code", "sigmask", "not_m"];
+
+/// Stack the scheduler call below the trampoline may use (the Rust frames of
+/// `preempt_park` and the switch to g0).
+const SCHED_CALL_ROOM: usize = 4096;
+
+/// Executable ranges of the main program: [start, end) pairs, written once
+/// before the handler is installed.
+const MAX_RANGES: usize = 16;
+static TEXT: [AtomicUsize; 2 * MAX_RANGES] = [const { AtomicUsize::new(0) }; 2 * MAX_RANGES];
+
+/// The SIGURG action that was there before ours. Written once, before our
+/// handler is installed (sigaction stores it as part of the installing call).
+static mut PREV_URG: libc::sigaction = {
+    // SAFETY: sigaction is plain data; all-zero is SIG_DFL.
+    unsafe { core::mem::zeroed() }
+};
+
+static INSTALL: Once = Once::new();
+
+/// Installs the SIGURG handler (once per process) and reads the main
+/// executable's code ranges and the XSAVE size it needs.
+pub(crate) fn install() {
+    INSTALL.call_once(|| {
+        arch::init_xsave();
+        read_text_ranges();
+        // SAFETY: installs an SA_SIGINFO handler that is async-signal-safe;
+        // the previous action is stored into PREV_URG by the same call,
+        // before any SIGURG can reach our handler.
+        unsafe {
+            let mut sa: libc::sigaction = core::mem::zeroed();
+            sa.sa_sigaction = on_sigurg as *const () as usize;
+            sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(libc::SIGURG, &sa, core::ptr::addr_of_mut!(PREV_URG));
+        }
+    });
+}
+
+/// Called by every M when it starts: SIGURG must never be blocked on an M.
+pub(crate) fn on_m_start() {
+    // SAFETY: unblocking one signal in this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = core::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGURG);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, core::ptr::null_mut());
+    }
+}
+
+fn read_text_ranges() {
+    unsafe extern "C" fn each(info: *mut libc::dl_phdr_info, _size: usize, data: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: dl_iterate_phdr passes a valid info for each object; the
+        // first object is the main program.
+        let info = unsafe { &*info };
+        let n = data.cast::<usize>();
+        for i in 0..info.dlpi_phnum as usize {
+            // SAFETY: dlpi_phdr has dlpi_phnum entries.
+            let ph = unsafe { &*info.dlpi_phdr.add(i) };
+            if ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_X != 0 {
+                // SAFETY: `data` is the counter passed below.
+                let k = unsafe { *n };
+                if k < MAX_RANGES {
+                    let start = info.dlpi_addr as usize + ph.p_vaddr as usize;
+                    TEXT[2 * k].store(start, Ordering::Relaxed);
+                    TEXT[2 * k + 1].store(start + ph.p_memsz as usize, Ordering::Relaxed);
+                    // SAFETY: as above.
+                    unsafe { *n = k + 1 };
+                }
+            }
+        }
+        1 // the main program is first: stop after it
+    }
+    let mut n = 0usize;
+    // SAFETY: the callback only reads the headers it is given.
+    unsafe { libc::dl_iterate_phdr(Some(each), (&mut n as *mut usize).cast()) };
+}
+
+fn in_main_text(rip: usize) -> bool {
+    (0..MAX_RANGES).any(|k| {
+        let s = TEXT[2 * k].load(Ordering::Relaxed);
+        s != 0 && rip >= s && rip < TEXT[2 * k + 1].load(Ordering::Relaxed)
+    })
+}
+
+/// Steps 1-2 of the handler: checks the rules; on success rewrites `ctx`.
+fn try_preempt(m: &crate::sched::M, ctx: &mut arch::SigContext) -> Result<(), Refusal> {
+    let sh = m.shared_ref();
+    if !sh.cfg.async_preempt {
+        return Err(Refusal::NotM);
+    }
+    // Rule 1.
+    let g = m.curg.load(Ordering::Relaxed);
+    if g.is_null() {
+        return Err(Refusal::NotRequested);
+    }
+    // SAFETY: a non-null curg is the live G running on this thread.
+    let g = unsafe { &*g };
+    if !g.preempt.load(Ordering::Relaxed) {
+        return Err(Refusal::NotRequested);
+    }
+    // Rule 2.
+    if g.no_preempt.load(Ordering::Relaxed) != 0 {
+        return Err(Refusal::NoPreempt);
+    }
+    // Rule 3.
+    let xsave = arch::xsave_area_size();
+    // SAFETY: owner access from this thread: the G runs here, and the stack
+    // field changes only on g0 of this M.
+    let stack = unsafe { (*g.stack.get()).as_ref() };
+    let need = arch::RED_ZONE + arch::PREEMPT_FRAME + xsave + SCHED_CALL_ROOM;
+    let rsp = ctx.rsp();
+    match stack {
+        Some(s) if xsave != 0 && rsp <= s.top && rsp >= s.bottom + need => {}
+        _ => return Err(Refusal::Stack),
+    }
+    // Rule 4.
+    if !in_main_text(ctx.rip()) {
+        return Err(Refusal::ForeignCode);
+    }
+    // Rule 5: compare the kernel's 64-bit mask (the rest of glibc's
+    // sigset_t is padding the kernel does not write).
+    // SAFETY: both are valid sigset_t values; we read their first 8 bytes.
+    let (now, normal) = unsafe {
+        (
+            (ctx.sigmask() as *const libc::sigset_t).cast::<u64>().read_unaligned(),
+            m.sigmask.get().cast::<u64>().read_unaligned(),
+        )
+    };
+    if now != normal {
+        return Err(Refusal::SigMask);
+    }
+    g.preempt.store(false, Ordering::Relaxed);
+    // SAFETY: rule 3 checked that the 136 bytes below rsp are inside the
+    // goroutine's stack, past its red zone.
+    unsafe { ctx.push_call(arch::async_preempt_trampoline()) };
+    Ok(())
+}
+
+/// The SIGURG handler; see the module docs for its steps.
+extern "C" fn on_sigurg(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    let m = crate::sched::signal_safe_current_m();
+    if !m.is_null() {
+        // SAFETY: this thread's live M.
+        let m = unsafe { &*m };
+        // SAFETY: `uc` is this handler's ucontext.
+        let mut ctx = unsafe { arch::SigContext::new(uc) };
+        if let Err(why) = try_preempt(m, &mut ctx) {
+            m.refused.fetch_add(1, Ordering::Relaxed);
+            m.shared_ref().counters.refused[why as usize].fetch_add(1, Ordering::Relaxed);
+        }
+        // Step 3; pairs with sysmon's CAS before tgkill.
+        m.signal_pending.store(false, Ordering::Release);
+    }
+    // Step 4.
+    // SAFETY: PREV_URG was written before our handler was installed.
+    let prev = unsafe { &*core::ptr::addr_of!(PREV_URG) };
+    let h = prev.sa_sigaction;
+    if h == libc::SIG_DFL || h == libc::SIG_IGN {
+        return;
+    }
+    if prev.sa_flags & libc::SA_SIGINFO != 0 {
+        // SAFETY: installed as an SA_SIGINFO handler of this signature.
+        let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+            unsafe { core::mem::transmute(h) };
+        f(sig, info, uc);
+    } else {
+        // SAFETY: a plain handler takes the signal number.
+        let f: extern "C" fn(libc::c_int) = unsafe { core::mem::transmute(h) };
+        f(sig);
+    }
+}
+
+/// Called by the trampoline on the goroutine's stack, with every register
+/// saved: yield to the scheduler; return when resumed.
+pub(crate) extern "C" fn preempt_park() {
+    crate::sched::async_preempted();
+}
+
+/// Sends the preemption signal to `m` unless one is already in flight (Go's
+/// preemptM with signalPending). Returns whether a signal was sent.
+pub(crate) fn signal_m(m: &crate::sched::M) -> bool {
+    // Pairs with the handler's Release store of false.
+    if m.signal_pending.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+        return false;
+    }
+    let tid = m.tid.load(Ordering::Acquire);
+    // SAFETY: tgkill to a thread of our own process; a stale tid at worst
+    // signals a thread that has exited (ESRCH).
+    let r = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, libc::SIGURG) };
+    if r != 0 {
+        m.signal_pending.store(false, Ordering::Release);
+        return false;
+    }
+    true
+}

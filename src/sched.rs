@@ -1,0 +1,1437 @@
+//! The goroutine scheduler.
+//!
+//! # Glossary (Go's words, proc.go)
+//!
+//! - **G**, a goroutine: a stack, a saved context, park state ([`crate::g`]).
+//! - **M**, a worker OS thread. It runs the scheduler loop on its own thread
+//!   stack ("g0") and switches into Gs; a G switches back to g0 to yield,
+//!   park or exit, so the scheduler never runs on a goroutine's stack.
+//! - **P**, a processor: the right to run goroutines. `procs` of them. Each
+//!   has a FIFO local run queue (a crossbeam `Worker`; thieves hold its
+//!   `Stealer`), a `runnext` slot, a `schedtick`, and caches of free Gs and
+//!   stacks.
+//! - **sched** ([`Shared`]): the global run queue (an `Injector`), the idle P
+//!   and idle M lists, the spinning-M count, the timers.
+//!
+//! # Finding work (`find_runnable`, Go's findRunnable)
+//!
+//! 1. Every 61st slice take one G from the global queue first, so the global
+//!    queue cannot starve behind a busy local one.
+//! 2. `runnext` (the G it names inherits the current time slice), then the
+//!    local queue, then a batch from the global queue, then due timers.
+//! 3. Steal: at most (busy Ps)/2 Ms spin; a spinning M visits every other P
+//!    in a random order (random start, step coprime to the count) and takes
+//!    half of a victim's queue, its `runnext` only on the last of 4 passes.
+//! 4. Give up: release the P, stop spinning, re-check every source, park.
+//!
+//! # Spinning and wake-ups (Go's "Worker thread parking/unparking")
+//!
+//! The problem: enough Ms must be awake to use every P that has work, yet
+//! idle Ms must sleep (an idle runtime uses no CPU), and a G must never sit
+//! in a queue while all Ms sleep. The protocol:
+//!
+//! 1. A submitter (spawn, ready, a timer) enqueues the G, then (SeqCst
+//!    fence) calls `wakep`, which starts one spinning M if a P is idle and
+//!    no M is already spinning.
+//! 2. A spinning M that finds work stops spinning and calls `wakep`, so a
+//!    successor keeps looking (parallelism ramps up one M at a time, without
+//!    a thundering herd).
+//! 3. The last spinning M to give up decrements the count, (SeqCst fence)
+//!    re-checks every queue, and if anything is there takes a P back and
+//!    spins again. Steps 1 and 3 are a Dekker pair: either the submitter sees
+//!    no spinning M and wakes one, or the M sees the work.
+//!
+//! Rejected: waking an M on every ready (thundering herd); a central run
+//! queue only (contention); handing a G directly to a woken thread (the
+//! woken thread may be slow to run while others are idle).
+//!
+//! # Ownership of a P
+//!
+//! A P's local data (its `Worker`, caches) is touched only by the M that
+//! owns it, and only on g0. Ownership is the P's `status` word, so that
+//! sysmon can take a P from an M whose goroutine sits in a blocking call or
+//! is blocked in the kernel, while that M is not looking:
+//!
+//! - `SCHED(m)`: M `m` is on g0 using the P.
+//! - `USER(m)`: M `m` is running a goroutine; g0 is not touching the P.
+//!   g0 reclaims it with a CAS `USER(m) -> SCHED(m)` when the G switches
+//!   back; sysmon retakes it with a CAS `USER(m) -> HANDOFF`.
+//! - `SYSCALL(m)`: the goroutine is in `blocking()`; it takes the P back
+//!   with a CAS, or sysmon retakes it.
+//! - `HANDOFF`: in transit to another M (via its `nextp`).
+//! - `IDLE`: on the idle list.
+//!
+//! Go keeps Ps in a global `allp` array for the same reason; we do too, and
+//! hand Ps between Ms by index.
+
+use std::cell::{Cell, UnsafeCell};
+use std::ptr::{self, NonNull};
+use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle as ThreadHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_deque::{Injector, Steal, Stealer, Worker};
+
+use crate::arch;
+use crate::builder::{Config, PreemptMode};
+use crate::g::{GRef, EMPTY, G, NOTIFIED, PARKED};
+use crate::note::Note;
+use crate::stack::{Stack, StackPool, P_CACHE};
+use crate::timer::{Task, TimerId, Timers};
+
+/// Every `GLOBAL_CHECK`-th slice a P looks at the global queue first (Go: 61,
+/// a prime, so it does not beat in step with application patterns).
+const GLOBAL_CHECK: u64 = 61;
+
+/// Passes over all Ps a spinning M makes before giving up (Go: stealTries).
+const STEAL_TRIES: usize = 4;
+
+/// Free Gs a P keeps before returning them to the global list.
+const G_CACHE: usize = 64;
+
+/// Upper bound on Ms (Go: 10000 threads).
+const MAX_MS: usize = 10_000;
+
+// P status words: (m id << 8) | state.
+pub(crate) const P_IDLE: u64 = 0;
+pub(crate) const P_HANDOFF: u64 = 1;
+pub(crate) const P_SCHED: u64 = 2;
+pub(crate) const P_USER: u64 = 3;
+pub(crate) const P_SYSCALL: u64 = 4;
+
+fn pstatus(m: &M, state: u64) -> u64 {
+    ((m.id as u64) << 8) | state
+}
+
+/// Why a goroutine switched to g0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reason {
+    None,
+    Yield,
+    Park,
+    Exit,
+    CoopPreempt,
+    AsyncPreempt,
+    /// The goroutine lost its P in `blocking()` and needs one back.
+    ExitSyscall,
+}
+
+/// Per-P counters, written only by the owning M (Relaxed), summed by
+/// `stats()`.
+#[derive(Default)]
+pub(crate) struct PCounters {
+    pub(crate) spawned: AtomicU64,
+    pub(crate) exited: AtomicU64,
+    pub(crate) switches: AtomicU64,
+    pub(crate) steals: AtomicU64,
+    pub(crate) parks: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+}
+
+/// A processor. See the module docs for the `status` protocol.
+pub(crate) struct P {
+    pub(crate) id: usize,
+    /// Ownership word (module docs). CAS by the owner M and by sysmon.
+    pub(crate) status: AtomicU64,
+    stealer: Stealer<GRef>,
+    /// A G to run next, inheriting the time slice. Set by the owning M or a
+    /// goroutine running on it (swap); taken by the owner (swap) or a thief
+    /// (CAS), AcqRel.
+    runnext: AtomicPtr<G>,
+    /// Fresh slices started (Go's schedtick). Written by the owner, read by
+    /// sysmon (Relaxed; `slice_start` is written just before it).
+    pub(crate) schedtick: AtomicU64,
+    /// When the current slice started, ns since the epoch. Owner writes,
+    /// sysmon reads.
+    pub(crate) slice_start: AtomicU64,
+    /// Blocking calls entered; written by the goroutine in `blocking`.
+    pub(crate) syscalltick: AtomicU64,
+    pub(crate) syscall_start: AtomicU64,
+    /// The M that owns the P (null when idle). Read by sysmon.
+    pub(crate) m: AtomicPtr<M>,
+    pub(crate) counters: PCounters,
+    local: UnsafeCell<PLocal>,
+}
+
+/// The part of a P only its owner touches (on g0).
+struct PLocal {
+    worker: Worker<GRef>,
+    gfree: Vec<GRef>,
+    stacks: Vec<Stack>,
+    rng: u64,
+}
+
+// SAFETY: `local` is accessed only by the M whose id is in `status` (state
+// SCHED), handed over with Release/Acquire on `status`/`nextp`; every other
+// field is atomic or immutable.
+unsafe impl Sync for P {}
+
+/// A worker thread.
+pub(crate) struct M {
+    pub(crate) id: usize,
+    shared: *const Shared,
+    /// Kernel thread id, for tgkill and /proc. Written once at start.
+    pub(crate) tid: AtomicI32,
+    note: Note,
+    /// A P handed to this M (index + 1; 0 = none). Written by the M that
+    /// hands it off before `note.wake()` (Release via the note), taken by
+    /// this M after waking.
+    nextp: AtomicUsize,
+    /// Started as a spinning M (set with `nextp`, read after waking).
+    spinning: AtomicBool,
+    /// The goroutine running on this M (null on g0). Written by this M;
+    /// read by sysmon and this thread's signal handler.
+    pub(crate) curg: AtomicPtr<G>,
+    /// The goroutine locked to this M (owner thread only).
+    locked_g: Cell<Option<GRef>>,
+    /// Saved g0 stack pointer while a goroutine runs (owner thread).
+    g0_sp: UnsafeCell<usize>,
+    /// The P this M holds (owner thread).
+    p: Cell<Option<usize>>,
+    /// Why the current goroutine switched to g0 (owner thread).
+    reason: Cell<Reason>,
+    /// 1 while a preemption signal is in flight (Go's signalPending): set
+    /// by sysmon's CAS before tgkill, cleared by the handler.
+    pub(crate) signal_pending: AtomicBool,
+    /// Asynchronous preemption attempts the handler refused on this M.
+    pub(crate) refused: AtomicU64,
+    /// The signal mask this M runs goroutines with (safe-point rule 5).
+    pub(crate) sigmask: UnsafeCell<libc::sigset_t>,
+}
+
+// SAFETY: Cell/UnsafeCell fields are touched only by the M's own thread
+// (and its signal handler, which runs on that thread); the rest are atomics.
+unsafe impl Sync for M {}
+// SAFETY: as above.
+unsafe impl Send for M {}
+
+impl M {
+    /// The runtime of this M (async-signal-safe: a plain read).
+    pub(crate) fn shared_ref(&self) -> &Shared {
+        // SAFETY: Shared outlives every M (the M threads hold an Arc).
+        unsafe { &*self.shared }
+    }
+
+    fn take_nextp(&self) -> Option<usize> {
+        match self.nextp.swap(0, Ordering::Acquire) {
+            0 => None,
+            n => Some(n - 1),
+        }
+    }
+}
+
+/// Counters of things that happen outside any P.
+#[derive(Default)]
+pub(crate) struct GlobalCounters {
+    pub(crate) preempt_coop: AtomicU64,
+    pub(crate) preempt_async: AtomicU64,
+    pub(crate) refused: [AtomicU64; crate::preempt::REFUSAL_REASONS],
+    pub(crate) retakes: AtomicU64,
+    pub(crate) blocked_handoffs: AtomicU64,
+}
+
+/// The state of one runtime (Go's `sched` plus `allp` and `allm`).
+pub(crate) struct Shared {
+    pub(crate) cfg: Config,
+    pub(crate) epoch: Instant,
+    injector: Injector<GRef>,
+    pub(crate) ps: Box<[P]>,
+    pidle: Mutex<Vec<usize>>,
+    pub(crate) npidle: AtomicUsize,
+    pub(crate) nmspinning: AtomicUsize,
+    midle: Mutex<Vec<Arc<M>>>,
+    pub(crate) allm: Mutex<Vec<Arc<M>>>,
+    threads: Mutex<Vec<ThreadHandle<()>>>,
+    pub(crate) timers: Timers,
+    /// The idle M sleeping until the next timer, if any.
+    timer_m: AtomicPtr<M>,
+    pub(crate) stacks: StackPool,
+    gfree: Mutex<Vec<GRef>>,
+    allg: Mutex<Vec<GRef>>,
+    pub(crate) shutdown: AtomicBool,
+    pub(crate) counters: GlobalCounters,
+    pub(crate) sysmon_note: Note,
+    /// sysmon is in an idle sleep (every P idle) and wants a wake-up when
+    /// a P gets busy or an earlier timer appears.
+    pub(crate) sysmon_idle: AtomicBool,
+    /// Goroutines blocked in `blocking()` right now.
+    pub(crate) in_blocking: AtomicUsize,
+    /// Spawns from outside any P of this runtime (plain threads).
+    counters_spawned_outside: AtomicU64,
+    /// Exits on an M that had lost its P.
+    counters_exited_outside: AtomicU64,
+    /// Weak self-reference so Gs can hold the runtime alive.
+    me: std::sync::Weak<Shared>,
+}
+
+thread_local! {
+    /// The M this thread is (null on a plain thread). Set once when the M
+    /// starts. Read it only through `cur_m` (see there).
+    static CUR_M: Cell<*const M> = const { Cell::new(ptr::null()) };
+}
+
+/// The calling thread's M, or null.
+///
+/// Never inlined: LLVM may assume a thread-local's address is constant
+/// within one function, but a goroutine can resume on another thread after
+/// any switch. Reading through an opaque call after each switch keeps every
+/// read fresh.
+#[inline(never)]
+fn cur_m() -> *const M {
+    CUR_M.with(|c| c.get())
+}
+
+/// The running goroutine, if the caller is one.
+#[inline(never)]
+pub(crate) fn current_g() -> Option<GRef> {
+    let m = cur_m();
+    if m.is_null() {
+        return None;
+    }
+    // SAFETY: a non-null CUR_M points at this thread's live M.
+    let g = unsafe { (*m).curg.load(Ordering::Relaxed) };
+    NonNull::new(g).map(GRef)
+}
+
+/// Goroutine id for the stack-overflow report. Async-signal-safe: a TLS
+/// read and an atomic load.
+pub(crate) fn signal_safe_current_gid() -> u64 {
+    let m = CUR_M.with(|c| c.get());
+    if m.is_null() {
+        return 0;
+    }
+    // SAFETY: this thread's live M; curg is null or a live G.
+    unsafe {
+        let g = (*m).curg.load(Ordering::Relaxed);
+        if g.is_null() {
+            0
+        } else {
+            (*g).id.get()
+        }
+    }
+}
+
+/// The M of the calling thread, for the signal handler.
+pub(crate) fn signal_safe_current_m() -> *const M {
+    CUR_M.with(|c| c.get())
+}
+
+/// Runs `f` with the runtime of the calling goroutine (None elsewhere).
+pub(crate) fn with_current_shared<R>(f: impl FnOnce(&Shared) -> R) -> Option<R> {
+    let g = current_g()?;
+    // SAFETY: a running goroutine's runtime is alive.
+    Some(f(unsafe { &*g.shared }))
+}
+
+/// A no-preempt region of the calling goroutine (no-op on plain threads).
+/// Runtime entry points hold one while they touch shared state, so the
+/// SIGURG handler refuses to interrupt them (safe-point rule 2).
+pub(crate) struct NoPreempt(Option<GRef>);
+
+impl NoPreempt {
+    #[inline]
+    pub(crate) fn enter() -> NoPreempt {
+        let g = current_g();
+        if let Some(g) = g {
+            // The G is ours whichever thread we are on now: raising its own
+            // counter is correct even if we migrated since `current_g`.
+            g.no_preempt.fetch_add(1, Ordering::Relaxed);
+            std::sync::atomic::compiler_fence(Ordering::SeqCst);
+        }
+        NoPreempt(g)
+    }
+}
+
+impl Drop for NoPreempt {
+    fn drop(&mut self) {
+        if let Some(g) = self.0 {
+            std::sync::atomic::compiler_fence(Ordering::SeqCst);
+            let was = g.no_preempt.fetch_sub(1, Ordering::Relaxed);
+            if was == 1 && g.preempt.load(Ordering::Relaxed) {
+                preempt_check();
+            }
+        }
+    }
+}
+
+/// If sysmon asked the running goroutine to yield, yield (cooperative
+/// preemption; Go's stack-guard check in every function prologue).
+#[inline]
+pub(crate) fn preempt_check() {
+    if let Some(g) = current_g() {
+        if g.preempt.load(Ordering::Relaxed) && g.no_preempt.load(Ordering::Relaxed) == 0 {
+            g.preempt.store(false, Ordering::Relaxed);
+            switch_to_g0(g, Reason::CoopPreempt);
+        }
+    }
+}
+
+/// Switches from goroutine `g` (the caller) to its M's scheduler, saying
+/// why; returns when the goroutine is resumed, possibly on another M.
+fn switch_to_g0(g: GRef, reason: Reason) {
+    g.no_preempt.fetch_add(1, Ordering::Relaxed);
+    std::sync::atomic::compiler_fence(Ordering::SeqCst);
+    let m = cur_m();
+    // SAFETY: we are a goroutine, so `m` is this thread's live M and its
+    // g0 is suspended in `execute`'s switch; `g.ctx` is ours to write.
+    unsafe {
+        (*m).reason.set(reason);
+        arch::switch(g.ctx.get(), *(*m).g0_sp.get(), 0);
+    }
+    std::sync::atomic::compiler_fence(Ordering::SeqCst);
+    g.no_preempt.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Parks the calling goroutine (steps 1-2 of the handshake in `crate::g`).
+pub(crate) fn gopark(reason: &'static str) {
+    let g = current_g().expect("gopark outside a goroutine");
+    // Consume a pending token without switching.
+    if g.park.compare_exchange(NOTIFIED, EMPTY, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        return;
+    }
+    g.wait_reason.set(reason);
+    switch_to_g0(g, Reason::Park);
+}
+
+/// `yield_now` for the calling goroutine.
+pub(crate) fn goyield() {
+    if let Some(g) = current_g() {
+        switch_to_g0(g, Reason::Yield);
+    }
+}
+
+/// Called by the preemption trampoline on the goroutine's stack.
+pub(crate) fn async_preempted() {
+    let g = current_g().expect("async preemption outside a goroutine");
+    g.preempt.store(false, Ordering::Relaxed);
+    switch_to_g0(g, Reason::AsyncPreempt);
+}
+
+/// Makes a parked goroutine runnable: into the current P's `runnext` when
+/// the caller is a goroutine of the same runtime (it runs next, Go's
+/// `ready(gp, next=true)`), else onto the global queue. Then `wakep`.
+pub(crate) fn ready(g: GRef) {
+    let _np = NoPreempt::enter();
+    // SAFETY: the G's runtime outlives the G.
+    let sh = unsafe { &*g.shared };
+    let m = cur_m();
+    // SAFETY: non-null `m` is this thread's M.
+    let pi = if m.is_null() || !ptr::eq(unsafe { (*m).shared }, sh) {
+        None
+    } else {
+        // SAFETY: as above.
+        unsafe { (*m).p.get() }
+    };
+    match pi {
+        Some(pi) => {
+            let old = sh.ps[pi].runnext.swap(g.as_ptr(), Ordering::AcqRel);
+            if let Some(old) = NonNull::new(old) {
+                sh.injector.push(GRef(old));
+            }
+        }
+        None => sh.injector.push(g),
+    }
+    fence(Ordering::SeqCst);
+    sh.wakep();
+}
+
+/// The first function of every goroutine (see `arch::init_stack`).
+///
+/// # Safety
+/// Called only by `arch`'s start trampoline with a G prepared by `execute`.
+unsafe extern "C" fn g_entry(arg: usize) -> ! {
+    // SAFETY: `execute` passes the G it switched to; it is live.
+    let g = GRef(unsafe { NonNull::new_unchecked(arg as *mut G) });
+    // SAFETY: owner access: we are this G.
+    let f = unsafe { (*g.entry.get()).take() }.expect("goroutine without a body");
+    g.no_preempt.store(0, Ordering::Relaxed);
+    // The body catches its own panics (see `Shared::spawn`).
+    f();
+    g.no_preempt.store(1, Ordering::Relaxed);
+    let m = cur_m();
+    // SAFETY: as in `switch_to_g0`; this context is never resumed.
+    unsafe {
+        (*m).reason.set(Reason::Exit);
+        arch::switch(g.ctx.get(), *(*m).g0_sp.get(), 0);
+    }
+    unreachable!("a finished goroutine was resumed");
+}
+
+/// Process-wide goroutine ids (Go's goid starts at 1).
+static NEXT_GID: AtomicU64 = AtomicU64::new(1);
+
+impl Shared {
+    pub(crate) fn new(cfg: Config) -> std::io::Result<Arc<Shared>> {
+        let stacks = StackPool::new(cfg.stack_size)?;
+        let mut ps = Vec::with_capacity(cfg.procs);
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (std::process::id() as u64);
+        for id in 0..cfg.procs {
+            let worker = Worker::new_fifo();
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ps.push(P {
+                id,
+                status: AtomicU64::new(P_IDLE),
+                stealer: worker.stealer(),
+                runnext: AtomicPtr::new(ptr::null_mut()),
+                schedtick: AtomicU64::new(0),
+                slice_start: AtomicU64::new(0),
+                syscalltick: AtomicU64::new(0),
+                syscall_start: AtomicU64::new(0),
+                m: AtomicPtr::new(ptr::null_mut()),
+                counters: PCounters::default(),
+                local: UnsafeCell::new(PLocal { worker, gfree: Vec::new(), stacks: Vec::new(), rng: seed | 1 }),
+            });
+        }
+        let procs = cfg.procs;
+        Ok(Arc::new_cyclic(|me| Shared {
+            cfg,
+            epoch: Instant::now(),
+            injector: Injector::new(),
+            ps: ps.into_boxed_slice(),
+            pidle: Mutex::new((0..procs).rev().collect()),
+            npidle: AtomicUsize::new(procs),
+            nmspinning: AtomicUsize::new(0),
+            midle: Mutex::new(Vec::new()),
+            allm: Mutex::new(Vec::new()),
+            threads: Mutex::new(Vec::new()),
+            timers: Timers::new(),
+            timer_m: AtomicPtr::new(ptr::null_mut()),
+            stacks,
+            gfree: Mutex::new(Vec::new()),
+            allg: Mutex::new(Vec::new()),
+            shutdown: AtomicBool::new(false),
+            counters: GlobalCounters::default(),
+            sysmon_note: Note::new(),
+            sysmon_idle: AtomicBool::new(false),
+            in_blocking: AtomicUsize::new(0),
+            counters_spawned_outside: AtomicU64::new(0),
+            counters_exited_outside: AtomicU64::new(0),
+            me: me.clone(),
+        }))
+    }
+
+    /// Nanoseconds since the runtime's epoch.
+    pub(crate) fn nanotime(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    fn instant_to_nanos(&self, t: Instant) -> u64 {
+        // Round up so a timer never fires before its deadline.
+        let d = t.saturating_duration_since(self.epoch);
+        d.as_nanos() as u64 + 1
+    }
+
+    /// Adds a timer; wakes whoever sleeps until a later deadline.
+    pub(crate) fn add_timer(&self, deadline: Instant, task: Task) -> TimerId {
+        let (id, earliest) = self.timers.add(self.instant_to_nanos(deadline), task);
+        if earliest {
+            let tm = self.timer_m.load(Ordering::Acquire);
+            if !tm.is_null() {
+                // SAFETY: Ms live as long as Shared (allm holds them).
+                unsafe { (*tm).note.wake() };
+            } else if self.sysmon_idle.load(Ordering::Acquire) {
+                self.sysmon_note.wake();
+            } else if self.npidle.load(Ordering::SeqCst) == self.cfg.procs {
+                // Nobody sleeps on timers yet and every P is idle: start an
+                // M, which will become the timer sleeper.
+                self.wakep();
+            }
+        }
+        id
+    }
+
+    /// Fires due timers; returns how many.
+    pub(crate) fn fire_timers(&self) -> usize {
+        match self.timers.next() {
+            Some(n) if n <= self.nanotime() => self.timers.fire(self.nanotime()),
+            _ => 0,
+        }
+    }
+
+    /// Creates a goroutine running `body` (which must catch its own panics)
+    /// and makes it runnable. From a goroutine of this runtime it goes to the
+    /// current P's `runnext` (Go's newproc), else to the global queue.
+    pub(crate) fn spawn_raw(&self, body: Box<dyn FnOnce() + Send>) -> u64 {
+        let _np = NoPreempt::enter();
+        let g = self.gget();
+        let id = NEXT_GID.fetch_add(1, Ordering::Relaxed);
+        g.id.set(id);
+        // SAFETY: a free G is owned by whoever took it from the free list.
+        unsafe { *g.entry.get() = Some(body) };
+        g.park.store(EMPTY, Ordering::Relaxed);
+        g.no_preempt.store(1, Ordering::Relaxed);
+        g.preempt.store(false, Ordering::Relaxed);
+        let m = cur_m();
+        // SAFETY: non-null `m` is this thread's M.
+        let here = !m.is_null() && ptr::eq(unsafe { (*m).shared }, self);
+        // SAFETY: as above.
+        match here.then(|| unsafe { (*m).p.get() }).flatten() {
+            Some(pi) => {
+                let p = &self.ps[pi];
+                p.counters.spawned.fetch_add(1, Ordering::Relaxed);
+                let old = p.runnext.swap(g.as_ptr(), Ordering::AcqRel);
+                if let Some(old) = NonNull::new(old) {
+                    self.injector.push(GRef(old));
+                }
+            }
+            None => {
+                self.counters_spawned_outside.fetch_add(1, Ordering::Relaxed);
+                self.injector.push(g);
+            }
+        }
+        fence(Ordering::SeqCst);
+        self.wakep();
+        id
+    }
+
+    /// A free G: the current P's cache, the global list, or a new one.
+    ///
+    /// Spawning runs on a goroutine, where P-local data is off limits (only
+    /// g0 touches it), so Gs come from the global list, which `gfput` refills
+    /// in halves from the P caches.
+    fn gget(&self) -> GRef {
+        if let Some(g) = self.gfree.lock().unwrap().pop() {
+            return g;
+        }
+        let g = Box::new(G::new(Arc::into_raw(self.me.upgrade().expect("runtime alive"))));
+        let g = GRef(NonNull::from(Box::leak(g)));
+        self.allg.lock().unwrap().push(g);
+        g
+    }
+
+    // ---- Ps and Ms ----
+
+    fn pidleget(&self) -> Option<usize> {
+        let mut l = self.pidle.lock().unwrap();
+        let p = l.pop()?;
+        self.npidle.fetch_sub(1, Ordering::SeqCst);
+        Some(p)
+    }
+
+    fn pidleput(&self, p: usize) {
+        self.ps[p].m.store(ptr::null_mut(), Ordering::Relaxed);
+        self.ps[p].status.store(P_IDLE, Ordering::Release);
+        let mut l = self.pidle.lock().unwrap();
+        l.push(p);
+        self.npidle.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Go's wakep: start a spinning M if a P is idle and nobody spins.
+    pub(crate) fn wakep(&self) {
+        if self.npidle.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        if self.nmspinning.load(Ordering::SeqCst) != 0
+            || self.nmspinning.compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst).is_err()
+        {
+            return;
+        }
+        self.startm(None, true);
+    }
+
+    /// Go's startm: run some M with P `p` (or an idle P).
+    fn startm(&self, p: Option<usize>, spinning: bool) {
+        if self.shutdown.load(Ordering::Acquire) {
+            if spinning {
+                self.nmspinning.fetch_sub(1, Ordering::SeqCst);
+            }
+            if let Some(p) = p {
+                self.pidleput(p);
+            }
+            return;
+        }
+        let p = match p.or_else(|| self.pidleget()) {
+            Some(p) => p,
+            None => {
+                if spinning {
+                    self.nmspinning.fetch_sub(1, Ordering::SeqCst);
+                }
+                return;
+            }
+        };
+        self.ps[p].status.store(P_HANDOFF, Ordering::Relaxed);
+        let m = self.midle.lock().unwrap().pop();
+        match m {
+            Some(m) => {
+                m.spinning.store(spinning, Ordering::Relaxed);
+                m.nextp.store(p + 1, Ordering::Release);
+                m.note.wake();
+            }
+            None => self.newm(p, spinning),
+        }
+    }
+
+    fn newm(&self, p: usize, spinning: bool) {
+        let mut all = self.allm.lock().unwrap();
+        assert!(all.len() < MAX_MS, "gosched: program exceeds {MAX_MS}-thread limit");
+        let m = Arc::new(M {
+            id: all.len() + 1,
+            shared: self as *const Shared,
+            tid: AtomicI32::new(0),
+            note: Note::new(),
+            nextp: AtomicUsize::new(p + 1),
+            spinning: AtomicBool::new(spinning),
+            curg: AtomicPtr::new(ptr::null_mut()),
+            locked_g: Cell::new(None),
+            g0_sp: UnsafeCell::new(0),
+            p: Cell::new(None),
+            reason: Cell::new(Reason::None),
+            signal_pending: AtomicBool::new(false),
+            refused: AtomicU64::new(0),
+            // SAFETY: sigset_t is plain data; filled in by the M at start.
+            sigmask: UnsafeCell::new(unsafe { std::mem::zeroed() }),
+        });
+        all.push(m.clone());
+        drop(all);
+        let sh = self.me.upgrade().expect("runtime alive");
+        let t = std::thread::Builder::new()
+            .name(format!("gosched-m{}", m.id))
+            .spawn(move || mstart(sh, m))
+            .expect("gosched: cannot start a worker thread");
+        self.threads.lock().unwrap().push(t);
+    }
+
+    /// Go's handoffp: give P away, starting an M for it only if it is
+    /// needed.
+    fn handoffp(&self, p: usize) {
+        // SAFETY: we own `p` (state SCHED or HANDOFF by our hand).
+        let local_work = unsafe { !(*self.ps[p].local.get()).worker.is_empty() }
+            || !self.ps[p].runnext.load(Ordering::Acquire).is_null();
+        if local_work || !self.injector.is_empty() {
+            return self.startm(Some(p), false);
+        }
+        if self.nmspinning.load(Ordering::SeqCst) + self.npidle.load(Ordering::SeqCst) == 0
+            && self.nmspinning.compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+        {
+            return self.startm(Some(p), true);
+        }
+        self.pidleput(p);
+        // Re-check after publishing the idle P (Dekker with submitters).
+        fence(Ordering::SeqCst);
+        if !self.injector.is_empty() {
+            self.wakep();
+        }
+    }
+
+    /// Sysmon's retake of a P whose goroutine is in a blocking call or
+    /// blocked in the kernel. `expect` is the state it saw (P_USER or
+    /// P_SYSCALL). Returns whether the P was taken.
+    pub(crate) fn retake(&self, p: usize, expect: u64) -> bool {
+        let s = self.ps[p].status.load(Ordering::Acquire);
+        if s & 0xff != expect {
+            return false;
+        }
+        // Pairs with the owner's CAS back to SCHED: exactly one wins.
+        if self.ps[p].status.compare_exchange(s, P_HANDOFF, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+            return false;
+        }
+        let mp = self.ps[p].m.load(Ordering::Acquire);
+        if !mp.is_null() {
+            // SAFETY: Ms live as long as Shared.
+            let g = unsafe { (*mp).curg.load(Ordering::Relaxed) };
+            if let Some(g) = NonNull::new(g) {
+                // It must give way as soon as it can: it has no P any more.
+                // SAFETY: a running G is live.
+                unsafe { g.as_ref().preempt.store(true, Ordering::Relaxed) };
+            }
+        }
+        self.ps[p].m.store(ptr::null_mut(), Ordering::Relaxed);
+        self.handoffp(p);
+        true
+    }
+
+    /// Does P `p` have queued work (local queue or runnext)?
+    pub(crate) fn p_has_work(&self, p: usize) -> bool {
+        let p = &self.ps[p];
+        !p.stealer.is_empty() || !p.runnext.load(Ordering::Acquire).is_null()
+    }
+
+    /// Does the global run queue hold work?
+    pub(crate) fn global_has_work(&self) -> bool {
+        !self.injector.is_empty()
+    }
+
+    /// Is every P idle (on the idle list)?
+    pub(crate) fn all_idle(&self) -> bool {
+        self.npidle.load(Ordering::SeqCst) == self.cfg.procs
+    }
+
+    /// A P left the idle state: wake sysmon if it sleeps because all were
+    /// idle (Go wakes sysmon from exitsyscall and startTheWorld likewise).
+    fn note_busy(&self) {
+        // Pairs with the SeqCst store of sysmon_idle in monitor::run.
+        if self.sysmon_idle.load(Ordering::SeqCst) {
+            self.sysmon_note.wake();
+        }
+    }
+
+    /// Sysmon's preemption request for P `p` (Go's preemptone): sets the
+    /// running goroutine's cooperative flag and, if asked, signals its M.
+    pub(crate) fn preempt_p(&self, p: usize, send_signal: bool) -> gosched_sysmon::Preempt {
+        use gosched_sysmon::Preempt;
+        let pp = &self.ps[p];
+        let st = pp.status.load(Ordering::Acquire);
+        if st & 0xff != P_USER {
+            return Preempt::NotRunning;
+        }
+        let mp = pp.m.load(Ordering::Acquire);
+        if mp.is_null() {
+            return Preempt::NotRunning;
+        }
+        // SAFETY: Ms live as long as Shared.
+        let m = unsafe { &*mp };
+        let g = m.curg.load(Ordering::Acquire);
+        if g.is_null() {
+            return Preempt::NotRunning;
+        }
+        // SAFETY: a running G is live (G structs are never freed while the
+        // runtime runs). Best effort, as in Go: the G may have just changed.
+        unsafe { (*g).preempt.store(true, Ordering::Relaxed) };
+        if !(send_signal && self.cfg.async_preempt) {
+            return Preempt::FlagOnly;
+        }
+        if crate::preempt::signal_m(m) {
+            Preempt::Signalled
+        } else {
+            Preempt::AlreadyPending
+        }
+    }
+
+    /// One `GOSCHED_SCHEDTRACE` line, in Go's format.
+    pub(crate) fn schedtrace_line(&self) -> String {
+        let ms = self.epoch.elapsed().as_millis();
+        let idle = self.npidle.load(Ordering::Relaxed);
+        let threads = self.allm.lock().unwrap().len();
+        let idlethreads = self.midle.lock().unwrap().len();
+        let spinning = self.nmspinning.load(Ordering::Relaxed);
+        let runqueue = self.injector.len();
+        let local: Vec<String> = self
+            .ps
+            .iter()
+            .map(|p| (p.stealer.len() + usize::from(!p.runnext.load(Ordering::Relaxed).is_null())).to_string())
+            .collect();
+        format!(
+            "SCHED {ms}ms: procs={} idleprocs={idle} threads={threads} spinningthreads={spinning} idlethreads={idlethreads} runqueue={runqueue} [{}]",
+            self.cfg.procs,
+            local.join(" ")
+        )
+    }
+
+    /// Is there any runnable G anywhere (for the last spinning M's re-check)?
+    fn any_work(&self) -> bool {
+        !self.injector.is_empty()
+            || self.ps.iter().any(|p| !p.stealer.is_empty() || !p.runnext.load(Ordering::Acquire).is_null())
+    }
+
+    /// Goroutines spawned so far.
+    pub(crate) fn spawned(&self) -> u64 {
+        self.ps.iter().map(|p| p.counters.spawned.load(Ordering::Relaxed)).sum::<u64>()
+            + self.counters_spawned_outside.load(Ordering::Relaxed)
+    }
+
+    /// Live goroutines.
+    pub(crate) fn goroutines(&self) -> usize {
+        let spawned = self.spawned();
+        let exited: u64 = self.ps.iter().map(|p| p.counters.exited.load(Ordering::Relaxed)).sum::<u64>()
+            + self.counters_exited_outside.load(Ordering::Relaxed);
+        spawned.saturating_sub(exited) as usize
+    }
+
+    /// Stops every M and waits for them (Runtime drop).
+    pub(crate) fn shutdown(&self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        self.sysmon_note.wake();
+        loop {
+            for m in self.allm.lock().unwrap().iter() {
+                m.note.wake();
+            }
+            let t = self.threads.lock().unwrap().pop();
+            match t {
+                Some(t) => {
+                    let _ = t.join();
+                }
+                None => break,
+            }
+        }
+        self.stacks.unmap();
+    }
+
+    /// Frees the G structs of finished goroutines and reports whether any
+    /// goroutine was abandoned (still parked or runnable).
+    pub(crate) fn free_dead_gs(&self) -> bool {
+        let mut free: Vec<GRef> = std::mem::take(&mut *self.gfree.lock().unwrap());
+        for p in self.ps.iter() {
+            // SAFETY: every M has exited; nobody else touches P-local data.
+            free.append(unsafe { &mut (*p.local.get()).gfree });
+        }
+        let all = std::mem::take(&mut *self.allg.lock().unwrap());
+        let abandoned = all.len() > free.len();
+        let free: std::collections::HashSet<*mut G> = free.iter().map(|g| g.as_ptr()).collect();
+        for g in all {
+            if free.contains(&g.as_ptr()) {
+                // SAFETY: a finished G is referenced by nothing but the free
+                // lists we just emptied; it came from Box::leak in `gget`.
+                let b = unsafe { Box::from_raw(g.as_ptr()) };
+                // SAFETY: `shared` came from Arc::into_raw in `gget`.
+                drop(unsafe { Arc::from_raw(b.shared) });
+            }
+            // An abandoned G keeps its Arc: the runtime's memory (not its
+            // stacks, already unmapped) stays valid for late wakers.
+        }
+        abandoned
+    }
+}
+
+/// Body of every M thread.
+fn mstart(sh: Arc<Shared>, m: Arc<M>) {
+    CUR_M.with(|c| c.set(Arc::as_ptr(&m)));
+    // SAFETY: gettid has no preconditions.
+    m.tid.store(unsafe { libc::gettid() }, Ordering::Release);
+    let _alt = crate::signal::AltStack::install();
+    // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer
+    // slack (1 ns: timers fire when asked, not up to 50 µs later);
+    // pthread_sigmask with a null new set only reads the current mask.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+        libc::pthread_sigmask(libc::SIG_SETMASK, ptr::null(), m.sigmask.get());
+    }
+    crate::preempt::on_m_start();
+    let s = Sched { sh: &sh, m: &m };
+    if let Some(p) = m.take_nextp() {
+        s.acquirep(p);
+        s.run();
+    }
+    CUR_M.with(|c| c.set(ptr::null()));
+}
+
+/// One M's view of the scheduler: the code that runs on g0.
+struct Sched<'a> {
+    sh: &'a Shared,
+    m: &'a Arc<M>,
+}
+
+impl Sched<'_> {
+    fn p(&self) -> &P {
+        &self.sh.ps[self.m.p.get().expect("M without a P")]
+    }
+
+    #[allow(clippy::mut_from_ref)]
+    fn local(&self) -> &mut PLocal {
+        // SAFETY: we are on g0 of the M that owns this P (state SCHED); no
+        // other reference to its local data exists.
+        unsafe { &mut *self.p().local.get() }
+    }
+
+    fn acquirep(&self, p: usize) {
+        debug_assert!(self.m.p.get().is_none());
+        let pp = &self.sh.ps[p];
+        pp.m.store(Arc::as_ptr(self.m) as *mut M, Ordering::Relaxed);
+        // Pairs with the Release of the previous owner's hand-off.
+        pp.status.store(pstatus(self.m, P_SCHED), Ordering::Release);
+        fence(Ordering::Acquire);
+        self.m.p.set(Some(p));
+        self.sh.note_busy();
+    }
+
+    fn releasep(&self) -> usize {
+        let p = self.m.p.take().expect("releasep without a P");
+        self.sh.ps[p].status.store(P_HANDOFF, Ordering::Release);
+        p
+    }
+
+    /// The scheduler loop (Go's schedule): runs until shutdown.
+    fn run(&self) {
+        let mut next: Option<(GRef, bool)> = None;
+        loop {
+            if self.sh.shutdown.load(Ordering::Acquire) {
+                break;
+            }
+            let (g, inherit) = match next.take() {
+                Some(x) => x,
+                None => match self.m.locked_g.get() {
+                    // A locked M runs only its G (Go's stoplockedm).
+                    Some(lg) => {
+                        if !self.stoplockedm() {
+                            break;
+                        }
+                        (lg, false)
+                    }
+                    None => {
+                        if self.m.p.get().is_none() && !self.stopm() {
+                            break;
+                        }
+                        match self.find_runnable() {
+                            Some(x) => x,
+                            None => break,
+                        }
+                    }
+                },
+            };
+            if self.m.spinning.load(Ordering::Relaxed) {
+                self.resetspinning();
+            }
+            if let Some(lm) = g.locked_m.get() {
+                if !ptr::eq(lm.as_ptr(), Arc::as_ptr(self.m)) {
+                    self.startlockedm(g, lm);
+                    continue;
+                }
+            }
+            if self.m.p.get().is_none() {
+                // Our P was retaken while we were away; get one first.
+                self.sh.injector.push(g);
+                continue;
+            }
+            self.execute(g, inherit);
+            next = self.after(g);
+        }
+        if let Some(p) = self.m.p.get() {
+            self.m.p.set(None);
+            self.sh.pidleput(p);
+        }
+    }
+
+    /// Runs `g` until it switches back (Go's execute + the return path of
+    /// mcall).
+    fn execute(&self, g: GRef, inherit: bool) {
+        let p = self.p();
+        if !inherit {
+            p.slice_start.store(self.sh.nanotime(), Ordering::Relaxed);
+            p.schedtick.store(p.schedtick.load(Ordering::Relaxed) + 1, Ordering::Release);
+        }
+        bump(&p.counters.switches);
+        // SAFETY: owner access to a runnable G: we dequeued it.
+        let stack = unsafe { &mut *g.stack.get() };
+        if stack.is_none() {
+            let s = self.stack_get();
+            // SAFETY: a stack from the pool is ours alone and writable.
+            unsafe { *g.ctx.get() = arch::init_stack(s.top, g_entry) };
+            *stack = Some(s);
+        }
+        g.preempt.store(false, Ordering::Relaxed);
+        self.m.curg.store(g.as_ptr(), Ordering::Relaxed);
+        let mine = pstatus(self.m, P_SCHED);
+        // Release: our writes to P-local data happen-before a retake.
+        p.status.store(pstatus(self.m, P_USER), Ordering::Release);
+        // SAFETY: `g.ctx` holds a context saved by `switch` or made by
+        // `init_stack`, not resumed since (we dequeued g exactly once).
+        unsafe { arch::switch(self.m.g0_sp.get(), *g.ctx.get(), g.as_ptr() as usize) };
+        self.m.curg.store(ptr::null_mut(), Ordering::Relaxed);
+        let pi = self.m.p.get().expect("execute without a P");
+        let st = &self.sh.ps[pi].status;
+        let user = pstatus(self.m, P_USER);
+        if st.compare_exchange(user, mine, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+            // sysmon retook our P while the goroutine ran (blocked M).
+            self.m.p.set(None);
+        }
+    }
+
+    /// Handles the reason `g` switched back. Returns a G to run at once.
+    fn after(&self, g: GRef) -> Option<(GRef, bool)> {
+        let reason = self.m.reason.replace(Reason::None);
+        if reason != Reason::AsyncPreempt && g.affine.get() {
+            // A cooperative scheduling point ends ThreadAffine pinning.
+            g.affine.set(false);
+            if g.lock_count.get() == 0 {
+                g.locked_m.set(None);
+                self.m.locked_g.set(None);
+            }
+        }
+        match reason {
+            Reason::Yield => self.runqput_tail(g),
+            Reason::CoopPreempt => {
+                self.sh.counters.preempt_coop.fetch_add(1, Ordering::Relaxed);
+                self.sh.injector.push(g);
+            }
+            Reason::AsyncPreempt => {
+                self.sh.counters.preempt_async.fetch_add(1, Ordering::Relaxed);
+                if self.sh.cfg.mode == PreemptMode::ThreadAffine {
+                    g.affine.set(true);
+                    g.locked_m.set(Some(NonNull::from(&**self.m)));
+                    self.m.locked_g.set(Some(g));
+                }
+                self.sh.injector.push(g);
+                fence(Ordering::SeqCst);
+                if self.m.locked_g.get().is_none() {
+                    self.sh.wakep();
+                }
+            }
+            Reason::Park => {
+                if let Some(p) = self.m.p.get() {
+                    bump(&self.sh.ps[p].counters.parks);
+                }
+                // Step 2 of the handshake: the context is saved.
+                if g.park.compare_exchange(EMPTY, PARKED, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                    g.park.store(EMPTY, Ordering::Relaxed);
+                    return Some((g, true));
+                }
+            }
+            Reason::ExitSyscall => {
+                // The goroutine needs a P; queue it (a locked one comes back
+                // to us through startlockedm).
+                self.sh.injector.push(g);
+                fence(Ordering::SeqCst);
+                self.sh.wakep();
+            }
+            Reason::Exit => self.gfput(g),
+            Reason::None => unreachable!("goroutine switched to g0 without a reason"),
+        }
+        None
+    }
+
+    fn runqput_tail(&self, g: GRef) {
+        match self.m.p.get() {
+            Some(_) => self.local().worker.push(g),
+            None => self.sh.injector.push(g),
+        }
+    }
+
+    /// Returns a finished G and its stack to the caches.
+    fn gfput(&self, g: GRef) {
+        if let Some(lm) = g.locked_m.take() {
+            debug_assert!(ptr::eq(lm.as_ptr(), Arc::as_ptr(self.m)));
+            self.m.locked_g.set(None);
+        }
+        g.lock_count.set(0);
+        g.affine.set(false);
+        // SAFETY: owner access: the G finished on this M.
+        let stack = unsafe { (*g.stack.get()).take() };
+        match self.m.p.get() {
+            Some(pi) => {
+                bump(&self.sh.ps[pi].counters.exited);
+                let local = self.local();
+                if let Some(s) = stack {
+                    self.sh.stacks.recycle(&s);
+                    local.stacks.push(s);
+                    if local.stacks.len() > P_CACHE {
+                        let half = local.stacks.len() / 2;
+                        self.sh.stacks.put_batch(local.stacks.drain(..half));
+                    }
+                }
+                local.gfree.push(g);
+                if local.gfree.len() > G_CACHE {
+                    let half = local.gfree.len() / 2;
+                    self.sh.gfree.lock().unwrap().extend(local.gfree.drain(..half));
+                }
+            }
+            None => {
+                // No P: count the exit on P 0's counter under its owner's
+                // feet would race; use the global list and counter instead.
+                self.sh.counters_exited_outside.fetch_add(1, Ordering::Relaxed);
+                if let Some(s) = stack {
+                    self.sh.stacks.put_batch([s]);
+                }
+                self.sh.gfree.lock().unwrap().push(g);
+            }
+        }
+    }
+
+    fn stack_get(&self) -> Stack {
+        let local = self.local();
+        if local.stacks.is_empty() {
+            self.sh.stacks.get_batch(&mut local.stacks, P_CACHE / 2);
+        }
+        local.stacks.pop().expect("stack batch is never empty")
+    }
+
+    /// Go's findRunnable. Returns None only at shutdown.
+    fn find_runnable(&self) -> Option<(GRef, bool)> {
+        loop {
+            if self.sh.shutdown.load(Ordering::Acquire) {
+                return None;
+            }
+            self.sh.fire_timers();
+            let p = self.p();
+            if p.schedtick.load(Ordering::Relaxed) % GLOBAL_CHECK == 0 {
+                if let Some(g) = steal_one(|| self.sh.injector.steal()) {
+                    return Some((g, false));
+                }
+            }
+            if let Some(g) = NonNull::new(p.runnext.swap(ptr::null_mut(), Ordering::AcqRel)) {
+                return Some((GRef(g), true));
+            }
+            if let Some(g) = self.local().worker.pop() {
+                return Some((g, false));
+            }
+            if let Some(g) = steal_one(|| self.sh.injector.steal_batch_and_pop(&self.local().worker)) {
+                return Some((g, false));
+            }
+            let procs = self.sh.cfg.procs;
+            let busy = procs - self.sh.npidle.load(Ordering::SeqCst);
+            if self.m.spinning.load(Ordering::Relaxed) || 2 * self.sh.nmspinning.load(Ordering::SeqCst) < busy {
+                if !self.m.spinning.load(Ordering::Relaxed) {
+                    self.m.spinning.store(true, Ordering::Relaxed);
+                    self.sh.nmspinning.fetch_add(1, Ordering::SeqCst);
+                }
+                if let Some(g) = self.steal_work() {
+                    return Some((g, false));
+                }
+            }
+            // Nothing: give up the P (step 4 of the module docs).
+            let was_spinning = self.m.spinning.swap(false, Ordering::Relaxed);
+            let pi = self.releasep();
+            self.sh.pidleput(pi);
+            if was_spinning {
+                self.sh.nmspinning.fetch_sub(1, Ordering::SeqCst);
+            }
+            fence(Ordering::SeqCst);
+            if self.sh.any_work() {
+                if let Some(pi) = self.sh.pidleget() {
+                    self.acquirep(pi);
+                    if was_spinning {
+                        self.m.spinning.store(true, Ordering::Relaxed);
+                        self.sh.nmspinning.fetch_add(1, Ordering::SeqCst);
+                    }
+                    continue;
+                }
+            }
+            if !self.stopm() {
+                return None;
+            }
+        }
+    }
+
+    /// Go's stealWork: up to 4 passes over the other Ps in random order.
+    fn steal_work(&self) -> Option<GRef> {
+        let n = self.sh.ps.len();
+        let me = self.p().id;
+        for pass in 0..STEAL_TRIES {
+            let last = pass == STEAL_TRIES - 1;
+            let (start, step) = {
+                let local = self.local();
+                local.rng ^= local.rng << 13;
+                local.rng ^= local.rng >> 7;
+                local.rng ^= local.rng << 17;
+                let r = local.rng;
+                (r as usize % n, coprime_step(n, (r >> 32) as usize))
+            };
+            let mut i = start;
+            for _ in 0..n {
+                if i != me {
+                    if let Some(g) = self.steal_from(i, last) {
+                        bump(&self.p().counters.steals);
+                        return Some(g);
+                    }
+                }
+                i = (i + step) % n;
+            }
+        }
+        None
+    }
+
+    fn steal_from(&self, victim: usize, take_runnext: bool) -> Option<GRef> {
+        let v = &self.sh.ps[victim];
+        if let Some(g) = steal_one(|| v.stealer.steal_batch_and_pop(&self.local().worker)) {
+            return Some(g);
+        }
+        if take_runnext {
+            let g = v.runnext.load(Ordering::Acquire);
+            if !g.is_null()
+                && v.runnext.compare_exchange(g, ptr::null_mut(), Ordering::AcqRel, Ordering::Relaxed).is_ok()
+            {
+                return NonNull::new(g).map(GRef);
+            }
+        }
+        None
+    }
+
+    /// Go's resetspinning.
+    fn resetspinning(&self) {
+        self.m.spinning.store(false, Ordering::Relaxed);
+        self.sh.nmspinning.fetch_sub(1, Ordering::SeqCst);
+        self.sh.wakep();
+    }
+
+    /// Go's stopm: park this M (without a P) until handed one. Returns false
+    /// at shutdown. While parked it may be the timer sleeper: it wakes at
+    /// the earliest deadline, fires due timers and tries to run them itself.
+    fn stopm(&self) -> bool {
+        debug_assert!(self.m.p.get().is_none());
+        self.sh.midle.lock().unwrap().push(self.m.clone());
+        let me = Arc::as_ptr(self.m) as *mut M;
+        loop {
+            if self.sh.shutdown.load(Ordering::Acquire) {
+                return false;
+            }
+            let mut timeout = None;
+            if let Some(next) = self.sh.timers.next() {
+                if self.sh.timer_m.compare_exchange(ptr::null_mut(), me, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+                {
+                    timeout = Some(Duration::from_nanos(next.saturating_sub(self.sh.nanotime())));
+                }
+            }
+            let woken = self.m.note.wait(timeout);
+            let _ = self.sh.timer_m.compare_exchange(me, ptr::null_mut(), Ordering::AcqRel, Ordering::Relaxed);
+            if self.sh.shutdown.load(Ordering::Acquire) {
+                return false;
+            }
+            if let Some(p) = self.m.take_nextp() {
+                self.acquirep(p);
+                return true;
+            }
+            if woken || self.sh.timers.next().is_none_or(|n| n > self.sh.nanotime()) {
+                continue;
+            }
+            // A timer is due: leave the idle list (unless someone already
+            // took us off it and is about to hand us a P) and run it.
+            let mut idle = self.sh.midle.lock().unwrap();
+            let Some(pos) = idle.iter().position(|m| Arc::ptr_eq(m, self.m)) else { continue };
+            let Some(p) = self.sh.pidleget() else { continue };
+            idle.swap_remove(pos);
+            drop(idle);
+            self.acquirep(p);
+            self.sh.fire_timers();
+            return true;
+        }
+    }
+
+    /// Go's stoplockedm: our locked G is not running; give our P away and
+    /// sleep until someone hands us a P to run it with.
+    fn stoplockedm(&self) -> bool {
+        if let Some(p) = self.m.p.get() {
+            if self.m.spinning.swap(false, Ordering::Relaxed) {
+                self.sh.nmspinning.fetch_sub(1, Ordering::SeqCst);
+            }
+            self.m.p.set(None);
+            self.sh.ps[p].status.store(P_HANDOFF, Ordering::Release);
+            self.sh.handoffp(p);
+        }
+        loop {
+            self.m.note.wait(None);
+            if self.sh.shutdown.load(Ordering::Acquire) {
+                return false;
+            }
+            if let Some(p) = self.m.take_nextp() {
+                self.acquirep(p);
+                return true;
+            }
+        }
+    }
+
+    /// Go's startlockedm: `g` may run only on `lm`; give it our P.
+    fn startlockedm(&self, g: GRef, lm: NonNull<M>) {
+        let _ = g;
+        let p = self.releasep();
+        // SAFETY: Ms live as long as Shared.
+        let lm = unsafe { lm.as_ref() };
+        lm.nextp.store(p + 1, Ordering::Release);
+        lm.note.wake();
+    }
+}
+
+/// Retries a crossbeam steal until it is not `Retry`.
+fn steal_one(mut f: impl FnMut() -> Steal<GRef>) -> Option<GRef> {
+    loop {
+        match f() {
+            Steal::Success(g) => return Some(g),
+            Steal::Empty => return None,
+            Steal::Retry => std::hint::spin_loop(),
+        }
+    }
+}
+
+/// A step in 1..n coprime to n, so `start + k*step mod n` visits every P
+/// once (Go's randomOrder).
+fn coprime_step(n: usize, r: usize) -> usize {
+    if n <= 1 {
+        return 1;
+    }
+    let mut s = r % n;
+    loop {
+        s = s % (n - 1) + 1;
+        if gcd(s, n) == 1 {
+            return s;
+        }
+        s += 1;
+    }
+}
+
+fn gcd(mut a: usize, mut b: usize) -> usize {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+/// `blocking(f)`: Go's entersyscall/exitsyscall around `f`.
+///
+/// 1. Enter: bump the P's syscalltick, record the start, and move the P from
+///    USER(m) to SYSCALL(m). The goroutine stays in a no-preempt region for
+///    the whole call (Go: `m.locks++`): the P is not its to yield.
+/// 2. sysmon retakes the P (SYSCALL(m) -> HANDOFF, `handoffp`) after 20 µs
+///    if other work waits, or after the quantum anyway.
+/// 3. Exit: CAS SYSCALL(m) -> USER(m) and go on (the fast path); if the P
+///    was retaken, switch to g0 with `ExitSyscall`: the goroutine is queued
+///    and runs again when some M with a P picks it.
+pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    let Some(g) = current_g() else { return f() };
+    let _np = NoPreempt::enter();
+    let m = cur_m();
+    // SAFETY: we are a goroutine in a no-preempt region, so `m` is this
+    // thread's M and stays so until `_np` drops.
+    let m = unsafe { &*m };
+    let sh = m.shared_ref();
+    let Some(pi) = m.p.get() else { return f() };
+    let p = &sh.ps[pi];
+    p.syscall_start.store(sh.nanotime(), Ordering::Relaxed);
+    p.syscalltick.fetch_add(1, Ordering::Release);
+    let user = pstatus(m, P_USER);
+    let sys = pstatus(m, P_SYSCALL);
+    if p.status.compare_exchange(user, sys, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+        // Our P was already retaken (blocked-M hand-off): just run f.
+        return f();
+    }
+    sh.in_blocking.fetch_add(1, Ordering::SeqCst);
+    sh.note_busy();
+    struct Exit<'a> {
+        g: GRef,
+        m: &'a M,
+        p: &'a P,
+        sys: u64,
+        user: u64,
+    }
+    impl Drop for Exit<'_> {
+        fn drop(&mut self) {
+            let sh = self.m.shared_ref();
+            sh.in_blocking.fetch_sub(1, Ordering::SeqCst);
+            if self.p.status.compare_exchange(self.sys, self.user, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+                // Retaken: queue ourselves and wait for a P (Go's exitsyscall0).
+                switch_to_g0(self.g, Reason::ExitSyscall);
+            }
+        }
+    }
+    let _exit = Exit { g, m, p, sys, user };
+    f()
+}
+
+/// Go's LockOSThread for the calling goroutine.
+pub(crate) fn lock_os_thread() {
+    let Some(g) = current_g() else { return };
+    let _np = NoPreempt::enter();
+    let m = cur_m();
+    g.lock_count.set(g.lock_count.get().checked_add(1).expect("gosched: lock_os_thread nested too deeply"));
+    // SAFETY: in a no-preempt region `m` is this thread's M and stays so.
+    let mm = unsafe { &*m };
+    g.locked_m.set(Some(NonNull::from(mm)));
+    mm.locked_g.set(Some(g));
+}
+
+/// Go's UnlockOSThread for the calling goroutine.
+pub(crate) fn unlock_os_thread() {
+    let Some(g) = current_g() else { return };
+    let _np = NoPreempt::enter();
+    let n = g.lock_count.get();
+    if n == 0 {
+        return;
+    }
+    g.lock_count.set(n - 1);
+    if n == 1 && !g.affine.get() {
+        let m = cur_m();
+        g.locked_m.set(None);
+        // SAFETY: as in `lock_os_thread`.
+        unsafe { (*m).locked_g.set(None) };
+    }
+}

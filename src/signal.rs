@@ -1,0 +1,254 @@
+//! Process-wide signal plumbing: the registry of stack reservations, the
+//! SIGSEGV handler that reports goroutine stack overflows, per-M alternate
+//! signal stacks, and async-signal-safe output.
+//!
+//! A fault in a guard page is reported as
+//! `fatal: goroutine N overflowed its stack (S bytes)` and the process
+//! aborts (SIGABRT). Any other SIGSEGV goes to whatever handler was installed
+//! before ours (normally std's, which reports main-thread overflows), or to
+//! the default action.
+//!
+//! signal-hook-registry refuses SIGSEGV (it cannot be handled by returning),
+//! so the handler is installed with `sigaction` directly, once per process.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Once;
+
+/// Runtimes whose stacks can be live at once and still be recognised by the
+/// overflow handler. Beyond this an overflow is reported as a plain SIGSEGV.
+const MAX_REGIONS: usize = 64;
+
+/// One registered reservation. `base` is written last on registration
+/// (Release) and first on removal, so the handler (Acquire) sees either a
+/// complete entry or none.
+struct Region {
+    base: AtomicUsize,
+    len: AtomicUsize,
+    slot: AtomicUsize,
+    guard: AtomicUsize,
+    claimed: AtomicUsize,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY: Region = Region {
+    base: AtomicUsize::new(0),
+    len: AtomicUsize::new(0),
+    slot: AtomicUsize::new(0),
+    guard: AtomicUsize::new(0),
+    claimed: AtomicUsize::new(0),
+};
+
+static REGIONS: [Region; MAX_REGIONS] = [EMPTY; MAX_REGIONS];
+
+/// Registers a stack reservation; returns its index for `unregister_stacks`
+/// (None when the table is full).
+pub(crate) fn register_stacks(base: usize, len: usize, slot: usize, guard: usize) -> Option<usize> {
+    install_segv_handler();
+    for (i, r) in REGIONS.iter().enumerate() {
+        if r.claimed.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+            r.len.store(len, Ordering::Relaxed);
+            r.slot.store(slot, Ordering::Relaxed);
+            r.guard.store(guard, Ordering::Relaxed);
+            // Pairs with the Acquire load in `guard_hit`.
+            r.base.store(base, Ordering::Release);
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// Removes a registration made by `register_stacks`.
+pub(crate) fn unregister_stacks(i: usize) {
+    REGIONS[i].base.store(0, Ordering::Release);
+    REGIONS[i].claimed.store(0, Ordering::Release);
+}
+
+/// If `addr` lies in the guard page of a registered stack slot, returns the
+/// usable size of that stack. Async-signal-safe.
+fn guard_hit(addr: usize) -> Option<usize> {
+    for r in &REGIONS {
+        // Pairs with the Release store in `register_stacks`.
+        let base = r.base.load(Ordering::Acquire);
+        if base == 0 || addr < base || addr - base >= r.len.load(Ordering::Relaxed) {
+            continue;
+        }
+        let slot = r.slot.load(Ordering::Relaxed);
+        let guard = r.guard.load(Ordering::Relaxed);
+        if (addr - base) % slot < guard {
+            return Some(slot - guard);
+        }
+    }
+    None
+}
+
+/// The SIGSEGV action that was installed before ours. Written once inside
+/// `INSTALL`, before our handler can run; read only by the handler.
+static mut PREV_SEGV: libc::sigaction = unsafe_zeroed_sigaction();
+
+const fn unsafe_zeroed_sigaction() -> libc::sigaction {
+    // SAFETY: sigaction is plain old data; all-zero is SIG_DFL, empty mask.
+    unsafe { core::mem::zeroed() }
+}
+
+static INSTALL: Once = Once::new();
+
+fn install_segv_handler() {
+    INSTALL.call_once(|| {
+        // SAFETY: installing a handler for a synchronous signal; `on_segv`
+        // is async-signal-safe, and PREV_SEGV is written here before the
+        // new handler can observe it (sigaction stores the old action first).
+        unsafe {
+            let mut sa: libc::sigaction = core::mem::zeroed();
+            sa.sa_sigaction = on_segv as *const () as usize;
+            sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(libc::SIGSEGV, &sa, core::ptr::addr_of_mut!(PREV_SEGV));
+        }
+    });
+}
+
+/// The SIGSEGV handler.
+///
+/// 1. If the faulting address is in a goroutine stack's guard page, write
+///    the overflow message to stderr and abort.
+/// 2. Otherwise forward to the previous handler: call it if it is a
+///    function; for SIG_DFL or SIG_IGN restore the default action and
+///    return, so the faulting instruction runs again and the kernel kills the
+///    process with SIGSEGV as it would have without us.
+extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    let addr = unsafe { (*info).si_addr() } as usize;
+    if let Some(size) = guard_hit(addr) {
+        let gid = crate::sched::signal_safe_current_gid();
+        let mut buf = SigBuf::new();
+        buf.push(b"fatal: goroutine ");
+        buf.push_u64(gid);
+        buf.push(b" overflowed its stack (");
+        buf.push_u64(size as u64);
+        buf.push(b" bytes)\n");
+        buf.write_stderr();
+        // SAFETY: abort is async-signal-safe.
+        unsafe { libc::abort() };
+    }
+    // SAFETY: PREV_SEGV was written before this handler was installed and
+    // is never written again.
+    let prev = unsafe { &*core::ptr::addr_of!(PREV_SEGV) };
+    let h = prev.sa_sigaction;
+    if h == libc::SIG_DFL || h == libc::SIG_IGN {
+        // SAFETY: resetting a signal disposition is async-signal-safe.
+        unsafe {
+            let mut dfl: libc::sigaction = core::mem::zeroed();
+            dfl.sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(libc::SIGSEGV, &dfl, core::ptr::null_mut());
+        }
+    } else if prev.sa_flags & libc::SA_SIGINFO != 0 {
+        // SAFETY: the previous handler was installed as an SA_SIGINFO
+        // handler with this signature; we forward the kernel's arguments.
+        let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+            unsafe { core::mem::transmute(h) };
+        f(sig, info, uc);
+    } else {
+        // SAFETY: a plain sa_handler takes the signal number only.
+        let f: extern "C" fn(libc::c_int) = unsafe { core::mem::transmute(h) };
+        f(sig);
+    }
+}
+
+/// A fixed buffer for composing messages inside signal handlers: no
+/// allocation, no locks, no `fmt`.
+pub(crate) struct SigBuf {
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl SigBuf {
+    pub(crate) const fn new() -> SigBuf {
+        SigBuf { buf: [0; 256], len: 0 }
+    }
+
+    pub(crate) fn push(&mut self, s: &[u8]) {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s[..n]);
+        self.len += n;
+    }
+
+    pub(crate) fn push_u64(&mut self, mut v: u64) {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        self.push(&digits[i..]);
+    }
+
+    pub(crate) fn write_stderr(&self) {
+        let mut off = 0;
+        while off < self.len {
+            // SAFETY: write(2) is async-signal-safe; the range is in `buf`.
+            let n = unsafe { libc::write(2, self.buf[off..].as_ptr().cast(), self.len - off) };
+            if n <= 0 {
+                break;
+            }
+            off += n as usize;
+        }
+    }
+}
+
+/// Size of each M's alternate signal stack: the kernel's signal frame with
+/// a full XSAVE image (about 3.5 KiB with AVX-512) plus our handlers.
+const ALTSTACK_SIZE: usize = 64 << 10;
+
+/// An M's alternate signal stack, installed for the life of the M thread.
+pub(crate) struct AltStack {
+    base: *mut libc::c_void,
+    len: usize,
+    old: libc::stack_t,
+}
+
+impl AltStack {
+    /// Maps a guard page plus `ALTSTACK_SIZE` and makes it this thread's
+    /// signal stack.
+    pub(crate) fn install() -> AltStack {
+        let page = crate::stack::page_size();
+        let len = ALTSTACK_SIZE + page;
+        // SAFETY: anonymous private mapping; checked below.
+        let base = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert!(base != libc::MAP_FAILED, "gosched: cannot map a signal stack");
+        // SAFETY: the lowest page of our fresh mapping becomes the guard,
+        // the rest the signal stack of this thread; `old` receives the
+        // previous one (std's), restored on drop.
+        unsafe {
+            libc::mprotect(base, page, libc::PROT_NONE);
+            let ss = libc::stack_t { ss_sp: base.add(page), ss_flags: 0, ss_size: ALTSTACK_SIZE };
+            let mut old: libc::stack_t = core::mem::zeroed();
+            libc::sigaltstack(&ss, &mut old);
+            AltStack { base, len, old }
+        }
+    }
+}
+
+impl Drop for AltStack {
+    fn drop(&mut self) {
+        // SAFETY: restores the thread's previous signal stack (dropped on the
+        // same thread that installed it, outside any handler), then unmaps
+        // ours, which is no longer in use.
+        unsafe {
+            libc::sigaltstack(&self.old, core::ptr::null_mut());
+            libc::munmap(self.base, self.len);
+        }
+    }
+}

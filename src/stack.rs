@@ -1,0 +1,285 @@
+//! Goroutine stacks: one `MAP_NORESERVE` reservation carved into fixed slots,
+//! each with a guard page at its low end.
+//!
+//! ```text
+//!   reservation (RESERVATION bytes, nothing committed until touched)
+//!   +-------+----------------+-------+----------------+-------+----- ...
+//!   | guard | stack 0  <-sp  | guard | stack 1  <-sp  | guard |
+//!   +-------+----------------+-------+----------------+-------+----- ...
+//!   ^base    \_ stack_size _/
+//! ```
+//!
+//! 1. A slot is carved (bump index) the first time the pool has no free
+//!    stack; its guard is installed then, with `madvise(MADV_GUARD_INSTALL)`
+//!    (Linux 6.13+, costs no VMA) or, where the kernel answers EINVAL,
+//!    `mprotect(PROT_NONE)` (two VMAs a stack; we warn before
+//!    `vm.max_map_count` would be reached).
+//! 2. A finished goroutine's stack goes back to its P's cache, then to the
+//!    pool. Its hot top pages stay committed; a stack that was used deeply
+//!    (a non-zero word at `DEEP` below its top) is `MADV_DONTNEED`-ed down to
+//!    `KEEP_HOT` first, so resident memory follows live usage.
+//! 3. The reservation is registered process-wide so the SIGSEGV handler can
+//!    tell a guard-page hit (a goroutine stack overflow) from any other fault
+//!    without locks (see `crate::signal`).
+//!
+//! Rejected: one `mmap` per stack (a VMA and a syscall per spawn; the
+//! mapping count caps a process near 32k goroutines), and segmented or
+//! copied stacks (Rust code holds raw pointers into its stack, so a stack
+//! can never move).
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use memmap2::{MmapMut, MmapOptions};
+
+/// Virtual bytes reserved per runtime. Nothing is committed until touched.
+pub(crate) const RESERVATION: usize = 256 << 30;
+
+/// Largest `stack_size` accepted: 1 GiB, Go's maximum on 64-bit.
+pub(crate) const MAX_STACK: usize = 1 << 30;
+
+/// Smallest `stack_size` accepted: the preemption trampoline's frame with a
+/// full XSAVE area, the scheduler call under it, and room for user code.
+pub(crate) const MIN_STACK: usize = 16 << 10;
+
+/// Default stack size: 1 MiB.
+pub(crate) const DEFAULT_STACK: usize = 1 << 20;
+
+/// A freed stack with a non-zero word this far below its top was used
+/// deeply and is trimmed before reuse.
+const DEEP: usize = 64 << 10;
+
+/// Bytes at the top of a trimmed stack that stay committed (the hot part).
+const KEEP_HOT: usize = 16 << 10;
+
+/// `madvise` advice that installs guard regions (Linux 6.13).
+const MADV_GUARD_INSTALL: libc::c_int = 102;
+
+/// Stacks a P keeps for itself before returning them to the pool.
+pub(crate) const P_CACHE: usize = 32;
+
+pub(crate) fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 {
+        n as usize
+    } else {
+        4096
+    }
+}
+
+/// One goroutine stack: the usable range `[bottom, top)`. The guard page is
+/// just below `bottom`.
+#[derive(Debug)]
+pub(crate) struct Stack {
+    pub(crate) bottom: usize,
+    pub(crate) top: usize,
+}
+
+impl Stack {
+    /// Releases the committed pages of a deeply used stack, keeping the top
+    /// `KEEP_HOT` bytes.
+    fn trim_if_deep(&self) {
+        let probe = self.top - DEEP;
+        if probe <= self.bottom {
+            return;
+        }
+        // SAFETY: [probe, probe + 64) lies inside this stack's slot, which is
+        // mapped read-write and owned by the pool (no goroutine runs on it).
+        // Reading an untouched page maps the shared zero page and commits
+        // nothing.
+        let deep = unsafe { (0..8).any(|i| (probe as *const u64).add(i).read_volatile() != 0) };
+        if deep {
+            let end = self.top - KEEP_HOT;
+            // SAFETY: [bottom, end) is inside our slot, above its guard; no
+            // one references its contents (the goroutine finished).
+            unsafe { libc::madvise(self.bottom as *mut _, end - self.bottom, libc::MADV_DONTNEED) };
+        }
+    }
+}
+
+/// How guards are installed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GuardMode {
+    Madvise,
+    Mprotect,
+}
+
+/// The stacks of one runtime.
+pub(crate) struct StackPool {
+    /// The reservation; taken and unmapped by `unmap` at runtime shutdown.
+    map: Mutex<Option<MmapMut>>,
+    base: usize,
+    /// Distance between two slots: guard + usable stack.
+    slot: usize,
+    guard: usize,
+    nslots: usize,
+    /// Next never-carved slot. Bumped under `free`'s lock.
+    carved: AtomicUsize,
+    free: Mutex<Vec<Stack>>,
+    mode: Mutex<GuardMode>,
+    warned: AtomicBool,
+    /// Our entry in the overflow handler's registry; taken by `unmap`.
+    registry_index: Mutex<Option<usize>>,
+}
+
+impl StackPool {
+    /// Reserves the address space for stacks of `stack_size` usable bytes
+    /// (already validated and page-rounded by the builder).
+    pub(crate) fn new(stack_size: usize) -> io::Result<StackPool> {
+        let guard = page_size();
+        let slot = stack_size + guard;
+        let map = MmapOptions::new().len(RESERVATION).no_reserve_swap().map_anon()?;
+        let nslots = RESERVATION / slot;
+        let base = map.as_ptr() as usize;
+        let registry_index = crate::signal::register_stacks(base, nslots * slot, slot, guard);
+        Ok(StackPool {
+            map: Mutex::new(Some(map)),
+            base,
+            slot,
+            guard,
+            nslots,
+            carved: AtomicUsize::new(0),
+            free: Mutex::new(Vec::new()),
+            mode: Mutex::new(GuardMode::Madvise),
+            warned: AtomicBool::new(false),
+            registry_index: Mutex::new(registry_index),
+        })
+    }
+
+    /// Usable bytes of each stack.
+    pub(crate) fn stack_size(&self) -> usize {
+        self.slot - self.guard
+    }
+
+    /// Takes a stack from the pool, carving a new slot when none is free.
+    /// Panics when the reservation is exhausted (like Go's out-of-memory
+    /// throw, but with the numbers in the message).
+    pub(crate) fn get(&self) -> Stack {
+        let mut free = self.free.lock().unwrap();
+        if let Some(s) = free.pop() {
+            return s;
+        }
+        let i = self.carved.load(Ordering::Relaxed);
+        assert!(
+            i < self.nslots,
+            "gosched: out of goroutine stacks: {} live stacks of {} bytes fill the {} GiB reservation",
+            i,
+            self.stack_size(),
+            RESERVATION >> 30
+        );
+        self.carved.store(i + 1, Ordering::Relaxed);
+        drop(free);
+        let lo = self.base + i * self.slot;
+        self.install_guard(lo, i + 1);
+        Stack { bottom: lo + self.guard, top: lo + self.slot }
+    }
+
+    /// Takes up to `n` stacks at once (refilling a P's cache).
+    pub(crate) fn get_batch(&self, out: &mut Vec<Stack>, n: usize) {
+        let mut free = self.free.lock().unwrap();
+        let k = free.len().min(n);
+        let at = free.len() - k;
+        out.extend(free.drain(at..));
+        drop(free);
+        if k == 0 {
+            out.push(self.get());
+        }
+    }
+
+    /// Returns stacks to the pool.
+    pub(crate) fn put_batch(&self, stacks: impl IntoIterator<Item = Stack>) {
+        let stacks: Vec<Stack> = stacks.into_iter().inspect(Stack::trim_if_deep).collect();
+        self.free.lock().unwrap().extend(stacks);
+    }
+
+    /// Unmaps every stack (runtime shutdown, after every M has exited:
+    /// nothing runs on them any more).
+    pub(crate) fn unmap(&self) {
+        if let Some(i) = self.registry_index.lock().unwrap().take() {
+            crate::signal::unregister_stacks(i);
+        }
+        self.map.lock().unwrap().take();
+        self.free.lock().unwrap().clear();
+    }
+
+    /// Prepares a stack for a P cache: trims it if it was used deeply.
+    pub(crate) fn recycle(&self, s: &Stack) {
+        s.trim_if_deep();
+    }
+
+    fn install_guard(&self, lo: usize, carved: usize) {
+        let mut mode = self.mode.lock().unwrap();
+        if *mode == GuardMode::Madvise {
+            // SAFETY: [lo, lo + guard) is the guard page of a slot inside our
+            // mapping that no one has used yet.
+            let r = unsafe { libc::madvise(lo as *mut _, self.guard, MADV_GUARD_INSTALL) };
+            if r == 0 {
+                return;
+            }
+            *mode = GuardMode::Mprotect;
+        }
+        // SAFETY: as above; PROT_NONE on our own page.
+        let r = unsafe { libc::mprotect(lo as *mut _, self.guard, libc::PROT_NONE) };
+        assert_eq!(r, 0, "gosched: mprotect of a stack guard failed: {}", io::Error::last_os_error());
+        let limit = max_map_count();
+        if carved * 2 + 1000 > limit && !self.warned.swap(true, Ordering::Relaxed) {
+            eprintln!(
+                "gosched: warning: {carved} stacks with mprotect guards use ~{} of vm.max_map_count={limit} \
+                 mappings (this kernel lacks MADV_GUARD_INSTALL); raise vm.max_map_count or use fewer goroutines",
+                carved * 2
+            );
+        }
+    }
+}
+
+impl Drop for StackPool {
+    fn drop(&mut self) {
+        self.unmap();
+    }
+}
+
+fn max_map_count() -> usize {
+    std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(65530)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stacks_are_distinct_and_writable() {
+        let pool = StackPool::new(64 << 10).unwrap();
+        let a = pool.get();
+        let b = pool.get();
+        assert_ne!(a.top, b.top);
+        assert_eq!(a.top - a.bottom, 64 << 10);
+        // SAFETY: both ranges are fresh stacks of this pool.
+        unsafe {
+            ((a.top - 8) as *mut u64).write(1);
+            (a.bottom as *mut u64).write(2);
+            ((b.top - 8) as *mut u64).write(3);
+        }
+        pool.put_batch([a, b]);
+        let c = pool.get();
+        assert!(c.top == pool.base + pool.slot || c.top == pool.base + 2 * pool.slot);
+    }
+
+    #[test]
+    fn deep_stacks_are_trimmed() {
+        let pool = StackPool::new(256 << 10).unwrap();
+        let s = pool.get();
+        let deep = s.top - DEEP;
+        // SAFETY: inside the stack.
+        unsafe { (deep as *mut u64).write(42) };
+        pool.put_batch([s]);
+        let s = pool.get();
+        // SAFETY: inside the stack; trimmed pages read as zero.
+        assert_eq!(unsafe { (deep as *const u64).read_volatile() }, 0);
+        pool.put_batch([s]);
+    }
+}

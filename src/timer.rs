@@ -1,0 +1,152 @@
+//! Timers: one heap per runtime, ordered by deadline, checked by every M
+//! when it schedules, by the idle M that sleeps until the earliest deadline,
+//! and by sysmon (which is how a timer fires while every P runs a CPU hog).
+//!
+//! Go keeps a heap per P; one heap behind a mutex gives the same results
+//! (no timer fires before its deadline, an idle runtime sleeps exactly until
+//! the next one) and is simpler. The earliest deadline is mirrored in an
+//! atomic so the scheduler's check costs one load when nothing is due.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// A timer's callback. Runs on whichever thread fires it (an M's g0, an
+/// idle M, sysmon): it must be short and must not block.
+pub(crate) type Task = Box<dyn FnOnce() + Send>;
+
+/// Handle for `Timers::cancel`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct TimerId(u64);
+
+#[derive(Default)]
+struct Heap {
+    order: BinaryHeap<Reverse<(u64, u64)>>,
+    tasks: HashMap<u64, Task>,
+    seq: u64,
+}
+
+/// The timers of one runtime. Deadlines are nanoseconds since the runtime's
+/// epoch.
+pub(crate) struct Timers {
+    heap: Mutex<Heap>,
+    /// Earliest pending deadline, u64::MAX when none. Written under the
+    /// heap lock; read without it (Relaxed: a stale value only delays the
+    /// check to the next scheduling round or sysmon tick).
+    next: AtomicU64,
+}
+
+impl Timers {
+    pub(crate) fn new() -> Timers {
+        Timers { heap: Mutex::new(Heap::default()), next: AtomicU64::new(u64::MAX) }
+    }
+
+    /// Adds a timer; returns its id and whether it is now the earliest.
+    pub(crate) fn add(&self, when: u64, task: Task) -> (TimerId, bool) {
+        let mut h = self.heap.lock().unwrap();
+        h.seq += 1;
+        let id = h.seq;
+        h.order.push(Reverse((when, id)));
+        h.tasks.insert(id, task);
+        let earliest = when < self.next.load(Ordering::Relaxed);
+        if earliest {
+            self.next.store(when, Ordering::Relaxed);
+        }
+        (TimerId(id), earliest)
+    }
+
+    /// Cancels a timer that has not fired. Returns whether it was pending.
+    pub(crate) fn cancel(&self, id: TimerId) -> bool {
+        let mut h = self.heap.lock().unwrap();
+        let was = h.tasks.remove(&id.0).is_some();
+        if h.tasks.is_empty() {
+            h.order.clear();
+            self.next.store(u64::MAX, Ordering::Relaxed);
+        }
+        was
+    }
+
+    /// Earliest pending deadline (may be a cancelled one; never later than
+    /// the real earliest).
+    pub(crate) fn next(&self) -> Option<u64> {
+        match self.next.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            n => Some(n),
+        }
+    }
+
+    /// Runs every timer whose deadline is `<= now`; returns how many ran.
+    pub(crate) fn fire(&self, now: u64) -> usize {
+        if self.next.load(Ordering::Relaxed) > now {
+            return 0;
+        }
+        let mut due = Vec::new();
+        {
+            let mut h = self.heap.lock().unwrap();
+            while let Some(&Reverse((when, id))) = h.order.peek() {
+                if when > now {
+                    break;
+                }
+                h.order.pop();
+                if let Some(t) = h.tasks.remove(&id) {
+                    due.push(t);
+                }
+            }
+            let next = h.order.peek().map_or(u64::MAX, |r| r.0 .0);
+            self.next.store(next, Ordering::Relaxed);
+        }
+        let n = due.len();
+        for t in due {
+            t();
+        }
+        n
+    }
+}
+
+/// Adds a timer to the calling goroutine's runtime (None outside one).
+pub(crate) fn add_current(deadline: Instant, task: Task) -> Option<TimerId> {
+    crate::sched::with_current_shared(|sh| sh.add_timer(deadline, task))
+}
+
+/// Cancels a timer of the calling goroutine's runtime.
+pub(crate) fn cancel_current(id: TimerId) {
+    crate::sched::with_current_shared(|sh| sh.timers.cancel(id));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+
+    #[test]
+    fn fires_in_deadline_order_and_never_early() {
+        let t = Timers::new();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for when in [30u64, 10, 20] {
+            let log = log.clone();
+            t.add(when, Box::new(move || log.lock().unwrap().push(when)));
+        }
+        assert_eq!(t.next(), Some(10));
+        assert_eq!(t.fire(9), 0);
+        assert_eq!(t.fire(20), 2);
+        assert_eq!(*log.lock().unwrap(), vec![10, 20]);
+        assert_eq!(t.next(), Some(30));
+    }
+
+    #[test]
+    fn cancelled_timers_do_not_run() {
+        let t = Timers::new();
+        let ran = Arc::new(AtomicUsize::new(0));
+        let r = ran.clone();
+        let (id, earliest) = t.add(5, Box::new(move || drop(r.fetch_add(1, Ordering::SeqCst))));
+        assert!(earliest);
+        assert!(t.cancel(id));
+        assert!(!t.cancel(id));
+        assert_eq!(t.fire(100), 0);
+        assert_eq!(ran.load(Ordering::SeqCst), 0);
+        assert_eq!(t.next(), None);
+    }
+}

@@ -1,0 +1,375 @@
+//! The [`Monitor`]: per-P bookkeeping and the tick that applies the rules
+//! described in the crate documentation.
+
+use crate::{Config, Counters, PStatus, PView, Preempt, Sleep, Target};
+use std::time::Duration;
+
+/// Ticks without a retake after which the idle backoff starts doubling the
+/// sleep (Go: `idle > 50`).
+const IDLE_TICKS_BEFORE_BACKOFF: u32 = 50;
+
+/// What sysmon remembers about one P between ticks.
+#[derive(Clone, Copy, Debug, Default)]
+struct PRecord {
+    /// The `schedtick` seen on the previous tick, if the P has been seen.
+    schedtick: Option<u64>,
+    /// A preemption of the current slice was requested on an earlier tick.
+    requested: bool,
+    /// [`PView::refused`] as seen on the previous tick.
+    refused: u64,
+    /// Consecutive ticks on which a refused preemption found the thread asleep.
+    strikes: u32,
+    /// `handoff_blocked` was already called for the current slice.
+    handed_off: bool,
+    /// The `syscalltick` recorded on an earlier tick, if any.
+    syscalltick: Option<u64>,
+}
+
+impl PRecord {
+    /// Forget everything about the previous slice; `view` starts a new one.
+    fn new_slice(&mut self, view: &PView) {
+        self.schedtick = Some(view.schedtick);
+        self.requested = false;
+        self.refused = view.refused;
+        self.strikes = 0;
+        self.handed_off = false;
+    }
+}
+
+/// The system monitor's policy state: what it remembers about every P, the
+/// idle backoff and the [`Counters`].
+///
+/// The runtime's sysmon thread calls [`Monitor::tick`] in a loop, sleeping as
+/// told in between, and calls [`Monitor::woken`] when it wakes sysmon early.
+///
+/// # Examples
+///
+/// ```
+/// use gosched_sysmon::fake::FakeTarget;
+/// use gosched_sysmon::{Config, Monitor, PView, Sleep};
+/// use std::time::Duration;
+///
+/// let ms = Duration::from_millis;
+/// let mut target = FakeTarget::new(vec![PView::running(1, ms(0)), PView::IDLE]);
+/// let mut monitor = Monitor::new(Config::default(), 2);
+/// let mut now = ms(0);
+/// // A goroutine that never yields is asked to, once per tick, from 10 ms on.
+/// while now < ms(20) {
+///     match monitor.tick(&mut target, now) {
+///         Sleep::For(d) => now += d,
+///         Sleep::Idle(_) => unreachable!("P 0 is busy"),
+///     }
+/// }
+/// assert!(monitor.counters().preempt_requests >= 4);
+/// assert_eq!(monitor.counters().ticks, monitor.counters().preempt_requests + 1);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Monitor {
+    cfg: Config,
+    ps: Vec<PRecord>,
+    /// Consecutive ticks without a successful retake (Go's `idle`).
+    idle: u32,
+    /// The current idle-backoff sleep (Go's `delay`).
+    delay: Duration,
+    counters: Counters,
+}
+
+impl Monitor {
+    /// A monitor with configuration `cfg`, sized for `procs` Ps. The number of
+    /// Ps actually examined on each tick is [`Target::procs`]; `procs` only
+    /// pre-sizes the bookkeeping.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use gosched_sysmon::{Config, Counters, Monitor};
+    ///
+    /// let monitor = Monitor::new(Config::default(), 4);
+    /// assert_eq!(monitor.counters(), Counters::default());
+    /// ```
+    pub fn new(cfg: Config, procs: usize) -> Monitor {
+        let delay = cfg.min_sleep;
+        Monitor {
+            cfg,
+            ps: vec![PRecord::default(); procs],
+            idle: 0,
+            delay,
+            counters: Counters::default(),
+        }
+    }
+
+    /// The configuration the monitor was created with.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use gosched_sysmon::{Config, Monitor};
+    ///
+    /// let monitor = Monitor::new(Config { blocked_refusals: 5, ..Config::default() }, 1);
+    /// assert_eq!(monitor.config().blocked_refusals, 5);
+    /// ```
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// One sysmon cycle at time `now`: fire due timers, apply every rule to
+    /// every P, and say how long to sleep (see the crate documentation for
+    /// the rules).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use gosched_sysmon::fake::{Call, FakeTarget};
+    /// use gosched_sysmon::{Config, Monitor, PView, Sleep};
+    /// use std::time::Duration;
+    ///
+    /// let ms = Duration::from_millis;
+    /// let mut target = FakeTarget::new(vec![PView::running(1, ms(0))]);
+    /// let mut monitor = Monitor::new(Config::default(), 1);
+    /// // Sleep exactly until the slice's quantum ends ...
+    /// assert_eq!(monitor.tick(&mut target, ms(3)), Sleep::For(ms(7)));
+    /// // ... then ask it to yield.
+    /// monitor.tick(&mut target, ms(10));
+    /// assert_eq!(target.calls(), vec![Call::Preempt { p: 0, signal: true }]);
+    /// ```
+    pub fn tick<T: Target>(&mut self, target: &mut T, now: Duration) -> Sleep {
+        self.counters.ticks += 1;
+
+        // Rule 1: timers.
+        if target.next_timer().is_some_and(|t| t <= now) {
+            let fired = target.fire_timers(now);
+            self.counters.timers_fired = self.counters.timers_fired.saturating_add(fired as u64);
+        }
+
+        // Rules 2-4, bounded by rule 6.
+        let procs = target.procs();
+        self.ps.resize(procs, PRecord::default());
+        let mut earliest: Option<Duration> = None;
+        let mut all_idle = true;
+        let mut retook = false;
+        for p in 0..procs {
+            let view = target.observe(p);
+            let fresh = self.ps[p].schedtick != Some(view.schedtick);
+            if fresh {
+                self.ps[p].new_slice(&view);
+            }
+            let deadline = match view.status {
+                PStatus::Idle => {
+                    self.ps[p].strikes = 0;
+                    None
+                }
+                PStatus::Running => {
+                    all_idle = false;
+                    self.running(target, p, &view, now)
+                }
+                PStatus::Syscall => {
+                    all_idle = false;
+                    self.ps[p].strikes = 0;
+                    self.syscall(target, p, &view, now, &mut retook)
+                }
+            };
+            self.ps[p].refused = view.refused;
+            earliest = min_deadline(earliest, deadline);
+        }
+
+        // Rule 5: sleep.
+        let next_timer = target.next_timer();
+        if all_idle {
+            return Sleep::Idle(next_timer);
+        }
+        self.backoff(retook);
+        match min_deadline(earliest, next_timer) {
+            Some(deadline) => Sleep::For(self.clamp(deadline.saturating_sub(now))),
+            None => Sleep::For(self.delay),
+        }
+    }
+
+    /// The runtime woke sysmon explicitly (a P became busy, a blocking call
+    /// began): restart the idle backoff at `min_sleep` (Go: `syscallWake` in
+    /// `sysmon`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use gosched_sysmon::fake::FakeTarget;
+    /// use gosched_sysmon::{Config, Monitor, PView, Sleep};
+    /// use std::time::Duration;
+    ///
+    /// // With preemption disabled a busy P has no deadline, so the idle
+    /// // backoff decides the sleep.
+    /// let cfg = Config { quantum: Duration::MAX, ..Config::default() };
+    /// let min = cfg.min_sleep;
+    /// let mut monitor = Monitor::new(cfg, 1);
+    /// let mut target = FakeTarget::new(vec![PView::running(1, Duration::ZERO)]);
+    /// let mut now = Duration::ZERO;
+    /// let mut last = min;
+    /// for _ in 0..60 {
+    ///     let Sleep::For(d) = monitor.tick(&mut target, now) else { unreachable!() };
+    ///     now += d;
+    ///     last = d;
+    /// }
+    /// assert!(last > min);
+    /// monitor.woken();
+    /// assert_eq!(monitor.tick(&mut target, now), Sleep::For(min));
+    /// ```
+    pub fn woken(&mut self) {
+        self.idle = 0;
+        self.delay = self.cfg.min_sleep;
+    }
+
+    /// What the monitor has done so far.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use gosched_sysmon::fake::FakeTarget;
+    /// use gosched_sysmon::{Config, Monitor, PView};
+    /// use std::time::Duration;
+    ///
+    /// let mut monitor = Monitor::new(Config::default(), 1);
+    /// let mut target = FakeTarget::new(vec![PView::IDLE]);
+    /// target.timers.push(Duration::from_millis(1));
+    /// monitor.tick(&mut target, Duration::from_millis(1));
+    /// assert_eq!(monitor.counters().ticks, 1);
+    /// assert_eq!(monitor.counters().timers_fired, 1);
+    /// ```
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// Rules 2 and 3 for a running P. Returns its next deadline.
+    fn running<T: Target>(
+        &mut self,
+        target: &mut T,
+        p: usize,
+        view: &PView,
+        now: Duration,
+    ) -> Option<Duration> {
+        let Some(deadline) = after(view.slice_start, self.cfg.quantum) else {
+            // Preemption disabled.
+            self.ps[p].strikes = 0;
+            return None;
+        };
+        if now < deadline {
+            self.ps[p].strikes = 0;
+            return Some(deadline);
+        }
+        let retry = after(now, self.retry_interval());
+        if self.blocked(target, p, view) {
+            // The P may already run another goroutine: do not preempt it.
+            return retry;
+        }
+        let outcome = target.preempt(p, self.cfg.async_preempt);
+        self.counters.preempt_requests += 1;
+        if outcome == Preempt::Signalled {
+            self.counters.signals += 1;
+        }
+        self.ps[p].requested = true;
+        retry
+    }
+
+    /// Rule 3 for an overrunning slice: count a strike if the evidence holds
+    /// and hand the P away after enough of them. `true` if handed away now.
+    fn blocked<T: Target>(&mut self, target: &mut T, p: usize, view: &PView) -> bool {
+        let threshold = self.cfg.blocked_refusals;
+        let rec = &mut self.ps[p];
+        let refused = !self.cfg.async_preempt || view.refused > rec.refused;
+        let candidate = threshold > 0 && rec.requested && !rec.handed_off && refused;
+        if !candidate || !target.thread_blocked(p) {
+            rec.strikes = 0;
+            return false;
+        }
+        rec.strikes = rec.strikes.saturating_add(1);
+        if rec.strikes < threshold {
+            return false;
+        }
+        rec.handed_off = true;
+        rec.strikes = 0;
+        if target.handoff_blocked(p) {
+            self.counters.blocked_handoffs += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Rule 4 for a P in a blocking call. Returns its next deadline.
+    fn syscall<T: Target>(
+        &mut self,
+        target: &mut T,
+        p: usize,
+        view: &PView,
+        now: Duration,
+        retook: &mut bool,
+    ) -> Option<Duration> {
+        let cfg = &self.cfg;
+        let rec = &mut self.ps[p];
+        if rec.syscalltick != Some(view.syscalltick) {
+            rec.syscalltick = Some(view.syscalltick);
+            return after(now, cfg.syscall_retake);
+        }
+        let age = now.saturating_sub(view.syscall_start);
+        if age < cfg.syscall_retake {
+            return after(view.syscall_start, cfg.syscall_retake);
+        }
+        let wanted = view.runq_nonempty
+            || age >= cfg.quantum
+            || target.idle_or_spinning() == 0
+            || target.global_work();
+        if !wanted {
+            return after(view.syscall_start, cfg.quantum);
+        }
+        if target.retake(p) {
+            self.counters.retakes += 1;
+            *retook = true;
+        }
+        None
+    }
+
+    /// How soon an overrunning slice that was asked to yield is looked at
+    /// again: soon, but not in a tight loop.
+    fn retry_interval(&self) -> Duration {
+        self.cfg.min_sleep.max(self.cfg.quantum / 4)
+    }
+
+    /// Go's idle backoff: 50 ticks at `min_sleep`, then double per tick up to
+    /// `max_sleep`; a retake restarts it.
+    fn backoff(&mut self, retook: bool) {
+        if retook {
+            self.idle = 0;
+        } else {
+            self.idle = self.idle.saturating_add(1);
+        }
+        if self.idle == 0 {
+            self.delay = self.cfg.min_sleep;
+        } else if self.idle > IDLE_TICKS_BEFORE_BACKOFF {
+            self.delay = self.delay.saturating_mul(2);
+        }
+        self.delay = self.clamp(self.delay);
+    }
+
+    /// Clamp a sleep to `min_sleep..=max_sleep` (`min_sleep` wins if the
+    /// bounds are inverted).
+    fn clamp(&self, d: Duration) -> Duration {
+        d.min(self.cfg.max_sleep).max(self.cfg.min_sleep)
+    }
+}
+
+/// `start + interval`, or `None` if the interval is [`Duration::MAX`]
+/// (disabled) or the sum overflows.
+fn after(start: Duration, interval: Duration) -> Option<Duration> {
+    if interval == Duration::MAX {
+        None
+    } else {
+        start.checked_add(interval)
+    }
+}
+
+/// The earlier of two optional deadlines.
+fn min_deadline(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
