@@ -1,0 +1,180 @@
+//! Helpers shared by the integration tests: re-running one test of the
+//! current test binary as a child process (for crashes and process-global
+//! state such as environment variables), process counters (CPU time, OS
+//! threads), and small utilities (a PRNG, panic payloads, polling).
+
+#![allow(dead_code)]
+
+use std::any::Any;
+use std::io::Read;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The environment variable that tells a re-executed test binary which
+/// role its test plays; its value is the role.
+pub const CHILD_ENV: &str = "GOSCHED_TEST_CHILD";
+
+/// How long a child may run before the parent kills it and fails.
+pub const CHILD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The role this process was started with by [`run_child`], or `None` in
+/// the parent (a normal test run).
+pub fn child_role() -> Option<String> {
+    std::env::var(CHILD_ENV).ok()
+}
+
+/// What a finished child process left behind.
+pub struct ChildOutput {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl ChildOutput {
+    /// The signal that killed the child, if one did.
+    pub fn signal(&self) -> Option<i32> {
+        self.status.signal()
+    }
+
+    /// Everything about the child, for assertion messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "status: {:?} (signal {:?})\n--- stderr ---\n{}\n--- stdout ---\n{}",
+            self.status,
+            self.signal(),
+            self.stderr,
+            self.stdout
+        )
+    }
+}
+
+/// Runs test `test` (its full name) of the current test binary in a child
+/// process, with `GOSCHED_TEST_CHILD=role` and the extra variables `envs`.
+/// Every other `GOSCHED_*` variable of ours is removed, so the child sees
+/// only what the test sets. Fails the test if the child runs longer than
+/// [`CHILD_TIMEOUT`] (it is killed first).
+pub fn run_child(test: &str, role: &str, envs: &[(&str, &str)]) -> ChildOutput {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut cmd = Command::new(exe);
+    cmd.args([test, "--exact", "--nocapture", "--include-ignored", "--test-threads=1"]);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("GOSCHED_") {
+            cmd.env_remove(k);
+        }
+    }
+    // Keep a panicking child's report short.
+    cmd.env("RUST_BACKTRACE", "0");
+    // SAFETY: the closure runs in the forked child before exec and calls
+    // only `setrlimit`, which is async-signal-safe. A deliberately crashing
+    // child must not spend time (and disk) writing a core dump.
+    unsafe {
+        cmd.pre_exec(|| {
+            let none = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            libc::setrlimit(libc::RLIMIT_CORE, &none);
+            Ok(())
+        });
+    }
+    cmd.env(CHILD_ENV, role);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn the child test process");
+    let mut out = child.stdout.take().expect("child stdout");
+    let mut err = child.stderr.take().expect("child stderr");
+    let out_t = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    });
+    let deadline = Instant::now() + CHILD_TIMEOUT;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait for the child") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let st = child.wait().expect("wait for the killed child");
+            let stderr = err_t.join().unwrap();
+            panic!("child {test} (role {role}) ran longer than {CHILD_TIMEOUT:?}: killed ({st:?})\n{stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    ChildOutput { status, stdout: out_t.join().unwrap(), stderr: err_t.join().unwrap() }
+}
+
+/// CPU time (user + system) consumed by the whole process so far.
+pub fn process_cpu_time() -> Duration {
+    // SAFETY: `getrusage` writes a plain-data struct that we own; all-zero
+    // is a valid value of it.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        assert_eq!(libc::getrusage(libc::RUSAGE_SELF, &mut ru), 0, "getrusage");
+        ru
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// OS threads of this process now (entries of `/proc/self/task`).
+pub fn os_thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task").expect("read /proc/self/task").count()
+}
+
+/// The kernel thread id of the calling thread. A real call each time (never
+/// inlined, not a cached thread-local), so it stays right in a goroutine
+/// that may have moved to another thread since the last call.
+#[inline(never)]
+pub fn os_tid() -> i32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() }
+}
+
+/// The message of a panic payload (`&str` or `String`), if it has one.
+pub fn payload_str(p: &(dyn Any + Send)) -> Option<&str> {
+    p.downcast_ref::<&str>().copied().or_else(|| p.downcast_ref::<String>().map(String::as_str))
+}
+
+/// Polls `cond` every millisecond until it holds or `timeout` passes;
+/// returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Marsaglia's xorshift64: deterministic test data without a rand crate.
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn new(seed: u64) -> XorShift {
+        XorShift(seed | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// A value in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
