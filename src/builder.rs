@@ -91,7 +91,9 @@ fn invalid(msg: String) -> io::Error {
 /// milliseconds.
 fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let v: f64 = num.parse().ok()?;
     if !v.is_finite() || v < 0.0 {
@@ -111,7 +113,9 @@ fn env(name: &str) -> io::Result<Option<String>> {
     match std::env::var(name) {
         Ok(v) => Ok(Some(v)),
         Err(std::env::VarError::NotPresent) => Ok(None),
-        Err(std::env::VarError::NotUnicode(v)) => Err(invalid(format!("{name}={v:?}: not valid UTF-8"))),
+        Err(std::env::VarError::NotUnicode(v)) => {
+            Err(invalid(format!("{name}={v:?}: not valid UTF-8")))
+        }
     }
 }
 
@@ -235,7 +239,9 @@ impl Builder {
                 Some(v) => match v.trim().parse::<usize>() {
                     Ok(n) if n > 0 => n,
                     _ => {
-                        return Err(invalid(format!("GOSCHED_MAXPROCS={v:?}: expected a positive integer")));
+                        return Err(invalid(format!(
+                            "GOSCHED_MAXPROCS={v:?}: expected a positive integer"
+                        )));
                     }
                 },
                 None => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -248,55 +254,74 @@ impl Builder {
             )));
         }
         if stack_size > MAX_STACK {
-            return Err(invalid(format!("stack_size({stack_size}): exceeds the {MAX_STACK}-byte (1 GiB) maximum")));
+            return Err(invalid(format!(
+                "stack_size({stack_size}): exceeds the {MAX_STACK}-byte (1 GiB) maximum"
+            )));
         }
         let page = crate::stack::page_size();
         let stack_size = stack_size.next_multiple_of(page);
         let quantum = match self.quantum {
             Some(q) => {
                 if q < MIN_QUANTUM {
-                    return Err(invalid(format!("preempt_quantum({q:?}): below the 50µs minimum")));
+                    return Err(invalid(format!(
+                        "preempt_quantum({q:?}): below the 50µs minimum"
+                    )));
                 }
                 q
             }
             None => match env("GOSCHED_QUANTUM")? {
                 Some(v) => match parse_duration(&v) {
                     Some(q) if q >= MIN_QUANTUM => q,
-                    Some(q) => return Err(invalid(format!("GOSCHED_QUANTUM={v:?}: {q:?} is below the 50µs minimum"))),
-                    None => {
+                    Some(q) => {
                         return Err(invalid(format!(
-                            "GOSCHED_QUANTUM={v:?}: expected a duration such as \"10ms\" or \"500us\""
+                            "GOSCHED_QUANTUM={v:?}: {q:?} is below the 50µs minimum"
                         )))
                     }
+                    None => return Err(invalid(format!(
+                        "GOSCHED_QUANTUM={v:?}: expected a duration such as \"10ms\" or \"500us\""
+                    ))),
                 },
                 None => DEFAULT_QUANTUM,
             },
         };
         let feature = cfg!(feature = "preempt-signal");
-        let async_preempt = match self.async_preempt {
-            Some(true) if !feature => {
-                return Err(invalid(
-                    "async_preempt(true): gosched was built without the `preempt-signal` feature".into(),
-                ))
-            }
-            Some(on) => on,
-            None => match env("GOSCHED_ASYNCPREEMPTOFF")?.as_deref().map(str::trim) {
-                None | Some("") | Some("0") => feature,
-                Some("1") => false,
-                Some(v) => return Err(invalid(format!("GOSCHED_ASYNCPREEMPTOFF={v:?}: expected 0 or 1"))),
-            },
-        };
+        let async_preempt =
+            match self.async_preempt {
+                Some(true) if !feature => return Err(invalid(
+                    "async_preempt(true): gosched was built without the `preempt-signal` feature"
+                        .into(),
+                )),
+                Some(on) => on,
+                None => match env("GOSCHED_ASYNCPREEMPTOFF")?.as_deref().map(str::trim) {
+                    None | Some("") | Some("0") => feature,
+                    Some("1") => false,
+                    Some(v) => {
+                        return Err(invalid(format!(
+                            "GOSCHED_ASYNCPREEMPTOFF={v:?}: expected 0 or 1"
+                        )))
+                    }
+                },
+            };
         let schedtrace = match env("GOSCHED_SCHEDTRACE")? {
             None => None,
             Some(v) => match v.trim().parse::<u64>() {
                 Ok(0) => None,
                 Ok(ms) => Some(Duration::from_millis(ms)),
                 Err(_) => {
-                    return Err(invalid(format!("GOSCHED_SCHEDTRACE={v:?}: expected a period in milliseconds")));
+                    return Err(invalid(format!(
+                        "GOSCHED_SCHEDTRACE={v:?}: expected a period in milliseconds"
+                    )));
                 }
             },
         };
-        Ok(Config { procs, stack_size, quantum, async_preempt, mode: self.mode.unwrap_or_default(), schedtrace })
+        Ok(Config {
+            procs,
+            stack_size,
+            quantum,
+            async_preempt,
+            mode: self.mode.unwrap_or_default(),
+            schedtrace,
+        })
     }
 }
 

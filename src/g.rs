@@ -70,6 +70,14 @@ pub(crate) struct G {
     pub(crate) locked_m: Cell<Option<NonNull<crate::sched::M>>>,
     /// What the goroutine waits on while parked (for the deadlock report).
     pub(crate) wait_reason: Cell<&'static str>,
+    /// Where it was spawned (for the deadlock report; owner).
+    pub(crate) spawned_at: Cell<Option<&'static std::panic::Location<'static>>>,
+    /// Spawned and not finished. Written by the spawner and the exiting
+    /// M; read by the deadlock check (Relaxed: it double-checks).
+    pub(crate) live: AtomicBool,
+    /// Inside `blocking()`: runtime waits block the thread instead of
+    /// parking the goroutine, as on a plain thread (owner).
+    pub(crate) in_blocking: Cell<bool>,
     /// The runtime this goroutine belongs to.
     pub(crate) shared: *const crate::sched::Shared,
 }
@@ -95,6 +103,9 @@ impl G {
             affine: Cell::new(false),
             locked_m: Cell::new(None),
             wait_reason: Cell::new(""),
+            spawned_at: Cell::new(None),
+            live: AtomicBool::new(false),
+            in_blocking: Cell::new(false),
             shared,
         }
     }
@@ -137,7 +148,10 @@ impl GRef {
             // AcqRel: pairs with the M's EMPTY -> PARKED CAS (it saved the
             // goroutine's context before) and with the goroutine's consuming
             // NOTIFIED -> EMPTY.
-            match self.park.compare_exchange_weak(s, next, Ordering::AcqRel, Ordering::Acquire) {
+            match self
+                .park
+                .compare_exchange_weak(s, next, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) if wake => return crate::sched::ready(self),
                 Ok(_) => return,
                 Err(now) => s = now,
@@ -157,7 +171,7 @@ pub(crate) enum Waiter {
 impl Waiter {
     /// The calling goroutine, or the calling thread outside a goroutine.
     pub(crate) fn current() -> Waiter {
-        match crate::sched::current_g() {
+        match parkable_g() {
             Some(g) => Waiter::G(g),
             None => Waiter::Thread(std::thread::current()),
         }
@@ -167,25 +181,50 @@ impl Waiter {
     pub(crate) fn unpark(&self) {
         match self {
             Waiter::G(g) => g.unpark(),
-            Waiter::Thread(t) => t.unpark(),
+            Waiter::Thread(t) => {
+                THREAD_WAKES.fetch_add(1, Ordering::Relaxed);
+                t.unpark()
+            }
         }
     }
+}
+
+/// Plain threads parked in `park`/`park_until` right now (the deadlock
+/// check accounts for every thread of the process).
+pub(crate) static THREADS_PARKED: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+/// Wake-ups of plain threads so far (the deadlock check requires it stable).
+pub(crate) static THREAD_WAKES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The calling goroutine if it can park (not inside `blocking()`).
+pub(crate) fn parkable_g() -> Option<GRef> {
+    crate::sched::current_g().filter(|g| !g.in_blocking.get())
+}
+
+fn thread_park(timeout: Option<std::time::Duration>) {
+    THREADS_PARKED.fetch_add(1, Ordering::SeqCst);
+    match timeout {
+        None => std::thread::park(),
+        Some(t) => std::thread::park_timeout(t),
+    }
+    THREADS_PARKED.fetch_sub(1, Ordering::SeqCst);
 }
 
 /// Parks the calling goroutine (or thread) until `Waiter::unpark`. May
 /// return spuriously: call it in a loop that re-checks the condition.
 /// `reason` says what it waits on (shown by the deadlock report).
 pub(crate) fn park(reason: &'static str) {
-    match crate::sched::current_g() {
+    match parkable_g() {
         Some(_) => crate::sched::gopark(reason),
-        None => std::thread::park(),
+        None => thread_park(None),
     }
 }
 
 /// Like `park`, but gives up at `deadline` (returns either way; the caller
 /// re-checks its condition and the clock).
 pub(crate) fn park_until(reason: &'static str, deadline: std::time::Instant) {
-    match crate::sched::current_g() {
+    match parkable_g() {
         Some(g) => {
             let w = Waiter::G(g);
             let t = crate::timer::add_current(deadline, Box::new(move || w.unpark()));
@@ -196,7 +235,7 @@ pub(crate) fn park_until(reason: &'static str, deadline: std::time::Instant) {
         }
         None => {
             if let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-                std::thread::park_timeout(left);
+                thread_park(Some(left));
             }
         }
     }

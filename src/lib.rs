@@ -87,7 +87,9 @@ mod runtime;
 mod sched;
 mod signal;
 mod stack;
+mod syscall;
 mod timer;
+mod trace;
 
 use std::time::{Duration, Instant};
 
@@ -110,6 +112,7 @@ pub use crate::runtime::{JoinHandle, Runtime, Stats};
 ///     assert_eq!(h.join().unwrap(), "from a goroutine");
 /// });
 /// ```
+#[track_caller]
 pub fn spawn<F, R>(f: F) -> JoinHandle<R>
 where
     F: FnOnce() -> R + Send + 'static,
@@ -144,7 +147,7 @@ where
 /// assert_eq!(order, ["other", "main"]);
 /// ```
 pub fn yield_now() {
-    match sched::current_g() {
+    match g::parkable_g() {
         Some(_) => sched::goyield(),
         None => std::thread::yield_now(),
     }
@@ -167,7 +170,7 @@ pub fn yield_now() {
 /// ```
 pub fn sleep(d: Duration) {
     let deadline = Instant::now() + d;
-    if sched::current_g().is_none() {
+    if g::parkable_g().is_none() {
         return std::thread::sleep(d);
     }
     preempt_point_inner();
@@ -239,7 +242,7 @@ pub fn no_preempt<R>(f: impl FnOnce() -> R) -> R {
 /// });
 /// ```
 pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
-    sched::blocking(f)
+    syscall::blocking(f)
 }
 
 /// Wires the calling goroutine to its current OS thread (Go's
@@ -261,7 +264,7 @@ pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
 /// });
 /// ```
 pub fn lock_os_thread() {
-    sched::lock_os_thread();
+    syscall::lock_os_thread();
 }
 
 /// Undoes one [`lock_os_thread`]; at zero the goroutine may run anywhere
@@ -278,7 +281,7 @@ pub fn lock_os_thread() {
 /// });
 /// ```
 pub fn unlock_os_thread() {
-    sched::unlock_os_thread();
+    syscall::unlock_os_thread();
 }
 
 /// The calling goroutine's id, or `None` outside a goroutine. Ids are unique

@@ -31,7 +31,11 @@ impl Target for RuntimeTarget<'_> {
         };
         let m = pp.m.load(Ordering::Acquire);
         // SAFETY: Ms live as long as Shared.
-        let refused = if m.is_null() { 0 } else { unsafe { (*m).refused.load(Ordering::Relaxed) } };
+        let refused = if m.is_null() {
+            0
+        } else {
+            unsafe { (*m).refused.load(Ordering::Relaxed) }
+        };
         PView {
             status,
             schedtick: pp.schedtick.load(Ordering::Acquire),
@@ -76,7 +80,10 @@ impl Target for RuntimeTarget<'_> {
     fn handoff_blocked(&mut self, p: usize) -> bool {
         let ok = self.sh.retake(p, crate::sched::P_USER);
         if ok {
-            self.sh.counters.blocked_handoffs.fetch_add(1, Ordering::Relaxed);
+            self.sh
+                .counters
+                .blocked_handoffs
+                .fetch_add(1, Ordering::Relaxed);
         }
         ok
     }
@@ -93,10 +100,14 @@ impl Target for RuntimeTarget<'_> {
 /// Is thread `tid` of this process asleep in the kernel ('S' or 'D' in
 /// /proc/self/task/TID/stat)?
 fn thread_sleeping(tid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")) else { return false };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")) else {
+        return false;
+    };
     // The state follows the parenthesised command name, which may contain
     // spaces or parentheses itself: take the last ')'.
-    let state = stat.rfind(')').and_then(|i| stat[i + 1..].trim_start().chars().next());
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].trim_start().chars().next());
     matches!(state, Some('S') | Some('D'))
 }
 
@@ -142,7 +153,20 @@ fn run(sh: &Shared) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
-                let woken = if sh.all_idle() { sh.sysmon_note.wait(timeout) } else { true };
+                let woken = if !sh.all_idle() {
+                    true
+                } else if deadline.is_none() && sh.deadlocked() {
+                    // Look again after a pause: a thread that was just
+                    // woken may not have run yet.
+                    let seen = sh.progress();
+                    let woken = sh.sysmon_note.wait(Some(DEADLOCK_RECHECK));
+                    if !woken && sh.progress() == seen && sh.deadlocked() {
+                        sh.die_deadlocked();
+                    }
+                    woken
+                } else {
+                    sh.sysmon_note.wait(timeout)
+                };
                 sh.sysmon_idle.store(false, Ordering::SeqCst);
                 woken
             }
@@ -152,6 +176,9 @@ fn run(sh: &Shared) {
         }
     }
 }
+
+/// Pause between the two looks of the deadlock check.
+const DEADLOCK_RECHECK: Duration = Duration::from_millis(100);
 
 fn min_opt(d: Duration, cap: Option<Duration>) -> Duration {
     cap.map_or(d, |c| d.min(c))

@@ -17,7 +17,9 @@ pub(crate) struct Note {
 
 impl Note {
     pub(crate) const fn new() -> Note {
-        Note { key: AtomicU32::new(0) }
+        Note {
+            key: AtomicU32::new(0),
+        }
     }
 
     /// Sets the note and wakes its sleeper, if any.
@@ -54,7 +56,9 @@ fn futex_wait(key: &AtomicU32, expect: u32, timeout: Option<Duration>) {
         tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
         tv_nsec: t.subsec_nanos() as libc::c_long,
     });
-    let tsp = ts.as_ref().map_or(core::ptr::null(), |t| t as *const libc::timespec);
+    let tsp = ts
+        .as_ref()
+        .map_or(core::ptr::null(), |t| t as *const libc::timespec);
     // SAFETY: `key` is a live, aligned u32; FUTEX_WAIT only reads it and
     // sleeps while it equals `expect`; `tsp` is null or points at `ts`.
     unsafe {
@@ -72,7 +76,12 @@ fn futex_wake(key: &AtomicU32) {
     // SAFETY: FUTEX_WAKE on the address of a live u32 wakes at most one
     // sleeper and touches no memory.
     unsafe {
-        libc::syscall(libc::SYS_futex, key.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, 1);
+        libc::syscall(
+            libc::SYS_futex,
+            key.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            1,
+        );
     }
 }
 

@@ -77,8 +77,14 @@ pub(crate) enum Refusal {
 }
 
 /// Names of the refusal reasons, by index.
-pub(crate) const REFUSAL_NAMES: [&str; REFUSAL_REASONS] =
-    ["not_requested", "no_preempt", "stack", "foreign_code", "sigmask", "not_m"];
+pub(crate) const REFUSAL_NAMES: [&str; REFUSAL_REASONS] = [
+    "not_requested",
+    "no_preempt",
+    "stack",
+    "foreign_code",
+    "sigmask",
+    "not_m",
+];
 
 /// Stack the scheduler call below the trampoline may use (the Rust frames of
 /// `preempt_park` and the switch to g0).
@@ -129,7 +135,11 @@ pub(crate) fn on_m_start() {
 }
 
 fn read_text_ranges() {
-    unsafe extern "C" fn each(info: *mut libc::dl_phdr_info, _size: usize, data: *mut libc::c_void) -> libc::c_int {
+    unsafe extern "C" fn each(
+        info: *mut libc::dl_phdr_info,
+        _size: usize,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
         // SAFETY: dl_iterate_phdr passes a valid info for each object; the
         // first object is the main program.
         let info = unsafe { &*info };
@@ -203,7 +213,9 @@ fn try_preempt(m: &crate::sched::M, ctx: &mut arch::SigContext) -> Result<(), Re
     // SAFETY: both are valid sigset_t values; we read their first 8 bytes.
     let (now, normal) = unsafe {
         (
-            (ctx.sigmask() as *const libc::sigset_t).cast::<u64>().read_unaligned(),
+            (ctx.sigmask() as *const libc::sigset_t)
+                .cast::<u64>()
+                .read_unaligned(),
             m.sigmask.get().cast::<u64>().read_unaligned(),
         )
     };
@@ -261,7 +273,10 @@ pub(crate) extern "C" fn preempt_park() {
 /// preemptM with signalPending). Returns whether a signal was sent.
 pub(crate) fn signal_m(m: &crate::sched::M) -> bool {
     // Pairs with the handler's Release store of false.
-    if m.signal_pending.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+    if m.signal_pending
+        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+        .is_err()
+    {
         return false;
     }
     let tid = m.tid.load(Ordering::Acquire);

@@ -62,6 +62,7 @@ impl Runtime {
             crate::preempt::install();
         }
         let shared = Shared::new(cfg)?;
+        crate::sched::LIVE_RUNTIMES.fetch_add(1, Ordering::SeqCst);
         let sysmon = Some(crate::monitor::start(shared.clone()));
         Ok(Runtime { shared, sysmon })
     }
@@ -87,7 +88,7 @@ impl Runtime {
     /// ```
     pub fn block_on<F: FnOnce() -> R + Send, R: Send>(&self, f: F) -> R {
         assert!(
-            sched::current_g().is_none(),
+            crate::g::parkable_g().is_none(),
             "gosched: Runtime::block_on called from inside a goroutine; this would block the goroutine's worker \
              thread. Call the function directly, or use spawn and join"
         );
@@ -99,7 +100,7 @@ impl Runtime {
         // outlives its use. If the process exits meanwhile (deadlock report),
         // nothing runs afterwards.
         let body: Box<dyn FnOnce() + Send + 'static> = unsafe { std::mem::transmute(body) };
-        self.shared.spawn_raw(body);
+        self.shared.spawn_raw(body, None);
         match inner.wait() {
             Ok(r) => r,
             Err(p) => resume_unwind(p),
@@ -115,6 +116,7 @@ impl Runtime {
     /// let h = rt.spawn(|| 40 + 2);
     /// assert_eq!(h.join().unwrap(), 42); // a plain thread blocks in join
     /// ```
+    #[track_caller]
     pub fn spawn<F, R>(&self, f: F) -> JoinHandle<R>
     where
         F: FnOnce() -> R + Send + 'static,
@@ -146,12 +148,15 @@ impl Drop for Runtime {
             let _ = t.join();
         }
         self.shared.free_dead_gs();
+        crate::sched::LIVE_RUNTIMES.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("procs", &self.shared.cfg.procs).finish_non_exhaustive()
+        f.debug_struct("Runtime")
+            .field("procs", &self.shared.cfg.procs)
+            .finish_non_exhaustive()
     }
 }
 
@@ -168,7 +173,11 @@ unsafe impl<R: Send> Sync for JoinInner<R> {}
 
 impl<R> JoinInner<R> {
     fn new() -> JoinInner<R> {
-        JoinInner { done: AtomicBool::new(false), result: UnsafeCell::new(None), waiter: Mutex::new(None) }
+        JoinInner {
+            done: AtomicBool::new(false),
+            result: UnsafeCell::new(None),
+            waiter: Mutex::new(None),
+        }
     }
 
     fn complete(&self, r: std::thread::Result<R>) {
@@ -217,13 +226,17 @@ where
     })
 }
 
+#[track_caller]
 pub(crate) fn spawn_on<F, R>(sh: &Shared, f: F) -> JoinHandle<R>
 where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
     let inner = Arc::new(JoinInner::new());
-    let id = sh.spawn_raw(make_body(f, inner.clone()));
+    let id = sh.spawn_raw(
+        make_body(f, inner.clone()),
+        Some(std::panic::Location::caller()),
+    );
     JoinHandle { inner, id }
 }
 
@@ -294,7 +307,10 @@ impl<R> JoinHandle<R> {
 
 impl<R> std::fmt::Debug for JoinHandle<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JoinHandle").field("id", &self.id).field("finished", &self.is_finished()).finish()
+        f.debug_struct("JoinHandle")
+            .field("id", &self.id)
+            .field("finished", &self.is_finished())
+            .finish()
     }
 }
 
@@ -356,7 +372,10 @@ pub struct Stats {
 impl Shared {
     pub(crate) fn stats(&self) -> Stats {
         let sum = |f: fn(&sched::PCounters) -> &std::sync::atomic::AtomicU64| -> u64 {
-            self.ps.iter().map(|p| f(&p.counters).load(Ordering::Relaxed)).sum()
+            self.ps
+                .iter()
+                .map(|p| f(&p.counters).load(Ordering::Relaxed))
+                .sum()
         };
         let by_reason: Vec<(&'static str, u64)> = crate::preempt::REFUSAL_NAMES
             .iter()

@@ -66,18 +66,20 @@
 
 use std::cell::{Cell, UnsafeCell};
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{
+    fence, AtomicBool, AtomicI32, AtomicPtr, AtomicU64, AtomicUsize, Ordering,
+};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle as ThreadHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crossbeam_deque::{Injector, Steal, Stealer, Worker};
+use crossbeam_deque::{Injector, Stealer, Worker};
 
 use crate::arch;
-use crate::builder::{Config, PreemptMode};
-use crate::g::{GRef, EMPTY, G, NOTIFIED, PARKED};
+use crate::builder::Config;
+use crate::g::{GRef, EMPTY, G, NOTIFIED};
 use crate::note::Note;
-use crate::stack::{Stack, StackPool, P_CACHE};
+use crate::stack::{Stack, StackPool};
 use crate::timer::{Task, TimerId, Timers};
 
 /// Every `GLOBAL_CHECK`-th slice a P looks at the global queue first (Go: 61,
@@ -100,7 +102,7 @@ pub(crate) const P_SCHED: u64 = 2;
 pub(crate) const P_USER: u64 = 3;
 pub(crate) const P_SYSCALL: u64 = 4;
 
-fn pstatus(m: &M, state: u64) -> u64 {
+pub(crate) fn pstatus(m: &M, state: u64) -> u64 {
     ((m.id as u64) << 8) | state
 }
 
@@ -128,7 +130,7 @@ pub(crate) struct PCounters {
     pub(crate) parks: AtomicU64,
 }
 
-fn bump(c: &AtomicU64) {
+pub(crate) fn bump(c: &AtomicU64) {
     c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
 }
 
@@ -137,11 +139,11 @@ pub(crate) struct P {
     pub(crate) id: usize,
     /// Ownership word (module docs). CAS by the owner M and by sysmon.
     pub(crate) status: AtomicU64,
-    stealer: Stealer<GRef>,
+    pub(crate) stealer: Stealer<GRef>,
     /// A G to run next, inheriting the time slice. Set by the owning M or a
     /// goroutine running on it (swap); taken by the owner (swap) or a thief
     /// (CAS), AcqRel.
-    runnext: AtomicPtr<G>,
+    pub(crate) runnext: AtomicPtr<G>,
     /// Fresh slices started (Go's schedtick). Written by the owner, read by
     /// sysmon (Relaxed; `slice_start` is written just before it).
     pub(crate) schedtick: AtomicU64,
@@ -154,11 +156,11 @@ pub(crate) struct P {
     /// The M that owns the P (null when idle). Read by sysmon.
     pub(crate) m: AtomicPtr<M>,
     pub(crate) counters: PCounters,
-    local: UnsafeCell<PLocal>,
+    pub(crate) local: UnsafeCell<PLocal>,
 }
 
 /// The part of a P only its owner touches (on g0).
-struct PLocal {
+pub(crate) struct PLocal {
     worker: Worker<GRef>,
     gfree: Vec<GRef>,
     stacks: Vec<Stack>,
@@ -173,27 +175,27 @@ unsafe impl Sync for P {}
 /// A worker thread.
 pub(crate) struct M {
     pub(crate) id: usize,
-    shared: *const Shared,
+    pub(crate) shared: *const Shared,
     /// Kernel thread id, for tgkill and /proc. Written once at start.
     pub(crate) tid: AtomicI32,
-    note: Note,
+    pub(crate) note: Note,
     /// A P handed to this M (index + 1; 0 = none). Written by the M that
     /// hands it off before `note.wake()` (Release via the note), taken by
     /// this M after waking.
-    nextp: AtomicUsize,
+    pub(crate) nextp: AtomicUsize,
     /// Started as a spinning M (set with `nextp`, read after waking).
-    spinning: AtomicBool,
+    pub(crate) spinning: AtomicBool,
     /// The goroutine running on this M (null on g0). Written by this M;
     /// read by sysmon and this thread's signal handler.
     pub(crate) curg: AtomicPtr<G>,
     /// The goroutine locked to this M (owner thread only).
-    locked_g: Cell<Option<GRef>>,
+    pub(crate) locked_g: Cell<Option<GRef>>,
     /// Saved g0 stack pointer while a goroutine runs (owner thread).
-    g0_sp: UnsafeCell<usize>,
+    pub(crate) g0_sp: UnsafeCell<usize>,
     /// The P this M holds (owner thread).
-    p: Cell<Option<usize>>,
+    pub(crate) p: Cell<Option<usize>>,
     /// Why the current goroutine switched to g0 (owner thread).
-    reason: Cell<Reason>,
+    pub(crate) reason: Cell<Reason>,
     /// 1 while a preemption signal is in flight (Go's signalPending): set
     /// by sysmon's CAS before tgkill, cleared by the handler.
     pub(crate) signal_pending: AtomicBool,
@@ -238,20 +240,20 @@ pub(crate) struct GlobalCounters {
 pub(crate) struct Shared {
     pub(crate) cfg: Config,
     pub(crate) epoch: Instant,
-    injector: Injector<GRef>,
+    pub(crate) injector: Injector<GRef>,
     pub(crate) ps: Box<[P]>,
-    pidle: Mutex<Vec<usize>>,
+    pub(crate) pidle: Mutex<Vec<usize>>,
     pub(crate) npidle: AtomicUsize,
     pub(crate) nmspinning: AtomicUsize,
-    midle: Mutex<Vec<Arc<M>>>,
+    pub(crate) midle: Mutex<Vec<Arc<M>>>,
     pub(crate) allm: Mutex<Vec<Arc<M>>>,
-    threads: Mutex<Vec<ThreadHandle<()>>>,
+    pub(crate) threads: Mutex<Vec<ThreadHandle<()>>>,
     pub(crate) timers: Timers,
     /// The idle M sleeping until the next timer, if any.
-    timer_m: AtomicPtr<M>,
+    pub(crate) timer_m: AtomicPtr<M>,
     pub(crate) stacks: StackPool,
-    gfree: Mutex<Vec<GRef>>,
-    allg: Mutex<Vec<GRef>>,
+    pub(crate) gfree: Mutex<Vec<GRef>>,
+    pub(crate) allg: Mutex<Vec<GRef>>,
     pub(crate) shutdown: AtomicBool,
     pub(crate) counters: GlobalCounters,
     pub(crate) sysmon_note: Note,
@@ -261,11 +263,11 @@ pub(crate) struct Shared {
     /// Goroutines blocked in `blocking()` right now.
     pub(crate) in_blocking: AtomicUsize,
     /// Spawns from outside any P of this runtime (plain threads).
-    counters_spawned_outside: AtomicU64,
+    pub(crate) counters_spawned_outside: AtomicU64,
     /// Exits on an M that had lost its P.
-    counters_exited_outside: AtomicU64,
+    pub(crate) counters_exited_outside: AtomicU64,
     /// Weak self-reference so Gs can hold the runtime alive.
-    me: std::sync::Weak<Shared>,
+    pub(crate) me: std::sync::Weak<Shared>,
 }
 
 thread_local! {
@@ -281,7 +283,7 @@ thread_local! {
 /// any switch. Reading through an opaque call after each switch keeps every
 /// read fresh.
 #[inline(never)]
-fn cur_m() -> *const M {
+pub(crate) fn cur_m() -> *const M {
     CUR_M.with(|c| c.get())
 }
 
@@ -372,7 +374,7 @@ pub(crate) fn preempt_check() {
 
 /// Switches from goroutine `g` (the caller) to its M's scheduler, saying
 /// why; returns when the goroutine is resumed, possibly on another M.
-fn switch_to_g0(g: GRef, reason: Reason) {
+pub(crate) fn switch_to_g0(g: GRef, reason: Reason) {
     g.no_preempt.fetch_add(1, Ordering::Relaxed);
     std::sync::atomic::compiler_fence(Ordering::SeqCst);
     let m = cur_m();
@@ -390,7 +392,10 @@ fn switch_to_g0(g: GRef, reason: Reason) {
 pub(crate) fn gopark(reason: &'static str) {
     let g = current_g().expect("gopark outside a goroutine");
     // Consume a pending token without switching.
-    if g.park.compare_exchange(NOTIFIED, EMPTY, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+    if g.park
+        .compare_exchange(NOTIFIED, EMPTY, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
+    {
         return;
     }
     g.wait_reason.set(reason);
@@ -443,7 +448,7 @@ pub(crate) fn ready(g: GRef) {
 ///
 /// # Safety
 /// Called only by `arch`'s start trampoline with a G prepared by `execute`.
-unsafe extern "C" fn g_entry(arg: usize) -> ! {
+pub(crate) unsafe extern "C" fn g_entry(arg: usize) -> ! {
     // SAFETY: `execute` passes the G it switched to; it is live.
     let g = GRef(unsafe { NonNull::new_unchecked(arg as *mut G) });
     // SAFETY: owner access: we are this G.
@@ -461,6 +466,9 @@ unsafe extern "C" fn g_entry(arg: usize) -> ! {
     unreachable!("a finished goroutine was resumed");
 }
 
+/// Runtimes alive in the process (the deadlock check runs only with one).
+pub(crate) static LIVE_RUNTIMES: AtomicUsize = AtomicUsize::new(0);
+
 /// Process-wide goroutine ids (Go's goid starts at 1).
 static NEXT_GID: AtomicU64 = AtomicU64::new(1);
 
@@ -471,7 +479,9 @@ impl Shared {
         let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (std::process::id() as u64);
         for id in 0..cfg.procs {
             let worker = Worker::new_fifo();
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ps.push(P {
                 id,
                 status: AtomicU64::new(P_IDLE),
@@ -483,7 +493,12 @@ impl Shared {
                 syscall_start: AtomicU64::new(0),
                 m: AtomicPtr::new(ptr::null_mut()),
                 counters: PCounters::default(),
-                local: UnsafeCell::new(PLocal { worker, gfree: Vec::new(), stacks: Vec::new(), rng: seed | 1 }),
+                local: UnsafeCell::new(PLocal {
+                    worker,
+                    gfree: Vec::new(),
+                    stacks: Vec::new(),
+                    rng: seed | 1,
+                }),
             });
         }
         let procs = cfg.procs;
@@ -555,9 +570,15 @@ impl Shared {
     /// Creates a goroutine running `body` (which must catch its own panics)
     /// and makes it runnable. From a goroutine of this runtime it goes to the
     /// current P's `runnext` (Go's newproc), else to the global queue.
-    pub(crate) fn spawn_raw(&self, body: Box<dyn FnOnce() + Send>) -> u64 {
+    pub(crate) fn spawn_raw(
+        &self,
+        body: Box<dyn FnOnce() + Send>,
+        at: Option<&'static std::panic::Location<'static>>,
+    ) -> u64 {
         let _np = NoPreempt::enter();
         let g = self.gget();
+        g.spawned_at.set(at);
+        g.live.store(true, Ordering::Relaxed);
         let id = NEXT_GID.fetch_add(1, Ordering::Relaxed);
         g.id.set(id);
         // SAFETY: a free G is owned by whoever took it from the free list.
@@ -579,7 +600,8 @@ impl Shared {
                 }
             }
             None => {
-                self.counters_spawned_outside.fetch_add(1, Ordering::Relaxed);
+                self.counters_spawned_outside
+                    .fetch_add(1, Ordering::Relaxed);
                 self.injector.push(g);
             }
         }
@@ -597,7 +619,9 @@ impl Shared {
         if let Some(g) = self.gfree.lock().unwrap().pop() {
             return g;
         }
-        let g = Box::new(G::new(Arc::into_raw(self.me.upgrade().expect("runtime alive"))));
+        let g = Box::new(G::new(Arc::into_raw(
+            self.me.upgrade().expect("runtime alive"),
+        )));
         let g = GRef(NonNull::from(Box::leak(g)));
         self.allg.lock().unwrap().push(g);
         g
@@ -626,7 +650,10 @@ impl Shared {
             return;
         }
         if self.nmspinning.load(Ordering::SeqCst) != 0
-            || self.nmspinning.compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst).is_err()
+            || self
+                .nmspinning
+                .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
         {
             return;
         }
@@ -667,7 +694,10 @@ impl Shared {
 
     fn newm(&self, p: usize, spinning: bool) {
         let mut all = self.allm.lock().unwrap();
-        assert!(all.len() < MAX_MS, "gosched: program exceeds {MAX_MS}-thread limit");
+        assert!(
+            all.len() < MAX_MS,
+            "gosched: program exceeds {MAX_MS}-thread limit"
+        );
         let m = Arc::new(M {
             id: all.len() + 1,
             shared: self as *const Shared,
@@ -690,7 +720,7 @@ impl Shared {
         let sh = self.me.upgrade().expect("runtime alive");
         let t = std::thread::Builder::new()
             .name(format!("gosched-m{}", m.id))
-            .spawn(move || mstart(sh, m))
+            .spawn(move || schedule::mstart(sh, m))
             .expect("gosched: cannot start a worker thread");
         self.threads.lock().unwrap().push(t);
     }
@@ -705,7 +735,10 @@ impl Shared {
             return self.startm(Some(p), false);
         }
         if self.nmspinning.load(Ordering::SeqCst) + self.npidle.load(Ordering::SeqCst) == 0
-            && self.nmspinning.compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+            && self
+                .nmspinning
+                .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
         {
             return self.startm(Some(p), true);
         }
@@ -726,7 +759,11 @@ impl Shared {
             return false;
         }
         // Pairs with the owner's CAS back to SCHED: exactly one wins.
-        if self.ps[p].status.compare_exchange(s, P_HANDOFF, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+        if self.ps[p]
+            .status
+            .compare_exchange(s, P_HANDOFF, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
             return false;
         }
         let mp = self.ps[p].m.load(Ordering::Acquire);
@@ -762,7 +799,7 @@ impl Shared {
 
     /// A P left the idle state: wake sysmon if it sleeps because all were
     /// idle (Go wakes sysmon from exitsyscall and startTheWorld likewise).
-    fn note_busy(&self) {
+    pub(crate) fn note_busy(&self) {
         // Pairs with the SeqCst store of sysmon_idle in monitor::run.
         if self.sysmon_idle.load(Ordering::SeqCst) {
             self.sysmon_note.wake();
@@ -801,42 +838,32 @@ impl Shared {
         }
     }
 
-    /// One `GOSCHED_SCHEDTRACE` line, in Go's format.
-    pub(crate) fn schedtrace_line(&self) -> String {
-        let ms = self.epoch.elapsed().as_millis();
-        let idle = self.npidle.load(Ordering::Relaxed);
-        let threads = self.allm.lock().unwrap().len();
-        let idlethreads = self.midle.lock().unwrap().len();
-        let spinning = self.nmspinning.load(Ordering::Relaxed);
-        let runqueue = self.injector.len();
-        let local: Vec<String> = self
-            .ps
-            .iter()
-            .map(|p| (p.stealer.len() + usize::from(!p.runnext.load(Ordering::Relaxed).is_null())).to_string())
-            .collect();
-        format!(
-            "SCHED {ms}ms: procs={} idleprocs={idle} threads={threads} spinningthreads={spinning} idlethreads={idlethreads} runqueue={runqueue} [{}]",
-            self.cfg.procs,
-            local.join(" ")
-        )
-    }
-
     /// Is there any runnable G anywhere (for the last spinning M's re-check)?
-    fn any_work(&self) -> bool {
+    pub(crate) fn any_work(&self) -> bool {
         !self.injector.is_empty()
-            || self.ps.iter().any(|p| !p.stealer.is_empty() || !p.runnext.load(Ordering::Acquire).is_null())
+            || self
+                .ps
+                .iter()
+                .any(|p| !p.stealer.is_empty() || !p.runnext.load(Ordering::Acquire).is_null())
     }
 
     /// Goroutines spawned so far.
     pub(crate) fn spawned(&self) -> u64 {
-        self.ps.iter().map(|p| p.counters.spawned.load(Ordering::Relaxed)).sum::<u64>()
+        self.ps
+            .iter()
+            .map(|p| p.counters.spawned.load(Ordering::Relaxed))
+            .sum::<u64>()
             + self.counters_spawned_outside.load(Ordering::Relaxed)
     }
 
     /// Live goroutines.
     pub(crate) fn goroutines(&self) -> usize {
         let spawned = self.spawned();
-        let exited: u64 = self.ps.iter().map(|p| p.counters.exited.load(Ordering::Relaxed)).sum::<u64>()
+        let exited: u64 = self
+            .ps
+            .iter()
+            .map(|p| p.counters.exited.load(Ordering::Relaxed))
+            .sum::<u64>()
             + self.counters_exited_outside.load(Ordering::Relaxed);
         spawned.saturating_sub(exited) as usize
     }
@@ -886,552 +913,4 @@ impl Shared {
     }
 }
 
-/// Body of every M thread.
-fn mstart(sh: Arc<Shared>, m: Arc<M>) {
-    CUR_M.with(|c| c.set(Arc::as_ptr(&m)));
-    // SAFETY: gettid has no preconditions.
-    m.tid.store(unsafe { libc::gettid() }, Ordering::Release);
-    let _alt = crate::signal::AltStack::install();
-    // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer
-    // slack (1 ns: timers fire when asked, not up to 50 µs later);
-    // pthread_sigmask with a null new set only reads the current mask.
-    unsafe {
-        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
-        libc::pthread_sigmask(libc::SIG_SETMASK, ptr::null(), m.sigmask.get());
-    }
-    crate::preempt::on_m_start();
-    let s = Sched { sh: &sh, m: &m };
-    if let Some(p) = m.take_nextp() {
-        s.acquirep(p);
-        s.run();
-    }
-    CUR_M.with(|c| c.set(ptr::null()));
-}
-
-/// One M's view of the scheduler: the code that runs on g0.
-struct Sched<'a> {
-    sh: &'a Shared,
-    m: &'a Arc<M>,
-}
-
-impl Sched<'_> {
-    fn p(&self) -> &P {
-        &self.sh.ps[self.m.p.get().expect("M without a P")]
-    }
-
-    #[allow(clippy::mut_from_ref)]
-    fn local(&self) -> &mut PLocal {
-        // SAFETY: we are on g0 of the M that owns this P (state SCHED); no
-        // other reference to its local data exists.
-        unsafe { &mut *self.p().local.get() }
-    }
-
-    fn acquirep(&self, p: usize) {
-        debug_assert!(self.m.p.get().is_none());
-        let pp = &self.sh.ps[p];
-        pp.m.store(Arc::as_ptr(self.m) as *mut M, Ordering::Relaxed);
-        // Pairs with the Release of the previous owner's hand-off.
-        pp.status.store(pstatus(self.m, P_SCHED), Ordering::Release);
-        fence(Ordering::Acquire);
-        self.m.p.set(Some(p));
-        self.sh.note_busy();
-    }
-
-    fn releasep(&self) -> usize {
-        let p = self.m.p.take().expect("releasep without a P");
-        self.sh.ps[p].status.store(P_HANDOFF, Ordering::Release);
-        p
-    }
-
-    /// The scheduler loop (Go's schedule): runs until shutdown.
-    fn run(&self) {
-        let mut next: Option<(GRef, bool)> = None;
-        loop {
-            if self.sh.shutdown.load(Ordering::Acquire) {
-                break;
-            }
-            let (g, inherit) = match next.take() {
-                Some(x) => x,
-                None => match self.m.locked_g.get() {
-                    // A locked M runs only its G (Go's stoplockedm).
-                    Some(lg) => {
-                        if !self.stoplockedm() {
-                            break;
-                        }
-                        (lg, false)
-                    }
-                    None => {
-                        if self.m.p.get().is_none() && !self.stopm() {
-                            break;
-                        }
-                        match self.find_runnable() {
-                            Some(x) => x,
-                            None => break,
-                        }
-                    }
-                },
-            };
-            if self.m.spinning.load(Ordering::Relaxed) {
-                self.resetspinning();
-            }
-            if let Some(lm) = g.locked_m.get() {
-                if !ptr::eq(lm.as_ptr(), Arc::as_ptr(self.m)) {
-                    self.startlockedm(g, lm);
-                    continue;
-                }
-            }
-            if self.m.p.get().is_none() {
-                // Our P was retaken while we were away; get one first.
-                self.sh.injector.push(g);
-                continue;
-            }
-            self.execute(g, inherit);
-            next = self.after(g);
-        }
-        if let Some(p) = self.m.p.get() {
-            self.m.p.set(None);
-            self.sh.pidleput(p);
-        }
-    }
-
-    /// Runs `g` until it switches back (Go's execute + the return path of
-    /// mcall).
-    fn execute(&self, g: GRef, inherit: bool) {
-        let p = self.p();
-        if !inherit {
-            p.slice_start.store(self.sh.nanotime(), Ordering::Relaxed);
-            p.schedtick.store(p.schedtick.load(Ordering::Relaxed) + 1, Ordering::Release);
-        }
-        bump(&p.counters.switches);
-        // SAFETY: owner access to a runnable G: we dequeued it.
-        let stack = unsafe { &mut *g.stack.get() };
-        if stack.is_none() {
-            let s = self.stack_get();
-            // SAFETY: a stack from the pool is ours alone and writable.
-            unsafe { *g.ctx.get() = arch::init_stack(s.top, g_entry) };
-            *stack = Some(s);
-        }
-        g.preempt.store(false, Ordering::Relaxed);
-        self.m.curg.store(g.as_ptr(), Ordering::Relaxed);
-        let mine = pstatus(self.m, P_SCHED);
-        // Release: our writes to P-local data happen-before a retake.
-        p.status.store(pstatus(self.m, P_USER), Ordering::Release);
-        // SAFETY: `g.ctx` holds a context saved by `switch` or made by
-        // `init_stack`, not resumed since (we dequeued g exactly once).
-        unsafe { arch::switch(self.m.g0_sp.get(), *g.ctx.get(), g.as_ptr() as usize) };
-        self.m.curg.store(ptr::null_mut(), Ordering::Relaxed);
-        let pi = self.m.p.get().expect("execute without a P");
-        let st = &self.sh.ps[pi].status;
-        let user = pstatus(self.m, P_USER);
-        if st.compare_exchange(user, mine, Ordering::AcqRel, Ordering::Relaxed).is_err() {
-            // sysmon retook our P while the goroutine ran (blocked M).
-            self.m.p.set(None);
-        }
-    }
-
-    /// Handles the reason `g` switched back. Returns a G to run at once.
-    fn after(&self, g: GRef) -> Option<(GRef, bool)> {
-        let reason = self.m.reason.replace(Reason::None);
-        if reason != Reason::AsyncPreempt && g.affine.get() {
-            // A cooperative scheduling point ends ThreadAffine pinning.
-            g.affine.set(false);
-            if g.lock_count.get() == 0 {
-                g.locked_m.set(None);
-                self.m.locked_g.set(None);
-            }
-        }
-        match reason {
-            Reason::Yield => self.runqput_tail(g),
-            Reason::CoopPreempt => {
-                self.sh.counters.preempt_coop.fetch_add(1, Ordering::Relaxed);
-                self.sh.injector.push(g);
-            }
-            Reason::AsyncPreempt => {
-                self.sh.counters.preempt_async.fetch_add(1, Ordering::Relaxed);
-                if self.sh.cfg.mode == PreemptMode::ThreadAffine {
-                    g.affine.set(true);
-                    g.locked_m.set(Some(NonNull::from(&**self.m)));
-                    self.m.locked_g.set(Some(g));
-                }
-                self.sh.injector.push(g);
-                fence(Ordering::SeqCst);
-                if self.m.locked_g.get().is_none() {
-                    self.sh.wakep();
-                }
-            }
-            Reason::Park => {
-                if let Some(p) = self.m.p.get() {
-                    bump(&self.sh.ps[p].counters.parks);
-                }
-                // Step 2 of the handshake: the context is saved.
-                if g.park.compare_exchange(EMPTY, PARKED, Ordering::AcqRel, Ordering::Acquire).is_err() {
-                    g.park.store(EMPTY, Ordering::Relaxed);
-                    return Some((g, true));
-                }
-            }
-            Reason::ExitSyscall => {
-                // The goroutine needs a P; queue it (a locked one comes back
-                // to us through startlockedm).
-                self.sh.injector.push(g);
-                fence(Ordering::SeqCst);
-                self.sh.wakep();
-            }
-            Reason::Exit => self.gfput(g),
-            Reason::None => unreachable!("goroutine switched to g0 without a reason"),
-        }
-        None
-    }
-
-    fn runqput_tail(&self, g: GRef) {
-        match self.m.p.get() {
-            Some(_) => self.local().worker.push(g),
-            None => self.sh.injector.push(g),
-        }
-    }
-
-    /// Returns a finished G and its stack to the caches.
-    fn gfput(&self, g: GRef) {
-        if let Some(lm) = g.locked_m.take() {
-            debug_assert!(ptr::eq(lm.as_ptr(), Arc::as_ptr(self.m)));
-            self.m.locked_g.set(None);
-        }
-        g.lock_count.set(0);
-        g.affine.set(false);
-        // SAFETY: owner access: the G finished on this M.
-        let stack = unsafe { (*g.stack.get()).take() };
-        match self.m.p.get() {
-            Some(pi) => {
-                bump(&self.sh.ps[pi].counters.exited);
-                let local = self.local();
-                if let Some(s) = stack {
-                    self.sh.stacks.recycle(&s);
-                    local.stacks.push(s);
-                    if local.stacks.len() > P_CACHE {
-                        let half = local.stacks.len() / 2;
-                        self.sh.stacks.put_batch(local.stacks.drain(..half));
-                    }
-                }
-                local.gfree.push(g);
-                if local.gfree.len() > G_CACHE {
-                    let half = local.gfree.len() / 2;
-                    self.sh.gfree.lock().unwrap().extend(local.gfree.drain(..half));
-                }
-            }
-            None => {
-                // No P: count the exit on P 0's counter under its owner's
-                // feet would race; use the global list and counter instead.
-                self.sh.counters_exited_outside.fetch_add(1, Ordering::Relaxed);
-                if let Some(s) = stack {
-                    self.sh.stacks.put_batch([s]);
-                }
-                self.sh.gfree.lock().unwrap().push(g);
-            }
-        }
-    }
-
-    fn stack_get(&self) -> Stack {
-        let local = self.local();
-        if local.stacks.is_empty() {
-            self.sh.stacks.get_batch(&mut local.stacks, P_CACHE / 2);
-        }
-        local.stacks.pop().expect("stack batch is never empty")
-    }
-
-    /// Go's findRunnable. Returns None only at shutdown.
-    fn find_runnable(&self) -> Option<(GRef, bool)> {
-        loop {
-            if self.sh.shutdown.load(Ordering::Acquire) {
-                return None;
-            }
-            self.sh.fire_timers();
-            let p = self.p();
-            if p.schedtick.load(Ordering::Relaxed) % GLOBAL_CHECK == 0 {
-                if let Some(g) = steal_one(|| self.sh.injector.steal()) {
-                    return Some((g, false));
-                }
-            }
-            if let Some(g) = NonNull::new(p.runnext.swap(ptr::null_mut(), Ordering::AcqRel)) {
-                return Some((GRef(g), true));
-            }
-            if let Some(g) = self.local().worker.pop() {
-                return Some((g, false));
-            }
-            if let Some(g) = steal_one(|| self.sh.injector.steal_batch_and_pop(&self.local().worker)) {
-                return Some((g, false));
-            }
-            let procs = self.sh.cfg.procs;
-            let busy = procs - self.sh.npidle.load(Ordering::SeqCst);
-            if self.m.spinning.load(Ordering::Relaxed) || 2 * self.sh.nmspinning.load(Ordering::SeqCst) < busy {
-                if !self.m.spinning.load(Ordering::Relaxed) {
-                    self.m.spinning.store(true, Ordering::Relaxed);
-                    self.sh.nmspinning.fetch_add(1, Ordering::SeqCst);
-                }
-                if let Some(g) = self.steal_work() {
-                    return Some((g, false));
-                }
-            }
-            // Nothing: give up the P (step 4 of the module docs).
-            let was_spinning = self.m.spinning.swap(false, Ordering::Relaxed);
-            let pi = self.releasep();
-            self.sh.pidleput(pi);
-            if was_spinning {
-                self.sh.nmspinning.fetch_sub(1, Ordering::SeqCst);
-            }
-            fence(Ordering::SeqCst);
-            if self.sh.any_work() {
-                if let Some(pi) = self.sh.pidleget() {
-                    self.acquirep(pi);
-                    if was_spinning {
-                        self.m.spinning.store(true, Ordering::Relaxed);
-                        self.sh.nmspinning.fetch_add(1, Ordering::SeqCst);
-                    }
-                    continue;
-                }
-            }
-            if !self.stopm() {
-                return None;
-            }
-        }
-    }
-
-    /// Go's stealWork: up to 4 passes over the other Ps in random order.
-    fn steal_work(&self) -> Option<GRef> {
-        let n = self.sh.ps.len();
-        let me = self.p().id;
-        for pass in 0..STEAL_TRIES {
-            let last = pass == STEAL_TRIES - 1;
-            let (start, step) = {
-                let local = self.local();
-                local.rng ^= local.rng << 13;
-                local.rng ^= local.rng >> 7;
-                local.rng ^= local.rng << 17;
-                let r = local.rng;
-                (r as usize % n, coprime_step(n, (r >> 32) as usize))
-            };
-            let mut i = start;
-            for _ in 0..n {
-                if i != me {
-                    if let Some(g) = self.steal_from(i, last) {
-                        bump(&self.p().counters.steals);
-                        return Some(g);
-                    }
-                }
-                i = (i + step) % n;
-            }
-        }
-        None
-    }
-
-    fn steal_from(&self, victim: usize, take_runnext: bool) -> Option<GRef> {
-        let v = &self.sh.ps[victim];
-        if let Some(g) = steal_one(|| v.stealer.steal_batch_and_pop(&self.local().worker)) {
-            return Some(g);
-        }
-        if take_runnext {
-            let g = v.runnext.load(Ordering::Acquire);
-            if !g.is_null()
-                && v.runnext.compare_exchange(g, ptr::null_mut(), Ordering::AcqRel, Ordering::Relaxed).is_ok()
-            {
-                return NonNull::new(g).map(GRef);
-            }
-        }
-        None
-    }
-
-    /// Go's resetspinning.
-    fn resetspinning(&self) {
-        self.m.spinning.store(false, Ordering::Relaxed);
-        self.sh.nmspinning.fetch_sub(1, Ordering::SeqCst);
-        self.sh.wakep();
-    }
-
-    /// Go's stopm: park this M (without a P) until handed one. Returns false
-    /// at shutdown. While parked it may be the timer sleeper: it wakes at
-    /// the earliest deadline, fires due timers and tries to run them itself.
-    fn stopm(&self) -> bool {
-        debug_assert!(self.m.p.get().is_none());
-        self.sh.midle.lock().unwrap().push(self.m.clone());
-        let me = Arc::as_ptr(self.m) as *mut M;
-        loop {
-            if self.sh.shutdown.load(Ordering::Acquire) {
-                return false;
-            }
-            let mut timeout = None;
-            if let Some(next) = self.sh.timers.next() {
-                if self.sh.timer_m.compare_exchange(ptr::null_mut(), me, Ordering::AcqRel, Ordering::Relaxed).is_ok()
-                {
-                    timeout = Some(Duration::from_nanos(next.saturating_sub(self.sh.nanotime())));
-                }
-            }
-            let woken = self.m.note.wait(timeout);
-            let _ = self.sh.timer_m.compare_exchange(me, ptr::null_mut(), Ordering::AcqRel, Ordering::Relaxed);
-            if self.sh.shutdown.load(Ordering::Acquire) {
-                return false;
-            }
-            if let Some(p) = self.m.take_nextp() {
-                self.acquirep(p);
-                return true;
-            }
-            if woken || self.sh.timers.next().is_none_or(|n| n > self.sh.nanotime()) {
-                continue;
-            }
-            // A timer is due: leave the idle list (unless someone already
-            // took us off it and is about to hand us a P) and run it.
-            let mut idle = self.sh.midle.lock().unwrap();
-            let Some(pos) = idle.iter().position(|m| Arc::ptr_eq(m, self.m)) else { continue };
-            let Some(p) = self.sh.pidleget() else { continue };
-            idle.swap_remove(pos);
-            drop(idle);
-            self.acquirep(p);
-            self.sh.fire_timers();
-            return true;
-        }
-    }
-
-    /// Go's stoplockedm: our locked G is not running; give our P away and
-    /// sleep until someone hands us a P to run it with.
-    fn stoplockedm(&self) -> bool {
-        if let Some(p) = self.m.p.get() {
-            if self.m.spinning.swap(false, Ordering::Relaxed) {
-                self.sh.nmspinning.fetch_sub(1, Ordering::SeqCst);
-            }
-            self.m.p.set(None);
-            self.sh.ps[p].status.store(P_HANDOFF, Ordering::Release);
-            self.sh.handoffp(p);
-        }
-        loop {
-            self.m.note.wait(None);
-            if self.sh.shutdown.load(Ordering::Acquire) {
-                return false;
-            }
-            if let Some(p) = self.m.take_nextp() {
-                self.acquirep(p);
-                return true;
-            }
-        }
-    }
-
-    /// Go's startlockedm: `g` may run only on `lm`; give it our P.
-    fn startlockedm(&self, g: GRef, lm: NonNull<M>) {
-        let _ = g;
-        let p = self.releasep();
-        // SAFETY: Ms live as long as Shared.
-        let lm = unsafe { lm.as_ref() };
-        lm.nextp.store(p + 1, Ordering::Release);
-        lm.note.wake();
-    }
-}
-
-/// Retries a crossbeam steal until it is not `Retry`.
-fn steal_one(mut f: impl FnMut() -> Steal<GRef>) -> Option<GRef> {
-    loop {
-        match f() {
-            Steal::Success(g) => return Some(g),
-            Steal::Empty => return None,
-            Steal::Retry => std::hint::spin_loop(),
-        }
-    }
-}
-
-/// A step in 1..n coprime to n, so `start + k*step mod n` visits every P
-/// once (Go's randomOrder).
-fn coprime_step(n: usize, r: usize) -> usize {
-    if n <= 1 {
-        return 1;
-    }
-    let mut s = r % n;
-    loop {
-        s = s % (n - 1) + 1;
-        if gcd(s, n) == 1 {
-            return s;
-        }
-        s += 1;
-    }
-}
-
-fn gcd(mut a: usize, mut b: usize) -> usize {
-    while b != 0 {
-        (a, b) = (b, a % b);
-    }
-    a
-}
-
-/// `blocking(f)`: Go's entersyscall/exitsyscall around `f`.
-///
-/// 1. Enter: bump the P's syscalltick, record the start, and move the P from
-///    USER(m) to SYSCALL(m). The goroutine stays in a no-preempt region for
-///    the whole call (Go: `m.locks++`): the P is not its to yield.
-/// 2. sysmon retakes the P (SYSCALL(m) -> HANDOFF, `handoffp`) after 20 µs
-///    if other work waits, or after the quantum anyway.
-/// 3. Exit: CAS SYSCALL(m) -> USER(m) and go on (the fast path); if the P
-///    was retaken, switch to g0 with `ExitSyscall`: the goroutine is queued
-///    and runs again when some M with a P picks it.
-pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
-    let Some(g) = current_g() else { return f() };
-    let _np = NoPreempt::enter();
-    let m = cur_m();
-    // SAFETY: we are a goroutine in a no-preempt region, so `m` is this
-    // thread's M and stays so until `_np` drops.
-    let m = unsafe { &*m };
-    let sh = m.shared_ref();
-    let Some(pi) = m.p.get() else { return f() };
-    let p = &sh.ps[pi];
-    p.syscall_start.store(sh.nanotime(), Ordering::Relaxed);
-    p.syscalltick.fetch_add(1, Ordering::Release);
-    let user = pstatus(m, P_USER);
-    let sys = pstatus(m, P_SYSCALL);
-    if p.status.compare_exchange(user, sys, Ordering::AcqRel, Ordering::Relaxed).is_err() {
-        // Our P was already retaken (blocked-M hand-off): just run f.
-        return f();
-    }
-    sh.in_blocking.fetch_add(1, Ordering::SeqCst);
-    sh.note_busy();
-    struct Exit<'a> {
-        g: GRef,
-        m: &'a M,
-        p: &'a P,
-        sys: u64,
-        user: u64,
-    }
-    impl Drop for Exit<'_> {
-        fn drop(&mut self) {
-            let sh = self.m.shared_ref();
-            sh.in_blocking.fetch_sub(1, Ordering::SeqCst);
-            if self.p.status.compare_exchange(self.sys, self.user, Ordering::AcqRel, Ordering::Relaxed).is_err() {
-                // Retaken: queue ourselves and wait for a P (Go's exitsyscall0).
-                switch_to_g0(self.g, Reason::ExitSyscall);
-            }
-        }
-    }
-    let _exit = Exit { g, m, p, sys, user };
-    f()
-}
-
-/// Go's LockOSThread for the calling goroutine.
-pub(crate) fn lock_os_thread() {
-    let Some(g) = current_g() else { return };
-    let _np = NoPreempt::enter();
-    let m = cur_m();
-    g.lock_count.set(g.lock_count.get().checked_add(1).expect("gosched: lock_os_thread nested too deeply"));
-    // SAFETY: in a no-preempt region `m` is this thread's M and stays so.
-    let mm = unsafe { &*m };
-    g.locked_m.set(Some(NonNull::from(mm)));
-    mm.locked_g.set(Some(g));
-}
-
-/// Go's UnlockOSThread for the calling goroutine.
-pub(crate) fn unlock_os_thread() {
-    let Some(g) = current_g() else { return };
-    let _np = NoPreempt::enter();
-    let n = g.lock_count.get();
-    if n == 0 {
-        return;
-    }
-    g.lock_count.set(n - 1);
-    if n == 1 && !g.affine.get() {
-        let m = cur_m();
-        g.locked_m.set(None);
-        // SAFETY: as in `lock_os_thread`.
-        unsafe { (*m).locked_g.set(None) };
-    }
-}
+mod schedule;

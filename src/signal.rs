@@ -45,7 +45,10 @@ static REGIONS: [Region; MAX_REGIONS] = [EMPTY; MAX_REGIONS];
 pub(crate) fn register_stacks(base: usize, len: usize, slot: usize, guard: usize) -> Option<usize> {
     install_segv_handler();
     for (i, r) in REGIONS.iter().enumerate() {
-        if r.claimed.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+        if r.claimed
+            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
             r.len.store(len, Ordering::Relaxed);
             r.slot.store(slot, Ordering::Relaxed);
             r.guard.store(guard, Ordering::Relaxed);
@@ -163,7 +166,10 @@ pub(crate) struct SigBuf {
 
 impl SigBuf {
     pub(crate) const fn new() -> SigBuf {
-        SigBuf { buf: [0; 256], len: 0 }
+        SigBuf {
+            buf: [0; 256],
+            len: 0,
+        }
     }
 
     pub(crate) fn push(&mut self, s: &[u8]) {
@@ -227,13 +233,20 @@ impl AltStack {
                 0,
             )
         };
-        assert!(base != libc::MAP_FAILED, "gosched: cannot map a signal stack");
+        assert!(
+            base != libc::MAP_FAILED,
+            "gosched: cannot map a signal stack"
+        );
         // SAFETY: the lowest page of our fresh mapping becomes the guard,
         // the rest the signal stack of this thread; `old` receives the
         // previous one (std's), restored on drop.
         unsafe {
             libc::mprotect(base, page, libc::PROT_NONE);
-            let ss = libc::stack_t { ss_sp: base.add(page), ss_flags: 0, ss_size: ALTSTACK_SIZE };
+            let ss = libc::stack_t {
+                ss_sp: base.add(page),
+                ss_flags: 0,
+                ss_size: ALTSTACK_SIZE,
+            };
             let mut old: libc::stack_t = core::mem::zeroed();
             libc::sigaltstack(&ss, &mut old);
             AltStack { base, len, old }

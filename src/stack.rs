@@ -94,7 +94,13 @@ impl Stack {
             let end = self.top - KEEP_HOT;
             // SAFETY: [bottom, end) is inside our slot, above its guard; no
             // one references its contents (the goroutine finished).
-            unsafe { libc::madvise(self.bottom as *mut _, end - self.bottom, libc::MADV_DONTNEED) };
+            unsafe {
+                libc::madvise(
+                    self.bottom as *mut _,
+                    end - self.bottom,
+                    libc::MADV_DONTNEED,
+                )
+            };
         }
     }
 }
@@ -130,7 +136,10 @@ impl StackPool {
     pub(crate) fn new(stack_size: usize) -> io::Result<StackPool> {
         let guard = page_size();
         let slot = stack_size + guard;
-        let map = MmapOptions::new().len(RESERVATION).no_reserve_swap().map_anon()?;
+        let map = MmapOptions::new()
+            .len(RESERVATION)
+            .no_reserve_swap()
+            .map_anon()?;
         let nslots = RESERVATION / slot;
         let base = map.as_ptr() as usize;
         let registry_index = crate::signal::register_stacks(base, nslots * slot, slot, guard);
@@ -173,7 +182,10 @@ impl StackPool {
         drop(free);
         let lo = self.base + i * self.slot;
         self.install_guard(lo, i + 1);
-        Stack { bottom: lo + self.guard, top: lo + self.slot }
+        Stack {
+            bottom: lo + self.guard,
+            top: lo + self.slot,
+        }
     }
 
     /// Takes up to `n` stacks at once (refilling a P's cache).
@@ -222,7 +234,12 @@ impl StackPool {
         }
         // SAFETY: as above; PROT_NONE on our own page.
         let r = unsafe { libc::mprotect(lo as *mut _, self.guard, libc::PROT_NONE) };
-        assert_eq!(r, 0, "gosched: mprotect of a stack guard failed: {}", io::Error::last_os_error());
+        assert_eq!(
+            r,
+            0,
+            "gosched: mprotect of a stack guard failed: {}",
+            io::Error::last_os_error()
+        );
         let limit = max_map_count();
         if carved * 2 + 1000 > limit && !self.warned.swap(true, Ordering::Relaxed) {
             eprintln!(

@@ -40,7 +40,10 @@ pub(crate) struct Timers {
 
 impl Timers {
     pub(crate) fn new() -> Timers {
-        Timers { heap: Mutex::new(Heap::default()), next: AtomicU64::new(u64::MAX) }
+        Timers {
+            heap: Mutex::new(Heap::default()),
+            next: AtomicU64::new(u64::MAX),
+        }
     }
 
     /// Adds a timer; returns its id and whether it is now the earliest.
@@ -141,7 +144,12 @@ mod tests {
         let t = Timers::new();
         let ran = Arc::new(AtomicUsize::new(0));
         let r = ran.clone();
-        let (id, earliest) = t.add(5, Box::new(move || drop(r.fetch_add(1, Ordering::SeqCst))));
+        let (id, earliest) = t.add(
+            5,
+            Box::new(move || {
+                r.fetch_add(1, Ordering::SeqCst);
+            }),
+        );
         assert!(earliest);
         assert!(t.cancel(id));
         assert!(!t.cancel(id));

@@ -106,7 +106,7 @@ global_asm!(
     ".p2align 4",
     "gosched_arch_switch:",
     ".cfi_startproc",
-    "    push rbp",                     // callee-saved registers, rbp first
+    "    push rbp", // callee-saved registers, rbp first
     ".cfi_adjust_cfa_offset 8",
     ".cfi_rel_offset rbp, 0",
     "    push rbx",
@@ -124,23 +124,23 @@ global_asm!(
     "    push r15",
     ".cfi_adjust_cfa_offset 8",
     ".cfi_rel_offset r15, 0",
-    "    sub rsp, 8",                   // one word for the FP control state
+    "    sub rsp, 8", // one word for the FP control state
     ".cfi_adjust_cfa_offset 8",
-    "    stmxcsr [rsp]",                // MXCSR: SSE rounding mode and masks
-    "    fnstcw [rsp + 4]",             // x87 control word
-    "    mov [rdi], rsp",               // publish our stack pointer (16-aligned)
-    "    mov rsp, rsi",                 // adopt the other context's stack
-    "    ldmxcsr [rsp]",                // its FP control state
+    "    stmxcsr [rsp]",    // MXCSR: SSE rounding mode and masks
+    "    fnstcw [rsp + 4]", // x87 control word
+    "    mov [rdi], rsp",   // publish our stack pointer (16-aligned)
+    "    mov rsp, rsi",     // adopt the other context's stack
+    "    ldmxcsr [rsp]",    // its FP control state
     "    fldcw [rsp + 4]",
     "    add rsp, 8",
-    "    pop r15",                      // its callee-saved registers
+    "    pop r15", // its callee-saved registers
     "    pop r14",
     "    pop r13",
     "    pop r12",
     "    pop rbx",
     "    pop rbp",
-    "    mov rax, rdx",                 // hand over `arg` as its return value
-    "    ret",                          // to wherever it called switch (or start)
+    "    mov rax, rdx", // hand over `arg` as its return value
+    "    ret",          // to wherever it called switch (or start)
     ".cfi_endproc",
     ".size gosched_arch_switch, . - gosched_arch_switch",
     ".popsection",
@@ -161,8 +161,8 @@ global_asm!(
     "gosched_arch_start:",
     ".cfi_startproc",
     ".cfi_undefined rip",
-    "    mov rdi, rax",                 // entry(arg)
-    "    call r12",                     // never returns: a goroutine exits by switching away
+    "    mov rdi, rax", // entry(arg)
+    "    call r12",     // never returns: a goroutine exits by switching away
     "    ud2",
     ".cfi_endproc",
     ".size gosched_arch_start, . - gosched_arch_start",

@@ -1,0 +1,530 @@
+//! The M side of the scheduler: the loop each worker thread runs on its own
+//! stack (g0): `schedule`, `execute`, `find_runnable`, stealing, parking and
+//! the LockOSThread hand-offs. See the parent module for the protocol.
+
+use std::ptr::{self, NonNull};
+use std::sync::atomic::{fence, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_deque::Steal;
+
+use super::*;
+use crate::arch;
+use crate::builder::PreemptMode;
+use crate::g::{GRef, EMPTY, PARKED};
+use crate::stack::{Stack, P_CACHE};
+
+/// Body of every M thread.
+pub(super) fn mstart(sh: Arc<Shared>, m: Arc<M>) {
+    CUR_M.with(|c| c.set(Arc::as_ptr(&m)));
+    // SAFETY: gettid has no preconditions.
+    m.tid.store(unsafe { libc::gettid() }, Ordering::Release);
+    let _alt = crate::signal::AltStack::install();
+    // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer
+    // slack (1 ns: timers fire when asked, not up to 50 µs later);
+    // pthread_sigmask with a null new set only reads the current mask.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+        libc::pthread_sigmask(libc::SIG_SETMASK, ptr::null(), m.sigmask.get());
+    }
+    crate::preempt::on_m_start();
+    let s = Sched { sh: &sh, m: &m };
+    if let Some(p) = m.take_nextp() {
+        s.acquirep(p);
+        s.run();
+    }
+    CUR_M.with(|c| c.set(ptr::null()));
+}
+
+/// One M's view of the scheduler: the code that runs on g0.
+struct Sched<'a> {
+    sh: &'a Shared,
+    m: &'a Arc<M>,
+}
+
+impl Sched<'_> {
+    fn p(&self) -> &P {
+        &self.sh.ps[self.m.p.get().expect("M without a P")]
+    }
+
+    #[allow(clippy::mut_from_ref)]
+    fn local(&self) -> &mut PLocal {
+        // SAFETY: we are on g0 of the M that owns this P (state SCHED); no
+        // other reference to its local data exists.
+        unsafe { &mut *self.p().local.get() }
+    }
+
+    fn acquirep(&self, p: usize) {
+        debug_assert!(self.m.p.get().is_none());
+        let pp = &self.sh.ps[p];
+        pp.m.store(Arc::as_ptr(self.m) as *mut M, Ordering::Relaxed);
+        // Pairs with the Release of the previous owner's hand-off.
+        pp.status.store(pstatus(self.m, P_SCHED), Ordering::Release);
+        fence(Ordering::Acquire);
+        self.m.p.set(Some(p));
+        self.sh.note_busy();
+    }
+
+    fn releasep(&self) -> usize {
+        let p = self.m.p.take().expect("releasep without a P");
+        self.sh.ps[p].status.store(P_HANDOFF, Ordering::Release);
+        p
+    }
+
+    /// The scheduler loop (Go's schedule): runs until shutdown.
+    fn run(&self) {
+        let mut next: Option<(GRef, bool)> = None;
+        loop {
+            if self.sh.shutdown.load(Ordering::Acquire) {
+                break;
+            }
+            let (g, inherit) = match next.take() {
+                Some(x) => x,
+                None => match self.m.locked_g.get() {
+                    // A locked M runs only its G (Go's stoplockedm).
+                    Some(lg) => {
+                        if !self.stoplockedm() {
+                            break;
+                        }
+                        (lg, false)
+                    }
+                    None => {
+                        if self.m.p.get().is_none() && !self.stopm() {
+                            break;
+                        }
+                        match self.find_runnable() {
+                            Some(x) => x,
+                            None => break,
+                        }
+                    }
+                },
+            };
+            if self.m.spinning.load(Ordering::Relaxed) {
+                self.resetspinning();
+            }
+            if let Some(lm) = g.locked_m.get() {
+                if !ptr::eq(lm.as_ptr(), Arc::as_ptr(self.m)) {
+                    self.startlockedm(g, lm);
+                    continue;
+                }
+            }
+            if self.m.p.get().is_none() {
+                // Our P was retaken while we were away; get one first.
+                self.sh.injector.push(g);
+                continue;
+            }
+            self.execute(g, inherit);
+            next = self.after(g);
+        }
+        if let Some(p) = self.m.p.get() {
+            self.m.p.set(None);
+            self.sh.pidleput(p);
+        }
+    }
+
+    /// Runs `g` until it switches back (Go's execute + the return path of
+    /// mcall).
+    fn execute(&self, g: GRef, inherit: bool) {
+        let p = self.p();
+        if !inherit {
+            p.slice_start.store(self.sh.nanotime(), Ordering::Relaxed);
+            p.schedtick
+                .store(p.schedtick.load(Ordering::Relaxed) + 1, Ordering::Release);
+        }
+        bump(&p.counters.switches);
+        // SAFETY: owner access to a runnable G: we dequeued it.
+        let stack = unsafe { &mut *g.stack.get() };
+        if stack.is_none() {
+            let s = self.stack_get();
+            // SAFETY: a stack from the pool is ours alone and writable.
+            unsafe { *g.ctx.get() = arch::init_stack(s.top, g_entry) };
+            *stack = Some(s);
+        }
+        g.preempt.store(false, Ordering::Relaxed);
+        self.m.curg.store(g.as_ptr(), Ordering::Relaxed);
+        let mine = pstatus(self.m, P_SCHED);
+        // Release: our writes to P-local data happen-before a retake.
+        p.status.store(pstatus(self.m, P_USER), Ordering::Release);
+        // SAFETY: `g.ctx` holds a context saved by `switch` or made by
+        // `init_stack`, not resumed since (we dequeued g exactly once).
+        unsafe { arch::switch(self.m.g0_sp.get(), *g.ctx.get(), g.as_ptr() as usize) };
+        self.m.curg.store(ptr::null_mut(), Ordering::Relaxed);
+        let pi = self.m.p.get().expect("execute without a P");
+        let st = &self.sh.ps[pi].status;
+        let user = pstatus(self.m, P_USER);
+        if st
+            .compare_exchange(user, mine, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            // sysmon retook our P while the goroutine ran (blocked M).
+            self.m.p.set(None);
+        }
+    }
+
+    /// Handles the reason `g` switched back. Returns a G to run at once.
+    fn after(&self, g: GRef) -> Option<(GRef, bool)> {
+        let reason = self.m.reason.replace(Reason::None);
+        if reason != Reason::AsyncPreempt && g.affine.get() {
+            // A cooperative scheduling point ends ThreadAffine pinning.
+            g.affine.set(false);
+            if g.lock_count.get() == 0 {
+                g.locked_m.set(None);
+                self.m.locked_g.set(None);
+            }
+        }
+        match reason {
+            Reason::Yield => self.runqput_tail(g),
+            Reason::CoopPreempt => {
+                self.sh
+                    .counters
+                    .preempt_coop
+                    .fetch_add(1, Ordering::Relaxed);
+                self.sh.injector.push(g);
+            }
+            Reason::AsyncPreempt => {
+                self.sh
+                    .counters
+                    .preempt_async
+                    .fetch_add(1, Ordering::Relaxed);
+                if self.sh.cfg.mode == PreemptMode::ThreadAffine {
+                    g.affine.set(true);
+                    g.locked_m.set(Some(NonNull::from(&**self.m)));
+                    self.m.locked_g.set(Some(g));
+                }
+                self.sh.injector.push(g);
+                fence(Ordering::SeqCst);
+                if self.m.locked_g.get().is_none() {
+                    self.sh.wakep();
+                }
+            }
+            Reason::Park => {
+                if let Some(p) = self.m.p.get() {
+                    bump(&self.sh.ps[p].counters.parks);
+                }
+                // Step 2 of the handshake: the context is saved.
+                if g.park
+                    .compare_exchange(EMPTY, PARKED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+                {
+                    g.park.store(EMPTY, Ordering::Relaxed);
+                    return Some((g, true));
+                }
+            }
+            Reason::ExitSyscall => {
+                // The goroutine needs a P; queue it (a locked one comes back
+                // to us through startlockedm).
+                self.sh.injector.push(g);
+                fence(Ordering::SeqCst);
+                self.sh.wakep();
+            }
+            Reason::Exit => self.gfput(g),
+            Reason::None => unreachable!("goroutine switched to g0 without a reason"),
+        }
+        None
+    }
+
+    fn runqput_tail(&self, g: GRef) {
+        match self.m.p.get() {
+            Some(_) => self.local().worker.push(g),
+            None => self.sh.injector.push(g),
+        }
+    }
+
+    /// Returns a finished G and its stack to the caches.
+    fn gfput(&self, g: GRef) {
+        g.live.store(false, Ordering::Relaxed);
+        if let Some(lm) = g.locked_m.take() {
+            debug_assert!(ptr::eq(lm.as_ptr(), Arc::as_ptr(self.m)));
+            self.m.locked_g.set(None);
+        }
+        g.lock_count.set(0);
+        g.affine.set(false);
+        // SAFETY: owner access: the G finished on this M.
+        let stack = unsafe { (*g.stack.get()).take() };
+        match self.m.p.get() {
+            Some(pi) => {
+                bump(&self.sh.ps[pi].counters.exited);
+                let local = self.local();
+                if let Some(s) = stack {
+                    self.sh.stacks.recycle(&s);
+                    local.stacks.push(s);
+                    if local.stacks.len() > P_CACHE {
+                        let half = local.stacks.len() / 2;
+                        self.sh.stacks.put_batch(local.stacks.drain(..half));
+                    }
+                }
+                local.gfree.push(g);
+                if local.gfree.len() > G_CACHE {
+                    let half = local.gfree.len() / 2;
+                    self.sh
+                        .gfree
+                        .lock()
+                        .unwrap()
+                        .extend(local.gfree.drain(..half));
+                }
+            }
+            None => {
+                // No P: count the exit on P 0's counter under its owner's
+                // feet would race; use the global list and counter instead.
+                self.sh
+                    .counters_exited_outside
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some(s) = stack {
+                    self.sh.stacks.put_batch([s]);
+                }
+                self.sh.gfree.lock().unwrap().push(g);
+            }
+        }
+    }
+
+    fn stack_get(&self) -> Stack {
+        let local = self.local();
+        if local.stacks.is_empty() {
+            self.sh.stacks.get_batch(&mut local.stacks, P_CACHE / 2);
+        }
+        local.stacks.pop().expect("stack batch is never empty")
+    }
+
+    /// Go's findRunnable. Returns None only at shutdown.
+    fn find_runnable(&self) -> Option<(GRef, bool)> {
+        loop {
+            if self.sh.shutdown.load(Ordering::Acquire) {
+                return None;
+            }
+            self.sh.fire_timers();
+            let p = self.p();
+            if p.schedtick
+                .load(Ordering::Relaxed)
+                .is_multiple_of(GLOBAL_CHECK)
+            {
+                if let Some(g) = steal_one(|| self.sh.injector.steal()) {
+                    return Some((g, false));
+                }
+            }
+            if let Some(g) = NonNull::new(p.runnext.swap(ptr::null_mut(), Ordering::AcqRel)) {
+                return Some((GRef(g), true));
+            }
+            if let Some(g) = self.local().worker.pop() {
+                return Some((g, false));
+            }
+            if let Some(g) =
+                steal_one(|| self.sh.injector.steal_batch_and_pop(&self.local().worker))
+            {
+                return Some((g, false));
+            }
+            let procs = self.sh.cfg.procs;
+            let busy = procs - self.sh.npidle.load(Ordering::SeqCst);
+            if self.m.spinning.load(Ordering::Relaxed)
+                || 2 * self.sh.nmspinning.load(Ordering::SeqCst) < busy
+            {
+                if !self.m.spinning.load(Ordering::Relaxed) {
+                    self.m.spinning.store(true, Ordering::Relaxed);
+                    self.sh.nmspinning.fetch_add(1, Ordering::SeqCst);
+                }
+                if let Some(g) = self.steal_work() {
+                    return Some((g, false));
+                }
+            }
+            // Nothing: give up the P (step 4 of the module docs).
+            let was_spinning = self.m.spinning.swap(false, Ordering::Relaxed);
+            let pi = self.releasep();
+            self.sh.pidleput(pi);
+            if was_spinning {
+                self.sh.nmspinning.fetch_sub(1, Ordering::SeqCst);
+            }
+            fence(Ordering::SeqCst);
+            if self.sh.any_work() {
+                if let Some(pi) = self.sh.pidleget() {
+                    self.acquirep(pi);
+                    if was_spinning {
+                        self.m.spinning.store(true, Ordering::Relaxed);
+                        self.sh.nmspinning.fetch_add(1, Ordering::SeqCst);
+                    }
+                    continue;
+                }
+            }
+            if !self.stopm() {
+                return None;
+            }
+        }
+    }
+
+    /// Go's stealWork: up to 4 passes over the other Ps in random order.
+    fn steal_work(&self) -> Option<GRef> {
+        let n = self.sh.ps.len();
+        let me = self.p().id;
+        for pass in 0..STEAL_TRIES {
+            let last = pass == STEAL_TRIES - 1;
+            let (start, step) = {
+                let local = self.local();
+                local.rng ^= local.rng << 13;
+                local.rng ^= local.rng >> 7;
+                local.rng ^= local.rng << 17;
+                let r = local.rng;
+                (r as usize % n, coprime_step(n, (r >> 32) as usize))
+            };
+            let mut i = start;
+            for _ in 0..n {
+                if i != me {
+                    if let Some(g) = self.steal_from(i, last) {
+                        bump(&self.p().counters.steals);
+                        return Some(g);
+                    }
+                }
+                i = (i + step) % n;
+            }
+        }
+        None
+    }
+
+    fn steal_from(&self, victim: usize, take_runnext: bool) -> Option<GRef> {
+        let v = &self.sh.ps[victim];
+        if let Some(g) = steal_one(|| v.stealer.steal_batch_and_pop(&self.local().worker)) {
+            return Some(g);
+        }
+        if take_runnext {
+            let g = v.runnext.load(Ordering::Acquire);
+            if !g.is_null()
+                && v.runnext
+                    .compare_exchange(g, ptr::null_mut(), Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return NonNull::new(g).map(GRef);
+            }
+        }
+        None
+    }
+
+    /// Go's resetspinning.
+    fn resetspinning(&self) {
+        self.m.spinning.store(false, Ordering::Relaxed);
+        self.sh.nmspinning.fetch_sub(1, Ordering::SeqCst);
+        self.sh.wakep();
+    }
+
+    /// Go's stopm: park this M (without a P) until handed one. Returns false
+    /// at shutdown. While parked it may be the timer sleeper: it wakes at
+    /// the earliest deadline, fires due timers and tries to run them itself.
+    fn stopm(&self) -> bool {
+        debug_assert!(self.m.p.get().is_none());
+        self.sh.midle.lock().unwrap().push(self.m.clone());
+        let me = Arc::as_ptr(self.m) as *mut M;
+        loop {
+            if self.sh.shutdown.load(Ordering::Acquire) {
+                return false;
+            }
+            let mut timeout = None;
+            if let Some(next) = self.sh.timers.next() {
+                if self
+                    .sh
+                    .timer_m
+                    .compare_exchange(ptr::null_mut(), me, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    timeout = Some(Duration::from_nanos(
+                        next.saturating_sub(self.sh.nanotime()),
+                    ));
+                }
+            }
+            let woken = self.m.note.wait(timeout);
+            let _ = self.sh.timer_m.compare_exchange(
+                me,
+                ptr::null_mut(),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+            if self.sh.shutdown.load(Ordering::Acquire) {
+                return false;
+            }
+            if let Some(p) = self.m.take_nextp() {
+                self.acquirep(p);
+                return true;
+            }
+            if woken || self.sh.timers.next().is_none_or(|n| n > self.sh.nanotime()) {
+                continue;
+            }
+            // A timer is due: leave the idle list (unless someone already
+            // took us off it and is about to hand us a P) and run it.
+            let mut idle = self.sh.midle.lock().unwrap();
+            let Some(pos) = idle.iter().position(|m| Arc::ptr_eq(m, self.m)) else {
+                continue;
+            };
+            let Some(p) = self.sh.pidleget() else {
+                continue;
+            };
+            idle.swap_remove(pos);
+            drop(idle);
+            self.acquirep(p);
+            self.sh.fire_timers();
+            return true;
+        }
+    }
+
+    /// Go's stoplockedm: our locked G is not running; give our P away and
+    /// sleep until someone hands us a P to run it with.
+    fn stoplockedm(&self) -> bool {
+        if let Some(p) = self.m.p.get() {
+            if self.m.spinning.swap(false, Ordering::Relaxed) {
+                self.sh.nmspinning.fetch_sub(1, Ordering::SeqCst);
+            }
+            self.m.p.set(None);
+            self.sh.ps[p].status.store(P_HANDOFF, Ordering::Release);
+            self.sh.handoffp(p);
+        }
+        loop {
+            self.m.note.wait(None);
+            if self.sh.shutdown.load(Ordering::Acquire) {
+                return false;
+            }
+            if let Some(p) = self.m.take_nextp() {
+                self.acquirep(p);
+                return true;
+            }
+        }
+    }
+
+    /// Go's startlockedm: `g` may run only on `lm`; give it our P.
+    fn startlockedm(&self, g: GRef, lm: NonNull<M>) {
+        let _ = g;
+        let p = self.releasep();
+        // SAFETY: Ms live as long as Shared.
+        let lm = unsafe { lm.as_ref() };
+        lm.nextp.store(p + 1, Ordering::Release);
+        lm.note.wake();
+    }
+}
+
+/// Retries a crossbeam steal until it is not `Retry`.
+fn steal_one(mut f: impl FnMut() -> Steal<GRef>) -> Option<GRef> {
+    loop {
+        match f() {
+            Steal::Success(g) => return Some(g),
+            Steal::Empty => return None,
+            Steal::Retry => std::hint::spin_loop(),
+        }
+    }
+}
+
+/// A step in 1..n coprime to n, so `start + k*step mod n` visits every P
+/// once (Go's randomOrder).
+fn coprime_step(n: usize, r: usize) -> usize {
+    if n <= 1 {
+        return 1;
+    }
+    let mut s = r % n;
+    loop {
+        s = s % (n - 1) + 1;
+        if gcd(s, n) == 1 {
+            return s;
+        }
+        s += 1;
+    }
+}
+
+fn gcd(mut a: usize, mut b: usize) -> usize {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
