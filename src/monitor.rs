@@ -30,10 +30,10 @@ impl Target for RuntimeTarget<'_> {
             _ => PStatus::Idle,
         };
         let m = pp.m.load(Ordering::Acquire);
-        // SAFETY: Ms live as long as Shared.
         let refused = if m.is_null() {
             0
         } else {
+            // SAFETY: Ms live as long as Shared.
             unsafe { (*m).refused.load(Ordering::Relaxed) }
         };
         PView {
