@@ -1,0 +1,112 @@
+//! `sleep`: never wakes early, every sleeper wakes, and it parks the
+//! goroutine rather than its thread.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::XorShift;
+use gosched::Builder;
+
+#[test]
+fn five_thousand_random_sleepers_all_wake_and_none_early() {
+    const N: usize = 5_000;
+    let rt = Builder::new().procs(2).build().unwrap();
+    let mut rng = XorShift::new(0x5eed_1e55);
+    let durations: Vec<Duration> = (0..N)
+        .map(|_| Duration::from_micros(rng.below(50_000)))
+        .collect();
+    let started = Instant::now();
+    let results = rt.block_on(|| {
+        let hs: Vec<_> = durations
+            .iter()
+            .map(|&d| {
+                gosched::spawn(move || {
+                    let t = Instant::now();
+                    gosched::sleep(d);
+                    (d, t.elapsed())
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    let wall = started.elapsed();
+    assert_eq!(results.len(), N);
+    let early: Vec<_> = results.iter().filter(|(want, got)| got < want).collect();
+    assert!(
+        early.is_empty(),
+        "{} sleepers woke early, e.g. {:?}",
+        early.len(),
+        &early[..early.len().min(5)]
+    );
+    // 5,000 sleeps of up to 50 ms on 2 Ps: sleeping Gs hold no thread, so
+    // this takes about 50 ms, not minutes.
+    assert!(wall < Duration::from_secs(20), "{N} sleepers took {wall:?}");
+}
+
+#[test]
+fn sleep_parks_the_goroutine_not_the_thread() {
+    const N: u32 = 100;
+    const NAP: Duration = Duration::from_millis(100);
+    let rt = Builder::new().procs(1).build().unwrap();
+    let wall = rt.block_on(|| {
+        let t = Instant::now();
+        let hs: Vec<_> = (0..N)
+            .map(|_| gosched::spawn(|| gosched::sleep(NAP)))
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        t.elapsed()
+    });
+    // Blocking the only P's thread would take N * NAP = 10 s.
+    assert!(wall >= NAP);
+    assert!(
+        wall < NAP * N / 4,
+        "{N} concurrent sleeps of {NAP:?} on one P took {wall:?}"
+    );
+}
+
+#[test]
+fn sleep_zero_returns() {
+    let rt = Builder::new().procs(1).build().unwrap();
+    let n = rt.block_on(|| {
+        for _ in 0..1000 {
+            gosched::sleep(Duration::ZERO);
+        }
+        let h = gosched::spawn(|| {
+            gosched::sleep(Duration::ZERO);
+            7
+        });
+        h.join().unwrap()
+    });
+    assert_eq!(n, 7);
+}
+
+#[test]
+fn sleep_on_a_plain_thread_sleeps_the_thread() {
+    assert_eq!(gosched::current_id(), None);
+    let t = Instant::now();
+    gosched::sleep(Duration::from_millis(20));
+    assert!(t.elapsed() >= Duration::from_millis(20));
+    gosched::sleep(Duration::ZERO);
+}
+
+#[test]
+fn sleeper_wakes_while_every_p_is_idle() {
+    // Nothing else runs: the wake-up must come from the timer alone, with
+    // every P idle and every M parked.
+    let rt = Builder::new().procs(2).build().unwrap();
+    for ms in [1u64, 5, 30] {
+        let d = Duration::from_millis(ms);
+        let got = rt.block_on(|| {
+            let t = Instant::now();
+            gosched::sleep(d);
+            t.elapsed()
+        });
+        assert!(got >= d, "slept {got:?} < {d:?}");
+        assert!(got < d + Duration::from_secs(2), "slept {got:?} for {d:?}");
+    }
+}

@@ -1,0 +1,171 @@
+//! Goroutine stacks: deep use within the reservation works; running off
+//! the end is reported with the goroutine's id and the stack size and
+//! aborts; other segmentation faults stay plain SIGSEGVs. The crashes run
+//! in a child process (this test binary re-executed).
+
+mod common;
+
+use std::hint::black_box;
+
+use common::{child_role, run_child};
+use gosched::Builder;
+
+const SIGABRT: i32 = 6;
+const SIGSEGV: i32 = 11;
+
+/// Uses about `frames` * 4 KiB of stack; returns a value that depends on
+/// every frame so none is optimised away.
+fn deep(frames: u32) -> u64 {
+    let mut buf = [0u8; 4096];
+    buf[frames as usize % 4096] = frames as u8;
+    let buf = black_box(&mut buf);
+    if frames == 0 {
+        return buf.iter().map(|&b| u64::from(b)).sum();
+    }
+    deep(frames - 1) + u64::from(buf[frames as usize % 4096])
+}
+
+/// Recurses until the stack runs out (the condition is opaque to the
+/// compiler, so this is neither a lint nor a loop).
+fn unbounded(depth: u64) -> u64 {
+    let mut buf = [0u8; 1024];
+    buf[depth as usize % 1024] = depth as u8;
+    let buf = black_box(&mut buf);
+    if black_box(depth) == u64::MAX {
+        return 0;
+    }
+    unbounded(depth + 1) + u64::from(buf[depth as usize % 1024])
+}
+
+/// Child body: spawn a goroutine on a runtime with `stack_size` (None: the
+/// default) that prints its id and overflows its stack.
+fn overflow_in_goroutine(stack_size: Option<usize>) {
+    let mut b = Builder::new().procs(2);
+    if let Some(s) = stack_size {
+        b = b.stack_size(s);
+    }
+    let rt = b.build().unwrap();
+    rt.block_on(|| {
+        gosched::spawn(|| {
+            eprintln!("child goroutine id: {}", gosched::current_id().unwrap());
+            unbounded(0)
+        })
+        .join()
+        .unwrap();
+    });
+    unreachable!("the goroutine overflowed its stack and returned");
+}
+
+/// Parent side: the child died by SIGABRT after printing the report for the
+/// goroutine it named, with `size` bytes.
+fn assert_overflow_report(test: &str, size: usize) {
+    let out = run_child(test, "overflow", &[]);
+    let id: u64 = out
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("child goroutine id: "))
+        .unwrap_or_else(|| panic!("the child printed no goroutine id\n{}", out.describe()))
+        .trim()
+        .parse()
+        .unwrap();
+    let want = format!("fatal: goroutine {id} overflowed its stack ({size} bytes)");
+    assert!(
+        out.stderr.lines().any(|l| l == want),
+        "no line {want:?}\n{}",
+        out.describe()
+    );
+    assert_eq!(out.signal(), Some(SIGABRT), "{}", out.describe());
+}
+
+#[test]
+fn goroutine_uses_200_kib_of_its_default_stack() {
+    let rt = Builder::new().procs(2).build().unwrap();
+    assert_eq!(rt.stats().stack_size, 1 << 20);
+    let sums = rt.block_on(|| {
+        let hs: Vec<_> = (0..8).map(|_| gosched::spawn(|| deep(50))).collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    let want = deep(50);
+    assert!(sums.iter().all(|&s| s == want), "{sums:?} != {want}");
+}
+
+#[test]
+fn stack_overflow_reports_goroutine_id_and_aborts() {
+    if child_role().is_some() {
+        return overflow_in_goroutine(None);
+    }
+    assert_overflow_report("stack_overflow_reports_goroutine_id_and_aborts", 1 << 20);
+}
+
+#[test]
+fn stack_overflow_reports_a_custom_stack_size() {
+    if child_role().is_some() {
+        return overflow_in_goroutine(Some(64 << 10));
+    }
+    assert_overflow_report("stack_overflow_reports_a_custom_stack_size", 64 << 10);
+}
+
+/// Writes to an address in the never-mapped first page (a null-pointer
+/// dereference at a small offset; not null itself, because debug builds
+/// check `write_volatile`'s pointer for null and would abort instead).
+fn segfault() {
+    let p = std::ptr::without_provenance_mut::<u64>(16);
+    // SAFETY: not safe at all: this deliberately faults, in a child process
+    // whose only purpose is to die by SIGSEGV.
+    unsafe { std::ptr::write_volatile(p, 1) };
+}
+
+fn assert_plain_segv(test: &str) {
+    let out = run_child(test, "segv", &[]);
+    assert!(
+        out.stderr.contains("about to fault"),
+        "the child did not get there\n{}",
+        out.describe()
+    );
+    assert!(
+        !out.stderr.contains("overflowed its stack"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(out.signal(), Some(SIGSEGV), "{}", out.describe());
+}
+
+#[test]
+fn segfault_on_a_plain_thread_stays_a_sigsegv() {
+    if child_role().is_some() {
+        // A runtime exists (and has run goroutines), so its SIGSEGV handler
+        // is installed; the fault is on a thread that is no M.
+        let rt = Builder::new().procs(2).build().unwrap();
+        assert_eq!(
+            rt.block_on(|| gosched::spawn(|| deep(4)).join().unwrap()),
+            deep(4)
+        );
+        std::thread::spawn(|| {
+            eprintln!("about to fault");
+            segfault();
+        })
+        .join()
+        .unwrap();
+        unreachable!("the write did not fault");
+    }
+    assert_plain_segv("segfault_on_a_plain_thread_stays_a_sigsegv");
+}
+
+#[test]
+fn segfault_in_a_goroutine_off_its_guard_page_stays_a_sigsegv() {
+    if child_role().is_some() {
+        let rt = Builder::new().procs(2).build().unwrap();
+        rt.block_on(|| {
+            gosched::spawn(|| {
+                eprintln!("about to fault");
+                segfault();
+            })
+            .join()
+            .unwrap();
+        });
+        unreachable!("the write did not fault");
+    }
+    assert_plain_segv("segfault_in_a_goroutine_off_its_guard_page_stays_a_sigsegv");
+}
