@@ -548,12 +548,14 @@ impl Shared {
             if !tm.is_null() {
                 // SAFETY: Ms live as long as Shared (allm holds them).
                 unsafe { (*tm).note.wake() };
-            } else if self.sysmon_idle.load(Ordering::Acquire) {
-                self.sysmon_note.wake();
-            } else if self.npidle.load(Ordering::SeqCst) == self.cfg.procs {
-                // Nobody sleeps on timers yet and every P is idle: start an
-                // M, which will become the timer sleeper.
+            } else if self.npidle.load(Ordering::SeqCst) > 0 {
+                // Nobody sleeps on timers and a P is idle: start an M,
+                // which finds nothing to run and becomes the timer sleeper.
                 self.wakep();
+            } else {
+                // Every P is busy: sysmon fires timers for them; make it
+                // recompute its sleep with this deadline.
+                self.sysmon_note.wake();
             }
         }
         id
