@@ -1,0 +1,204 @@
+//! `lock_os_thread`: a locked goroutine stays on its thread, that thread
+//! runs nothing else, calls nest, and a goroutine may exit while locked.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::os_tid;
+use gosched::Builder;
+
+/// Spawns `n` goroutines that record, a few times each with yields and
+/// short sleeps in between, the OS threads they run on; waits for them and
+/// returns the set. Call from a goroutine.
+fn threads_used_by_others(n: usize) -> HashSet<i32> {
+    let seen = Arc::new(Mutex::new(HashSet::new()));
+    let hs: Vec<_> = (0..n)
+        .map(|i| {
+            let seen = seen.clone();
+            gosched::spawn(move || {
+                for round in 0..4 {
+                    seen.lock().unwrap().insert(os_tid());
+                    if (i + round) % 2 == 0 {
+                        gosched::yield_now();
+                    } else {
+                        gosched::sleep(Duration::from_millis(1));
+                    }
+                }
+                seen.lock().unwrap().insert(os_tid());
+            })
+        })
+        .collect();
+    // Park the caller too, so its thread would be free for others if it
+    // were not locked.
+    gosched::sleep(Duration::from_millis(5));
+    for h in hs {
+        h.join().unwrap();
+    }
+    let s = seen.lock().unwrap().clone();
+    s
+}
+
+#[test]
+fn locked_goroutine_keeps_its_thread() {
+    let rt = Builder::new().procs(2).build().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let work = Arc::new(AtomicU64::new(0));
+    let checks = rt.block_on(|| {
+        // Busy goroutines competing for both Ps.
+        let busy: Vec<_> = (0..6)
+            .map(|_| {
+                let (stop, work) = (stop.clone(), work.clone());
+                gosched::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let mut x = 0u64;
+                        for i in 0..2_000u64 {
+                            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+                        }
+                        work.fetch_add(x & 1, Ordering::Relaxed);
+                        gosched::yield_now();
+                    }
+                })
+            })
+            .collect();
+        let locked = gosched::spawn(|| {
+            gosched::lock_os_thread();
+            let tid = os_tid();
+            let std_id = std::thread::current().id();
+            let mut checks = 0;
+            for i in 0..300u64 {
+                gosched::yield_now();
+                assert_eq!(os_tid(), tid, "moved after yield_now (iteration {i})");
+                if i % 10 == 0 {
+                    gosched::sleep(Duration::from_millis(1));
+                    assert_eq!(os_tid(), tid, "moved after sleep (iteration {i})");
+                }
+                if i % 5 == 0 {
+                    assert_eq!(gosched::spawn(move || i * 2).join().unwrap(), i * 2);
+                    assert_eq!(os_tid(), tid, "moved after spawn+join (iteration {i})");
+                }
+                checks += 1;
+            }
+            assert_eq!(std::thread::current().id(), std_id);
+            gosched::unlock_os_thread();
+            checks
+        });
+        let checks = locked.join().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        for h in busy {
+            h.join().unwrap();
+        }
+        checks
+    });
+    assert_eq!(checks, 300);
+}
+
+#[test]
+fn unlocked_goroutine_keeps_working_wherever_it_runs() {
+    // After unlocking, the goroutine may move (not asserted); it must keep
+    // its identity and go on yielding, sleeping and joining normally.
+    let rt = Builder::new().procs(2).build().unwrap();
+    let ok = rt.block_on(|| {
+        let id = gosched::current_id();
+        gosched::lock_os_thread();
+        gosched::unlock_os_thread();
+        let mut sum = 0;
+        for i in 0..200u64 {
+            gosched::yield_now();
+            if i % 20 == 0 {
+                gosched::sleep(Duration::from_millis(1));
+            }
+            sum += gosched::spawn(move || i).join().unwrap();
+            assert_eq!(gosched::current_id(), id);
+        }
+        sum
+    });
+    assert_eq!(ok, 199 * 200 / 2);
+}
+
+#[test]
+fn locked_thread_runs_no_other_goroutine() {
+    let rt = Builder::new().procs(2).build().unwrap();
+    rt.block_on(|| {
+        gosched::lock_os_thread();
+        let mine = os_tid();
+        // While we are parked (sleeping, joining) 50 others run.
+        let others = threads_used_by_others(50);
+        assert_eq!(os_tid(), mine);
+        assert!(!others.is_empty());
+        assert!(!others.contains(&mine), "another goroutine ran on the locked thread {mine}: {others:?}");
+        gosched::unlock_os_thread();
+    });
+}
+
+#[test]
+fn lock_calls_nest_and_extra_unlocks_are_ignored() {
+    // One P: while the main goroutine parks, the thread holding the P runs
+    // the others. Unlocked, that is our thread; locked, never.
+    let rt = Builder::new().procs(1).build().unwrap();
+    rt.block_on(|| {
+        let mine = os_tid();
+        let ran_on_mine = || threads_used_by_others(20).contains(&os_tid());
+        assert!(ran_on_mine(), "unlocked: our thread should run the others on one P");
+
+        gosched::lock_os_thread();
+        gosched::lock_os_thread();
+        assert_eq!(os_tid(), mine);
+        assert!(!ran_on_mine(), "locked twice");
+        gosched::unlock_os_thread();
+        assert!(!ran_on_mine(), "locked twice, unlocked once: still locked");
+        gosched::unlock_os_thread();
+        assert!(ran_on_mine(), "locked twice, unlocked twice: unlocked");
+
+        // An extra unlock is a no-op: it does not leave a debt that would
+        // cancel the next lock.
+        gosched::unlock_os_thread();
+        gosched::unlock_os_thread();
+        assert!(ran_on_mine(), "extra unlocks");
+        let here = os_tid();
+        gosched::lock_os_thread();
+        assert!(!ran_on_mine(), "a lock after extra unlocks still locks");
+        assert_eq!(os_tid(), here);
+        gosched::unlock_os_thread();
+        assert!(ran_on_mine(), "unlocked again");
+    });
+    // On a plain thread both are no-ops.
+    gosched::lock_os_thread();
+    gosched::unlock_os_thread();
+    gosched::unlock_os_thread();
+}
+
+#[test]
+fn goroutine_exiting_while_locked_leaves_the_runtime_working() {
+    for procs in [1, 2] {
+        let rt = Builder::new().procs(procs).build().unwrap();
+        let sum = rt.block_on(|| {
+            let mut sum = 0u64;
+            for round in 0..20u64 {
+                let h = gosched::spawn(move || {
+                    gosched::lock_os_thread();
+                    if round % 2 == 0 {
+                        gosched::lock_os_thread(); // exits locked twice
+                    }
+                    gosched::yield_now();
+                    round
+                });
+                sum += h.join().unwrap();
+                let hs: Vec<_> = (0..50u64).map(|i| gosched::spawn(move || i)).collect();
+                sum += hs.into_iter().map(|h| h.join().unwrap()).sum::<u64>();
+            }
+            // Goroutines that sleep still get woken and run.
+            let hs: Vec<_> = (0..20)
+                .map(|_| gosched::spawn(|| gosched::sleep(Duration::from_millis(2))))
+                .collect();
+            hs.into_iter().for_each(|h| h.join().unwrap());
+            sum
+        });
+        assert_eq!(sum, 19 * 20 / 2 + 20 * (49 * 50 / 2), "procs {procs}");
+        // And the runtime takes new work from outside afterwards.
+        assert_eq!(rt.spawn(|| 5).join().unwrap(), 5);
+    }
+}
