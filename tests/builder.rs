@@ -16,7 +16,10 @@ fn report_build(b: Builder) {
     match b.build() {
         Ok(rt) => {
             let s = rt.stats();
-            eprintln!("BUILD-OK procs={} quantum={:?} async_preempt={}", s.procs, s.quantum, s.async_preempt);
+            eprintln!(
+                "BUILD-OK procs={} quantum={:?} async_preempt={}",
+                s.procs, s.quantum, s.async_preempt
+            );
             assert_eq!(rt.block_on(|| gosched::spawn(|| 2 + 2).join().unwrap()), 4);
         }
         Err(e) => eprintln!("BUILD-ERR {:?}: {e}", e.kind()),
@@ -54,18 +57,31 @@ fn stack_size_outside_its_range_is_an_error_naming_the_value() {
         assert!(e.to_string().contains(&format!("stack_size({bad})")), "{e}");
     }
     // The minimum (16 KiB) is accepted and runs goroutines.
-    let rt = Builder::new().procs(1).stack_size(16 << 10).build().unwrap();
+    let rt = Builder::new()
+        .procs(1)
+        .stack_size(16 << 10)
+        .build()
+        .unwrap();
     assert_eq!(rt.stats().stack_size, 16 << 10);
     assert_eq!(rt.block_on(|| gosched::spawn(|| 1).join().unwrap()), 1);
 }
 
 #[test]
 fn preempt_quantum_below_the_minimum_is_an_error() {
-    let e = Builder::new().preempt_quantum(Duration::from_micros(10)).build().unwrap_err();
+    let e = Builder::new()
+        .preempt_quantum(Duration::from_micros(10))
+        .build()
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput);
     let msg = e.to_string();
-    assert!(msg.contains("preempt_quantum(") && msg.contains("10µs"), "{msg}");
-    let rt = Builder::new().preempt_quantum(gosched::MIN_QUANTUM).build().unwrap();
+    assert!(
+        msg.contains("preempt_quantum(") && msg.contains("10µs"),
+        "{msg}"
+    );
+    let rt = Builder::new()
+        .preempt_quantum(gosched::MIN_QUANTUM)
+        .build()
+        .unwrap();
     assert_eq!(rt.stats().quantum, gosched::MIN_QUANTUM);
 }
 
@@ -83,11 +99,21 @@ fn malformed_environment_variables_are_errors_naming_them() {
         ("GOSCHED_SCHEDTRACE", "x"),
     ];
     for (var, value) in cases {
-        let out = run_child("malformed_environment_variables_are_errors_naming_them", "env", &[(var, value)]);
+        let out = run_child(
+            "malformed_environment_variables_are_errors_naming_them",
+            "env",
+            &[(var, value)],
+        );
         for prefix in ["BUILD-", "NEW-"] {
             let l = line(&out, prefix);
-            assert!(l.starts_with(&format!("{prefix}ERR InvalidInput: ")), "{var}={value}: {l}");
-            assert!(l.contains(var) && l.contains(value), "{var}={value}: the error names neither: {l}");
+            assert!(
+                l.starts_with(&format!("{prefix}ERR InvalidInput: ")),
+                "{var}={value}: {l}"
+            );
+            assert!(
+                l.contains(var) && l.contains(value),
+                "{var}={value}: the error names neither: {l}"
+            );
         }
     }
 }
@@ -97,29 +123,57 @@ fn gosched_maxprocs_sets_the_number_of_ps() {
     if child_role().is_some() {
         return report_build(Builder::new());
     }
-    let out = run_child("gosched_maxprocs_sets_the_number_of_ps", "env", &[("GOSCHED_MAXPROCS", "3")]);
-    assert!(line(&out, "BUILD-").starts_with("BUILD-OK procs=3 "), "{}", out.describe());
     let out = run_child(
         "gosched_maxprocs_sets_the_number_of_ps",
         "env",
-        &[("GOSCHED_QUANTUM", "500us"), ("GOSCHED_ASYNCPREEMPTOFF", "1")],
+        &[("GOSCHED_MAXPROCS", "3")],
+    );
+    assert!(
+        line(&out, "BUILD-").starts_with("BUILD-OK procs=3 "),
+        "{}",
+        out.describe()
+    );
+    let out = run_child(
+        "gosched_maxprocs_sets_the_number_of_ps",
+        "env",
+        &[
+            ("GOSCHED_QUANTUM", "500us"),
+            ("GOSCHED_ASYNCPREEMPTOFF", "1"),
+        ],
     );
     let l = line(&out, "BUILD-");
-    assert!(l.contains(" quantum=500µs ") && l.ends_with("async_preempt=false"), "{l}");
+    assert!(
+        l.contains(" quantum=500µs ") && l.ends_with("async_preempt=false"),
+        "{l}"
+    );
 }
 
 #[test]
 fn explicit_builder_calls_win_over_the_environment() {
     if child_role().is_some() {
-        return report_build(Builder::new().procs(1).preempt_quantum(Duration::from_millis(2)).async_preempt(false));
+        return report_build(
+            Builder::new()
+                .procs(1)
+                .preempt_quantum(Duration::from_millis(2))
+                .async_preempt(false),
+        );
     }
     let out = run_child(
         "explicit_builder_calls_win_over_the_environment",
         "env",
-        &[("GOSCHED_MAXPROCS", "3"), ("GOSCHED_QUANTUM", "500us"), ("GOSCHED_ASYNCPREEMPTOFF", "0")],
+        &[
+            ("GOSCHED_MAXPROCS", "3"),
+            ("GOSCHED_QUANTUM", "500us"),
+            ("GOSCHED_ASYNCPREEMPTOFF", "0"),
+        ],
     );
     let l = line(&out, "BUILD-");
-    assert_eq!(l, "BUILD-OK procs=1 quantum=2ms async_preempt=false", "{}", out.describe());
+    assert_eq!(
+        l,
+        "BUILD-OK procs=1 quantum=2ms async_preempt=false",
+        "{}",
+        out.describe()
+    );
     // Runtime::new() takes everything from the environment.
     assert_eq!(line(&out, "NEW-"), "NEW-OK");
 }
@@ -144,10 +198,22 @@ fn schedtrace_prints_sched_lines() {
         });
         return;
     }
-    let out = run_child("schedtrace_prints_sched_lines", "trace", &[("GOSCHED_SCHEDTRACE", "100")]);
+    let out = run_child(
+        "schedtrace_prints_sched_lines",
+        "trace",
+        &[("GOSCHED_SCHEDTRACE", "100")],
+    );
     assert!(out.status.success(), "{}", out.describe());
-    let lines: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("SCHED ")).collect();
-    assert!(!lines.is_empty(), "no SCHED line in 300 ms at a 100 ms period\n{}", out.describe());
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("SCHED "))
+        .collect();
+    assert!(
+        !lines.is_empty(),
+        "no SCHED line in 300 ms at a 100 ms period\n{}",
+        out.describe()
+    );
     assert!(lines.iter().all(|l| l.contains("procs=2 ")), "{lines:?}");
     // And without the variable, nothing.
     let quiet = run_child("schedtrace_prints_sched_lines", "trace", &[]);

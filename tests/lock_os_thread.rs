@@ -129,7 +129,10 @@ fn locked_thread_runs_no_other_goroutine() {
         let others = threads_used_by_others(50);
         assert_eq!(os_tid(), mine);
         assert!(!others.is_empty());
-        assert!(!others.contains(&mine), "another goroutine ran on the locked thread {mine}: {others:?}");
+        assert!(
+            !others.contains(&mine),
+            "another goroutine ran on the locked thread {mine}: {others:?}"
+        );
         gosched::unlock_os_thread();
     });
 }
@@ -142,7 +145,10 @@ fn lock_calls_nest_and_extra_unlocks_are_ignored() {
     rt.block_on(|| {
         let mine = os_tid();
         let ran_on_mine = || threads_used_by_others(20).contains(&os_tid());
-        assert!(ran_on_mine(), "unlocked: our thread should run the others on one P");
+        assert!(
+            ran_on_mine(),
+            "unlocked: our thread should run the others on one P"
+        );
 
         gosched::lock_os_thread();
         gosched::lock_os_thread();

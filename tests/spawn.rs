@@ -46,13 +46,22 @@ fn panic_payload_comes_back_through_join_and_the_runtime_goes_on() {
     let rt = Builder::new().procs(2).build().unwrap();
     rt.block_on(|| {
         let n = 7;
-        let e = gosched::spawn(move || -> u32 { panic!("formatted boom {n}") }).join().unwrap_err();
-        assert_eq!(e.downcast_ref::<String>().map(String::as_str), Some("formatted boom 7"));
+        let e = gosched::spawn(move || -> u32 { panic!("formatted boom {n}") })
+            .join()
+            .unwrap_err();
+        assert_eq!(
+            e.downcast_ref::<String>().map(String::as_str),
+            Some("formatted boom 7")
+        );
 
-        let e = gosched::spawn(|| -> u32 { panic!("static boom") }).join().unwrap_err();
+        let e = gosched::spawn(|| -> u32 { panic!("static boom") })
+            .join()
+            .unwrap_err();
         assert_eq!(e.downcast_ref::<&str>(), Some(&"static boom"));
 
-        let e = gosched::spawn(|| std::panic::panic_any(42i32)).join().unwrap_err();
+        let e = gosched::spawn(|| std::panic::panic_any(42i32))
+            .join()
+            .unwrap_err();
         assert_eq!(e.downcast_ref::<i32>(), Some(&42));
 
         // The runtime and this goroutine carry on.
@@ -60,7 +69,10 @@ fn panic_payload_comes_back_through_join_and_the_runtime_goes_on() {
     });
     // So does the runtime after block_on, for a panic in the main goroutine
     // (resumed in the caller).
-    let e = catch_unwind(AssertUnwindSafe(|| rt.block_on(|| panic!("main goroutine boom")))).unwrap_err();
+    let e = catch_unwind(AssertUnwindSafe(|| {
+        rt.block_on(|| panic!("main goroutine boom"))
+    }))
+    .unwrap_err();
     assert_eq!(payload_str(&*e), Some("main goroutine boom"));
     assert_eq!(rt.block_on(|| gosched::spawn(|| 1 + 1).join().unwrap()), 2);
 }
@@ -76,7 +88,10 @@ fn runtime_spawn_from_plain_threads_and_join_there() {
                     let hs: Vec<_> = (0..250u64)
                         .map(|i| {
                             rt.spawn(move || {
-                                assert!(gosched::current_id().is_some(), "Runtime::spawn body not in a goroutine");
+                                assert!(
+                                    gosched::current_id().is_some(),
+                                    "Runtime::spawn body not in a goroutine"
+                                );
                                 gosched::yield_now();
                                 t * 1000 + i
                             })
@@ -88,7 +103,9 @@ fn runtime_spawn_from_plain_threads_and_join_there() {
             })
             .collect();
         let total: u64 = ts.into_iter().map(|t| t.join().unwrap()).sum();
-        let want: u64 = (0..4u64).map(|t| (0..250u64).map(|i| t * 1000 + i).sum::<u64>()).sum();
+        let want: u64 = (0..4u64)
+            .map(|t| (0..250u64).map(|i| t * 1000 + i).sum::<u64>())
+            .sum();
         assert_eq!(total, want);
     });
 }
@@ -97,7 +114,9 @@ fn runtime_spawn_from_plain_threads_and_join_there() {
 fn goroutine_ids_are_distinct_and_match_their_handles() {
     let rt = Builder::new().procs(2).build().unwrap();
     let (main_id, pairs) = rt.block_on(|| {
-        let hs: Vec<_> = (0..10_000).map(|_| gosched::spawn(|| gosched::current_id().unwrap())).collect();
+        let hs: Vec<_> = (0..10_000)
+            .map(|_| gosched::spawn(|| gosched::current_id().unwrap()))
+            .collect();
         let pairs: Vec<(u64, u64)> = hs
             .into_iter()
             .map(|h| {
@@ -110,9 +129,15 @@ fn goroutine_ids_are_distinct_and_match_their_handles() {
     let mut seen = HashSet::new();
     assert!(seen.insert(main_id));
     for (handle_id, inside_id) in pairs {
-        assert_eq!(handle_id, inside_id, "JoinHandle::id differs from current_id() inside");
+        assert_eq!(
+            handle_id, inside_id,
+            "JoinHandle::id differs from current_id() inside"
+        );
         assert!(handle_id >= 1);
-        assert!(seen.insert(inside_id), "goroutine id {inside_id} seen twice");
+        assert!(
+            seen.insert(inside_id),
+            "goroutine id {inside_id} seen twice"
+        );
     }
     assert_eq!(seen.len(), 10_001);
 }
@@ -123,11 +148,16 @@ fn num_goroutines_counts_parked_goroutines() {
     let rt = Builder::new().procs(2).build().unwrap();
     rt.block_on(|| {
         assert_eq!(gosched::num_goroutines(), 1);
-        let hs: Vec<_> = (0..N).map(|_| gosched::spawn(|| gosched::sleep(Duration::from_millis(300)))).collect();
+        let hs: Vec<_> = (0..N)
+            .map(|_| gosched::spawn(|| gosched::sleep(Duration::from_millis(300))))
+            .collect();
         // Let them all start and park in sleep.
         gosched::sleep(Duration::from_millis(20));
         let live = gosched::num_goroutines();
-        assert!(live > N, "num_goroutines() = {live} with {N} sleepers and main");
+        assert!(
+            live > N,
+            "num_goroutines() = {live} with {N} sleepers and main"
+        );
         assert!(rt.stats().goroutines > N, "{:?}", rt.stats());
         for h in hs {
             h.join().unwrap();
@@ -136,7 +166,11 @@ fn num_goroutines_counts_parked_goroutines() {
         // just after it hands over its result: allow a moment.
         let t = Instant::now();
         while gosched::num_goroutines() != 1 {
-            assert!(t.elapsed() < Duration::from_secs(5), "num_goroutines() stuck at {}", gosched::num_goroutines());
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "num_goroutines() stuck at {}",
+                gosched::num_goroutines()
+            );
             gosched::sleep(Duration::from_millis(1));
         }
     });
@@ -162,7 +196,10 @@ fn yield_alternates_two_goroutines_on_one_p() {
                     while turn.load(Ordering::Acquire) % 2 != me {
                         yields.fetch_add(1, Ordering::Relaxed);
                         gosched::yield_now();
-                        assert!(start.elapsed() < Duration::from_secs(60), "ping-pong stalled");
+                        assert!(
+                            start.elapsed() < Duration::from_secs(60),
+                            "ping-pong stalled"
+                        );
                     }
                     turn.fetch_add(1, Ordering::AcqRel);
                     mine += 1;
@@ -176,7 +213,10 @@ fn yield_alternates_two_goroutines_on_one_p() {
     });
     assert_eq!((a, b), (ROUNDS, ROUNDS));
     assert_eq!(turn.load(Ordering::SeqCst), 2 * ROUNDS);
-    assert!(yields.load(Ordering::SeqCst) >= ROUNDS, "they cannot alternate without yielding");
+    assert!(
+        yields.load(Ordering::SeqCst) >= ROUNDS,
+        "they cannot alternate without yielding"
+    );
 }
 
 #[test]
@@ -193,14 +233,24 @@ fn block_on_inside_a_goroutine_panics_through_join() {
     let (same, different) = {
         let (rt2, other2) = (rt.clone(), other.clone());
         rt.block_on(move || {
-            let same = gosched::spawn(move || rt2.block_on(|| 1)).join().unwrap_err();
-            let different = gosched::spawn(move || other2.block_on(|| 1)).join().unwrap_err();
-            (payload_str(&*same).map(str::to_owned), payload_str(&*different).map(str::to_owned))
+            let same = gosched::spawn(move || rt2.block_on(|| 1))
+                .join()
+                .unwrap_err();
+            let different = gosched::spawn(move || other2.block_on(|| 1))
+                .join()
+                .unwrap_err();
+            (
+                payload_str(&*same).map(str::to_owned),
+                payload_str(&*different).map(str::to_owned),
+            )
         })
     };
     for msg in [same, different] {
         let msg = msg.expect("a message");
-        assert!(msg.contains("block_on") && msg.contains("inside a goroutine"), "{msg}");
+        assert!(
+            msg.contains("block_on") && msg.contains("inside a goroutine"),
+            "{msg}"
+        );
     }
     // Both runtimes still work.
     assert_eq!(rt.block_on(|| gosched::spawn(|| 3).join().unwrap()), 3);

@@ -57,7 +57,13 @@ impl ChildOutput {
 pub fn run_child(test: &str, role: &str, envs: &[(&str, &str)]) -> ChildOutput {
     let exe = std::env::current_exe().expect("current_exe");
     let mut cmd = Command::new(exe);
-    cmd.args([test, "--exact", "--nocapture", "--include-ignored", "--test-threads=1"]);
+    cmd.args([
+        test,
+        "--exact",
+        "--nocapture",
+        "--include-ignored",
+        "--test-threads=1",
+    ]);
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("GOSCHED_") {
             cmd.env_remove(k);
@@ -70,7 +76,10 @@ pub fn run_child(test: &str, role: &str, envs: &[(&str, &str)]) -> ChildOutput {
     // child must not spend time (and disk) writing a core dump.
     unsafe {
         cmd.pre_exec(|| {
-            let none = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            let none = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
             libc::setrlimit(libc::RLIMIT_CORE, &none);
             Ok(())
         });
@@ -79,7 +88,9 @@ pub fn run_child(test: &str, role: &str, envs: &[(&str, &str)]) -> ChildOutput {
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn the child test process");
     let mut out = child.stdout.take().expect("child stdout");
     let mut err = child.stderr.take().expect("child stderr");
@@ -106,7 +117,11 @@ pub fn run_child(test: &str, role: &str, envs: &[(&str, &str)]) -> ChildOutput {
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    ChildOutput { status, stdout: out_t.join().unwrap(), stderr: err_t.join().unwrap() }
+    ChildOutput {
+        status,
+        stdout: out_t.join().unwrap(),
+        stderr: err_t.join().unwrap(),
+    }
 }
 
 /// CPU time (user + system) consumed by the whole process so far.
@@ -124,7 +139,9 @@ pub fn process_cpu_time() -> Duration {
 
 /// OS threads of this process now (entries of `/proc/self/task`).
 pub fn os_thread_count() -> usize {
-    std::fs::read_dir("/proc/self/task").expect("read /proc/self/task").count()
+    std::fs::read_dir("/proc/self/task")
+        .expect("read /proc/self/task")
+        .count()
 }
 
 /// The kernel thread id of the calling thread. A real call each time (never
@@ -138,7 +155,9 @@ pub fn os_tid() -> i32 {
 
 /// The message of a panic payload (`&str` or `String`), if it has one.
 pub fn payload_str(p: &(dyn Any + Send)) -> Option<&str> {
-    p.downcast_ref::<&str>().copied().or_else(|| p.downcast_ref::<String>().map(String::as_str))
+    p.downcast_ref::<&str>()
+        .copied()
+        .or_else(|| p.downcast_ref::<String>().map(String::as_str))
 }
 
 /// Polls `cond` every millisecond until it holds or `timeout` passes;
