@@ -277,9 +277,11 @@ impl Builder {
                             "GOSCHED_QUANTUM={v:?}: {q:?} is below the 50µs minimum"
                         )))
                     }
-                    None => return Err(invalid(format!(
+                    None => {
+                        return Err(invalid(format!(
                         "GOSCHED_QUANTUM={v:?}: expected a duration such as \"10ms\" or \"500us\""
-                    ))),
+                    )))
+                    }
                 },
                 None => DEFAULT_QUANTUM,
             },
