@@ -122,7 +122,7 @@ fn stats_add_up_after_work() {
         s.threads,
         s.procs
     );
-    assert!(s.switches >= N + 1, "{s:?}");
+    assert!(s.switches > N, "{s:?}");
     // A second block_on adds to the counts.
     rt.block_on(|| gosched::spawn(|| ()).join().unwrap());
     assert_eq!(rt.stats().spawned, N + 3);
