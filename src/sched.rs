@@ -875,16 +875,32 @@ impl Shared {
         self.shutdown.store(true, Ordering::SeqCst);
         self.sysmon_note.wake();
         loop {
+            // Wake parked Ms; ask running goroutines to yield (and signal
+            // their threads, so a loop without calls stops too).
             for m in self.allm.lock().unwrap().iter() {
                 m.note.wake();
-            }
-            let t = self.threads.lock().unwrap().pop();
-            match t {
-                Some(t) => {
-                    let _ = t.join();
+                let g = m.curg.load(Ordering::Acquire);
+                if !g.is_null() {
+                    // SAFETY: G structs live as long as Shared.
+                    unsafe { (*g).preempt.store(true, Ordering::Relaxed) };
+                    if self.cfg.async_preempt {
+                        crate::preempt::signal_m(m);
+                    }
                 }
-                None => break,
             }
+            let mut threads = self.threads.lock().unwrap();
+            if threads.is_empty() {
+                break;
+            }
+            let (done, running): (Vec<_>, Vec<_>) = std::mem::take(&mut *threads)
+                .into_iter()
+                .partition(|t| t.is_finished());
+            *threads = running;
+            drop(threads);
+            for t in done {
+                let _ = t.join();
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
         }
         self.stacks.unmap();
     }
