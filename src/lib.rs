@@ -79,14 +79,18 @@
 
 mod arch;
 mod builder;
+pub mod chan;
 mod g;
 mod monitor;
 mod note;
 mod preempt;
 mod runtime;
 mod sched;
+#[doc(hidden)]
+pub mod select;
 mod signal;
 mod stack;
+pub mod sync;
 mod syscall;
 mod timer;
 mod trace;

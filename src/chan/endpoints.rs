@@ -1,0 +1,563 @@
+//! The two ends of a channel: [`Sender`] and [`Receiver`], and the
+//! receiving iterators.
+
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::queue::{Decision, Entry, Sel};
+use super::{Chan, RecvNow, RecvTimeoutError, SendError, SendNow, TryRecvError, TrySendError};
+
+/// The sending end of a channel. Clone it to send from several goroutines;
+/// the channel closes when the last clone drops (or on [`close`]).
+///
+/// [`close`]: Sender::close
+///
+/// # Examples
+///
+/// ```
+/// let (tx, rx) = gosched::chan::channel(4);
+/// let tx2 = tx.clone();
+/// tx.send(1).unwrap();
+/// tx2.send(2).unwrap();
+/// drop((tx, tx2));
+/// assert_eq!(rx.iter().collect::<Vec<_>>(), [1, 2]);
+/// ```
+pub struct Sender<T> {
+    pub(crate) chan: Arc<Chan<T>>,
+}
+
+/// The receiving end of a channel. Clone it to receive from several
+/// goroutines (each value goes to exactly one of them). When the last clone
+/// drops the channel closes: later sends fail instead of blocking forever.
+///
+/// # Examples
+///
+/// ```
+/// let (tx, rx) = gosched::chan::channel(1);
+/// let rx2 = rx.clone();
+/// tx.send(5).unwrap();
+/// assert_eq!(rx2.recv(), Some(5));
+/// drop((rx, rx2));
+/// assert!(tx.send(6).is_err());
+/// ```
+pub struct Receiver<T> {
+    pub(crate) chan: Arc<Chan<T>>,
+}
+
+impl<T> Sender<T> {
+    pub(super) fn new(chan: Arc<Chan<T>>) -> Sender<T> {
+        Sender { chan }
+    }
+
+    /// Sends `v`, waiting (parking the goroutine, or blocking a plain
+    /// thread) until a receiver takes it (unbuffered) or there is room in
+    /// the buffer. On a closed channel, or one closed while waiting, the
+    /// value comes back in the error (Go would panic).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let rt = gosched::Runtime::new().unwrap();
+    /// rt.block_on(|| {
+    ///     let (tx, rx) = gosched::chan::channel(0);
+    ///     let h = gosched::spawn(move || rx.recv());
+    ///     tx.send("hello").unwrap(); // returns once the goroutine has it
+    ///     assert_eq!(h.join().unwrap(), Some("hello"));
+    /// });
+    /// ```
+    pub fn send(&self, v: T) -> Result<(), SendError<T>> {
+        crate::preempt_point_inner();
+        let sel;
+        let entry = Entry::new();
+        {
+            let mut st = self.chan.lock();
+            let v = match self.chan.send_now(&mut st, v) {
+                SendNow::Done(w) => {
+                    drop(st);
+                    if let Some(w) = w {
+                        w.unpark();
+                    }
+                    return Ok(());
+                }
+                SendNow::Closed(v) => return Err(SendError(v)),
+                SendNow::Full(v) => v,
+            };
+            sel = Sel::new();
+            entry.bind(&sel, 0);
+            entry.put(Some(v));
+            st.sendq().push_back(&entry);
+        }
+        // Decided by a receiver (slot emptied) or by close (slot full); a
+        // plain send is never aborted, so its entry is off the queue now.
+        let d = sel.wait("chan send");
+        debug_assert_eq!(d, Decision::Fired(0));
+        match entry.take() {
+            None => Ok(()),
+            Some(v) => Err(SendError(v)),
+        }
+    }
+
+    /// Sends `v` if that needs no waiting: a receiver is waiting, or the
+    /// buffer has room.
+    ///
+    /// # Errors
+    ///
+    /// [`TrySendError::Full`] if it would have to wait,
+    /// [`TrySendError::Disconnected`] if the channel is closed; both carry
+    /// the value back.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use gosched::chan::{channel, TrySendError};
+    /// let (tx, rx) = channel(0);
+    /// // Unbuffered and nobody receiving: it would block.
+    /// assert_eq!(tx.try_send(1), Err(TrySendError::Full(1)));
+    /// drop(rx);
+    /// assert_eq!(tx.try_send(1), Err(TrySendError::Disconnected(1)));
+    /// ```
+    pub fn try_send(&self, v: T) -> Result<(), TrySendError<T>> {
+        let mut st = self.chan.lock();
+        match self.chan.send_now(&mut st, v) {
+            SendNow::Done(w) => {
+                drop(st);
+                if let Some(w) = w {
+                    w.unpark();
+                }
+                Ok(())
+            }
+            SendNow::Full(v) => Err(TrySendError::Full(v)),
+            SendNow::Closed(v) => Err(TrySendError::Disconnected(v)),
+        }
+    }
+
+    /// Closes the channel (Go's `close`): blocked senders get their values
+    /// back in errors, receivers drain the buffer and then get `None`.
+    /// Closing twice is a no-op (Go would panic).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (tx, rx) = gosched::chan::channel(2);
+    /// tx.send(1).unwrap();
+    /// tx.close();
+    /// assert!(tx.is_closed());
+    /// assert_eq!(rx.recv(), Some(1)); // drained first
+    /// assert_eq!(rx.recv(), None);
+    /// ```
+    pub fn close(&self) {
+        self.chan.close();
+    }
+
+    /// Whether the channel is closed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (tx, rx) = gosched::chan::channel::<()>(0);
+    /// assert!(!tx.is_closed());
+    /// drop(rx);
+    /// assert!(tx.is_closed());
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        self.chan.is_closed()
+    }
+
+    /// Values in the buffer now (Go's `len(ch)`; always 0 when unbuffered).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (tx, _rx) = gosched::chan::channel(3);
+    /// tx.send(()).unwrap();
+    /// assert_eq!(tx.len(), 1);
+    /// ```
+    pub fn len(&self) -> usize {
+        self.chan.len()
+    }
+
+    /// Whether the buffer is empty now.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (tx, _rx) = gosched::chan::channel::<u8>(3);
+    /// assert!(tx.is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The buffer's capacity (Go's `cap(ch)`; 0 when unbuffered).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (tx, _rx) = gosched::chan::channel::<u8>(3);
+    /// assert_eq!(tx.capacity(), 3);
+    /// ```
+    pub fn capacity(&self) -> usize {
+        self.chan.cap()
+    }
+}
+
+impl<T> Clone for Sender<T> {
+    fn clone(&self) -> Sender<T> {
+        self.chan.senders.fetch_add(1, Ordering::Relaxed);
+        Sender {
+            chan: self.chan.clone(),
+        }
+    }
+}
+
+impl<T> Drop for Sender<T> {
+    fn drop(&mut self) {
+        // AcqRel: the last dropper sees every other clone's drop.
+        if self.chan.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.chan.close();
+        }
+    }
+}
+
+impl<T> fmt::Debug for Sender<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sender")
+            .field("cap", &self.chan.cap())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Receiver<T> {
+    pub(super) fn new(chan: Arc<Chan<T>>) -> Receiver<T> {
+        Receiver { chan }
+    }
+
+    /// Receives a value, waiting (parking the goroutine, or blocking a plain
+    /// thread) until one is there. `None` once the channel is closed and its
+    /// buffer drained.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let rt = gosched::Runtime::new().unwrap();
+    /// rt.block_on(|| {
+    ///     let (tx, rx) = gosched::chan::channel(0);
+    ///     gosched::spawn(move || tx.send(42).unwrap());
+    ///     assert_eq!(rx.recv(), Some(42));
+    ///     assert_eq!(rx.recv(), None); // the sender is gone: closed
+    /// });
+    /// ```
+    pub fn recv(&self) -> Option<T> {
+        crate::preempt_point_inner();
+        let sel;
+        let entry = Entry::new();
+        {
+            let mut st = self.chan.lock();
+            match self.chan.recv_now(&mut st) {
+                RecvNow::Value(v, w) => {
+                    drop(st);
+                    if let Some(w) = w {
+                        w.unpark();
+                    }
+                    return Some(v);
+                }
+                RecvNow::Closed => return None,
+                RecvNow::Empty => {}
+            }
+            sel = Sel::new();
+            entry.bind(&sel, 0);
+            st.recvq().push_back(&entry);
+        }
+        let d = sel.wait("chan receive");
+        debug_assert_eq!(d, Decision::Fired(0));
+        entry.take()
+    }
+
+    /// Receives a value if one is there without waiting.
+    ///
+    /// # Errors
+    ///
+    /// [`TryRecvError::Empty`] if it would have to wait,
+    /// [`TryRecvError::Disconnected`] if the channel is closed and drained.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use gosched::chan::{channel, TryRecvError};
+    /// let (tx, rx) = channel(1);
+    /// assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+    /// tx.send(3).unwrap();
+    /// assert_eq!(rx.try_recv(), Ok(3));
+    /// ```
+    pub fn try_recv(&self) -> Result<T, TryRecvError> {
+        let mut st = self.chan.lock();
+        match self.chan.recv_now(&mut st) {
+            RecvNow::Value(v, w) => {
+                drop(st);
+                if let Some(w) = w {
+                    w.unpark();
+                }
+                Ok(v)
+            }
+            RecvNow::Empty => Err(TryRecvError::Empty),
+            RecvNow::Closed => Err(TryRecvError::Disconnected),
+        }
+    }
+
+    /// Like [`recv`](Receiver::recv), giving up after `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`RecvTimeoutError::Timeout`] if nothing came in time (never
+    /// earlier), [`RecvTimeoutError::Disconnected`] if the channel is closed
+    /// and drained.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use gosched::chan::{channel, RecvTimeoutError};
+    /// use std::time::Duration;
+    ///
+    /// let rt = gosched::Runtime::new().unwrap();
+    /// rt.block_on(|| {
+    ///     let (tx, rx) = channel(0);
+    ///     let d = Duration::from_millis(10);
+    ///     assert_eq!(rx.recv_timeout(d), Err(RecvTimeoutError::Timeout));
+    ///     gosched::spawn(move || tx.send(1).unwrap());
+    ///     assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(1));
+    ///     assert_eq!(rx.recv_timeout(d), Err(RecvTimeoutError::Disconnected));
+    /// });
+    /// ```
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        crate::preempt_point_inner();
+        let deadline = Instant::now().checked_add(timeout);
+        let sel;
+        let entry = Entry::new();
+        {
+            let mut st = self.chan.lock();
+            match self.chan.recv_now(&mut st) {
+                RecvNow::Value(v, w) => {
+                    drop(st);
+                    if let Some(w) = w {
+                        w.unpark();
+                    }
+                    return Ok(v);
+                }
+                RecvNow::Closed => return Err(RecvTimeoutError::Disconnected),
+                RecvNow::Empty => {}
+            }
+            if timeout.is_zero() {
+                return Err(RecvTimeoutError::Timeout);
+            }
+            sel = Sel::new();
+            entry.bind(&sel, 0);
+            st.recvq().push_back(&entry);
+        }
+        let decided = match deadline {
+            Some(deadline) => sel.wait_until("chan receive", deadline),
+            // A timeout past the end of time: wait for ever.
+            None => Some(sel.wait("chan receive")),
+        };
+        if decided.is_none() && sel.abort() {
+            // We gave up first: remove our entry before it goes out of scope.
+            self.chan.lock().recvq().remove(&entry);
+            return Err(RecvTimeoutError::Timeout);
+        }
+        // Decided by a sender (full slot) or close (empty slot); the waker
+        // took the entry off the queue.
+        entry.take().ok_or(RecvTimeoutError::Disconnected)
+    }
+
+    /// An iterator that receives until the channel is closed and drained
+    /// (Go's `for v := range ch`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (tx, rx) = gosched::chan::channel(3);
+    /// for i in 0..3 {
+    ///     tx.send(i).unwrap();
+    /// }
+    /// drop(tx);
+    /// assert_eq!(rx.iter().collect::<Vec<_>>(), [0, 1, 2]);
+    /// ```
+    pub fn iter(&self) -> Iter<'_, T> {
+        Iter { rx: self }
+    }
+
+    /// An iterator over the values available now, without waiting.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (tx, rx) = gosched::chan::channel(3);
+    /// tx.send(1).unwrap();
+    /// tx.send(2).unwrap();
+    /// assert_eq!(rx.try_iter().collect::<Vec<_>>(), [1, 2]); // tx still open
+    /// ```
+    pub fn try_iter(&self) -> TryIter<'_, T> {
+        TryIter { rx: self }
+    }
+
+    /// Whether the channel is closed (values may still be buffered).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (tx, rx) = gosched::chan::channel::<()>(0);
+    /// drop(tx);
+    /// assert!(rx.is_closed());
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        self.chan.is_closed()
+    }
+
+    /// Values in the buffer now (Go's `len(ch)`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (tx, rx) = gosched::chan::channel(3);
+    /// tx.send(()).unwrap();
+    /// assert_eq!(rx.len(), 1);
+    /// ```
+    pub fn len(&self) -> usize {
+        self.chan.len()
+    }
+
+    /// Whether the buffer is empty now.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (_tx, rx) = gosched::chan::channel::<u8>(3);
+    /// assert!(rx.is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The buffer's capacity (Go's `cap(ch)`).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (_tx, rx) = gosched::chan::channel::<u8>(0);
+    /// assert_eq!(rx.capacity(), 0);
+    /// ```
+    pub fn capacity(&self) -> usize {
+        self.chan.cap()
+    }
+}
+
+impl<T> Clone for Receiver<T> {
+    fn clone(&self) -> Receiver<T> {
+        self.chan.receivers.fetch_add(1, Ordering::Relaxed);
+        Receiver {
+            chan: self.chan.clone(),
+        }
+    }
+}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        // AcqRel: the last dropper sees every other clone's drop.
+        if self.chan.receivers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.chan.close();
+        }
+    }
+}
+
+impl<T> fmt::Debug for Receiver<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Receiver")
+            .field("cap", &self.chan.cap())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Blocking iterator over a [`Receiver`] ([`Receiver::iter`]).
+///
+/// # Examples
+///
+/// ```
+/// let (tx, rx) = gosched::chan::channel(1);
+/// tx.send(9).unwrap();
+/// drop(tx);
+/// let mut it = rx.iter();
+/// assert_eq!(it.next(), Some(9));
+/// assert_eq!(it.next(), None);
+/// ```
+#[derive(Debug)]
+pub struct Iter<'a, T> {
+    rx: &'a Receiver<T>,
+}
+
+impl<T> Iterator for Iter<'_, T> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        self.rx.recv()
+    }
+}
+
+/// Non-blocking iterator over a [`Receiver`] ([`Receiver::try_iter`]).
+///
+/// # Examples
+///
+/// ```
+/// let (_tx, rx) = gosched::chan::channel::<u8>(1);
+/// assert_eq!(rx.try_iter().next(), None);
+/// ```
+#[derive(Debug)]
+pub struct TryIter<'a, T> {
+    rx: &'a Receiver<T>,
+}
+
+impl<T> Iterator for TryIter<'_, T> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        self.rx.try_recv().ok()
+    }
+}
+
+/// Owning blocking iterator (`for v in rx`).
+///
+/// # Examples
+///
+/// ```
+/// let (tx, rx) = gosched::chan::channel(2);
+/// tx.send(1).unwrap();
+/// tx.send(2).unwrap();
+/// drop(tx);
+/// let v: Vec<i32> = rx.into_iter().collect();
+/// assert_eq!(v, [1, 2]);
+/// ```
+#[derive(Debug)]
+pub struct IntoIter<T> {
+    rx: Receiver<T>,
+}
+
+impl<T> Iterator for IntoIter<T> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        self.rx.recv()
+    }
+}
+
+impl<'a, T> IntoIterator for &'a Receiver<T> {
+    type Item = T;
+    type IntoIter = Iter<'a, T>;
+    fn into_iter(self) -> Iter<'a, T> {
+        self.iter()
+    }
+}
+
+impl<T> IntoIterator for Receiver<T> {
+    type Item = T;
+    type IntoIter = IntoIter<T>;
+    fn into_iter(self) -> IntoIter<T> {
+        IntoIter { rx: self }
+    }
+}

@@ -1,0 +1,1 @@
+//! Goroutine-aware synchronization.
