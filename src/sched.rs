@@ -89,8 +89,15 @@ const GLOBAL_CHECK: u64 = 61;
 /// Passes over all Ps a spinning M makes before giving up (Go: stealTries).
 const STEAL_TRIES: usize = 4;
 
-/// Free Gs a P keeps before returning them to the global list.
-const G_CACHE: usize = 64;
+/// Free Gs a P keeps before returning half to the global list.
+pub(crate) const G_CACHE: usize = 64;
+
+/// Free Gs a P takes from the global list at once.
+const G_BATCH: usize = 32;
+
+/// Goroutine ids a P takes from the global counter at once (Go's
+/// `_GoidCacheBatch`).
+const GOID_BATCH: u64 = 16;
 
 /// Upper bound on Ms (Go: 10000 threads).
 const MAX_MS: usize = 10_000;
@@ -161,10 +168,13 @@ pub(crate) struct P {
 
 /// The part of a P only its owner touches (on g0).
 pub(crate) struct PLocal {
-    worker: Worker<GRef>,
-    gfree: Vec<GRef>,
-    stacks: Vec<Stack>,
-    rng: u64,
+    pub(crate) worker: Worker<GRef>,
+    pub(crate) gfree: Vec<GRef>,
+    pub(crate) stacks: Vec<Stack>,
+    pub(crate) rng: u64,
+    /// Next goroutine id of this P's batch, and the batch end.
+    pub(crate) goid_next: u64,
+    pub(crate) goid_end: u64,
 }
 
 // SAFETY: `local` is accessed only by the M whose id is in `status` (state
@@ -341,8 +351,7 @@ impl NoPreempt {
         if let Some(g) = g {
             // The G is ours whichever thread we are on now: raising its own
             // counter is correct even if we migrated since `current_g`.
-            g.no_preempt.fetch_add(1, Ordering::Relaxed);
-            std::sync::atomic::compiler_fence(Ordering::SeqCst);
+            raise_no_preempt(g);
         }
         NoPreempt(g)
     }
@@ -351,9 +360,7 @@ impl NoPreempt {
 impl Drop for NoPreempt {
     fn drop(&mut self) {
         if let Some(g) = self.0 {
-            std::sync::atomic::compiler_fence(Ordering::SeqCst);
-            let was = g.no_preempt.fetch_sub(1, Ordering::Relaxed);
-            if was == 1 && g.preempt.load(Ordering::Relaxed) {
+            if lower_no_preempt(g) == 0 && g.preempt.load(Ordering::Relaxed) {
                 preempt_check();
             }
         }
@@ -375,8 +382,7 @@ pub(crate) fn preempt_check() {
 /// Switches from goroutine `g` (the caller) to its M's scheduler, saying
 /// why; returns when the goroutine is resumed, possibly on another M.
 pub(crate) fn switch_to_g0(g: GRef, reason: Reason) {
-    g.no_preempt.fetch_add(1, Ordering::Relaxed);
-    std::sync::atomic::compiler_fence(Ordering::SeqCst);
+    raise_no_preempt(g);
     let m = cur_m();
     // SAFETY: we are a goroutine, so `m` is this thread's live M and its
     // g0 is suspended in `execute`'s switch; `g.ctx` is ours to write.
@@ -384,8 +390,28 @@ pub(crate) fn switch_to_g0(g: GRef, reason: Reason) {
         (*m).reason.set(reason);
         arch::switch(g.ctx.get(), *(*m).g0_sp.get(), 0);
     }
+    lower_no_preempt(g);
+}
+
+/// Raises the goroutine's no-preempt count. Only the goroutine itself
+/// writes the count, and the signal handler that reads it runs on the same
+/// thread, so a plain load and store suffice (no locked instruction): a
+/// signal between them sees the old value, which is still true at that
+/// instant. The compiler fence keeps the region's code after the store.
+#[inline]
+fn raise_no_preempt(g: GRef) {
+    g.no_preempt
+        .store(g.no_preempt.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     std::sync::atomic::compiler_fence(Ordering::SeqCst);
-    g.no_preempt.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Lowers the count (see `raise_no_preempt`); returns the new value.
+#[inline]
+fn lower_no_preempt(g: GRef) -> u32 {
+    std::sync::atomic::compiler_fence(Ordering::SeqCst);
+    let n = g.no_preempt.load(Ordering::Relaxed) - 1;
+    g.no_preempt.store(n, Ordering::Relaxed);
+    n
 }
 
 /// Parks the calling goroutine (steps 1-2 of the handshake in `crate::g`).
@@ -423,22 +449,13 @@ pub(crate) fn ready(g: GRef) {
     let _np = NoPreempt::enter();
     // SAFETY: the G's runtime outlives the G.
     let sh = unsafe { &*g.shared };
-    let m = cur_m();
-    // SAFETY: non-null `m` is this thread's M.
-    let pi = if m.is_null() || !ptr::eq(unsafe { (*m).shared }, sh) {
-        None
-    } else {
-        // SAFETY: as above.
-        unsafe { (*m).p.get() }
-    };
-    match pi {
-        Some(pi) => {
-            let old = sh.ps[pi].runnext.swap(g.as_ptr(), Ordering::AcqRel);
-            if let Some(old) = NonNull::new(old) {
-                sh.injector.push(GRef(old));
-            }
+    let local = sh.with_local(|p, l| {
+        if let Some(old) = NonNull::new(p.runnext.swap(g.as_ptr(), Ordering::AcqRel)) {
+            l.worker.push(GRef(old));
         }
-        None => sh.injector.push(g),
+    });
+    if local.is_none() {
+        sh.injector.push(g);
     }
     fence(Ordering::SeqCst);
     sh.wakep();
@@ -498,6 +515,8 @@ impl Shared {
                     gfree: Vec::new(),
                     stacks: Vec::new(),
                     rng: seed | 1,
+                    goid_next: 0,
+                    goid_end: 0,
                 }),
             });
         }
@@ -578,48 +597,117 @@ impl Shared {
         at: Option<&'static std::panic::Location<'static>>,
     ) -> u64 {
         let _np = NoPreempt::enter();
-        let g = self.gget();
-        g.spawned_at.set(at);
-        g.live.store(true, Ordering::Relaxed);
-        let id = NEXT_GID.fetch_add(1, Ordering::Relaxed);
-        g.id.set(id);
-        // SAFETY: a free G is owned by whoever took it from the free list.
-        unsafe { *g.entry.get() = Some(body) };
-        g.park.store(EMPTY, Ordering::Relaxed);
-        g.no_preempt.store(1, Ordering::Relaxed);
-        g.preempt.store(false, Ordering::Relaxed);
-        let m = cur_m();
-        // SAFETY: non-null `m` is this thread's M.
-        let here = !m.is_null() && ptr::eq(unsafe { (*m).shared }, self);
-        // SAFETY: as above.
-        match here.then(|| unsafe { (*m).p.get() }).flatten() {
-            Some(pi) => {
-                let p = &self.ps[pi];
-                p.counters.spawned.fetch_add(1, Ordering::Relaxed);
-                let old = p.runnext.swap(g.as_ptr(), Ordering::AcqRel);
-                if let Some(old) = NonNull::new(old) {
-                    self.injector.push(GRef(old));
-                }
+        let init = |g: GRef, id: u64, body: Box<dyn FnOnce() + Send>| {
+            g.id.set(id);
+            g.spawned_at.set(at);
+            g.live.store(true, Ordering::Relaxed);
+            // SAFETY: a free G is owned by whoever took it from a free list.
+            unsafe { *g.entry.get() = Some(body) };
+            g.park.store(EMPTY, Ordering::Relaxed);
+            g.no_preempt.store(1, Ordering::Relaxed);
+            g.preempt.store(false, Ordering::Relaxed);
+        };
+        let mut body = Some(body);
+        // From a goroutine (or g0) of this runtime: Go's newproc, all on the
+        // P: a cached G, an id from the P's batch, into runnext (the previous
+        // runnext is kicked to the local queue's tail).
+        let local = self.with_local(|p, l| {
+            let g = l
+                .gfree
+                .pop()
+                .unwrap_or_else(|| self.gget_global(&mut l.gfree));
+            if l.goid_next == l.goid_end {
+                l.goid_next = NEXT_GID.fetch_add(GOID_BATCH, Ordering::Relaxed);
+                l.goid_end = l.goid_next + GOID_BATCH;
             }
+            let id = l.goid_next;
+            l.goid_next += 1;
+            init(g, id, body.take().expect("body taken once"));
+            bump(&p.counters.spawned);
+            if let Some(old) = NonNull::new(p.runnext.swap(g.as_ptr(), Ordering::AcqRel)) {
+                l.worker.push(GRef(old));
+            }
+            id
+        });
+        let id = match local {
+            Some(id) => id,
             None => {
+                // From a plain thread (or a goroutine that lost its P): the
+                // global queue.
+                let mut spare = Vec::new();
+                let g = self.gget_global(&mut spare);
+                self.gfree.lock().unwrap().extend(spare);
+                let id = NEXT_GID.fetch_add(1, Ordering::Relaxed);
+                init(g, id, body.take().expect("body taken once"));
                 self.counters_spawned_outside
                     .fetch_add(1, Ordering::Relaxed);
                 self.injector.push(g);
+                id
             }
-        }
+        };
         fence(Ordering::SeqCst);
         self.wakep();
         id
     }
 
-    /// A free G: the current P's cache, the global list, or a new one.
+    /// Runs `f` on the P-local data of the calling thread's P, if the caller
+    /// is a goroutine (or g0) of this runtime whose M holds a P; None
+    /// otherwise. Call it inside a no-preempt region, and never switch
+    /// inside `f`.
     ///
-    /// Spawning runs on a goroutine, where P-local data is off limits (only
-    /// g0 touches it), so Gs come from the global list, which `gfput` refills
-    /// in halves from the P caches.
-    fn gget(&self) -> GRef {
-        if let Some(g) = self.gfree.lock().unwrap().pop() {
-            return g;
+    /// A goroutine's M holds its P in state USER(m), in which only sysmon may
+    /// touch it (to retake it). So the goroutine claims it for the duration
+    /// of `f` with a CAS USER(m) -> SCHED(m), which a concurrent retake
+    /// cannot win, and hands it back with a Release store. On g0 the P is in
+    /// SCHED(m) already.
+    pub(crate) fn with_local<R>(&self, f: impl FnOnce(&P, &mut PLocal) -> R) -> Option<R> {
+        let m = cur_m();
+        if m.is_null() {
+            return None;
+        }
+        // SAFETY: non-null `m` is this thread's live M; in a no-preempt
+        // region we cannot move to another thread.
+        let m = unsafe { &*m };
+        if !ptr::eq(m.shared, self) {
+            return None;
+        }
+        let p = &self.ps[m.p.get()?];
+        if m.curg.load(Ordering::Relaxed).is_null() {
+            // SAFETY: g0 of the M that holds this P in state SCHED: the only
+            // one allowed to touch its local data.
+            return Some(f(p, unsafe { &mut *p.local.get() }));
+        }
+        let user = pstatus(m, P_USER);
+        // Acquire pairs with the Release of the last hand-over of the P.
+        if p.status
+            .compare_exchange(
+                user,
+                pstatus(m, P_SCHED),
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
+            .is_err()
+        {
+            return None;
+        }
+        // SAFETY: we hold the P in state SCHED(m) (claimed above): nobody
+        // else touches its local data until the store below.
+        let r = f(p, unsafe { &mut *p.local.get() });
+        p.status.store(user, Ordering::Release);
+        Some(r)
+    }
+
+    /// A free G from the global list, moving up to `G_BATCH - 1` more into
+    /// `spare` (a P's cache), or a new one.
+    fn gget_global(&self, spare: &mut Vec<GRef>) -> GRef {
+        {
+            let mut free = self.gfree.lock().unwrap();
+            if let Some(g) = free.pop() {
+                let k = free.len().min(G_BATCH - 1);
+                let at = free.len() - k;
+                spare.extend(free.drain(at..));
+                return g;
+            }
         }
         let g = Box::new(G::new(Arc::into_raw(
             self.me.upgrade().expect("runtime alive"),
