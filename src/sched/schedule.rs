@@ -21,6 +21,9 @@ pub(super) fn mstart(sh: Arc<Shared>, m: Arc<M>) {
     // SAFETY: gettid has no preconditions.
     m.tid.store(unsafe { libc::gettid() }, Ordering::Release);
     let _alt = crate::signal::AltStack::install();
+    // SIGURG must never be blocked on an M; then record the mask goroutines
+    // run with (safe-point rule 5 compares against it).
+    crate::preempt::on_m_start();
     // SAFETY: prctl(PR_SET_TIMERSLACK) only changes this thread's timer
     // slack (1 ns: timers fire when asked, not up to 50 µs later);
     // pthread_sigmask with a null new set only reads the current mask.
@@ -28,7 +31,6 @@ pub(super) fn mstart(sh: Arc<Shared>, m: Arc<M>) {
         libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
         libc::pthread_sigmask(libc::SIG_SETMASK, ptr::null(), m.sigmask.get());
     }
-    crate::preempt::on_m_start();
     let s = Sched { sh: &sh, m: &m };
     if let Some(p) = m.take_nextp() {
         s.acquirep(p);
