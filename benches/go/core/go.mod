@@ -1,0 +1,3 @@
+module gosched/benches/go/core
+
+go 1.19

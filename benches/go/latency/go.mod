@@ -1,0 +1,3 @@
+module gosched/benches/go/latency
+
+go 1.19
