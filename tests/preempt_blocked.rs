@@ -1,0 +1,172 @@
+//! Blocked-M detection: a goroutine asleep in the kernel on a lock held by
+//! a preempted goroutine must not keep the only P, or the holder can never
+//! run again to release the lock (a deadlock the runtime itself causes).
+#![cfg(feature = "preempt-signal")]
+
+mod common_preempt;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, TryLockError};
+use std::time::{Duration, Instant};
+
+use common_preempt::{child_role, refused, run_child, spin_for};
+use gosched::{Builder, PreemptMode};
+
+/// What one attempt of the scenario observed.
+#[derive(Debug)]
+struct Attempt {
+    /// B found the lock held (by the preempted A) and blocked in `lock()`.
+    contended: bool,
+    /// C's ticks while B was blocked in the kernel.
+    ticks_while_b_blocked: u64,
+    /// How long B waited in `lock()`.
+    b_waited: Duration,
+    /// Longest gap between two of C's ticks during the attempt.
+    max_tick_gap: Duration,
+}
+
+/// One attempt on a fresh runtime (procs 1, quantum 1 ms, ThreadAffine):
+///
+/// - A locks a `std::sync::Mutex` and spins ~50 ms holding it, with no
+///   calls: it is preempted asynchronously while holding the lock, and in
+///   ThreadAffine mode its thread parks with it while the P moves on.
+/// - B, once A holds the lock, calls `lock()`: its thread sleeps in the
+///   kernel (futex) while B's goroutine still owns the only P.
+/// - C ticks every 1 ms.
+///
+/// Unless sysmon hands the P away from B's sleeping thread, A never runs
+/// again, never unlocks, and the program hangs.
+fn attempt() -> (Attempt, gosched::Stats) {
+    let rt = Builder::new()
+        .procs(1)
+        .preempt_quantum(Duration::from_millis(1))
+        .preempt_mode(PreemptMode::ThreadAffine)
+        .build()
+        .unwrap();
+    let lock = Arc::new(Mutex::new(0u64));
+    let held = Arc::new(AtomicBool::new(false));
+    let ticks = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let res = rt.block_on(move || {
+        let (t, s) = (ticks.clone(), stop.clone());
+        let c = gosched::spawn(move || {
+            let mut last = Instant::now();
+            let mut max_gap = Duration::ZERO;
+            while !s.load(Ordering::Relaxed) {
+                gosched::sleep(Duration::from_millis(1));
+                t.fetch_add(1, Ordering::Relaxed);
+                max_gap = max_gap.max(last.elapsed());
+                last = Instant::now();
+            }
+            max_gap
+        });
+        let (l, h) = (lock.clone(), held.clone());
+        let a = gosched::spawn(move || {
+            let mut g = l.lock().unwrap();
+            h.store(true, Ordering::Release);
+            spin_for(Duration::from_millis(50));
+            *g += 1;
+            h.store(false, Ordering::Release);
+            drop(g);
+        });
+        let (l, h, t) = (lock.clone(), held.clone(), ticks.clone());
+        let b = gosched::spawn(move || {
+            let t0 = Instant::now();
+            while !h.load(Ordering::Acquire) && t0.elapsed() < Duration::from_secs(2) {
+                gosched::sleep(Duration::from_micros(200));
+            }
+            match l.try_lock() {
+                Ok(mut g) => {
+                    *g += 1;
+                    (false, 0, Duration::ZERO)
+                }
+                Err(TryLockError::WouldBlock) => {
+                    let k0 = t.load(Ordering::Relaxed);
+                    let w = Instant::now();
+                    let mut g = l.lock().unwrap();
+                    let waited = w.elapsed();
+                    *g += 1;
+                    (true, t.load(Ordering::Relaxed) - k0, waited)
+                }
+                Err(TryLockError::Poisoned(e)) => panic!("poisoned: {e}"),
+            }
+        });
+        a.join().unwrap();
+        let (contended, ticks_while_b_blocked, b_waited) = b.join().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        let max_tick_gap = c.join().unwrap();
+        assert_eq!(*lock.lock().unwrap(), 2, "A and B each got the lock once");
+        Attempt {
+            contended,
+            ticks_while_b_blocked,
+            b_waited,
+            max_tick_gap,
+        }
+    });
+    (res, rt.stats())
+}
+
+/// Child: runs the scenario 5 times on fresh runtimes (B blocks behind a
+/// preempted A in most of them), then reports a summary.
+fn blocked_child() {
+    let (mut contended, mut min_handoffs, mut ticks, mut max_gap) =
+        (0u64, u64::MAX, 0u64, Duration::ZERO);
+    for i in 0..5 {
+        let (a, st) = attempt();
+        eprintln!(
+            "attempt {i}: {a:?}; blocked_handoffs={} preempt_async={} refused foreign_code={}",
+            st.blocked_handoffs,
+            st.preempt_async,
+            refused(&st, "foreign_code")
+        );
+        max_gap = max_gap.max(a.max_tick_gap);
+        if a.contended {
+            contended += 1;
+            min_handoffs = min_handoffs.min(st.blocked_handoffs);
+            ticks += a.ticks_while_b_blocked;
+        }
+    }
+    eprintln!(
+        "CONTENDED={contended} MIN_BLOCKED_HANDOFFS={min_handoffs} TICKS_WHILE_BLOCKED={ticks} MAX_GAP_US={}",
+        max_gap.as_micros()
+    );
+}
+
+/// A goroutine blocked in the kernel on a `std::sync::Mutex` whose holder
+/// was preempted does not keep the only P: sysmon hands it away, the
+/// holder finishes and unlocks, the waiter gets the lock, and a ticker
+/// keeps running throughout. Runs in a child so a deadlock fails the test
+/// after 20 s instead of hanging the suite.
+#[test]
+fn goroutine_blocked_in_kernel_on_lock_of_preempted_holder_does_not_deadlock() {
+    if child_role().as_deref() == Some("blocked") {
+        return blocked_child();
+    }
+    let out = run_child(
+        "goroutine_blocked_in_kernel_on_lock_of_preempted_holder_does_not_deadlock",
+        "blocked",
+        Duration::from_secs(20),
+    );
+    out.assert_success("blocked-M child");
+    eprintln!("child ({:?}):\n{}", out.elapsed, out.stderr.trim());
+    let contended = out.report("CONTENDED").unwrap();
+    assert!(
+        contended > 0,
+        "A was never preempted while holding the lock in 5 attempts"
+    );
+    let handoffs = out.report("MIN_BLOCKED_HANDOFFS").unwrap();
+    let ticks = out.report("TICKS_WHILE_BLOCKED").unwrap();
+    let gap = Duration::from_micros(out.report("MAX_GAP_US").unwrap());
+    assert!(
+        handoffs > 0,
+        "in some attempt B's sleeping thread kept the P, yet the program went on"
+    );
+    assert!(
+        ticks > 0,
+        "the ticker never ran while B was blocked in the kernel"
+    );
+    assert!(
+        gap < Duration::from_secs(5),
+        "the ticker stalled for {gap:?}"
+    );
+}

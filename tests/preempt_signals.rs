@@ -1,0 +1,428 @@
+//! The preemption signal and the rest of the program: system calls
+//! interrupted by SIGURG restart instead of failing with EINTR, an
+//! application's own SIGURG handler keeps receiving every SIGURG, and
+//! preemption never lands inside libc (malloc-heavy goroutines run clean).
+#![cfg(feature = "preempt-signal")]
+
+mod common_preempt;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common_preempt::{child_role, hog, refused, run_child, serial};
+use gosched::{Builder, PreemptMode};
+
+/// A pipe whose ends close on drop.
+struct Pipe {
+    r: libc::c_int,
+    w: libc::c_int,
+}
+
+impl Pipe {
+    fn new() -> Pipe {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe(2) writes.
+        let rc = unsafe { libc::pipe(fds.as_mut_ptr()) };
+        assert_eq!(rc, 0, "pipe: {}", std::io::Error::last_os_error());
+        Pipe {
+            r: fds[0],
+            w: fds[1],
+        }
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        // SAFETY: both descriptors are ours and closed exactly once.
+        unsafe {
+            libc::close(self.r);
+            libc::close(self.w);
+        }
+    }
+}
+
+const MSG: &[u8] = b"through the SIGURG storm";
+
+/// One `read(2)` into a fresh buffer: (return value, errno, bytes).
+fn read_once(fd: libc::c_int) -> (isize, i32, Vec<u8>) {
+    let mut buf = vec![0u8; 64];
+    // SAFETY: `buf` is valid for writes of its length; `fd` is open.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    let errno = if n < 0 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    } else {
+        0
+    };
+    buf.truncate(n.max(0) as usize);
+    (n, errno, buf)
+}
+
+/// A goroutine blocked in read(2) on a pipe while SIGURG flies (sysmon
+/// preempting hogs every 100 µs on the same runtime, plus a plain thread
+/// sending SIGURG to the process and to the reader's own thread every
+/// 100 µs) gets the bytes written 300 ms later, never -1/EINTR.
+fn read_survives_sigurg_storm(through_blocking: bool) {
+    let _s = serial();
+    let rt = Builder::new()
+        .procs(2)
+        .preempt_quantum(Duration::from_micros(100))
+        .build()
+        .unwrap();
+    let pipe = Arc::new(Pipe::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader_tid = Arc::new(AtomicI32::new(0));
+    let sent_to_reader = Arc::new(AtomicU64::new(0));
+    let sent_to_process = Arc::new(AtomicU64::new(0));
+
+    let signaller = {
+        let (stop, tid, to_r, to_p) = (
+            stop.clone(),
+            reader_tid.clone(),
+            sent_to_reader.clone(),
+            sent_to_process.clone(),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                // SAFETY: kill/tgkill of our own process with SIGURG, whose
+                // action (the runtime's handler, forwarding to the default,
+                // which ignores it) cannot terminate anything.
+                unsafe {
+                    if libc::kill(libc::getpid(), libc::SIGURG) == 0 {
+                        to_p.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let t = tid.load(Ordering::Acquire);
+                    if t != 0
+                        && libc::syscall(libc::SYS_tgkill, libc::getpid(), t, libc::SIGURG) == 0
+                    {
+                        to_r.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        })
+    };
+
+    let (p, s, tid) = (pipe.clone(), stop.clone(), reader_tid.clone());
+    let (result, waited) = rt.block_on(move || {
+        let hogs: Vec<_> = (0..3)
+            .map(|_| {
+                let s = s.clone();
+                gosched::spawn(move || hog(&s))
+            })
+            .collect();
+        let rp = p.clone();
+        let reader = gosched::spawn(move || {
+            let fd = rp.r;
+            let t = Instant::now();
+            let r = if through_blocking {
+                gosched::blocking(|| {
+                    // SAFETY: gettid has no preconditions.
+                    tid.store(unsafe { libc::gettid() }, Ordering::Release);
+                    read_once(fd)
+                })
+            } else {
+                // SAFETY: as above.
+                tid.store(unsafe { libc::gettid() }, Ordering::Release);
+                read_once(fd)
+            };
+            tid.store(0, Ordering::Release);
+            (r, t.elapsed())
+        });
+        let wp = p.clone();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            // SAFETY: MSG is valid for reads of its length; the fd is open.
+            unsafe { libc::write(wp.w, MSG.as_ptr().cast(), MSG.len()) }
+        });
+        let res = reader.join().unwrap();
+        assert_eq!(writer.join().unwrap(), MSG.len() as isize);
+        s.store(true, Ordering::Relaxed);
+        for h in hogs {
+            h.join().unwrap();
+        }
+        res
+    });
+    stop.store(true, Ordering::Relaxed);
+    signaller.join().unwrap();
+    let st = rt.stats();
+    let ((n, errno, bytes), to_r, to_p) = (
+        result,
+        sent_to_reader.load(Ordering::Relaxed),
+        sent_to_process.load(Ordering::Relaxed),
+    );
+    eprintln!(
+        "read (blocking: {through_blocking}) returned {n} after {waited:?}; SIGURG sent to reader {to_r}, to process {to_p}; preempt_async={}",
+        st.preempt_async
+    );
+    assert!(
+        n >= 0,
+        "read failed: errno {errno} ({})",
+        std::io::Error::from_raw_os_error(errno)
+    );
+    assert_eq!(bytes, MSG);
+    assert!(
+        waited >= Duration::from_millis(250),
+        "the read did not block: {waited:?}"
+    );
+    assert!(
+        to_r >= 100,
+        "too few signals reached the blocked reader's thread to prove anything: {to_r}"
+    );
+    assert!(st.preempt_async > 0, "sysmon never preempted the hogs");
+}
+
+#[test]
+fn read_in_blocking_call_is_not_interrupted_by_sigurg() {
+    read_survives_sigurg_storm(true);
+}
+
+#[test]
+fn raw_read_in_goroutine_is_not_interrupted_by_sigurg() {
+    read_survives_sigurg_storm(false);
+}
+
+static USER_SIGURGS: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn user_sigurg(sig: libc::c_int, info: *mut libc::siginfo_t, _uc: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    if sig == libc::SIGURG && !info.is_null() && unsafe { (*info).si_signo } == libc::SIGURG {
+        USER_SIGURGS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Child: installs its own SIGURG handler, then starts a runtime whose
+/// sysmon sends SIGURG constantly, then sends SIGURG itself.
+fn user_handler_child() {
+    // SAFETY: installs an async-signal-safe SA_SIGINFO handler (one atomic
+    // add) before any runtime exists in this fresh process.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = user_sigurg as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        assert_eq!(libc::sigaction(libc::SIGURG, &sa, std::ptr::null_mut()), 0);
+    }
+    let rt = Builder::new()
+        .procs(2)
+        .preempt_quantum(Duration::from_micros(100))
+        .build()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    rt.block_on(move || {
+        let hogs: Vec<_> = (0..3)
+            .map(|_| {
+                let s = s.clone();
+                gosched::spawn(move || hog(&s))
+            })
+            .collect();
+        gosched::sleep(Duration::from_millis(300));
+        s.store(true, Ordering::Relaxed);
+        for h in hogs {
+            h.join().unwrap();
+        }
+    });
+    let st = rt.stats();
+    // No goroutine runs now, so sysmon sends nothing more.
+    std::thread::sleep(Duration::from_millis(20));
+    let during = USER_SIGURGS.load(Ordering::Relaxed);
+    for _ in 0..10 {
+        // SAFETY: SIGURG to our own process; our handler counts it.
+        unsafe { libc::kill(libc::getpid(), libc::SIGURG) };
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    let own = USER_SIGURGS.load(Ordering::Relaxed) - during;
+    eprintln!(
+        "USER_DURING_RUNTIME={during} USER_OWN={own} PREEMPT_ASYNC={} REFUSED={}",
+        st.preempt_async, st.preempt_refused
+    );
+    assert!(
+        own >= 10,
+        "the application's SIGURG handler saw {own} of its own 10 signals"
+    );
+    assert!(st.preempt_async > 0);
+    // Every SIGURG the runtime's handler took on an M either preempted or
+    // was refused; each must also have reached the application's handler.
+    assert!(
+        during >= st.preempt_async + st.preempt_refused,
+        "the runtime's SIGURGs were not all forwarded: the application's handler saw {during}, the runtime handled {} + {}",
+        st.preempt_async,
+        st.preempt_refused
+    );
+}
+
+/// A SIGURG handler installed before the first runtime keeps receiving
+/// every SIGURG: the application's own, and the runtime's preemption
+/// signals too (the runtime forwards them).
+#[test]
+fn sigurg_handler_installed_before_runtime_still_receives_sigurg() {
+    if child_role().as_deref() == Some("user_handler") {
+        return user_handler_child();
+    }
+    let _s = serial();
+    let out = run_child(
+        "sigurg_handler_installed_before_runtime_still_receives_sigurg",
+        "user_handler",
+        Duration::from_secs(60),
+    );
+    out.assert_success("user SIGURG handler child");
+    eprintln!(
+        "child: user handler saw {:?} SIGURGs while the runtime ran (preempt_async {:?}), {:?} of its own 10",
+        out.report("USER_DURING_RUNTIME"),
+        out.report("PREEMPT_ASYNC"),
+        out.report("USER_OWN")
+    );
+    assert!(out.report("USER_OWN").is_some_and(|n| n >= 10));
+}
+
+/// Allocation churn with self-checking contents: Vecs of random sizes,
+/// boxed slices (some above glibc's mmap threshold), formatted Strings in a
+/// HashMap. Returns the number of rounds.
+fn churn(seed: u64, stop: &AtomicBool) -> u64 {
+    let mut rng = seed | 1;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let tag = |len: usize| (len as u8) ^ 0x5a;
+    let mut vecs: Vec<Vec<u8>> = Vec::new();
+    let mut boxes: Vec<Box<[u8]>> = Vec::new();
+    let mut map: HashMap<u64, String> = HashMap::new();
+    let mut rounds = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        rounds += 1;
+        let len = (next() % 4096) as usize + 1;
+        vecs.push(vec![tag(len); len]);
+        if vecs.len() > 64 {
+            let v = vecs.swap_remove((next() % 64) as usize);
+            assert!(
+                v.iter().all(|&b| b == tag(v.len())),
+                "Vec contents corrupted"
+            );
+        }
+        let big = if next() % 64 == 0 {
+            200_000
+        } else {
+            (next() % 20_000) as usize + 1
+        };
+        boxes.push(vec![tag(big); big].into_boxed_slice());
+        if boxes.len() > 16 {
+            let b = boxes.swap_remove((next() % 16) as usize);
+            assert!(
+                b.iter().all(|&x| x == tag(b.len())),
+                "Box<[u8]> contents corrupted"
+            );
+        }
+        let k = next() % 512;
+        map.insert(
+            k,
+            format!("key {k} round {rounds} {}", "x".repeat((k % 40) as usize)),
+        );
+        let r = next() % 512;
+        if let Some(s) = map.remove(&r) {
+            assert!(
+                s.starts_with(&format!("key {r} round ")),
+                "String corrupted: {s:?}"
+            );
+            assert!(
+                s.ends_with(&"x".repeat((r % 40) as usize)),
+                "String corrupted: {s:?}"
+            );
+        }
+    }
+    rounds
+}
+
+/// Child: 4 malloc-heavy goroutines on 2 Ps under a 100 µs quantum for ~1 s.
+fn malloc_child(mode: PreemptMode) {
+    let rt = Builder::new()
+        .procs(2)
+        .preempt_quantum(Duration::from_micros(100))
+        .preempt_mode(mode)
+        .build()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let rounds: Vec<u64> = rt.block_on(move || {
+        let hs: Vec<_> = (0..4u64)
+            .map(|i| {
+                let s = s.clone();
+                gosched::spawn(move || churn(0x1234_5678_9abc + i, &s))
+            })
+            .collect();
+        gosched::sleep(Duration::from_secs(1));
+        s.store(true, Ordering::Relaxed);
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let st = rt.stats();
+    eprintln!(
+        "ROUNDS={} PREEMPT_ASYNC={} FOREIGN_CODE={} BLOCKED_HANDOFFS={} REFUSED={:?}",
+        rounds.iter().sum::<u64>(),
+        st.preempt_async,
+        refused(&st, "foreign_code"),
+        st.blocked_handoffs,
+        st.preempt_refused_by_reason
+    );
+}
+
+fn malloc_churn_runs_clean(mode: PreemptMode, test: &str) {
+    let role = format!("malloc_{mode:?}");
+    if child_role().as_deref() == Some(role.as_str()) {
+        return malloc_child(mode);
+    }
+    let _s = serial();
+    let out = run_child(test, &role, Duration::from_secs(60));
+    out.assert_success("malloc churn child");
+    for bad in [
+        "malloc",
+        "corrupted",
+        "double free",
+        "free():",
+        "realloc",
+        "panicked",
+    ] {
+        assert!(
+            !out.stderr.contains(bad),
+            "{mode:?}: child stderr mentions {bad:?}:\n{}",
+            out.stderr
+        );
+    }
+    let (pa, fc) = (
+        out.report("PREEMPT_ASYNC").unwrap(),
+        out.report("FOREIGN_CODE").unwrap(),
+    );
+    eprintln!(
+        "{mode:?}: malloc churn child {:?}: rounds {:?}, preempt_async {pa}, refused foreign_code {fc}",
+        out.elapsed,
+        out.report("ROUNDS")
+    );
+    assert!(out.report("ROUNDS").is_some_and(|r| r > 0));
+    assert!(
+        pa > 0,
+        "{mode:?}: the allocating goroutines were never preempted asynchronously"
+    );
+}
+
+/// Goroutines that spend much of their time inside malloc/free are
+/// preempted only outside libc: heavy allocation under a 100 µs quantum
+/// never corrupts the heap (run in a child, so an abort is caught).
+#[test]
+fn malloc_heavy_goroutines_run_clean_under_preemption_thread_affine() {
+    malloc_churn_runs_clean(
+        PreemptMode::ThreadAffine,
+        "malloc_heavy_goroutines_run_clean_under_preemption_thread_affine",
+    );
+}
+
+#[test]
+fn malloc_heavy_goroutines_run_clean_under_preemption_migrate() {
+    malloc_churn_runs_clean(
+        PreemptMode::Migrate,
+        "malloc_heavy_goroutines_run_clean_under_preemption_migrate",
+    );
+}
