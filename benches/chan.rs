@@ -1,1 +1,2 @@
+//! Channel benchmarks (placeholder).
 fn main() {}
