@@ -1,1 +1,624 @@
-fn main() {}
+//! The preemption latency benchmark (hand-written, `harness = false`).
+//!
+//! ```text
+//! cargo bench --bench latency                  # ~2 s per cell, ~45 s in all, then the Go twin
+//! LATENCY_SECS=5 cargo bench --bench latency   # longer cells
+//! LATENCY_QUICK=1 cargo bench --bench latency  # 0.3 s per cell: a CI smoke run
+//! ```
+//!
+//! 1. **The grid.** For each quantum in 10 ms, 1 ms, 200 µs, 100 µs, each
+//!    [`PreemptMode`], and asynchronous preemption off and on: one P runs a
+//!    *hog* (a loop that calls nothing) beside a *ticker* (a goroutine that
+//!    sleeps 1 ms in a loop and records how late each sleep returns). We
+//!    report the ticker's lateness (p50/p99/p99.9/max, HDR histogram) and
+//!    the hog's iterations/s relative to the async-off run at the same
+//!    quantum and mode (off, the ticker starves and the hog has the P to
+//!    itself).
+//! 2. **The cost of one asynchronous preemption** (Migrate mode): 2 Ps, 2
+//!    hogs and the ticker, quantum 100 µs, off vs on. Lost hog time
+//!    `(1 - on/off) × hogs × seconds`, divided by the preemptions, is the
+//!    cost of one (signal, handler, trampoline, two switches, resume). The
+//!    hogs also time their own pauses with the TSC (a gap between two reads
+//!    is time the hog did not run), which gives the same cost without the
+//!    noise of the machine's speed, and its distribution.
+//! 3. **The Go twin** (`benches/go/latency`, one P, Go's fixed 10 ms
+//!    quantum), run side by side when `go` is installed (`LATENCY_GO=0`
+//!    skips it; quick runs skip it unless `LATENCY_GO=1`).
+//!
+//! The machine is shared and its speed drifts, so each cell is split into
+//! segments of about 0.5 s, and the off and on runs of a cell alternate
+//! segment by segment (off, on, on, off, ...): drift hits both sides alike.
+//! Each segment is a fresh runtime. The table is printed and written as CSV
+//! to `target/latency.csv` (the path is printed). Without `--bench` on the
+//! command line (`cargo test --benches`) it runs the quick variant.
+
+use std::fmt::Write as _;
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gosched::{Builder, PreemptMode};
+use hdrhistogram::Histogram;
+
+const TICK: Duration = Duration::from_millis(1);
+const QUANTA: [Duration; 4] = [
+    Duration::from_millis(10),
+    Duration::from_millis(1),
+    Duration::from_micros(200),
+    Duration::from_micros(100),
+];
+const MODES: [PreemptMode; 2] = [PreemptMode::ThreadAffine, PreemptMode::Migrate];
+/// Hog iterations between two TSC reads (~0.1-0.2 µs of work).
+const CHUNK: u64 = 64;
+/// A TSC gap longer than this between two chunks is a pause: the hog's
+/// thread did not run it (interrupt, preemption, host).
+const PAUSE: Duration = Duration::from_micros(1);
+/// Target segment length; cells are cut into segments this long.
+const SEGMENT: Duration = Duration::from_millis(500);
+
+/// Reads the time-stamp counter: a single instruction, no call.
+#[inline(always)]
+fn rdtsc() -> u64 {
+    // SAFETY: RDTSC has no preconditions; every x86-64 CPU has it (the crate
+    // builds only for x86-64).
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// TSC ticks per second, measured against `Instant` over 50 ms.
+fn tsc_hz() -> f64 {
+    let (t, c) = (Instant::now(), rdtsc());
+    std::thread::sleep(Duration::from_millis(50));
+    (rdtsc() - c) as f64 / t.elapsed().as_secs_f64()
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 1 << 40, 3).expect("histogram bounds")
+}
+
+/// What one hog saw.
+struct HogOut {
+    iters: u64,
+    secs: f64,
+    /// TSC ticks spent in pauses, and each pause's length in ticks.
+    paused: u64,
+    pauses: Histogram<u64>,
+}
+
+/// The hog: a loop that calls nothing (`black_box` is an empty asm barrier,
+/// RDTSC one instruction), so only asynchronous preemption can take its P.
+/// It records its own pauses (TSC gaps longer than `pause` ticks).
+fn hog(stop: &AtomicBool, pause: u64) -> HogOut {
+    let mut pauses = histogram();
+    let t0 = Instant::now();
+    let (mut x, mut iters, mut paused) = (1u64, 0u64, 0u64);
+    let mut last = rdtsc();
+    while !stop.load(Relaxed) {
+        for _ in 0..CHUNK {
+            x = black_box(x)
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+        }
+        iters += CHUNK;
+        let now = rdtsc();
+        let gap = now.wrapping_sub(last);
+        last = now;
+        if gap > pause {
+            paused += gap;
+            pauses.saturating_record(gap);
+        }
+    }
+    black_box(x);
+    HogOut {
+        iters,
+        secs: t0.elapsed().as_secs_f64(),
+        paused,
+        pauses,
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Setup {
+    name: &'static str,
+    procs: usize,
+    hogs: usize,
+}
+
+const ONE_P: Setup = Setup {
+    name: "1p_1hog",
+    procs: 1,
+    hogs: 1,
+};
+const TWO_P: Setup = Setup {
+    name: "2p_2hogs",
+    procs: 2,
+    hogs: 2,
+};
+
+/// Everything measured for one (setup, quantum, mode, async) cell, summed
+/// over its segments.
+struct Acc {
+    late: Histogram<u64>,
+    pauses: Histogram<u64>,
+    iters: u64,
+    hog_secs: f64,
+    paused_ticks: u64,
+    wall: f64,
+    preempt_async: u64,
+    preempt_coop: u64,
+    preempt_refused: u64,
+    switches: u64,
+}
+
+impl Acc {
+    fn new() -> Acc {
+        Acc {
+            late: histogram(),
+            pauses: histogram(),
+            iters: 0,
+            hog_secs: 0.0,
+            paused_ticks: 0,
+            wall: 0.0,
+            preempt_async: 0,
+            preempt_coop: 0,
+            preempt_refused: 0,
+            switches: 0,
+        }
+    }
+
+    /// Iterations per second per hog.
+    fn rate(&self) -> f64 {
+        self.iters as f64 / self.hog_secs
+    }
+
+    /// Fraction of its wall time the hog was running (TSC gaps removed).
+    fn running(&self, hz: f64) -> f64 {
+        1.0 - self.paused_ticks as f64 / hz / self.hog_secs
+    }
+}
+
+/// One segment: a fresh runtime, `setup.hogs` hogs and the ticker for `secs`.
+fn segment(
+    setup: Setup,
+    quantum: Duration,
+    mode: PreemptMode,
+    async_on: bool,
+    secs: Duration,
+    pause: u64,
+    acc: &mut Acc,
+) {
+    let rt = Builder::new()
+        .procs(setup.procs)
+        .preempt_quantum(quantum)
+        .preempt_mode(mode)
+        .async_preempt(async_on)
+        .build()
+        .expect("runtime");
+    let stop = Arc::new(AtomicBool::new(false));
+    let t = Instant::now();
+    let (hogs, late) = rt.block_on(|| {
+        let hogs: Vec<_> = (0..setup.hogs)
+            .map(|_| {
+                let stop = stop.clone();
+                gosched::spawn(move || hog(&stop, pause))
+            })
+            .collect();
+        let ticker = {
+            let stop = stop.clone();
+            gosched::spawn(move || {
+                let mut h = histogram();
+                while !stop.load(Relaxed) {
+                    let t = Instant::now();
+                    gosched::sleep(TICK);
+                    h.saturating_record(t.elapsed().saturating_sub(TICK).as_nanos() as u64);
+                }
+                h
+            })
+        };
+        // A plain thread ends the segment: with preemption off no goroutine
+        // gets the P back before the hog stops.
+        let stopper = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(secs);
+                stop.store(true, Relaxed);
+            })
+        };
+        let hogs: Vec<HogOut> = hogs
+            .into_iter()
+            .map(|h| h.join().expect("hog panicked"))
+            .collect();
+        let late = ticker.join().expect("ticker panicked");
+        stopper.join().expect("stopper panicked");
+        (hogs, late)
+    });
+    acc.wall += t.elapsed().as_secs_f64();
+    for h in hogs {
+        acc.iters += h.iters;
+        acc.hog_secs += h.secs;
+        acc.paused_ticks += h.paused;
+        acc.pauses.add(&h.pauses).expect("histogram add");
+    }
+    acc.late.add(&late).expect("histogram add");
+    let s = rt.stats();
+    acc.preempt_async += s.preempt_async;
+    acc.preempt_coop += s.preempt_coop;
+    acc.preempt_refused += s.preempt_refused;
+    acc.switches += s.switches;
+}
+
+/// Runs a cell with async preemption off and on, interleaved by segment.
+/// Returns (off, on).
+fn cell_pair(
+    setup: Setup,
+    quantum: Duration,
+    mode: PreemptMode,
+    cell: Duration,
+    pause: u64,
+) -> (Acc, Acc) {
+    let n = ((cell.as_secs_f64() / SEGMENT.as_secs_f64()).round() as u32).max(1);
+    let seg = cell / n;
+    let (mut off, mut on) = (Acc::new(), Acc::new());
+    for k in 0..n {
+        // off, on, on, off, off, on, ...: neither side always goes first.
+        let order = if k % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for async_on in order {
+            let acc = if async_on { &mut on } else { &mut off };
+            segment(setup, quantum, mode, async_on, seg, pause, acc);
+        }
+    }
+    (off, on)
+}
+
+fn fmt_ns(ns: u64) -> String {
+    match ns {
+        0..=9_999 => format!("{:.2} µs", ns as f64 / 1e3),
+        10_000..=999_999 => format!("{:.0} µs", ns as f64 / 1e3),
+        1_000_000..=99_999_999 => format!("{:.2} ms", ns as f64 / 1e6),
+        _ => format!("{:.0} ms", ns as f64 / 1e6),
+    }
+}
+
+fn fmt_quantum(q: Duration) -> String {
+    if q >= Duration::from_millis(1) {
+        format!("{}ms", q.as_millis())
+    } else {
+        format!("{}us", q.as_micros())
+    }
+}
+
+fn mode_name(m: PreemptMode) -> &'static str {
+    match m {
+        PreemptMode::Migrate => "Migrate",
+        _ => "ThreadAffine",
+    }
+}
+
+/// One row of the table and the CSV.
+struct Row<'a> {
+    setup: Setup,
+    quantum: Duration,
+    mode: PreemptMode,
+    async_on: bool,
+    acc: &'a Acc,
+    off: &'a Acc,
+}
+
+const HEADER: &str = "setup,quantum_us,mode,async,hog_secs,ticks,p50_us,p99_us,p999_us,max_us,\
+hog_iters_per_s,thr_vs_off,hog_running,running_vs_off,preempt_async,preempt_coop,preempt_refused,switches";
+
+impl Row<'_> {
+    fn print(&self, hz: f64) {
+        let a = self.acc;
+        let h = &a.late;
+        println!(
+            "{:>7} {:<12} {:<5} {:>6} {:>9} {:>9} {:>9} {:>9} {:>10.4e} {:>7.3} {:>7.2}% {:>7.3} {:>8} {:>8}",
+            fmt_quantum(self.quantum),
+            mode_name(self.mode),
+            if self.async_on { "on" } else { "off" },
+            h.len(),
+            fmt_ns(h.value_at_quantile(0.5)),
+            fmt_ns(h.value_at_quantile(0.99)),
+            fmt_ns(h.value_at_quantile(0.999)),
+            fmt_ns(h.max()),
+            a.rate(),
+            a.rate() / self.off.rate(),
+            100.0 * a.running(hz),
+            a.running(hz) / self.off.running(hz),
+            a.preempt_async,
+            a.preempt_refused,
+        );
+    }
+
+    fn csv(&self, hz: f64, out: &mut String) {
+        let a = self.acc;
+        let h = &a.late;
+        let us = |ns: u64| ns as f64 / 1e3;
+        writeln!(
+            out,
+            "{},{},{},{},{:.3},{},{:.1},{:.1},{:.1},{:.1},{:.6e},{:.4},{:.4},{:.4},{},{},{},{}",
+            self.setup.name,
+            self.quantum.as_micros(),
+            mode_name(self.mode),
+            if self.async_on { "on" } else { "off" },
+            a.hog_secs,
+            h.len(),
+            us(h.value_at_quantile(0.5)),
+            us(h.value_at_quantile(0.99)),
+            us(h.value_at_quantile(0.999)),
+            us(h.max()),
+            a.rate(),
+            a.rate() / self.off.rate(),
+            a.running(hz),
+            a.running(hz) / self.off.running(hz),
+            a.preempt_async,
+            a.preempt_coop,
+            a.preempt_refused,
+            a.switches,
+        )
+        .expect("write to String");
+    }
+}
+
+/// A target from the issues, checked against a measurement.
+struct Target {
+    what: String,
+    goal: String,
+    got: String,
+    met: bool,
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+}
+
+/// Runs the Go twin; returns its CSV fields (ticks, p50, p99, p99.9, max in
+/// µs, iterations/s, ratio), printing its output.
+fn run_go(secs: Duration) -> Option<Vec<String>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/go/latency");
+    let out = std::process::Command::new("go")
+        .args(["run", "."])
+        .current_dir(&dir)
+        .env("LATENCY_SECS", format!("{}", secs.as_secs_f64()))
+        .output();
+    let out = match out {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            println!(
+                "go twin failed ({}): {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            return None;
+        }
+        Err(e) => {
+            println!("go twin not run (`go`: {e})");
+            return None;
+        }
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut fields = None;
+    for line in text.lines() {
+        match line.strip_prefix("CSV ") {
+            Some(f) => fields = Some(f.split(',').map(str::to_string).collect()),
+            None => println!("  {line}"),
+        }
+    }
+    fields
+}
+
+fn main() {
+    let bench = std::env::args().any(|a| a == "--bench");
+    let quick = std::env::var("LATENCY_QUICK").is_ok_and(|v| v == "1") || !bench;
+    let cell = match std::env::var("LATENCY_SECS") {
+        Ok(v) => match v
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        {
+            Some(d) if !d.is_zero() => d,
+            _ => {
+                eprintln!("latency: LATENCY_SECS={v:?}: expected a positive number of seconds");
+                std::process::exit(2);
+            }
+        },
+        Err(_) if quick => Duration::from_millis(300),
+        Err(_) => Duration::from_secs(2),
+    };
+    let go = match std::env::var("LATENCY_GO").as_deref() {
+        Ok("0") => false,
+        Ok("1") => true,
+        _ => !quick,
+    };
+    let hz = tsc_hz();
+    let pause = (PAUSE.as_secs_f64() * hz) as u64;
+    let nseg = ((cell.as_secs_f64() / SEGMENT.as_secs_f64()).round() as u32).max(1);
+    println!(
+        "gosched preemption latency: a no-call hog beside a {TICK:?} sleep ticker, {cell:?} per cell \
+         ({nseg} segment(s) of {:?}, async off/on interleaved); load average {}",
+        cell / nseg,
+        loadavg()
+    );
+    println!("thr = hog iterations/s vs the async-off run; run = share of wall time the hog ran (TSC), vs off\n");
+    println!("1) one P, one hog + ticker: ticker lateness and hog throughput");
+    println!(
+        "{:>7} {:<12} {:<5} {:>6} {:>9} {:>9} {:>9} {:>9} {:>10} {:>7} {:>8} {:>7} {:>8} {:>8}",
+        "quantum",
+        "mode",
+        "async",
+        "ticks",
+        "p50",
+        "p99",
+        "p99.9",
+        "max",
+        "hog it/s",
+        "thr",
+        "running",
+        "run",
+        "async#",
+        "refused"
+    );
+    let mut csv = String::from(HEADER);
+    csv.push('\n');
+    let mut targets = Vec::new();
+    for q in QUANTA {
+        for mode in MODES {
+            let (off, on) = cell_pair(ONE_P, q, mode, cell, pause);
+            for (async_on, acc) in [(false, &off), (true, &on)] {
+                let row = Row {
+                    setup: ONE_P,
+                    quantum: q,
+                    mode,
+                    async_on,
+                    acc,
+                    off: &off,
+                };
+                row.print(hz);
+                row.csv(hz, &mut csv);
+            }
+            let p99 = Duration::from_nanos(on.late.value_at_quantile(0.99));
+            let thr = on.rate() / off.rate();
+            let run = on.running(hz) / off.running(hz);
+            let name = format!("{} {}", fmt_quantum(q), mode_name(mode));
+            let lat_goal = match q.as_micros() {
+                10_000 => Some(Duration::from_millis(11)),
+                1_000 => Some(Duration::from_micros(1500)),
+                100 if mode == PreemptMode::Migrate => Some(Duration::from_micros(250)),
+                _ => None,
+            };
+            if let Some(goal) = lat_goal {
+                targets.push(Target {
+                    what: format!("ticker p99, {name}"),
+                    goal: format!("<= {}", fmt_ns(goal.as_nanos() as u64)),
+                    got: fmt_ns(p99.as_nanos() as u64),
+                    met: p99 <= goal,
+                });
+            }
+            let thr_goal = match q.as_micros() {
+                10_000 => Some(0.99),
+                100 => Some(0.90),
+                _ => None,
+            };
+            if let Some(goal) = thr_goal {
+                targets.push(Target {
+                    what: format!("hog throughput on/off, {name}"),
+                    goal: format!(">= {goal:.2}"),
+                    got: format!("{thr:.3} (running {run:.3})"),
+                    met: thr >= goal,
+                });
+            }
+        }
+    }
+
+    let q = Duration::from_micros(100);
+    let mode = PreemptMode::Migrate;
+    println!(
+        "\n2) cost of one asynchronous preemption: Migrate, 2 Ps, 2 hogs + ticker, quantum 100us"
+    );
+    let (off, on) = cell_pair(TWO_P, q, mode, cell, pause);
+    for (async_on, acc) in [(false, &off), (true, &on)] {
+        let row = Row {
+            setup: TWO_P,
+            quantum: q,
+            mode,
+            async_on,
+            acc,
+            off: &off,
+        };
+        row.print(hz);
+        row.csv(hz, &mut csv);
+    }
+    let n = on.preempt_async.max(1) as f64;
+    let thr = on.rate() / off.rate();
+    // Per hog, seconds lost = (1 - thr) × its seconds; summed over hogs.
+    let lost_thr = (1.0 - thr) * on.hog_secs;
+    let lost_tsc =
+        on.paused_ticks as f64 / hz - off.paused_ticks as f64 / hz * (on.hog_secs / off.hog_secs);
+    let per_thr = lost_thr / n;
+    let per_tsc = lost_tsc / n;
+    let us = |s: f64| s * 1e6;
+    let p = |q: f64| fmt_ns((on.pauses.value_at_quantile(q) as f64 / hz * 1e9) as u64);
+    println!(
+        "   {} asynchronous preemptions in {:.2} hog-seconds ({:.0}/s per hog); hog throughput on/off {thr:.3}",
+        on.preempt_async,
+        on.hog_secs,
+        on.preempt_async as f64 / on.hog_secs
+    );
+    println!(
+        "   cost per preemption from lost throughput: {:.1} µs; from the hogs' own pause time (TSC): {:.1} µs",
+        us(per_thr),
+        us(per_tsc)
+    );
+    println!(
+        "   a preempted hog's pause (TSC gap > {PAUSE:?}, {} pauses on, {} off): p50 {}, p90 {}, p99 {}",
+        on.pauses.len(),
+        off.pauses.len(),
+        p(0.5),
+        p(0.9),
+        p(0.99)
+    );
+    println!(
+        "   ticker lateness at 100us: p50 {}, p99 {}, p99.9 {}, max {}",
+        fmt_ns(on.late.value_at_quantile(0.5)),
+        fmt_ns(on.late.value_at_quantile(0.99)),
+        fmt_ns(on.late.value_at_quantile(0.999)),
+        fmt_ns(on.late.max())
+    );
+    targets.push(Target {
+        what: "one async preemption, Migrate (lost throughput / count)".into(),
+        goal: "<= 10 µs".into(),
+        got: format!("{:.1} µs (TSC: {:.1} µs)", us(per_thr), us(per_tsc)),
+        met: per_thr <= 10e-6,
+    });
+
+    if go {
+        println!("\n3) Go twin (benches/go/latency, GOMAXPROCS=1, Go's 10 ms quantum), {cell:?}:");
+        if let Some(f) = run_go(cell) {
+            if f.len() == 7 {
+                writeln!(
+                    csv,
+                    "go_1p_1hog,10000,go,on,{},{},{},{},{},{},{},{},,,,,,",
+                    cell.as_secs_f64(),
+                    f[0],
+                    f[1],
+                    f[2],
+                    f[3],
+                    f[4],
+                    f[5],
+                    f[6]
+                )
+                .expect("write to String");
+            }
+        }
+    }
+
+    println!("\ntargets (load average now {}):", loadavg());
+    for t in &targets {
+        println!(
+            "  [{}] {:<56} goal {:<9} got {}",
+            if t.met { "met" } else { "MISSED" },
+            t.what,
+            t.goal,
+            t.got
+        );
+    }
+    let path = target_dir().join("latency.csv");
+    match std::fs::create_dir_all(target_dir()).and_then(|_| std::fs::write(&path, &csv)) {
+        Ok(()) => println!("\nCSV written to {}", path.display()),
+        Err(e) => eprintln!("\nlatency: cannot write {}: {e}", path.display()),
+    }
+}
