@@ -1,0 +1,3 @@
+module gosched/benches/go/chan
+
+go 1.19
