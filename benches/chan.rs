@@ -190,7 +190,7 @@ fn parked() -> Row {
     const N: usize = 100_000;
     let rt = Builder::new().build().unwrap();
     let stack = rt.stats().stack_size;
-    let mut one = || {
+    let one = || {
         rt.block_on(|| {
             let (tx, rx) = channel::<()>(0);
             let parked = Arc::new(AtomicUsize::new(0));
@@ -235,7 +235,8 @@ fn main() {
         .filter(|a| !a.starts_with('-'))
         .collect();
     let wanted = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
-    let benches: [(&str, fn() -> Row); 5] = [
+    type Bench = (&'static str, fn() -> Row);
+    let benches: [Bench; 5] = [
         ("pingpong/1P", || pingpong(1)),
         ("pingpong/2P", || pingpong(2)),
         ("buffered/4x4", buffered),
