@@ -68,7 +68,6 @@ impl<T> Sender<T> {
     /// });
     /// ```
     pub fn send(&self, v: T) -> Result<(), SendError<T>> {
-        crate::preempt_point_inner();
         let sel;
         let entry = Entry::new();
         {
@@ -250,7 +249,6 @@ impl<T> Receiver<T> {
     /// });
     /// ```
     pub fn recv(&self) -> Option<T> {
-        crate::preempt_point_inner();
         let sel;
         let entry = Entry::new();
         {
@@ -331,7 +329,6 @@ impl<T> Receiver<T> {
     /// });
     /// ```
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
-        crate::preempt_point_inner();
         let deadline = Instant::now().checked_add(timeout);
         let sel;
         let entry = Entry::new();
