@@ -65,30 +65,59 @@ fn ticker_next_to_hog(rt: &gosched::Runtime, coop_hog: bool) -> (Vec<Duration>, 
     res
 }
 
+/// Bound on the ticker's p99 lateness: many 2 ms quanta, yet far below
+/// the starvation the tests guard against (the hog would hold the P until
+/// the 30 s watchdog).
+const P99_BOUND: Duration = Duration::from_millis(50);
+
+/// Attempts of a ticker measurement before it fails: each preemption in
+/// ThreadAffine mode is two thread hand-offs, each of which can wait for a
+/// CPU on a loaded machine; a starving runtime fails every attempt.
+const ATTEMPTS: usize = 3;
+
+/// Runs `ticker_next_to_hog` on fresh runtimes from `build` until the
+/// ticker's p99 lateness is under `P99_BOUND`; panics after `ATTEMPTS`.
+/// Returns the stats of the passing attempt.
+fn ticker_p99_bounded(
+    label: &str,
+    coop_hog: bool,
+    build: impl Fn() -> gosched::Runtime,
+) -> gosched::Stats {
+    let mut seen = Vec::new();
+    for _ in 0..ATTEMPTS {
+        let rt = build();
+        let (late, rounds) = ticker_next_to_hog(&rt, coop_hog);
+        let st = rt.stats();
+        let (p50, p99, max) = (
+            percentile(&late, 50.0),
+            percentile(&late, 99.0),
+            percentile(&late, 100.0),
+        );
+        eprintln!(
+            "{label}: ticker lateness p50={p50:?} p99={p99:?} max={max:?}; hog rounds={rounds} preempt_async={} preempt_coop={} refused={:?}",
+            st.preempt_async, st.preempt_coop, st.preempt_refused_by_reason
+        );
+        assert!(rounds > 0, "{label}: the hog never ran");
+        if p99 < P99_BOUND {
+            return st;
+        }
+        seen.push(p99);
+    }
+    panic!(
+        "{label}: ticker p99 lateness over {P99_BOUND:?} in every attempt (quantum 2 ms): {seen:?}"
+    );
+}
+
 fn sleeper_not_starved_by_no_call_hog(mode: PreemptMode) {
     let _s = serial();
-    let rt = Builder::new()
-        .procs(1)
-        .preempt_quantum(Duration::from_millis(2))
-        .preempt_mode(mode)
-        .build()
-        .unwrap();
-    let (late, rounds) = ticker_next_to_hog(&rt, false);
-    let st = rt.stats();
-    let (p50, p99, max) = (
-        percentile(&late, 50.0),
-        percentile(&late, 99.0),
-        percentile(&late, 100.0),
-    );
-    eprintln!(
-        "{mode:?}: ticker lateness p50={p50:?} p99={p99:?} max={max:?}; hog rounds={rounds} preempt_async={} refused={:?}",
-        st.preempt_async, st.preempt_refused_by_reason
-    );
-    assert!(rounds > 0, "the hog never ran");
-    assert!(
-        p99 < Duration::from_millis(50),
-        "{mode:?}: ticker p99 lateness {p99:?} (quantum 2 ms)"
-    );
+    let st = ticker_p99_bounded(&format!("{mode:?}"), false, || {
+        Builder::new()
+            .procs(1)
+            .preempt_quantum(Duration::from_millis(2))
+            .preempt_mode(mode)
+            .build()
+            .unwrap()
+    });
     assert!(
         st.preempt_async > 0,
         "{mode:?}: no asynchronous preemption: {st:?}"
@@ -150,28 +179,14 @@ fn without_async_preemption_no_call_hog_starves_sleeper() {
 #[test]
 fn preempt_point_yields_with_async_preemption_off() {
     let _s = serial();
-    let rt = Builder::new()
-        .procs(1)
-        .preempt_quantum(Duration::from_millis(2))
-        .async_preempt(false)
-        .build()
-        .unwrap();
-    let (late, rounds) = ticker_next_to_hog(&rt, true);
-    let st = rt.stats();
-    let (p50, p99, max) = (
-        percentile(&late, 50.0),
-        percentile(&late, 99.0),
-        percentile(&late, 100.0),
-    );
-    eprintln!(
-        "coop: ticker lateness p50={p50:?} p99={p99:?} max={max:?}; hog rounds={rounds} preempt_coop={} preempt_async={}",
-        st.preempt_coop, st.preempt_async
-    );
-    assert!(rounds > 0);
-    assert!(
-        p99 < Duration::from_millis(50),
-        "ticker p99 lateness {p99:?} with a cooperative hog"
-    );
+    let st = ticker_p99_bounded("coop", true, || {
+        Builder::new()
+            .procs(1)
+            .preempt_quantum(Duration::from_millis(2))
+            .async_preempt(false)
+            .build()
+            .unwrap()
+    });
     assert!(st.preempt_coop > 0, "{st:?}");
     assert_eq!(st.preempt_async, 0);
 }

@@ -111,6 +111,7 @@ fn attempt() -> (Attempt, gosched::Stats) {
 fn blocked_child() {
     let (mut contended, mut min_handoffs, mut ticks, mut max_gap) =
         (0u64, u64::MAX, 0u64, Duration::ZERO);
+    let mut max_wait = Duration::ZERO;
     for i in 0..5 {
         let (a, st) = attempt();
         eprintln!(
@@ -124,11 +125,13 @@ fn blocked_child() {
             contended += 1;
             min_handoffs = min_handoffs.min(st.blocked_handoffs);
             ticks += a.ticks_while_b_blocked;
+            max_wait = max_wait.max(a.b_waited);
         }
     }
     eprintln!(
-        "CONTENDED={contended} MIN_BLOCKED_HANDOFFS={min_handoffs} TICKS_WHILE_BLOCKED={ticks} MAX_GAP_US={}",
-        max_gap.as_micros()
+        "CONTENDED={contended} MIN_BLOCKED_HANDOFFS={min_handoffs} TICKS_WHILE_BLOCKED={ticks} MAX_GAP_US={} MAX_B_WAIT_US={}",
+        max_gap.as_micros(),
+        max_wait.as_micros()
     );
 }
 
