@@ -97,6 +97,64 @@ fn mutex_waiter_is_not_starved_by_a_goroutine_relocking_in_a_tight_loop() {
 }
 
 #[test]
+fn starvation_mode_hands_the_lock_to_a_waiter_that_barging_would_starve_for_ever() {
+    // On one P the hog yields while holding the lock, so the waiter runs
+    // only while the lock is held; and when the hog unlocks (waking the
+    // waiter) it re-locks before the waiter runs. In normal mode alone the
+    // waiter would lose every time, for ever. After 1 ms of waiting it
+    // switches the mutex to starvation mode and the next unlock hands the
+    // lock to it.
+    let rt = Builder::new().procs(1).build().unwrap();
+    let got = rt.block_on(|| {
+        let m = Arc::new(Mutex::new(()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let hog = {
+            let (m, stop) = (m.clone(), stop.clone());
+            gosched::spawn(move || {
+                let mut rounds = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let g = m.lock();
+                    gosched::yield_now();
+                    drop(g);
+                    rounds += 1;
+                }
+                rounds
+            })
+        };
+        gosched::yield_now(); // the hog starts and holds the lock
+        let (tx, rx) = gosched::chan::channel(1);
+        let waiter = {
+            let m = m.clone();
+            gosched::spawn(move || {
+                let t = Instant::now();
+                let g = m.lock();
+                let waited = t.elapsed();
+                drop(g);
+                tx.send(waited).unwrap();
+            })
+        };
+        let got = rx.recv_timeout(Duration::from_secs(10));
+        stop.store(true, Ordering::Relaxed);
+        assert!(hog.join().unwrap() > 0, "the hog never ran");
+        if got.is_ok() {
+            waiter.join().unwrap();
+        }
+        got
+    });
+    let waited = got.expect("the waiter never got the lock: starvation mode did not engage");
+    // ~1 ms here; without starvation mode it takes seconds (some other
+    // accident has to let the waiter in), so this bound still tells.
+    assert!(
+        waited < Duration::from_secs(1),
+        "the waiter waited {waited:?}: starvation mode did not hand it the lock"
+    );
+    assert!(
+        waited >= Duration::from_micros(900),
+        "won without starving first? waited {waited:?}"
+    );
+}
+
+#[test]
 fn contended_lock_parks_the_goroutine_not_the_thread() {
     // On one P: the holder sleeps while holding the lock. A std mutex would
     // block the only thread and the holder could never run to unlock it.
