@@ -530,3 +530,7 @@ fn gcd(mut a: usize, mut b: usize) -> usize {
     }
     a
 }
+
+#[cfg(test)]
+#[path = "../sched_tests.rs"]
+mod sched_tests;
