@@ -167,7 +167,7 @@ fn read_survives_sigurg_storm(through_blocking: bool) {
         "the read did not block: {waited:?}"
     );
     assert!(
-        to_r >= 100,
+        to_r >= 20,
         "too few signals reached the blocked reader's thread to prove anything: {to_r}"
     );
     assert!(st.preempt_async > 0, "sysmon never preempted the hogs");
