@@ -25,7 +25,7 @@
 //!
 //! Exactly one case fires because exactly one CAS moves the decision word
 //! away from `WAITING`; the winning case's value moved before that CAS
-//! (see [`crate::chan::queue`]), and a losing case's value never moves.
+//! (see `chan/queue.rs`), and a losing case's value never moves.
 //!
 //! Rejected: Go's `sellock` (lock all channels, in address order, for the
 //! whole registration). It serialises unrelated selects on shared channels

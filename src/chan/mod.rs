@@ -26,7 +26,7 @@
 //! - `buf`: the buffered values, FIFO, at most `cap` of them (none when
 //!   `cap` is 0);
 //! - `recvq` and `sendq`: FIFO queues of blocked receivers and senders, one
-//!   entry per waiting case (Go's `sudog`, see [`queue`]); a sender's entry
+//!   entry per waiting case (Go's `sudog`, see `chan/queue.rs`); a sender's entry
 //!   holds the value it wants to send, a receiver's entry a slot a sender
 //!   fills;
 //! - `closed`.
@@ -103,7 +103,7 @@
 //! # Rejected designs
 //!
 //! - Go's select locks every involved channel at once, in address order.
-//!   Here each operation has one decision word instead (see [`queue`]):
+//!   Here each operation has one decision word instead (see `chan/queue.rs`):
 //!   select registers on its channels one lock at a time, and whoever CASes
 //!   the word first wins. No lock ordering, and a waker never holds two
 //!   channel locks.
