@@ -14,7 +14,10 @@ use super::{channel, Receiver, Sender, TrySendError};
 use crate::sched::Shared;
 
 /// A channel that receives the current time once, at least `d` from now
-/// (Go's `time.After`). It never fires early.
+/// (Go's `time.After`). It never fires early. Called in a goroutine, the
+/// timer belongs to that goroutine's runtime (if the runtime is dropped
+/// first, the channel closes without a value); elsewhere a helper thread
+/// fires it.
 ///
 /// # Examples
 ///
