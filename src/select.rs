@@ -398,11 +398,14 @@ pub fn run(cases: &[&dyn Case], has_default: bool) -> usize {
 ///             tx.send(i).unwrap();
 ///         }
 ///         drop(quit_tx); // closing makes `recv(quit_rx)` ready
-///     });
+///     }); // (and the goroutine's end drops `tx`, closing `rx` too)
 ///     let mut got = Vec::new();
 ///     loop {
 ///         gosched::select! {
-///             recv(rx) -> v => got.push(v.unwrap()),
+///             recv(rx) -> v => match v {
+///                 Some(v) => got.push(v),
+///                 None => break, // closed: a closed channel is always ready
+///             },
 ///             recv(quit_rx) -> _ => break,
 ///             recv(after(Duration::from_secs(10))) -> _ => panic!("timed out"),
 ///         }
