@@ -325,7 +325,9 @@ impl<T> Receiver<T> {
     ///     assert_eq!(rx.recv_timeout(d), Err(RecvTimeoutError::Timeout));
     ///     gosched::spawn(move || tx.send(1).unwrap());
     ///     assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(1));
-    ///     assert_eq!(rx.recv_timeout(d), Err(RecvTimeoutError::Disconnected));
+    ///     // The sender's goroutine ends and drops `tx`: closed.
+    ///     let closed = rx.recv_timeout(Duration::from_secs(10));
+    ///     assert_eq!(closed, Err(RecvTimeoutError::Disconnected));
     /// });
     /// ```
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
