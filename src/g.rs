@@ -26,7 +26,7 @@
 
 use std::cell::{Cell, UnsafeCell};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 
 use crate::stack::Stack;
 
@@ -48,6 +48,10 @@ pub(crate) struct G {
     pub(crate) ctx: UnsafeCell<usize>,
     /// The stack, taken on first run, returned at exit (owner).
     pub(crate) stack: UnsafeCell<Option<Stack>>,
+    /// Bounds of `stack` ([lo, hi); 0 when none), for `current_g`'s check
+    /// from any thread. Written by the M that sets or takes the stack.
+    pub(crate) stack_lo: AtomicUsize,
+    pub(crate) stack_hi: AtomicUsize,
     /// The body; taken by the entry function (owner).
     pub(crate) entry: UnsafeCell<Option<Box<dyn FnOnce() + Send>>>,
     /// Park handshake: EMPTY, PARKED, NOTIFIED. Any thread (AcqRel CAS).
@@ -95,6 +99,8 @@ impl G {
             id: Cell::new(0),
             ctx: UnsafeCell::new(0),
             stack: UnsafeCell::new(None),
+            stack_lo: AtomicUsize::new(0),
+            stack_hi: AtomicUsize::new(0),
             entry: UnsafeCell::new(None),
             park: AtomicU8::new(EMPTY),
             preempt: AtomicBool::new(false),

@@ -298,15 +298,44 @@ pub(crate) fn cur_m() -> *const M {
 }
 
 /// The running goroutine, if the caller is one.
+///
+/// Migration-safe. Asynchronous preemption in Migrate mode may stop us
+/// between reading this thread's M and reading its `curg`, and resume us on
+/// another thread, where the M we read runs some other goroutine (or its
+/// g0). So the answer is validated against the stack we are running on: a
+/// goroutine is only ever the one whose stack holds our stack pointer, and
+/// we are on g0 only if our stack pointer is outside every goroutine stack.
+/// On a mismatch we read again, now on the thread we run on. (Go needs no
+/// such check: it never async-preempts runtime code. Marking our code
+/// non-preemptible would not cover the std functions, such as
+/// `LocalKey::with`, that debug builds leave out of line.)
 #[inline(never)]
 pub(crate) fn current_g() -> Option<GRef> {
-    let m = cur_m();
-    if m.is_null() {
-        return None;
+    let probe = 0u8;
+    let sp = std::hint::black_box(&probe) as *const u8 as usize;
+    loop {
+        let m = cur_m();
+        if m.is_null() {
+            // A plain thread: goroutines run only on Ms.
+            return None;
+        }
+        // SAFETY: a non-null CUR_M points at the live M of the thread we
+        // were on when we read it; Ms live as long as their runtime, which
+        // outlives every goroutine and g0 running this code.
+        let m = unsafe { &*m };
+        let g = m.curg.load(Ordering::Acquire);
+        let on_g_stack = m.shared_ref().stacks.contains(sp);
+        match NonNull::new(g).map(GRef) {
+            Some(g)
+                if g.stack_lo.load(Ordering::Relaxed) <= sp
+                    && sp < g.stack_hi.load(Ordering::Relaxed) =>
+            {
+                return Some(g)
+            }
+            _ if !on_g_stack => return None,
+            _ => std::hint::spin_loop(),
+        }
     }
-    // SAFETY: a non-null CUR_M points at this thread's live M.
-    let g = unsafe { (*m).curg.load(Ordering::Relaxed) };
-    NonNull::new(g).map(GRef)
 }
 
 /// Goroutine id for the stack-overflow report. Async-signal-safe: a TLS

@@ -37,6 +37,7 @@
 //! module touches the queues.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::chan::queue::{Decision, Entry};
 use crate::chan::{Receiver, RecvNow, SendError, SendNow, Sender};
@@ -269,7 +270,10 @@ impl PollOrder {
 
 thread_local! {
     /// Per-thread xorshift64 state (Go: per-M fastrand). 0 = unseeded.
-    static RNG: Cell<u64> = const { Cell::new(0) };
+    /// Atomic because a goroutine may be preempted and moved to another
+    /// thread in the middle of `fastrand_below`, and then touch the state
+    /// of the thread it left: a lost update is harmless, a data race is not.
+    static RNG: AtomicU64 = const { AtomicU64::new(0) };
 }
 
 /// A uniformly distributed number below `n` (n >= 1).
@@ -279,7 +283,7 @@ thread_local! {
 #[inline(never)]
 fn fastrand_below(n: usize) -> usize {
     RNG.with(|r| {
-        let mut x = r.get();
+        let mut x = r.load(Ordering::Relaxed);
         if x == 0 {
             // Seed from the thread's stack address and the clock.
             let t = std::time::SystemTime::now()
@@ -291,7 +295,7 @@ fn fastrand_below(n: usize) -> usize {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        r.set(x);
+        r.store(x, Ordering::Relaxed);
         // Lemire's multiply-shift: unbiased enough for n << 2^32.
         ((x >> 32).wrapping_mul(n as u64) >> 32) as usize
     })

@@ -157,6 +157,12 @@ impl StackPool {
         })
     }
 
+    /// Whether `addr` lies in this pool's reservation (some goroutine's
+    /// stack or guard).
+    pub(crate) fn contains(&self, addr: usize) -> bool {
+        addr.wrapping_sub(self.base) < self.nslots * self.slot
+    }
+
     /// Usable bytes of each stack.
     pub(crate) fn stack_size(&self) -> usize {
         self.slot - self.guard

@@ -46,7 +46,7 @@ fn mutex_counts_exactly_under_preemption_thread_affine() {
 }
 
 #[test]
-#[ignore = "runtime bug: SIGSEGV in gosched_arch_async_preempt (rbp truncated to 32 bits) in Migrate mode with a 200us quantum; reproduces without Mutex"]
+
 fn mutex_counts_exactly_under_preemption_migrate() {
     counter_under_preemption(PreemptMode::Migrate);
 }

@@ -141,6 +141,8 @@ impl Sched<'_> {
             let s = self.stack_get();
             // SAFETY: a stack from the pool is ours alone and writable.
             unsafe { *g.ctx.get() = arch::init_stack(s.top, g_entry) };
+            g.stack_lo.store(s.bottom, Ordering::Relaxed);
+            g.stack_hi.store(s.top, Ordering::Relaxed);
             *stack = Some(s);
         }
         g.preempt.store(false, Ordering::Relaxed);
@@ -244,6 +246,8 @@ impl Sched<'_> {
         g.affine.set(false);
         // SAFETY: owner access: the G finished on this M.
         let stack = unsafe { (*g.stack.get()).take() };
+        g.stack_lo.store(0, Ordering::Relaxed);
+        g.stack_hi.store(0, Ordering::Relaxed);
         match self.m.p.get() {
             Some(pi) => {
                 bump(&self.sh.ps[pi].counters.exited);
