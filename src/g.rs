@@ -82,8 +82,10 @@ pub(crate) struct G {
     /// Inside `blocking()`: runtime waits block the thread instead of
     /// parking the goroutine, as on a plain thread (owner).
     pub(crate) in_blocking: Cell<bool>,
-    /// The runtime this goroutine belongs to.
-    pub(crate) shared: *const crate::sched::Shared,
+    /// The runtime this G belongs to: a pointer from `Arc::into_raw` (the G
+    /// holds a count on it), null while the G sits in the process-wide pool.
+    /// Set when a runtime takes the G; read by wakers (Acquire).
+    pub(crate) shared: std::sync::atomic::AtomicPtr<crate::sched::Shared>,
 }
 
 // SAFETY: the Cell/UnsafeCell fields are accessed only under the ownership
@@ -94,7 +96,7 @@ unsafe impl Sync for G {}
 unsafe impl Send for G {}
 
 impl G {
-    pub(crate) fn new(shared: *const crate::sched::Shared) -> G {
+    pub(crate) fn new(shared: *mut crate::sched::Shared) -> G {
         G {
             id: Cell::new(0),
             ctx: UnsafeCell::new(0),
@@ -112,13 +114,13 @@ impl G {
             spawned_at: Cell::new(None),
             live: AtomicBool::new(false),
             in_blocking: Cell::new(false),
-            shared,
+            shared: std::sync::atomic::AtomicPtr::new(shared),
         }
     }
 }
 
-/// A pointer to a G that lives until its runtime is dropped (G structs are
-/// cached and reused, never freed while the runtime runs).
+/// A pointer to a G. G structs are never freed (see
+/// `Shared::free_dead_gs`), so a GRef is valid for the life of the process.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) struct GRef(pub(crate) NonNull<G>);
 
@@ -130,8 +132,7 @@ unsafe impl Sync for GRef {}
 impl std::ops::Deref for GRef {
     type Target = G;
     fn deref(&self) -> &G {
-        // SAFETY: G structs are never freed while their runtime lives, and
-        // every GRef is used only while its runtime lives.
+        // SAFETY: G structs are never freed.
         unsafe { self.0.as_ref() }
     }
 }

@@ -126,7 +126,7 @@ where
         panic!("gosched::spawn called outside a goroutine: use Runtime::spawn or Runtime::block_on")
     });
     // SAFETY: a running goroutine's runtime is alive.
-    let sh = unsafe { &*g.shared };
+    let sh = unsafe { &*g.shared.load(std::sync::atomic::Ordering::Acquire) };
     runtime::spawn_on(sh, f)
 }
 

@@ -365,7 +365,7 @@ pub(crate) fn signal_safe_current_m() -> *const M {
 pub(crate) fn with_current_shared<R>(f: impl FnOnce(&Shared) -> R) -> Option<R> {
     let g = current_g()?;
     // SAFETY: a running goroutine's runtime is alive.
-    Some(f(unsafe { &*g.shared }))
+    Some(f(unsafe { &*g.shared.load(Ordering::Acquire) }))
 }
 
 /// A no-preempt region of the calling goroutine (no-op on plain threads).
@@ -477,7 +477,7 @@ pub(crate) fn async_preempted() {
 pub(crate) fn ready(g: GRef) {
     let _np = NoPreempt::enter();
     // SAFETY: the G's runtime outlives the G.
-    let sh = unsafe { &*g.shared };
+    let sh = unsafe { &*g.shared.load(Ordering::Acquire) };
     let local = sh.with_local(|p, l| {
         if let Some(old) = NonNull::new(p.runnext.swap(g.as_ptr(), Ordering::AcqRel)) {
             l.worker.push(GRef(old));
@@ -738,10 +738,15 @@ impl Shared {
                 return g;
             }
         }
-        let g = Box::new(G::new(Arc::into_raw(
-            self.me.upgrade().expect("runtime alive"),
-        )));
-        let g = GRef(NonNull::from(Box::leak(g)));
+        let me = Arc::into_raw(self.me.upgrade().expect("runtime alive")) as *mut Shared;
+        let pooled = G_POOL.lock().unwrap().pop();
+        let g = match pooled {
+            Some(g) => {
+                g.shared.store(me, Ordering::Release);
+                g
+            }
+            None => GRef(NonNull::from(Box::leak(Box::new(G::new(me))))),
+        };
         self.allg.lock().unwrap().push(g);
         g
     }
@@ -1022,8 +1027,18 @@ impl Shared {
         self.stacks.unmap();
     }
 
-    /// Frees the G structs of finished goroutines and reports whether any
-    /// goroutine was abandoned (still parked or runnable).
+    /// Returns the G structs of finished goroutines to the process-wide
+    /// pool and reports whether any goroutine was abandoned (still parked or
+    /// runnable).
+    ///
+    /// G structs are never freed (Go never frees its `allgs` either): a
+    /// `Waiter` held by a plain thread, a channel or a timer may still name
+    /// a finished goroutine after its runtime is gone, and its late `unpark`
+    /// must find memory, not a dangling pointer. A pooled G is EMPTY or
+    /// NOTIFIED, never PARKED, so such an unpark only leaves a token, which
+    /// its next user treats as a spurious wake-up. An abandoned goroutine
+    /// keeps its reference to the runtime, so a late wake-up of a parked one
+    /// finds the (stopped) runtime's queues, not freed memory.
     pub(crate) fn free_dead_gs(&self) -> bool {
         let mut free: Vec<GRef> = std::mem::take(&mut *self.gfree.lock().unwrap());
         for p in self.ps.iter() {
@@ -1032,20 +1047,18 @@ impl Shared {
         }
         let all = std::mem::take(&mut *self.allg.lock().unwrap());
         let abandoned = all.len() > free.len();
-        let free: std::collections::HashSet<*mut G> = free.iter().map(|g| g.as_ptr()).collect();
-        for g in all {
-            if free.contains(&g.as_ptr()) {
-                // SAFETY: a finished G is referenced by nothing but the free
-                // lists we just emptied; it came from Box::leak in `gget`.
-                let b = unsafe { Box::from_raw(g.as_ptr()) };
-                // SAFETY: `shared` came from Arc::into_raw in `gget`.
-                drop(unsafe { Arc::from_raw(b.shared) });
-            }
-            // An abandoned G keeps its Arc: the runtime's memory (not its
-            // stacks, already unmapped) stays valid for late wakers.
+        for g in &free {
+            let sh = g.shared.swap(ptr::null_mut(), Ordering::AcqRel);
+            // SAFETY: `shared` came from Arc::into_raw in `gget_global`.
+            drop(unsafe { Arc::from_raw(sh) });
         }
+        G_POOL.lock().unwrap().extend(free);
         abandoned
     }
 }
+
+/// G structs of finished goroutines of dropped runtimes, for reuse by any
+/// runtime (see `Shared::free_dead_gs`).
+static G_POOL: Mutex<Vec<GRef>> = Mutex::new(Vec::new());
 
 mod schedule;

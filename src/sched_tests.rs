@@ -22,7 +22,7 @@ use crate::g::{GRef, G};
 fn dummy_gs(n: usize) -> Vec<G> {
     (0..n)
         .map(|i| {
-            let g = G::new(ptr::null());
+            let g = G::new(ptr::null_mut());
             g.id.set(i as u64);
             g
         })
