@@ -92,6 +92,7 @@ fn idle_runtime_uses_almost_no_cpu() {
 
 #[test]
 fn stats_add_up_after_work() {
+    let _wd = common::watchdog();
     const N: u64 = 1_000;
     let rt = Builder::new().procs(2).build().unwrap();
     let s0 = rt.stats();

@@ -44,6 +44,7 @@ fn threads_used_by_others(n: usize) -> HashSet<i32> {
 
 #[test]
 fn locked_goroutine_keeps_its_thread() {
+    let _wd = common::watchdog();
     let rt = Builder::new().procs(2).build().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let work = Arc::new(AtomicU64::new(0));
@@ -98,6 +99,7 @@ fn locked_goroutine_keeps_its_thread() {
 
 #[test]
 fn unlocked_goroutine_keeps_working_wherever_it_runs() {
+    let _wd = common::watchdog();
     // After unlocking, the goroutine may move (not asserted); it must keep
     // its identity and go on yielding, sleeping and joining normally.
     let rt = Builder::new().procs(2).build().unwrap();
@@ -121,6 +123,7 @@ fn unlocked_goroutine_keeps_working_wherever_it_runs() {
 
 #[test]
 fn locked_thread_runs_no_other_goroutine() {
+    let _wd = common::watchdog();
     let rt = Builder::new().procs(2).build().unwrap();
     rt.block_on(|| {
         gosched::lock_os_thread();
@@ -139,6 +142,7 @@ fn locked_thread_runs_no_other_goroutine() {
 
 #[test]
 fn lock_calls_nest_and_extra_unlocks_are_ignored() {
+    let _wd = common::watchdog();
     // One P: while the main goroutine parks, the thread holding the P runs
     // the others. Unlocked, that is our thread; locked, never.
     let rt = Builder::new().procs(1).build().unwrap();
@@ -179,6 +183,7 @@ fn lock_calls_nest_and_extra_unlocks_are_ignored() {
 
 #[test]
 fn goroutine_exiting_while_locked_leaves_the_runtime_working() {
+    let _wd = common::watchdog();
     for procs in [1, 2] {
         let rt = Builder::new().procs(procs).build().unwrap();
         let sum = rt.block_on(|| {

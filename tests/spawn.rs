@@ -14,6 +14,7 @@ use gosched::{Builder, Runtime};
 
 #[test]
 fn hundred_thousand_goroutines_spawn_and_join_with_their_results() {
+    let _wd = common::watchdog();
     const N: u64 = 100_000;
     let rt = Builder::new().procs(2).build().unwrap();
     let sum = rt.block_on(|| {
@@ -36,6 +37,7 @@ fn tree(depth: u32) -> u64 {
 
 #[test]
 fn recursive_spawn_tree_counts_every_node() {
+    let _wd = common::watchdog();
     let rt = Builder::new().procs(2).build().unwrap();
     let nodes = rt.block_on(|| tree(12));
     assert_eq!(nodes, (1 << 13) - 1);
@@ -43,6 +45,7 @@ fn recursive_spawn_tree_counts_every_node() {
 
 #[test]
 fn panic_payload_comes_back_through_join_and_the_runtime_goes_on() {
+    let _wd = common::watchdog();
     let rt = Builder::new().procs(2).build().unwrap();
     rt.block_on(|| {
         let n = 7;
@@ -79,6 +82,7 @@ fn panic_payload_comes_back_through_join_and_the_runtime_goes_on() {
 
 #[test]
 fn runtime_spawn_from_plain_threads_and_join_there() {
+    let _wd = common::watchdog();
     let rt = Builder::new().procs(2).build().unwrap();
     std::thread::scope(|s| {
         let ts: Vec<_> = (0..4u64)
@@ -112,6 +116,7 @@ fn runtime_spawn_from_plain_threads_and_join_there() {
 
 #[test]
 fn goroutine_ids_are_distinct_and_match_their_handles() {
+    let _wd = common::watchdog();
     let rt = Builder::new().procs(2).build().unwrap();
     let (main_id, pairs) = rt.block_on(|| {
         let hs: Vec<_> = (0..10_000)
@@ -144,6 +149,7 @@ fn goroutine_ids_are_distinct_and_match_their_handles() {
 
 #[test]
 fn num_goroutines_counts_parked_goroutines() {
+    let _wd = common::watchdog();
     const N: usize = 100;
     let rt = Builder::new().procs(2).build().unwrap();
     rt.block_on(|| {
@@ -179,6 +185,7 @@ fn num_goroutines_counts_parked_goroutines() {
 
 #[test]
 fn yield_alternates_two_goroutines_on_one_p() {
+    let _wd = common::watchdog();
     const ROUNDS: u64 = 10_000;
     let rt = Builder::new().procs(1).build().unwrap();
     let turn = Arc::new(AtomicU64::new(0));
@@ -228,6 +235,7 @@ fn spawn_outside_a_goroutine_panics_naming_runtime_spawn() {
 
 #[test]
 fn block_on_inside_a_goroutine_panics_through_join() {
+    let _wd = common::watchdog();
     let rt = Arc::new(Builder::new().procs(2).build().unwrap());
     let other = Arc::new(Runtime::new().unwrap());
     let (same, different) = {
@@ -259,6 +267,7 @@ fn block_on_inside_a_goroutine_panics_through_join() {
 
 #[test]
 fn block_on_borrows_from_the_callers_stack() {
+    let _wd = common::watchdog();
     let rt = Builder::new().procs(2).build().unwrap();
     let words = [String::from("go"), String::from("routine")];
     let mut counts = [0u64; 64];

@@ -79,6 +79,7 @@ fn assert_overflow_report(test: &str, size: usize) {
 
 #[test]
 fn goroutine_uses_200_kib_of_its_default_stack() {
+    let _wd = common::watchdog();
     let rt = Builder::new().procs(2).build().unwrap();
     assert_eq!(rt.stats().stack_size, 1 << 20);
     let sums = rt.block_on(|| {

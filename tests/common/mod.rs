@@ -6,9 +6,10 @@
 #![allow(dead_code)]
 
 use std::any::Any;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// The environment variable that tells a re-executed test binary which
@@ -122,6 +123,40 @@ pub fn run_child(test: &str, role: &str, envs: &[(&str, &str)]) -> ChildOutput {
         stdout: out_t.join().unwrap(),
         stderr: err_t.join().unwrap(),
     }
+}
+
+/// How long a test may block on a runtime before [`watchdog`] ends the
+/// process: far beyond what any test here needs, even on a loaded machine.
+pub const HANG_LIMIT: Duration = Duration::from_secs(60);
+
+/// Turns a hang of the calling test into a quick failure: unless the
+/// returned guard is dropped within [`HANG_LIMIT`], prints that the test
+/// (named after the calling thread, as libtest names it) hung and exits
+/// the whole test process with status 97. A scheduler bug that loses a
+/// wake-up then costs a minute of CI, not its whole budget.
+pub fn watchdog() -> Watchdog {
+    let name = std::thread::current()
+        .name()
+        .unwrap_or("<unnamed>")
+        .to_owned();
+    let (tx, rx) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(HANG_LIMIT) {
+            // Straight to the file descriptor: libtest captures `eprintln!`
+            // of test threads, and we are about to exit.
+            let _ = writeln!(
+                std::io::stderr(),
+                "watchdog: test `{name}` still running after {HANG_LIMIT:?}: hung (lost wake-up or deadlock?)"
+            );
+            std::process::exit(97);
+        }
+    });
+    Watchdog { _alive: tx }
+}
+
+/// The guard of [`watchdog`]; dropping it (also by a panic) disarms it.
+pub struct Watchdog {
+    _alive: mpsc::Sender<()>,
 }
 
 /// CPU time (user + system) consumed by the whole process so far.
