@@ -147,12 +147,17 @@ fn run(sh: &Shared) {
                 // Publish that we sleep, then re-check (Dekker with
                 // `Shared::note_busy`): either a P that just got busy sees the
                 // flag and wakes us, or we see it busy here.
-                sh.sysmon_idle.store(true, Ordering::SeqCst);
                 let timeout = deadline.map(|d| d.saturating_sub(Duration::from_nanos(now)));
                 let timeout = match (timeout, trace_cap) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
+                let until = match (deadline, timeout) {
+                    (None, _) if sh.deadlocked() => now + DEADLOCK_RECHECK.as_nanos() as u64,
+                    (_, Some(t)) => now + t.as_nanos() as u64,
+                    (_, None) => u64::MAX,
+                };
+                sh.sysmon_idle_until.store(until.max(1), Ordering::SeqCst);
                 let woken = if !sh.all_idle() {
                     true
                 } else if deadline.is_none() && sh.deadlocked() {
@@ -167,7 +172,7 @@ fn run(sh: &Shared) {
                 } else {
                     sh.sysmon_note.wait(timeout)
                 };
-                sh.sysmon_idle.store(false, Ordering::SeqCst);
+                sh.sysmon_idle_until.store(0, Ordering::SeqCst);
                 woken
             }
         };

@@ -267,9 +267,10 @@ pub(crate) struct Shared {
     pub(crate) shutdown: AtomicBool,
     pub(crate) counters: GlobalCounters,
     pub(crate) sysmon_note: Note,
-    /// sysmon is in an idle sleep (every P idle) and wants a wake-up when
-    /// a P gets busy or an earlier timer appears.
-    pub(crate) sysmon_idle: AtomicBool,
+    /// 0, or the time (ns since the epoch; u64::MAX: never) until which
+    /// sysmon sleeps because every P is idle. Written by sysmon; read by
+    /// `note_busy` (SeqCst, a Dekker pair with the idle check).
+    pub(crate) sysmon_idle_until: AtomicU64,
     /// Goroutines blocked in `blocking()` right now.
     pub(crate) in_blocking: AtomicUsize,
     /// Spawns from outside any P of this runtime (plain threads).
@@ -569,7 +570,7 @@ impl Shared {
             shutdown: AtomicBool::new(false),
             counters: GlobalCounters::default(),
             sysmon_note: Note::new(),
-            sysmon_idle: AtomicBool::new(false),
+            sysmon_idle_until: AtomicU64::new(0),
             in_blocking: AtomicUsize::new(0),
             counters_spawned_outside: AtomicU64::new(0),
             counters_exited_outside: AtomicU64::new(0),
@@ -922,10 +923,16 @@ impl Shared {
     }
 
     /// A P left the idle state: wake sysmon if it sleeps because all were
-    /// idle (Go wakes sysmon from exitsyscall and startTheWorld likewise).
+    /// idle and would not wake before this P's slice could end (Go wakes
+    /// sysmon from exitsyscall and startTheWorld likewise). When sysmon
+    /// sleeps until a timer that is about to fire anyway (the usual way an
+    /// idle runtime becomes busy), the wake-up, a system call on the path
+    /// to running the timer's goroutine, is skipped.
     pub(crate) fn note_busy(&self) {
-        // Pairs with the SeqCst store of sysmon_idle in monitor::run.
-        if self.sysmon_idle.load(Ordering::SeqCst) {
+        // Pairs with the SeqCst store in monitor::run (Dekker: either we see
+        // sysmon asleep, or it sees this P busy before it sleeps).
+        let until = self.sysmon_idle_until.load(Ordering::SeqCst);
+        if until != 0 && until > self.nanotime() + self.cfg.quantum.as_nanos() as u64 {
             self.sysmon_note.wake();
         }
     }
