@@ -371,6 +371,8 @@ pub struct Stats {
 
 impl Shared {
     pub(crate) fn stats(&self) -> Stats {
+        // It takes locks the scheduler takes too (see `timer::add_current`).
+        let _np = sched::NoPreempt::enter();
         let sum = |f: fn(&sched::PCounters) -> &std::sync::atomic::AtomicU64| -> u64 {
             self.ps
                 .iter()

@@ -591,6 +591,7 @@ impl Shared {
 
     /// Adds a timer; wakes whoever sleeps until a later deadline.
     pub(crate) fn add_timer(&self, deadline: Instant, task: Task) -> TimerId {
+        let _np = NoPreempt::enter();
         let (id, earliest) = self.timers.add(self.instant_to_nanos(deadline), task);
         if earliest {
             let tm = self.timer_m.load(Ordering::Acquire);

@@ -109,12 +109,19 @@ impl Timers {
 }
 
 /// Adds a timer to the calling goroutine's runtime (None outside one).
+///
+/// Like every runtime entry point, it runs in a no-preempt region: it takes
+/// the heap's lock, which g0 and sysmon take too, and a goroutine preempted
+/// while holding it would stall every thread of the runtime.
 pub(crate) fn add_current(deadline: Instant, task: Task) -> Option<TimerId> {
+    let _np = crate::sched::NoPreempt::enter();
     crate::sched::with_current_shared(|sh| sh.add_timer(deadline, task))
 }
 
-/// Cancels a timer of the calling goroutine's runtime.
+/// Cancels a timer of the calling goroutine's runtime (in a no-preempt
+/// region, as `add_current`).
 pub(crate) fn cancel_current(id: TimerId) {
+    let _np = crate::sched::NoPreempt::enter();
     crate::sched::with_current_shared(|sh| sh.timers.cancel(id));
 }
 

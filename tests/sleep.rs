@@ -116,7 +116,6 @@ fn sleeper_wakes_while_every_p_is_idle() {
 }
 
 #[test]
-#[ignore = "runtime bug: timer::add_current/cancel_current hold the timer heap lock outside no_preempt; an async preemption there deadlocks every M"]
 fn sleepers_preempted_at_a_tiny_quantum_keep_running() {
     let _wd = common::watchdog();
     // Sleeping in a loop with a 50 µs quantum: sysmon preempts the
