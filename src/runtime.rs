@@ -1,5 +1,6 @@
 //! `Runtime`, `JoinHandle` and `Stats`.
 
+use crate::sched::RuntimeLock;
 use std::any::Any;
 use std::cell::UnsafeCell;
 use std::io;
@@ -186,7 +187,7 @@ impl<R> JoinInner<R> {
         unsafe { *self.result.get() = Some(r) };
         // Pairs with the Acquire loads in `wait` and `is_finished`.
         self.done.store(true, Ordering::Release);
-        let w = self.waiter.lock().unwrap().take();
+        let w = self.waiter.rt_lock().take();
         if let Some(w) = w {
             w.unpark();
         }
@@ -201,7 +202,7 @@ impl<R> JoinInner<R> {
             }
             {
                 let _np = sched::NoPreempt::enter();
-                let mut w = self.waiter.lock().unwrap();
+                let mut w = self.waiter.rt_lock();
                 if self.done.load(Ordering::Acquire) {
                     continue;
                 }
@@ -387,7 +388,7 @@ impl Shared {
         Stats {
             goroutines: self.goroutines(),
             spawned: self.spawned(),
-            threads: self.allm.lock().unwrap().len(),
+            threads: self.allm.rt_lock().len(),
             switches: sum(|c| &c.switches),
             steals: sum(|c| &c.steals),
             parks: sum(|c| &c.parks),

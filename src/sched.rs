@@ -397,6 +397,32 @@ impl Drop for NoPreempt {
     }
 }
 
+/// Locking for the runtime's own mutexes. A goroutine must hold them only
+/// inside a no-preempt region: g0 and sysmon take the same locks, and a
+/// goroutine preempted while holding one (in ThreadAffine mode its thread
+/// then waits for a P) can stall every thread of the runtime. Debug builds
+/// check the rule at every acquisition; poisoning is ignored (the runtime's
+/// critical sections do not panic half-way).
+pub(crate) trait RuntimeLock<T> {
+    /// Locks the mutex; see the trait docs.
+    fn rt_lock(&self) -> std::sync::MutexGuard<'_, T>;
+}
+
+impl<T> RuntimeLock<T> for Mutex<T> {
+    #[inline]
+    fn rt_lock(&self) -> std::sync::MutexGuard<'_, T> {
+        #[cfg(debug_assertions)]
+        if let Some(g) = current_g() {
+            assert!(
+                g.no_preempt.load(Ordering::Relaxed) > 0,
+                "gosched internal error: a runtime lock taken by a preemptible goroutine"
+            );
+        }
+        self.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// If sysmon asked the running goroutine to yield, yield (cooperative
 /// preemption; Go's stack-guard check in every function prologue).
 #[inline]
@@ -667,7 +693,7 @@ impl Shared {
                 // global queue.
                 let mut spare = Vec::new();
                 let g = self.gget_global(&mut spare);
-                self.gfree.lock().unwrap().extend(spare);
+                self.gfree.rt_lock().extend(spare);
                 let id = NEXT_GID.fetch_add(1, Ordering::Relaxed);
                 init(g, id, body.take().expect("body taken once"));
                 self.counters_spawned_outside
@@ -732,7 +758,7 @@ impl Shared {
     /// `spare` (a P's cache), or a new one.
     fn gget_global(&self, spare: &mut Vec<GRef>) -> GRef {
         {
-            let mut free = self.gfree.lock().unwrap();
+            let mut free = self.gfree.rt_lock();
             if let Some(g) = free.pop() {
                 let k = free.len().min(G_BATCH - 1);
                 let at = free.len() - k;
@@ -741,7 +767,7 @@ impl Shared {
             }
         }
         let me = Arc::into_raw(self.me.upgrade().expect("runtime alive")) as *mut Shared;
-        let pooled = G_POOL.lock().unwrap().pop();
+        let pooled = G_POOL.rt_lock().pop();
         let g = match pooled {
             Some(g) => {
                 g.shared.store(me, Ordering::Release);
@@ -749,14 +775,14 @@ impl Shared {
             }
             None => GRef(NonNull::from(Box::leak(Box::new(G::new(me))))),
         };
-        self.allg.lock().unwrap().push(g);
+        self.allg.rt_lock().push(g);
         g
     }
 
     // ---- Ps and Ms ----
 
     fn pidleget(&self) -> Option<usize> {
-        let mut l = self.pidle.lock().unwrap();
+        let mut l = self.pidle.rt_lock();
         let p = l.pop()?;
         self.npidle.fetch_sub(1, Ordering::SeqCst);
         Some(p)
@@ -765,7 +791,7 @@ impl Shared {
     fn pidleput(&self, p: usize) {
         self.ps[p].m.store(ptr::null_mut(), Ordering::Relaxed);
         self.ps[p].status.store(P_IDLE, Ordering::Release);
-        let mut l = self.pidle.lock().unwrap();
+        let mut l = self.pidle.rt_lock();
         l.push(p);
         self.npidle.fetch_add(1, Ordering::SeqCst);
     }
@@ -807,7 +833,7 @@ impl Shared {
             }
         };
         self.ps[p].status.store(P_HANDOFF, Ordering::Relaxed);
-        let m = self.midle.lock().unwrap().pop();
+        let m = self.midle.rt_lock().pop();
         match m {
             Some(m) => {
                 m.spinning.store(spinning, Ordering::Relaxed);
@@ -819,7 +845,7 @@ impl Shared {
     }
 
     fn newm(&self, p: usize, spinning: bool) {
-        let mut all = self.allm.lock().unwrap();
+        let mut all = self.allm.rt_lock();
         assert!(
             all.len() < MAX_MS,
             "gosched: program exceeds {MAX_MS}-thread limit"
@@ -848,7 +874,7 @@ impl Shared {
             .name(format!("gosched-m{}", m.id))
             .spawn(move || schedule::mstart(sh, m))
             .expect("gosched: cannot start a worker thread");
-        self.threads.lock().unwrap().push(t);
+        self.threads.rt_lock().push(t);
     }
 
     /// Go's handoffp: give P away, starting an M for it only if it is
@@ -1007,7 +1033,7 @@ impl Shared {
         loop {
             // Wake parked Ms; ask running goroutines to yield (and signal
             // their threads, so a loop without calls stops too).
-            for m in self.allm.lock().unwrap().iter() {
+            for m in self.allm.rt_lock().iter() {
                 m.note.wake();
                 let g = m.curg.load(Ordering::Acquire);
                 if !g.is_null() {
@@ -1018,7 +1044,7 @@ impl Shared {
                     }
                 }
             }
-            let mut threads = self.threads.lock().unwrap();
+            let mut threads = self.threads.rt_lock();
             if threads.is_empty() {
                 break;
             }
@@ -1048,19 +1074,19 @@ impl Shared {
     /// keeps its reference to the runtime, so a late wake-up of a parked one
     /// finds the (stopped) runtime's queues, not freed memory.
     pub(crate) fn free_dead_gs(&self) -> bool {
-        let mut free: Vec<GRef> = std::mem::take(&mut *self.gfree.lock().unwrap());
+        let mut free: Vec<GRef> = std::mem::take(&mut *self.gfree.rt_lock());
         for p in self.ps.iter() {
             // SAFETY: every M has exited; nobody else touches P-local data.
             free.append(unsafe { &mut (*p.local.get()).gfree });
         }
-        let all = std::mem::take(&mut *self.allg.lock().unwrap());
+        let all = std::mem::take(&mut *self.allg.rt_lock());
         let abandoned = all.len() > free.len();
         for g in &free {
             let sh = g.shared.swap(ptr::null_mut(), Ordering::AcqRel);
             // SAFETY: `shared` came from Arc::into_raw in `gget_global`.
             drop(unsafe { Arc::from_raw(sh) });
         }
-        G_POOL.lock().unwrap().extend(free);
+        G_POOL.rt_lock().extend(free);
         abandoned
     }
 }

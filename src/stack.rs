@@ -27,6 +27,7 @@
 //! copied stacks (Rust code holds raw pointers into its stack, so a stack
 //! can never move).
 
+use crate::sched::RuntimeLock;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -172,7 +173,7 @@ impl StackPool {
     /// Panics when the reservation is exhausted (like Go's out-of-memory
     /// throw, but with the numbers in the message).
     pub(crate) fn get(&self) -> Stack {
-        let mut free = self.free.lock().unwrap();
+        let mut free = self.free.rt_lock();
         if let Some(s) = free.pop() {
             return s;
         }
@@ -196,7 +197,7 @@ impl StackPool {
 
     /// Takes up to `n` stacks at once (refilling a P's cache).
     pub(crate) fn get_batch(&self, out: &mut Vec<Stack>, n: usize) {
-        let mut free = self.free.lock().unwrap();
+        let mut free = self.free.rt_lock();
         let k = free.len().min(n);
         let at = free.len() - k;
         out.extend(free.drain(at..));
@@ -209,17 +210,17 @@ impl StackPool {
     /// Returns stacks to the pool.
     pub(crate) fn put_batch(&self, stacks: impl IntoIterator<Item = Stack>) {
         let stacks: Vec<Stack> = stacks.into_iter().inspect(Stack::trim_if_deep).collect();
-        self.free.lock().unwrap().extend(stacks);
+        self.free.rt_lock().extend(stacks);
     }
 
     /// Unmaps every stack (runtime shutdown, after every M has exited:
     /// nothing runs on them any more).
     pub(crate) fn unmap(&self) {
-        if let Some(i) = self.registry_index.lock().unwrap().take() {
+        if let Some(i) = self.registry_index.rt_lock().take() {
             crate::signal::unregister_stacks(i);
         }
-        self.map.lock().unwrap().take();
-        self.free.lock().unwrap().clear();
+        self.map.rt_lock().take();
+        self.free.rt_lock().clear();
     }
 
     /// Prepares a stack for a P cache: trims it if it was used deeply.
@@ -228,7 +229,7 @@ impl StackPool {
     }
 
     fn install_guard(&self, lo: usize, carved: usize) {
-        let mut mode = self.mode.lock().unwrap();
+        let mut mode = self.mode.rt_lock();
         if *mode == GuardMode::Madvise {
             // SAFETY: [lo, lo + guard) is the guard page of a slot inside our
             // mapping that no one has used yet.

@@ -7,6 +7,7 @@
 //! the next one) and is simpler. The earliest deadline is mirrored in an
 //! atomic so the scheduler's check costs one load when nothing is due.
 
+use crate::sched::RuntimeLock;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,7 +49,7 @@ impl Timers {
 
     /// Adds a timer; returns its id and whether it is now the earliest.
     pub(crate) fn add(&self, when: u64, task: Task) -> (TimerId, bool) {
-        let mut h = self.heap.lock().unwrap();
+        let mut h = self.heap.rt_lock();
         h.seq += 1;
         let id = h.seq;
         h.order.push(Reverse((when, id)));
@@ -62,7 +63,7 @@ impl Timers {
 
     /// Cancels a timer that has not fired. Returns whether it was pending.
     pub(crate) fn cancel(&self, id: TimerId) -> bool {
-        let mut h = self.heap.lock().unwrap();
+        let mut h = self.heap.rt_lock();
         let was = h.tasks.remove(&id.0).is_some();
         if h.tasks.is_empty() {
             h.order.clear();
@@ -87,7 +88,7 @@ impl Timers {
         }
         let mut due = Vec::new();
         {
-            let mut h = self.heap.lock().unwrap();
+            let mut h = self.heap.rt_lock();
             while let Some(&Reverse((when, id))) = h.order.peek() {
                 if when > now {
                     break;
@@ -137,12 +138,12 @@ mod tests {
         let log = Arc::new(Mutex::new(Vec::new()));
         for when in [30u64, 10, 20] {
             let log = log.clone();
-            t.add(when, Box::new(move || log.lock().unwrap().push(when)));
+            t.add(when, Box::new(move || log.rt_lock().push(when)));
         }
         assert_eq!(t.next(), Some(10));
         assert_eq!(t.fire(9), 0);
         assert_eq!(t.fire(20), 2);
-        assert_eq!(*log.lock().unwrap(), vec![10, 20]);
+        assert_eq!(*log.rt_lock(), vec![10, 20]);
         assert_eq!(t.next(), Some(30));
     }
 

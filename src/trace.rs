@@ -1,6 +1,7 @@
 //! Observability and Go's `checkdead`: schedtrace lines, the deadlock
 //! check, and the deadlock report.
 
+use crate::sched::RuntimeLock;
 use std::sync::atomic::Ordering;
 
 use crate::g::PARKED;
@@ -11,8 +12,8 @@ impl Shared {
     pub(crate) fn schedtrace_line(&self) -> String {
         let ms = self.epoch.elapsed().as_millis();
         let idle = self.npidle.load(Ordering::Relaxed);
-        let threads = self.allm.lock().unwrap().len();
-        let idlethreads = self.midle.lock().unwrap().len();
+        let threads = self.allm.rt_lock().len();
+        let idlethreads = self.midle.rt_lock().len();
         let spinning = self.nmspinning.load(Ordering::Relaxed);
         let runqueue = self.injector.len();
         let local: Vec<String> = self
@@ -48,14 +49,14 @@ impl Shared {
             return false;
         }
         let nm = {
-            let ms = self.allm.lock().unwrap();
+            let ms = self.allm.rt_lock();
             if ms.iter().any(|m| !m.curg.load(Ordering::SeqCst).is_null()) {
                 return false;
             }
             ms.len()
         };
         let (mut live, mut parked) = (0, 0);
-        for g in self.allg.lock().unwrap().iter() {
+        for g in self.allg.rt_lock().iter() {
             if g.live.load(Ordering::Relaxed) {
                 live += 1;
                 parked += usize::from(g.park.load(Ordering::Acquire) == PARKED);
@@ -86,7 +87,7 @@ impl Shared {
     pub(crate) fn die_deadlocked(&self) -> ! {
         use std::io::Write;
         let mut out = String::from("fatal error: all goroutines are asleep - deadlock!\n");
-        for g in self.allg.lock().unwrap().iter() {
+        for g in self.allg.rt_lock().iter() {
             if g.live.load(Ordering::Relaxed) && g.park.load(Ordering::Acquire) == PARKED {
                 out.push_str(&format!(
                     "\ngoroutine {} [{}]:\n",

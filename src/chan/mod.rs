@@ -118,6 +118,7 @@ mod model;
 pub(crate) mod queue;
 mod timer;
 
+use crate::sched::RuntimeLock;
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -238,7 +239,7 @@ impl<T> Chan<T> {
         // Nothing panics while holding the lock (no user code runs under
         // it: values are only moved), so poisoning cannot leave the state
         // inconsistent; ignore it.
-        let guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let guard = self.state.rt_lock();
         Locked { guard, _np: np }
     }
 

@@ -6,6 +6,7 @@
 //! never blocks. Outside any runtime (a plain thread) a single lazily
 //! started helper thread keeps a heap of its own and plays the same role.
 
+use crate::sched::RuntimeLock;
 use std::collections::BinaryHeap;
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -179,7 +180,7 @@ fn fallback() -> &'static Fallback {
 
 impl Fallback {
     fn add(&self, when: Instant, task: Task) {
-        let mut h = self.heap.lock().unwrap_or_else(|e| e.into_inner());
+        let mut h = self.heap.rt_lock();
         h.seq += 1;
         let id = h.seq;
         h.order.push(std::cmp::Reverse((when, id)));
@@ -189,7 +190,7 @@ impl Fallback {
     }
 
     fn run(&self) {
-        let mut h = self.heap.lock().unwrap_or_else(|e| e.into_inner());
+        let mut h = self.heap.rt_lock();
         loop {
             let now = Instant::now();
             match h.order.peek().map(|r| r.0) {
@@ -198,7 +199,7 @@ impl Fallback {
                     if let Some(t) = h.tasks.remove(&id) {
                         drop(h);
                         t();
-                        h = self.heap.lock().unwrap_or_else(|e| e.into_inner());
+                        h = self.heap.rt_lock();
                     }
                 }
                 Some((when, _)) => {

@@ -2,6 +2,7 @@
 //! stack (g0): `schedule`, `execute`, `find_runnable`, stealing, parking and
 //! the LockOSThread hand-offs. See the parent module for the protocol.
 
+use crate::sched::RuntimeLock;
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
@@ -263,11 +264,7 @@ impl Sched<'_> {
                 local.gfree.push(g);
                 if local.gfree.len() > G_CACHE {
                     let half = local.gfree.len() / 2;
-                    self.sh
-                        .gfree
-                        .lock()
-                        .unwrap()
-                        .extend(local.gfree.drain(..half));
+                    self.sh.gfree.rt_lock().extend(local.gfree.drain(..half));
                 }
             }
             None => {
@@ -279,7 +276,7 @@ impl Sched<'_> {
                 if let Some(s) = stack {
                     self.sh.stacks.put_batch([s]);
                 }
-                self.sh.gfree.lock().unwrap().push(g);
+                self.sh.gfree.rt_lock().push(g);
             }
         }
     }
@@ -414,7 +411,7 @@ impl Sched<'_> {
     /// the earliest deadline, fires due timers and tries to run them itself.
     fn stopm(&self) -> bool {
         debug_assert!(self.m.p.get().is_none());
-        self.sh.midle.lock().unwrap().push(self.m.clone());
+        self.sh.midle.rt_lock().push(self.m.clone());
         let me = Arc::as_ptr(self.m) as *mut M;
         loop {
             if self.sh.shutdown.load(Ordering::Acquire) {
@@ -452,7 +449,7 @@ impl Sched<'_> {
             }
             // A timer is due: leave the idle list (unless someone already
             // took us off it and is about to hand us a P) and run it.
-            let mut idle = self.sh.midle.lock().unwrap();
+            let mut idle = self.sh.midle.rt_lock();
             let Some(pos) = idle.iter().position(|m| Arc::ptr_eq(m, self.m)) else {
                 continue;
             };

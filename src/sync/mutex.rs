@@ -56,6 +56,7 @@
 //! elsewhere) is fine, and holding it across preemption in either
 //! [`PreemptMode`](crate::PreemptMode) is correct by construction.
 
+use crate::sched::RuntimeLock;
 use std::cell::UnsafeCell;
 use std::collections::VecDeque;
 use std::fmt;
@@ -519,7 +520,7 @@ impl Sema {
     fn lock(&self) -> std::sync::MutexGuard<'_, SemaInner> {
         // No user code runs under this lock; poisoning is impossible in
         // practice and harmless to ignore.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.rt_lock()
     }
 
     /// Takes a unit, parking until one is released to us.

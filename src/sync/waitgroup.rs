@@ -8,6 +8,7 @@
 //! (register and bump are serialised by the lock) nor leak into a later
 //! round of a reused group.
 
+use crate::sched::RuntimeLock;
 use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -125,7 +126,7 @@ impl WaitGroup {
         if prev == 1 {
             let woken = {
                 let _np = NoPreempt::enter();
-                let mut w = self.inner.waiters.lock().unwrap_or_else(|e| e.into_inner());
+                let mut w = self.inner.waiters.rt_lock();
                 if self.inner.count.load(Ordering::Acquire) != 0 {
                     // Re-added before we got here: this round is not over
                     // (Go calls that a misuse); its waiters keep waiting.
@@ -168,7 +169,7 @@ impl WaitGroup {
         }
         let registered = {
             let _np = NoPreempt::enter();
-            let mut w = self.inner.waiters.lock().unwrap_or_else(|e| e.into_inner());
+            let mut w = self.inner.waiters.rt_lock();
             if self.inner.count.load(Ordering::Acquire) == 0 {
                 return;
             }
