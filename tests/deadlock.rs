@@ -1,0 +1,202 @@
+//! Go's deadlock report: when every goroutine is blocked on a runtime object
+//! and nothing could wake them, the process prints
+//! `fatal error: all goroutines are asleep - deadlock!` with each blocked
+//! goroutine and exits with status 2. And when something *could* still wake
+//! them (a plain thread, a pending timer), it does not.
+//!
+//! This test has its own `main` (`harness = false`): the deadlock check
+//! accounts for every thread of the process, and libtest's extra threads
+//! would (correctly) make it hold back. The parent re-runs this binary with
+//! `GOSCHED_DEADLOCK_CHILD=<scenario>` and checks the child's exit status
+//! and stderr.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gosched::chan;
+
+const ROLE: &str = "GOSCHED_DEADLOCK_CHILD";
+
+/// Child scenarios.
+fn child(scenario: &str) {
+    let rt = gosched::Builder::new().procs(2).build().unwrap();
+    match scenario {
+        // The main goroutine receives on a channel only it could send on.
+        "main_recv" => {
+            rt.block_on(|| {
+                let (tx, rx) = chan::channel::<u32>(0);
+                let _keep = tx;
+                rx.recv();
+            });
+        }
+        // Two goroutines wait on each other's channel; main joins one.
+        "cycle" => {
+            rt.block_on(|| {
+                let (tx1, rx1) = chan::channel::<u32>(0);
+                let (tx2, rx2) = chan::channel::<u32>(0);
+                let a = gosched::spawn(move || {
+                    let _keep = tx2;
+                    rx1.recv()
+                });
+                let _b = gosched::spawn(move || {
+                    let _keep = tx1;
+                    rx2.recv()
+                });
+                let _ = a.join();
+            });
+        }
+        // A plain thread sends after a while: not a deadlock.
+        "plain_thread_sends" => {
+            let (tx, rx) = chan::channel::<u32>(0);
+            let t = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(400));
+                tx.send(7).unwrap();
+            });
+            let v = rt.block_on(|| rx.recv());
+            assert_eq!(v, Some(7));
+            t.join().unwrap();
+        }
+        // A goroutine sleeps (a timer is pending) while main waits for it.
+        "sleeper" => {
+            rt.block_on(|| {
+                let h = gosched::spawn(|| gosched::sleep(Duration::from_millis(400)));
+                h.join().unwrap();
+            });
+        }
+        other => panic!("unknown scenario {other}"),
+    }
+    drop(rt);
+    std::process::exit(0);
+}
+
+struct Outcome {
+    code: Option<i32>,
+    stderr: String,
+    took: Duration,
+}
+
+/// Runs a child scenario; a child that hangs (a missed deadlock) is killed
+/// after 30 s and reported with exit code None.
+fn run(scenario: &str) -> Outcome {
+    let t = Instant::now();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env(ROLE, scenario)
+        .env_remove("GOSCHED_MAXPROCS")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the child");
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Outcome {
+        code: status.and_then(|s| s.code()),
+        stderr: reader.join().unwrap(),
+        took: t.elapsed(),
+    }
+}
+
+fn main_recv_is_reported() -> Result<(), String> {
+    let o = run("main_recv");
+    if o.code != Some(2) {
+        return Err(format!("exit {:?}, want 2; stderr:\n{}", o.code, o.stderr));
+    }
+    let lines: Vec<&str> = o.stderr.lines().collect();
+    if lines.first() != Some(&"fatal error: all goroutines are asleep - deadlock!") {
+        return Err(format!("first line wrong:\n{}", o.stderr));
+    }
+    if !o.stderr.contains("[chan receive]") || !o.stderr.contains("Runtime::block_on") {
+        return Err(format!(
+            "no main goroutine waiting on a receive:\n{}",
+            o.stderr
+        ));
+    }
+    Ok(())
+}
+
+fn cycle_reports_every_blocked_goroutine() -> Result<(), String> {
+    let o = run("cycle");
+    if o.code != Some(2) {
+        return Err(format!("exit {:?}, want 2; stderr:\n{}", o.code, o.stderr));
+    }
+    let receivers = o.stderr.matches("[chan receive]:").count();
+    let joins = o.stderr.matches("[join]:").count();
+    let spawned_here = o.stderr.matches("spawned at tests/deadlock.rs:").count();
+    if receivers != 2 || joins != 1 || spawned_here != 2 {
+        return Err(format!(
+            "want 2 receivers, 1 joiner, 2 spawn sites; got {receivers}, {joins}, {spawned_here}:\n{}",
+            o.stderr
+        ));
+    }
+    Ok(())
+}
+
+fn plain_thread_sender_is_not_a_deadlock() -> Result<(), String> {
+    let o = run("plain_thread_sends");
+    if o.code != Some(0) || o.stderr.contains("deadlock") {
+        return Err(format!("exit {:?}, want 0; stderr:\n{}", o.code, o.stderr));
+    }
+    Ok(())
+}
+
+fn pending_timer_is_not_a_deadlock() -> Result<(), String> {
+    let o = run("sleeper");
+    if o.code != Some(0) || o.stderr.contains("deadlock") {
+        return Err(format!("exit {:?}, want 0; stderr:\n{}", o.code, o.stderr));
+    }
+    if o.took < Duration::from_millis(400) {
+        return Err(format!("finished in {:?}, before the sleep ended", o.took));
+    }
+    Ok(())
+}
+
+fn main() {
+    if let Ok(s) = std::env::var(ROLE) {
+        child(&s);
+        return;
+    }
+    let tests: [(&str, fn() -> Result<(), String>); 4] = [
+        ("main_recv_is_reported", main_recv_is_reported),
+        (
+            "cycle_reports_every_blocked_goroutine",
+            cycle_reports_every_blocked_goroutine,
+        ),
+        (
+            "plain_thread_sender_is_not_a_deadlock",
+            plain_thread_sender_is_not_a_deadlock,
+        ),
+        (
+            "pending_timer_is_not_a_deadlock",
+            pending_timer_is_not_a_deadlock,
+        ),
+    ];
+    let mut failed = 0;
+    for (name, f) in tests {
+        match f() {
+            Ok(()) => println!("test {name} ... ok"),
+            Err(e) => {
+                failed += 1;
+                println!("test {name} ... FAILED\n{e}");
+            }
+        }
+    }
+    println!("{} passed, {failed} failed", tests.len() - failed);
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
