@@ -70,6 +70,9 @@ fn child(scenario: &str) {
     std::process::exit(0);
 }
 
+/// One check of the parent: Ok, or what went wrong.
+type Check = fn() -> Result<(), String>;
+
 struct Outcome {
     code: Option<i32>,
     stderr: String,
@@ -170,7 +173,7 @@ fn main() {
         child(&s);
         return;
     }
-    let tests: [(&str, fn() -> Result<(), String>); 4] = [
+    let tests: [(&str, Check); 4] = [
         ("main_recv_is_reported", main_recv_is_reported),
         (
             "cycle_reports_every_blocked_goroutine",
