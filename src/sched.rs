@@ -315,7 +315,9 @@ pub(crate) fn current_g() -> Option<GRef> {
     let probe = 0u8;
     let sp = std::hint::black_box(&probe) as *const u8 as usize;
     loop {
-        let m = cur_m();
+        // `current_g` never switches, so reading the thread-local here (not
+        // through `cur_m`) is safe; the loop re-reads it after a migration.
+        let m = CUR_M.with(|c| c.get());
         if m.is_null() {
             // A plain thread: goroutines run only on Ms.
             return None;
@@ -325,17 +327,15 @@ pub(crate) fn current_g() -> Option<GRef> {
         // outlives every goroutine and g0 running this code.
         let m = unsafe { &*m };
         let g = m.curg.load(Ordering::Acquire);
-        let on_g_stack = m.shared_ref().stacks.contains(sp);
-        match NonNull::new(g).map(GRef) {
-            Some(g)
-                if g.stack_lo.load(Ordering::Relaxed) <= sp
-                    && sp < g.stack_hi.load(Ordering::Relaxed) =>
-            {
-                return Some(g)
+        if let Some(g) = NonNull::new(g).map(GRef) {
+            if g.stack_lo.load(Ordering::Relaxed) <= sp && sp < g.stack_hi.load(Ordering::Relaxed) {
+                return Some(g);
             }
-            _ if !on_g_stack => return None,
-            _ => std::hint::spin_loop(),
         }
+        if !m.shared_ref().stacks.contains(sp) {
+            return None;
+        }
+        std::hint::spin_loop();
     }
 }
 
