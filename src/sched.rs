@@ -315,9 +315,10 @@ pub(crate) fn current_g() -> Option<GRef> {
     let probe = 0u8;
     let sp = std::hint::black_box(&probe) as *const u8 as usize;
     loop {
-        // `current_g` never switches, so reading the thread-local here (not
-        // through `cur_m`) is safe; the loop re-reads it after a migration.
-        let m = CUR_M.with(|c| c.get());
+        // Through `cur_m`, not inline: after a migration the retry must read
+        // the thread-local of the thread we now run on, and LLVM may hoist
+        // an inline thread-local address out of the loop.
+        let m = cur_m();
         if m.is_null() {
             // A plain thread: goroutines run only on Ms.
             return None;
