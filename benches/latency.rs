@@ -15,9 +15,11 @@
 //!    quantum and mode (off, the ticker starves and the hog has the P to
 //!    itself).
 //! 2. **The cost of one asynchronous preemption** (Migrate mode): 2 Ps, 2
-//!    hogs and the ticker, quantum 100 µs, off vs on. Lost hog time
-//!    `(1 - on/off) × hogs × seconds`, divided by the preemptions, is the
-//!    cost of one (signal, handler, trampoline, two switches, resume). The
+//!    hogs and the ticker, quantum 100 µs, on vs a baseline with no
+//!    preemption at all (async off, a one-hour quantum: sysmon sleeps).
+//!    Lost hog time `(1 - on/off) × hogs × seconds`, divided by the
+//!    preemptions, is the cost of one (signal, handler, trampoline, two
+//!    switches, resume, and sysmon's own CPU on a 2-vCPU machine). The
 //!    hogs also time their own pauses with the TSC (a gap between two reads
 //!    is time the hog did not run), which gives the same cost without the
 //!    noise of the machine's speed, and its distribution.
@@ -55,6 +57,13 @@ const CHUNK: u64 = 64;
 /// A TSC gap longer than this between two chunks is a pause: the hog's
 /// thread did not run it (interrupt, preemption, host).
 const PAUSE: Duration = Duration::from_micros(1);
+/// An async-off hog that ran less than this share of its wall time was
+/// held off its CPU by other processes: the row is flagged as unreliable.
+const BUSY: f64 = 0.95;
+/// The quantum of the baseline of part 2: none to speak of, so sysmon stays
+/// asleep. (With async preemption off and a short quantum, sysmon keeps
+/// re-checking the overrunning Ps; on 2 vCPUs that steals from 2 hogs.)
+const NO_QUANTUM: Duration = Duration::from_secs(3600);
 /// Target segment length; cells are cut into segments this long.
 const SEGMENT: Duration = Duration::from_millis(500);
 
@@ -71,6 +80,16 @@ fn tsc_hz() -> f64 {
     let (t, c) = (Instant::now(), rdtsc());
     std::thread::sleep(Duration::from_millis(50));
     (rdtsc() - c) as f64 / t.elapsed().as_secs_f64()
+}
+
+/// CPU seconds used by the process so far (user + system, every thread).
+fn process_cpu() -> f64 {
+    // SAFETY: an all-zero `rusage` is a valid value of this plain C struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable rusage; RUSAGE_SELF needs nothing else.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(ru.ru_utime) + secs(ru.ru_stime)
 }
 
 fn histogram() -> Histogram<u64> {
@@ -145,6 +164,8 @@ struct Acc {
     hog_secs: f64,
     paused_ticks: u64,
     wall: f64,
+    /// CPU seconds the whole process used (every thread).
+    cpu: f64,
     preempt_async: u64,
     preempt_coop: u64,
     preempt_refused: u64,
@@ -160,6 +181,7 @@ impl Acc {
             hog_secs: 0.0,
             paused_ticks: 0,
             wall: 0.0,
+            cpu: 0.0,
             preempt_async: 0,
             preempt_coop: 0,
             preempt_refused: 0,
@@ -170,6 +192,12 @@ impl Acc {
     /// Iterations per second per hog.
     fn rate(&self) -> f64 {
         self.iters as f64 / self.hog_secs
+    }
+
+    /// CPUs the process kept busy on average: about the number of hogs
+    /// when the runtime adds nothing; more means threads burning CPU.
+    fn cores(&self) -> f64 {
+        self.cpu / self.wall
     }
 
     /// Fraction of its wall time the hog was running (TSC gaps removed).
@@ -197,6 +225,7 @@ fn segment(
         .expect("runtime");
     let stop = Arc::new(AtomicBool::new(false));
     let t = Instant::now();
+    let cpu0 = process_cpu();
     let (hogs, late) = rt.block_on(|| {
         let hogs: Vec<_> = (0..setup.hogs)
             .map(|_| {
@@ -234,6 +263,7 @@ fn segment(
         (hogs, late)
     });
     acc.wall += t.elapsed().as_secs_f64();
+    acc.cpu += process_cpu() - cpu0;
     for h in hogs {
         acc.iters += h.iters;
         acc.hog_secs += h.secs;
@@ -253,6 +283,7 @@ fn segment(
 fn cell_pair(
     setup: Setup,
     quantum: Duration,
+    off_quantum: Duration,
     mode: PreemptMode,
     cell: Duration,
     pause: u64,
@@ -269,7 +300,8 @@ fn cell_pair(
         };
         for async_on in order {
             let acc = if async_on { &mut on } else { &mut off };
-            segment(setup, quantum, mode, async_on, seg, pause, acc);
+            let q = if async_on { quantum } else { off_quantum };
+            segment(setup, q, mode, async_on, seg, pause, acc);
         }
     }
     (off, on)
@@ -285,7 +317,9 @@ fn fmt_ns(ns: u64) -> String {
 }
 
 fn fmt_quantum(q: Duration) -> String {
-    if q >= Duration::from_millis(1) {
+    if q >= NO_QUANTUM {
+        "none".into()
+    } else if q >= Duration::from_millis(1) {
         format!("{}ms", q.as_millis())
     } else {
         format!("{}us", q.as_micros())
@@ -310,14 +344,14 @@ struct Row<'a> {
 }
 
 const HEADER: &str = "setup,quantum_us,mode,async,hog_secs,ticks,p50_us,p99_us,p999_us,max_us,\
-hog_iters_per_s,thr_vs_off,hog_running,running_vs_off,preempt_async,preempt_coop,preempt_refused,switches";
+hog_iters_per_s,thr_vs_off,hog_running,running_vs_off,cpu_cores,preempt_async,preempt_coop,preempt_refused,switches";
 
 impl Row<'_> {
     fn print(&self, hz: f64) {
         let a = self.acc;
         let h = &a.late;
         println!(
-            "{:>7} {:<12} {:<5} {:>6} {:>9} {:>9} {:>9} {:>9} {:>10.4e} {:>7.3} {:>7.2}% {:>7.3} {:>8} {:>8}",
+            "{:>7} {:<12} {:<5} {:>6} {:>9} {:>9} {:>9} {:>9} {:>10.4e} {:>7.3} {:>7.2}% {:>7.3} {:>5.2} {:>8} {:>8}{}",
             fmt_quantum(self.quantum),
             mode_name(self.mode),
             if self.async_on { "on" } else { "off" },
@@ -330,8 +364,10 @@ impl Row<'_> {
             a.rate() / self.off.rate(),
             100.0 * a.running(hz),
             a.running(hz) / self.off.running(hz),
+            a.cores(),
             a.preempt_async,
             a.preempt_refused,
+            if self.off.running(hz) < BUSY { "  (busy machine)" } else { "" },
         );
     }
 
@@ -341,7 +377,7 @@ impl Row<'_> {
         let us = |ns: u64| ns as f64 / 1e3;
         writeln!(
             out,
-            "{},{},{},{},{:.3},{},{:.1},{:.1},{:.1},{:.1},{:.6e},{:.4},{:.4},{:.4},{},{},{},{}",
+            "{},{},{},{},{:.3},{},{:.1},{:.1},{:.1},{:.1},{:.6e},{:.4},{:.4},{:.4},{:.3},{},{},{},{}",
             self.setup.name,
             self.quantum.as_micros(),
             mode_name(self.mode),
@@ -356,6 +392,7 @@ impl Row<'_> {
             a.rate() / self.off.rate(),
             a.running(hz),
             a.running(hz) / self.off.running(hz),
+            a.cores(),
             a.preempt_async,
             a.preempt_coop,
             a.preempt_refused,
@@ -453,10 +490,14 @@ fn main() {
         cell / nseg,
         loadavg()
     );
-    println!("thr = hog iterations/s vs the async-off run; run = share of wall time the hog ran (TSC), vs off\n");
+    println!(
+        "thr = hog iterations/s vs the async-off run; running = share of wall time the hog ran (TSC gaps \
+         removed), run = that vs off; cpus = CPUs the process kept busy (ideal: the number of hogs); rows marked (busy machine) had an async-off hog running < {:.0}%\n",
+        BUSY * 100.0
+    );
     println!("1) one P, one hog + ticker: ticker lateness and hog throughput");
     println!(
-        "{:>7} {:<12} {:<5} {:>6} {:>9} {:>9} {:>9} {:>9} {:>10} {:>7} {:>8} {:>7} {:>8} {:>8}",
+        "{:>7} {:<12} {:<5} {:>6} {:>9} {:>9} {:>9} {:>9} {:>10} {:>7} {:>8} {:>7} {:>5} {:>8} {:>8}",
         "quantum",
         "mode",
         "async",
@@ -469,6 +510,7 @@ fn main() {
         "thr",
         "running",
         "run",
+        "cpus",
         "async#",
         "refused"
     );
@@ -477,7 +519,7 @@ fn main() {
     let mut targets = Vec::new();
     for q in QUANTA {
         for mode in MODES {
-            let (off, on) = cell_pair(ONE_P, q, mode, cell, pause);
+            let (off, on) = cell_pair(ONE_P, q, q, mode, cell, pause);
             for (async_on, acc) in [(false, &off), (true, &on)] {
                 let row = Row {
                     setup: ONE_P,
@@ -529,8 +571,9 @@ fn main() {
     println!(
         "\n2) cost of one asynchronous preemption: Migrate, 2 Ps, 2 hogs + ticker, quantum 100us"
     );
-    let (off, on) = cell_pair(TWO_P, q, mode, cell, pause);
+    let (off, on) = cell_pair(TWO_P, q, NO_QUANTUM, mode, cell, pause);
     for (async_on, acc) in [(false, &off), (true, &on)] {
+        let q = if async_on { q } else { NO_QUANTUM };
         let row = Row {
             setup: TWO_P,
             quantum: q,
@@ -591,7 +634,7 @@ fn main() {
             if f.len() == 7 {
                 writeln!(
                     csv,
-                    "go_1p_1hog,10000,go,on,{},{},{},{},{},{},{},{},,,,,,",
+                    "go_1p_1hog,10000,go,on,{},{},{},{},{},{},{},{},,,,,,,",
                     cell.as_secs_f64(),
                     f[0],
                     f[1],
