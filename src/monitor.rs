@@ -25,7 +25,13 @@ impl Target for RuntimeTarget<'_> {
     fn observe(&self, p: usize) -> PView {
         let pp = &self.sh.ps[p];
         let status = match pp.status.load(Ordering::Acquire) & 0xff {
-            crate::sched::P_SCHED | crate::sched::P_USER => PStatus::Running,
+            // A P in hand-off is about to run on the M it was handed to:
+            // busy, from sysmon's point of view (treating it as idle made
+            // sysmon see "all idle" while `all_idle()` said otherwise, and
+            // spin until the receiving M woke).
+            crate::sched::P_SCHED | crate::sched::P_USER | crate::sched::P_HANDOFF => {
+                PStatus::Running
+            }
             crate::sched::P_SYSCALL => PStatus::Syscall,
             _ => PStatus::Idle,
         };

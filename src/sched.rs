@@ -785,6 +785,8 @@ impl Shared {
     fn pidleget(&self) -> Option<usize> {
         let mut l = self.pidle.rt_lock();
         let p = l.pop()?;
+        // In transit to whoever took it; sysmon counts it as busy.
+        self.ps[p].status.store(P_HANDOFF, Ordering::Relaxed);
         self.npidle.fetch_sub(1, Ordering::SeqCst);
         Some(p)
     }
