@@ -517,9 +517,18 @@ fn main() {
     let mut csv = String::from(HEADER);
     csv.push('\n');
     let mut targets = Vec::new();
+    // Lost hog seconds per preemption in the 1-P, 100 µs, Migrate cell
+    // (sysmon has the other vCPU to itself there): (throughput, TSC).
+    let mut one_p_cost = None;
     for q in QUANTA {
         for mode in MODES {
             let (off, on) = cell_pair(ONE_P, q, q, mode, cell, pause);
+            if q == Duration::from_micros(100) && mode == PreemptMode::Migrate {
+                let n = on.preempt_async.max(1) as f64;
+                let thr = on.rate() / off.rate();
+                let run = on.running(hz) / off.running(hz);
+                one_p_cost = Some(((1.0 - thr) * on.hog_secs / n, (1.0 - run) * on.hog_secs / n));
+            }
             for (async_on, acc) in [(false, &off), (true, &on)] {
                 let row = Row {
                     setup: ONE_P,
@@ -606,6 +615,13 @@ fn main() {
         us(per_thr),
         us(per_tsc)
     );
+    if let Some((thr, tsc)) = one_p_cost {
+        println!(
+            "   the same on 1 P (part 1, 100us Migrate; sysmon has the other vCPU to itself): {:.1} µs; TSC: {:.1} µs",
+            us(thr),
+            us(tsc)
+        );
+    }
     println!(
         "   a preempted hog's pause (TSC gap > {PAUSE:?}, {} pauses on, {} off): p50 {}, p90 {}, p99 {}",
         on.pauses.len(),
