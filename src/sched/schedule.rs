@@ -447,20 +447,24 @@ impl Sched<'_> {
             if woken || self.sh.timers.next().is_none_or(|n| n > self.sh.nanotime()) {
                 continue;
             }
-            // A timer is due: leave the idle list (unless someone already
-            // took us off it and is about to hand us a P) and run it.
+            // A timer is due. If a P is idle, leave the idle list (unless
+            // someone already took us off it and is about to hand us a P),
+            // take the P and run the timer's goroutines ourselves.
             let mut idle = self.sh.midle.rt_lock();
-            let Some(pos) = idle.iter().position(|m| Arc::ptr_eq(m, self.m)) else {
-                continue;
-            };
-            let Some(p) = self.sh.pidleget() else {
-                continue;
-            };
-            idle.swap_remove(pos);
+            if let Some(pos) = idle.iter().position(|m| Arc::ptr_eq(m, self.m)) {
+                if let Some(p) = self.sh.pidleget() {
+                    idle.swap_remove(pos);
+                    drop(idle);
+                    self.acquirep(p);
+                    self.sh.fire_timers();
+                    return true;
+                }
+            }
             drop(idle);
-            self.acquirep(p);
+            // No P for us (every P is busy): fire the timers anyway. The
+            // goroutines they wake wait on the global queue for a P, and
+            // the deadline moves on, so we sleep instead of spinning on it.
             self.sh.fire_timers();
-            return true;
         }
     }
 
