@@ -247,20 +247,7 @@ extern "C" fn on_sigurg(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut l
     // Step 4.
     // SAFETY: PREV_URG was written before our handler was installed.
     let prev = unsafe { &*core::ptr::addr_of!(PREV_URG) };
-    let h = prev.sa_sigaction;
-    if h == libc::SIG_DFL || h == libc::SIG_IGN {
-        return;
-    }
-    if prev.sa_flags & libc::SA_SIGINFO != 0 {
-        // SAFETY: installed as an SA_SIGINFO handler of this signature.
-        let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
-            unsafe { core::mem::transmute(h) };
-        f(sig, info, uc);
-    } else {
-        // SAFETY: a plain handler takes the signal number.
-        let f: extern "C" fn(libc::c_int) = unsafe { core::mem::transmute(h) };
-        f(sig);
-    }
+    crate::signal::forward(prev, sig, info, uc);
 }
 
 /// Called by the trampoline on the goroutine's stack, with every register
