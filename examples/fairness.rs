@@ -313,7 +313,7 @@ away. \"share\" is the loop's part of all iterations: with preemption OFF the fi
 their Ps for the whole run and the rest get 0 %; with it ON each loop should get about {:.1} %. \
 Jain's index sums that up: 1.0 is perfectly fair, {:.2} means one loop got everything. The ticker \
 sleeps {:?} in a loop; its lateness is how long after that each sleep returned. OFF, it starves \
-until the run ends (one wake-up, seconds late); ON, it waits its turn behind the loops, so it \
+until the run ends (one wake-up, a whole run late); ON, it waits its turn behind the loops, so it \
 should wake within about {} quantum(s) of {:?}. preempt_async counts loops interrupted by SIGURG, preempt_coop goroutines that yielded at \
 a runtime call when asked, preempt_refused signals that landed where preemption is not allowed \
 (e.g. inside libc).\n",
