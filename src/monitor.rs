@@ -45,7 +45,10 @@ impl Target for RuntimeTarget<'_> {
         PView {
             status,
             schedtick: pp.schedtick.load(Ordering::Acquire),
-            slice_start: Duration::from_nanos(pp.slice_start.load(Ordering::Relaxed)),
+            slice_start: Duration::from_nanos(
+                self.sh
+                    .slice_start_ns(pp.slice_start.load(Ordering::Relaxed)),
+            ),
             syscalltick: pp.syscalltick.load(Ordering::Acquire),
             syscall_start: Duration::from_nanos(pp.syscall_start.load(Ordering::Relaxed)),
             runq_nonempty: self.sh.p_has_work(p),

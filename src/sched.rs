@@ -154,8 +154,10 @@ pub(crate) struct P {
     /// Fresh slices started (Go's schedtick). Written by the owner, read by
     /// sysmon (Relaxed; `slice_start` is written just before it).
     pub(crate) schedtick: AtomicU64,
-    /// When the current slice started, ns since the epoch. Owner writes,
-    /// sysmon reads.
+    /// When the current slice started, in `Shared::slice_clock` units
+    /// (TSC ticks where the TSC is invariant, else ns since the epoch):
+    /// stamped on every fresh slice, so it must be cheap. Owner writes,
+    /// sysmon reads and converts (`Shared::slice_start_ns`).
     pub(crate) slice_start: AtomicU64,
     /// Blocking calls entered; written by the goroutine in `blocking`.
     pub(crate) syscalltick: AtomicU64,
@@ -250,6 +252,8 @@ pub(crate) struct GlobalCounters {
 pub(crate) struct Shared {
     pub(crate) cfg: Config,
     pub(crate) epoch: Instant,
+    /// TSC reading at `epoch`, when the TSC is invariant (see `slice_clock`).
+    pub(crate) tsc_epoch: Option<u64>,
     pub(crate) injector: Injector<GRef>,
     pub(crate) ps: Box<[P]>,
     pub(crate) pidle: Mutex<Vec<usize>>,
@@ -580,6 +584,7 @@ impl Shared {
         let procs = cfg.procs;
         Ok(Arc::new_cyclic(|me| Shared {
             cfg,
+            tsc_epoch: arch::ticks_are_time().then(arch::ticks),
             epoch: Instant::now(),
             injector: Injector::new(),
             ps: ps.into_boxed_slice(),
@@ -603,6 +608,32 @@ impl Shared {
             counters_exited_outside: AtomicU64::new(0),
             me: me.clone(),
         }))
+    }
+
+    /// A timestamp for `P::slice_start`: TSC ticks when they measure time,
+    /// else `nanotime`.
+    #[inline]
+    pub(crate) fn slice_clock(&self) -> u64 {
+        match self.tsc_epoch {
+            Some(_) => arch::ticks(),
+            None => self.nanotime(),
+        }
+    }
+
+    /// Converts a `slice_clock` stamp to ns since the epoch (sysmon). The
+    /// tick rate is measured over the runtime's life so far: (ticks, ns)
+    /// at the epoch and now.
+    pub(crate) fn slice_start_ns(&self, stamp: u64) -> u64 {
+        let Some(t0) = self.tsc_epoch else {
+            return stamp;
+        };
+        let (now_ns, now_t) = (self.nanotime(), arch::ticks());
+        if stamp < t0 || now_t <= t0 || now_ns == 0 {
+            return 0;
+        }
+        let ns_per_tick = now_ns as f64 / (now_t - t0) as f64;
+        let ago = now_t.saturating_sub(stamp) as f64 * ns_per_tick;
+        now_ns.saturating_sub(ago as u64)
     }
 
     /// Nanoseconds since the runtime's epoch.

@@ -131,7 +131,8 @@ impl Sched<'_> {
     fn execute(&self, g: GRef, inherit: bool) {
         let p = self.p();
         if !inherit {
-            p.slice_start.store(self.sh.nanotime(), Ordering::Relaxed);
+            p.slice_start
+                .store(self.sh.slice_clock(), Ordering::Relaxed);
             p.schedtick
                 .store(p.schedtick.load(Ordering::Relaxed) + 1, Ordering::Release);
         }
