@@ -239,6 +239,12 @@ pub struct Config {
     pub blocked_refusals: u32,
     /// Send a signal along with the cooperative preempt flag.
     pub async_preempt: bool,
+    /// Preempt an overrunning goroutine only while another goroutine waits
+    /// to run (some P's local queue or the global queue holds work). Go
+    /// preempts regardless (`false`, the default); preempting a goroutine
+    /// that nothing waits for only reschedules it, at the cost of a signal.
+    /// When skipped, the P is looked at again a quantum later.
+    pub only_when_contended: bool,
 }
 
 impl Default for Config {
@@ -250,6 +256,7 @@ impl Default for Config {
             min_sleep: Duration::from_micros(20),
             blocked_refusals: 2,
             async_preempt: true,
+            only_when_contended: false,
         }
     }
 }

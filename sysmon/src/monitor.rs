@@ -147,6 +147,8 @@ impl Monitor {
         let mut earliest: Option<Duration> = None;
         let mut all_idle = true;
         let mut retook = false;
+        // Whether any goroutine waits for a P; computed once, on demand.
+        let mut waiting: Option<bool> = None;
         for p in 0..procs {
             let view = target.observe(p);
             let fresh = self.ps[p].schedtick != Some(view.schedtick);
@@ -160,7 +162,7 @@ impl Monitor {
                 }
                 PStatus::Running => {
                     all_idle = false;
-                    self.running(target, p, &view, now)
+                    self.running(target, p, &view, now, &mut waiting)
                 }
                 PStatus::Syscall => {
                     all_idle = false;
@@ -244,6 +246,7 @@ impl Monitor {
         p: usize,
         view: &PView,
         now: Duration,
+        waiting: &mut Option<bool>,
     ) -> Option<Duration> {
         let Some(deadline) = after(view.slice_start, self.cfg.quantum) else {
             // Preemption disabled.
@@ -253,6 +256,12 @@ impl Monitor {
         if now < deadline {
             self.ps[p].strikes = 0;
             return Some(deadline);
+        }
+        if self.cfg.only_when_contended && !*waiting.get_or_insert_with(|| contended(target)) {
+            // Nobody waits for a P: preempting would only reschedule this
+            // goroutine. Look again a quantum later.
+            self.ps[p].strikes = 0;
+            return after(now, self.cfg.quantum);
         }
         let retry = after(now, self.retry_interval());
         if self.blocked(target, p, view) {
@@ -372,4 +381,9 @@ fn min_deadline(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
         (a, None) => a,
         (None, b) => b,
     }
+}
+
+/// Does any goroutine wait for a P (a local queue or the global queue)?
+fn contended<T: Target>(target: &T) -> bool {
+    target.global_work() || (0..target.procs()).any(|p| target.observe(p).runq_nonempty)
 }

@@ -44,6 +44,36 @@ fn no_preempt_before_quantum() {
 }
 
 #[test]
+fn only_when_contended_skips_a_lone_overrunning_goroutine() {
+    let cfg = Config {
+        only_when_contended: true,
+        ..Config::default()
+    };
+    let mut t = FakeTarget::new(vec![PView::running(1, ms(0)), PView::running(1, ms(0))]);
+    let mut m = Monitor::new(cfg, 2);
+    // Nothing waits: no request, and a look again a quantum later.
+    assert_eq!(sleep_for(m.tick(&mut t, ms(10))), ms(10));
+    assert!(t.take_calls().is_empty());
+    // Work on the global queue: both overrunning slices are preempted.
+    t.global_work = true;
+    m.tick(&mut t, ms(20));
+    assert_eq!(preempts(&t.take_calls()), 2);
+    // Work queued on P 1 alone also counts for P 0 (any goroutine waiting).
+    t.global_work = false;
+    t.ps[1].runq_nonempty = true;
+    m.tick(&mut t, ms(30));
+    assert_eq!(preempts(&t.take_calls()), 2);
+}
+
+#[test]
+fn go_semantics_preempt_even_when_nothing_waits() {
+    let mut t = FakeTarget::new(vec![PView::running(1, ms(0))]);
+    let mut m = Monitor::new(Config::default(), 1);
+    m.tick(&mut t, ms(10));
+    assert_eq!(preempts(&t.take_calls()), 1);
+}
+
+#[test]
 fn overrun_slice_gets_exactly_one_preempt_per_tick() {
     let mut t = FakeTarget::new(vec![PView::running(1, ms(0))]);
     let mut m = Monitor::new(Config::default(), 1);
