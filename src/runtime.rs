@@ -144,6 +144,12 @@ impl Runtime {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
+        let own = sched::with_current_shared(|sh| std::ptr::eq(sh, &*self.shared)).unwrap_or(false);
+        assert!(
+            !own,
+            "gosched: a Runtime dropped from one of its own goroutines; it would have to join the thread \
+             it runs on. Drop it from outside (e.g. after block_on returns)"
+        );
         self.shared.shutdown();
         if let Some(t) = self.sysmon.take() {
             let _ = t.join();
