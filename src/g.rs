@@ -30,6 +30,13 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 
 use crate::stack::Stack;
 
+/// A goroutine's body, run once on the goroutine. It must catch its own
+/// panics. It is an `Arc` so that one allocation can hold both the closure
+/// and the result slot its `JoinHandle` reads (see `runtime::Task`).
+pub(crate) trait Body: Send + Sync {
+    fn run(&self);
+}
+
 /// Park states (see the module docs).
 pub(crate) const EMPTY: u8 = 0;
 pub(crate) const PARKED: u8 = 1;
@@ -53,7 +60,7 @@ pub(crate) struct G {
     pub(crate) stack_lo: AtomicUsize,
     pub(crate) stack_hi: AtomicUsize,
     /// The body; taken by the entry function (owner).
-    pub(crate) entry: UnsafeCell<Option<Box<dyn FnOnce() + Send>>>,
+    pub(crate) entry: UnsafeCell<Option<std::sync::Arc<dyn Body>>>,
     /// Park handshake: EMPTY, PARKED, NOTIFIED. Any thread (AcqRel CAS).
     pub(crate) park: AtomicU8,
     /// Cooperative preemption request. Set by sysmon (Relaxed), checked and

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::builder::{Builder, Config, PreemptMode};
-use crate::g::{park, Waiter};
+use crate::g::{park, Body, Waiter};
 use crate::sched::{self, Shared};
 
 /// A goroutine runtime: `procs` Ps, worker threads started on demand, a
@@ -93,15 +93,17 @@ impl Runtime {
             "gosched: Runtime::block_on called from inside a goroutine; this would block the goroutine's worker \
              thread. Call the function directly, or use spawn and join"
         );
-        let inner = Arc::new(JoinInner::<R>::new());
-        let body = make_body(f, inner.clone());
+        let task = Arc::new(Task::new(f));
+        let body: Arc<dyn Body + '_> = task.clone();
         // SAFETY: we erase the lifetime of `f`'s borrows. This call does not
-        // return before the body has run to completion (we wait on `inner`
+        // return before the body has run to completion (we wait on the task
         // below, and waiting cannot unwind), so everything `f` borrows
-        // outlives its use. If the process exits meanwhile (deadlock report),
-        // nothing runs afterwards.
-        let body: Box<dyn FnOnce() + Send + 'static> = unsafe { std::mem::transmute(body) };
+        // outlives its use; the goroutine drops its count on the task before
+        // it completes the join. If the process exits meanwhile (deadlock
+        // report), nothing runs afterwards.
+        let body: Arc<dyn Body + 'static> = unsafe { std::mem::transmute(body) };
         self.shared.spawn_raw(body, None);
+        let inner = &task.inner;
         match inner.wait() {
             Ok(r) => r,
             Err(p) => resume_unwind(p),
@@ -222,15 +224,45 @@ impl<R> JoinInner<R> {
     }
 }
 
-fn make_body<'a, F, R>(f: F, inner: Arc<JoinInner<R>>) -> Box<dyn FnOnce() + Send + 'a>
-where
-    F: FnOnce() -> R + Send + 'a,
-    R: Send + 'a,
-{
-    Box::new(move || {
+/// A goroutine's closure and its result slot in one allocation: the G runs
+/// it through `dyn Body`, the `JoinHandle` reads the slot through
+/// `dyn Slot<R>` (one allocation per spawn instead of two).
+pub(crate) struct Task<F, R> {
+    f: UnsafeCell<Option<F>>,
+    inner: JoinInner<R>,
+}
+
+// SAFETY: `f` is taken exactly once, by the goroutine in `run`; `inner` is
+// Sync on its own (see JoinInner).
+unsafe impl<F: Send, R: Send> Sync for Task<F, R> {}
+
+impl<F, R> Task<F, R> {
+    fn new(f: F) -> Task<F, R> {
+        Task {
+            f: UnsafeCell::new(Some(f)),
+            inner: JoinInner::new(),
+        }
+    }
+}
+
+impl<F: FnOnce() -> R + Send, R: Send> Body for Task<F, R> {
+    fn run(&self) {
+        // SAFETY: `run` is called once, by the goroutine (see the Sync impl).
+        let f = unsafe { (*self.f.get()).take() }.expect("a goroutine body ran twice");
         let r = catch_unwind(AssertUnwindSafe(f));
-        inner.complete(r);
-    })
+        self.inner.complete(r);
+    }
+}
+
+/// The `JoinHandle` side of a `Task`, without its closure type.
+trait Slot<R>: Send + Sync {
+    fn slot(&self) -> &JoinInner<R>;
+}
+
+impl<F: Send, R: Send> Slot<R> for Task<F, R> {
+    fn slot(&self) -> &JoinInner<R> {
+        &self.inner
+    }
 }
 
 #[track_caller]
@@ -239,12 +271,9 @@ where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
-    let inner = Arc::new(JoinInner::new());
-    let id = sh.spawn_raw(
-        make_body(f, inner.clone()),
-        Some(std::panic::Location::caller()),
-    );
-    JoinHandle { inner, id }
+    let task = Arc::new(Task::new(f));
+    let id = sh.spawn_raw(task.clone(), Some(std::panic::Location::caller()));
+    JoinHandle { task, id }
 }
 
 /// An owned permission to join a goroutine (wait for it and take its
@@ -261,7 +290,7 @@ where
 /// });
 /// ```
 pub struct JoinHandle<R> {
-    inner: Arc<JoinInner<R>>,
+    task: Arc<dyn Slot<R>>,
     id: u64,
 }
 
@@ -278,7 +307,7 @@ impl<R> JoinHandle<R> {
     /// assert_eq!(v, [1, 2]);
     /// ```
     pub fn join(self) -> std::thread::Result<R> {
-        self.inner.wait()
+        self.task.slot().wait()
     }
 
     /// Whether the goroutine has finished (its result is ready).
@@ -294,7 +323,7 @@ impl<R> JoinHandle<R> {
     /// assert_eq!(h.join().unwrap(), 1);
     /// ```
     pub fn is_finished(&self) -> bool {
-        self.inner.done.load(Ordering::Acquire)
+        self.task.slot().done.load(Ordering::Acquire)
     }
 
     /// The goroutine's id.

@@ -532,8 +532,10 @@ pub(crate) unsafe extern "C" fn g_entry(arg: usize) -> ! {
     // SAFETY: owner access: we are this G.
     let f = unsafe { (*g.entry.get()).take() }.expect("goroutine without a body");
     g.no_preempt.store(0, Ordering::Relaxed);
-    // The body catches its own panics (see `Shared::spawn`).
-    f();
+    // The body catches its own panics (see `runtime::Task`). Its captures
+    // are dropped here, on the goroutine, as is our count on it.
+    f.run();
+    drop(f);
     g.no_preempt.store(1, Ordering::Relaxed);
     let m = cur_m();
     // SAFETY: as in `switch_to_g0`; this context is never resumed.
@@ -682,11 +684,11 @@ impl Shared {
     /// current P's `runnext` (Go's newproc), else to the global queue.
     pub(crate) fn spawn_raw(
         &self,
-        body: Box<dyn FnOnce() + Send>,
+        body: Arc<dyn crate::g::Body>,
         at: Option<&'static std::panic::Location<'static>>,
     ) -> u64 {
         let _np = NoPreempt::enter();
-        let init = |g: GRef, id: u64, body: Box<dyn FnOnce() + Send>| {
+        let init = |g: GRef, id: u64, body: Arc<dyn crate::g::Body>| {
             g.id.set(id);
             g.spawned_at.set(at);
             g.live.store(true, Ordering::Relaxed);
