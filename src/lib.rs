@@ -89,6 +89,7 @@ mod sched;
 #[doc(hidden)]
 pub mod select;
 mod signal;
+mod spin;
 mod stack;
 pub mod sync;
 mod syscall;

@@ -118,10 +118,9 @@ mod model;
 pub(crate) mod queue;
 mod timer;
 
-use crate::sched::RuntimeLock;
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 pub use self::endpoints::{IntoIter, Iter, Receiver, Sender, TryIter};
 pub use self::error::{RecvTimeoutError, SendError, TryRecvError, TrySendError};
@@ -158,7 +157,7 @@ pub fn channel<T: Send>(cap: usize) -> (Sender<T>, Receiver<T>) {
 pub(crate) struct Chan<T> {
     /// Capacity; immutable.
     cap: usize,
-    state: Mutex<State<T>>,
+    state: crate::spin::SpinLock<State<T>>,
     /// Live `Sender`s; the last one to drop closes the channel.
     pub(crate) senders: AtomicUsize,
     /// Live `Receiver`s; the last one to drop closes the channel.
@@ -176,7 +175,7 @@ pub(crate) struct State<T> {
 /// A locked channel: the guard, inside a no-preempt region that outlives
 /// it (fields drop in order: the lock first).
 pub(crate) struct Locked<'a, T> {
-    guard: MutexGuard<'a, State<T>>,
+    guard: crate::spin::SpinGuard<'a, State<T>>,
     _np: NoPreempt,
 }
 
@@ -217,7 +216,7 @@ impl<T> Chan<T> {
     fn new(cap: usize) -> Chan<T> {
         Chan {
             cap,
-            state: Mutex::new(State {
+            state: crate::spin::SpinLock::new(State {
                 buf: VecDeque::with_capacity(cap.min(1024)),
                 recvq: WaitQueue::new(),
                 sendq: WaitQueue::new(),
@@ -239,7 +238,7 @@ impl<T> Chan<T> {
         // Nothing panics while holding the lock (no user code runs under
         // it: values are only moved), so poisoning cannot leave the state
         // inconsistent; ignore it.
-        let guard = self.state.rt_lock();
+        let guard = self.state.lock();
         Locked { guard, _np: np }
     }
 
