@@ -1,0 +1,241 @@
+//! Ps and Ms changing hands (Go's pidleget/pidleput, wakep, startm, newm,
+//! handoffp, retake, preemptone): the parent module's "Spinning and
+//! wake-ups" and "Ownership of a P" protocols.
+
+use std::cell::{Cell, UnsafeCell};
+use std::ptr::{self, NonNull};
+use std::sync::atomic::{
+    fence, AtomicBool, AtomicI32, AtomicPtr, AtomicU64, AtomicUsize, Ordering,
+};
+use std::sync::Arc;
+
+use super::*;
+use crate::sched::RuntimeLock;
+
+impl Shared {
+    pub(crate) fn pidleget(&self) -> Option<usize> {
+        let mut l = self.pidle.rt_lock();
+        let p = l.pop()?;
+        // In transit to whoever took it; sysmon counts it as busy.
+        self.ps[p].status.store(P_HANDOFF, Ordering::Relaxed);
+        self.npidle.fetch_sub(1, Ordering::SeqCst);
+        Some(p)
+    }
+
+    pub(crate) fn pidleput(&self, p: usize) {
+        self.ps[p].m.store(ptr::null_mut(), Ordering::Relaxed);
+        self.ps[p].status.store(P_IDLE, Ordering::Release);
+        let mut l = self.pidle.rt_lock();
+        l.push(p);
+        self.npidle.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Go's wakep: start a spinning M if a P is idle and nobody spins.
+    pub(crate) fn wakep(&self) {
+        if self.npidle.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        if self.nmspinning.load(Ordering::SeqCst) != 0
+            || self
+                .nmspinning
+                .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+        {
+            return;
+        }
+        self.startm(None, true);
+    }
+
+    /// Go's startm: run some M with P `p` (or an idle P).
+    pub(crate) fn startm(&self, p: Option<usize>, spinning: bool) {
+        if self.shutdown.load(Ordering::Acquire) {
+            if spinning {
+                self.nmspinning.fetch_sub(1, Ordering::SeqCst);
+            }
+            if let Some(p) = p {
+                self.pidleput(p);
+            }
+            return;
+        }
+        let p = match p.or_else(|| self.pidleget()) {
+            Some(p) => p,
+            None => {
+                if spinning {
+                    self.nmspinning.fetch_sub(1, Ordering::SeqCst);
+                }
+                return;
+            }
+        };
+        self.ps[p].status.store(P_HANDOFF, Ordering::Relaxed);
+        let m = self.midle.rt_lock().pop();
+        match m {
+            Some(m) => {
+                m.spinning.store(spinning, Ordering::Relaxed);
+                m.nextp.store(p + 1, Ordering::Release);
+                m.note.wake();
+            }
+            None => self.newm(p, spinning),
+        }
+    }
+
+    pub(crate) fn newm(&self, p: usize, spinning: bool) {
+        let mut all = self.allm.rt_lock();
+        assert!(
+            all.len() < MAX_MS,
+            "gosched: program exceeds {MAX_MS}-thread limit"
+        );
+        let m = Arc::new(M {
+            id: all.len() + 1,
+            shared: self as *const Shared,
+            tid: AtomicI32::new(0),
+            note: Note::new(),
+            nextp: AtomicUsize::new(p + 1),
+            spinning: AtomicBool::new(spinning),
+            curg: AtomicPtr::new(ptr::null_mut()),
+            locked_g: Cell::new(None),
+            g0_sp: UnsafeCell::new(0),
+            p: Cell::new(None),
+            reason: Cell::new(Reason::None),
+            signal_pending: AtomicBool::new(false),
+            refused: AtomicU64::new(0),
+            // SAFETY: sigset_t is plain data; filled in by the M at start.
+            sigmask: UnsafeCell::new(unsafe { std::mem::zeroed() }),
+        });
+        all.push(m.clone());
+        drop(all);
+        let sh = self.me.upgrade().expect("runtime alive");
+        let t = std::thread::Builder::new()
+            .name(format!("gosched-m{}", m.id))
+            .spawn(move || schedule::mstart(sh, m))
+            .expect("gosched: cannot start a worker thread");
+        self.threads.rt_lock().push(t);
+    }
+
+    /// Go's handoffp: give P away, starting an M for it only if it is
+    /// needed.
+    pub(crate) fn handoffp(&self, p: usize) {
+        // SAFETY: we own `p` (state SCHED or HANDOFF by our hand).
+        let local_work = unsafe { !(*self.ps[p].local.get()).worker.is_empty() }
+            || !self.ps[p].runnext.load(Ordering::Acquire).is_null();
+        if local_work || !self.injector.is_empty() {
+            return self.startm(Some(p), false);
+        }
+        if self.nmspinning.load(Ordering::SeqCst) + self.npidle.load(Ordering::SeqCst) == 0
+            && self
+                .nmspinning
+                .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            return self.startm(Some(p), true);
+        }
+        self.pidleput(p);
+        // Re-check after publishing the idle P (Dekker with submitters).
+        fence(Ordering::SeqCst);
+        if !self.injector.is_empty() {
+            self.wakep();
+        }
+    }
+
+    /// Sysmon's retake of a P whose goroutine is in a blocking call or
+    /// blocked in the kernel. `expect` is the state it saw (P_USER or
+    /// P_SYSCALL). Returns whether the P was taken.
+    pub(crate) fn retake(&self, p: usize, expect: u64) -> bool {
+        let s = self.ps[p].status.load(Ordering::Acquire);
+        if s & 0xff != expect {
+            return false;
+        }
+        // Pairs with the owner's CAS back to SCHED: exactly one wins.
+        if self.ps[p]
+            .status
+            .compare_exchange(s, P_HANDOFF, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        let mp = self.ps[p].m.load(Ordering::Acquire);
+        if !mp.is_null() {
+            // SAFETY: Ms live as long as Shared.
+            let g = unsafe { (*mp).curg.load(Ordering::Relaxed) };
+            if let Some(g) = NonNull::new(g) {
+                // It must give way as soon as it can: it has no P any more.
+                // SAFETY: a running G is live.
+                unsafe { g.as_ref().preempt.store(true, Ordering::Relaxed) };
+            }
+        }
+        self.ps[p].m.store(ptr::null_mut(), Ordering::Relaxed);
+        self.handoffp(p);
+        true
+    }
+
+    /// Does P `p` have queued work (local queue or runnext)?
+    pub(crate) fn p_has_work(&self, p: usize) -> bool {
+        let p = &self.ps[p];
+        !p.stealer.is_empty() || !p.runnext.load(Ordering::Acquire).is_null()
+    }
+
+    /// Does the global run queue hold work?
+    pub(crate) fn global_has_work(&self) -> bool {
+        !self.injector.is_empty()
+    }
+
+    /// Is every P idle (on the idle list)?
+    pub(crate) fn all_idle(&self) -> bool {
+        self.npidle.load(Ordering::SeqCst) == self.cfg.procs
+    }
+
+    /// A P left the idle state: wake sysmon if it sleeps because all were
+    /// idle and would not wake before this P's slice could end (Go wakes
+    /// sysmon from exitsyscall and startTheWorld likewise). When sysmon
+    /// sleeps until a timer that is about to fire anyway (the usual way an
+    /// idle runtime becomes busy), the wake-up, a system call on the path
+    /// to running the timer's goroutine, is skipped.
+    pub(crate) fn note_busy(&self) {
+        // Pairs with the SeqCst store in monitor::run (Dekker: either we see
+        // sysmon asleep, or it sees this P busy before it sleeps).
+        let until = self.sysmon_idle_until.load(Ordering::SeqCst);
+        if until != 0 && until > self.nanotime() + self.cfg.quantum.as_nanos() as u64 {
+            self.sysmon_note.wake();
+        }
+    }
+
+    /// Sysmon's preemption request for P `p` (Go's preemptone): sets the
+    /// running goroutine's cooperative flag and, if asked, signals its M.
+    pub(crate) fn preempt_p(&self, p: usize, send_signal: bool) -> gosched_sysmon::Preempt {
+        use gosched_sysmon::Preempt;
+        let pp = &self.ps[p];
+        let st = pp.status.load(Ordering::Acquire);
+        if st & 0xff != P_USER {
+            return Preempt::NotRunning;
+        }
+        let mp = pp.m.load(Ordering::Acquire);
+        if mp.is_null() {
+            return Preempt::NotRunning;
+        }
+        // SAFETY: Ms live as long as Shared.
+        let m = unsafe { &*mp };
+        let g = m.curg.load(Ordering::Acquire);
+        if g.is_null() {
+            return Preempt::NotRunning;
+        }
+        // SAFETY: a running G is live (G structs are never freed while the
+        // runtime runs). Best effort, as in Go: the G may have just changed.
+        unsafe { (*g).preempt.store(true, Ordering::Relaxed) };
+        if !(send_signal && self.cfg.async_preempt) {
+            return Preempt::FlagOnly;
+        }
+        if crate::preempt::signal_m(m) {
+            Preempt::Signalled
+        } else {
+            Preempt::AlreadyPending
+        }
+    }
+
+    /// Is there any runnable G anywhere (for the last spinning M's re-check)?
+    pub(crate) fn any_work(&self) -> bool {
+        !self.injector.is_empty()
+            || self
+                .ps
+                .iter()
+                .any(|p| !p.stealer.is_empty() || !p.runnext.load(Ordering::Acquire).is_null())
+    }
+}

@@ -1,0 +1,78 @@
+//! Runtime shutdown: stopping every M, and what happens to the G structs.
+
+use std::ptr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use super::*;
+use crate::sched::RuntimeLock;
+
+impl Shared {
+    /// Stops every M and waits for them (Runtime drop).
+    pub(crate) fn shutdown(&self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        self.sysmon_note.wake();
+        loop {
+            // Wake parked Ms; ask running goroutines to yield (and signal
+            // their threads, so a loop without calls stops too).
+            for m in self.allm.rt_lock().iter() {
+                m.note.wake();
+                let g = m.curg.load(Ordering::Acquire);
+                if !g.is_null() {
+                    // SAFETY: G structs live as long as Shared.
+                    unsafe { (*g).preempt.store(true, Ordering::Relaxed) };
+                    if self.cfg.async_preempt {
+                        crate::preempt::signal_m(m);
+                    }
+                }
+            }
+            let mut threads = self.threads.rt_lock();
+            if threads.is_empty() {
+                break;
+            }
+            let (done, running): (Vec<_>, Vec<_>) = std::mem::take(&mut *threads)
+                .into_iter()
+                .partition(|t| t.is_finished());
+            *threads = running;
+            drop(threads);
+            for t in done {
+                let _ = t.join();
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        self.stacks.unmap();
+    }
+
+    /// Returns the G structs of finished goroutines to the process-wide
+    /// pool and reports whether any goroutine was abandoned (still parked or
+    /// runnable).
+    ///
+    /// G structs are never freed (Go never frees its `allgs` either): a
+    /// `Waiter` held by a plain thread, a channel or a timer may still name
+    /// a finished goroutine after its runtime is gone, and its late `unpark`
+    /// must find memory, not a dangling pointer. A pooled G is EMPTY or
+    /// NOTIFIED, never PARKED, so such an unpark only leaves a token, which
+    /// its next user treats as a spurious wake-up. An abandoned goroutine
+    /// keeps its reference to the runtime, so a late wake-up of a parked one
+    /// finds the (stopped) runtime's queues, not freed memory.
+    pub(crate) fn free_dead_gs(&self) -> bool {
+        let mut free: Vec<GRef> = std::mem::take(&mut *self.gfree.rt_lock());
+        for p in self.ps.iter() {
+            // SAFETY: every M has exited; nobody else touches P-local data.
+            free.append(unsafe { &mut (*p.local.get()).gfree });
+        }
+        let all = std::mem::take(&mut *self.allg.rt_lock());
+        let abandoned = all.len() > free.len();
+        for g in &free {
+            let sh = g.shared.swap(ptr::null_mut(), Ordering::AcqRel);
+            // SAFETY: `shared` came from Arc::into_raw in `gget_global`.
+            drop(unsafe { Arc::from_raw(sh) });
+        }
+        G_POOL.rt_lock().extend(free);
+        abandoned
+    }
+}
+
+/// G structs of finished goroutines of dropped runtimes, for reuse by any
+/// runtime (see `Shared::free_dead_gs`).
+pub(super) static G_POOL: Mutex<Vec<GRef>> = Mutex::new(Vec::new());
