@@ -447,10 +447,11 @@ pub(crate) fn switch_to_g0(g: GRef, reason: Reason) {
     let m = cur_m();
     // SAFETY: we are a goroutine, so `m` is this thread's live M and its
     // g0 is suspended in `execute`'s switch; `g.ctx` is ours to write.
-    unsafe {
+    let arg = unsafe {
         (*m).reason.set(reason);
-        arch::switch(g.ctx.get(), *(*m).g0_sp.get(), 0);
-    }
+        arch::switch(g.ctx.get(), *(*m).g0_sp.get(), 0)
+    };
+    requeue_yielder(arg);
     lower_no_preempt(g);
 }
 
@@ -492,7 +493,91 @@ pub(crate) fn gopark(reason: &'static str) {
 /// `yield_now` for the calling goroutine.
 pub(crate) fn goyield() {
     if let Some(g) = current_g() {
-        switch_to_g0(g, Reason::Yield);
+        if !yield_direct(g) {
+            switch_to_g0(g, Reason::Yield);
+        }
+    }
+}
+
+/// Tag on `switch`'s argument: "the goroutine that switched to you is
+/// yielding: put it at the tail of the P's local queue". Set by
+/// `yield_direct`; acted on by `requeue_yielder` on the resumed side.
+const YIELDED: usize = 1;
+
+/// `yield_now` without the scheduler: switch straight to the goroutine
+/// the P would run next, when that is an ordinary goroutine from the P's
+/// own queue (runnext or local). Returns false, having done nothing, when
+/// the scheduler is needed: every `GLOBAL_CHECK`th slice (the global queue
+/// and timers must be looked at), an empty local queue (global queue,
+/// timers, stealing), a goroutine locked to a thread on either side, a
+/// goroutine that has never run (no stack yet), or a P we no longer own.
+///
+/// The yielding goroutine must not be on a run queue before its context is
+/// saved (another thread could resume it half-saved), so the goroutine we
+/// switch to queues it, after the switch: the switch's argument carries it
+/// (`YIELDED`), and every place a goroutine resumes from a switch calls
+/// `requeue_yielder`.
+fn yield_direct(g: GRef) -> bool {
+    if g.locked_m.get().is_some() {
+        return false;
+    }
+    raise_no_preempt(g);
+    let m = cur_m();
+    // SAFETY: in a no-preempt region `m` is this thread's M and stays so.
+    let m = unsafe { &*m };
+    let sh = m.shared_ref();
+    let next = sh
+        .with_local(|p, l| {
+            let tick = p.schedtick.load(Ordering::Relaxed);
+            if tick.is_multiple_of(GLOBAL_CHECK) {
+                return None;
+            }
+            let next = NonNull::new(p.runnext.swap(ptr::null_mut(), Ordering::AcqRel))
+                .map(GRef)
+                .or_else(|| l.worker.pop())?;
+            if next.locked_m.get().is_some() || next.stack_hi.load(Ordering::Relaxed) == 0 {
+                // g0 takes it from runnext (empty: we just emptied it, or
+                // it was empty when we popped the local queue).
+                p.runnext.store(next.as_ptr(), Ordering::Release);
+                return None;
+            }
+            p.slice_start.store(sh.slice_clock(), Ordering::Relaxed);
+            p.schedtick.store(tick + 1, Ordering::Release);
+            bump(&p.counters.switches);
+            Some(next)
+        })
+        .flatten();
+    let Some(next) = next else {
+        lower_no_preempt(g);
+        return false;
+    };
+    next.preempt.store(false, Ordering::Relaxed);
+    // From here the M runs `next` (sysmon and the signal handler read
+    // curg); both goroutines are in no-preempt regions across the switch.
+    m.curg.store(next.as_ptr(), Ordering::Release);
+    // SAFETY: `next` was dequeued by us (exactly once) and has a context
+    // saved by `switch`; `g.ctx` is ours to write.
+    let arg = unsafe { arch::switch(g.ctx.get(), *next.ctx.get(), g.as_ptr() as usize | YIELDED) };
+    requeue_yielder(arg);
+    lower_no_preempt(g);
+    true
+}
+
+/// The resumed side of `yield_direct`: if the goroutine that switched to
+/// us was yielding, its context is saved now: queue it. Call right after
+/// every `switch` that resumes a goroutine, in its no-preempt region.
+fn requeue_yielder(arg: usize) {
+    if arg & YIELDED == 0 {
+        return;
+    }
+    // SAFETY: `yield_direct` passed a live G's address with the tag bit.
+    let y = GRef(unsafe { NonNull::new_unchecked((arg & !YIELDED) as *mut G) });
+    // SAFETY: the G's runtime outlives the G.
+    let sh = unsafe { &*y.shared.load(Ordering::Acquire) };
+    if sh.with_local(|_, l| l.worker.push(y)).is_none() {
+        sh.injector.push(y);
+        fence(Ordering::SeqCst);
+        sh.wakep();
     }
 }
 

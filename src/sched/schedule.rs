@@ -117,8 +117,8 @@ impl Sched<'_> {
                 self.sh.injector.push(g);
                 continue;
             }
-            self.execute(g, inherit);
-            next = self.after(g);
+            let back = self.execute(g, inherit);
+            next = self.after(back);
         }
         if let Some(p) = self.m.p.get() {
             self.m.p.set(None);
@@ -128,7 +128,9 @@ impl Sched<'_> {
 
     /// Runs `g` until it switches back (Go's execute + the return path of
     /// mcall).
-    fn execute(&self, g: GRef, inherit: bool) {
+    /// Returns the goroutine that switched back to g0: `g`, or another one
+    /// that `g` yielded to directly (see `sched::yield_direct`).
+    fn execute(&self, g: GRef, inherit: bool) -> GRef {
         let p = self.p();
         if !inherit {
             p.slice_start
@@ -155,6 +157,9 @@ impl Sched<'_> {
         // SAFETY: `g.ctx` holds a context saved by `switch` or made by
         // `init_stack`, not resumed since (we dequeued g exactly once).
         unsafe { arch::switch(self.m.g0_sp.get(), *g.ctx.get(), g.as_ptr() as usize) };
+        // The goroutine now switching back may not be `g`: goroutines hand
+        // the M to each other directly in `yield_now`; `curg` says who.
+        let back = GRef(NonNull::new(self.m.curg.load(Ordering::Relaxed)).expect("a goroutine switched back"));
         self.m.curg.store(ptr::null_mut(), Ordering::Relaxed);
         let pi = self.m.p.get().expect("execute without a P");
         let st = &self.sh.ps[pi].status;
@@ -166,6 +171,7 @@ impl Sched<'_> {
             // sysmon retook our P while the goroutine ran (blocked M).
             self.m.p.set(None);
         }
+        back
     }
 
     /// Handles the reason `g` switched back. Returns a G to run at once.
