@@ -526,28 +526,45 @@ fn yield_direct(g: GRef) -> bool {
     // SAFETY: in a no-preempt region `m` is this thread's M and stays so.
     let m = unsafe { &*m };
     let sh = m.shared_ref();
-    let next = sh
-        .with_local(|p, l| {
-            let tick = p.schedtick.load(Ordering::Relaxed);
-            if tick.is_multiple_of(GLOBAL_CHECK) {
-                return None;
-            }
-            let next = NonNull::new(p.runnext.swap(ptr::null_mut(), Ordering::AcqRel))
-                .map(GRef)
-                .or_else(|| l.worker.pop())?;
-            if next.locked_m.get().is_some() || next.stack_hi.load(Ordering::Relaxed) == 0 {
-                // g0 takes it from runnext (empty: we just emptied it, or
-                // it was empty when we popped the local queue).
-                p.runnext.store(next.as_ptr(), Ordering::Release);
-                return None;
-            }
-            p.slice_start.store(sh.slice_clock(), Ordering::Relaxed);
-            p.schedtick.store(tick + 1, Ordering::Release);
-            bump(&p.counters.switches);
-            Some(next)
-        })
-        .flatten();
+    let Some(pi) = m.p.get() else {
+        lower_no_preempt(g);
+        return false;
+    };
+    let p = &sh.ps[pi];
+    let (user, sched) = (pstatus(m, P_USER), pstatus(m, P_SCHED));
+    // Claim the P as `with_local` does, but keep the claim across the
+    // switch: the resumed side queues us and releases it (`requeue_yielder`),
+    // one CAS per yield instead of two.
+    if p.status
+        .compare_exchange(user, sched, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        lower_no_preempt(g);
+        return false;
+    }
+    // SAFETY: we hold the P in state SCHED(m).
+    let l = unsafe { &mut *p.local.get() };
+    let next = (|| {
+        let tick = p.schedtick.load(Ordering::Relaxed);
+        if tick.is_multiple_of(GLOBAL_CHECK) {
+            return None;
+        }
+        let next = NonNull::new(p.runnext.swap(ptr::null_mut(), Ordering::AcqRel))
+            .map(GRef)
+            .or_else(|| l.worker.pop())?;
+        if next.locked_m.get().is_some() || next.stack_hi.load(Ordering::Relaxed) == 0 {
+            // g0 takes it from runnext (empty: we just emptied it, or it
+            // was empty when we popped the local queue).
+            p.runnext.store(next.as_ptr(), Ordering::Release);
+            return None;
+        }
+        p.slice_start.store(sh.slice_clock(), Ordering::Relaxed);
+        p.schedtick.store(tick + 1, Ordering::Release);
+        bump(&p.counters.switches);
+        Some(next)
+    })();
     let Some(next) = next else {
+        p.status.store(user, Ordering::Release);
         lower_no_preempt(g);
         return false;
     };
@@ -572,13 +589,17 @@ fn requeue_yielder(arg: usize) {
     }
     // SAFETY: `yield_direct` passed a live G's address with the tag bit.
     let y = GRef(unsafe { NonNull::new_unchecked((arg & !YIELDED) as *mut G) });
-    // SAFETY: the G's runtime outlives the G.
-    let sh = unsafe { &*y.shared.load(Ordering::Acquire) };
-    if sh.with_local(|_, l| l.worker.push(y)).is_none() {
-        sh.injector.push(y);
-        fence(Ordering::SeqCst);
-        sh.wakep();
-    }
+    // SAFETY: we run on the M the yielder switched to us on (a direct
+    // switch never changes thread) inside a no-preempt region; it holds
+    // its P in state SCHED(m), claimed by `yield_direct` for us.
+    let m = unsafe { &*cur_m() };
+    let sh = m.shared_ref();
+    let p = &sh.ps[m.p.get().expect("a direct yield holds a P")];
+    debug_assert_eq!(p.status.load(Ordering::Relaxed), pstatus(m, P_SCHED));
+    // SAFETY: as above: the claim gives us the P's local data.
+    unsafe { (*p.local.get()).worker.push(y) };
+    // Release the claim (pairs with the Acquire of the next claimer).
+    p.status.store(pstatus(m, P_USER), Ordering::Release);
 }
 
 /// Called by the preemption trampoline on the goroutine's stack.
