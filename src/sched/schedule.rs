@@ -159,7 +159,9 @@ impl Sched<'_> {
         unsafe { arch::switch(self.m.g0_sp.get(), *g.ctx.get(), g.as_ptr() as usize) };
         // The goroutine now switching back may not be `g`: goroutines hand
         // the M to each other directly in `yield_now`; `curg` says who.
-        let back = GRef(NonNull::new(self.m.curg.load(Ordering::Relaxed)).expect("a goroutine switched back"));
+        let back = GRef(
+            NonNull::new(self.m.curg.load(Ordering::Relaxed)).expect("a goroutine switched back"),
+        );
         self.m.curg.store(ptr::null_mut(), Ordering::Relaxed);
         let pi = self.m.p.get().expect("execute without a P");
         let st = &self.sh.ps[pi].status;
@@ -471,7 +473,11 @@ impl Sched<'_> {
             // No P for us (every P is busy): fire the timers anyway. The
             // goroutines they wake wait on the global queue for a P, and
             // the deadline moves on, so we sleep instead of spinning on it.
-            self.sh.fire_timers();
+            // sysmon preempts only while someone waits, and may be asleep
+            // for a quantum: tell it someone waits now.
+            if self.sh.fire_timers() > 0 {
+                self.sh.sysmon_note.wake();
+            }
         }
     }
 
@@ -482,41 +488,9 @@ impl Sched<'_> {
             if self.m.spinning.swap(false, Ordering::Relaxed) {
                 self.sh.nmspinning.fetch_sub(1, Ordering::SeqCst);
             }
-            // Go hands the P to a fresh M, which picks the next goroutine
-            // and, if that one is locked to a third M, hands the P on again:
-            // two thread wake-ups while the P idles. Pick it here instead
-            // (runnext, local queue, global queue, as `find_runnable`).
-            match self.next_for_handoff() {
-                // Our own goroutine is next: keep the P and run it.
-                Some(g)
-                    if g.locked_m
-                        .get()
-                        .is_some_and(|lm| ptr::eq(lm.as_ptr(), Arc::as_ptr(self.m))) =>
-                {
-                    return true;
-                }
-                // Locked to another M: give that M the P directly.
-                Some(g) if g.locked_m.get().is_some() => {
-                    let lm = g.locked_m.get().expect("checked above");
-                    self.startlockedm(g, lm);
-                }
-                // Anyone else: leave it in runnext for the M `handoffp`
-                // starts, with a fresh slice (runnext inherits the slice,
-                // and ours has just run out).
-                other => {
-                    let pp = &self.sh.ps[p];
-                    if let Some(g) = other {
-                        pp.runnext.store(g.as_ptr(), Ordering::Release);
-                        pp.slice_start
-                            .store(self.sh.slice_clock(), Ordering::Relaxed);
-                        pp.schedtick
-                            .store(pp.schedtick.load(Ordering::Relaxed) + 1, Ordering::Release);
-                    }
-                    self.m.p.set(None);
-                    pp.status.store(P_HANDOFF, Ordering::Release);
-                    self.sh.handoffp(p);
-                }
-            }
+            self.m.p.set(None);
+            self.sh.ps[p].status.store(P_HANDOFF, Ordering::Release);
+            self.sh.handoffp(p);
         }
         loop {
             self.m.note.wait(None);
@@ -528,18 +502,6 @@ impl Sched<'_> {
                 return true;
             }
         }
-    }
-
-    /// The goroutine `find_runnable` would pick next on our P, without
-    /// stealing or blocking: runnext, the local queue, the global queue.
-    fn next_for_handoff(&self) -> Option<GRef> {
-        if let Some(g) = NonNull::new(self.p().runnext.swap(ptr::null_mut(), Ordering::AcqRel)) {
-            return Some(GRef(g));
-        }
-        if let Some(g) = self.local().worker.pop() {
-            return Some(g);
-        }
-        steal_one(|| self.sh.injector.steal())
     }
 
     /// Go's startlockedm: `g` may run only on `lm`; give it our P.
