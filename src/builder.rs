@@ -8,9 +8,25 @@ use crate::Runtime;
 
 /// Shortest accepted preemption quantum: below this the signal cost (several
 /// µs per preemption on a VM) would eat a large share of the CPU.
+///
+/// # Examples
+///
+/// ```
+/// use gosched::{Builder, MIN_QUANTUM};
+/// assert!(Builder::new().preempt_quantum(MIN_QUANTUM).build().is_ok());
+/// assert!(Builder::new().preempt_quantum(MIN_QUANTUM / 2).build().is_err());
+/// ```
 pub const MIN_QUANTUM: Duration = Duration::from_micros(50);
 
 /// Default preemption quantum: 10 ms, Go's `forcePreemptNS`.
+///
+/// # Examples
+///
+/// ```
+/// use gosched::{Builder, DEFAULT_QUANTUM};
+/// let rt = Builder::new().preempt_quantum(DEFAULT_QUANTUM).build().unwrap();
+/// assert_eq!(rt.stats().quantum, std::time::Duration::from_millis(10));
+/// ```
 pub const DEFAULT_QUANTUM: Duration = Duration::from_millis(10);
 
 /// Where a goroutine that was preempted asynchronously resumes.
