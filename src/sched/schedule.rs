@@ -108,7 +108,7 @@ impl Sched<'_> {
             }
             if let Some(lm) = g.locked_m.get() {
                 if !ptr::eq(lm.as_ptr(), Arc::as_ptr(self.m)) {
-                    self.startlockedm(g, lm);
+                    self.startlockedm(lm);
                     continue;
                 }
             }
@@ -277,8 +277,8 @@ impl Sched<'_> {
                 }
             }
             None => {
-                // No P: count the exit on P 0's counter under its owner's
-                // feet would race; use the global list and counter instead.
+                // No P (sysmon retook it): P-local caches and counters
+                // are not ours; use the global list and counter.
                 self.sh
                     .counters_exited_outside
                     .fetch_add(1, Ordering::Relaxed);
@@ -504,9 +504,9 @@ impl Sched<'_> {
         }
     }
 
-    /// Go's startlockedm: `g` may run only on `lm`; give it our P.
-    fn startlockedm(&self, g: GRef, lm: NonNull<M>) {
-        let _ = g;
+    /// Go's startlockedm: the goroutine we dequeued may run only on `lm`
+    /// (which runs its `locked_g` once it has a P): give it our P.
+    fn startlockedm(&self, lm: NonNull<M>) {
         let p = self.releasep();
         // SAFETY: Ms live as long as Shared.
         let lm = unsafe { lm.as_ref() };
