@@ -304,43 +304,59 @@ pub(crate) fn cur_m() -> *const M {
 
 /// The running goroutine, if the caller is one.
 ///
-/// Migration-safe. Asynchronous preemption in Migrate mode may stop us
-/// between reading this thread's M and reading its `curg`, and resume us on
-/// another thread, where the M we read runs some other goroutine (or its
-/// g0). So the answer is validated against the stack we are running on: a
-/// goroutine is only ever the one whose stack holds our stack pointer, and
-/// we are on g0 only if our stack pointer is outside every goroutine stack.
-/// On a mismatch we read again, now on the thread we run on. (Go needs no
-/// such check: it never async-preempts runtime code. Marking our code
-/// non-preemptible would not cover the std functions, such as
-/// `LocalKey::with`, that debug builds leave out of line.)
-#[inline(never)]
+/// Migration-safe and cheap (every runtime entry point calls it, through
+/// `NoPreempt`). Asynchronous preemption in Migrate mode may stop us
+/// between any two instructions and resume us on another thread, so "read
+/// this thread's M, then read its `curg`" could read an M that now runs
+/// some other goroutine. Instead each M points its thread's GS base at
+/// itself (`mstart`), and `curg` is read GS-relative: one instruction,
+/// which reads the `curg` of whichever thread executes it, and that is
+/// the thread running us. (Go keeps `g` in a register for the same
+/// reason; it never async-preempts runtime code at all, which we cannot
+/// promise for the std functions our runtime code calls.)
+///
+/// The thread-local read before it only tells a plain thread from an M:
+/// a stale value (from the thread we ran on before a migration) is still
+/// non-null, because goroutines run only on Ms.
+#[inline]
 pub(crate) fn current_g() -> Option<GRef> {
+    if CUR_M.with(|c| c.get()).is_null() {
+        // A plain thread: goroutines run only on Ms.
+        return None;
+    }
+    // SAFETY: we run on an M thread (CUR_M is set only on Ms, after
+    // `mstart` pointed GS at the live M, and cleared before it is reset);
+    // `curg` is a pointer-sized atomic inside M.
+    let g = unsafe { arch::thread_base_word::<{ std::mem::offset_of!(M, curg) }>() };
+    let g = NonNull::new(g as *mut G).map(GRef);
+    #[cfg(debug_assertions)]
+    check_current_g(g);
+    g
+}
+
+/// Debug builds: `current_g`'s answer must agree with the stack we run on:
+/// a goroutine's stack holds our stack pointer, and on g0 the stack
+/// pointer is outside every goroutine stack. Catches a `curg` that is
+/// not (or not yet) the running goroutine.
+#[cfg(debug_assertions)]
+#[inline(never)]
+fn check_current_g(g: Option<GRef>) {
     let probe = 0u8;
     let sp = std::hint::black_box(&probe) as *const u8 as usize;
-    loop {
-        // Through `cur_m`, not inline: after a migration the retry must read
-        // the thread-local of the thread we now run on, and LLVM may hoist
-        // an inline thread-local address out of the loop.
-        let m = cur_m();
-        if m.is_null() {
-            // A plain thread: goroutines run only on Ms.
-            return None;
+    match g {
+        Some(g) => assert!(
+            g.stack_lo.load(Ordering::Relaxed) <= sp && sp < g.stack_hi.load(Ordering::Relaxed),
+            "gosched internal error: curg is not the running goroutine"
+        ),
+        None => {
+            // SAFETY: only Ms get here (see `current_g`); on g0 there is no
+            // migration, so `cur_m` is this thread's live M.
+            let m = unsafe { &*cur_m() };
+            assert!(
+                !m.shared_ref().stacks.contains(sp),
+                "gosched internal error: a goroutine runs while curg is null"
+            );
         }
-        // SAFETY: a non-null CUR_M points at the live M of the thread we
-        // were on when we read it; Ms live as long as their runtime, which
-        // outlives every goroutine and g0 running this code.
-        let m = unsafe { &*m };
-        let g = m.curg.load(Ordering::Acquire);
-        if let Some(g) = NonNull::new(g).map(GRef) {
-            if g.stack_lo.load(Ordering::Relaxed) <= sp && sp < g.stack_hi.load(Ordering::Relaxed) {
-                return Some(g);
-            }
-        }
-        if !m.shared_ref().stacks.contains(sp) {
-            return None;
-        }
-        std::hint::spin_loop();
     }
 }
 
@@ -377,24 +393,35 @@ pub(crate) fn with_current_shared<R>(f: impl FnOnce(&Shared) -> R) -> Option<R> 
 /// A no-preempt region of the calling goroutine (no-op on plain threads).
 /// Runtime entry points hold one while they touch shared state, so the
 /// SIGURG handler refuses to interrupt them (safe-point rule 2).
-pub(crate) struct NoPreempt(Option<GRef>);
+///
+/// Zero-sized: `drop` finds the goroutine again with `current_g` (two
+/// loads) rather than carrying it, which keeps guards that embed a
+/// `NoPreempt` one register wide (moving a two-word guard through the
+/// stack cost a store-forwarding stall on every channel operation).
+pub(crate) struct NoPreempt {
+    /// Not `Send`: the region belongs to the goroutine (or thread) that
+    /// entered it.
+    _not_send: std::marker::PhantomData<*const ()>,
+}
 
 impl NoPreempt {
     #[inline]
     pub(crate) fn enter() -> NoPreempt {
-        let g = current_g();
-        if let Some(g) = g {
-            // The G is ours whichever thread we are on now: raising its own
-            // counter is correct even if we migrated since `current_g`.
+        if let Some(g) = current_g() {
             raise_no_preempt(g);
         }
-        NoPreempt(g)
+        NoPreempt {
+            _not_send: std::marker::PhantomData,
+        }
     }
 }
 
 impl Drop for NoPreempt {
+    #[inline]
     fn drop(&mut self) {
-        if let Some(g) = self.0 {
+        // The same goroutine as at `enter`, on whichever M it runs now
+        // (a region may span a park), or None on the same plain thread.
+        if let Some(g) = current_g() {
             if lower_no_preempt(g) == 0 && g.preempt.load(Ordering::Relaxed) {
                 preempt_check();
             }

@@ -346,6 +346,54 @@ pub(crate) fn ticks() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
+/// `arch_prctl` code that sets the GS base (asm/prctl.h).
+const ARCH_SET_GS: libc::c_int = 0x1001;
+
+/// Points this thread's GS segment base at `base` (an M; 0 to clear).
+///
+/// glibc and Rust's thread-locals use FS on x86-64; GS is free in user
+/// space. An M thread points it at its `M`, so that [`thread_base_word`]
+/// reads the M's fields with one instruction. That one instruction is the
+/// point: a goroutine can be preempted and resumed on another thread
+/// between any two instructions (Migrate mode), so "load this thread's M,
+/// then load its field" can read a thread it no longer runs on, while a
+/// GS-relative load always reads the M of the thread executing it.
+pub(crate) fn set_thread_base(base: usize) -> std::io::Result<()> {
+    // SAFETY: ARCH_SET_GS only changes this thread's GS base; nothing in
+    // the process addresses memory through GS except `thread_base_word`,
+    // which only Ms (which set it first) call.
+    let r = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_SET_GS, base) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The word `OFF` bytes past this thread's GS base (see
+/// [`set_thread_base`]), in one instruction.
+///
+/// # Safety
+/// The calling thread's GS base must point at a live object with a
+/// word-aligned `usize`-sized field at `OFF` (that is, the caller runs on
+/// an M thread).
+#[inline(always)]
+pub(crate) unsafe fn thread_base_word<const OFF: usize>() -> usize {
+    let v: usize;
+    // SAFETY: per the caller's contract the load is in bounds. Not `pure`:
+    // the result depends on which thread runs the instruction, so two
+    // loads must never be merged (a goroutine may migrate in between).
+    unsafe {
+        core::arch::asm!(
+            "mov {v}, qword ptr gs:[{off}]",
+            v = out(reg) v,
+            off = const OFF,
+            options(nostack, readonly, preserves_flags),
+        );
+    }
+    v
+}
+
 /// Address of the trampoline a rewritten signal context jumps to.
 pub(crate) fn async_preempt_trampoline() -> usize {
     gosched_arch_async_preempt as *const () as usize

@@ -18,6 +18,13 @@ use crate::stack::{Stack, P_CACHE};
 
 /// Body of every M thread.
 pub(super) fn mstart(sh: Arc<Shared>, m: Arc<M>) {
+    // GS first, CUR_M second: `current_g` relies on that order.
+    if let Err(e) = arch::set_thread_base(Arc::as_ptr(&m) as usize) {
+        // Every x86-64 Linux has arch_prctl; only a seccomp filter that
+        // forbids it gets here, and no goroutine could run.
+        eprintln!("fatal: gosched could not set up an M thread: arch_prctl(ARCH_SET_GS): {e}");
+        std::process::abort();
+    }
     CUR_M.with(|c| c.set(Arc::as_ptr(&m)));
     // SAFETY: gettid has no preconditions.
     m.tid.store(unsafe { libc::gettid() }, Ordering::Release);
@@ -38,6 +45,8 @@ pub(super) fn mstart(sh: Arc<Shared>, m: Arc<M>) {
         s.run();
     }
     CUR_M.with(|c| c.set(ptr::null()));
+    // Cannot fail: the same call succeeded above.
+    let _ = arch::set_thread_base(0);
 }
 
 /// One M's view of the scheduler: the code that runs on g0.
