@@ -69,7 +69,7 @@ impl<T> Sender<T> {
     /// ```
     pub fn send(&self, v: T) -> Result<(), SendError<T>> {
         let sel;
-        let entry = Entry::new();
+        let entry;
         {
             let mut st = self.chan.lock();
             let v = match self.chan.send_now(&mut st, v) {
@@ -84,6 +84,7 @@ impl<T> Sender<T> {
                 SendNow::Full(v) => v,
             };
             sel = Sel::new();
+            entry = Entry::new();
             entry.bind(&sel, 0);
             entry.put(Some(v));
             st.sendq().push_back(&entry);
@@ -250,7 +251,7 @@ impl<T> Receiver<T> {
     /// ```
     pub fn recv(&self) -> Option<T> {
         let sel;
-        let entry = Entry::new();
+        let entry;
         {
             let mut st = self.chan.lock();
             match self.chan.recv_now(&mut st) {
@@ -265,6 +266,7 @@ impl<T> Receiver<T> {
                 RecvNow::Empty => {}
             }
             sel = Sel::new();
+            entry = Entry::new();
             entry.bind(&sel, 0);
             st.recvq().push_back(&entry);
         }
@@ -333,7 +335,7 @@ impl<T> Receiver<T> {
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
         let deadline = Instant::now().checked_add(timeout);
         let sel;
-        let entry = Entry::new();
+        let entry;
         {
             let mut st = self.chan.lock();
             match self.chan.recv_now(&mut st) {
@@ -351,6 +353,7 @@ impl<T> Receiver<T> {
                 return Err(RecvTimeoutError::Timeout);
             }
             sel = Sel::new();
+            entry = Entry::new();
             entry.bind(&sel, 0);
             st.recvq().push_back(&entry);
         }

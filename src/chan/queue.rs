@@ -303,7 +303,17 @@ impl<T> WaitQueue<T> {
     /// Gives `v` to the first waiting receiver that can still take it
     /// (Go's `send` to a dequeued sudog). Returns the receiver's waiter to
     /// unpark after unlocking, or `v` back if every entry was stale.
-    pub(crate) fn hand_to_receiver(&mut self, mut v: T) -> Result<Waiter, T> {
+    #[inline]
+    pub(crate) fn hand_to_receiver(&mut self, v: T) -> Result<Waiter, T> {
+        if self.head.is_null() {
+            // The common case on a buffered channel: nobody waits.
+            return Err(v);
+        }
+        self.hand_to_receiver_slow(v)
+    }
+
+    #[cold]
+    fn hand_to_receiver_slow(&mut self, mut v: T) -> Result<Waiter, T> {
         while let Some(e) = self.pop_front() {
             let sel = e.sel();
             let w = sel.waiter.clone();
@@ -319,7 +329,16 @@ impl<T> WaitQueue<T> {
 
     /// Takes the value of the first waiting sender that can still give it.
     /// Returns the value and the sender's waiter to unpark after unlocking.
+    #[inline]
     pub(crate) fn take_from_sender(&mut self) -> Option<(T, Waiter)> {
+        if self.head.is_null() {
+            return None;
+        }
+        self.take_from_sender_slow()
+    }
+
+    #[cold]
+    fn take_from_sender_slow(&mut self) -> Option<(T, Waiter)> {
         while let Some(e) = self.pop_front() {
             let sel = e.sel();
             let w = sel.waiter.clone();
