@@ -81,6 +81,7 @@ mod arch;
 mod builder;
 pub mod chan;
 mod g;
+pub(crate) mod membarrier;
 mod monitor;
 mod note;
 mod preempt;
@@ -151,9 +152,10 @@ where
 /// });
 /// assert_eq!(order, ["other", "main"]);
 /// ```
+#[inline]
 pub fn yield_now() {
     match g::parkable_g() {
-        Some(_) => sched::goyield(),
+        Some(g) => sched::goyield(g),
         None => std::thread::yield_now(),
     }
 }

@@ -4,6 +4,7 @@
 //! `Target` over the real runtime and runs the loop, plus Go-style
 //! `GOSCHED_SCHEDTRACE` lines.
 
+use std::cell::Cell;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,27 @@ use crate::sched::Shared;
 /// sysmon's view of the runtime.
 struct RuntimeTarget<'a> {
     sh: &'a Shared,
+    /// The tick's time (ns since the epoch).
+    now: u64,
+    /// Per P: (schedtick, when sysmon first saw it), to date `UNSTAMPED`
+    /// slices.
+    first_seen: &'a [Cell<(u64, u64)>],
+}
+
+impl RuntimeTarget<'_> {
+    /// The start of P `p`'s slice number `tick`, stamped `stamp`, in ns.
+    fn slice_start_ns(&self, p: usize, tick: u64, stamp: u64) -> u64 {
+        if stamp != crate::sched::UNSTAMPED {
+            return self.sh.slice_start_ns(stamp);
+        }
+        let seen = &self.first_seen[p];
+        let (seen_tick, at) = seen.get();
+        if seen_tick == tick {
+            return at;
+        }
+        seen.set((tick, self.now));
+        self.now
+    }
 }
 
 impl Target for RuntimeTarget<'_> {
@@ -42,13 +64,12 @@ impl Target for RuntimeTarget<'_> {
             // SAFETY: Ms live as long as Shared.
             unsafe { (*m).refused.load(Ordering::Relaxed) }
         };
+        let schedtick = pp.schedtick.load(Ordering::Acquire);
+        let stamp = pp.slice_start.load(Ordering::Relaxed);
         PView {
             status,
-            schedtick: pp.schedtick.load(Ordering::Acquire),
-            slice_start: Duration::from_nanos(
-                self.sh
-                    .slice_start_ns(pp.slice_start.load(Ordering::Relaxed)),
-            ),
+            schedtick,
+            slice_start: Duration::from_nanos(self.slice_start_ns(p, schedtick, stamp)),
             syscalltick: pp.syscalltick.load(Ordering::Acquire),
             syscall_start: Duration::from_nanos(pp.syscall_start.load(Ordering::Relaxed)),
             runq_nonempty: self.sh.p_has_work(p),
@@ -141,11 +162,17 @@ fn run(sh: &Shared) {
         ..PolicyConfig::default()
     };
     let mut mon = Monitor::new(cfg, sh.ps.len());
+    let first_seen = vec![Cell::new((u64::MAX, 0)); sh.ps.len()];
     let trace = sh.cfg.schedtrace;
     let mut next_trace = trace.map(|t| sh.nanotime() + t.as_nanos() as u64);
     while !sh.shutdown.load(Ordering::Acquire) {
         let now = sh.nanotime();
-        let sleep = mon.tick(&mut RuntimeTarget { sh }, Duration::from_nanos(now));
+        let mut target = RuntimeTarget {
+            sh,
+            now,
+            first_seen: &first_seen,
+        };
+        let sleep = mon.tick(&mut target, Duration::from_nanos(now));
         if let (Some(t), Some(at)) = (trace, next_trace) {
             if now >= at {
                 eprintln!("{}", sh.schedtrace_line());

@@ -55,7 +55,15 @@
 //! - `SCHED(m)`: M `m` is on g0 using the P.
 //! - `USER(m)`: M `m` is running a goroutine; g0 is not touching the P.
 //!   g0 reclaims it with a CAS `USER(m) -> SCHED(m)` when the G switches
-//!   back; sysmon retakes it with a CAS `USER(m) -> HANDOFF`.
+//!   back; sysmon retakes it with a CAS `USER(m) -> HANDOFF`. The running
+//!   goroutine itself may touch the P's local data for a moment (to queue a
+//!   goroutine it readies or spawns, or itself when it yields) under a
+//!   *claim*: it raises its M's `claiming` flag, then checks that the status
+//!   is still `USER(m)`. A retake, after its CAS, waits until that flag is
+//!   down. The two form a Dekker pair whose fences are asymmetric
+//!   (`crate::membarrier`): the goroutine's side, taken millions of times a
+//!   second, costs a store and a load; sysmon's, taken when a thread is
+//!   stuck in the kernel, a `membarrier` system call.
 //! - `SYSCALL(m)`: the goroutine is in `blocking()`; it takes the P back
 //!   with a CAS, or sysmon retakes it.
 //! - `HANDOFF`: in transit to another M (via its `nextp`).
@@ -151,6 +159,16 @@ pub(crate) struct P {
     /// goroutine running on it (swap); taken by the owner (swap) or a thief
     /// (CAS), AcqRel.
     pub(crate) runnext: AtomicPtr<G>,
+    /// A goroutine that yielded while it was the only other runnable one
+    /// on this P: the local queue's tail, kept out of the `Worker` so that
+    /// a yield between two goroutines costs no atomic read-modify-write
+    /// (`Worker::pop` is one). Runs before the `Worker`'s goroutines (they
+    /// came later). Not stealable: it waits at most until the running
+    /// goroutine yields, parks or is preempted (sysmon counts it as
+    /// waiting work), or its P is handed on with it. Only the P's owner
+    /// (g0 in SCHED, or a goroutine holding a claim) reads or writes it,
+    /// with plain Relaxed accesses; sysmon and `schedtrace` only peek.
+    pub(crate) yielded: AtomicPtr<G>,
     /// Fresh slices started (Go's schedtick). Written by the owner, read by
     /// sysmon (Relaxed; `slice_start` is written just before it).
     pub(crate) schedtick: AtomicU64,
@@ -158,6 +176,7 @@ pub(crate) struct P {
     /// (TSC ticks where the TSC is invariant, else ns since the epoch):
     /// stamped on every fresh slice, so it must be cheap. Owner writes,
     /// sysmon reads and converts (`Shared::slice_start_ns`).
+    /// `UNSTAMPED` after a direct yield (see `yield_direct`).
     pub(crate) slice_start: AtomicU64,
     /// Blocking calls entered; written by the goroutine in `blocking`.
     pub(crate) syscalltick: AtomicU64,
@@ -197,6 +216,12 @@ pub(crate) struct M {
     pub(crate) nextp: AtomicUsize,
     /// Started as a spinning M (set with `nextp`, read after waking).
     pub(crate) spinning: AtomicBool,
+    /// A goroutine on this M holds a claim on its P (see "Ownership of a
+    /// P"). Written only by this M's thread; read by sysmon's retake.
+    pub(crate) claiming: AtomicBool,
+    /// This M's own address, read GS-relative by `this_m`. Set in
+    /// `mstart`.
+    pub(crate) this: AtomicPtr<M>,
     /// The goroutine running on this M (null on g0). Written by this M;
     /// read by sysmon and this thread's signal handler.
     pub(crate) curg: AtomicPtr<G>,
@@ -291,15 +316,34 @@ thread_local! {
     static CUR_M: Cell<*const M> = const { Cell::new(ptr::null()) };
 }
 
-/// The calling thread's M, or null.
+/// The calling thread's M, or null on a plain thread.
 ///
-/// Never inlined: LLVM may assume a thread-local's address is constant
-/// within one function, but a goroutine can resume on another thread after
-/// any switch. Reading through an opaque call after each switch keeps every
-/// read fresh.
-#[inline(never)]
+/// The M comes from the GS-relative `M::this`, not from `CUR_M`: LLVM may
+/// keep a thread-local's address in a register across a call, and a
+/// goroutine can resume on another thread after any switch (see
+/// `current_g`); the thread-local only tells plain threads from Ms.
+#[inline]
 pub(crate) fn cur_m() -> *const M {
-    CUR_M.with(|c| c.get())
+    if !on_m() {
+        return ptr::null();
+    }
+    this_m()
+}
+
+/// Is the calling thread an M? (A thread-local: the answer never changes
+/// for a thread, so a stale read after a migration is still right.)
+#[inline]
+fn on_m() -> bool {
+    !CUR_M.with(|c| c.get()).is_null()
+}
+
+/// The calling M, for code that runs on an M (a goroutine or g0): one
+/// GS-relative load (see `current_g`).
+#[inline]
+pub(crate) fn this_m() -> *const M {
+    // SAFETY: callers run on an M thread, whose GS base `mstart` pointed
+    // at its live M; `this` is a pointer-sized field of M.
+    unsafe { arch::thread_base_word::<{ std::mem::offset_of!(M, this) }>() as *const M }
 }
 
 /// The running goroutine, if the caller is one.
@@ -320,7 +364,7 @@ pub(crate) fn cur_m() -> *const M {
 /// non-null, because goroutines run only on Ms.
 #[inline]
 pub(crate) fn current_g() -> Option<GRef> {
-    if CUR_M.with(|c| c.get()).is_null() {
+    if !on_m() {
         // A plain thread: goroutines run only on Ms.
         return None;
     }
@@ -471,7 +515,7 @@ pub(crate) fn preempt_check() {
 /// why; returns when the goroutine is resumed, possibly on another M.
 pub(crate) fn switch_to_g0(g: GRef, reason: Reason) {
     raise_no_preempt(g);
-    let m = cur_m();
+    let m = this_m();
     // SAFETY: we are a goroutine, so `m` is this thread's live M and its
     // g0 is suspended in `execute`'s switch; `g.ctx` is ours to write.
     let arg = unsafe {
@@ -518,13 +562,57 @@ pub(crate) fn gopark(reason: &'static str) {
 }
 
 /// `yield_now` for the calling goroutine.
-pub(crate) fn goyield() {
-    if let Some(g) = current_g() {
-        if !yield_direct(g) {
-            switch_to_g0(g, Reason::Yield);
-        }
+pub(crate) fn goyield(g: GRef) {
+    if !yield_direct(g) {
+        switch_to_g0(g, Reason::Yield);
     }
 }
+
+/// Claims P `p`, which M `m` held in state USER(m) when its goroutine
+/// last looked, for a goroutine of `m` (see "Ownership of a P"): false if
+/// sysmon retook it meanwhile. Until `unclaim_p`, the caller may touch the
+/// P's local data. Call in a no-preempt region; `m` is the caller's M.
+#[inline]
+fn claim_p(m: &M, p: &P) -> bool {
+    m.claiming.store(true, Ordering::Relaxed);
+    // Dekker with `Shared::retake`: either it sees our flag, or we see
+    // its status change.
+    crate::membarrier::light();
+    // Acquire pairs with the Release of the P's last hand-over.
+    if p.status.load(Ordering::Acquire) == pstatus(m, P_USER) {
+        return true;
+    }
+    m.claiming.store(false, Ordering::Relaxed);
+    false
+}
+
+/// Ends `m`'s claim (Release: our writes to the P's local data happen
+/// before a retake that waited for the flag).
+#[inline]
+fn unclaim_p(m: &M) {
+    m.claiming.store(false, Ordering::Release);
+}
+
+/// Owner-only read-and-clear of a slot no other thread writes (such as
+/// `P::yielded`): a load and a store, not an atomic swap.
+trait OwnerSwap<T> {
+    fn swap_owner(&self, v: *mut T) -> *mut T;
+}
+
+impl<T> OwnerSwap<T> for AtomicPtr<T> {
+    #[inline]
+    fn swap_owner(&self, v: *mut T) -> *mut T {
+        let old = self.load(Ordering::Relaxed);
+        self.store(v, Ordering::Relaxed);
+        old
+    }
+}
+
+/// `P::slice_start` of a slice whose start sysmon dates itself: the time
+/// it first sees the slice's `schedtick` (Go's `sysmon` dates every slice
+/// that way). A slice so dated may run up to one sysmon sleep longer than
+/// the quantum before it is preempted.
+pub(crate) const UNSTAMPED: u64 = u64::MAX;
 
 /// Tag on `switch`'s argument: "the goroutine that switched to you is
 /// yielding: put it at the tail of the P's local queue". Set by
@@ -549,7 +637,7 @@ fn yield_direct(g: GRef) -> bool {
         return false;
     }
     raise_no_preempt(g);
-    let m = cur_m();
+    let m = this_m();
     // SAFETY: in a no-preempt region `m` is this thread's M and stays so.
     let m = unsafe { &*m };
     let sh = m.shared_ref();
@@ -558,25 +646,30 @@ fn yield_direct(g: GRef) -> bool {
         return false;
     };
     let p = &sh.ps[pi];
-    let (user, sched) = (pstatus(m, P_USER), pstatus(m, P_SCHED));
     // Claim the P as `with_local` does, but keep the claim across the
-    // switch: the resumed side queues us and releases it (`requeue_yielder`),
-    // one CAS per yield instead of two.
-    if p.status
-        .compare_exchange(user, sched, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
+    // switch: the resumed side queues us and ends it (`requeue_yielder`).
+    if !claim_p(m, p) {
         lower_no_preempt(g);
         return false;
     }
-    // SAFETY: we hold the P in state SCHED(m).
+    // SAFETY: we hold a claim on the P.
     let l = unsafe { &mut *p.local.get() };
     let next = (|| {
         let tick = p.schedtick.load(Ordering::Relaxed);
         if tick.is_multiple_of(GLOBAL_CHECK) {
             return None;
         }
-        let next = NonNull::new(p.runnext.swap(ptr::null_mut(), Ordering::AcqRel))
+        // Only the owner fills `runnext` (we hold the claim), thieves only
+        // empty it: a null seen here stays null, and the common case (the
+        // yielder went to the local queue, not `runnext`) skips the swap.
+        let rn = p.runnext.load(Ordering::Relaxed);
+        let rn = if rn.is_null() {
+            rn
+        } else {
+            p.runnext.swap(ptr::null_mut(), Ordering::AcqRel)
+        };
+        let next = NonNull::new(rn)
+            .or_else(|| NonNull::new(p.yielded.swap_owner(ptr::null_mut())))
             .map(GRef)
             .or_else(|| l.worker.pop())?;
         if next.locked_m.get().is_some() || next.stack_hi.load(Ordering::Relaxed) == 0 {
@@ -585,13 +678,16 @@ fn yield_direct(g: GRef) -> bool {
             p.runnext.store(next.as_ptr(), Ordering::Release);
             return None;
         }
-        p.slice_start.store(sh.slice_clock(), Ordering::Relaxed);
+        // A fresh slice, but no clock read here (a TSC read is a sixth of a
+        // yield): sysmon dates it when it first sees the new tick, as Go's
+        // sysmon dates every slice.
+        p.slice_start.store(UNSTAMPED, Ordering::Relaxed);
         p.schedtick.store(tick + 1, Ordering::Release);
         bump(&p.counters.switches);
         Some(next)
     })();
     let Some(next) = next else {
-        p.status.store(user, Ordering::Release);
+        unclaim_p(m);
         lower_no_preempt(g);
         return false;
     };
@@ -617,16 +713,24 @@ fn requeue_yielder(arg: usize) {
     // SAFETY: `yield_direct` passed a live G's address with the tag bit.
     let y = GRef(unsafe { NonNull::new_unchecked((arg & !YIELDED) as *mut G) });
     // SAFETY: we run on the M the yielder switched to us on (a direct
-    // switch never changes thread) inside a no-preempt region; it holds
-    // its P in state SCHED(m), claimed by `yield_direct` for us.
-    let m = unsafe { &*cur_m() };
+    // switch never changes thread) inside a no-preempt region; the
+    // yielder's claim on the M's P is ours to use and end.
+    let m = unsafe { &*this_m() };
     let sh = m.shared_ref();
     let p = &sh.ps[m.p.get().expect("a direct yield holds a P")];
-    debug_assert_eq!(p.status.load(Ordering::Relaxed), pstatus(m, P_SCHED));
+    debug_assert!(
+        m.claiming.load(Ordering::Relaxed),
+        "a direct yield without a claim"
+    );
     // SAFETY: as above: the claim gives us the P's local data.
-    unsafe { (*p.local.get()).worker.push(y) };
-    // Release the claim (pairs with the Acquire of the next claimer).
-    p.status.store(pstatus(m, P_USER), Ordering::Release);
+    let l = unsafe { &mut *p.local.get() };
+    if l.worker.is_empty() && p.yielded.load(Ordering::Relaxed).is_null() {
+        // The only goroutine waiting: the queue's tail is its head.
+        p.yielded.store(y.as_ptr(), Ordering::Relaxed);
+    } else {
+        l.worker.push(y);
+    }
+    unclaim_p(m);
 }
 
 /// Called by the preemption trampoline on the goroutine's stack.
@@ -670,7 +774,7 @@ pub(crate) unsafe extern "C" fn g_entry(arg: usize) -> ! {
     f.run();
     drop(f);
     g.no_preempt.store(1, Ordering::Relaxed);
-    let m = cur_m();
+    let m = this_m();
     // SAFETY: as in `switch_to_g0`; this context is never resumed.
     unsafe {
         (*m).reason.set(Reason::Exit);
@@ -687,6 +791,8 @@ static NEXT_GID: AtomicU64 = AtomicU64::new(1);
 
 impl Shared {
     pub(crate) fn new(cfg: Config) -> std::io::Result<Arc<Shared>> {
+        // Before any M can claim a P (see "Ownership of a P").
+        crate::membarrier::init();
         let stacks = StackPool::new(cfg.stack_size)?;
         let mut ps = Vec::with_capacity(cfg.procs);
         let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (std::process::id() as u64);
@@ -700,6 +806,7 @@ impl Shared {
                 status: AtomicU64::new(P_IDLE),
                 stealer: worker.stealer(),
                 runnext: AtomicPtr::new(ptr::null_mut()),
+                yielded: AtomicPtr::new(ptr::null_mut()),
                 schedtick: AtomicU64::new(0),
                 slice_start: AtomicU64::new(0),
                 syscalltick: AtomicU64::new(0),
@@ -883,9 +990,8 @@ impl Shared {
     ///
     /// A goroutine's M holds its P in state USER(m), in which only sysmon may
     /// touch it (to retake it). So the goroutine claims it for the duration
-    /// of `f` with a CAS USER(m) -> SCHED(m), which a concurrent retake
-    /// cannot win, and hands it back with a Release store. On g0 the P is in
-    /// SCHED(m) already.
+    /// of `f` (`claim_p`; a retake waits for the claim to end). On g0 the P
+    /// is in SCHED(m) already.
     pub(crate) fn with_local<R>(&self, f: impl FnOnce(&P, &mut PLocal) -> R) -> Option<R> {
         let m = cur_m();
         if m.is_null() {
@@ -903,23 +1009,13 @@ impl Shared {
             // one allowed to touch its local data.
             return Some(f(p, unsafe { &mut *p.local.get() }));
         }
-        let user = pstatus(m, P_USER);
-        // Acquire pairs with the Release of the last hand-over of the P.
-        if p.status
-            .compare_exchange(
-                user,
-                pstatus(m, P_SCHED),
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            )
-            .is_err()
-        {
+        if !claim_p(m, p) {
             return None;
         }
-        // SAFETY: we hold the P in state SCHED(m) (claimed above): nobody
-        // else touches its local data until the store below.
+        // SAFETY: we hold a claim on the P: nobody else touches its local
+        // data until we end it.
         let r = f(p, unsafe { &mut *p.local.get() });
-        p.status.store(user, Ordering::Release);
+        unclaim_p(m);
         Some(r)
     }
 

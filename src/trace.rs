@@ -20,8 +20,10 @@ impl Shared {
             .ps
             .iter()
             .map(|p| {
-                (p.stealer.len() + usize::from(!p.runnext.load(Ordering::Relaxed).is_null()))
-                    .to_string()
+                (p.stealer.len()
+                    + usize::from(!p.runnext.load(Ordering::Relaxed).is_null())
+                    + usize::from(!p.yielded.load(Ordering::Relaxed).is_null()))
+                .to_string()
             })
             .collect();
         format!(

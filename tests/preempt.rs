@@ -420,3 +420,47 @@ fn println_from_preempted_goroutines_is_intact() {
     assert_eq!(missing, 0, "lines missing");
     assert!(pa > 0, "the printers were never preempted asynchronously");
 }
+
+/// A goroutine that yielded to a loop with no calls runs again within a few
+/// quanta: the hog is preempted because the yielder waits for the P (a
+/// yield between two goroutines parks the yielder in the P's `yielded`
+/// slot, not its run queue, and sysmon must count it as waiting).
+#[test]
+fn goroutine_that_yielded_to_a_no_call_hog_runs_again() {
+    let _s = serial();
+    for mode in [PreemptMode::ThreadAffine, PreemptMode::Migrate] {
+        let rt = Builder::new()
+            .procs(1)
+            .preempt_quantum(Duration::from_millis(2))
+            .preempt_mode(mode)
+            .build()
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let dog = watchdog(&stop, Duration::from_secs(20));
+        let waited = rt.block_on(|| {
+            let s = stop.clone();
+            let h = gosched::spawn(move || {
+                // Yield once so that this goroutine has run (the direct
+                // G-to-G yield needs that), then spin without calls.
+                gosched::yield_now();
+                while !s.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            });
+            // The first yield goes through the scheduler (the hog has not
+            // run yet); the second switches to the hog directly.
+            gosched::yield_now();
+            let t = Instant::now();
+            gosched::yield_now();
+            let waited = t.elapsed();
+            stop.store(true, Ordering::Relaxed);
+            h.join().unwrap();
+            waited
+        });
+        dog.join().unwrap();
+        assert!(
+            waited < Duration::from_secs(10),
+            "{mode:?}: the yielder waited {waited:?} behind a no-call hog"
+        );
+    }
+}

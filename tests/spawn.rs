@@ -226,6 +226,52 @@ fn yield_alternates_two_goroutines_on_one_p() {
     );
 }
 
+/// `yield_now` puts the goroutine at the tail of the run queue (Go's
+/// Gosched): three goroutines yielding on one P take turns in a fixed
+/// cycle, whichever path each yield takes (straight to the next
+/// goroutine, through the scheduler, or via the P's one-goroutine slot).
+#[test]
+fn yielding_goroutines_take_turns_round_robin() {
+    const ROUNDS: usize = 200;
+    let rt = Builder::new().procs(1).build().unwrap();
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    rt.block_on(|| {
+        let hs: Vec<_> = (0..3u8)
+            .map(|me| {
+                let log = log.clone();
+                gosched::spawn(move || {
+                    for _ in 0..ROUNDS {
+                        log.lock().unwrap().push(me);
+                        gosched::yield_now();
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+    });
+    let log = log.lock().unwrap();
+    assert_eq!(log.len(), 3 * ROUNDS);
+    // The first turn depends on spawn order (the newest goroutine runs
+    // first, Go's runnext); from then on the cycle repeats exactly.
+    for i in 3..log.len() {
+        assert_eq!(
+            log[i],
+            log[i - 3],
+            "turn {i} broke the cycle: {:?}",
+            &log[..i + 1]
+        );
+    }
+    let first: std::collections::BTreeSet<u8> = log[..3].iter().copied().collect();
+    assert_eq!(
+        first.len(),
+        3,
+        "each goroutine once per cycle: {:?}",
+        &log[..3]
+    );
+}
+
 #[test]
 fn spawn_outside_a_goroutine_panics_naming_runtime_spawn() {
     let e = catch_unwind(|| gosched::spawn(|| 1)).unwrap_err();

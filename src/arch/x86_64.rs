@@ -126,12 +126,20 @@ global_asm!(
     ".cfi_rel_offset r15, 0",
     "    sub rsp, 8", // one word for the FP control state
     ".cfi_adjust_cfa_offset 8",
-    "    stmxcsr [rsp]",    // MXCSR: SSE rounding mode and masks
-    "    fnstcw [rsp + 4]", // x87 control word
-    "    mov [rdi], rsp",   // publish our stack pointer (16-aligned)
-    "    mov rsp, rsi",     // adopt the other context's stack
-    "    ldmxcsr [rsp]",    // its FP control state
-    "    fldcw [rsp + 4]",
+    "    stmxcsr [rsp]",                 // MXCSR: SSE rounding mode and masks
+    "    fnstcw [rsp + 4]",              // x87 control word
+    "    mov eax, [rsp]",                // keep ours to compare (same-size loads: they
+    "    movzx ecx, word ptr [rsp + 4]", // forward from the stores)
+    "    mov [rdi], rsp",                // publish our stack pointer (16-aligned)
+    "    mov rsp, rsi",                  // adopt the other context's stack
+    // Its FP control state: loading MXCSR and the x87 control word costs
+    // more than the rest of the switch, and they almost never differ.
+    "    cmp eax, [rsp]",
+    "    jne 3f",
+    "2:",
+    "    cmp cx, [rsp + 4]",
+    "    jne 5f",
+    "4:",
     "    add rsp, 8",
     "    pop r15", // its callee-saved registers
     "    pop r14",
@@ -141,6 +149,12 @@ global_asm!(
     "    pop rbp",
     "    mov rax, rdx", // hand over `arg` as its return value
     "    ret",          // to wherever it called switch (or start)
+    "3:",
+    "    ldmxcsr [rsp]",
+    "    jmp 2b",
+    "5:",
+    "    fldcw [rsp + 4]",
+    "    jmp 4b",
     ".cfi_endproc",
     ".size gosched_arch_switch, . - gosched_arch_switch",
     ".popsection",

@@ -97,6 +97,8 @@ impl Shared {
             p: Cell::new(None),
             reason: Cell::new(Reason::None),
             signal_pending: AtomicBool::new(false),
+            claiming: AtomicBool::new(false),
+            this: AtomicPtr::new(ptr::null_mut()),
             refused: AtomicU64::new(0),
             // SAFETY: sigset_t is plain data; filled in by the M at start.
             sigmask: UnsafeCell::new(unsafe { std::mem::zeroed() }),
@@ -116,7 +118,8 @@ impl Shared {
     pub(crate) fn handoffp(&self, p: usize) {
         // SAFETY: we own `p` (state SCHED or HANDOFF by our hand).
         let local_work = unsafe { !(*self.ps[p].local.get()).worker.is_empty() }
-            || !self.ps[p].runnext.load(Ordering::Acquire).is_null();
+            || !self.ps[p].runnext.load(Ordering::Acquire).is_null()
+            || !self.ps[p].yielded.load(Ordering::Relaxed).is_null();
         if local_work || !self.injector.is_empty() {
             return self.startm(Some(p), false);
         }
@@ -153,6 +156,18 @@ impl Shared {
             return false;
         }
         let mp = self.ps[p].m.load(Ordering::Acquire);
+        if expect == P_USER && !mp.is_null() {
+            // A goroutine of that M may hold a claim on the P (Dekker with
+            // `claim_p`, see "Ownership of a P"): wait for it to end. Claims
+            // are a few dozen instructions in no-preempt regions.
+            // SAFETY: Ms live as long as Shared.
+            debug_assert_eq!(unsafe { (*mp).id } as u64, s >> 8, "P owned by another M");
+            crate::membarrier::heavy();
+            // SAFETY: Ms live as long as Shared.
+            while unsafe { (*mp).claiming.load(Ordering::Acquire) } {
+                std::thread::yield_now();
+            }
+        }
         if !mp.is_null() {
             // SAFETY: Ms live as long as Shared.
             let g = unsafe { (*mp).curg.load(Ordering::Relaxed) };
@@ -167,10 +182,12 @@ impl Shared {
         true
     }
 
-    /// Does P `p` have queued work (local queue or runnext)?
+    /// Does P `p` have queued work (local queue, runnext or a yielder)?
     pub(crate) fn p_has_work(&self, p: usize) -> bool {
         let p = &self.ps[p];
-        !p.stealer.is_empty() || !p.runnext.load(Ordering::Acquire).is_null()
+        !p.stealer.is_empty()
+            || !p.runnext.load(Ordering::Acquire).is_null()
+            || !p.yielded.load(Ordering::Relaxed).is_null()
     }
 
     /// Does the global run queue hold work?

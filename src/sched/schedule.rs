@@ -18,6 +18,7 @@ use crate::stack::{Stack, P_CACHE};
 
 /// Body of every M thread.
 pub(super) fn mstart(sh: Arc<Shared>, m: Arc<M>) {
+    m.this.store(Arc::as_ptr(&m) as *mut M, Ordering::Relaxed);
     // GS first, CUR_M second: `current_g` relies on that order.
     if let Err(e) = arch::set_thread_base(Arc::as_ptr(&m) as usize) {
         // Every x86-64 Linux has arch_prctl; only a seccomp filter that
@@ -325,6 +326,9 @@ impl Sched<'_> {
             }
             if let Some(g) = NonNull::new(p.runnext.swap(ptr::null_mut(), Ordering::AcqRel)) {
                 return Some((GRef(g), true));
+            }
+            if let Some(g) = NonNull::new(p.yielded.swap_owner(ptr::null_mut())) {
+                return Some((GRef(g), false));
             }
             if let Some(g) = self.local().worker.pop() {
                 return Some((g, false));
