@@ -5,10 +5,12 @@
 
 #![allow(dead_code)]
 
+mod child;
+
 use std::any::Any;
-use std::io::{Read, Write};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Command, ExitStatus, Stdio};
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -56,72 +58,21 @@ impl ChildOutput {
 /// only what the test sets. Fails the test if the child runs longer than
 /// [`CHILD_TIMEOUT`] (it is killed first).
 pub fn run_child(test: &str, role: &str, envs: &[(&str, &str)]) -> ChildOutput {
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut cmd = Command::new(exe);
-    cmd.args([
-        test,
-        "--exact",
-        "--nocapture",
-        "--include-ignored",
-        "--test-threads=1",
-    ]);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("GOSCHED_") {
-            cmd.env_remove(k);
-        }
-    }
-    // Keep a panicking child's report short.
-    cmd.env("RUST_BACKTRACE", "0");
-    // SAFETY: the closure runs in the forked child before exec and calls
-    // only `setrlimit`, which is async-signal-safe. A deliberately crashing
-    // child must not spend time (and disk) writing a core dump.
-    unsafe {
-        cmd.pre_exec(|| {
-            let none = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            libc::setrlimit(libc::RLIMIT_CORE, &none);
-            Ok(())
-        });
-    }
-    cmd.env(CHILD_ENV, role);
+    let mut cmd = child::child_command(test, CHILD_ENV, role);
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn the child test process");
-    let mut out = child.stdout.take().expect("child stdout");
-    let mut err = child.stderr.take().expect("child stderr");
-    let out_t = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = out.read_to_end(&mut s);
-        String::from_utf8_lossy(&s).into_owned()
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = err.read_to_end(&mut s);
-        String::from_utf8_lossy(&s).into_owned()
-    });
-    let deadline = Instant::now() + CHILD_TIMEOUT;
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait for the child") {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let st = child.wait().expect("wait for the killed child");
-            let stderr = err_t.join().unwrap();
-            panic!("child {test} (role {role}) ran longer than {CHILD_TIMEOUT:?}: killed ({st:?})\n{stderr}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    let done = child::run(cmd, CHILD_TIMEOUT);
+    let Some(status) = done.status else {
+        panic!(
+            "child {test} (role {role}) ran longer than {CHILD_TIMEOUT:?}: killed\n{}",
+            done.stderr
+        );
     };
     ChildOutput {
         status,
-        stdout: out_t.join().unwrap(),
-        stderr: err_t.join().unwrap(),
+        stdout: done.stdout,
+        stderr: done.stderr,
     }
 }
 

@@ -4,8 +4,10 @@
 
 #![allow(dead_code)]
 
-use std::io::Read;
-use std::process::{Command, ExitStatus, Stdio};
+#[path = "../common/child.rs"]
+mod child;
+
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -141,53 +143,12 @@ fn tail(s: &str, n: usize) -> &str {
 /// Re-runs this test binary restricted to test `test` with
 /// `CHILD_ENV=role`, collecting its output; kills it after `timeout`.
 pub fn run_child(test: &str, role: &str, timeout: Duration) -> ChildOutcome {
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut child = Command::new(exe)
-        .args([
-            test,
-            "--exact",
-            "--nocapture",
-            "--include-ignored",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, role)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn child test process");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = out.read_to_end(&mut s);
-        String::from_utf8_lossy(&s).into_owned()
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = err.read_to_end(&mut s);
-        String::from_utf8_lossy(&s).into_owned()
-    });
-    let t = Instant::now();
-    let mut timed_out = false;
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait child") {
-            break Some(st);
-        }
-        if t.elapsed() > timeout {
-            timed_out = true;
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let elapsed = t.elapsed();
+    let done = child::run(child::child_command(test, CHILD_ENV, role), timeout);
     ChildOutcome {
-        status,
-        timed_out,
-        elapsed,
-        stdout: out_t.join().unwrap(),
-        stderr: err_t.join().unwrap(),
+        status: done.status,
+        timed_out: done.status.is_none(),
+        elapsed: done.elapsed,
+        stdout: done.stdout,
+        stderr: done.stderr,
     }
 }
