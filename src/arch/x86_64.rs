@@ -408,6 +408,30 @@ pub(crate) unsafe fn thread_base_word<const OFF: usize>() -> usize {
     v
 }
 
+/// Test support: stores `true` to `a`, then loads `b`, with no fence in
+/// between (what the hot side of `crate::membarrier`'s Dekker pair compiles
+/// to), as two adjacent instructions whatever the optimisation level.
+#[cfg(test)]
+pub(crate) fn store_then_load(
+    a: &std::sync::atomic::AtomicBool,
+    b: &std::sync::atomic::AtomicBool,
+) -> bool {
+    let v: u32;
+    // SAFETY: both pointers come from live references; byte stores and
+    // loads of an AtomicBool are its own atomic accesses on x86-64.
+    unsafe {
+        core::arch::asm!(
+            "mov byte ptr [{a}], 1",
+            "movzx {v:e}, byte ptr [{b}]",
+            a = in(reg) a.as_ptr(),
+            b = in(reg) b.as_ptr(),
+            v = out(reg) v,
+            options(nostack, preserves_flags),
+        );
+    }
+    v != 0
+}
+
 /// Address of the trampoline a rewritten signal context jumps to.
 pub(crate) fn async_preempt_trampoline() -> usize {
     gosched_arch_async_preempt as *const () as usize
