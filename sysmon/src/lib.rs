@@ -78,9 +78,10 @@
 //!    [`PView::refused`] count has grown since the previous tick (with
 //!    asynchronous preemption off, the earlier request is enough). For
 //!    candidates only, ask [`Target::thread_blocked`], which is costly (it
-//!    reads the thread's state from `/proc`). A candidate whose thread is
-//!    asleep in the kernel scores a strike; any other tick resets the
-//!    strikes. After [`Config::blocked_refusals`] consecutive strikes call
+//!    reads the thread's state from `/proc`), at most once per
+//!    [`Config::blocked_probe_interval`] per P (a tick in between neither
+//!    scores nor resets). A candidate whose thread is asleep in the kernel
+//!    scores a strike; any other answer resets the strikes. After [`Config::blocked_refusals`] consecutive strikes call
 //!    [`Target::handoff_blocked`], once per slice. The thread is examined
 //!    *before* this tick's signal is sent, because the signal itself briefly
 //!    wakes a sleeping thread. In the tick of a hand-off the P is not
@@ -237,6 +238,11 @@ pub struct Config {
     /// asleep in the kernel before the P is handed away. 0 disables
     /// blocked-M detection.
     pub blocked_refusals: u32,
+    /// Least time between two [`Target::thread_blocked`] questions about
+    /// one P (each reads `/proc` in the runtime: tens of µs). Without it a
+    /// short quantum would ask every retry tick (`quantum / 4`).
+    /// Blocked-M detection then takes at least `blocked_refusals` of these.
+    pub blocked_probe_interval: Duration,
     /// Send a signal along with the cooperative preempt flag.
     pub async_preempt: bool,
     /// Preempt an overrunning goroutine only while another goroutine waits
@@ -255,6 +261,7 @@ impl Default for Config {
             max_sleep: Duration::from_millis(10),
             min_sleep: Duration::from_micros(20),
             blocked_refusals: 2,
+            blocked_probe_interval: Duration::from_millis(1),
             async_preempt: true,
             only_when_contended: false,
         }

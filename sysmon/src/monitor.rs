@@ -21,6 +21,9 @@ struct PRecord {
     strikes: u32,
     /// `handoff_blocked` was already called for the current slice.
     handed_off: bool,
+    /// No `thread_blocked` question before this time
+    /// (`Config::blocked_probe_interval`).
+    next_probe: Duration,
     /// The `syscalltick` recorded on an earlier tick, if any.
     syscalltick: Option<u64>,
 }
@@ -33,6 +36,7 @@ impl PRecord {
         self.refused = view.refused;
         self.strikes = 0;
         self.handed_off = false;
+        self.next_probe = Duration::ZERO;
     }
 }
 
@@ -264,7 +268,7 @@ impl Monitor {
             return after(now, self.cfg.quantum);
         }
         let retry = after(now, self.retry_interval());
-        if self.blocked(target, p, view) {
+        if self.blocked(target, p, view, now) {
             // The P may already run another goroutine: do not preempt it.
             return retry;
         }
@@ -279,12 +283,27 @@ impl Monitor {
 
     /// Rule 3 for an overrunning slice: count a strike if the evidence holds
     /// and hand the P away after enough of them. `true` if handed away now.
-    fn blocked<T: Target>(&mut self, target: &mut T, p: usize, view: &PView) -> bool {
+    fn blocked<T: Target>(
+        &mut self,
+        target: &mut T,
+        p: usize,
+        view: &PView,
+        now: Duration,
+    ) -> bool {
         let threshold = self.cfg.blocked_refusals;
         let rec = &mut self.ps[p];
         let refused = !self.cfg.async_preempt || view.refused > rec.refused;
         let candidate = threshold > 0 && rec.requested && !rec.handed_off && refused;
-        if !candidate || !target.thread_blocked(p) {
+        if !candidate {
+            rec.strikes = 0;
+            return false;
+        }
+        if now < rec.next_probe {
+            // Asked recently: no new evidence either way.
+            return false;
+        }
+        rec.next_probe = now.saturating_add(self.cfg.blocked_probe_interval);
+        if !target.thread_blocked(p) {
             rec.strikes = 0;
             return false;
         }

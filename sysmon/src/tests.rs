@@ -633,6 +633,45 @@ fn blocked_detection_disabled_with_zero_refusals() {
     assert_eq!(preempts(&calls), 10);
 }
 
+/// With a short quantum sysmon retries every `quantum / 4`; the costly
+/// `thread_blocked` question is still asked at most once per
+/// `blocked_probe_interval`, and a blocked thread is still found.
+#[test]
+fn thread_blocked_is_asked_at_most_once_per_probe_interval() {
+    let cfg = Config {
+        quantum: us(100),
+        async_preempt: false,
+        ..Config::default()
+    };
+    for blocked in [false, true] {
+        let mut t = FakeTarget::new(vec![PView::running(1, ms(0))]);
+        t.blocked[0] = blocked;
+        let mut m = Monitor::new(cfg.clone(), 1);
+        let mut now = us(100);
+        while now < ms(20) {
+            now += sleep_for(m.tick(&mut t, now));
+        }
+        let calls = t.calls();
+        let asked = count(&calls, Call::ThreadBlocked(0));
+        let preempts = count(
+            &calls,
+            Call::Preempt {
+                p: 0,
+                signal: false,
+            },
+        );
+        if blocked {
+            // Two strikes a probe interval apart, then one hand-off.
+            assert_eq!(asked, 2, "{calls:?}");
+            assert_eq!(count(&calls, Call::HandoffBlocked(0)), 1);
+        } else {
+            // ~20 ms of retries every 25 µs, at most one question per ms.
+            assert!(preempts > 200, "retries: {preempts}");
+            assert!((15..=21).contains(&asked), "asked {asked} times in 20 ms");
+        }
+    }
+}
+
 #[test]
 fn strikes_must_be_consecutive() {
     let mut t = FakeTarget::new(vec![PView::running(1, ms(0))]);
