@@ -173,3 +173,73 @@ fn goroutine_blocked_in_kernel_on_lock_of_preempted_holder_does_not_deadlock() {
         "the ticker stalled for {gap:?}"
     );
 }
+
+/// sysmon takes Ps from threads it finds asleep in the kernel, over and
+/// over, while the goroutines of those threads wake up and spawn and yield
+/// (touching the P's local queue under a claim that a takeover waits out;
+/// the fence pair itself is tested in `src/membarrier.rs`). Every spawned
+/// goroutine must run exactly once, and the program must finish.
+#[test]
+fn takeovers_racing_with_spawns_and_yields_lose_no_goroutine() {
+    const SLEEPERS: usize = 4;
+    const ROUNDS: u64 = 60;
+    const BURST: u64 = 20;
+    let rt = Builder::new()
+        .procs(2)
+        .preempt_quantum(Duration::from_micros(500))
+        .async_preempt(false)
+        .build()
+        .unwrap();
+    let ran = Arc::new(AtomicU64::new(0));
+    let r2 = ran.clone();
+    rt.block_on(move || {
+        let stop = Arc::new(AtomicBool::new(false));
+        // Keeps a goroutine waiting for a P, so overrunning slices are
+        // preempted (and, asleep in the kernel, taken over).
+        let s = stop.clone();
+        let ticker = gosched::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                gosched::sleep(Duration::from_micros(300));
+            }
+        });
+        let sleepers: Vec<_> = (0..SLEEPERS as u64)
+            .map(|k| {
+                let ran = r2.clone();
+                gosched::spawn(move || {
+                    let mut hs = Vec::new();
+                    for i in 0..ROUNDS {
+                        // A foreign blocking call: the thread sleeps in the
+                        // kernel while its goroutine still owns the P.
+                        std::thread::sleep(Duration::from_micros(1_000 + 700 * ((i + k) % 4)));
+                        // Then claims: spawns (queued on the P) and yields.
+                        for _ in 0..BURST {
+                            let ran = ran.clone();
+                            hs.push(gosched::spawn(move || {
+                                ran.fetch_add(1, Ordering::Relaxed);
+                            }));
+                            gosched::yield_now();
+                        }
+                    }
+                    for h in hs {
+                        h.join().unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in sleepers {
+            h.join().unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        ticker.join().unwrap();
+    });
+    let st = rt.stats();
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        SLEEPERS as u64 * ROUNDS * BURST,
+        "goroutines lost or run twice: {st:?}"
+    );
+    assert!(
+        st.blocked_handoffs > 0,
+        "no takeover happened, so nothing raced: {st:?}"
+    );
+}
