@@ -159,7 +159,8 @@ impl StackPool {
     }
 
     /// Whether `addr` lies in this pool's reservation (some goroutine's
-    /// stack or guard).
+    /// stack or guard). Debug builds check `current_g` with it.
+    #[cfg(debug_assertions)]
     pub(crate) fn contains(&self, addr: usize) -> bool {
         addr.wrapping_sub(self.base) < self.nslots * self.slot
     }
