@@ -216,6 +216,15 @@ pub(crate) struct M {
     pub(crate) nextp: AtomicUsize,
     /// Started as a spinning M (set with `nextp`, read after waking).
     pub(crate) spinning: AtomicBool,
+    /// Another M restricted this M's thread to one CPU for a hand-off
+    /// (`Shared::pin_to_this_cpu`); this M undoes it when it wakes.
+    pub(crate) pinned: AtomicBool,
+    /// This M's own CPU affinity, read when it started (owner thread); the
+    /// mask `unpin` restores. None if it could not be read.
+    pub(crate) cpu_mask: Cell<Option<libc::cpu_set_t>>,
+    /// `cpu_mask` is known, so pinning this M can be undone (set once at
+    /// start, read by the M that pins it).
+    pub(crate) unpinnable: AtomicBool,
     /// A goroutine on this M holds a claim on its P (see "Ownership of a
     /// P"). Written only by this M's thread; read by sysmon's retake.
     pub(crate) claiming: AtomicBool,
@@ -311,6 +320,9 @@ pub(crate) struct Shared {
 }
 
 thread_local! {
+    /// Set on an M's g0 while it hands its P away just before parking
+    /// (`stoplockedm`), so that `startm` pins the M it wakes to this CPU.
+    pub(crate) static PARKING_AFTER_HANDOFF: Cell<bool> = const { Cell::new(false) };
     /// The M this thread is (null on a plain thread). Set once when the M
     /// starts. Read it only through `cur_m` (see there).
     static CUR_M: Cell<*const M> = const { Cell::new(ptr::null()) };
@@ -781,6 +793,16 @@ pub(crate) unsafe extern "C" fn g_entry(arg: usize) -> ! {
         arch::switch(g.ctx.get(), *(*m).g0_sp.get(), 0);
     }
     unreachable!("a finished goroutine was resumed");
+}
+
+/// The calling thread's CPU affinity.
+pub(crate) fn thread_cpu_mask() -> Option<libc::cpu_set_t> {
+    // SAFETY: cpu_set_t is plain data, filled by the kernel; 0 = this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let ok = libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0;
+        ok.then_some(set)
+    }
 }
 
 /// Runtimes alive in the process (the deadlock check runs only with one).

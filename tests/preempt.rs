@@ -464,3 +464,70 @@ fn goroutine_that_yielded_to_a_no_call_hog_runs_again() {
         );
     }
 }
+
+/// The CPU affinity of every thread of this process named `gosched-m*`.
+fn worker_affinities() -> Vec<(String, Vec<usize>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("gosched-m") {
+            continue;
+        }
+        let tid: libc::pid_t = e.file_name().to_string_lossy().parse().unwrap();
+        out.push((format!("{} ({tid})", comm.trim()), affinity(tid)));
+    }
+    out
+}
+
+/// The CPUs thread `tid` (0: the caller) may run on.
+fn affinity(tid: libc::pid_t) -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data, filled in by the kernel.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let r = libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
+        assert_eq!(r, 0, "sched_getaffinity({tid})");
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// In ThreadAffine mode a hand-off pins the woken worker thread to the
+/// CPU the parking one leaves (so Linux does not queue it behind a busy
+/// thread while that CPU idles); the woken thread must widen its affinity
+/// again. After hundreds of hand-offs no worker may be left pinned.
+#[test]
+fn thread_affine_hand_offs_leave_no_worker_pinned() {
+    let _s = serial();
+    let rt = Builder::new()
+        .procs(2)
+        .preempt_quantum(Duration::from_millis(1))
+        .preempt_mode(PreemptMode::ThreadAffine)
+        .build()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let dog = watchdog(&stop, Duration::from_millis(400));
+    rt.block_on(|| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let s = stop.clone();
+                gosched::spawn(move || hog(&s))
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+    });
+    dog.join().unwrap();
+    let st = rt.stats();
+    assert!(st.preempt_async > 50, "too few hand-offs to tell: {st:?}");
+    // Every worker is parked now; the last to wake unpinned itself.
+    let want = affinity(0);
+    for (name, cpus) in worker_affinities() {
+        assert_eq!(
+            cpus, want,
+            "{name} left pinned after {} preemptions",
+            st.preempt_async
+        );
+    }
+}

@@ -27,6 +27,11 @@ pub(super) fn mstart(sh: Arc<Shared>, m: Arc<M>) {
         std::process::abort();
     }
     CUR_M.with(|c| c.set(Arc::as_ptr(&m)));
+    // Before `tid` is published: whoever pins this thread (and so needs
+    // the tid) finds the mask to restore recorded.
+    m.cpu_mask.set(thread_cpu_mask());
+    m.unpinnable
+        .store(m.cpu_mask.get().is_some(), Ordering::Release);
     // SAFETY: gettid has no preconditions.
     m.tid.store(unsafe { libc::gettid() }, Ordering::Release);
     let _alt = crate::signal::AltStack::install();
@@ -453,6 +458,7 @@ impl Sched<'_> {
                 }
             }
             let woken = self.m.note.wait(timeout);
+            self.sh.unpin(self.m);
             let _ = self.sh.timer_m.compare_exchange(
                 me,
                 ptr::null_mut(),
@@ -503,10 +509,13 @@ impl Sched<'_> {
             }
             self.m.p.set(None);
             self.sh.ps[p].status.store(P_HANDOFF, Ordering::Release);
+            PARKING_AFTER_HANDOFF.set(true);
             self.sh.handoffp(p);
+            PARKING_AFTER_HANDOFF.set(false);
         }
         loop {
             self.m.note.wait(None);
+            self.sh.unpin(self.m);
             if self.sh.shutdown.load(Ordering::Acquire) {
                 return false;
             }
@@ -524,6 +533,8 @@ impl Sched<'_> {
         // SAFETY: Ms live as long as Shared.
         let lm = unsafe { lm.as_ref() };
         lm.nextp.store(p + 1, Ordering::Release);
+        // We park right after this (see `run`): hand over our CPU too.
+        self.sh.pin_to_this_cpu(lm);
         lm.note.wake();
     }
 }
