@@ -107,6 +107,10 @@ const G_BATCH: usize = 32;
 /// `_GoidCacheBatch`).
 const GOID_BATCH: u64 = 16;
 
+/// How long a thief waits before taking `runnext` from a running P (Go's
+/// `usleep(3)` in `runqgrab`).
+const RUNNEXT_GRACE: std::time::Duration = std::time::Duration::from_micros(3);
+
 /// Upper bound on Ms (Go: 10000 threads).
 const MAX_MS: usize = 10_000;
 

@@ -415,10 +415,22 @@ impl Sched<'_> {
         }
         if take_runnext {
             let g = v.runnext.load(Ordering::Acquire);
-            if !g.is_null()
-                && v.runnext
-                    .compare_exchange(g, ptr::null_mut(), Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
+            if g.is_null() {
+                return None;
+            }
+            if matches!(v.status.load(Ordering::Relaxed) & 0xff, P_USER | P_SCHED) {
+                // Go's runqgrab: the victim is running, and a goroutine that
+                // just readied `g` often blocks right after (a channel
+                // ping-pong). Give its P time to run `g` itself rather than
+                // bounce the pair between threads. Like Go, sleep rather
+                // than watch: the sleep also slows a thief that would
+                // otherwise keep snatching the pair (watching runnext for
+                // 3 µs instead gained half as much on the 2-P ping-pong).
+                std::thread::sleep(RUNNEXT_GRACE);
+            }
+            if v.runnext
+                .compare_exchange(g, ptr::null_mut(), Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
             {
                 return NonNull::new(g).map(GRef);
             }
