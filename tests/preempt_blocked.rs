@@ -243,3 +243,61 @@ fn takeovers_racing_with_spawns_and_yields_lose_no_goroutine() {
         "no takeover happened, so nothing raced: {st:?}"
     );
 }
+
+/// Child of the test below: A blocks its thread in the kernel (a plain
+/// `std::thread::sleep`) while B waits for the only P, so sysmon hands the
+/// P away from A's thread; B finishes and the P goes idle. Then A's thread
+/// wakes, and A yields (round 0) or is preempted in a loop without calls
+/// (round 1) with no P: it must be queued where an M will find it.
+fn lost_p_child() {
+    let mut min_handoffs = u64::MAX;
+    for round in 0..2 {
+        let rt = Builder::new()
+            .procs(1)
+            .preempt_quantum(Duration::from_millis(1))
+            .build()
+            .unwrap();
+        rt.block_on(move || {
+            let a = gosched::spawn(move || {
+                std::thread::sleep(Duration::from_millis(30));
+                if round == 0 {
+                    gosched::yield_now();
+                } else {
+                    spin_for(Duration::from_millis(20));
+                }
+            });
+            let b = gosched::spawn(|| spin_for(Duration::from_millis(5)));
+            b.join().unwrap();
+            a.join().unwrap();
+        });
+        let handoffs = rt.stats().blocked_handoffs;
+        eprintln!("round {round}: {handoffs} blocked hand-offs");
+        min_handoffs = min_handoffs.min(handoffs);
+    }
+    eprintln!("DONE=1 MIN_HANDOFFS={min_handoffs}");
+}
+
+/// A goroutine whose P sysmon took while its thread was blocked in the
+/// kernel, and which then yields or is preempted while every other P is
+/// idle, still runs again (it used to sit in the global queue with every
+/// thread asleep: a hang first seen under load in tests/sleep.rs). In a
+/// child, so a hang fails after 20 s.
+#[test]
+fn goroutine_that_lost_its_p_and_yields_is_not_lost() {
+    if child_role().as_deref() == Some("lost_p") {
+        return lost_p_child();
+    }
+    let out = run_child(
+        "goroutine_that_lost_its_p_and_yields_is_not_lost",
+        "lost_p",
+        Duration::from_secs(20),
+    );
+    out.assert_success("lost-P child");
+    assert_eq!(out.report("DONE"), Some(1), "{}", out.stderr);
+    // Otherwise A kept its P and the scenario tested nothing.
+    assert!(
+        out.report("MIN_HANDOFFS").unwrap() >= 1,
+        "sysmon did not take the P from A's blocked thread:\n{}",
+        out.stderr
+    );
+}

@@ -129,7 +129,7 @@ impl Sched<'_> {
             }
             if self.m.p.get().is_none() {
                 // Our P was retaken while we were away; get one first.
-                self.sh.injector.push(g);
+                self.globrunqput(g, true);
                 continue;
             }
             let back = self.execute(g, inherit);
@@ -209,7 +209,7 @@ impl Sched<'_> {
                     .counters
                     .preempt_coop
                     .fetch_add(1, Ordering::Relaxed);
-                self.sh.injector.push(g);
+                self.globrunqput(g, false);
             }
             Reason::AsyncPreempt => {
                 self.sh
@@ -221,11 +221,11 @@ impl Sched<'_> {
                     g.locked_m.set(Some(NonNull::from(&**self.m)));
                     self.m.locked_g.set(Some(g));
                 }
-                self.sh.injector.push(g);
-                fence(Ordering::SeqCst);
-                if self.m.locked_g.get().is_none() {
-                    self.sh.wakep();
-                }
+                // Unlocked, the goroutine may run anywhere: wake a P for it
+                // (Go's preemptPark/gopreempt_m). Locked to us, our P
+                // follows it: `stoplockedm` hands the P on, and `handoffp`
+                // sees the goroutine in the global queue.
+                self.globrunqput(g, self.m.locked_g.get().is_none());
             }
             Reason::Park => {
                 if let Some(p) = self.m.p.get() {
@@ -256,7 +256,23 @@ impl Sched<'_> {
     fn runqput_tail(&self, g: GRef) {
         match self.m.p.get() {
             Some(_) => self.local().worker.push(g),
-            None => self.sh.injector.push(g),
+            None => self.globrunqput(g, false),
+        }
+    }
+
+    /// Puts `g` on the global queue and makes sure some M will look there:
+    /// we will ourselves if we still hold a P and `wake` is false (we go
+    /// on to `find_runnable`, or hand our P on with the queue non-empty);
+    /// otherwise wake an idle P. Without a P (sysmon took it while the
+    /// goroutine ran) and with every other P idle, nobody else would ever
+    /// look: the goroutine was lost (a hang found under load in
+    /// tests/sleep.rs: every M parked, one goroutine in the global queue).
+    fn globrunqput(&self, g: GRef, wake: bool) {
+        self.sh.injector.push(g);
+        if wake || self.m.p.get().is_none() {
+            // Dekker with the spinning protocol (see `wakep`).
+            fence(Ordering::SeqCst);
+            self.sh.wakep();
         }
     }
 
