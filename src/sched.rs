@@ -244,6 +244,9 @@ pub(crate) struct M {
     pub(crate) g0_sp: UnsafeCell<usize>,
     /// The P this M holds (owner thread).
     pub(crate) p: Cell<Option<usize>>,
+    /// The P a direct yield on this M claimed, for the goroutine it
+    /// switches to (`requeue_yielder`; owner thread).
+    pub(crate) yield_p: Cell<*const P>,
     /// Why the current goroutine switched to g0 (owner thread).
     pub(crate) reason: Cell<Reason>,
     /// 1 while a preemption signal is in flight (Go's signalPending): set
@@ -711,6 +714,7 @@ fn yield_direct(g: GRef) -> bool {
     // From here the M runs `next` (sysmon and the signal handler read
     // curg); both goroutines are in no-preempt regions across the switch.
     m.curg.store(next.as_ptr(), Ordering::Release);
+    m.yield_p.set(p);
     // SAFETY: `next` was dequeued by us (exactly once) and has a context
     // saved by `switch`; `g.ctx` is ours to write.
     let arg = unsafe { arch::switch(g.ctx.get(), *next.ctx.get(), g.as_ptr() as usize | YIELDED) };
@@ -732,8 +736,9 @@ fn requeue_yielder(arg: usize) {
     // switch never changes thread) inside a no-preempt region; the
     // yielder's claim on the M's P is ours to use and end.
     let m = unsafe { &*this_m() };
-    let sh = m.shared_ref();
-    let p = &sh.ps[m.p.get().expect("a direct yield holds a P")];
+    // SAFETY: `yield_direct` stored the P it claimed (a live element of
+    // the runtime's `ps`) just before switching to us on this M.
+    let p = unsafe { &*m.yield_p.get() };
     debug_assert!(
         m.claiming.load(Ordering::Relaxed),
         "a direct yield without a claim"
