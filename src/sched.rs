@@ -327,9 +327,6 @@ pub(crate) struct Shared {
 }
 
 thread_local! {
-    /// Set on an M's g0 while it hands its P away just before parking
-    /// (`stoplockedm`), so that `startm` pins the M it wakes to this CPU.
-    pub(crate) static PARKING_AFTER_HANDOFF: Cell<bool> = const { Cell::new(false) };
     /// The M this thread is (null on a plain thread). Set once when the M
     /// starts. Read it only through `cur_m` (see there).
     static CUR_M: Cell<*const M> = const { Cell::new(ptr::null()) };

@@ -43,11 +43,12 @@ impl Shared {
         {
             return;
         }
-        self.startm(None, true);
+        self.startm(None, true, false);
     }
 
-    /// Go's startm: run some M with P `p` (or an idle P).
-    pub(crate) fn startm(&self, p: Option<usize>, spinning: bool) {
+    /// Go's startm: run some M with P `p` (or an idle P). `pin`: the
+    /// caller parks right after; see `pin_to_this_cpu`.
+    pub(crate) fn startm(&self, p: Option<usize>, spinning: bool, pin: bool) {
         if self.shutdown.load(Ordering::Acquire) {
             if spinning {
                 self.nmspinning.fetch_sub(1, Ordering::SeqCst);
@@ -72,7 +73,7 @@ impl Shared {
             Some(m) => {
                 m.spinning.store(spinning, Ordering::Relaxed);
                 m.nextp.store(p + 1, Ordering::Release);
-                if PARKING_AFTER_HANDOFF.get() {
+                if pin {
                     self.pin_to_this_cpu(&m);
                 }
                 m.note.wake();
@@ -97,19 +98,18 @@ impl Shared {
         // SAFETY: sched_getcpu has no preconditions (vDSO).
         let cpu = unsafe { libc::sched_getcpu() };
         let tid = m.tid.load(Ordering::Acquire);
-        if cpu < 0 || tid == 0 {
+        let Ok(cpu) = usize::try_from(cpu) else {
+            return;
+        };
+        if tid == 0 || cpu >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
             return;
         }
-        // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it (cpu
-        // is below CPU_SETSIZE: the kernel numbers CPUs below it here);
-        // sched_setaffinity reads `set` and changes only thread `tid` of
-        // this process.
+        // SAFETY: cpu_set_t is plain data; CPU_SET writes bit `cpu`, inside
+        // the set (checked above); sched_setaffinity only reads `set` and
+        // changes only thread `tid` of this process.
         unsafe {
             let mut set: libc::cpu_set_t = std::mem::zeroed();
-            if cpu as usize >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
-                return;
-            }
-            libc::CPU_SET(cpu as usize, &mut set);
+            libc::CPU_SET(cpu, &mut set);
             if libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0 {
                 m.pinned.store(true, Ordering::Release);
             }
@@ -119,7 +119,8 @@ impl Shared {
     /// Undoes `pin_to_this_cpu` on the calling M's own thread: back to
     /// the affinity it started with.
     pub(crate) fn unpin(&self, m: &M) {
-        if !m.pinned.swap(false, Ordering::Acquire) {
+        // A plain load first: almost every wake-up finds nothing to undo.
+        if !m.pinned.load(Ordering::Relaxed) || !m.pinned.swap(false, Ordering::Acquire) {
             return;
         }
         if let Some(mask) = m.cpu_mask.get() {
@@ -169,14 +170,15 @@ impl Shared {
     }
 
     /// Go's handoffp: give P away, starting an M for it only if it is
-    /// needed.
-    pub(crate) fn handoffp(&self, p: usize) {
+    /// needed. `then_park`: the caller parks right after, so an M woken
+    /// for the P takes over this CPU too (`pin_to_this_cpu`).
+    pub(crate) fn handoffp(&self, p: usize, then_park: bool) {
         // SAFETY: we own `p` (state SCHED or HANDOFF by our hand).
         let local_work = unsafe { !(*self.ps[p].local.get()).worker.is_empty() }
             || !self.ps[p].runnext.load(Ordering::Acquire).is_null()
             || !self.ps[p].yielded.load(Ordering::Relaxed).is_null();
         if local_work || !self.injector.is_empty() {
-            return self.startm(Some(p), false);
+            return self.startm(Some(p), false, then_park);
         }
         if self.nmspinning.load(Ordering::SeqCst) + self.npidle.load(Ordering::SeqCst) == 0
             && self
@@ -184,7 +186,7 @@ impl Shared {
                 .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
                 .is_ok()
         {
-            return self.startm(Some(p), true);
+            return self.startm(Some(p), true, then_park);
         }
         self.pidleput(p);
         // Re-check after publishing the idle P (Dekker with submitters).
@@ -233,7 +235,7 @@ impl Shared {
             }
         }
         self.ps[p].m.store(ptr::null_mut(), Ordering::Relaxed);
-        self.handoffp(p);
+        self.handoffp(p, false);
         true
     }
 

@@ -537,9 +537,8 @@ impl Sched<'_> {
             }
             self.m.p.set(None);
             self.sh.ps[p].status.store(P_HANDOFF, Ordering::Release);
-            PARKING_AFTER_HANDOFF.set(true);
-            self.sh.handoffp(p);
-            PARKING_AFTER_HANDOFF.set(false);
+            // We park right below: hand over our CPU with the P.
+            self.sh.handoffp(p, true);
         }
         loop {
             self.m.note.wait(None);
