@@ -343,6 +343,30 @@ struct Row<'a> {
     off: &'a Acc,
 }
 
+/// Prints (and appends to `csv`) the async-off and async-on rows of one
+/// cell; `quanta` is the quantum each ran with.
+fn print_pair(
+    setup: Setup,
+    quanta: [Duration; 2],
+    mode: PreemptMode,
+    (off, on): (&Acc, &Acc),
+    hz: f64,
+    csv: &mut String,
+) {
+    for ((async_on, acc), quantum) in [(false, off), (true, on)].into_iter().zip(quanta) {
+        let row = Row {
+            setup,
+            quantum,
+            mode,
+            async_on,
+            acc,
+            off,
+        };
+        row.print(hz);
+        row.csv(hz, csv);
+    }
+}
+
 const HEADER: &str = "setup,quantum_us,mode,async,hog_secs,ticks,p50_us,p99_us,p999_us,max_us,\
 hog_iters_per_s,thr_vs_off,hog_running,running_vs_off,cpu_cores,preempt_async,preempt_coop,preempt_refused,switches";
 
@@ -529,18 +553,7 @@ fn main() {
                 let run = on.running(hz) / off.running(hz);
                 one_p_cost = Some(((1.0 - thr) * on.hog_secs / n, (1.0 - run) * on.hog_secs / n));
             }
-            for (async_on, acc) in [(false, &off), (true, &on)] {
-                let row = Row {
-                    setup: ONE_P,
-                    quantum: q,
-                    mode,
-                    async_on,
-                    acc,
-                    off: &off,
-                };
-                row.print(hz);
-                row.csv(hz, &mut csv);
-            }
+            print_pair(ONE_P, [q, q], mode, (&off, &on), hz, &mut csv);
             let p99 = Duration::from_nanos(on.late.value_at_quantile(0.99));
             let thr = on.rate() / off.rate();
             let run = on.running(hz) / off.running(hz);
@@ -581,19 +594,7 @@ fn main() {
         "\n2) cost of one asynchronous preemption: Migrate, 2 Ps, 2 hogs + ticker, quantum 100us"
     );
     let (off, on) = cell_pair(TWO_P, q, NO_QUANTUM, mode, cell, pause);
-    for (async_on, acc) in [(false, &off), (true, &on)] {
-        let q = if async_on { q } else { NO_QUANTUM };
-        let row = Row {
-            setup: TWO_P,
-            quantum: q,
-            mode,
-            async_on,
-            acc,
-            off: &off,
-        };
-        row.print(hz);
-        row.csv(hz, &mut csv);
-    }
+    print_pair(TWO_P, [NO_QUANTUM, q], mode, (&off, &on), hz, &mut csv);
     let n = on.preempt_async.max(1) as f64;
     let thr = on.rate() / off.rate();
     // Per hog, seconds lost = (1 - thr) × its seconds; summed over hogs.
