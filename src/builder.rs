@@ -29,13 +29,42 @@ pub const MIN_QUANTUM: Duration = Duration::from_micros(50);
 /// ```
 pub const DEFAULT_QUANTUM: Duration = Duration::from_millis(10);
 
+/// Largest accepted number of Ps ([`Builder::procs`], `GOSCHED_MAXPROCS`).
+///
+/// Every P is allocated when the runtime is built (its run queue, caches and
+/// counters: about a KiB each, before any goroutine runs), and sysmon and
+/// every idle M's steal loop visit every P, so a P costs memory and CPU
+/// even when it never runs anything; more Ps than CPUs adds no parallelism.
+/// 1024 is far above the CPU count of the machines gosched targets, and is
+/// the cap Go itself had (`_MaxGomaxprocs`) until Go 1.10. A larger value is
+/// an error at `build`, not a silent clamp, so a typo (an extra zero, a
+/// negative number cast to `usize`) is noticed; the default
+/// (`available_parallelism()`) is clamped to it.
+///
+/// # Examples
+///
+/// ```
+/// use gosched::{Builder, MAX_PROCS};
+/// assert_eq!(MAX_PROCS, 1024);
+/// let err = Builder::new().procs(MAX_PROCS + 1).build().unwrap_err();
+/// assert!(err.to_string().contains("procs(1025)"));
+/// ```
+pub const MAX_PROCS: usize = 1024;
+
 /// Where a goroutine that was preempted asynchronously resumes.
+///
+/// [`Migrate`](PreemptMode::Migrate) is unsound for ordinary Rust code (see
+/// its doc), so choosing it also takes the `unsafe`
+/// [`Builder::allow_migrate`] acknowledgement; without it `build` fails.
 ///
 /// # Examples
 ///
 /// ```
 /// use gosched::{Builder, PreemptMode};
-/// let rt = Builder::new().procs(1).preempt_mode(PreemptMode::Migrate).build().unwrap();
+/// let b = Builder::new().procs(1).preempt_mode(PreemptMode::Migrate);
+/// // SAFETY: the only goroutine computes `6 * 7` in registers: no
+/// // thread-locals, no stdout lock, nothing tied to its OS thread.
+/// let rt = unsafe { b.allow_migrate() }.build().unwrap();
 /// assert_eq!(rt.block_on(|| 6 * 7), 42);
 /// ```
 #[non_exhaustive]
@@ -50,7 +79,11 @@ pub enum PreemptMode {
     /// Go's behaviour: the goroutine goes to the tail of the global run queue
     /// and any thread may resume it. Cheapest; only for code that keeps no
     /// thread-identity state (thread-locals, reentrant locks) live across
-    /// arbitrary instructions.
+    /// arbitrary instructions. Ordinary Rust does: `println!` holds std's
+    /// reentrant stdout lock (its owner is a thread id) and `thread_local!`
+    /// hands out references into the thread's storage, so a goroutine moved
+    /// or interleaved mid-way corrupts them. Requires the `unsafe`
+    /// [`Builder::allow_migrate`]; without it `build` returns an error.
     Migrate,
 }
 
@@ -97,6 +130,7 @@ pub struct Builder {
     quantum: Option<Duration>,
     async_preempt: Option<bool>,
     mode: Option<PreemptMode>,
+    allow_migrate: bool,
 }
 
 fn invalid(msg: String) -> io::Error {
@@ -149,14 +183,19 @@ impl Builder {
     }
 
     /// Number of Ps: how many goroutines run in parallel (GOMAXPROCS).
-    /// Default: `$GOSCHED_MAXPROCS`, else `std::thread::available_parallelism()`.
-    /// 0 is an error at `build`.
+    /// Default: `$GOSCHED_MAXPROCS`, else `std::thread::available_parallelism()`
+    /// (at most [`MAX_PROCS`]). 0, or more than [`MAX_PROCS`] (1024), is an
+    /// error at `build`: every P is allocated up front and visited by sysmon,
+    /// so an absurd value would exhaust memory before anything runs (see
+    /// [`MAX_PROCS`] for why 1024).
     ///
     /// # Examples
     ///
     /// ```
     /// let rt = gosched::Builder::new().procs(1).build().unwrap();
     /// assert_eq!(rt.stats().procs, 1);
+    /// let err = gosched::Builder::new().procs(usize::MAX).build().unwrap_err();
+    /// assert!(err.to_string().contains("MAX_PROCS"));
     /// ```
     pub fn procs(mut self, n: usize) -> Builder {
         self.procs = Some(n);
@@ -212,17 +251,61 @@ impl Builder {
     }
 
     /// Where asynchronously preempted goroutines resume. Default
-    /// [`PreemptMode::ThreadAffine`].
+    /// [`PreemptMode::ThreadAffine`]. [`PreemptMode::Migrate`] also needs
+    /// [`allow_migrate`](Builder::allow_migrate), or `build` fails.
     ///
     /// # Examples
     ///
     /// ```
     /// use gosched::{Builder, PreemptMode};
-    /// let rt = Builder::new().preempt_mode(PreemptMode::Migrate).build().unwrap();
-    /// assert_eq!(rt.stats().mode, PreemptMode::Migrate);
+    /// let rt = Builder::new().preempt_mode(PreemptMode::ThreadAffine).build().unwrap();
+    /// assert_eq!(rt.stats().mode, PreemptMode::ThreadAffine);
+    ///
+    /// let err = Builder::new().preempt_mode(PreemptMode::Migrate).build().unwrap_err();
+    /// assert!(err.to_string().contains("allow_migrate"));
     /// ```
     pub fn preempt_mode(mut self, mode: PreemptMode) -> Builder {
         self.mode = Some(mode);
+        self
+    }
+
+    /// Acknowledges that [`PreemptMode::Migrate`] is sound for this program,
+    /// so that `preempt_mode(PreemptMode::Migrate)` is accepted by `build`.
+    /// On its own it changes nothing: the mode stays whatever
+    /// [`preempt_mode`](Builder::preempt_mode) chose (default ThreadAffine).
+    ///
+    /// # Safety
+    ///
+    /// Code that can be asynchronously preempted holds no thread identity
+    /// across any instruction: no thread-locals (`thread_local!`, `errno`
+    /// read after another call, per-thread allocator or RNG state held by
+    /// reference), no std stdout/stderr lock (`println!`, `eprintln!`), no
+    /// reentrant lock or other state keyed by the OS thread id. Under
+    /// Migrate a goroutine can stop between any two instructions of such
+    /// code and resume on another OS thread, while its old thread runs other
+    /// goroutines; std's stdout `RefCell` is then borrowed twice (an abort)
+    /// and thread-local updates are lost or land on the wrong thread.
+    /// Thread identity taken and released entirely inside
+    /// [`no_preempt`](crate::no_preempt) is fine: that closure is never
+    /// preempted asynchronously.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use gosched::{Builder, PreemptMode};
+    /// let b = Builder::new().procs(2).preempt_mode(PreemptMode::Migrate);
+    /// // SAFETY: the goroutines below only do arithmetic on their own
+    /// // locals; nothing they run reads a thread-local or takes stdout.
+    /// let rt = unsafe { b.allow_migrate() }.build().unwrap();
+    /// assert_eq!(rt.stats().mode, PreemptMode::Migrate);
+    /// let sum = rt.block_on(|| {
+    ///     let hs: Vec<_> = (0..4u64).map(|i| gosched::spawn(move || i * i)).collect();
+    ///     hs.into_iter().map(|h| h.join().unwrap()).sum::<u64>()
+    /// });
+    /// assert_eq!(sum, 14);
+    /// ```
+    pub unsafe fn allow_migrate(mut self) -> Builder {
+        self.allow_migrate = true;
         self
     }
 
@@ -231,10 +314,13 @@ impl Builder {
     ///
     /// # Errors
     ///
-    /// `InvalidInput` naming the setting and its value for: `procs(0)`, a
+    /// `InvalidInput` naming the setting and its value for: `procs(0)` or
+    /// above [`MAX_PROCS`], a
     /// stack size outside 16 KiB ..= 1 GiB, a quantum below 50 µs,
-    /// `async_preempt(true)` without the `preempt-signal` feature, or a
-    /// malformed `GOSCHED_*` variable. Any OS error reserving the stacks.
+    /// `async_preempt(true)` without the `preempt-signal` feature,
+    /// `preempt_mode(Migrate)` without the `unsafe`
+    /// [`allow_migrate`](Builder::allow_migrate), or a malformed `GOSCHED_*`
+    /// variable. Any OS error reserving the stacks.
     ///
     /// # Examples
     ///
@@ -250,17 +336,29 @@ impl Builder {
     pub(crate) fn config(self) -> io::Result<Config> {
         let procs = match self.procs {
             Some(0) => return Err(invalid("procs(0): a runtime needs at least one P".into())),
+            Some(n) if n > MAX_PROCS => {
+                return Err(invalid(format!(
+                    "procs({n}): exceeds MAX_PROCS ({MAX_PROCS}); every P is allocated up front"
+                )));
+            }
             Some(n) => n,
             None => match env("GOSCHED_MAXPROCS")? {
                 Some(v) => match v.trim().parse::<usize>() {
-                    Ok(n) if n > 0 => n,
+                    Ok(n) if (1..=MAX_PROCS).contains(&n) => n,
+                    Ok(n) if n > MAX_PROCS => {
+                        return Err(invalid(format!(
+                            "GOSCHED_MAXPROCS={v:?}: exceeds MAX_PROCS ({MAX_PROCS})"
+                        )));
+                    }
                     _ => {
                         return Err(invalid(format!(
-                            "GOSCHED_MAXPROCS={v:?}: expected a positive integer"
+                            "GOSCHED_MAXPROCS={v:?}: expected an integer in 1..={MAX_PROCS}"
                         )));
                     }
                 },
-                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                None => std::thread::available_parallelism()
+                    .map_or(1, |n| n.get())
+                    .min(MAX_PROCS),
             },
         };
         let stack_size = self.stack_size.unwrap_or(DEFAULT_STACK);
@@ -332,12 +430,21 @@ impl Builder {
                 }
             },
         };
+        let mode = self.mode.unwrap_or_default();
+        if mode == PreemptMode::Migrate && !self.allow_migrate {
+            return Err(invalid(
+                "preempt_mode(Migrate) requires the unsafe Builder::allow_migrate(): \
+                 a preempted goroutine may resume on another OS thread, which is \
+                 unsound for code that holds thread-locals or std's stdout lock"
+                    .into(),
+            ));
+        }
         Ok(Config {
             procs,
             stack_size,
             quantum,
             async_preempt,
-            mode: self.mode.unwrap_or_default(),
+            mode,
             schedtrace,
         })
     }

@@ -60,7 +60,8 @@
 //! nothing else meanwhile, so thread-locals and std's reentrant locks stay
 //! sound. In [`PreemptMode::Migrate`] it may resume anywhere (Go's
 //! behaviour): code must not keep thread-identity state across arbitrary
-//! instructions.
+//! instructions, a promise the caller makes with the `unsafe`
+//! [`Builder::allow_migrate`] (without it `build` refuses Migrate).
 //!
 //! At *cooperative* points (yield, sleep, channel operations, join, ...) a
 //! goroutine may resume on another thread in either mode, as in Go; do not
@@ -69,7 +70,7 @@
 //!
 //! ## Environment
 //!
-//! `GOSCHED_MAXPROCS`, `GOSCHED_QUANTUM` ("10ms", "500us"),
+//! `GOSCHED_MAXPROCS` (1 ..= [`MAX_PROCS`]), `GOSCHED_QUANTUM` ("10ms", "500us"),
 //! `GOSCHED_ASYNCPREEMPTOFF=1`, `GOSCHED_SCHEDTRACE=MS` (Go-style `SCHED`
 //! lines on stderr every MS milliseconds). Explicit [`Builder`] calls win.
 
@@ -99,7 +100,7 @@ mod trace;
 
 use std::time::{Duration, Instant};
 
-pub use crate::builder::{Builder, PreemptMode, DEFAULT_QUANTUM, MIN_QUANTUM};
+pub use crate::builder::{Builder, PreemptMode, DEFAULT_QUANTUM, MAX_PROCS, MIN_QUANTUM};
 pub use crate::runtime::{JoinHandle, Runtime, Stats};
 
 /// Starts a goroutine on the calling goroutine's runtime. It is queued to

@@ -220,3 +220,80 @@ fn schedtrace_prints_sched_lines() {
     assert!(quiet.status.success(), "{}", quiet.describe());
     assert!(!quiet.stderr.contains("SCHED "), "{}", quiet.describe());
 }
+
+#[test]
+fn migrate_without_allow_migrate_is_an_error_naming_both() {
+    use gosched::PreemptMode;
+    let e = Builder::new()
+        .preempt_mode(PreemptMode::Migrate)
+        .build()
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    let msg = e.to_string();
+    assert!(
+        msg.contains("preempt_mode(Migrate)") && msg.contains("allow_migrate"),
+        "{msg}"
+    );
+    // ThreadAffine, the default, needs no acknowledgement.
+    let rt = Builder::new()
+        .preempt_mode(PreemptMode::ThreadAffine)
+        .build()
+        .unwrap();
+    assert_eq!(rt.stats().mode, PreemptMode::ThreadAffine);
+    // allow_migrate alone does not choose Migrate.
+    // SAFETY: no goroutine runs on this runtime.
+    let rt = unsafe { Builder::new().allow_migrate() }.build().unwrap();
+    assert_eq!(rt.stats().mode, PreemptMode::ThreadAffine);
+    // Both together: Migrate.
+    let b = Builder::new().procs(1).preempt_mode(PreemptMode::Migrate);
+    // SAFETY: the only goroutine adds two integers: it holds no thread
+    // identity (no thread-locals, no stdout) at any instruction.
+    let rt = unsafe { b.allow_migrate() }.build().unwrap();
+    assert_eq!(rt.stats().mode, PreemptMode::Migrate);
+    assert_eq!(rt.block_on(|| 40 + 2), 42);
+}
+
+#[test]
+fn procs_above_max_procs_is_an_error_naming_the_value() {
+    for bad in [gosched::MAX_PROCS + 1, 10_000_000, usize::MAX] {
+        let e = Builder::new().procs(bad).build().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("procs({bad})")) && msg.contains("MAX_PROCS"),
+            "{msg}"
+        );
+    }
+    // The maximum itself is accepted and runs goroutines.
+    let rt = Builder::new().procs(gosched::MAX_PROCS).build().unwrap();
+    assert_eq!(rt.stats().procs, gosched::MAX_PROCS);
+    assert_eq!(rt.block_on(|| gosched::spawn(|| 3).join().unwrap()), 3);
+}
+
+#[test]
+fn gosched_maxprocs_above_max_procs_is_an_error_naming_it() {
+    if child_role().is_some() {
+        return report_build(Builder::new());
+    }
+    for value in [
+        "1025",
+        "10000000",
+        "18446744073709551615",
+        "18446744073709551616",
+    ] {
+        let out = run_child(
+            "gosched_maxprocs_above_max_procs_is_an_error_naming_it",
+            "env",
+            &[("GOSCHED_MAXPROCS", value)],
+        );
+        for prefix in ["BUILD-", "NEW-"] {
+            let l = line(&out, prefix);
+            assert!(
+                l.starts_with(&format!("{prefix}ERR InvalidInput: "))
+                    && l.contains("GOSCHED_MAXPROCS")
+                    && l.contains(value),
+                "GOSCHED_MAXPROCS={value}: {l}"
+            );
+        }
+    }
+}

@@ -111,12 +111,15 @@ fn ticker_p99_bounded(
 fn sleeper_not_starved_by_no_call_hog(mode: PreemptMode) {
     let _s = serial();
     let st = ticker_p99_bounded(&format!("{mode:?}"), false, || {
-        Builder::new()
+        let b = Builder::new()
             .procs(1)
             .preempt_quantum(Duration::from_millis(2))
-            .preempt_mode(mode)
-            .build()
-            .unwrap()
+            .preempt_mode(mode);
+        // SAFETY: the preemptible goroutines are the no-call hog (register
+        // arithmetic and an atomic load) and the ticker (`sleep`,
+        // `Instant::now`, a push to its own Vec): neither touches a
+        // thread-local or stdout; the eprintln! runs after block_on.
+        unsafe { b.allow_migrate() }.build().unwrap()
     });
     assert!(
         st.preempt_async > 0,
@@ -193,12 +196,14 @@ fn preempt_point_yields_with_async_preemption_off() {
 
 fn hogs_share_cpu_fairly(mode: PreemptMode, quantum: Duration) {
     let _s = serial();
-    let rt = Builder::new()
+    let b = Builder::new()
         .procs(2)
         .preempt_quantum(quantum)
-        .preempt_mode(mode)
-        .build()
-        .unwrap();
+        .preempt_mode(mode);
+    // SAFETY: the goroutines are 8 hogs (register arithmetic and an atomic
+    // load) and a main goroutine that sleeps and joins them: no
+    // thread-locals, no stdout (the eprintln! runs after block_on).
+    let rt = unsafe { b.allow_migrate() }.build().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let dog = watchdog(&stop, Duration::from_secs(30));
     let s2 = stop.clone();
@@ -429,12 +434,13 @@ fn println_from_preempted_goroutines_is_intact() {
 fn goroutine_that_yielded_to_a_no_call_hog_runs_again() {
     let _s = serial();
     for mode in [PreemptMode::ThreadAffine, PreemptMode::Migrate] {
-        let rt = Builder::new()
+        let b = Builder::new()
             .procs(1)
             .preempt_quantum(Duration::from_millis(2))
-            .preempt_mode(mode)
-            .build()
-            .unwrap();
+            .preempt_mode(mode);
+        // SAFETY: the goroutines yield, spin on an atomic and read the
+        // clock; nothing they run uses a thread-local or stdout.
+        let rt = unsafe { b.allow_migrate() }.build().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let dog = watchdog(&stop, Duration::from_secs(20));
         let waited = rt.block_on(|| {

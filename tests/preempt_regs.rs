@@ -256,12 +256,14 @@ fn registers_survive_preemption(mode: PreemptMode) {
             .collect();
         hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
     });
-    let rt = Builder::new()
+    let b = Builder::new()
         .procs(2)
         .preempt_quantum(Duration::from_micros(150))
-        .preempt_mode(mode)
-        .build()
-        .unwrap();
+        .preempt_mode(mode);
+    // SAFETY: the goroutines compute on registers and their own locals
+    // (register state is the goroutine's, saved by the trampoline); no
+    // thread-locals, no stdout (the eprintln! runs after block_on).
+    let rt = unsafe { b.allow_migrate() }.build().unwrap();
     let t = Instant::now();
     let got: Vec<Vec<u64>> = rt.block_on(|| {
         let hs: Vec<_> = jobs
@@ -374,12 +376,14 @@ fn mxcsr_survives_preemption(mode: PreemptMode) {
         rz0, rn0,
         "rounding mode does not affect the chain: the test would prove nothing"
     );
-    let rt = Builder::new()
+    let b = Builder::new()
         .procs(2)
         .preempt_quantum(Duration::from_micros(150))
-        .preempt_mode(mode)
-        .build()
-        .unwrap();
+        .preempt_mode(mode);
+    // SAFETY: the goroutines run a division chain under their own MXCSR
+    // (goroutine register state, saved by the trampoline); no thread-locals,
+    // no stdout (the eprintln! runs after block_on).
+    let rt = unsafe { b.allow_migrate() }.build().unwrap();
     let got: Vec<(u64, u32)> = rt.block_on(|| {
         let hs: Vec<_> = jobs
             .iter()

@@ -11,12 +11,14 @@ use gosched::{Builder, PreemptMode};
 /// 8 goroutines x 100k read-modify-write increments under the mutex, on 2
 /// Ps with a 200 µs quantum, so goroutines are preempted while holding it.
 fn counter_under_preemption(mode: PreemptMode) {
-    let rt = Builder::new()
+    let b = Builder::new()
         .procs(2)
         .preempt_quantum(Duration::from_micros(200))
-        .preempt_mode(mode)
-        .build()
-        .unwrap();
+        .preempt_mode(mode);
+    // SAFETY: the goroutines only take gosched's Mutex (owned by the
+    // goroutine, not the thread) and a WaitGroup: no thread-locals, no
+    // stdout.
+    let rt = unsafe { b.allow_migrate() }.build().unwrap();
     let total = rt.block_on(|| {
         let m = Arc::new(Mutex::new(0u64));
         let wg = WaitGroup::new();
