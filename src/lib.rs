@@ -163,7 +163,9 @@ pub fn yield_now() {
 
 /// Sleeps for at least `d`: parks the goroutine (its thread runs others)
 /// until a timer wakes it; never wakes early. On a plain thread,
-/// `std::thread::sleep`.
+/// `std::thread::sleep`. Any duration is accepted: like
+/// `std::thread::sleep`, `Duration::MAX` sleeps effectively forever (the
+/// timer is armed for 100 years).
 ///
 /// # Examples
 ///
@@ -177,7 +179,7 @@ pub fn yield_now() {
 /// });
 /// ```
 pub fn sleep(d: Duration) {
-    let deadline = Instant::now() + d;
+    let deadline = timer::deadline_after(d);
     if g::parkable_g().is_none() {
         return std::thread::sleep(d);
     }

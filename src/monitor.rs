@@ -12,6 +12,7 @@ use std::time::Duration;
 use gosched_sysmon::{Config as PolicyConfig, Monitor, PStatus, PView, Preempt, Sleep, Target};
 
 use crate::sched::Shared;
+use crate::timer::nanos;
 
 /// sysmon's view of the runtime.
 struct RuntimeTarget<'a> {
@@ -164,7 +165,7 @@ fn run(sh: &Shared) {
     let mut mon = Monitor::new(cfg, sh.ps.len());
     let first_seen = vec![Cell::new((u64::MAX, 0)); sh.ps.len()];
     let trace = sh.cfg.schedtrace;
-    let mut next_trace = trace.map(|t| sh.nanotime() + t.as_nanos() as u64);
+    let mut next_trace = trace.map(|t| sh.nanotime().saturating_add(nanos(t)));
     while !sh.shutdown.load(Ordering::Acquire) {
         let now = sh.nanotime();
         let mut target = RuntimeTarget {
@@ -176,7 +177,7 @@ fn run(sh: &Shared) {
         if let (Some(t), Some(at)) = (trace, next_trace) {
             if now >= at {
                 eprintln!("{}", sh.schedtrace_line());
-                next_trace = Some(now + t.as_nanos() as u64);
+                next_trace = Some(now.saturating_add(nanos(t)));
             }
         }
         let trace_cap = next_trace.map(|at| Duration::from_nanos(at.saturating_sub(now)));
@@ -192,8 +193,8 @@ fn run(sh: &Shared) {
                     (a, b) => a.or(b),
                 };
                 let until = match (deadline, timeout) {
-                    (None, _) if sh.deadlocked() => now + DEADLOCK_RECHECK.as_nanos() as u64,
-                    (_, Some(t)) => now + t.as_nanos() as u64,
+                    (None, _) if sh.deadlocked() => now.saturating_add(nanos(DEADLOCK_RECHECK)),
+                    (_, Some(t)) => now.saturating_add(nanos(t)),
                     (_, None) => u64::MAX,
                 };
                 sh.sysmon_idle_until.store(until.max(1), Ordering::SeqCst);

@@ -403,6 +403,10 @@ pub struct Stats {
     pub async_preempt: bool,
     /// Where asynchronously preempted goroutines resume.
     pub mode: PreemptMode,
+    /// Timers pending in the runtime's heap: sleeping goroutines, timed
+    /// waits, and `chan::after`/`chan::tick` channels made in goroutines
+    /// (a timer channel's timer is cancelled when its last receiver drops).
+    pub timers: usize,
 }
 
 impl Shared {
@@ -439,6 +443,7 @@ impl Shared {
             quantum: self.cfg.quantum,
             async_preempt: self.cfg.async_preempt,
             mode: self.cfg.mode,
+            timers: self.timers.pending(),
         }
     }
 }

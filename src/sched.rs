@@ -912,9 +912,7 @@ impl Shared {
     }
 
     fn instant_to_nanos(&self, t: Instant) -> u64 {
-        // Round up so a timer never fires before its deadline.
-        let d = t.saturating_duration_since(self.epoch);
-        d.as_nanos() as u64 + 1
+        crate::timer::nanos_since(self.epoch, t)
     }
 
     /// Adds a timer; wakes whoever sleeps until a later deadline.

@@ -12,7 +12,34 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// The longest wait gosched arms a timer for: 100 years. Every duration the
+/// API takes is clamped to it, so any `Duration` (up to `Duration::MAX`, as
+/// `std::thread::sleep` accepts) means "at least that long, or effectively
+/// forever", and every deadline stays representable both as an `Instant` and
+/// as `u64` nanoseconds since a runtime's epoch (which overflow after ~584
+/// years).
+pub(crate) const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// `Instant::now() + d`, with `d` clamped to [`FOREVER`]: never overflows.
+pub(crate) fn deadline_after(d: Duration) -> Instant {
+    Instant::now() + d.min(FOREVER)
+}
+
+/// `deadline` as a heap deadline: nanoseconds since `epoch`, rounded up so
+/// a timer never fires before its deadline, and below `u64::MAX` (the
+/// heap's "none pending").
+pub(crate) fn nanos_since(epoch: Instant, deadline: Instant) -> u64 {
+    nanos(deadline.saturating_duration_since(epoch)).min(u64::MAX - 2) + 1
+}
+
+/// Whole nanoseconds in `d`, saturating at `u64::MAX` (`as u64` on
+/// `as_nanos()` would truncate: `Duration::MAX` became `u64::MAX`, and
+/// `2^64 ns + 1` became 1).
+pub(crate) fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
 
 /// A timer's callback. Runs on whichever thread fires it (an M's g0, an
 /// idle M, sysmon): it must be short and must not block.
@@ -28,6 +55,11 @@ struct Heap {
     tasks: HashMap<u64, Task>,
     seq: u64,
 }
+
+/// Cancelled entries a heap may hold beyond twice its live ones before
+/// `cancel` rebuilds it: keeps small heaps from being rebuilt on every
+/// cancel.
+const COMPACT_SLACK: usize = 64;
 
 /// The timers of one runtime. Deadlines are nanoseconds since the runtime's
 /// epoch.
@@ -62,14 +94,41 @@ impl Timers {
     }
 
     /// Cancels a timer that has not fired. Returns whether it was pending.
+    ///
+    /// The task is dropped at once (its captures, e.g. a channel's sender,
+    /// are freed); its 16-byte heap entry stays until it reaches the top, or
+    /// until cancelled entries outnumber live ones, when the heap is rebuilt
+    /// without them (O(n), so O(1) amortised per cancel). Memory stays
+    /// proportional to the live timers however many are cancelled (an
+    /// `after` per `select!` in a loop, a timed park per `recv_timeout`).
     pub(crate) fn cancel(&self, id: TimerId) -> bool {
         let mut h = self.heap.rt_lock();
-        let was = h.tasks.remove(&id.0).is_some();
+        let task = h.tasks.remove(&id.0);
+        let was = task.is_some();
         if h.tasks.is_empty() {
             h.order.clear();
             self.next.store(u64::MAX, Ordering::Relaxed);
+        } else if h.order.len() > 2 * h.tasks.len() + COMPACT_SLACK {
+            let Heap { order, tasks, .. } = &mut *h;
+            order.retain(|Reverse((_, id))| tasks.contains_key(id));
+            let next = order.peek().map_or(u64::MAX, |r| r.0 .0);
+            self.next.store(next, Ordering::Relaxed);
         }
+        drop(h);
+        // Outside the lock: dropping the task may close a channel.
+        drop(task);
         was
+    }
+
+    /// Timers pending now (not fired, not cancelled).
+    pub(crate) fn pending(&self) -> usize {
+        self.heap.rt_lock().tasks.len()
+    }
+
+    /// Heap entries now, cancelled ones included (tests: memory is bounded).
+    #[cfg(test)]
+    fn entries(&self) -> usize {
+        self.heap.rt_lock().order.len()
     }
 
     /// Earliest pending deadline (may be a cancelled one; never later than
@@ -164,5 +223,23 @@ mod tests {
         assert_eq!(t.fire(100), 0);
         assert_eq!(ran.load(Ordering::SeqCst), 0);
         assert_eq!(t.next(), None);
+    }
+
+    #[test]
+    fn cancelled_entries_do_not_accumulate() {
+        let t = Timers::new();
+        // One long-lived timer keeps the heap non-empty throughout.
+        t.add(u64::MAX - 1, Box::new(|| {}));
+        let mut max = 0;
+        for i in 0..100_000u64 {
+            let (id, _) = t.add(1_000_000 + i, Box::new(|| {}));
+            t.cancel(id);
+            max = max.max(t.entries());
+        }
+        assert_eq!(t.pending(), 1);
+        assert!(max <= 2 + 2 * COMPACT_SLACK, "heap grew to {max} entries");
+        // Only cancelled entries come before the live timer.
+        assert_eq!(t.fire(u64::MAX - 2), 0);
+        assert_eq!(t.next(), Some(u64::MAX - 1));
     }
 }

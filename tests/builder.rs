@@ -297,3 +297,80 @@ fn gosched_maxprocs_above_max_procs_is_an_error_naming_it() {
         }
     }
 }
+
+/// `preempt_quantum(Duration::MAX)` means "no time-slice preemption": the
+/// runtime runs goroutines that sleep, yield, block and spin past any
+/// ordinary quantum, and sysmon never asks anyone to yield. (Its deadline
+/// arithmetic once overflowed: a panic on a worker thread, then a hang.)
+/// In a child process, so a panic or hang is caught.
+#[test]
+fn huge_preempt_quantum_means_no_time_slice_preemption() {
+    if child_role().is_some() {
+        for quantum in [Duration::MAX, Duration::from_secs(u64::MAX / 2)] {
+            let rt = Builder::new()
+                .procs(2)
+                .preempt_quantum(quantum)
+                .build()
+                .unwrap();
+            assert_eq!(rt.stats().quantum, quantum);
+            let sum = rt.block_on(|| {
+                // Every P idle, so sysmon sleeps idle until the far timer;
+                // a plain thread's send makes a P busy again first (sysmon's
+                // wake-up check compares against now + quantum).
+                let far = gosched::chan::after(Duration::from_secs(600));
+                let (tx, rx) = gosched::chan::channel(0);
+                let th = std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(50));
+                    tx.send(()).unwrap();
+                });
+                rx.recv().unwrap();
+                th.join().unwrap();
+                gosched::sleep(Duration::from_millis(30));
+                let hs: Vec<_> = (0..4u64)
+                    .map(|i| {
+                        gosched::spawn(move || {
+                            // A no-call spin well past the 10 ms default.
+                            let t = std::time::Instant::now();
+                            let mut x = i;
+                            while t.elapsed() < Duration::from_millis(60) {
+                                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                            }
+                            gosched::yield_now();
+                            gosched::blocking(|| std::thread::sleep(Duration::from_millis(5)));
+                            gosched::sleep(Duration::from_millis(1));
+                            i
+                        })
+                    })
+                    .collect();
+                let sum = hs.into_iter().map(|h| h.join().unwrap()).sum::<u64>();
+                drop(far);
+                sum
+            });
+            assert_eq!(sum, 6);
+            let st = rt.stats();
+            eprintln!(
+                "QUANTUM-OK {quantum:?} preempt_coop={} preempt_async={}",
+                st.preempt_coop, st.preempt_async
+            );
+        }
+        return;
+    }
+    let out = run_child(
+        "huge_preempt_quantum_means_no_time_slice_preemption",
+        "quantum",
+        &[],
+    );
+    assert!(out.status.success(), "{}", out.describe());
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("QUANTUM-OK"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", out.describe());
+    for l in lines {
+        assert!(
+            l.ends_with("preempt_coop=0 preempt_async=0"),
+            "sysmon preempted under a huge quantum: {l}"
+        );
+    }
+}

@@ -1,14 +1,17 @@
 //! Channels: Go's chan semantics (after the behaviours Go's chan_test.go
 //! checks), from goroutines and from plain threads.
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{child_role, run_child};
 use gosched::chan::{
     after, channel, tick, RecvTimeoutError, SendError, TryRecvError, TrySendError,
 };
-use gosched::Builder;
+use gosched::{select, Builder};
 
 fn rt(procs: usize) -> gosched::Runtime {
     Builder::new().procs(procs).build().unwrap()
@@ -491,5 +494,245 @@ fn blocking_call_on_one_p_does_not_stop_other_goroutines() {
         sleeps_done < blocking_done,
         "the fifty 1 ms sleeps finished {:?} after the 400 ms blocking call returned",
         sleeps_done - blocking_done
+    );
+}
+
+/// Durations past anything a clock can reach: `Duration::MAX`, and 2^64 ns
+/// (~584 years), which `Instant` can hold but whose nanoseconds truncated
+/// to `u64` are 0 (a timer that fires at once).
+const HUGE: [Duration; 2] = [Duration::MAX, Duration::new(18_446_744_073, 709_551_616)];
+
+#[test]
+fn recv_timeout_with_a_huge_timeout_receives_a_value_sent_later() {
+    let rt = rt(2);
+    rt.block_on(|| {
+        for timeout in HUGE {
+            let (tx, rx) = channel::<u32>(0);
+            gosched::spawn(move || {
+                gosched::sleep(Duration::from_millis(20));
+                tx.send(5).unwrap();
+            });
+            assert_eq!(rx.recv_timeout(timeout), Ok(5), "{timeout:?}");
+        }
+    });
+    // A plain thread too.
+    for timeout in HUGE {
+        let (tx, rx) = channel::<u32>(0);
+        let h = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            tx.send(6).unwrap();
+        });
+        assert_eq!(rx.recv_timeout(timeout), Ok(6), "{timeout:?}");
+        h.join().unwrap();
+    }
+}
+
+#[test]
+fn after_with_a_huge_duration_never_fires_within_a_select_window() {
+    let check = || {
+        for d in HUGE {
+            let fired = select! {
+                recv(after(d)) -> _ => true,
+                recv(after(Duration::from_millis(30))) -> _ => false,
+            };
+            assert!(!fired, "after({d:?}) fired within 30 ms");
+        }
+    };
+    rt(2).block_on(check);
+    check();
+}
+
+#[test]
+fn tick_with_a_huge_period_never_ticks() {
+    let check = || {
+        for d in HUGE {
+            let t = tick(d);
+            assert_eq!(
+                t.recv_timeout(Duration::from_millis(30)),
+                Err(RecvTimeoutError::Timeout),
+                "tick({d:?})"
+            );
+        }
+    };
+    rt(2).block_on(check);
+    check();
+}
+
+/// `tick(Duration::ZERO)` (Go's NewTicker panics) ticks at the minimum
+/// period, 100 µs: it delivers, never early, and does not keep a thread
+/// busy.
+#[test]
+fn tick_zero_ticks_at_the_minimum_period_without_spinning() {
+    let run = || {
+        let start = Instant::now();
+        let t = tick(Duration::ZERO);
+        let mut last = start;
+        for _ in 0..5 {
+            last = t.recv().unwrap();
+        }
+        // Tick k is due k periods after `tick` was called.
+        let five = last - start;
+        assert!(five >= Duration::from_micros(500), "5 ticks in {five:?}");
+        // Nobody receives for 300 ms: the ticker must not spin meanwhile.
+        let cpu0 = common::process_cpu_time();
+        let wall = Instant::now();
+        std::thread::sleep(Duration::from_millis(300));
+        let (cpu, wall) = (common::process_cpu_time() - cpu0, wall.elapsed());
+        drop(t);
+        (cpu, wall)
+    };
+    // In a child: CPU time is per process, and other tests run in parallel.
+    if child_role().is_some() {
+        let (cpu_rt, wall_rt) = rt(2).block_on(run);
+        let (cpu_th, wall_th) = run();
+        eprintln!(
+            "TICK0 rt_cpu_us={} rt_wall_us={} thread_cpu_us={} thread_wall_us={}",
+            cpu_rt.as_micros(),
+            wall_rt.as_micros(),
+            cpu_th.as_micros(),
+            wall_th.as_micros()
+        );
+        return;
+    }
+    let out = run_child(
+        "tick_zero_ticks_at_the_minimum_period_without_spinning",
+        "tick0",
+        &[],
+    );
+    let lines = report_lines(&out, "TICK0 ");
+    let line = lines[0];
+    let num = |k: &str| field(line, k);
+    // A spinning ticker burns a whole CPU (cpu >= wall); a 100 µs one costs
+    // 10-35 % in a debug build. Two thirds of a CPU separates them.
+    for (cpu, wall) in [
+        ("rt_cpu_us=", "rt_wall_us="),
+        ("thread_cpu_us=", "thread_wall_us="),
+    ] {
+        assert!(num(cpu) * 3 < num(wall) * 2, "a zero tick spins: {line}");
+    }
+}
+
+/// The report lines a successful child printed with `prefix` (at least
+/// one); echoed for the test log.
+fn report_lines<'a>(out: &'a common::ChildOutput, prefix: &str) -> Vec<&'a str> {
+    assert!(out.status.success(), "{}", out.describe());
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .collect();
+    assert!(!lines.is_empty(), "no {prefix} line\n{}", out.describe());
+    for l in &lines {
+        eprintln!("{l}");
+    }
+    lines
+}
+
+/// The number after `key` (e.g. "rss_end=") in a report line.
+fn field(line: &str, key: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+}
+
+/// Resident memory of this process in bytes (/proc/self/statm).
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64
+}
+
+/// `select!` over a ready channel and `after(10 s)` in a loop, Go's most
+/// common timeout idiom: each dropped `after` receiver cancels its timer, so
+/// the pending timers and the memory stay flat (each iteration used to
+/// leave a live timer and its channel behind for 10 s). In a child process,
+/// so the RSS is ours alone.
+#[test]
+fn dropped_after_receivers_cancel_their_timers_and_memory_stays_flat() {
+    const N: u64 = 200_000;
+    const WARM: u64 = 20_000;
+    let select_loop = |timers: &dyn Fn() -> usize| -> (usize, u64, u64) {
+        let (tx, rx) = channel::<u64>(1);
+        let (mut max_timers, mut rss_warm) = (0, 0);
+        for i in 0..N {
+            tx.send(i).unwrap();
+            select! {
+                recv(rx) -> v => assert_eq!(v, Some(i)),
+                recv(after(Duration::from_secs(10))) -> _ => panic!("timed out"),
+            }
+            if i % 1000 == 0 {
+                max_timers = max_timers.max(timers());
+            }
+            if i == WARM {
+                rss_warm = rss_bytes();
+            }
+        }
+        (max_timers, rss_warm, rss_bytes())
+    };
+    if child_role().is_some() {
+        let rt = Builder::new().procs(1).build().unwrap();
+        let stats = || rt.stats().timers;
+        let t = Instant::now();
+        let (timers, warm, end) = rt.block_on(|| select_loop(&stats));
+        eprintln!(
+            "AFTER-LOOP goroutine max_timers={timers} rss_warm={warm} rss_end={end} in {:?}",
+            t.elapsed()
+        );
+        // A plain thread: the fallback timer thread's heap.
+        let t = Instant::now();
+        let (_, warm, end) = select_loop(&|| 0);
+        eprintln!(
+            "AFTER-LOOP thread max_timers=0 rss_warm={warm} rss_end={end} in {:?}",
+            t.elapsed()
+        );
+        return;
+    }
+    let out = run_child(
+        "dropped_after_receivers_cancel_their_timers_and_memory_stays_flat",
+        "after-loop",
+        &[],
+    );
+    let lines = report_lines(&out, "AFTER-LOOP ");
+    assert_eq!(lines.len(), 2, "{}", out.describe());
+    for line in lines {
+        let num = |k: &str| field(line, k);
+        assert!(num("max_timers=") <= 4, "timers pile up: {line}");
+        // 180,000 leaked timers with their channels are tens of MB; a flat
+        // loop stays within allocator noise.
+        let growth = num("rss_end=").saturating_sub(num("rss_warm="));
+        assert!(growth < 8 << 20, "memory grew by {growth} bytes: {line}");
+    }
+}
+
+#[test]
+fn dropping_timer_channel_receivers_cancels_their_timers() {
+    let rt = rt(2);
+    rt.block_on(|| {
+        let timers = || rt.stats().timers;
+        let afters: Vec<_> = (0..100).map(|_| after(Duration::from_secs(60))).collect();
+        assert_eq!(timers(), 100);
+        // A cloned receiver keeps its timer; the last one cancels it.
+        let a = afters[0].clone();
+        drop(afters);
+        assert_eq!(timers(), 1);
+        drop(a);
+        assert_eq!(timers(), 0);
+        // A ticker that has re-armed itself a few times.
+        let t = tick(Duration::from_millis(1));
+        for _ in 0..3 {
+            t.recv().unwrap();
+        }
+        drop(t);
+    });
+    // Cancelled at the drop; a tick being delivered meanwhile does not
+    // re-arm (the receivers-gone flag and the re-arm share a lock).
+    assert_eq!(rt.stats().timers, 0);
+    std::thread::sleep(Duration::from_millis(10));
+    assert_eq!(
+        rt.stats().timers,
+        0,
+        "the ticker re-armed after its receiver dropped"
     );
 }

@@ -146,3 +146,60 @@ fn sleepers_preempted_at_a_tiny_quantum_keep_running() {
         assert!(naps > 0, "round {round}");
     }
 }
+
+/// `sleep(Duration::MAX)` (and any duration whose deadline overflows
+/// `Instant` or u64 nanoseconds) is accepted, as `std::thread::sleep`
+/// accepts it: in a goroutine that `block_on` then abandons, and on a plain
+/// thread. It used to panic with "overflow when adding duration to
+/// instant". In a child process: the sleepers never end.
+#[test]
+fn sleep_duration_max_sleeps_forever_without_panicking() {
+    if common::child_role().is_some() {
+        // 2^64 ns: truncated to u64 nanoseconds it is 0.
+        let huge = [Duration::MAX, Duration::new(18_446_744_073, 709_551_616)];
+        let rt = Builder::new().procs(2).build().unwrap();
+        let (finished, timers) = rt.block_on(|| {
+            let hs: Vec<_> = huge
+                .iter()
+                .map(|&d| gosched::spawn(move || gosched::sleep(d)))
+                .collect();
+            gosched::sleep(Duration::from_millis(50));
+            let finished = hs.iter().filter(|h| h.is_finished()).count();
+            (finished, gosched::num_goroutines())
+        });
+        let pending = rt.stats().timers;
+        let threads: Vec<_> = huge
+            .iter()
+            .map(|&d| std::thread::spawn(move || gosched::sleep(d)))
+            .collect();
+        std::thread::sleep(Duration::from_millis(50));
+        let threads_finished = threads.iter().filter(|h| h.is_finished()).count();
+        eprintln!(
+            "SLEEP-MAX goroutines_finished={finished} goroutines={timers} timers={pending} threads_finished={threads_finished}"
+        );
+        // Exit with the sleepers still asleep (the runtime abandons its
+        // goroutines; the plain threads die with the process).
+        drop(rt);
+        std::process::exit(0);
+    }
+    let out = common::run_child(
+        "sleep_duration_max_sleeps_forever_without_panicking",
+        "sleep-max",
+        &[],
+    );
+    assert!(out.status.success(), "{}", out.describe());
+    assert!(!out.stderr.contains("panicked"), "{}", out.describe());
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("SLEEP-MAX "))
+        .unwrap_or_else(|| panic!("no report\n{}", out.describe()));
+    // Both sleeping goroutines (and main) live, each sleeper with a timer;
+    // both plain threads still asleep.
+    assert_eq!(
+        line,
+        "SLEEP-MAX goroutines_finished=0 goroutines=3 timers=2 threads_finished=0",
+        "{}",
+        out.describe()
+    );
+}

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::queue::{Decision, Entry, Sel};
 use super::{Chan, RecvNow, RecvTimeoutError, SendError, SendNow, TryRecvError, TrySendError};
@@ -306,7 +306,8 @@ impl<T> Receiver<T> {
         }
     }
 
-    /// Like [`recv`](Receiver::recv), giving up after `timeout`.
+    /// Like [`recv`](Receiver::recv), giving up after `timeout`. Any
+    /// timeout is accepted; `Duration::MAX` waits effectively forever.
     ///
     /// # Errors
     ///
@@ -333,7 +334,9 @@ impl<T> Receiver<T> {
     /// });
     /// ```
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
-        let deadline = Instant::now().checked_add(timeout);
+        // Clamped to 100 years: a huge timeout still arms a timer, so the
+        // wait counts as timed (it will end by itself), as in Go.
+        let deadline = crate::timer::deadline_after(timeout);
         let sel;
         let entry;
         {
@@ -357,11 +360,7 @@ impl<T> Receiver<T> {
             entry.bind(&sel, 0);
             st.recvq().push_back(&entry);
         }
-        let decided = match deadline {
-            Some(deadline) => sel.wait_until("chan receive", deadline),
-            // A timeout past the end of time: wait for ever.
-            None => Some(sel.wait("chan receive")),
-        };
+        let decided = sel.wait_until("chan receive", deadline);
         if decided.is_none() && sel.abort() {
             // We gave up first: remove our entry before it goes out of scope.
             self.chan.lock().recvq().remove(&entry);
@@ -467,7 +466,7 @@ impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
         // AcqRel: the last dropper sees every other clone's drop.
         if self.chan.receivers.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.chan.close();
+            self.chan.close_receivers_gone();
         }
     }
 }

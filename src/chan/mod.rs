@@ -170,7 +170,14 @@ pub(crate) struct State<T> {
     recvq: WaitQueue<T>,
     sendq: WaitQueue<T>,
     closed: bool,
+    /// Run once when the last `Receiver` drops (a timer channel cancels its
+    /// timer). Set once by the channel's creator; taken under the lock and
+    /// run after it is released.
+    on_receivers_gone: Option<Hook>,
 }
+
+/// A channel's `on_receivers_gone` hook.
+pub(crate) type Hook = Box<dyn FnOnce() + Send>;
 
 /// A locked channel: the guard, inside a no-preempt region that outlives
 /// it (fields drop in order: the lock first).
@@ -221,6 +228,7 @@ impl<T> Chan<T> {
                 recvq: WaitQueue::new(),
                 sendq: WaitQueue::new(),
                 closed: false,
+                on_receivers_gone: None,
             }),
             senders: AtomicUsize::new(1),
             receivers: AtomicUsize::new(1),
@@ -293,19 +301,47 @@ impl<T> Chan<T> {
 
     /// Go's closechan. Idempotent.
     pub(crate) fn close(&self) {
+        self.close_and(false);
+    }
+
+    /// The last `Receiver` dropped: close, then run the
+    /// `on_receivers_gone` hook, if any.
+    pub(crate) fn close_receivers_gone(&self) {
+        self.close_and(true);
+    }
+
+    /// Closes (if not yet closed) and, if `hook`, takes the
+    /// `on_receivers_gone` hook; wakes the waiters and runs the hook after
+    /// unlocking.
+    fn close_and(&self, hook: bool) {
         let mut wake = Vec::new();
-        {
+        let hook = {
             let mut st = self.lock();
-            if st.closed {
-                return;
+            if !st.closed {
+                st.closed = true;
+                st.recvq.release_all(&mut wake);
+                st.sendq.release_all(&mut wake);
             }
-            st.closed = true;
-            st.recvq.release_all(&mut wake);
-            st.sendq.release_all(&mut wake);
-        }
+            if hook {
+                st.on_receivers_gone.take()
+            } else {
+                None
+            }
+        };
         for w in wake {
             w.unpark();
         }
+        if let Some(hook) = hook {
+            hook();
+        }
+    }
+
+    /// Sets the hook run when the last `Receiver` drops. Call before the
+    /// channel's receiver is handed out.
+    pub(crate) fn set_on_receivers_gone(&self, hook: Hook) {
+        let mut st = self.lock();
+        debug_assert!(st.on_receivers_gone.is_none());
+        st.on_receivers_gone = Some(hook);
     }
 
     pub(crate) fn is_closed(&self) -> bool {

@@ -4,21 +4,32 @@
 //! Inside a goroutine the timer lives in the runtime's timer heap: its task
 //! runs on a scheduler thread or sysmon and only does a `try_send`, so it
 //! never blocks. Outside any runtime (a plain thread) a single lazily
-//! started helper thread keeps a heap of its own and plays the same role.
+//! started helper thread keeps a heap of the same kind and plays the same
+//! role.
+//!
+//! A timer channel's timer is cancelled when the channel's last receiver
+//! drops (the channel's `on_receivers_gone` hook; see `Armed`), as Go 1.23
+//! collects unreferenced timer channels: `select!` with `recv(after(d))` in
+//! a loop leaves nothing behind. Every duration is accepted: deadlines are
+//! clamped to 100 years (`FOREVER`), which is "never" in practice.
 
-use crate::sched::RuntimeLock;
-use std::collections::BinaryHeap;
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use super::{channel, Receiver, Sender, TrySendError};
-use crate::sched::Shared;
+use crate::note::Note;
+use crate::sched::{NoPreempt, RuntimeLock, Shared};
+use crate::timer::{self, Task, TimerId, Timers, FOREVER};
 
 /// A channel that receives the current time once, at least `d` from now
 /// (Go's `time.After`). It never fires early. Called in a goroutine, the
 /// timer belongs to that goroutine's runtime (if the runtime is dropped
 /// first, the channel closes without a value); elsewhere a helper thread
 /// fires it.
+///
+/// Dropping every receiver before it fires cancels the timer, so a
+/// `select!` that times out with `recv(after(d))` can run in a loop without
+/// piling up timers. Any duration is accepted; `Duration::MAX` never fires.
 ///
 /// # Examples
 ///
@@ -30,31 +41,50 @@ use crate::sched::Shared;
 ///     let start = Instant::now();
 ///     let fired = gosched::chan::after(Duration::from_millis(5)).recv().unwrap();
 ///     assert!(fired - start >= Duration::from_millis(5));
+///
+///     // An unused timeout is cancelled when its receiver drops.
+///     let (tx, rx) = gosched::chan::channel(1);
+///     tx.send(1).unwrap();
+///     let got = gosched::select! {
+///         recv(rx) -> v => v,
+///         recv(gosched::chan::after(Duration::MAX)) -> _ => None,
+///     };
+///     assert_eq!(got, Some(1));
 /// });
+/// assert_eq!(rt.stats().timers, 0);
 /// ```
 pub fn after(d: Duration) -> Receiver<Instant> {
     let (tx, rx) = channel(1);
-    let deadline = Instant::now().checked_add(d).unwrap_or_else(far_future);
-    let task = Box::new(move || {
+    let armed = Armed::new(&rx);
+    let task: Task = Box::new(move || {
         // Never fails on a fresh 1-slot channel except when the receiver is
         // gone, which is fine.
         let _ = tx.try_send(Instant::now());
     });
-    if crate::sched::current_g().is_some() {
-        crate::timer::add_current(deadline, task);
-    } else {
-        fallback().add(deadline, task);
+    let deadline = timer::deadline_after(d);
+    match crate::sched::with_current_shared(|sh| SharedPtr(sh)) {
+        // SAFETY: we are on a goroutine of that runtime: it is alive.
+        Some(sh) => armed.arm(|| unsafe { sh.arm(deadline, task) }),
+        None => armed.arm(|| Slot::Fallback(fallback().add(deadline, task))),
     }
     rx
 }
 
+/// The shortest period [`tick`] uses. A shorter one (zero included, which
+/// Go's `NewTicker` rejects with a panic) is rounded up to it: every tick
+/// costs a timer firing and a thread wake-up, and a ticker of a few
+/// nanoseconds would keep a thread busy firing ticks that the buffer of one
+/// drops anyway.
+const MIN_TICK: Duration = Duration::from_micros(100);
+
 /// A channel that receives the current time every `period` (Go's
 /// `time.Tick`). Like Go's `Ticker` it buffers one tick and drops ticks a
-/// slow receiver misses; ticks stop when the receiver is dropped.
+/// slow receiver misses; dropping the last receiver stops the ticker (its
+/// pending timer is cancelled).
 ///
-/// # Panics
-///
-/// If `period` is zero (Go: "non-positive interval for NewTicker").
+/// Any period is accepted: one below 100 µs, zero included (which Go's
+/// `NewTicker` rejects with a panic), ticks every 100 µs; a huge one (up
+/// to `Duration::MAX`) effectively never ticks.
 ///
 /// # Examples
 ///
@@ -69,30 +99,30 @@ pub fn after(d: Duration) -> Receiver<Instant> {
 ///         t.recv().unwrap();
 ///     }
 ///     assert!(start.elapsed() >= Duration::from_millis(6));
+///
+///     // A zero period is the minimum period, not a busy loop.
+///     let start = Instant::now();
+///     let z = gosched::chan::tick(Duration::ZERO);
+///     z.recv().unwrap();
+///     let second = z.recv().unwrap();
+///     assert!(second - start >= Duration::from_micros(200));
 /// });
 /// ```
 pub fn tick(period: Duration) -> Receiver<Instant> {
-    assert!(
-        !period.is_zero(),
-        "gosched::chan::tick: non-positive interval"
-    );
+    let period = period.clamp(MIN_TICK, FOREVER);
     let (tx, rx) = channel(1);
-    let first = Instant::now()
-        .checked_add(period)
-        .unwrap_or_else(far_future);
+    let armed = Armed::new(&rx);
+    let first = timer::deadline_after(period);
     match crate::sched::with_current_shared(|sh| SharedPtr(sh)) {
-        Some(sh) => arm_runtime(sh, first, period, tx),
-        None => arm_fallback(first, period, tx),
+        Some(sh) => arm_runtime(sh, armed, first, period, tx),
+        None => arm_fallback(armed, first, period, tx),
     }
     rx
 }
 
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
-}
-
 /// The next deadline of a ticker that fired for `when` at `now`: one period
 /// later, skipping periods it fell behind on (Go's ticker adjustment).
+/// `period` is at most `FOREVER`, so this cannot overflow.
 fn next_tick(when: Instant, now: Instant, period: Duration) -> Instant {
     let mut next = when + period;
     if next <= now {
@@ -100,9 +130,87 @@ fn next_tick(when: Instant, now: Instant, period: Duration) -> Instant {
         let skip = u32::try_from(behind).unwrap_or(u32::MAX);
         next = when
             .checked_add(period.saturating_mul(skip.saturating_add(1)))
-            .unwrap_or_else(far_future);
+            .unwrap_or_else(|| timer::deadline_after(FOREVER));
     }
     next
+}
+
+/// Where a timer channel's pending timer is.
+enum Slot {
+    /// In a runtime's heap. Weak: a receiver may outlive its runtime.
+    Runtime(Weak<Shared>, TimerId),
+    /// In the fallback thread's heap, under this id.
+    Fallback(TimerId),
+}
+
+impl Slot {
+    fn cancel(self) {
+        match self {
+            Slot::Runtime(sh, id) => {
+                if let Some(sh) = sh.upgrade() {
+                    sh.timers.cancel(id);
+                }
+            }
+            Slot::Fallback(id) => {
+                fallback().timers.cancel(id);
+            }
+        }
+    }
+}
+
+/// A timer channel's current timer, so that dropping the channel's last
+/// receiver cancels it (Go 1.23: an unreferenced timer channel is
+/// collected). Without this, `select!` over `recv(after(10 s))` in a loop
+/// kept one timer and its channel alive per iteration until it fired.
+///
+/// A ticker re-arms from its own firing task; the lock makes "receivers
+/// gone" and "re-arm" exclusive, so no timer is armed after the receivers
+/// are gone.
+#[derive(Clone)]
+struct Armed(Arc<Mutex<ArmedState>>);
+
+struct ArmedState {
+    /// The last receiver dropped: arm nothing more.
+    gone: bool,
+    current: Option<Slot>,
+}
+
+impl Armed {
+    /// Creates the record and installs the hook on `rx`'s channel.
+    fn new(rx: &Receiver<Instant>) -> Armed {
+        let armed = Armed(Arc::new(Mutex::new(ArmedState {
+            gone: false,
+            current: None,
+        })));
+        let a = armed.clone();
+        rx.chan.set_on_receivers_gone(Box::new(move || {
+            let slot = {
+                let _np = NoPreempt::enter();
+                let mut st = a.0.rt_lock();
+                st.gone = true;
+                st.current.take()
+            };
+            if let Some(slot) = slot {
+                let _np = NoPreempt::enter();
+                slot.cancel();
+            }
+        }));
+        armed
+    }
+
+    /// Arms the next timer with `add` unless the receivers are gone.
+    ///
+    /// In a no-preempt region: the lock is also taken by timer tasks on
+    /// scheduler threads and sysmon, which a goroutine preempted while
+    /// holding it would stall.
+    fn arm(&self, add: impl FnOnce() -> Slot) {
+        let _np = NoPreempt::enter();
+        let mut st = self.0.rt_lock();
+        if !st.gone {
+            // The previous slot, if any, has fired: nothing to cancel.
+            st.current = Some(add());
+        }
+    }
 }
 
 /// Delivers one tick; false once the receiver is gone (stop re-arming).
@@ -113,62 +221,72 @@ fn deliver(tx: &Sender<Instant>) -> bool {
     )
 }
 
-/// A runtime, as captured by a ticker's timer task.
+/// A runtime, as captured by a timer channel's task.
 #[derive(Clone, Copy)]
 struct SharedPtr(*const Shared);
 
-// SAFETY: `Shared` is Sync; the pointer is dereferenced only by a timer task
-// stored in that runtime's own heap (see `arm_runtime`).
+// SAFETY: `Shared` is Sync; the pointer is dereferenced only while the
+// runtime is known alive (see `SharedPtr::arm`).
 unsafe impl Send for SharedPtr {}
 
+impl SharedPtr {
+    /// Adds `task` to the runtime's heap.
+    ///
+    /// # Safety
+    ///
+    /// The runtime is alive: we run on one of its goroutines, or as a task
+    /// from its own timer heap, which only the runtime's threads fire while
+    /// it exists (dropping the runtime drops pending tasks unrun).
+    unsafe fn arm(self, when: Instant, task: Task) -> Slot {
+        // SAFETY: the caller's contract.
+        let sh = unsafe { &*self.0 };
+        Slot::Runtime(sh.me.clone(), sh.add_timer(when, task))
+    }
+}
+
 /// Arms the next tick in the runtime's heap. The task re-arms itself.
-fn arm_runtime(sh: SharedPtr, when: Instant, period: Duration, tx: Sender<Instant>) {
-    let task = Box::new(move || {
+fn arm_runtime(sh: SharedPtr, armed: Armed, when: Instant, period: Duration, tx: Sender<Instant>) {
+    let a = armed.clone();
+    let task: Task = Box::new(move || {
         if deliver(&tx) {
             let next = next_tick(when, Instant::now(), period);
-            arm_runtime(sh, next, period, tx);
+            arm_runtime(sh, a, next, period, tx);
         }
     });
-    // SAFETY: the runtime is alive: either we are on one of its goroutines
-    // (`tick`), or we run as a task from its own timer heap, which only the
-    // runtime's threads fire while it exists (dropping the runtime drops
-    // pending tasks unrun).
-    unsafe { &*sh.0 }.add_timer(when, task);
+    // SAFETY: we are on one of the runtime's goroutines (`tick`) or run as
+    // a task from its own heap (above).
+    armed.arm(|| unsafe { sh.arm(when, task) });
 }
 
-fn arm_fallback(when: Instant, period: Duration, tx: Sender<Instant>) {
-    fallback().add(
-        when,
-        Box::new(move || {
-            if deliver(&tx) {
-                let next = next_tick(when, Instant::now(), period);
-                arm_fallback(next, period, tx);
-            }
-        }),
-    );
+fn arm_fallback(armed: Armed, when: Instant, period: Duration, tx: Sender<Instant>) {
+    let a = armed.clone();
+    let task: Task = Box::new(move || {
+        if deliver(&tx) {
+            let next = next_tick(when, Instant::now(), period);
+            arm_fallback(a, next, period, tx);
+        }
+    });
+    armed.arm(|| Slot::Fallback(fallback().add(when, task)));
 }
 
-type Task = Box<dyn FnOnce() + Send>;
-
-/// The timer thread for channels made outside any runtime.
+/// The timer thread for channels made outside any runtime: a heap of the
+/// same kind as a runtime's, fired by one helper thread that sleeps on a
+/// note until the earliest deadline.
 struct Fallback {
-    heap: Mutex<FallbackHeap>,
-    cv: Condvar,
-}
-
-#[derive(Default)]
-struct FallbackHeap {
-    order: BinaryHeap<std::cmp::Reverse<(Instant, u64)>>,
-    tasks: std::collections::HashMap<u64, Task>,
-    seq: u64,
+    timers: Timers,
+    /// Woken when a timer becomes the earliest.
+    note: Note,
+    /// The heap's deadlines are nanoseconds since this instant.
+    epoch: Instant,
 }
 
 fn fallback() -> &'static Fallback {
     static F: OnceLock<&'static Fallback> = OnceLock::new();
     F.get_or_init(|| {
         let f: &'static Fallback = Box::leak(Box::new(Fallback {
-            heap: Mutex::new(FallbackHeap::default()),
-            cv: Condvar::new(),
+            timers: Timers::new(),
+            note: Note::new(),
+            epoch: Instant::now(),
         }));
         std::thread::Builder::new()
             .name("gosched-chan-timer".into())
@@ -179,38 +297,23 @@ fn fallback() -> &'static Fallback {
 }
 
 impl Fallback {
-    fn add(&self, when: Instant, task: Task) {
-        let mut h = self.heap.rt_lock();
-        h.seq += 1;
-        let id = h.seq;
-        h.order.push(std::cmp::Reverse((when, id)));
-        h.tasks.insert(id, task);
-        drop(h);
-        self.cv.notify_one();
+    fn add(&self, when: Instant, task: Task) -> TimerId {
+        let (id, earliest) = self.timers.add(timer::nanos_since(self.epoch, when), task);
+        if earliest {
+            self.note.wake();
+        }
+        id
     }
 
     fn run(&self) {
-        let mut h = self.heap.rt_lock();
         loop {
-            let now = Instant::now();
-            match h.order.peek().map(|r| r.0) {
-                Some((when, id)) if when <= now => {
-                    h.order.pop();
-                    if let Some(t) = h.tasks.remove(&id) {
-                        drop(h);
-                        t();
-                        h = self.heap.rt_lock();
-                    }
-                }
-                Some((when, _)) => {
-                    h = self
-                        .cv
-                        .wait_timeout(h, when - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                }
-                None => h = self.cv.wait(h).unwrap_or_else(|e| e.into_inner()),
-            }
+            let now = timer::nanos(self.epoch.elapsed());
+            self.timers.fire(now);
+            let timeout = self
+                .timers
+                .next()
+                .map(|next| Duration::from_nanos(next.saturating_sub(now)));
+            self.note.wait(timeout);
         }
     }
 }

@@ -267,7 +267,10 @@ impl Shared {
         // Pairs with the SeqCst store in monitor::run (Dekker: either we see
         // sysmon asleep, or it sees this P busy before it sleeps).
         let until = self.sysmon_idle_until.load(Ordering::SeqCst);
-        if until != 0 && until > self.nanotime() + self.cfg.quantum.as_nanos() as u64 {
+        let slice_end = self
+            .nanotime()
+            .saturating_add(crate::timer::nanos(self.cfg.quantum));
+        if until != 0 && until > slice_end {
             self.sysmon_note.wake();
         }
     }
