@@ -331,3 +331,19 @@ fn waitgroup_done_below_zero_panics_like_go() {
     assert_eq!(wg.count(), 0);
     wg.wait();
 }
+
+#[test]
+fn waitgroup_add_that_overflows_panics_and_leaves_the_counter_unchanged() {
+    let wg = WaitGroup::new();
+    wg.add(1);
+    for n in [i64::MAX as usize, usize::MAX] {
+        let err = std::panic::catch_unwind(|| wg.add(n)).unwrap_err();
+        let msg = err.downcast_ref::<&str>().copied().unwrap_or_default();
+        assert_eq!(msg, "sync: WaitGroup counter overflow", "add({n})");
+        assert_eq!(wg.count(), 1, "add({n}) changed the counter");
+    }
+    // Still usable: the one done() brings it to zero.
+    wg.done();
+    wg.wait();
+    assert_eq!(wg.count(), 0);
+}

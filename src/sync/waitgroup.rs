@@ -82,7 +82,10 @@ impl WaitGroup {
     ///
     /// # Panics
     ///
-    /// If the counter would overflow.
+    /// `sync: WaitGroup counter overflow` if the counter would exceed
+    /// `i64::MAX`; the counter is then left unchanged, so the group stays
+    /// usable. (Go's counter is 32 bits and wraps into its "negative
+    /// WaitGroup counter" panic instead.)
     ///
     /// # Examples
     ///
@@ -92,14 +95,25 @@ impl WaitGroup {
     /// wg.done();
     /// wg.done();
     /// wg.wait();
+    ///
+    /// wg.add(1);
+    /// let r = std::panic::catch_unwind(|| wg.add(i64::MAX as usize));
+    /// assert!(r.is_err());
+    /// assert_eq!(wg.count(), 1); // unchanged
     /// ```
     pub fn add(&self, n: usize) {
-        let n = i64::try_from(n).expect("sync: WaitGroup counter overflow");
-        let prev = self.inner.count.fetch_add(n, Ordering::AcqRel);
-        assert!(
-            prev.checked_add(n).is_some(),
-            "sync: WaitGroup counter overflow"
-        );
+        // Check, then add, in one CAS: a failed add must not leave the
+        // counter wrapped for `done`, `wait` or another `add` to see.
+        // AcqRel as `done`'s fetch_sub, which it pairs with.
+        let r = i64::try_from(n).ok().and_then(|n| {
+            self.inner
+                .count
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_add(n))
+                .ok()
+        });
+        if r.is_none() {
+            panic!("sync: WaitGroup counter overflow");
+        }
     }
 
     /// Decrements the counter (Go's `Done`); the call that brings it to
