@@ -138,7 +138,8 @@ fn invalid(msg: String) -> io::Error {
 }
 
 /// Parses "10ms", "500us", "500µs", "1s", "250000ns", or a bare number of
-/// milliseconds.
+/// milliseconds. A huge value saturates at `u64::MAX` nanoseconds (~584
+/// years: a quantum that long means no time-slice preemption).
 fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     let split = s
@@ -156,7 +157,8 @@ fn parse_duration(s: &str) -> Option<Duration> {
         "s" => v * 1e9,
         _ => return None,
     };
-    (nanos < 1e18).then(|| Duration::from_nanos(nanos as u64))
+    // `as` saturates: a huge value becomes u64::MAX ns.
+    Some(Duration::from_nanos(nanos as u64))
 }
 
 fn env(name: &str) -> io::Result<Option<String>> {
@@ -219,7 +221,9 @@ impl Builder {
     }
 
     /// How long a goroutine may run before sysmon preempts it. Default
-    /// 10 ms, or `$GOSCHED_QUANTUM` ("10ms", "500us"); at least 50 µs.
+    /// 10 ms, or `$GOSCHED_QUANTUM` ("10ms", "500us"); at least 50 µs. There
+    /// is no maximum: a quantum longer than the program runs (up to
+    /// `Duration::MAX`) means no time-slice preemption at all.
     ///
     /// # Examples
     ///
@@ -228,6 +232,10 @@ impl Builder {
     /// let rt = gosched::Builder::new().preempt_quantum(Duration::from_micros(200)).build().unwrap();
     /// assert_eq!(rt.stats().quantum, Duration::from_micros(200));
     /// assert!(gosched::Builder::new().preempt_quantum(Duration::from_micros(10)).build().is_err());
+    ///
+    /// let rt = gosched::Builder::new().preempt_quantum(Duration::MAX).build().unwrap();
+    /// rt.block_on(|| gosched::sleep(Duration::from_millis(1)));
+    /// assert_eq!(rt.stats().preempt_async + rt.stats().preempt_coop, 0);
     /// ```
     pub fn preempt_quantum(mut self, d: Duration) -> Builder {
         self.quantum = Some(d);
@@ -465,5 +473,13 @@ mod tests {
         assert_eq!(parse_duration("ten"), None);
         assert_eq!(parse_duration("10 parsecs"), None);
         assert_eq!(parse_duration(""), None);
+        assert_eq!(
+            parse_duration("1000000000000000000000s"),
+            Some(Duration::from_nanos(u64::MAX))
+        );
+        assert_eq!(
+            parse_duration("1000000000s"),
+            Some(Duration::from_secs(1_000_000_000))
+        );
     }
 }

@@ -306,12 +306,17 @@ fn gosched_maxprocs_above_max_procs_is_an_error_naming_it() {
 #[test]
 fn huge_preempt_quantum_means_no_time_slice_preemption() {
     if child_role().is_some() {
-        for quantum in [Duration::MAX, Duration::from_secs(u64::MAX / 2)] {
-            let rt = Builder::new()
-                .procs(2)
-                .preempt_quantum(quantum)
-                .build()
-                .unwrap();
+        // The last one from GOSCHED_QUANTUM (set by the parent), which
+        // saturates at u64::MAX ns.
+        let from_env = Duration::from_nanos(u64::MAX);
+        for quantum in [Duration::MAX, Duration::from_secs(u64::MAX / 2), from_env] {
+            let b = Builder::new().procs(2);
+            let b = if quantum == from_env {
+                b
+            } else {
+                b.preempt_quantum(quantum)
+            };
+            let rt = b.build().unwrap();
             assert_eq!(rt.stats().quantum, quantum);
             let sum = rt.block_on(|| {
                 // Every P idle, so sysmon sleeps idle until the far timer;
@@ -358,7 +363,7 @@ fn huge_preempt_quantum_means_no_time_slice_preemption() {
     let out = run_child(
         "huge_preempt_quantum_means_no_time_slice_preemption",
         "quantum",
-        &[],
+        &[("GOSCHED_QUANTUM", "100000000000000s")],
     );
     assert!(out.status.success(), "{}", out.describe());
     let lines: Vec<&str> = out
@@ -366,7 +371,7 @@ fn huge_preempt_quantum_means_no_time_slice_preemption() {
         .lines()
         .filter(|l| l.starts_with("QUANTUM-OK"))
         .collect();
-    assert_eq!(lines.len(), 2, "{}", out.describe());
+    assert_eq!(lines.len(), 3, "{}", out.describe());
     for l in lines {
         assert!(
             l.ends_with("preempt_coop=0 preempt_async=0"),
