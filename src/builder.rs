@@ -18,6 +18,22 @@ use crate::Runtime;
 /// ```
 pub const MIN_QUANTUM: Duration = Duration::from_micros(50);
 
+/// The largest number of Ps (GOMAXPROCS) a runtime accepts, at `build`
+/// and in [`Runtime::set_procs`]: 1024, Go's cap on 64-bit targets (its
+/// per-P bit masks are sized for it). A runtime allocates all of them up
+/// front (about 1 KiB each; only the first `procs` are scheduled), so
+/// `set_procs` never reallocates what the scheduler reads without locks.
+///
+/// # Examples
+///
+/// ```
+/// use gosched::{Builder, MAX_PROCS};
+/// assert!(Builder::new().procs(MAX_PROCS).build().is_ok());
+/// let err = Builder::new().procs(MAX_PROCS + 1).build().unwrap_err();
+/// assert!(err.to_string().contains("procs(1025)"));
+/// ```
+pub const MAX_PROCS: usize = 1024;
+
 /// Default preemption quantum: 10 ms, Go's `forcePreemptNS`.
 ///
 /// # Examples
@@ -250,13 +266,18 @@ impl Builder {
     pub(crate) fn config(self) -> io::Result<Config> {
         let procs = match self.procs {
             Some(0) => return Err(invalid("procs(0): a runtime needs at least one P".into())),
+            Some(n) if n > MAX_PROCS => {
+                return Err(invalid(format!(
+                    "procs({n}): exceeds the maximum of {MAX_PROCS} Ps (gosched::MAX_PROCS)"
+                )))
+            }
             Some(n) => n,
             None => match env("GOSCHED_MAXPROCS")? {
                 Some(v) => match v.trim().parse::<usize>() {
-                    Ok(n) if n > 0 => n,
+                    Ok(n) if (1..=MAX_PROCS).contains(&n) => n,
                     _ => {
                         return Err(invalid(format!(
-                            "GOSCHED_MAXPROCS={v:?}: expected a positive integer"
+                            "GOSCHED_MAXPROCS={v:?}: expected an integer in 1..={MAX_PROCS}"
                         )));
                     }
                 },

@@ -128,6 +128,59 @@ impl Runtime {
         spawn_on(&self.shared, f)
     }
 
+    /// The number of Ps now (GOMAXPROCS): how many goroutines run in
+    /// parallel.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let rt = gosched::Builder::new().procs(3).build().unwrap();
+    /// assert_eq!(rt.procs(), 3);
+    /// ```
+    pub fn procs(&self) -> usize {
+        self.shared.procs()
+    }
+
+    /// Changes the number of Ps while the runtime runs (Go's
+    /// `runtime.GOMAXPROCS(n)`); returns the previous number.
+    ///
+    /// Growing adds idle Ps at once. Shrinking retires the Ps above `n`:
+    /// their queued goroutines move, in order, to the global queue; a
+    /// goroutine running on one is asked to yield (with asynchronous
+    /// preemption, a signal: a loop without calls stops within
+    /// microseconds) and its P is taken after 2 ms at the latest, so
+    /// `set_procs` returns within a few milliseconds. When it returns, at
+    /// most `n` Ps run goroutines; a goroutine that never reaches a
+    /// scheduling point with asynchronous preemption off goes on running
+    /// on its thread, without a P, until it does. No goroutine is lost or
+    /// run twice; timers, locked goroutines and goroutines in
+    /// [`blocking`](crate::blocking) carry on.
+    ///
+    /// Callable from a goroutine (it parks while it waits) and from a
+    /// plain thread. Concurrent calls take effect one after the other.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` naming `n` when it is 0 or above [`MAX_PROCS`](crate::MAX_PROCS).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let rt = gosched::Builder::new().procs(4).build().unwrap();
+    /// assert_eq!(rt.set_procs(1).unwrap(), 4);
+    /// let sum: u64 = rt.block_on(|| {
+    ///     let hs: Vec<_> = (0..8u64).map(|i| gosched::spawn(move || i)).collect();
+    ///     hs.into_iter().map(|h| h.join().unwrap()).sum()
+    /// });
+    /// assert_eq!(sum, 28);
+    /// assert_eq!(rt.set_procs(2).unwrap(), 1);
+    /// assert_eq!(rt.procs(), 2);
+    /// assert!(rt.set_procs(0).unwrap_err().to_string().contains("set_procs(0)"));
+    /// ```
+    pub fn set_procs(&self, n: usize) -> io::Result<usize> {
+        self.shared.procresize(n)
+    }
+
     /// A snapshot of the runtime's counters.
     ///
     /// # Examples
@@ -164,7 +217,7 @@ impl Drop for Runtime {
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runtime")
-            .field("procs", &self.shared.cfg.procs)
+            .field("procs", &self.shared.procs())
             .finish_non_exhaustive()
     }
 }
@@ -410,7 +463,7 @@ impl Shared {
         // It takes locks the scheduler takes too (see `timer::add_current`).
         let _np = sched::NoPreempt::enter();
         let sum = |f: fn(&sched::PCounters) -> &std::sync::atomic::AtomicU64| -> u64 {
-            self.ps
+            self.used_ps()
                 .iter()
                 .map(|p| f(&p.counters).load(Ordering::Relaxed))
                 .sum()
@@ -433,7 +486,7 @@ impl Shared {
             preempt_refused_by_reason: by_reason,
             retakes: self.counters.retakes.load(Ordering::Relaxed),
             blocked_handoffs: self.counters.blocked_handoffs.load(Ordering::Relaxed),
-            procs: self.cfg.procs,
+            procs: self.procs(),
             idle_procs: self.npidle.load(Ordering::Relaxed),
             stack_size: self.stacks.stack_size(),
             quantum: self.cfg.quantum,

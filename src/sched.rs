@@ -120,6 +120,9 @@ pub(crate) const P_HANDOFF: u64 = 1;
 pub(crate) const P_SCHED: u64 = 2;
 pub(crate) const P_USER: u64 = 3;
 pub(crate) const P_SYSCALL: u64 = 4;
+/// Beyond the current GOMAXPROCS (`Shared::gomaxprocs`): owned by nobody,
+/// its queues empty, until `set_procs` brings it back (see `procresize`).
+pub(crate) const P_DEAD: u64 = 5;
 
 pub(crate) fn pstatus(m: &M, state: u64) -> u64 {
     ((m.id as u64) << 8) | state
@@ -296,7 +299,20 @@ pub(crate) struct Shared {
     /// TSC reading at `epoch`, when the TSC is invariant (see `slice_clock`).
     pub(crate) tsc_epoch: Option<u64>,
     pub(crate) injector: Injector<GRef>,
+    /// Every P, `MAX_PROCS` of them; only `ps[..gomaxprocs]` are live.
     pub(crate) ps: Box<[P]>,
+    /// GOMAXPROCS: the number of live Ps. Changed only by `procresize`,
+    /// with the `pidle` lock held (so `pidleput` and `procresize` agree on
+    /// which Ps are live); read anywhere (Relaxed where a stale value only
+    /// delays a P's retirement by one scheduling round).
+    pub(crate) gomaxprocs: AtomicUsize,
+    /// The most Ps ever live (`ps[..ps_used]` may hold counts worth
+    /// summing). Raised by `procresize` only.
+    pub(crate) ps_used: AtomicUsize,
+    /// A `procresize` is under way (serialises them; never held across a
+    /// park, so it is a flag, not a lock).
+    pub(crate) resizing: AtomicBool,
+    /// Idle live Ps. Its lock also orders changes of `gomaxprocs`.
     pub(crate) pidle: Mutex<Vec<usize>>,
     pub(crate) npidle: AtomicUsize,
     pub(crate) nmspinning: AtomicUsize,
@@ -822,16 +838,20 @@ impl Shared {
         // Before any M can claim a P (see "Ownership of a P").
         crate::membarrier::init();
         let stacks = StackPool::new(cfg.stack_size)?;
-        let mut ps = Vec::with_capacity(cfg.procs);
+        // Every P a `set_procs` may ask for exists from the start (Go grows
+        // `allp` under stop-the-world instead; a fixed array lets sysmon,
+        // thieves and `ready` index it without a lock). Ps at or above
+        // `gomaxprocs` are dead: about 1 KiB each, never scheduled.
+        let mut ps = Vec::with_capacity(crate::builder::MAX_PROCS);
         let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (std::process::id() as u64);
-        for id in 0..cfg.procs {
+        for id in 0..crate::builder::MAX_PROCS {
             let worker = Worker::new_fifo();
             seed = seed
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             ps.push(P {
                 id,
-                status: AtomicU64::new(P_IDLE),
+                status: AtomicU64::new(if id < cfg.procs { P_IDLE } else { P_DEAD }),
                 stealer: worker.stealer(),
                 runnext: AtomicPtr::new(ptr::null_mut()),
                 yielded: AtomicPtr::new(ptr::null_mut()),
@@ -858,6 +878,9 @@ impl Shared {
             epoch: Instant::now(),
             injector: Injector::new(),
             ps: ps.into_boxed_slice(),
+            gomaxprocs: AtomicUsize::new(procs),
+            ps_used: AtomicUsize::new(procs),
+            resizing: AtomicBool::new(false),
             pidle: Mutex::new((0..procs).rev().collect()),
             npidle: AtomicUsize::new(procs),
             nmspinning: AtomicUsize::new(0),
@@ -1074,7 +1097,7 @@ impl Shared {
 
     /// Goroutines spawned so far.
     pub(crate) fn spawned(&self) -> u64 {
-        self.ps
+        self.used_ps()
             .iter()
             .map(|p| p.counters.spawned.load(Ordering::Relaxed))
             .sum::<u64>()
@@ -1085,7 +1108,7 @@ impl Shared {
     pub(crate) fn goroutines(&self) -> usize {
         let spawned = self.spawned();
         let exited: u64 = self
-            .ps
+            .used_ps()
             .iter()
             .map(|p| p.counters.exited.load(Ordering::Relaxed))
             .sum::<u64>()
@@ -1095,5 +1118,6 @@ impl Shared {
 }
 
 mod handoff;
+mod procresize;
 mod schedule;
 mod teardown;

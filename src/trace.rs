@@ -8,27 +8,26 @@ use crate::g::PARKED;
 use crate::sched::{Shared, LIVE_RUNTIMES};
 
 impl Shared {
-    /// One `GOSCHED_SCHEDTRACE` line, in Go's format.
+    /// One `GOSCHED_SCHEDTRACE` line, in Go's format and with Go's field
+    /// names (Go 1.21+'s `schedtrace`), so tools that read Go's lines read
+    /// ours: `gomaxprocs`, idle Ps, Ms, spinning Ms, `needspinning` (work
+    /// is queued while a P idles and no M spins, so someone must start
+    /// one: Go's `sched.needspinning`), idle Ms, the global queue's length,
+    /// and each live P's queue (runnext and the yield slot included).
     pub(crate) fn schedtrace_line(&self) -> String {
         let ms = self.epoch.elapsed().as_millis();
+        let procs = self.procs();
         let idle = self.npidle.load(Ordering::Relaxed);
         let threads = self.allm.rt_lock().len();
         let idlethreads = self.midle.rt_lock().len();
         let spinning = self.nmspinning.load(Ordering::Relaxed);
+        let needspinning = u8::from(idle > 0 && spinning == 0 && self.any_work());
         let runqueue = self.injector.len();
-        let local: Vec<String> = self
-            .ps
-            .iter()
-            .map(|p| {
-                (p.stealer.len()
-                    + usize::from(!p.runnext.load(Ordering::Relaxed).is_null())
-                    + usize::from(!p.yielded.load(Ordering::Relaxed).is_null()))
-                .to_string()
-            })
+        let local: Vec<String> = (0..procs)
+            .map(|p| self.p_queue_len(p).to_string())
             .collect();
         format!(
-            "SCHED {ms}ms: procs={} idleprocs={idle} threads={threads} spinningthreads={spinning} idlethreads={idlethreads} runqueue={runqueue} [{}]",
-            self.cfg.procs,
+            "SCHED {ms}ms: gomaxprocs={procs} idleprocs={idle} threads={threads} spinningthreads={spinning} needspinning={needspinning} idlethreads={idlethreads} runqueue={runqueue} [{}]",
             local.join(" ")
         )
     }
@@ -75,7 +74,7 @@ impl Shared {
     /// progress (for the deadlock check's second look).
     pub(crate) fn progress(&self) -> u64 {
         let sw: u64 = self
-            .ps
+            .used_ps()
             .iter()
             .map(|p| p.counters.switches.load(Ordering::Relaxed))
             .sum();
