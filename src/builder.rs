@@ -79,7 +79,19 @@ pub(crate) struct Config {
     pub(crate) async_preempt: bool,
     pub(crate) mode: PreemptMode,
     pub(crate) schedtrace: Option<Duration>,
+    /// `GOSCHED_SCHEDDETAIL=1`: schedtrace adds per-P, per-M and per-G lines.
+    pub(crate) scheddetail: bool,
+    pub(crate) max_threads: usize,
 }
+
+/// Default cap on the threads of one runtime: 10,000, Go's `maxmcount`.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(gosched::DEFAULT_MAX_THREADS, 10_000);
+/// ```
+pub const DEFAULT_MAX_THREADS: usize = 10_000;
 
 /// Configures and builds a [`Runtime`].
 ///
@@ -113,6 +125,7 @@ pub struct Builder {
     quantum: Option<Duration>,
     async_preempt: Option<bool>,
     mode: Option<PreemptMode>,
+    max_threads: Option<usize>,
 }
 
 fn invalid(msg: String) -> io::Error {
@@ -242,6 +255,30 @@ impl Builder {
         self
     }
 
+    /// The most OS threads the runtime may run at once: its worker threads
+    /// (Ms: those running goroutines, those parked in `blocking` calls or
+    /// with a locked or preempted goroutine, idle ones) plus sysmon. Go's
+    /// `debug.SetMaxThreads`; default [`DEFAULT_MAX_THREADS`] (10,000), or
+    /// `$GOSCHED_MAXTHREADS`; at least 2 (sysmon and one worker).
+    ///
+    /// A program that needs more threads than this (typically: more
+    /// goroutines stuck in [`blocking`](crate::blocking) calls at once) dies
+    /// as Go's does: `fatal error: thread exhaustion`, a line naming the
+    /// limit and this knob, every goroutine, and exit status 2.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let rt = gosched::Builder::new().max_threads(64).build().unwrap();
+    /// assert_eq!(rt.stats().max_threads, 64);
+    /// let err = gosched::Builder::new().max_threads(1).build().unwrap_err();
+    /// assert!(err.to_string().contains("max_threads(1)"));
+    /// ```
+    pub fn max_threads(mut self, n: usize) -> Builder {
+        self.max_threads = Some(n);
+        self
+    }
+
     /// Validates the settings and starts the runtime (its threads start
     /// lazily, when there is work).
     ///
@@ -353,6 +390,34 @@ impl Builder {
                 }
             },
         };
+        let scheddetail = match env("GOSCHED_SCHEDDETAIL")?.as_deref().map(str::trim) {
+            None | Some("") | Some("0") => false,
+            Some("1") => true,
+            Some(v) => {
+                return Err(invalid(format!(
+                    "GOSCHED_SCHEDDETAIL={v:?}: expected 0 or 1"
+                )))
+            }
+        };
+        let max_threads = match self.max_threads {
+            Some(n) if n < 2 => {
+                return Err(invalid(format!(
+                    "max_threads({n}): a runtime needs at least 2 threads (sysmon and one worker)"
+                )))
+            }
+            Some(n) => n,
+            None => match env("GOSCHED_MAXTHREADS")? {
+                Some(v) => match v.trim().parse::<usize>() {
+                    Ok(n) if n >= 2 => n,
+                    _ => {
+                        return Err(invalid(format!(
+                            "GOSCHED_MAXTHREADS={v:?}: expected an integer of at least 2"
+                        )))
+                    }
+                },
+                None => DEFAULT_MAX_THREADS,
+            },
+        };
         Ok(Config {
             procs,
             stack_size,
@@ -360,6 +425,8 @@ impl Builder {
             async_preempt,
             mode: self.mode.unwrap_or_default(),
             schedtrace,
+            scheddetail,
+            max_threads,
         })
     }
 }

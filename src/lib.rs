@@ -99,7 +99,9 @@ mod trace;
 
 use std::time::{Duration, Instant};
 
-pub use crate::builder::{Builder, PreemptMode, DEFAULT_QUANTUM, MAX_PROCS, MIN_QUANTUM};
+pub use crate::builder::{
+    Builder, PreemptMode, DEFAULT_MAX_THREADS, DEFAULT_QUANTUM, MAX_PROCS, MIN_QUANTUM,
+};
 pub use crate::runtime::{JoinHandle, Runtime, Stats};
 
 /// Starts a goroutine on the calling goroutine's runtime. It is queued to

@@ -444,8 +444,10 @@ pub struct Stats {
     /// Ps handed away from a thread blocked in the kernel (blocked-M
     /// detection).
     pub blocked_handoffs: u64,
-    /// Number of Ps.
+    /// Number of Ps (GOMAXPROCS) now.
     pub procs: usize,
+    /// The thread limit ([`Builder::max_threads`]).
+    pub max_threads: usize,
     /// Ps idle now.
     pub idle_procs: usize,
     /// Usable bytes of each goroutine stack.
@@ -487,6 +489,7 @@ impl Shared {
             retakes: self.counters.retakes.load(Ordering::Relaxed),
             blocked_handoffs: self.counters.blocked_handoffs.load(Ordering::Relaxed),
             procs: self.procs(),
+            max_threads: self.cfg.max_threads,
             idle_procs: self.npidle.load(Ordering::Relaxed),
             stack_size: self.stacks.stack_size(),
             quantum: self.cfg.quantum,

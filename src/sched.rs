@@ -111,9 +111,6 @@ const GOID_BATCH: u64 = 16;
 /// `usleep(3)` in `runqgrab`).
 const RUNNEXT_GRACE: std::time::Duration = std::time::Duration::from_micros(3);
 
-/// Upper bound on Ms (Go: 10000 threads).
-const MAX_MS: usize = 10_000;
-
 // P status words: (m id << 8) | state.
 pub(crate) const P_IDLE: u64 = 0;
 pub(crate) const P_HANDOFF: u64 = 1;

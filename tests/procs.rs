@@ -334,3 +334,64 @@ fn shrink_beside_no_call_hogs_returns_promptly() {
         "set_procs(1) took {took:?}"
     );
 }
+
+/// More goroutines stuck in `blocking()` than `max_threads` allows: Go's
+/// fatal error, with the limit and the knob named, every goroutine, exit 2.
+#[test]
+fn exceeding_max_threads_is_a_fatal_error_with_a_dump() {
+    if let Some(role) = common::child_role() {
+        let b = Builder::new().procs(1);
+        let b = if role == "env" { b } else { b.max_threads(5) };
+        let rt = b.build().unwrap();
+        rt.block_on(|| {
+            let hs: Vec<_> = (0..16)
+                .map(|_| {
+                    gosched::spawn(|| {
+                        gosched::blocking(|| std::thread::sleep(Duration::from_secs(5)))
+                    })
+                })
+                .collect();
+            for h in hs {
+                h.join().unwrap();
+            }
+        });
+        eprintln!("UNEXPECTED: all blocking calls finished");
+        return;
+    }
+    let out = common::run_child(
+        "exceeding_max_threads_is_a_fatal_error_with_a_dump",
+        "limit",
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", out.describe());
+    assert!(
+        out.stderr.contains("exceeds the 5-thread limit")
+            && out.stderr.contains("GOSCHED_MAXTHREADS"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains("fatal error: thread exhaustion"),
+        "{}",
+        out.describe()
+    );
+    assert!(out.stderr.contains("goroutine 1 ["), "{}", out.describe());
+    assert!(
+        out.stderr.contains("spawned at tests/procs.rs"),
+        "{}",
+        out.describe()
+    );
+    assert!(!out.stderr.contains("panicked"), "{}", out.describe());
+    // The environment knob sets the same limit.
+    let env = common::run_child(
+        "exceeding_max_threads_is_a_fatal_error_with_a_dump",
+        "env",
+        &[("GOSCHED_MAXTHREADS", "4")],
+    );
+    assert_eq!(env.status.code(), Some(2), "{}", env.describe());
+    assert!(
+        env.stderr.contains("exceeds the 4-thread limit"),
+        "{}",
+        env.describe()
+    );
+}

@@ -139,10 +139,11 @@ impl Shared {
 
     pub(crate) fn newm(&self, p: usize, spinning: bool) {
         let mut all = self.allm.rt_lock();
-        assert!(
-            all.len() < MAX_MS,
-            "gosched: program exceeds {MAX_MS}-thread limit"
-        );
+        // Go's checkmcount: the new M plus sysmon must fit the limit.
+        if all.len() + 2 > self.cfg.max_threads {
+            drop(all);
+            self.die_thread_exhaustion();
+        }
         let m = Arc::new(M {
             id: all.len() + 1,
             shared: self as *const Shared,
