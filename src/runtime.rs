@@ -450,6 +450,24 @@ pub struct Stats {
     pub max_threads: usize,
     /// Ps idle now.
     pub idle_procs: usize,
+    /// Ms spinning (looking for work to steal) now.
+    pub spinning_threads: usize,
+    /// Ms parked with nothing to do now.
+    pub idle_threads: usize,
+    /// Goroutines inside [`blocking`](crate::blocking) calls now.
+    pub in_syscall: usize,
+    /// Goroutines in the global run queue now.
+    pub global_runqueue: usize,
+    /// Goroutines queued on each live P now (local queue, `runnext` and
+    /// the yield slot), indexed by P.
+    pub local_runqueues: Vec<usize>,
+    /// Scheduling latency: how long woken goroutines (by a channel, timer,
+    /// mutex, join...) waited between becoming runnable and running, as a
+    /// histogram of `(upper bound, count)` buckets with power-of-two
+    /// bounds from 256 ns (the last bound is `Duration::MAX`). Sampled like
+    /// Go's `/sched/latencies:seconds`: one wake-up in 8 of each goroutine.
+    /// See [`Stats::sched_latency_quantile`].
+    pub sched_latency: Vec<(Duration, u64)>,
     /// Usable bytes of each goroutine stack.
     pub stack_size: usize,
     /// The preemption quantum.
@@ -460,6 +478,38 @@ pub struct Stats {
     pub mode: PreemptMode,
 }
 
+impl Stats {
+    /// The scheduling latency below which a fraction `q` (0.0 ..= 1.0) of
+    /// the sampled wake-ups ran, as the upper bound of the histogram bucket
+    /// it falls in (so within a factor of 2 above the true value); `None`
+    /// before any wake-up was sampled.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let rt = gosched::Runtime::new().unwrap();
+    /// rt.block_on(|| {
+    ///     for _ in 0..100 {
+    ///         gosched::sleep(std::time::Duration::from_micros(10));
+    ///     }
+    /// });
+    /// let p99 = rt.stats().sched_latency_quantile(0.99).unwrap();
+    /// assert!(p99 < std::time::Duration::from_secs(1));
+    /// ```
+    pub fn sched_latency_quantile(&self, q: f64) -> Option<Duration> {
+        let total: u64 = self.sched_latency.iter().map(|b| b.1).sum();
+        if total == 0 {
+            return None;
+        }
+        let want = (q.clamp(0.0, 1.0) * total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        self.sched_latency.iter().find_map(|&(bound, n)| {
+            seen += n;
+            (seen >= want).then_some(bound)
+        })
+    }
+}
+
 impl Shared {
     pub(crate) fn stats(&self) -> Stats {
         // It takes locks the scheduler takes too (see `timer::add_current`).
@@ -468,6 +518,12 @@ impl Shared {
             self.used_ps()
                 .iter()
                 .map(|p| f(&p.counters).load(Ordering::Relaxed))
+                .sum()
+        };
+        let sum_at = |i: usize| -> u64 {
+            self.used_ps()
+                .iter()
+                .map(|p| p.counters.sched_latency[i].load(Ordering::Relaxed))
                 .sum()
         };
         let by_reason: Vec<(&'static str, u64)> = crate::preempt::REFUSAL_NAMES
@@ -488,6 +544,21 @@ impl Shared {
             preempt_refused_by_reason: by_reason,
             retakes: self.counters.retakes.load(Ordering::Relaxed),
             blocked_handoffs: self.counters.blocked_handoffs.load(Ordering::Relaxed),
+            spinning_threads: self.nmspinning.load(Ordering::Relaxed),
+            idle_threads: self.midle.rt_lock().len(),
+            in_syscall: self.in_blocking.load(Ordering::Relaxed),
+            global_runqueue: self.injector.len(),
+            local_runqueues: (0..self.procs()).map(|p| self.p_queue_len(p)).collect(),
+            sched_latency: (0..sched::SCHED_LATENCY_BUCKETS)
+                .map(|i| {
+                    let bound = if i + 1 == sched::SCHED_LATENCY_BUCKETS {
+                        Duration::MAX
+                    } else {
+                        Duration::from_nanos(1 << (i + 8))
+                    };
+                    (bound, sum_at(i))
+                })
+                .collect(),
             procs: self.procs(),
             max_threads: self.cfg.max_threads,
             idle_procs: self.npidle.load(Ordering::Relaxed),

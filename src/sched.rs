@@ -107,6 +107,39 @@ const G_BATCH: usize = 32;
 /// `_GoidCacheBatch`).
 const GOID_BATCH: u64 = 16;
 
+/// One wake-up in this many of each goroutine is timed for the
+/// scheduling-latency histogram (Go's `gTrackingPeriod`, 8: a clock read on
+/// every wake-up would cost the ping-pong paths ~10 %).
+pub(crate) const SCHED_LATENCY_SAMPLE: u32 = 8;
+
+/// Buckets of the scheduling-latency histogram: bucket 0 holds latencies
+/// under 256 ns, bucket `i` those in [2^(i+7), 2^(i+8)) ns, the last one
+/// everything from 2^38 ns (about 275 s) up.
+pub(crate) const SCHED_LATENCY_BUCKETS: usize = 32;
+
+/// The histogram bucket of a latency of `ns` nanoseconds.
+pub(crate) fn latency_bucket(ns: u64) -> usize {
+    let bits = (u64::BITS - ns.leading_zeros()) as usize;
+    bits.saturating_sub(8).min(SCHED_LATENCY_BUCKETS - 1)
+}
+
+/// `g` is about to run on P `p` (owned or claimed by the caller): if its
+/// wake-up was sampled, record how long it waited (one `Cell` read when not).
+#[inline]
+pub(crate) fn note_running(sh: &Shared, p: &P, g: GRef) {
+    let at = g.runnable_at.replace(0);
+    if at != 0 {
+        record_sched_latency(sh, p, at);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn record_sched_latency(sh: &Shared, p: &P, runnable_at: u64) {
+    let ns = sh.clock_delta_ns(runnable_at, sh.slice_clock());
+    bump(&p.counters.sched_latency[latency_bucket(ns)]);
+}
+
 /// How long a thief waits before taking `runnext` from a running P (Go's
 /// `usleep(3)` in `runqgrab`).
 const RUNNEXT_GRACE: std::time::Duration = std::time::Duration::from_micros(3);
@@ -147,6 +180,9 @@ pub(crate) struct PCounters {
     pub(crate) switches: AtomicU64,
     pub(crate) steals: AtomicU64,
     pub(crate) parks: AtomicU64,
+    /// Sampled wake-up-to-running latencies of goroutines this P ran
+    /// (`latency_bucket`).
+    pub(crate) sched_latency: [AtomicU64; SCHED_LATENCY_BUCKETS],
 }
 
 pub(crate) fn bump(c: &AtomicU64) {
@@ -720,6 +756,7 @@ fn yield_direct(g: GRef) -> bool {
         lower_no_preempt(g);
         return false;
     };
+    note_running(sh, p, next);
     next.preempt.store(false, Ordering::Relaxed);
     // From here the M runs `next` (sysmon and the signal handler read
     // curg); both goroutines are in no-preempt regions across the switch.
@@ -778,6 +815,11 @@ pub(crate) fn ready(g: GRef) {
     let _np = NoPreempt::enter();
     // SAFETY: the G's runtime outlives the G.
     let sh = unsafe { &*g.shared.load(Ordering::Acquire) };
+    let wakes = g.wakes.get().wrapping_add(1);
+    g.wakes.set(wakes);
+    if wakes % SCHED_LATENCY_SAMPLE == 0 {
+        g.runnable_at.set(sh.slice_clock().max(1));
+    }
     let local = sh.with_local(|p, l| {
         if let Some(old) = NonNull::new(p.runnext.swap(g.as_ptr(), Ordering::AcqRel)) {
             l.worker.push(GRef(old));
@@ -924,6 +966,19 @@ impl Shared {
         let ns_per_tick = now_ns as f64 / (now_t - t0) as f64;
         let ago = now_t.saturating_sub(stamp) as f64 * ns_per_tick;
         now_ns.saturating_sub(ago as u64)
+    }
+
+    /// Nanoseconds between two `slice_clock` stamps (`from` <= `to`).
+    pub(crate) fn clock_delta_ns(&self, from: u64, to: u64) -> u64 {
+        let ticks = to.saturating_sub(from);
+        let Some(t0) = self.tsc_epoch else {
+            return ticks;
+        };
+        let (now_ns, now_t) = (self.nanotime(), arch::ticks());
+        if now_t <= t0 {
+            return 0;
+        }
+        (ticks as f64 * now_ns as f64 / (now_t - t0) as f64) as u64
     }
 
     /// Nanoseconds since the runtime's epoch.

@@ -395,3 +395,72 @@ fn exceeding_max_threads_is_a_fatal_error_with_a_dump() {
         env.describe()
     );
 }
+
+/// The scheduling-latency histogram sees real waiting: beside a no-call
+/// hog on 1 P, woken sleepers wait for the hog's preemption (about a
+/// quantum); alone, they run at once. Readable from inside a goroutine.
+#[test]
+fn sched_latency_histogram_shows_time_spent_runnable() {
+    let _s = serial();
+    let _w = watchdog();
+    let sleepers = |rt: &gosched::Runtime| {
+        rt.block_on(|| {
+            for _ in 0..64 {
+                gosched::sleep(Duration::from_micros(500));
+            }
+            gosched::stats().expect("inside a goroutine")
+        })
+    };
+    let quiet = Builder::new().procs(1).build().unwrap();
+    let alone = sleepers(&quiet);
+    let total: u64 = alone.sched_latency.iter().map(|b| b.1).sum();
+    assert!(total >= 64 / 8 - 1, "{:?}", alone.sched_latency);
+    let p50 = alone.sched_latency_quantile(0.5).unwrap();
+    assert!(p50 <= Duration::from_millis(2), "alone: p50 {p50:?}");
+
+    let busy = Builder::new()
+        .procs(1)
+        .preempt_quantum(Duration::from_millis(5))
+        .build()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let hog = {
+        let stop = stop.clone();
+        busy.spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        })
+    };
+    let behind = sleepers(&busy);
+    stop.store(true, Ordering::Relaxed);
+    hog.join().unwrap();
+    let p50 = behind.sched_latency_quantile(0.5).unwrap();
+    assert!(
+        p50 >= Duration::from_micros(512),
+        "behind a hog: p50 {p50:?}"
+    );
+    assert_eq!(behind.local_runqueues.len(), 1);
+}
+
+/// Stats counts goroutines in blocking calls and queued goroutines.
+#[test]
+fn stats_report_blocking_calls_and_queues() {
+    let _w = watchdog();
+    let rt = Builder::new().procs(2).build().unwrap();
+    let (tx, rx) = channel::<()>(0);
+    let h = rt.spawn(move || gosched::blocking(|| rx.recv()));
+    let t = Instant::now();
+    while rt.stats().in_syscall != 1 {
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", rt.stats());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    tx.send(()).unwrap();
+    h.join().unwrap();
+    let s = rt.stats();
+    assert_eq!(s.in_syscall, 0);
+    assert_eq!(s.local_runqueues, vec![0, 0]);
+    assert_eq!(s.global_runqueue, 0);
+    rt.set_procs(3).unwrap();
+    assert_eq!(rt.stats().local_runqueues.len(), 3);
+}

@@ -169,6 +169,7 @@ impl Sched<'_> {
             g.stack_hi.store(s.top, Ordering::Relaxed);
             *stack = Some(s);
         }
+        note_running(self.sh, p, g);
         g.preempt.store(false, Ordering::Relaxed);
         self.m.curg.store(g.as_ptr(), Ordering::Relaxed);
         let mine = pstatus(self.m, P_SCHED);
