@@ -817,7 +817,7 @@ pub(crate) fn ready(g: GRef) {
     let sh = unsafe { &*g.shared.load(Ordering::Acquire) };
     let wakes = g.wakes.get().wrapping_add(1);
     g.wakes.set(wakes);
-    if wakes % SCHED_LATENCY_SAMPLE == 0 {
+    if wakes.is_multiple_of(SCHED_LATENCY_SAMPLE) {
         g.runnable_at.set(sh.slice_clock().max(1));
     }
     let local = sh.with_local(|p, l| {
