@@ -82,6 +82,7 @@ pub(crate) struct Config {
     /// `GOSCHED_SCHEDDETAIL=1`: schedtrace adds per-P, per-M and per-G lines.
     pub(crate) scheddetail: bool,
     pub(crate) max_threads: usize,
+    pub(crate) sigquit_dump: bool,
 }
 
 /// Default cap on the threads of one runtime: 10,000, Go's `maxmcount`.
@@ -126,6 +127,7 @@ pub struct Builder {
     async_preempt: Option<bool>,
     mode: Option<PreemptMode>,
     max_threads: Option<usize>,
+    sigquit_dump: Option<bool>,
 }
 
 fn invalid(msg: String) -> io::Error {
@@ -161,6 +163,16 @@ fn env(name: &str) -> io::Result<Option<String>> {
         Err(std::env::VarError::NotUnicode(v)) => {
             Err(invalid(format!("{name}={v:?}: not valid UTF-8")))
         }
+    }
+}
+
+/// A 0/1 variable: `None` when unset or empty.
+fn env_flag(name: &str) -> io::Result<Option<bool>> {
+    match env(name)?.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some("0") => Ok(Some(false)),
+        Some("1") => Ok(Some(true)),
+        Some(v) => Err(invalid(format!("{name}={v:?}: expected 0 or 1"))),
     }
 }
 
@@ -279,6 +291,26 @@ impl Builder {
         self
     }
 
+    /// On SIGQUIT (Ctrl-\\), print every goroutine and exit with status 2,
+    /// as Go does. Default off, or `$GOSCHED_SIGQUITDUMP=1`: SIGQUIT belongs
+    /// to the application. Process-wide once on: the first runtime built
+    /// with it installs the handler (and one `gosched-sigquit` thread that
+    /// prints the dump: a signal handler may not); later SIGQUITs dump every
+    /// live runtime that asked for it.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let rt = gosched::Builder::new().dump_on_sigquit(true).build().unwrap();
+    /// rt.block_on(|| loop {
+    ///     gosched::sleep(std::time::Duration::from_secs(1)); // kill -QUIT <pid> to see it
+    /// });
+    /// ```
+    pub fn dump_on_sigquit(mut self, on: bool) -> Builder {
+        self.sigquit_dump = Some(on);
+        self
+    }
+
     /// Validates the settings and starts the runtime (its threads start
     /// lazily, when there is work).
     ///
@@ -368,15 +400,7 @@ impl Builder {
                         .into(),
                 )),
                 Some(on) => on,
-                None => match env("GOSCHED_ASYNCPREEMPTOFF")?.as_deref().map(str::trim) {
-                    None | Some("") | Some("0") => feature,
-                    Some("1") => false,
-                    Some(v) => {
-                        return Err(invalid(format!(
-                            "GOSCHED_ASYNCPREEMPTOFF={v:?}: expected 0 or 1"
-                        )))
-                    }
-                },
+                None => env_flag("GOSCHED_ASYNCPREEMPTOFF")?.map_or(feature, |off| feature && !off),
             };
         let schedtrace = match env("GOSCHED_SCHEDTRACE")? {
             None => None,
@@ -390,14 +414,10 @@ impl Builder {
                 }
             },
         };
-        let scheddetail = match env("GOSCHED_SCHEDDETAIL")?.as_deref().map(str::trim) {
-            None | Some("") | Some("0") => false,
-            Some("1") => true,
-            Some(v) => {
-                return Err(invalid(format!(
-                    "GOSCHED_SCHEDDETAIL={v:?}: expected 0 or 1"
-                )))
-            }
+        let scheddetail = env_flag("GOSCHED_SCHEDDETAIL")?.unwrap_or(false);
+        let sigquit_dump = match self.sigquit_dump {
+            Some(on) => on,
+            None => env_flag("GOSCHED_SIGQUITDUMP")?.unwrap_or(false),
         };
         let max_threads = match self.max_threads {
             Some(n) if n < 2 => {
@@ -427,6 +447,7 @@ impl Builder {
             schedtrace,
             scheddetail,
             max_threads,
+            sigquit_dump,
         })
     }
 }

@@ -90,6 +90,7 @@ mod sched;
 #[doc(hidden)]
 pub mod select;
 mod signal;
+mod sigquit;
 mod spin;
 mod stack;
 pub mod sync;

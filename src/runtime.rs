@@ -63,6 +63,9 @@ impl Runtime {
             crate::preempt::install();
         }
         let shared = Shared::new(cfg)?;
+        if shared.cfg.sigquit_dump {
+            crate::sigquit::register(&shared);
+        }
         crate::sched::LIVE_RUNTIMES.fetch_add(1, Ordering::SeqCst);
         let sysmon = Some(crate::monitor::start(shared.clone()));
         Ok(Runtime { shared, sysmon })

@@ -229,7 +229,7 @@ fn push_goroutine(out: &mut String, g: &crate::g::GRef, state: &str) {
 
 /// Writes `msg` to stderr in one piece and exits with status 2 (Go's exit
 /// status for a fatal error).
-fn die(msg: &str) -> ! {
+pub(crate) fn die(msg: &str) -> ! {
     use std::io::Write;
     let mut err = std::io::stderr().lock();
     let _ = err.write_all(msg.as_bytes());

@@ -464,3 +464,35 @@ fn stats_report_blocking_calls_and_queues() {
     rt.set_procs(3).unwrap();
     assert_eq!(rt.stats().local_runqueues.len(), 3);
 }
+
+/// `GOSCHED_SIGQUITDUMP=1`: SIGQUIT prints every goroutine and exits with
+/// status 2; without the knob SIGQUIT keeps its default action (the process
+/// dies of the signal, no dump).
+#[test]
+fn sigquit_dumps_goroutines_only_when_asked() {
+    if common::child_role().is_some() {
+        let rt = Builder::new().procs(2).build().unwrap();
+        rt.block_on(|| {
+            let (_tx, rx) = channel::<()>(0);
+            let _waiter = gosched::spawn(move || rx.recv());
+            gosched::sleep(Duration::from_millis(100));
+            // SAFETY: raise has no preconditions.
+            unsafe { libc::raise(libc::SIGQUIT) };
+            gosched::sleep(Duration::from_secs(5));
+        });
+        eprintln!("UNEXPECTED: still alive after SIGQUIT");
+        return;
+    }
+    let on = common::run_child(
+        "sigquit_dumps_goroutines_only_when_asked",
+        "dump",
+        &[("GOSCHED_SIGQUITDUMP", "1")],
+    );
+    assert_eq!(on.status.code(), Some(2), "{}", on.describe());
+    assert!(on.stderr.starts_with("SIGQUIT: quit"), "{}", on.describe());
+    assert!(on.stderr.contains("goroutine 1 ["), "{}", on.describe());
+    assert!(on.stderr.contains("[waiting]"), "{}", on.describe());
+    let off = common::run_child("sigquit_dumps_goroutines_only_when_asked", "dump", &[]);
+    assert_eq!(off.signal(), Some(libc::SIGQUIT), "{}", off.describe());
+    assert!(!off.stderr.contains("SIGQUIT: quit"), "{}", off.describe());
+}
