@@ -18,6 +18,26 @@ use crate::Runtime;
 /// ```
 pub const MIN_QUANTUM: Duration = Duration::from_micros(50);
 
+/// The largest number of Ps (GOMAXPROCS) a runtime accepts, at `build`
+/// ([`Builder::procs`], `GOSCHED_MAXPROCS`) and in [`Runtime::set_procs`]:
+/// 1024, the cap Go itself had (`_MaxGomaxprocs`) until Go 1.10. A runtime
+/// allocates all of them up front (about 1 KiB each; only the first
+/// `procs` are scheduled), so `set_procs` never reallocates what the
+/// scheduler reads without locks; more Ps than CPUs adds no parallelism. A
+/// larger value is an error, not a silent clamp, so a typo (an extra zero,
+/// a negative number cast to `usize`) is noticed; the default
+/// (`available_parallelism()`) is clamped to it.
+///
+/// # Examples
+///
+/// ```
+/// use gosched::{Builder, MAX_PROCS};
+/// assert!(Builder::new().procs(MAX_PROCS).build().is_ok());
+/// let err = Builder::new().procs(MAX_PROCS + 1).build().unwrap_err();
+/// assert!(err.to_string().contains("procs(1025)"));
+/// ```
+pub const MAX_PROCS: usize = 1024;
+
 /// Default preemption quantum: 10 ms, Go's `forcePreemptNS`.
 ///
 /// # Examples
@@ -28,28 +48,6 @@ pub const MIN_QUANTUM: Duration = Duration::from_micros(50);
 /// assert_eq!(rt.stats().quantum, std::time::Duration::from_millis(10));
 /// ```
 pub const DEFAULT_QUANTUM: Duration = Duration::from_millis(10);
-
-/// Largest accepted number of Ps ([`Builder::procs`], `GOSCHED_MAXPROCS`).
-///
-/// Every P is allocated when the runtime is built (its run queue, caches and
-/// counters: about a KiB each, before any goroutine runs), and sysmon and
-/// every idle M's steal loop visit every P, so a P costs memory and CPU
-/// even when it never runs anything; more Ps than CPUs adds no parallelism.
-/// 1024 is far above the CPU count of the machines gosched targets, and is
-/// the cap Go itself had (`_MaxGomaxprocs`) until Go 1.10. A larger value is
-/// an error at `build`, not a silent clamp, so a typo (an extra zero, a
-/// negative number cast to `usize`) is noticed; the default
-/// (`available_parallelism()`) is clamped to it.
-///
-/// # Examples
-///
-/// ```
-/// use gosched::{Builder, MAX_PROCS};
-/// assert_eq!(MAX_PROCS, 1024);
-/// let err = Builder::new().procs(MAX_PROCS + 1).build().unwrap_err();
-/// assert!(err.to_string().contains("procs(1025)"));
-/// ```
-pub const MAX_PROCS: usize = 1024;
 
 /// Where a goroutine that was preempted asynchronously resumes.
 ///
@@ -96,7 +94,20 @@ pub(crate) struct Config {
     pub(crate) async_preempt: bool,
     pub(crate) mode: PreemptMode,
     pub(crate) schedtrace: Option<Duration>,
+    /// `GOSCHED_SCHEDDETAIL=1`: schedtrace adds per-P, per-M and per-G lines.
+    pub(crate) scheddetail: bool,
+    pub(crate) max_threads: usize,
+    pub(crate) sigquit_dump: bool,
 }
+
+/// Default cap on the threads of one runtime: 10,000, Go's `maxmcount`.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(gosched::DEFAULT_MAX_THREADS, 10_000);
+/// ```
+pub const DEFAULT_MAX_THREADS: usize = 10_000;
 
 /// Configures and builds a [`Runtime`].
 ///
@@ -131,6 +142,8 @@ pub struct Builder {
     async_preempt: Option<bool>,
     mode: Option<PreemptMode>,
     allow_migrate: bool,
+    max_threads: Option<usize>,
+    sigquit_dump: Option<bool>,
 }
 
 fn invalid(msg: String) -> io::Error {
@@ -168,6 +181,16 @@ fn env(name: &str) -> io::Result<Option<String>> {
         Err(std::env::VarError::NotUnicode(v)) => {
             Err(invalid(format!("{name}={v:?}: not valid UTF-8")))
         }
+    }
+}
+
+/// A 0/1 variable: `None` when unset or empty.
+fn env_flag(name: &str) -> io::Result<Option<bool>> {
+    match env(name)?.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some("0") => Ok(Some(false)),
+        Some("1") => Ok(Some(true)),
+        Some(v) => Err(invalid(format!("{name}={v:?}: expected 0 or 1"))),
     }
 }
 
@@ -317,6 +340,50 @@ impl Builder {
         self
     }
 
+    /// The most OS threads the runtime may run at once: its worker threads
+    /// (Ms: those running goroutines, those parked in `blocking` calls or
+    /// with a locked or preempted goroutine, idle ones) plus sysmon. Go's
+    /// `debug.SetMaxThreads`; default [`DEFAULT_MAX_THREADS`] (10,000), or
+    /// `$GOSCHED_MAXTHREADS`; at least 2 (sysmon and one worker).
+    ///
+    /// A program that needs more threads than this (typically: more
+    /// goroutines stuck in [`blocking`](crate::blocking) calls at once) dies
+    /// as Go's does: `fatal error: thread exhaustion`, a line naming the
+    /// limit and this knob, every goroutine, and exit status 2.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let rt = gosched::Builder::new().max_threads(64).build().unwrap();
+    /// assert_eq!(rt.stats().max_threads, 64);
+    /// let err = gosched::Builder::new().max_threads(1).build().unwrap_err();
+    /// assert!(err.to_string().contains("max_threads(1)"));
+    /// ```
+    pub fn max_threads(mut self, n: usize) -> Builder {
+        self.max_threads = Some(n);
+        self
+    }
+
+    /// On SIGQUIT (Ctrl-\\), print every goroutine and exit with status 2,
+    /// as Go does. Default off, or `$GOSCHED_SIGQUITDUMP=1`: SIGQUIT belongs
+    /// to the application. Process-wide once on: the first runtime built
+    /// with it installs the handler (and one `gosched-sigquit` thread that
+    /// prints the dump: a signal handler may not); later SIGQUITs dump every
+    /// live runtime that asked for it.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// let rt = gosched::Builder::new().dump_on_sigquit(true).build().unwrap();
+    /// rt.block_on(|| loop {
+    ///     gosched::sleep(std::time::Duration::from_secs(1)); // kill -QUIT <pid> to see it
+    /// });
+    /// ```
+    pub fn dump_on_sigquit(mut self, on: bool) -> Builder {
+        self.sigquit_dump = Some(on);
+        self
+    }
+
     /// Validates the settings and starts the runtime (its threads start
     /// lazily, when there is work).
     ///
@@ -416,15 +483,7 @@ impl Builder {
                         .into(),
                 )),
                 Some(on) => on,
-                None => match env("GOSCHED_ASYNCPREEMPTOFF")?.as_deref().map(str::trim) {
-                    None | Some("") | Some("0") => feature,
-                    Some("1") => false,
-                    Some(v) => {
-                        return Err(invalid(format!(
-                            "GOSCHED_ASYNCPREEMPTOFF={v:?}: expected 0 or 1"
-                        )))
-                    }
-                },
+                None => env_flag("GOSCHED_ASYNCPREEMPTOFF")?.map_or(feature, |off| feature && !off),
             };
         let schedtrace = match env("GOSCHED_SCHEDTRACE")? {
             None => None,
@@ -447,6 +506,30 @@ impl Builder {
                     .into(),
             ));
         }
+        let scheddetail = env_flag("GOSCHED_SCHEDDETAIL")?.unwrap_or(false);
+        let sigquit_dump = match self.sigquit_dump {
+            Some(on) => on,
+            None => env_flag("GOSCHED_SIGQUITDUMP")?.unwrap_or(false),
+        };
+        let max_threads = match self.max_threads {
+            Some(n) if n < 2 => {
+                return Err(invalid(format!(
+                    "max_threads({n}): a runtime needs at least 2 threads (sysmon and one worker)"
+                )))
+            }
+            Some(n) => n,
+            None => match env("GOSCHED_MAXTHREADS")? {
+                Some(v) => match v.trim().parse::<usize>() {
+                    Ok(n) if n >= 2 => n,
+                    _ => {
+                        return Err(invalid(format!(
+                            "GOSCHED_MAXTHREADS={v:?}: expected an integer of at least 2"
+                        )))
+                    }
+                },
+                None => DEFAULT_MAX_THREADS,
+            },
+        };
         Ok(Config {
             procs,
             stack_size,
@@ -454,6 +537,9 @@ impl Builder {
             async_preempt,
             mode,
             schedtrace,
+            scheddetail,
+            max_threads,
+            sigquit_dump,
         })
     }
 }

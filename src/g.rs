@@ -93,6 +93,14 @@ pub(crate) struct G {
     /// holds a count on it), null while the G sits in the process-wide pool.
     /// Set when a runtime takes the G; read by wakers (Acquire).
     pub(crate) shared: std::sync::atomic::AtomicPtr<crate::sched::Shared>,
+    /// Wake-ups so far, to sample one in `SCHED_LATENCY_SAMPLE` for the
+    /// scheduling-latency histogram. Written by `ready` (whoever wakes the
+    /// parked G owns it until it is queued).
+    pub(crate) wakes: Cell<u32>,
+    /// When a sampled wake-up made the G runnable (`Shared::slice_clock`
+    /// units), or 0. Written by `ready`; read and cleared by the M that
+    /// runs it next (handed over through the run queue, Release/Acquire).
+    pub(crate) runnable_at: Cell<u64>,
 }
 
 // SAFETY: the Cell/UnsafeCell fields are accessed only under the ownership
@@ -122,6 +130,8 @@ impl G {
             live: AtomicBool::new(false),
             in_blocking: Cell::new(false),
             shared: std::sync::atomic::AtomicPtr::new(shared),
+            wakes: Cell::new(0),
+            runnable_at: Cell::new(0),
         }
     }
 }

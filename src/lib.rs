@@ -91,6 +91,7 @@ mod sched;
 #[doc(hidden)]
 pub mod select;
 mod signal;
+mod sigquit;
 mod spin;
 mod stack;
 pub mod sync;
@@ -100,7 +101,9 @@ mod trace;
 
 use std::time::{Duration, Instant};
 
-pub use crate::builder::{Builder, PreemptMode, DEFAULT_QUANTUM, MAX_PROCS, MIN_QUANTUM};
+pub use crate::builder::{
+    Builder, PreemptMode, DEFAULT_MAX_THREADS, DEFAULT_QUANTUM, MAX_PROCS, MIN_QUANTUM,
+};
 pub use crate::runtime::{JoinHandle, Runtime, Stats};
 
 /// Starts a goroutine on the calling goroutine's runtime. It is queued to
@@ -319,4 +322,21 @@ pub fn current_id() -> Option<u64> {
 /// ```
 pub fn num_goroutines() -> usize {
     sched::with_current_shared(|sh| sh.goroutines()).unwrap_or(0)
+}
+
+/// A snapshot of the calling goroutine's runtime's counters (what
+/// [`Runtime::stats`] returns), for code that has no `&Runtime` at hand;
+/// `None` outside a goroutine.
+///
+/// # Examples
+///
+/// ```
+/// assert!(gosched::stats().is_none());
+/// let rt = gosched::Builder::new().procs(2).build().unwrap();
+/// let s = rt.block_on(|| gosched::stats().unwrap());
+/// assert_eq!(s.procs, 2);
+/// assert_eq!(s.goroutines, 1);
+/// ```
+pub fn stats() -> Option<Stats> {
+    sched::with_current_shared(|sh| sh.stats())
 }

@@ -42,7 +42,7 @@ impl RuntimeTarget<'_> {
 
 impl Target for RuntimeTarget<'_> {
     fn procs(&self) -> usize {
-        self.sh.ps.len()
+        self.sh.procs()
     }
 
     fn observe(&self, p: usize) -> PView {
@@ -162,7 +162,7 @@ fn run(sh: &Shared) {
         only_when_contended: true,
         ..PolicyConfig::default()
     };
-    let mut mon = Monitor::new(cfg, sh.ps.len());
+    let mut mon = Monitor::new(cfg, sh.procs());
     let first_seen = vec![Cell::new((u64::MAX, 0)); sh.ps.len()];
     let trace = sh.cfg.schedtrace;
     let mut next_trace = trace.map(|t| sh.nanotime().saturating_add(nanos(t)));

@@ -63,6 +63,9 @@ impl Runtime {
             crate::preempt::install();
         }
         let shared = Shared::new(cfg)?;
+        if shared.cfg.sigquit_dump {
+            crate::sigquit::register(&shared);
+        }
         crate::sched::LIVE_RUNTIMES.fetch_add(1, Ordering::SeqCst);
         let sysmon = Some(crate::monitor::start(shared.clone()));
         Ok(Runtime { shared, sysmon })
@@ -128,6 +131,59 @@ impl Runtime {
         spawn_on(&self.shared, f)
     }
 
+    /// The number of Ps now (GOMAXPROCS): how many goroutines run in
+    /// parallel.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let rt = gosched::Builder::new().procs(3).build().unwrap();
+    /// assert_eq!(rt.procs(), 3);
+    /// ```
+    pub fn procs(&self) -> usize {
+        self.shared.procs()
+    }
+
+    /// Changes the number of Ps while the runtime runs (Go's
+    /// `runtime.GOMAXPROCS(n)`); returns the previous number.
+    ///
+    /// Growing adds idle Ps at once. Shrinking retires the Ps above `n`:
+    /// their queued goroutines move, in order, to the global queue; a
+    /// goroutine running on one is asked to yield (with asynchronous
+    /// preemption, a signal: a loop without calls stops within
+    /// microseconds) and its P is taken after 2 ms at the latest, so
+    /// `set_procs` returns within a few milliseconds. When it returns, at
+    /// most `n` Ps run goroutines; a goroutine that never reaches a
+    /// scheduling point with asynchronous preemption off goes on running
+    /// on its thread, without a P, until it does. No goroutine is lost or
+    /// run twice; timers, locked goroutines and goroutines in
+    /// [`blocking`](crate::blocking) carry on.
+    ///
+    /// Callable from a goroutine (it parks while it waits) and from a
+    /// plain thread. Concurrent calls take effect one after the other.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` naming `n` when it is 0 or above [`MAX_PROCS`](crate::MAX_PROCS).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let rt = gosched::Builder::new().procs(4).build().unwrap();
+    /// assert_eq!(rt.set_procs(1).unwrap(), 4);
+    /// let sum: u64 = rt.block_on(|| {
+    ///     let hs: Vec<_> = (0..8u64).map(|i| gosched::spawn(move || i)).collect();
+    ///     hs.into_iter().map(|h| h.join().unwrap()).sum()
+    /// });
+    /// assert_eq!(sum, 28);
+    /// assert_eq!(rt.set_procs(2).unwrap(), 1);
+    /// assert_eq!(rt.procs(), 2);
+    /// assert!(rt.set_procs(0).unwrap_err().to_string().contains("set_procs(0)"));
+    /// ```
+    pub fn set_procs(&self, n: usize) -> io::Result<usize> {
+        self.shared.procresize(n)
+    }
+
     /// A snapshot of the runtime's counters.
     ///
     /// # Examples
@@ -164,7 +220,7 @@ impl Drop for Runtime {
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runtime")
-            .field("procs", &self.shared.cfg.procs)
+            .field("procs", &self.shared.procs())
             .finish_non_exhaustive()
     }
 }
@@ -391,10 +447,30 @@ pub struct Stats {
     /// Ps handed away from a thread blocked in the kernel (blocked-M
     /// detection).
     pub blocked_handoffs: u64,
-    /// Number of Ps.
+    /// Number of Ps (GOMAXPROCS) now.
     pub procs: usize,
+    /// The thread limit ([`Builder::max_threads`]).
+    pub max_threads: usize,
     /// Ps idle now.
     pub idle_procs: usize,
+    /// Ms spinning (looking for work to steal) now.
+    pub spinning_threads: usize,
+    /// Ms parked with nothing to do now.
+    pub idle_threads: usize,
+    /// Goroutines inside [`blocking`](crate::blocking) calls now.
+    pub in_syscall: usize,
+    /// Goroutines in the global run queue now.
+    pub global_runqueue: usize,
+    /// Goroutines queued on each live P now (local queue, `runnext` and
+    /// the yield slot), indexed by P.
+    pub local_runqueues: Vec<usize>,
+    /// Scheduling latency: how long woken goroutines (by a channel, timer,
+    /// mutex, join...) waited between becoming runnable and running, as a
+    /// histogram of `(upper bound, count)` buckets with power-of-two
+    /// bounds from 256 ns (the last bound is `Duration::MAX`). Sampled like
+    /// Go's `/sched/latencies:seconds`: one wake-up in 8 of each goroutine.
+    /// See [`Stats::sched_latency_quantile`].
+    pub sched_latency: Vec<(Duration, u64)>,
     /// Usable bytes of each goroutine stack.
     pub stack_size: usize,
     /// The preemption quantum.
@@ -409,14 +485,52 @@ pub struct Stats {
     pub timers: usize,
 }
 
+impl Stats {
+    /// The scheduling latency below which a fraction `q` (0.0 ..= 1.0) of
+    /// the sampled wake-ups ran, as the upper bound of the histogram bucket
+    /// it falls in (so within a factor of 2 above the true value); `None`
+    /// before any wake-up was sampled.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let rt = gosched::Runtime::new().unwrap();
+    /// rt.block_on(|| {
+    ///     for _ in 0..100 {
+    ///         gosched::sleep(std::time::Duration::from_micros(10));
+    ///     }
+    /// });
+    /// let p99 = rt.stats().sched_latency_quantile(0.99).unwrap();
+    /// assert!(p99 < std::time::Duration::from_secs(1));
+    /// ```
+    pub fn sched_latency_quantile(&self, q: f64) -> Option<Duration> {
+        let total: u64 = self.sched_latency.iter().map(|b| b.1).sum();
+        if total == 0 {
+            return None;
+        }
+        let want = (q.clamp(0.0, 1.0) * total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        self.sched_latency.iter().find_map(|&(bound, n)| {
+            seen += n;
+            (seen >= want).then_some(bound)
+        })
+    }
+}
+
 impl Shared {
     pub(crate) fn stats(&self) -> Stats {
         // It takes locks the scheduler takes too (see `timer::add_current`).
         let _np = sched::NoPreempt::enter();
         let sum = |f: fn(&sched::PCounters) -> &std::sync::atomic::AtomicU64| -> u64 {
-            self.ps
+            self.used_ps()
                 .iter()
                 .map(|p| f(&p.counters).load(Ordering::Relaxed))
+                .sum()
+        };
+        let sum_at = |i: usize| -> u64 {
+            self.used_ps()
+                .iter()
+                .map(|p| p.counters.sched_latency[i].load(Ordering::Relaxed))
                 .sum()
         };
         let by_reason: Vec<(&'static str, u64)> = crate::preempt::REFUSAL_NAMES
@@ -437,7 +551,23 @@ impl Shared {
             preempt_refused_by_reason: by_reason,
             retakes: self.counters.retakes.load(Ordering::Relaxed),
             blocked_handoffs: self.counters.blocked_handoffs.load(Ordering::Relaxed),
-            procs: self.cfg.procs,
+            spinning_threads: self.nmspinning.load(Ordering::Relaxed),
+            idle_threads: self.midle.rt_lock().len(),
+            in_syscall: self.in_blocking.load(Ordering::Relaxed),
+            global_runqueue: self.injector.len(),
+            local_runqueues: (0..self.procs()).map(|p| self.p_queue_len(p)).collect(),
+            sched_latency: (0..sched::SCHED_LATENCY_BUCKETS)
+                .map(|i| {
+                    let bound = if i + 1 == sched::SCHED_LATENCY_BUCKETS {
+                        Duration::MAX
+                    } else {
+                        Duration::from_nanos(1 << (i + 8))
+                    };
+                    (bound, sum_at(i))
+                })
+                .collect(),
+            procs: self.procs(),
+            max_threads: self.cfg.max_threads,
             idle_procs: self.npidle.load(Ordering::Relaxed),
             stack_size: self.stacks.stack_size(),
             quantum: self.cfg.quantum,

@@ -107,12 +107,42 @@ const G_BATCH: usize = 32;
 /// `_GoidCacheBatch`).
 const GOID_BATCH: u64 = 16;
 
+/// One wake-up in this many of each goroutine is timed for the
+/// scheduling-latency histogram (Go's `gTrackingPeriod`, 8: a clock read on
+/// every wake-up would cost the ping-pong paths ~10 %).
+pub(crate) const SCHED_LATENCY_SAMPLE: u32 = 8;
+
+/// Buckets of the scheduling-latency histogram: bucket 0 holds latencies
+/// under 256 ns, bucket `i` those in [2^(i+7), 2^(i+8)) ns, the last one
+/// everything from 2^38 ns (about 275 s) up.
+pub(crate) const SCHED_LATENCY_BUCKETS: usize = 32;
+
+/// The histogram bucket of a latency of `ns` nanoseconds.
+pub(crate) fn latency_bucket(ns: u64) -> usize {
+    let bits = (u64::BITS - ns.leading_zeros()) as usize;
+    bits.saturating_sub(8).min(SCHED_LATENCY_BUCKETS - 1)
+}
+
+/// `g` is about to run on P `p` (owned or claimed by the caller): if its
+/// wake-up was sampled, record how long it waited (one `Cell` read when not).
+#[inline]
+pub(crate) fn note_running(sh: &Shared, p: &P, g: GRef) {
+    let at = g.runnable_at.replace(0);
+    if at != 0 {
+        record_sched_latency(sh, p, at);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn record_sched_latency(sh: &Shared, p: &P, runnable_at: u64) {
+    let ns = sh.clock_delta_ns(runnable_at, sh.slice_clock());
+    bump(&p.counters.sched_latency[latency_bucket(ns)]);
+}
+
 /// How long a thief waits before taking `runnext` from a running P (Go's
 /// `usleep(3)` in `runqgrab`).
 const RUNNEXT_GRACE: std::time::Duration = std::time::Duration::from_micros(3);
-
-/// Upper bound on Ms (Go: 10000 threads).
-const MAX_MS: usize = 10_000;
 
 // P status words: (m id << 8) | state.
 pub(crate) const P_IDLE: u64 = 0;
@@ -120,6 +150,9 @@ pub(crate) const P_HANDOFF: u64 = 1;
 pub(crate) const P_SCHED: u64 = 2;
 pub(crate) const P_USER: u64 = 3;
 pub(crate) const P_SYSCALL: u64 = 4;
+/// Beyond the current GOMAXPROCS (`Shared::gomaxprocs`): owned by nobody,
+/// its queues empty, until `set_procs` brings it back (see `procresize`).
+pub(crate) const P_DEAD: u64 = 5;
 
 pub(crate) fn pstatus(m: &M, state: u64) -> u64 {
     ((m.id as u64) << 8) | state
@@ -147,6 +180,9 @@ pub(crate) struct PCounters {
     pub(crate) switches: AtomicU64,
     pub(crate) steals: AtomicU64,
     pub(crate) parks: AtomicU64,
+    /// Sampled wake-up-to-running latencies of goroutines this P ran
+    /// (`latency_bucket`).
+    pub(crate) sched_latency: [AtomicU64; SCHED_LATENCY_BUCKETS],
 }
 
 pub(crate) fn bump(c: &AtomicU64) {
@@ -296,7 +332,20 @@ pub(crate) struct Shared {
     /// TSC reading at `epoch`, when the TSC is invariant (see `slice_clock`).
     pub(crate) tsc_epoch: Option<u64>,
     pub(crate) injector: Injector<GRef>,
+    /// Every P, `MAX_PROCS` of them; only `ps[..gomaxprocs]` are live.
     pub(crate) ps: Box<[P]>,
+    /// GOMAXPROCS: the number of live Ps. Changed only by `procresize`,
+    /// with the `pidle` lock held (so `pidleput` and `procresize` agree on
+    /// which Ps are live); read anywhere (Relaxed where a stale value only
+    /// delays a P's retirement by one scheduling round).
+    pub(crate) gomaxprocs: AtomicUsize,
+    /// The most Ps ever live (`ps[..ps_used]` may hold counts worth
+    /// summing). Raised by `procresize` only.
+    pub(crate) ps_used: AtomicUsize,
+    /// A `procresize` is under way (serialises them; never held across a
+    /// park, so it is a flag, not a lock).
+    pub(crate) resizing: AtomicBool,
+    /// Idle live Ps. Its lock also orders changes of `gomaxprocs`.
     pub(crate) pidle: Mutex<Vec<usize>>,
     pub(crate) npidle: AtomicUsize,
     pub(crate) nmspinning: AtomicUsize,
@@ -707,6 +756,7 @@ fn yield_direct(g: GRef) -> bool {
         lower_no_preempt(g);
         return false;
     };
+    note_running(sh, p, next);
     next.preempt.store(false, Ordering::Relaxed);
     // From here the M runs `next` (sysmon and the signal handler read
     // curg); both goroutines are in no-preempt regions across the switch.
@@ -765,6 +815,11 @@ pub(crate) fn ready(g: GRef) {
     let _np = NoPreempt::enter();
     // SAFETY: the G's runtime outlives the G.
     let sh = unsafe { &*g.shared.load(Ordering::Acquire) };
+    let wakes = g.wakes.get().wrapping_add(1);
+    g.wakes.set(wakes);
+    if wakes.is_multiple_of(SCHED_LATENCY_SAMPLE) {
+        g.runnable_at.set(sh.slice_clock().max(1));
+    }
     let local = sh.with_local(|p, l| {
         if let Some(old) = NonNull::new(p.runnext.swap(g.as_ptr(), Ordering::AcqRel)) {
             l.worker.push(GRef(old));
@@ -822,16 +877,20 @@ impl Shared {
         // Before any M can claim a P (see "Ownership of a P").
         crate::membarrier::init();
         let stacks = StackPool::new(cfg.stack_size)?;
-        let mut ps = Vec::with_capacity(cfg.procs);
+        // Every P a `set_procs` may ask for exists from the start (Go grows
+        // `allp` under stop-the-world instead; a fixed array lets sysmon,
+        // thieves and `ready` index it without a lock). Ps at or above
+        // `gomaxprocs` are dead: about 1 KiB each, never scheduled.
+        let mut ps = Vec::with_capacity(crate::builder::MAX_PROCS);
         let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (std::process::id() as u64);
-        for id in 0..cfg.procs {
+        for id in 0..crate::builder::MAX_PROCS {
             let worker = Worker::new_fifo();
             seed = seed
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             ps.push(P {
                 id,
-                status: AtomicU64::new(P_IDLE),
+                status: AtomicU64::new(if id < cfg.procs { P_IDLE } else { P_DEAD }),
                 stealer: worker.stealer(),
                 runnext: AtomicPtr::new(ptr::null_mut()),
                 yielded: AtomicPtr::new(ptr::null_mut()),
@@ -858,6 +917,9 @@ impl Shared {
             epoch: Instant::now(),
             injector: Injector::new(),
             ps: ps.into_boxed_slice(),
+            gomaxprocs: AtomicUsize::new(procs),
+            ps_used: AtomicUsize::new(procs),
+            resizing: AtomicBool::new(false),
             pidle: Mutex::new((0..procs).rev().collect()),
             npidle: AtomicUsize::new(procs),
             nmspinning: AtomicUsize::new(0),
@@ -904,6 +966,19 @@ impl Shared {
         let ns_per_tick = now_ns as f64 / (now_t - t0) as f64;
         let ago = now_t.saturating_sub(stamp) as f64 * ns_per_tick;
         now_ns.saturating_sub(ago as u64)
+    }
+
+    /// Nanoseconds between two `slice_clock` stamps (`from` <= `to`).
+    pub(crate) fn clock_delta_ns(&self, from: u64, to: u64) -> u64 {
+        let ticks = to.saturating_sub(from);
+        let Some(t0) = self.tsc_epoch else {
+            return ticks;
+        };
+        let (now_ns, now_t) = (self.nanotime(), arch::ticks());
+        if now_t <= t0 {
+            return 0;
+        }
+        (ticks as f64 * now_ns as f64 / (now_t - t0) as f64) as u64
     }
 
     /// Nanoseconds since the runtime's epoch.
@@ -1072,7 +1147,7 @@ impl Shared {
 
     /// Goroutines spawned so far.
     pub(crate) fn spawned(&self) -> u64 {
-        self.ps
+        self.used_ps()
             .iter()
             .map(|p| p.counters.spawned.load(Ordering::Relaxed))
             .sum::<u64>()
@@ -1083,7 +1158,7 @@ impl Shared {
     pub(crate) fn goroutines(&self) -> usize {
         let spawned = self.spawned();
         let exited: u64 = self
-            .ps
+            .used_ps()
             .iter()
             .map(|p| p.counters.exited.load(Ordering::Relaxed))
             .sum::<u64>()
@@ -1093,5 +1168,6 @@ impl Shared {
 }
 
 mod handoff;
+mod procresize;
 mod schedule;
 mod teardown;

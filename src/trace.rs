@@ -8,29 +8,100 @@ use crate::g::PARKED;
 use crate::sched::{Shared, LIVE_RUNTIMES};
 
 impl Shared {
-    /// One `GOSCHED_SCHEDTRACE` line, in Go's format.
+    /// One `GOSCHED_SCHEDTRACE` line, in Go's format and with Go's field
+    /// names (Go 1.21+'s `schedtrace`), so tools that read Go's lines read
+    /// ours: `gomaxprocs`, idle Ps, Ms, spinning Ms, `needspinning` (work
+    /// is queued while a P idles and no M spins, so someone must start
+    /// one: Go's `sched.needspinning`), idle Ms, the global queue's length,
+    /// and each live P's queue (runnext and the yield slot included).
     pub(crate) fn schedtrace_line(&self) -> String {
         let ms = self.epoch.elapsed().as_millis();
+        let procs = self.procs();
         let idle = self.npidle.load(Ordering::Relaxed);
         let threads = self.allm.rt_lock().len();
         let idlethreads = self.midle.rt_lock().len();
         let spinning = self.nmspinning.load(Ordering::Relaxed);
+        let needspinning = u8::from(idle > 0 && spinning == 0 && self.any_work());
         let runqueue = self.injector.len();
-        let local: Vec<String> = self
-            .ps
+        let head = format!(
+            "SCHED {ms}ms: gomaxprocs={procs} idleprocs={idle} threads={threads} spinningthreads={spinning} needspinning={needspinning} idlethreads={idlethreads} runqueue={runqueue}"
+        );
+        if self.cfg.scheddetail {
+            return head + &self.scheddetail();
+        }
+        let local: Vec<String> = (0..procs)
+            .map(|p| self.p_queue_len(p).to_string())
+            .collect();
+        format!("{head} [{}]", local.join(" "))
+    }
+
+    /// Go's `schedtrace(detailed=true)` lines after the header: one per P,
+    /// M and live G. Statuses use Go's numbers (P: 0 idle, 1 running,
+    /// 2 syscall; G: 1 runnable, 2 running, 4 waiting); an id of none is
+    /// -1. Fields gosched has no counterpart for, or that only their owner
+    /// may read, are left out.
+    fn scheddetail(&self) -> String {
+        let mut out = String::new();
+        let ms: Vec<(usize, *mut crate::g::G, bool)> = self
+            .allm
+            .rt_lock()
             .iter()
-            .map(|p| {
-                (p.stealer.len()
-                    + usize::from(!p.runnext.load(Ordering::Relaxed).is_null())
-                    + usize::from(!p.yielded.load(Ordering::Relaxed).is_null()))
-                .to_string()
+            .map(|m| {
+                (
+                    m.id,
+                    m.curg.load(Ordering::Acquire),
+                    m.spinning.load(Ordering::Relaxed),
+                )
             })
             .collect();
-        format!(
-            "SCHED {ms}ms: procs={} idleprocs={idle} threads={threads} spinningthreads={spinning} idlethreads={idlethreads} runqueue={runqueue} [{}]",
-            self.cfg.procs,
-            local.join(" ")
-        )
+        let mut p_of_m = vec![-1i64; ms.iter().map(|m| m.0).max().unwrap_or(0) + 1];
+        for (i, p) in self.ps[..self.procs()].iter().enumerate() {
+            let status = match p.status.load(Ordering::Acquire) & 0xff {
+                crate::sched::P_IDLE => 0,
+                crate::sched::P_SYSCALL => 2,
+                _ => 1,
+            };
+            let m = p.m.load(Ordering::Acquire);
+            // SAFETY: Ms live as long as Shared.
+            let m = (!m.is_null())
+                .then(|| unsafe { (*m).id })
+                .map_or(-1, |id| id as i64);
+            if let Some(slot) = usize::try_from(m).ok().and_then(|m| p_of_m.get_mut(m)) {
+                *slot = i as i64;
+            }
+            out.push_str(&format!(
+                "\n  P{i}: status={status} schedtick={} syscalltick={} m={m} runqsize={}",
+                p.schedtick.load(Ordering::Relaxed),
+                p.syscalltick.load(Ordering::Relaxed),
+                self.p_queue_len(i),
+            ));
+        }
+        let gid = |g: *mut crate::g::G| {
+            // SAFETY: G structs are never freed while the runtime lives; a
+            // goroutine's id is written before it is first queued.
+            (!g.is_null())
+                .then(|| unsafe { (*g).id.get() })
+                .map_or(-1, |id| id as i64)
+        };
+        for &(id, curg, spinning) in &ms {
+            out.push_str(&format!(
+                "\n  M{id}: p={} curg={} spinning={spinning}",
+                p_of_m[id],
+                gid(curg)
+            ));
+        }
+        for g in self.allg.rt_lock().iter() {
+            if !g.live.load(Ordering::Relaxed) {
+                continue;
+            }
+            let (status, m) = match ms.iter().find(|m| m.1 == g.as_ptr()) {
+                Some(m) => (2, m.0 as i64),
+                None if g.park.load(Ordering::Acquire) == PARKED => (4, -1),
+                None => (1, -1),
+            };
+            out.push_str(&format!("\n  G{}: status={status} m={m}", g.id.get()));
+        }
+        out
     }
 
     /// Go's checkdead: is every goroutine parked with nothing that could
@@ -75,7 +146,7 @@ impl Shared {
     /// progress (for the deadlock check's second look).
     pub(crate) fn progress(&self) -> u64 {
         let sw: u64 = self
-            .ps
+            .used_ps()
             .iter()
             .map(|p| p.counters.switches.load(Ordering::Relaxed))
             .sum();
@@ -87,29 +158,81 @@ impl Shared {
     /// unwinding out of `block_on` would free what the parked main goroutine
     /// still borrows).
     pub(crate) fn die_deadlocked(&self) -> ! {
-        use std::io::Write;
         let mut out = String::from("fatal error: all goroutines are asleep - deadlock!\n");
         for g in self.allg.rt_lock().iter() {
             if g.live.load(Ordering::Relaxed) && g.park.load(Ordering::Acquire) == PARKED {
-                out.push_str(&format!(
-                    "\ngoroutine {} [{}]:\n",
-                    g.id.get(),
-                    g.wait_reason.get()
-                ));
-                match g.spawned_at.get() {
-                    Some(at) => out.push_str(&format!(
-                        "\tspawned at {}:{}:{}\n",
-                        at.file(),
-                        at.line(),
-                        at.column()
-                    )),
-                    None => out.push_str("\tthe main goroutine (Runtime::block_on)\n"),
-                }
+                push_goroutine(&mut out, g, g.wait_reason.get());
             }
         }
-        let mut err = std::io::stderr().lock();
-        let _ = err.write_all(out.as_bytes());
-        let _ = err.flush();
-        std::process::exit(2)
+        die(&out)
     }
+}
+
+impl Shared {
+    /// Go's `throw("thread exhaustion")`: a new M would exceed
+    /// `max_threads`. Prints the limit and the knob, then every goroutine,
+    /// and exits with status 2. Called without runtime locks held.
+    pub(crate) fn die_thread_exhaustion(&self) -> ! {
+        let limit = self.cfg.max_threads;
+        let mut out = format!(
+            "gosched: program exceeds the {limit}-thread limit (raise it with Builder::max_threads or GOSCHED_MAXTHREADS)\nfatal error: thread exhaustion\n"
+        );
+        out.push_str(&self.goroutine_dump());
+        die(&out)
+    }
+
+    /// Every live goroutine, Go's traceback header style: `goroutine N
+    /// [state]:` and where it was spawned. The state comes from atomics
+    /// only (a parked goroutine's wait reason is its own `Cell`, written
+    /// while it runs: the deadlock report reads it only when every
+    /// goroutine is parked).
+    pub(crate) fn goroutine_dump(&self) -> String {
+        let running: Vec<*mut crate::g::G> = self
+            .allm
+            .rt_lock()
+            .iter()
+            .map(|m| m.curg.load(Ordering::Acquire))
+            .filter(|g| !g.is_null())
+            .collect();
+        let mut out = String::new();
+        for g in self.allg.rt_lock().iter() {
+            if !g.live.load(Ordering::Relaxed) {
+                continue;
+            }
+            let state = if running.contains(&g.as_ptr()) {
+                "running"
+            } else if g.park.load(Ordering::Acquire) == PARKED {
+                "waiting"
+            } else {
+                "runnable"
+            };
+            push_goroutine(&mut out, g, state);
+        }
+        out
+    }
+}
+
+/// One goroutine of a report: `goroutine N [state]:` and where it was
+/// spawned.
+fn push_goroutine(out: &mut String, g: &crate::g::GRef, state: &str) {
+    out.push_str(&format!("\ngoroutine {} [{state}]:\n", g.id.get()));
+    match g.spawned_at.get() {
+        Some(at) => out.push_str(&format!(
+            "\tspawned at {}:{}:{}\n",
+            at.file(),
+            at.line(),
+            at.column()
+        )),
+        None => out.push_str("\tthe main goroutine (Runtime::block_on)\n"),
+    }
+}
+
+/// Writes `msg` to stderr in one piece and exits with status 2 (Go's exit
+/// status for a fatal error).
+pub(crate) fn die(msg: &str) -> ! {
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(msg.as_bytes());
+    let _ = err.flush();
+    std::process::exit(2)
 }

@@ -214,7 +214,32 @@ fn schedtrace_prints_sched_lines() {
         "no SCHED line in 300 ms at a 100 ms period\n{}",
         out.describe()
     );
-    assert!(lines.iter().all(|l| l.contains("procs=2 ")), "{lines:?}");
+    // Go's field names, in Go's order, so tools that read Go's lines read
+    // ours.
+    let fields = [
+        "gomaxprocs",
+        "idleprocs",
+        "threads",
+        "spinningthreads",
+        "needspinning",
+        "idlethreads",
+        "runqueue",
+    ];
+    for l in &lines {
+        let (head, queues) = l.split_once(" [").expect("per-P queue lengths in brackets");
+        let kv: Vec<(&str, &str)> = head
+            .split_once(": ")
+            .expect("SCHED <t>ms: ...")
+            .1
+            .split(' ')
+            .map(|f| f.split_once('=').expect("name=value"))
+            .collect();
+        let names: Vec<&str> = kv.iter().map(|f| f.0).collect();
+        assert_eq!(names, fields, "{l}");
+        assert!(kv.iter().all(|f| f.1.parse::<u64>().is_ok()), "{l}");
+        assert_eq!(kv[0].1, "2", "{l}");
+        assert_eq!(queues.trim_end_matches(']').split(' ').count(), 2, "{l}");
+    }
     // And without the variable, nothing.
     let quiet = run_child("schedtrace_prints_sched_lines", "trace", &[]);
     assert!(quiet.status.success(), "{}", quiet.describe());
@@ -378,4 +403,51 @@ fn huge_preempt_quantum_means_no_time_slice_preemption() {
             "sysmon preempted under a huge quantum: {l}"
         );
     }
+}
+
+/// `GOSCHED_SCHEDDETAIL=1` adds Go's per-P, per-M and per-G lines.
+#[test]
+fn scheddetail_prints_p_m_and_g_lines() {
+    if child_role().is_some() {
+        let rt = Builder::new().procs(2).build().unwrap();
+        rt.block_on(|| {
+            let (tx, rx) = gosched::chan::channel::<()>(0);
+            let h = gosched::spawn(move || rx.recv());
+            std::thread::sleep(Duration::from_millis(250));
+            tx.send(()).unwrap();
+            h.join().unwrap();
+        });
+        return;
+    }
+    let out = run_child(
+        "scheddetail_prints_p_m_and_g_lines",
+        "detail",
+        &[("GOSCHED_SCHEDTRACE", "100"), ("GOSCHED_SCHEDDETAIL", "1")],
+    );
+    assert!(out.status.success(), "{}", out.describe());
+    let err = &out.stderr;
+    assert!(err.contains("SCHED "), "{}", out.describe());
+    assert!(err.contains("\n  P0: status="), "{}", out.describe());
+    assert!(err.contains("\n  P1: status="), "{}", out.describe());
+    assert!(err.contains(" schedtick="), "{}", out.describe());
+    assert!(err.contains("\n  M1: p="), "{}", out.describe());
+    // The main goroutine is running (it sleeps its thread) and the spawned
+    // one waits on the channel: Go's status numbers 2 and 4.
+    assert!(err.contains(" status=2 m="), "{}", out.describe());
+    assert!(err.contains(" status=4 m=-1"), "{}", out.describe());
+    let bad = run_child(
+        "scheddetail_prints_p_m_and_g_lines",
+        "detail",
+        &[
+            ("GOSCHED_SCHEDTRACE", "100"),
+            ("GOSCHED_SCHEDDETAIL", "yes"),
+        ],
+    );
+    assert!(
+        !bad.status.success()
+            && bad.stderr.contains("GOSCHED_SCHEDDETAIL=")
+            && bad.stderr.contains("yes"),
+        "{}",
+        bad.describe()
+    );
 }

@@ -22,10 +22,17 @@ impl Shared {
         Some(p)
     }
 
+    /// Puts P `p`, owned by the caller, on the idle list, or destroys it
+    /// if `set_procs` dropped it (checked under the `pidle` lock, which
+    /// `procresize` holds while it changes `gomaxprocs`).
     pub(crate) fn pidleput(&self, p: usize) {
+        let mut l = self.pidle.rt_lock();
+        if self.p_dropped(p) {
+            drop(l);
+            return self.destroyp(p);
+        }
         self.ps[p].m.store(ptr::null_mut(), Ordering::Relaxed);
         self.ps[p].status.store(P_IDLE, Ordering::Release);
-        let mut l = self.pidle.rt_lock();
         l.push(p);
         self.npidle.fetch_add(1, Ordering::SeqCst);
     }
@@ -132,10 +139,11 @@ impl Shared {
 
     pub(crate) fn newm(&self, p: usize, spinning: bool) {
         let mut all = self.allm.rt_lock();
-        assert!(
-            all.len() < MAX_MS,
-            "gosched: program exceeds {MAX_MS}-thread limit"
-        );
+        // Go's checkmcount: the new M plus sysmon must fit the limit.
+        if all.len() + 2 > self.cfg.max_threads {
+            drop(all);
+            self.die_thread_exhaustion();
+        }
         let m = Arc::new(M {
             id: all.len() + 1,
             shared: self as *const Shared,
@@ -173,6 +181,10 @@ impl Shared {
     /// needed. `then_park`: the caller parks right after, so an M woken
     /// for the P takes over this CPU too (`pin_to_this_cpu`).
     pub(crate) fn handoffp(&self, p: usize, then_park: bool) {
+        if self.p_dropped(p) {
+            // `set_procs` dropped it: its work goes to the global queue.
+            return self.destroyp(p);
+        }
         // SAFETY: we own `p` (state SCHED or HANDOFF by our hand).
         let local_work = unsafe { !(*self.ps[p].local.get()).worker.is_empty() }
             || !self.ps[p].runnext.load(Ordering::Acquire).is_null()
@@ -247,6 +259,15 @@ impl Shared {
             || !p.yielded.load(Ordering::Relaxed).is_null()
     }
 
+    /// Goroutines queued on P `p` (local queue, runnext, yield slot); a
+    /// racy snapshot for diagnostics.
+    pub(crate) fn p_queue_len(&self, p: usize) -> usize {
+        let p = &self.ps[p];
+        p.stealer.len()
+            + usize::from(!p.runnext.load(Ordering::Relaxed).is_null())
+            + usize::from(!p.yielded.load(Ordering::Relaxed).is_null())
+    }
+
     /// Does the global run queue hold work?
     pub(crate) fn global_has_work(&self) -> bool {
         !self.injector.is_empty()
@@ -254,7 +275,7 @@ impl Shared {
 
     /// Is every P idle (on the idle list)?
     pub(crate) fn all_idle(&self) -> bool {
-        self.npidle.load(Ordering::SeqCst) == self.cfg.procs
+        self.npidle.load(Ordering::SeqCst) >= self.procs()
     }
 
     /// A P left the idle state: wake sysmon if it sleeps because all were
@@ -310,8 +331,7 @@ impl Shared {
     /// Is there any runnable G anywhere (for the last spinning M's re-check)?
     pub(crate) fn any_work(&self) -> bool {
         !self.injector.is_empty()
-            || self
-                .ps
+            || self.ps[..self.procs()]
                 .iter()
                 .any(|p| !p.stealer.is_empty() || !p.runnext.load(Ordering::Acquire).is_null())
     }

@@ -121,6 +121,11 @@ impl Sched<'_> {
             if self.m.spinning.load(Ordering::Relaxed) {
                 self.resetspinning();
             }
+            if self.retire_p() {
+                // Our P was dropped by `set_procs`: `g` runs elsewhere.
+                self.globrunqput(g, true);
+                continue;
+            }
             if let Some(lm) = g.locked_m.get() {
                 if !ptr::eq(lm.as_ptr(), Arc::as_ptr(self.m)) {
                     self.startlockedm(lm);
@@ -164,6 +169,7 @@ impl Sched<'_> {
             g.stack_hi.store(s.top, Ordering::Relaxed);
             *stack = Some(s);
         }
+        note_running(self.sh, p, g);
         g.preempt.store(false, Ordering::Relaxed);
         self.m.curg.store(g.as_ptr(), Ordering::Relaxed);
         let mine = pstatus(self.m, P_SCHED);
@@ -335,6 +341,12 @@ impl Sched<'_> {
             if self.sh.shutdown.load(Ordering::Acquire) {
                 return None;
             }
+            if self.retire_p() {
+                if !self.stopm() {
+                    return None;
+                }
+                continue;
+            }
             self.sh.fire_timers();
             let p = self.p();
             if p.schedtick
@@ -359,8 +371,10 @@ impl Sched<'_> {
             {
                 return Some((g, false));
             }
-            let procs = self.sh.cfg.procs;
-            let busy = procs - self.sh.npidle.load(Ordering::SeqCst);
+            let busy = self
+                .sh
+                .procs()
+                .saturating_sub(self.sh.npidle.load(Ordering::SeqCst));
             if self.m.spinning.load(Ordering::Relaxed)
                 || 2 * self.sh.nmspinning.load(Ordering::SeqCst) < busy
             {
@@ -398,7 +412,7 @@ impl Sched<'_> {
 
     /// Go's stealWork: up to 4 passes over the other Ps in random order.
     fn steal_work(&self) -> Option<GRef> {
-        let n = self.sh.ps.len();
+        let n = self.sh.procs();
         let me = self.p().id;
         for pass in 0..STEAL_TRIES {
             let last = pass == STEAL_TRIES - 1;
@@ -452,6 +466,23 @@ impl Sched<'_> {
             }
         }
         None
+    }
+
+    /// If `set_procs` dropped our P, destroy it (Go's procresize does it
+    /// for every dropped P while the world is stopped; see
+    /// `sched::procresize`). Returns whether it did: we have no P now.
+    #[inline]
+    fn retire_p(&self) -> bool {
+        match self.m.p.get() {
+            Some(p) if self.sh.p_dropped(p) => {}
+            _ => return false,
+        }
+        if self.m.spinning.swap(false, Ordering::Relaxed) {
+            self.sh.nmspinning.fetch_sub(1, Ordering::SeqCst);
+        }
+        let p = self.releasep();
+        self.sh.destroyp(p);
+        true
     }
 
     /// Go's resetspinning.

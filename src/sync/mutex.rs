@@ -415,7 +415,7 @@ fn can_spin(spins: u32) -> bool {
     if spins >= ACTIVE_SPIN {
         return false;
     }
-    let procs = crate::sched::with_current_shared(|sh| sh.cfg.procs).unwrap_or_else(|| {
+    let procs = crate::sched::with_current_shared(|sh| sh.procs()).unwrap_or_else(|| {
         static CPUS: OnceLock<usize> = OnceLock::new();
         *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
     });

@@ -1,0 +1,500 @@
+//! GOMAXPROCS at run time (`Runtime::set_procs`): CPU use follows the
+//! count, no goroutine is lost or run twice, and timers, locked goroutines
+//! and blocking calls carry on across a resize.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{process_cpu_time, watchdog};
+use gosched::chan::channel;
+use gosched::sync::WaitGroup;
+use gosched::{Builder, MAX_PROCS};
+
+/// The CPU-measuring tests must not share the 2-core machine with each
+/// other.
+static CPU_TESTS: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    CPU_TESTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// CPUs the whole process used over `window` (process CPU time / wall time).
+fn cpus_used_over(window: Duration) -> f64 {
+    let (c0, t0) = (process_cpu_time(), Instant::now());
+    std::thread::sleep(window);
+    (process_cpu_time() - c0).as_secs_f64() / t0.elapsed().as_secs_f64()
+}
+
+#[test]
+fn set_procs_rejects_zero_and_above_the_maximum() {
+    let rt = Builder::new().procs(2).build().unwrap();
+    let e = rt.set_procs(0).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(e.to_string().contains("set_procs(0)"), "{e}");
+    let e = rt.set_procs(MAX_PROCS + 1).unwrap_err();
+    assert!(e.to_string().contains("set_procs(1025)"), "{e}");
+    let e = rt.set_procs(usize::MAX).unwrap_err();
+    assert!(e.to_string().contains(&usize::MAX.to_string()), "{e}");
+    assert_eq!(rt.procs(), 2, "a rejected call changes nothing");
+    assert_eq!(rt.set_procs(MAX_PROCS).unwrap(), 2);
+    assert_eq!(rt.block_on(|| gosched::spawn(|| 5).join().unwrap()), 5);
+    assert_eq!(rt.set_procs(1).unwrap(), MAX_PROCS);
+    assert_eq!(rt.stats().procs, 1);
+}
+
+/// The scenario: shrink 4 -> 1 -> 3 while 8 no-call hogs and 1,000
+/// ping-pong pairs run. CPU use follows the count; every goroutine finishes
+/// and every checksum holds.
+#[test]
+fn shrink_and_grow_under_hogs_and_ping_pong() {
+    let _s = serial();
+    let _w = watchdog();
+    let rt = Arc::new(
+        Builder::new()
+            .procs(4)
+            .preempt_quantum(Duration::from_millis(2))
+            .build()
+            .unwrap(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let hogs: Vec<_> = (0..8)
+        .map(|_| {
+            let stop = stop.clone();
+            rt.spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+                n
+            })
+        })
+        .collect();
+    // 1,000 pairs each bounce a counter 200 times; the sum is known.
+    const PAIRS: u64 = 1_000;
+    const ROUNDS: u64 = 200;
+    let pairs: Vec<_> = (0..PAIRS)
+        .map(|i| {
+            rt.spawn(move || {
+                let (to_b, from_a) = channel::<u64>(0);
+                let (to_a, from_b) = channel::<u64>(0);
+                let b = gosched::spawn(move || {
+                    let mut seen = 0;
+                    while let Some(v) = from_a.recv() {
+                        seen += 1;
+                        if to_a.send(v + 1).is_err() {
+                            break;
+                        }
+                    }
+                    seen
+                });
+                let mut v = i;
+                for _ in 0..ROUNDS {
+                    to_b.send(v).unwrap();
+                    v = from_b.recv().unwrap();
+                }
+                drop(to_b);
+                assert_eq!(b.join().unwrap(), ROUNDS);
+                v - i
+            })
+        })
+        .collect();
+
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(rt.set_procs(1).unwrap(), 4);
+    std::thread::sleep(Duration::from_millis(50));
+    let one = cpus_used_over(Duration::from_millis(400));
+    assert_eq!(rt.set_procs(3).unwrap(), 1);
+    std::thread::sleep(Duration::from_millis(50));
+    let three = cpus_used_over(Duration::from_millis(400));
+    let busy = 3 - rt.stats().idle_procs;
+    eprintln!("CPUs used: 1 P {one:.2}, 3 Ps {three:.2} ({busy} Ps busy)");
+    // Other load on the machine can only lower what we get, so the bound
+    // that must hold is the upper one; with 3 Ps every P stays busy.
+    assert!(one < 1.45, "1 P used {one:.2} CPUs");
+    assert_eq!(busy, 3, "3 Ps beside 8 hogs: every P busy");
+
+    for h in pairs {
+        assert_eq!(h.join().unwrap(), ROUNDS, "a ping-pong pair lost a value");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in hogs {
+        assert!(h.join().unwrap() > 0);
+    }
+    assert_eq!(rt.stats().procs, 3);
+    // A joined goroutine finishes exiting a moment after its result is in.
+    let t = Instant::now();
+    while rt.stats().goroutines != 0 && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(rt.stats().goroutines, 0, "every goroutine finished");
+}
+
+/// Every goroutine queued on a P that is dropped (runnext, the local
+/// queue) runs exactly once.
+#[test]
+fn dropped_ps_queues_move_to_the_global_queue() {
+    let _w = watchdog();
+    let rt = Builder::new().procs(4).build().unwrap();
+    for round in 0..20 {
+        let runs = Arc::new((0..2_000).map(|_| AtomicUsize::new(0)).collect::<Vec<_>>());
+        let r2 = runs.clone();
+        let rt2 = &rt;
+        std::thread::scope(|s| {
+            let spawner = s.spawn(move || {
+                rt2.block_on(move || {
+                    let wg = WaitGroup::new();
+                    for i in 0..2_000 {
+                        wg.add(1);
+                        let (wg, runs) = (wg.clone(), r2.clone());
+                        gosched::spawn(move || {
+                            runs[i].fetch_add(1, Ordering::Relaxed);
+                            if i % 7 == 0 {
+                                gosched::yield_now();
+                            }
+                            wg.done();
+                        });
+                    }
+                    wg.wait();
+                })
+            });
+            let n = [1, 3, 2, 4, 1][round % 5];
+            rt2.set_procs(n).unwrap();
+            spawner.join().unwrap();
+        });
+        for (i, r) in runs.iter().enumerate() {
+            assert_eq!(
+                r.load(Ordering::Relaxed),
+                1,
+                "goroutine {i} ran a wrong number of times"
+            );
+        }
+    }
+}
+
+/// Timers pending while their Ps are dropped fire, none early.
+#[test]
+fn shrink_with_pending_timers_loses_none_and_fires_none_early() {
+    let _w = watchdog();
+    let rt = Arc::new(Builder::new().procs(4).build().unwrap());
+    let early = Arc::new(AtomicUsize::new(0));
+    let hs: Vec<_> = (0..400u64)
+        .map(|i| {
+            let early = early.clone();
+            rt.spawn(move || {
+                let d = Duration::from_millis(1 + i % 60);
+                let t = Instant::now();
+                gosched::sleep(d);
+                if t.elapsed() < d {
+                    early.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(5));
+    rt.set_procs(1).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    rt.set_procs(2).unwrap();
+    for h in hs {
+        h.join().unwrap();
+    }
+    assert_eq!(early.load(Ordering::Relaxed), 0);
+}
+
+/// A goroutine locked to its thread and one in `blocking()` keep working
+/// across a shrink that drops their Ps.
+#[test]
+fn shrink_with_a_locked_goroutine_and_one_in_blocking() {
+    let _w = watchdog();
+    let rt = Arc::new(Builder::new().procs(4).build().unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let locked = {
+        let stop = stop.clone();
+        rt.spawn(move || {
+            gosched::lock_os_thread();
+            let tid = common::os_tid();
+            let mut rounds = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                gosched::sleep(Duration::from_micros(200));
+                assert_eq!(common::os_tid(), tid, "a locked goroutine changed threads");
+                rounds += 1;
+            }
+            gosched::unlock_os_thread();
+            rounds
+        })
+    };
+    let in_blocking = rt.spawn(|| {
+        gosched::blocking(|| std::thread::sleep(Duration::from_millis(150)));
+        7
+    });
+    let others: Vec<_> = (0..64u64)
+        .map(|i| {
+            rt.spawn(move || {
+                let mut v = 0u64;
+                for k in 0..200 {
+                    v = v.wrapping_add(k * i);
+                    gosched::yield_now();
+                }
+                v
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(20));
+    rt.set_procs(1).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    rt.set_procs(2).unwrap();
+    assert_eq!(in_blocking.join().unwrap(), 7);
+    for (i, h) in others.into_iter().enumerate() {
+        let want = (0..200u64).fold(0u64, |v, k| v.wrapping_add(k * i as u64));
+        assert_eq!(h.join().unwrap(), want);
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    stop.store(true, Ordering::Relaxed);
+    assert!(locked.join().unwrap() > 0);
+}
+
+/// `set_procs` from a plain thread while `block_on` runs, and from inside
+/// a goroutine (which may itself run on a P it drops).
+#[test]
+fn set_procs_from_a_plain_thread_and_from_a_goroutine() {
+    let _w = watchdog();
+    let rt = Arc::new(Builder::new().procs(2).build().unwrap());
+    let done = Arc::new(AtomicBool::new(false));
+    let resizer = {
+        let (rt, done) = (rt.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !done.load(Ordering::Relaxed) {
+                rt.set_procs(1 + n % 4).unwrap();
+                n += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            n
+        })
+    };
+    let rt2 = rt.clone();
+    let total = rt.block_on(move || {
+        let sum = Arc::new(AtomicU64::new(0));
+        let wg = WaitGroup::new();
+        for i in 0..200u64 {
+            wg.add(1);
+            let (sum, wg) = (sum.clone(), wg.clone());
+            gosched::spawn(move || {
+                for _ in 0..50 {
+                    gosched::yield_now();
+                }
+                sum.fetch_add(i, Ordering::Relaxed);
+                wg.done();
+            });
+        }
+        // From a goroutine too: shrink to 1 (likely dropping our own P) and
+        // grow back.
+        // (The plain thread resizes concurrently: any count it or we set
+        // may be the previous one.)
+        for n in [1, 3, 1, 2] {
+            let prev = rt2.set_procs(n).unwrap();
+            assert!((1..=4).contains(&prev), "previous count {prev}");
+        }
+        wg.wait();
+        sum.load(Ordering::Relaxed)
+    });
+    done.store(true, Ordering::Relaxed);
+    assert!(resizer.join().unwrap() > 0);
+    assert_eq!(total, (0..200).sum::<u64>());
+}
+
+/// A shrink beside no-call hogs completes promptly: their Ps are taken
+/// (the signal makes them yield; the grace period bounds the rest).
+#[test]
+fn shrink_beside_no_call_hogs_returns_promptly() {
+    let _s = serial();
+    let _w = watchdog();
+    let rt = Arc::new(Builder::new().procs(4).build().unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let hogs: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            rt.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(30));
+    let t = Instant::now();
+    rt.set_procs(1).unwrap();
+    let took = t.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for h in hogs {
+        h.join().unwrap();
+    }
+    assert!(
+        took < Duration::from_millis(500),
+        "set_procs(1) took {took:?}"
+    );
+}
+
+/// More goroutines stuck in `blocking()` than `max_threads` allows: Go's
+/// fatal error, with the limit and the knob named, every goroutine, exit 2.
+#[test]
+fn exceeding_max_threads_is_a_fatal_error_with_a_dump() {
+    if let Some(role) = common::child_role() {
+        let b = Builder::new().procs(1);
+        let b = if role == "env" { b } else { b.max_threads(5) };
+        let rt = b.build().unwrap();
+        rt.block_on(|| {
+            let hs: Vec<_> = (0..16)
+                .map(|_| {
+                    gosched::spawn(|| {
+                        gosched::blocking(|| std::thread::sleep(Duration::from_secs(5)))
+                    })
+                })
+                .collect();
+            for h in hs {
+                h.join().unwrap();
+            }
+        });
+        eprintln!("UNEXPECTED: all blocking calls finished");
+        return;
+    }
+    let out = common::run_child(
+        "exceeding_max_threads_is_a_fatal_error_with_a_dump",
+        "limit",
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", out.describe());
+    assert!(
+        out.stderr.contains("exceeds the 5-thread limit")
+            && out.stderr.contains("GOSCHED_MAXTHREADS"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stderr.contains("fatal error: thread exhaustion"),
+        "{}",
+        out.describe()
+    );
+    assert!(out.stderr.contains("goroutine 1 ["), "{}", out.describe());
+    assert!(
+        out.stderr.contains("spawned at tests/procs.rs"),
+        "{}",
+        out.describe()
+    );
+    assert!(!out.stderr.contains("panicked"), "{}", out.describe());
+    // The environment knob sets the same limit.
+    let env = common::run_child(
+        "exceeding_max_threads_is_a_fatal_error_with_a_dump",
+        "env",
+        &[("GOSCHED_MAXTHREADS", "4")],
+    );
+    assert_eq!(env.status.code(), Some(2), "{}", env.describe());
+    assert!(
+        env.stderr.contains("exceeds the 4-thread limit"),
+        "{}",
+        env.describe()
+    );
+}
+
+/// The scheduling-latency histogram sees real waiting: beside a no-call
+/// hog on 1 P, woken sleepers wait for the hog's preemption (about a
+/// quantum); alone, they run at once. Readable from inside a goroutine.
+#[test]
+fn sched_latency_histogram_shows_time_spent_runnable() {
+    let _s = serial();
+    let _w = watchdog();
+    let sleepers = |rt: &gosched::Runtime| {
+        rt.block_on(|| {
+            for _ in 0..64 {
+                gosched::sleep(Duration::from_micros(500));
+            }
+            gosched::stats().expect("inside a goroutine")
+        })
+    };
+    let quiet = Builder::new().procs(1).build().unwrap();
+    let alone = sleepers(&quiet);
+    let total: u64 = alone.sched_latency.iter().map(|b| b.1).sum();
+    assert!(total >= 64 / 8 - 1, "{:?}", alone.sched_latency);
+    let p50 = alone.sched_latency_quantile(0.5).unwrap();
+    assert!(p50 <= Duration::from_millis(2), "alone: p50 {p50:?}");
+
+    let busy = Builder::new()
+        .procs(1)
+        .preempt_quantum(Duration::from_millis(5))
+        .build()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let hog = {
+        let stop = stop.clone();
+        busy.spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        })
+    };
+    let behind = sleepers(&busy);
+    stop.store(true, Ordering::Relaxed);
+    hog.join().unwrap();
+    let p50 = behind.sched_latency_quantile(0.5).unwrap();
+    assert!(
+        p50 >= Duration::from_micros(512),
+        "behind a hog: p50 {p50:?}"
+    );
+    assert_eq!(behind.local_runqueues.len(), 1);
+}
+
+/// Stats counts goroutines in blocking calls and queued goroutines.
+#[test]
+fn stats_report_blocking_calls_and_queues() {
+    let _w = watchdog();
+    let rt = Builder::new().procs(2).build().unwrap();
+    let (tx, rx) = channel::<()>(0);
+    let h = rt.spawn(move || gosched::blocking(|| rx.recv()));
+    let t = Instant::now();
+    while rt.stats().in_syscall != 1 {
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", rt.stats());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    tx.send(()).unwrap();
+    h.join().unwrap();
+    let s = rt.stats();
+    assert_eq!(s.in_syscall, 0);
+    assert_eq!(s.local_runqueues, vec![0, 0]);
+    assert_eq!(s.global_runqueue, 0);
+    rt.set_procs(3).unwrap();
+    assert_eq!(rt.stats().local_runqueues.len(), 3);
+}
+
+/// `GOSCHED_SIGQUITDUMP=1`: SIGQUIT prints every goroutine and exits with
+/// status 2; without the knob SIGQUIT keeps its default action (the process
+/// dies of the signal, no dump).
+#[test]
+fn sigquit_dumps_goroutines_only_when_asked() {
+    if common::child_role().is_some() {
+        let rt = Builder::new().procs(2).build().unwrap();
+        rt.block_on(|| {
+            let (_tx, rx) = channel::<()>(0);
+            let _waiter = gosched::spawn(move || rx.recv());
+            gosched::sleep(Duration::from_millis(100));
+            // SAFETY: raise has no preconditions.
+            unsafe { libc::raise(libc::SIGQUIT) };
+            gosched::sleep(Duration::from_secs(5));
+        });
+        eprintln!("UNEXPECTED: still alive after SIGQUIT");
+        return;
+    }
+    let on = common::run_child(
+        "sigquit_dumps_goroutines_only_when_asked",
+        "dump",
+        &[("GOSCHED_SIGQUITDUMP", "1")],
+    );
+    assert_eq!(on.status.code(), Some(2), "{}", on.describe());
+    assert!(on.stderr.starts_with("SIGQUIT: quit"), "{}", on.describe());
+    assert!(on.stderr.contains("goroutine 1 ["), "{}", on.describe());
+    assert!(on.stderr.contains("[waiting]"), "{}", on.describe());
+    let off = common::run_child("sigquit_dumps_goroutines_only_when_asked", "dump", &[]);
+    assert_eq!(off.signal(), Some(libc::SIGQUIT), "{}", off.describe());
+    assert!(!off.stderr.contains("SIGQUIT: quit"), "{}", off.describe());
+}
