@@ -184,7 +184,7 @@ fn run(sh: &Shared) {
             // A woken goroutine waits while every P is busy, and the
             // request in `ready` found no goroutine past the granularity:
             // ask again when one may be (see `sched::wakeup`).
-            sh.wakeup_preempt();
+            sh.wakeup_preempt(true);
             let retry = crate::sched::WAKEUP_GRANULARITY / 2;
             trace_cap = Some(trace_cap.map_or(retry, |c| c.min(retry)));
         }

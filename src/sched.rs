@@ -842,7 +842,7 @@ pub(crate) fn ready(g: GRef) {
         sh.woken.push(g);
         fence(Ordering::SeqCst);
         sh.wakep();
-        sh.wakeup_preempt();
+        sh.wakeup_preempt(false);
         return;
     }
     fence(Ordering::SeqCst);

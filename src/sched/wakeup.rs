@@ -59,8 +59,12 @@ pub(crate) const NO_WAKEUP: u64 = u64::MAX;
 
 impl Shared {
     /// Step 2 of the module docs. Called by `ready` after queueing into
-    /// `woken` (and the SeqCst fence before `wakep`).
-    pub(crate) fn wakeup_preempt(&self) {
+    /// `woken` (and the SeqCst fence before `wakep`), with `retry` false;
+    /// by sysmon while a woken goroutine still waits, with `retry` true: a
+    /// request already made in the current slice of some P is then made
+    /// again (its signal may have been refused, or its thread may not have
+    /// run yet: `preempt_p` sends no second signal while one is in flight).
+    pub(crate) fn wakeup_preempt(&self, retry: bool) {
         if !self.cfg.wakeup_preempt
             || self.npidle.load(Ordering::SeqCst) != 0
             || self.nmspinning.load(Ordering::SeqCst) != 0
@@ -74,7 +78,7 @@ impl Shared {
                 continue;
             }
             let tick = p.schedtick.load(Ordering::Acquire);
-            if p.wakeup_tick.load(Ordering::Relaxed) == tick {
+            if !retry && p.wakeup_tick.load(Ordering::Relaxed) == tick {
                 // Already asked in this slice: it is on its way to g0,
                 // which takes the woken goroutine first.
                 return;
@@ -97,7 +101,9 @@ impl Shared {
         }
         let pp = &self.ps[p];
         let prev = pp.wakeup_tick.load(Ordering::Relaxed);
-        if pp
+        if prev == tick && retry {
+            self.preempt_p(p, true);
+        } else if pp
             .wakeup_tick
             .compare_exchange(prev, tick, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
