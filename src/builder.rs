@@ -98,6 +98,7 @@ pub(crate) struct Config {
     pub(crate) scheddetail: bool,
     pub(crate) max_threads: usize,
     pub(crate) sigquit_dump: bool,
+    pub(crate) wakeup_preempt: bool,
 }
 
 /// Default cap on the threads of one runtime: 10,000, Go's `maxmcount`.
@@ -144,6 +145,7 @@ pub struct Builder {
     allow_migrate: bool,
     max_threads: Option<usize>,
     sigquit_dump: Option<bool>,
+    wakeup_preempt: Option<bool>,
 }
 
 fn invalid(msg: String) -> io::Error {
@@ -364,6 +366,26 @@ impl Builder {
         self
     }
 
+    /// Wake-up preemption: when a goroutine is woken from outside any P (a
+    /// timer, a plain thread, a blocking call) while every P is busy and no
+    /// thread looks for work, the goroutine that has run longest (at least
+    /// 100 µs into its slice) is asked to yield at once, so the woken one
+    /// runs within microseconds instead of up to a quantum; the preempted
+    /// goroutine keeps its place (it runs next on its P). Default on with
+    /// the `preempt-signal` feature, unless `GOSCHED_WAKEUPPREEMPTOFF=1`;
+    /// with asynchronous preemption off, only the cooperative flag is set.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let rt = gosched::Builder::new().wakeup_preempt(false).build().unwrap();
+    /// assert!(!rt.stats().wakeup_preempt);
+    /// ```
+    pub fn wakeup_preempt(mut self, on: bool) -> Builder {
+        self.wakeup_preempt = Some(on);
+        self
+    }
+
     /// On SIGQUIT (Ctrl-\\), print every goroutine and exit with status 2,
     /// as Go does. Default off, or `$GOSCHED_SIGQUITDUMP=1`: SIGQUIT belongs
     /// to the application. Process-wide once on: the first runtime built
@@ -511,6 +533,10 @@ impl Builder {
             Some(on) => on,
             None => env_flag("GOSCHED_SIGQUITDUMP")?.unwrap_or(false),
         };
+        let wakeup_preempt = match self.wakeup_preempt {
+            Some(on) => on,
+            None => env_flag("GOSCHED_WAKEUPPREEMPTOFF")?.map_or(feature, |off| feature && !off),
+        };
         let max_threads = match self.max_threads {
             Some(n) if n < 2 => {
                 return Err(invalid(format!(
@@ -540,6 +566,7 @@ impl Builder {
             scheddetail,
             max_threads,
             sigquit_dump,
+            wakeup_preempt,
         })
     }
 }

@@ -180,7 +180,15 @@ fn run(sh: &Shared) {
                 next_trace = Some(now.saturating_add(nanos(t)));
             }
         }
-        let trace_cap = next_trace.map(|at| Duration::from_nanos(at.saturating_sub(now)));
+        let mut trace_cap = next_trace.map(|at| Duration::from_nanos(at.saturating_sub(now)));
+        if sh.wakeup_waiting() {
+            // A woken goroutine waits while every P is busy, and the
+            // request in `ready` found no goroutine past the granularity:
+            // ask again when one may be (see `sched::wakeup`).
+            sh.wakeup_preempt(true);
+            let retry = crate::sched::WAKEUP_GRANULARITY / 2;
+            trace_cap = Some(trace_cap.map_or(retry, |c| c.min(retry)));
+        }
         let woken = match sleep {
             Sleep::For(d) => sh.sysmon_note.wait(Some(min_opt(d, trace_cap))),
             Sleep::Idle(deadline) => {

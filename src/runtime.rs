@@ -475,6 +475,10 @@ pub struct Stats {
     pub stack_size: usize,
     /// The preemption quantum.
     pub quantum: Duration,
+    /// Whether wake-up preemption is on ([`Builder::wakeup_preempt`]).
+    pub wakeup_preempt: bool,
+    /// Wake-up preemption requests made (each asks one busy P to yield).
+    pub preempt_wakeup: u64,
     /// Whether asynchronous preemption is on.
     pub async_preempt: bool,
     /// Where asynchronously preempted goroutines resume.
@@ -554,7 +558,7 @@ impl Shared {
             spinning_threads: self.nmspinning.load(Ordering::Relaxed),
             idle_threads: self.midle.rt_lock().len(),
             in_syscall: self.in_blocking.load(Ordering::Relaxed),
-            global_runqueue: self.injector.len(),
+            global_runqueue: self.global_queue_len(),
             local_runqueues: (0..self.procs()).map(|p| self.p_queue_len(p)).collect(),
             sched_latency: (0..sched::SCHED_LATENCY_BUCKETS)
                 .map(|i| {
@@ -572,6 +576,8 @@ impl Shared {
             stack_size: self.stacks.stack_size(),
             quantum: self.cfg.quantum,
             async_preempt: self.cfg.async_preempt,
+            wakeup_preempt: self.cfg.wakeup_preempt,
+            preempt_wakeup: self.counters.preempt_wakeup.load(Ordering::Relaxed),
             mode: self.cfg.mode,
             timers: self.timers.pending(),
         }

@@ -218,6 +218,10 @@ pub(crate) struct P {
     /// sysmon reads and converts (`Shared::slice_start_ns`).
     /// `UNSTAMPED` after a direct yield (see `yield_direct`).
     pub(crate) slice_start: AtomicU64,
+    /// The `schedtick` of the slice whose goroutine was asked to yield for a
+    /// wake-up (`wakeup::NO_WAKEUP`: none). Written by `wakeup_preempt`
+    /// (any thread, CAS), read by the owner in `Sched::after`.
+    pub(crate) wakeup_tick: AtomicU64,
     /// Blocking calls entered; written by the goroutine in `blocking`.
     pub(crate) syscalltick: AtomicU64,
     pub(crate) syscall_start: AtomicU64,
@@ -323,6 +327,8 @@ pub(crate) struct GlobalCounters {
     pub(crate) refused: [AtomicU64; crate::preempt::REFUSAL_REASONS],
     pub(crate) retakes: AtomicU64,
     pub(crate) blocked_handoffs: AtomicU64,
+    /// Wake-up preemption requests (`wakeup_preempt`).
+    pub(crate) preempt_wakeup: AtomicU64,
 }
 
 /// The state of one runtime (Go's `sched` plus `allp` and `allm`).
@@ -332,6 +338,13 @@ pub(crate) struct Shared {
     /// TSC reading at `epoch`, when the TSC is invariant (see `slice_clock`).
     pub(crate) tsc_epoch: Option<u64>,
     pub(crate) injector: Injector<GRef>,
+    /// Goroutines woken from outside any P (a timer fired by sysmon or an
+    /// idle M, a plain thread's send, a goroutine in `blocking`): Go puts
+    /// them in the waker's `runnext`, where they run before the queued
+    /// crowd; with no P to hold them, this queue is checked first by every
+    /// P instead (see `find_runnable`), so a woken goroutine never waits
+    /// behind preempted CPU hogs in `injector`.
+    pub(crate) woken: Injector<GRef>,
     /// Every P, `MAX_PROCS` of them; only `ps[..gomaxprocs]` are live.
     pub(crate) ps: Box<[P]>,
     /// GOMAXPROCS: the number of live Ps. Changed only by `procresize`,
@@ -826,7 +839,11 @@ pub(crate) fn ready(g: GRef) {
         }
     });
     if local.is_none() {
-        sh.injector.push(g);
+        sh.woken.push(g);
+        fence(Ordering::SeqCst);
+        sh.wakep();
+        sh.wakeup_preempt(false);
+        return;
     }
     fence(Ordering::SeqCst);
     sh.wakep();
@@ -895,6 +912,7 @@ impl Shared {
                 runnext: AtomicPtr::new(ptr::null_mut()),
                 yielded: AtomicPtr::new(ptr::null_mut()),
                 schedtick: AtomicU64::new(0),
+                wakeup_tick: AtomicU64::new(wakeup::NO_WAKEUP),
                 slice_start: AtomicU64::new(0),
                 syscalltick: AtomicU64::new(0),
                 syscall_start: AtomicU64::new(0),
@@ -916,6 +934,7 @@ impl Shared {
             tsc_epoch: arch::ticks_are_time().then(arch::ticks),
             epoch: Instant::now(),
             injector: Injector::new(),
+            woken: Injector::new(),
             ps: ps.into_boxed_slice(),
             gomaxprocs: AtomicUsize::new(procs),
             ps_used: AtomicUsize::new(procs),
@@ -1171,3 +1190,5 @@ mod handoff;
 mod procresize;
 mod schedule;
 mod teardown;
+mod wakeup;
+pub(crate) use wakeup::WAKEUP_GRANULARITY;

@@ -22,7 +22,7 @@ impl Shared {
         let idlethreads = self.midle.rt_lock().len();
         let spinning = self.nmspinning.load(Ordering::Relaxed);
         let needspinning = u8::from(idle > 0 && spinning == 0 && self.any_work());
-        let runqueue = self.injector.len();
+        let runqueue = self.global_queue_len();
         let head = format!(
             "SCHED {ms}ms: gomaxprocs={procs} idleprocs={idle} threads={threads} spinningthreads={spinning} needspinning={needspinning} idlethreads={idlethreads} runqueue={runqueue}"
         );

@@ -189,7 +189,7 @@ impl Shared {
         let local_work = unsafe { !(*self.ps[p].local.get()).worker.is_empty() }
             || !self.ps[p].runnext.load(Ordering::Acquire).is_null()
             || !self.ps[p].yielded.load(Ordering::Relaxed).is_null();
-        if local_work || !self.injector.is_empty() {
+        if local_work || self.global_has_work() {
             return self.startm(Some(p), false, then_park);
         }
         if self.nmspinning.load(Ordering::SeqCst) + self.npidle.load(Ordering::SeqCst) == 0
@@ -203,7 +203,7 @@ impl Shared {
         self.pidleput(p);
         // Re-check after publishing the idle P (Dekker with submitters).
         fence(Ordering::SeqCst);
-        if !self.injector.is_empty() {
+        if self.global_has_work() {
             self.wakep();
         }
     }
@@ -268,9 +268,15 @@ impl Shared {
             + usize::from(!p.yielded.load(Ordering::Relaxed).is_null())
     }
 
-    /// Does the global run queue hold work?
+    /// Does the global run queue, or the queue of woken goroutines, hold
+    /// work?
     pub(crate) fn global_has_work(&self) -> bool {
-        !self.injector.is_empty()
+        !self.woken.is_empty() || !self.injector.is_empty()
+    }
+
+    /// Goroutines in the global queues (for diagnostics).
+    pub(crate) fn global_queue_len(&self) -> usize {
+        self.woken.len() + self.injector.len()
     }
 
     /// Is every P idle (on the idle list)?
@@ -330,7 +336,7 @@ impl Shared {
 
     /// Is there any runnable G anywhere (for the last spinning M's re-check)?
     pub(crate) fn any_work(&self) -> bool {
-        !self.injector.is_empty()
+        self.global_has_work()
             || self.ps[..self.procs()]
                 .iter()
                 .any(|p| !p.stealer.is_empty() || !p.runnext.load(Ordering::Acquire).is_null())

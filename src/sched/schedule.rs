@@ -215,7 +215,9 @@ impl Sched<'_> {
                     .counters
                     .preempt_coop
                     .fetch_add(1, Ordering::Relaxed);
-                self.globrunqput(g, false);
+                if !self.requeue_preempted_for_wakeup(g) {
+                    self.globrunqput(g, false);
+                }
             }
             Reason::AsyncPreempt => {
                 self.sh
@@ -230,8 +232,10 @@ impl Sched<'_> {
                 // Unlocked, the goroutine may run anywhere: wake a P for it
                 // (Go's preemptPark/gopreempt_m). Locked to us, our P
                 // follows it: `stoplockedm` hands the P on, and `handoffp`
-                // sees the goroutine in the global queue.
-                self.globrunqput(g, self.m.locked_g.get().is_none());
+                // sees the goroutine in the global queue (or our runnext).
+                if !self.requeue_preempted_for_wakeup(g) {
+                    self.globrunqput(g, self.m.locked_g.get().is_none());
+                }
             }
             Reason::Park => {
                 if let Some(p) = self.m.p.get() {
@@ -257,6 +261,29 @@ impl Sched<'_> {
             Reason::None => unreachable!("goroutine switched to g0 without a reason"),
         }
         None
+    }
+
+    /// A goroutine preempted to make room for a woken one keeps its place
+    /// (`sched::wakeup`, step 3): it goes to the head of our local queue
+    /// (the yield slot, which runs before the `Worker`'s goroutines), and
+    /// the woken goroutine, taken first from `Shared::woken`, runs before
+    /// it. It starts a fresh slice when it resumes (not `runnext`, whose
+    /// goroutine inherits the slice: a wake-up during it could then never
+    /// ask again). Returns false if `g` was preempted for another reason,
+    /// or the slot is taken.
+    fn requeue_preempted_for_wakeup(&self, g: GRef) -> bool {
+        let Some(p) = self.m.p.get() else {
+            return false;
+        };
+        if !self.sh.preempted_for_wakeup(p) {
+            return false;
+        }
+        let pp = &self.sh.ps[p];
+        if !pp.yielded.load(Ordering::Relaxed).is_null() {
+            return false;
+        }
+        pp.yielded.store(g.as_ptr(), Ordering::Relaxed);
+        true
     }
 
     fn runqput_tail(&self, g: GRef) {
@@ -348,6 +375,12 @@ impl Sched<'_> {
                 continue;
             }
             self.sh.fire_timers();
+            // Goroutines woken from outside any P first (see `Shared::woken`).
+            if !self.sh.woken.is_empty() {
+                if let Some(g) = steal_one(|| self.sh.woken.steal()) {
+                    return Some((g, false));
+                }
+            }
             let p = self.p();
             if p.schedtick
                 .load(Ordering::Relaxed)

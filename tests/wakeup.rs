@@ -1,0 +1,238 @@
+//! Wake-up preemption: a goroutine woken while every P runs a CPU hog gets
+//! a P at once, and the hogs keep their share.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::watchdog;
+use gosched::Builder;
+
+/// These tests measure latency beside CPU hogs: one at a time on the
+/// 2-core machine.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Lateness of `n` sleeps of `d` by a goroutine beside `hogs` no-call loops
+/// on `procs` Ps; returns (sorted lateness, hog iterations, stats).
+fn ticker_beside_hogs(
+    procs: usize,
+    hogs: usize,
+    wakeup: bool,
+    n: usize,
+    d: Duration,
+) -> (Vec<Duration>, u64, gosched::Stats) {
+    let rt = Builder::new()
+        .procs(procs)
+        .wakeup_preempt(wakeup)
+        .build()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let work = Arc::new(AtomicU64::new(0));
+    let hs: Vec<_> = (0..hogs)
+        .map(|_| {
+            let (stop, work) = (stop.clone(), work.clone());
+            rt.spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n = std::hint::black_box(n + 1);
+                    if n.is_multiple_of(4096) {
+                        work.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(30));
+    let late = rt.block_on(move || {
+        let mut late = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            gosched::sleep(d);
+            late.push(t.elapsed().saturating_sub(d));
+        }
+        late
+    });
+    stop.store(true, Ordering::Relaxed);
+    for h in hs {
+        h.join().unwrap();
+    }
+    let mut late = late;
+    late.sort();
+    (late, work.load(Ordering::Relaxed), rt.stats())
+}
+
+fn p99(v: &[Duration]) -> Duration {
+    v[(v.len() - 1) * 99 / 100]
+}
+
+/// A hog on every P and a 1 ms ticker at the default 10 ms quantum: with
+/// wake-up preemption the ticker is never a quantum late; without it, it
+/// is (the old behaviour, kept as the control).
+#[test]
+fn woken_ticker_runs_at_once_beside_a_hog_on_every_p() {
+    let _s = serial();
+    let _w = watchdog();
+    let (on, _, s) = ticker_beside_hogs(2, 2, true, 200, Duration::from_millis(1));
+    eprintln!(
+        "wake-up preemption on: p50 {:?} p99 {:?} ({} requests)",
+        on[on.len() / 2],
+        p99(&on),
+        s.preempt_wakeup
+    );
+    assert!(s.preempt_wakeup > 0, "{s:?}");
+    assert!(p99(&on) < Duration::from_millis(2), "p99 {:?}", p99(&on));
+    let (off, _, s) = ticker_beside_hogs(2, 2, false, 60, Duration::from_millis(1));
+    eprintln!("off: p50 {:?} p99 {:?}", off[off.len() / 2], p99(&off));
+    assert_eq!(s.preempt_wakeup, 0);
+    assert!(
+        off[off.len() / 2] > Duration::from_millis(3),
+        "p50 {:?}",
+        off[off.len() / 2]
+    );
+}
+
+/// A goroutine woken by a timer queues ahead of a crowd of preempted hogs
+/// even without wake-up preemption (it used to wait behind every one of
+/// them: N x quantum / P).
+#[test]
+fn woken_sleeper_goes_ahead_of_a_crowd_of_hogs() {
+    let _s = serial();
+    let _w = watchdog();
+    let (late, _, _) = ticker_beside_hogs(2, 40, false, 10, Duration::from_millis(10));
+    eprintln!(
+        "40 hogs, wake-up preemption off: p50 {:?} max {:?}",
+        late[late.len() / 2],
+        late[late.len() - 1]
+    );
+    // Go's runnext bound: about one quantum (10 ms); behind 40 hogs on 2 Ps
+    // it was ~200 ms.
+    assert!(
+        late[late.len() / 2] < Duration::from_millis(40),
+        "p50 {:?}",
+        late[late.len() / 2]
+    );
+    let (late, _, _) = ticker_beside_hogs(2, 40, true, 10, Duration::from_millis(10));
+    eprintln!(
+        "40 hogs, on: p50 {:?} max {:?}",
+        late[late.len() / 2],
+        late[late.len() - 1]
+    );
+    assert!(
+        late[late.len() / 2] < Duration::from_millis(5),
+        "p50 {:?}",
+        late[late.len() / 2]
+    );
+}
+
+/// A goroutine woken in a tight loop from a plain thread beside a hog on
+/// 1 P: the granularity bounds the preemptions, and the hog keeps at least
+/// a third of the P.
+#[test]
+fn hog_keeps_its_share_beside_a_goroutine_woken_in_a_loop() {
+    let _s = serial();
+    let _w = watchdog();
+    let rate = |pinger: bool| {
+        let rt = Builder::new().procs(1).build().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let work = Arc::new(AtomicU64::new(0));
+        let hog = {
+            let (stop, work) = (stop.clone(), work.clone());
+            rt.spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n = std::hint::black_box(n + 1);
+                    if n.is_multiple_of(4096) {
+                        work.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        };
+        let (tx, rx) = gosched::chan::channel::<u32>(0);
+        let (back_tx, back_rx) = gosched::chan::channel::<u32>(0);
+        let echo = rt.spawn(move || {
+            while let Some(v) = rx.recv() {
+                if back_tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        let w0 = work.load(Ordering::Relaxed);
+        let t = Instant::now();
+        let mut rounds = 0u32;
+        while t.elapsed() < Duration::from_millis(400) {
+            if pinger {
+                tx.send(rounds).unwrap();
+                assert_eq!(back_rx.recv(), Some(rounds));
+                rounds += 1;
+            } else {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let w = work.load(Ordering::Relaxed) - w0;
+        drop(tx);
+        echo.join().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        hog.join().unwrap();
+        (
+            w as f64 / t.elapsed().as_secs_f64(),
+            rounds,
+            rt.stats().preempt_wakeup,
+        )
+    };
+    let (alone, _, _) = rate(false);
+    let (beside, rounds, asked) = rate(true);
+    eprintln!("hog rate alone {alone:.0}/s, beside {rounds} pings {beside:.0}/s ({asked} wake-up preemptions)");
+    assert!(rounds > 10, "the pinger made progress: {rounds}");
+    assert!(
+        beside >= alone / 3.0,
+        "hog kept {:.2} of its rate",
+        beside / alone
+    );
+}
+
+/// ThreadAffine (the default): the hog preempted to make room for a woken
+/// goroutine resumes on its own thread; its loop never sees another.
+#[test]
+fn hog_preempted_for_a_wakeup_keeps_its_thread() {
+    let _s = serial();
+    let _w = watchdog();
+    let rt = Builder::new().procs(1).build().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let hog = {
+        let stop = stop.clone();
+        rt.spawn(move || {
+            // No runtime call in this loop: in ThreadAffine mode it must
+            // never change threads, however often it is preempted.
+            let tid = common::os_tid();
+            let mut moved = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..1000 {
+                    std::hint::black_box(0u64);
+                }
+                moved += u64::from(common::os_tid() != tid);
+            }
+            moved
+        })
+    };
+    std::thread::sleep(Duration::from_millis(20));
+    let woken = rt.block_on(|| {
+        let mut n = 0;
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_millis(200) {
+            gosched::sleep(Duration::from_micros(500));
+            n += 1;
+        }
+        n
+    });
+    stop.store(true, Ordering::Relaxed);
+    assert_eq!(hog.join().unwrap(), 0, "the hog ran on another thread");
+    assert!(woken > 5, "the sleeper ran {woken} times in 200 ms");
+    assert!(rt.stats().preempt_wakeup > 0);
+}
