@@ -248,7 +248,8 @@ impl Builder {
     /// How long a goroutine may run before sysmon preempts it. Default
     /// 10 ms, or `$GOSCHED_QUANTUM` ("10ms", "500us"); at least 50 µs. There
     /// is no maximum: a quantum longer than the program runs (up to
-    /// `Duration::MAX`) means no time-slice preemption at all.
+    /// `Duration::MAX`) means no time-slice preemption at all (wake-up
+    /// preemption, [`Builder::wakeup_preempt`], is separate).
     ///
     /// # Examples
     ///

@@ -335,7 +335,9 @@ fn huge_preempt_quantum_means_no_time_slice_preemption() {
         // saturates at u64::MAX ns.
         let from_env = Duration::from_nanos(u64::MAX);
         for quantum in [Duration::MAX, Duration::from_secs(u64::MAX / 2), from_env] {
-            let b = Builder::new().procs(2);
+            // Wake-up preemption is another kind, with its own knob; off
+            // here so that every preemption counted is a time-slice one.
+            let b = Builder::new().procs(2).wakeup_preempt(false);
             let b = if quantum == from_env {
                 b
             } else {
