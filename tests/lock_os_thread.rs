@@ -147,16 +147,18 @@ fn lock_calls_nest_and_extra_unlocks_are_ignored() {
     // the others. Unlocked, that is our thread; locked, never.
     let rt = Builder::new().procs(1).build().unwrap();
     rt.block_on(|| {
-        let mine = os_tid();
         let ran_on_mine = || threads_used_by_others(20).contains(&os_tid());
         assert!(
             ran_on_mine(),
             "unlocked: our thread should run the others on one P"
         );
 
+        // Locking is not a scheduling point: we stay where we are (an
+        // unlocked goroutine may have moved while it parked above).
+        let here = os_tid();
         gosched::lock_os_thread();
         gosched::lock_os_thread();
-        assert_eq!(os_tid(), mine);
+        assert_eq!(os_tid(), here);
         assert!(!ran_on_mine(), "locked twice");
         gosched::unlock_os_thread();
         assert!(!ran_on_mine(), "locked twice, unlocked once: still locked");

@@ -264,13 +264,14 @@ impl Sched<'_> {
     }
 
     /// A goroutine preempted to make room for a woken one keeps its place
-    /// (`sched::wakeup`, step 3): it goes to the head of our local queue
-    /// (the yield slot, which runs before the `Worker`'s goroutines), and
-    /// the woken goroutine, taken first from `Shared::woken`, runs before
-    /// it. It starts a fresh slice when it resumes (not `runnext`, whose
-    /// goroutine inherits the slice: a wake-up during it could then never
-    /// ask again). Returns false if `g` was preempted for another reason,
-    /// or the slot is taken.
+    /// (`sched::wakeup`, step 3): it goes to our `runnext`, and the woken
+    /// goroutine, taken first from `Shared::woken`, runs before it (with a
+    /// fresh slice, so the preempted goroutine, inheriting that slice when
+    /// it resumes, can be asked again by the next wake-up). Not the yield
+    /// slot: nobody can steal from it, so if our next goroutine blocked its
+    /// thread in the kernel while another P idled, it would wait there
+    /// until sysmon took our P. Returns false if `g` was preempted for
+    /// another reason.
     fn requeue_preempted_for_wakeup(&self, g: GRef) -> bool {
         let Some(p) = self.m.p.get() else {
             return false;
@@ -279,10 +280,9 @@ impl Sched<'_> {
             return false;
         }
         let pp = &self.sh.ps[p];
-        if !pp.yielded.load(Ordering::Relaxed).is_null() {
-            return false;
+        if let Some(old) = NonNull::new(pp.runnext.swap(g.as_ptr(), Ordering::AcqRel)) {
+            self.local().worker.push(GRef(old));
         }
-        pp.yielded.store(g.as_ptr(), Ordering::Relaxed);
         true
     }
 
