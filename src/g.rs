@@ -203,8 +203,11 @@ impl Waiter {
     }
 }
 
-/// Plain threads parked in `park`/`park_until` right now (the deadlock
-/// check accounts for every thread of the process).
+/// Plain threads parked in `park` right now, with no deadline (the deadlock
+/// check accounts for every thread of the process). A thread in
+/// `park_until` is not counted: it wakes by itself, so, like a thread doing
+/// anything else, it may still wake a goroutine (Go's checkdead counts only
+/// Ms that can never run again).
 pub(crate) static THREADS_PARKED: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(0);
 
@@ -216,12 +219,11 @@ pub(crate) fn parkable_g() -> Option<GRef> {
     crate::sched::current_g().filter(|g| !g.in_blocking.get())
 }
 
-fn thread_park(timeout: Option<std::time::Duration>) {
+/// Blocks a plain thread until `Waiter::unpark`. Only an untimed park counts
+/// in `THREADS_PARKED` (see there).
+fn thread_park() {
     THREADS_PARKED.fetch_add(1, Ordering::SeqCst);
-    match timeout {
-        None => std::thread::park(),
-        Some(t) => std::thread::park_timeout(t),
-    }
+    std::thread::park();
     THREADS_PARKED.fetch_sub(1, Ordering::SeqCst);
 }
 
@@ -231,7 +233,7 @@ fn thread_park(timeout: Option<std::time::Duration>) {
 pub(crate) fn park(reason: &'static str) {
     match parkable_g() {
         Some(_) => crate::sched::gopark(reason),
-        None => thread_park(None),
+        None => thread_park(),
     }
 }
 
@@ -249,7 +251,8 @@ pub(crate) fn park_until(reason: &'static str, deadline: std::time::Instant) {
         }
         None => {
             if let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-                thread_park(Some(left));
+                // Not counted as parked: this thread wakes by itself.
+                std::thread::park_timeout(left);
             }
         }
     }
