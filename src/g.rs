@@ -76,6 +76,11 @@ pub(crate) struct G {
     /// Locked to its M after an asynchronous preemption in ThreadAffine
     /// mode, until its next cooperative scheduling point (owner).
     pub(crate) affine: Cell<bool>,
+    /// Locked to its M because it was panicking (unwinding, or inside the
+    /// panic hook) when it last switched out: std keeps that state per OS
+    /// thread, so no other goroutine may run on the thread until the panic
+    /// is over (owner).
+    pub(crate) unwinding: Cell<bool>,
     /// The M this goroutine is locked to, if any (owner; read by the M that
     /// dequeues it, after the Acquire of the run queue).
     pub(crate) locked_m: Cell<Option<NonNull<crate::sched::M>>>,
@@ -116,6 +121,7 @@ impl G {
             no_preempt: AtomicU32::new(1),
             lock_count: Cell::new(0),
             affine: Cell::new(false),
+            unwinding: Cell::new(false),
             locked_m: Cell::new(None),
             wait_reason: Cell::new(""),
             spawned_at: Cell::new(None),

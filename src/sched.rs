@@ -640,8 +640,8 @@ const YIELDED: usize = 1;
 /// own queue (runnext or local). Returns false, having done nothing, when
 /// the scheduler is needed: every `GLOBAL_CHECK`th slice (the global queue
 /// and timers must be looked at), an empty local queue (global queue,
-/// timers, stealing), a goroutine locked to a thread on either side, a
-/// goroutine that has never run (no stack yet), or a P we no longer own.
+/// timers, stealing), a goroutine locked to a thread on either side or
+/// panicking, a goroutine that has never run (no stack yet), or a P we no longer own.
 ///
 /// The yielding goroutine must not be on a run queue before its context is
 /// saved (another thread could resume it half-saved), so the goroutine we
@@ -649,7 +649,9 @@ const YIELDED: usize = 1;
 /// (`YIELDED`), and every place a goroutine resumes from a switch calls
 /// `requeue_yielder`.
 fn yield_direct(g: GRef) -> bool {
-    if g.locked_m.get().is_some() {
+    // A panicking goroutine must keep its thread (see
+    // `Sched::lock_if_panicking`): let the scheduler lock it.
+    if g.locked_m.get().is_some() || std::thread::panicking() {
         return false;
     }
     raise_no_preempt(g);

@@ -197,10 +197,10 @@ impl Sched<'_> {
         if reason != Reason::AsyncPreempt && g.affine.get() {
             // A cooperative scheduling point ends ThreadAffine pinning.
             g.affine.set(false);
-            if g.lock_count.get() == 0 {
-                g.locked_m.set(None);
-                self.m.locked_g.set(None);
-            }
+            self.unlock_if_free(g);
+        }
+        if reason != Reason::Exit {
+            self.lock_if_panicking(g);
         }
         match reason {
             Reason::Yield => self.runqput_tail(g),
@@ -253,6 +253,46 @@ impl Sched<'_> {
         None
     }
 
+    /// Ends `g`'s lock to this M unless something still holds it there:
+    /// `lock_os_thread`, ThreadAffine pinning, or a panic in progress.
+    fn unlock_if_free(&self, g: GRef) {
+        if g.lock_count.get() == 0 && !g.affine.get() && !g.unwinding.get() {
+            g.locked_m.set(None);
+            self.m.locked_g.set(None);
+        }
+    }
+
+    /// Locks `g`, which just switched out, to this M while it is panicking
+    /// (unwinding, or inside the panic hook), and unlocks it once it no
+    /// longer is (it caught the panic itself).
+    ///
+    /// std keeps its panic state per OS thread (the count behind
+    /// `std::thread::panicking`, "inside the panic hook"): another goroutine
+    /// run on this thread meanwhile would see `panicking() == true`, poison
+    /// every `std::sync::Mutex` whose guard it drops, and abort the process
+    /// if it panicked too ("thread panicked while processing panic"). So a
+    /// goroutine that parks or yields mid-panic (a `Drop` guard that sends
+    /// on a channel, a panic hook that sleeps) keeps its thread to itself,
+    /// as a locked goroutine does: `stoplockedm` hands our P on.
+    ///
+    /// We run on g0 of the thread the goroutine ran on, so the thread's panic
+    /// state is the goroutine's: no other goroutine ran here since it started
+    /// panicking (this rule). Cheap: `panicking()` is one Relaxed load of
+    /// std's global panic count while no thread panics.
+    fn lock_if_panicking(&self, g: GRef) {
+        let panicking = std::thread::panicking();
+        if panicking == g.unwinding.get() {
+            return;
+        }
+        g.unwinding.set(panicking);
+        if panicking {
+            g.locked_m.set(Some(NonNull::from(&**self.m)));
+            self.m.locked_g.set(Some(g));
+        } else {
+            self.unlock_if_free(g);
+        }
+    }
+
     fn runqput_tail(&self, g: GRef) {
         match self.m.p.get() {
             Some(_) => self.local().worker.push(g),
@@ -285,6 +325,7 @@ impl Sched<'_> {
         }
         g.lock_count.set(0);
         g.affine.set(false);
+        g.unwinding.set(false);
         // SAFETY: owner access: the G finished on this M.
         let stack = unsafe { (*g.stack.get()).take() };
         g.stack_lo.store(0, Ordering::Relaxed);
