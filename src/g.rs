@@ -35,6 +35,11 @@ use crate::stack::Stack;
 /// and the result slot its `JoinHandle` reads (see `runtime::Task`).
 pub(crate) trait Body: Send + Sync {
     fn run(&self);
+    /// The runtime was dropped before `run` finished (or started), so it
+    /// never will: complete the result slot with an error so that `join`
+    /// returns. `rt` is the dropped runtime. Called once, after every M has
+    /// stopped.
+    fn abandon(&self, rt: *const crate::sched::Shared);
 }
 
 /// Park states (see the module docs).
@@ -59,7 +64,10 @@ pub(crate) struct G {
     /// from any thread. Written by the M that sets or takes the stack.
     pub(crate) stack_lo: AtomicUsize,
     pub(crate) stack_hi: AtomicUsize,
-    /// The body; taken by the entry function (owner).
+    /// The body. The entry function runs it in place and takes it once it
+    /// returned, so that a runtime dropped meanwhile can still abandon it
+    /// (`Shared::abandon_goroutines`). Owner; read by the dropping thread
+    /// only after every M stopped.
     pub(crate) entry: UnsafeCell<Option<std::sync::Arc<dyn Body>>>,
     /// Park handshake: EMPTY, PARKED, NOTIFIED. Any thread (AcqRel CAS).
     pub(crate) park: AtomicU8,

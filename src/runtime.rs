@@ -16,12 +16,34 @@ use crate::sched::{self, Shared};
 /// A goroutine runtime: `procs` Ps, worker threads started on demand, a
 /// sysmon thread, and the stacks.
 ///
-/// `Runtime` is `Send + Sync`; several may exist at once. Dropping it stops
-/// and joins every thread it started and unmaps every stack. Goroutines
-/// still running or parked then are abandoned, as when Go's `main` returns
-/// (their destructors do not run). A goroutine spinning without ever
-/// reaching a scheduling point keeps the drop waiting unless asynchronous
-/// preemption is on.
+/// `Runtime` is `Send + Sync`; several may exist at once.
+///
+/// # Dropping a runtime
+///
+/// Dropping it stops and joins every thread it started and unmaps the
+/// stacks. Goroutines that have not finished by then (running, runnable,
+/// parked, or not yet started) are abandoned, as when Go's `main` returns:
+///
+/// - They never run again, and none of their destructors run: the locals
+///   on their stacks (guards, buffers, `Arc`s) are never dropped, and the
+///   values their closures captured (for a goroutine that never started,
+///   the whole closure) are leaked. So a lock such a goroutine holds stays
+///   held, a `Sender` it holds keeps its channel open, a file it owns
+///   stays open.
+/// - The stack of an abandoned goroutine that had started stays mapped
+///   (leaked, with the pages it touched) for the life of the process:
+///   other threads may still reach into it (a parked goroutine's waiter
+///   entry is linked into the channel it waits on, and a later send or
+///   close walks it). Every other stack is unmapped.
+/// - Their [`JoinHandle`]s complete: [`JoinHandle::is_finished`] returns
+///   true and [`JoinHandle::join`] returns `Err` at once, with the
+///   `&'static str` payload `"gosched: runtime dropped before the goroutine
+///   finished"`. A thread already waiting in `join` is woken.
+///
+/// Join the goroutines whose work or cleanup matters (or wait on a
+/// [`sync::WaitGroup`](crate::sync::WaitGroup)) before dropping the
+/// runtime. A goroutine spinning without ever reaching a scheduling point
+/// keeps the drop waiting unless asynchronous preemption is on.
 ///
 /// # Examples
 ///
@@ -34,6 +56,22 @@ use crate::sched::{self, Shared};
 ///     hs.into_iter().map(|h| h.join().unwrap()).sum::<u64>()
 /// });
 /// assert_eq!(sum, 385);
+/// ```
+///
+/// A goroutine still waiting when the runtime drops is abandoned:
+///
+/// ```
+/// let rt = gosched::Runtime::new().unwrap();
+/// let (tx, rx) = gosched::chan::channel::<u32>(0);
+/// let h = rt.spawn(move || rx.recv()); // nobody sends: it parks for good
+/// drop(rt);
+/// assert!(h.is_finished());
+/// let err = h.join().unwrap_err();
+/// assert_eq!(
+///     err.downcast_ref::<&str>(),
+///     Some(&"gosched: runtime dropped before the goroutine finished")
+/// );
+/// drop(tx);
 /// ```
 pub struct Runtime {
     shared: Arc<Shared>,
@@ -156,6 +194,7 @@ impl Drop for Runtime {
         if let Some(t) = self.sysmon.take() {
             let _ = t.join();
         }
+        self.shared.abandon_goroutines();
         self.shared.free_dead_gs();
         crate::sched::LIVE_RUNTIMES.fetch_sub(1, Ordering::SeqCst);
     }
@@ -198,6 +237,28 @@ impl<R> JoinInner<R> {
         let w = self.waiter.rt_lock().take();
         if let Some(w) = w {
             w.unpark();
+        }
+    }
+
+    /// The runtime was dropped before the goroutine finished (see
+    /// `Body::abandon`): complete with [`ABANDONED`] unless it did finish.
+    fn abandon(&self, rt: *const Shared) {
+        if self.done.load(Ordering::Acquire) {
+            return;
+        }
+        // SAFETY: the goroutine will never run again (every M stopped), and
+        // it had not written the result (it does so in `complete`, in a
+        // no-preempt region, just before setting `done`): we are the only
+        // writer, before `done`.
+        unsafe { *self.result.get() = Some(Err(Box::new(ABANDONED))) };
+        // Pairs with the Acquire loads in `wait` and `is_finished`.
+        self.done.store(true, Ordering::Release);
+        let w = self.waiter.rt_lock().take();
+        match w {
+            // A goroutine of the dropped runtime is abandoned too.
+            Some(Waiter::G(g)) if std::ptr::eq(g.shared.load(Ordering::Acquire), rt) => {}
+            Some(w) => w.unpark(),
+            None => {}
         }
     }
 
@@ -252,7 +313,15 @@ impl<F: FnOnce() -> R + Send, R: Send> Body for Task<F, R> {
         let r = catch_unwind(AssertUnwindSafe(f));
         self.inner.complete(r);
     }
+
+    fn abandon(&self, rt: *const Shared) {
+        self.inner.abandon(rt);
+    }
 }
+
+/// The panic payload `JoinHandle::join` returns for a goroutine whose
+/// runtime was dropped before it finished.
+pub(crate) const ABANDONED: &str = "gosched: runtime dropped before the goroutine finished";
 
 /// The `JoinHandle` side of a `Task`, without its closure type.
 trait Slot<R>: Send + Sync {
@@ -297,7 +366,11 @@ pub struct JoinHandle<R> {
 impl<R> JoinHandle<R> {
     /// Waits for the goroutine to finish: parks the calling goroutine, or
     /// blocks a plain thread. `Err` carries the panic payload if the
-    /// goroutine panicked (as `std::thread::JoinHandle::join`).
+    /// goroutine panicked (as `std::thread::JoinHandle::join`), or the
+    /// `&'static str` `"gosched: runtime dropped before the goroutine
+    /// finished"` if its [`Runtime`] was dropped first (see "Dropping a
+    /// runtime" there; `join` then returns at once, also when it was
+    /// already waiting).
     ///
     /// # Examples
     ///
@@ -310,7 +383,9 @@ impl<R> JoinHandle<R> {
         self.task.slot().wait()
     }
 
-    /// Whether the goroutine has finished (its result is ready).
+    /// Whether `join` would return at once: the goroutine has finished
+    /// (its result is ready), or its runtime was dropped before it did (it
+    /// never will; `join` returns `Err`).
     ///
     /// # Examples
     ///

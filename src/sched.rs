@@ -786,13 +786,15 @@ pub(crate) fn ready(g: GRef) {
 pub(crate) unsafe extern "C" fn g_entry(arg: usize) -> ! {
     // SAFETY: `execute` passes the G it switched to; it is live.
     let g = GRef(unsafe { NonNull::new_unchecked(arg as *mut G) });
-    // SAFETY: owner access: we are this G.
-    let f = unsafe { (*g.entry.get()).take() }.expect("goroutine without a body");
+    // SAFETY: owner access: we are this G. The body stays in `entry` while
+    // it runs (see the field); nobody writes `entry` until we exit.
+    let f = unsafe { (*g.entry.get()).as_ref() }.expect("goroutine without a body");
     g.no_preempt.store(0, Ordering::Relaxed);
     // The body catches its own panics (see `runtime::Task`). Its captures
     // are dropped here, on the goroutine, as is our count on it.
     f.run();
-    drop(f);
+    // SAFETY: owner access, as above; the borrow `f` ended.
+    drop(unsafe { (*g.entry.get()).take() });
     g.no_preempt.store(1, Ordering::Relaxed);
     let m = this_m();
     // SAFETY: as in `switch_to_g0`; this context is never resumed.

@@ -128,3 +128,158 @@ fn stats_add_up_after_work() {
     rt.block_on(|| gosched::spawn(|| ()).join().unwrap());
     assert_eq!(rt.stats().spawned, N + 3);
 }
+
+/// The payload `join` returns for a goroutine its runtime abandoned.
+const ABANDONED: &str = "gosched: runtime dropped before the goroutine finished";
+
+fn assert_abandoned<T: std::fmt::Debug>(r: std::thread::Result<T>, what: &str) {
+    let err = r.expect_err(what);
+    assert_eq!(common::payload_str(&*err), Some(ABANDONED), "{what}");
+}
+
+#[test]
+fn join_after_runtime_drop_returns_err_promptly() {
+    if child_role().is_none() {
+        // The body used to hang forever in `join`: run it in a child that
+        // the parent kills after a while.
+        let out = run_child(
+            "join_after_runtime_drop_returns_err_promptly",
+            "abandon",
+            &[],
+        );
+        assert!(out.status.success(), "{}", out.describe());
+        assert!(out.stdout.contains("ABANDON-OK"), "{}", out.describe());
+        return;
+    }
+    let rt = Builder::new().procs(2).build().unwrap();
+    let other = Builder::new().procs(1).build().unwrap();
+    let (tx, rx) = gosched::chan::channel::<u32>(0);
+    let (gate_tx, gate_rx) = gosched::chan::channel::<u32>(0);
+    // Parked for good on a channel nobody sends on.
+    let parked = rt.spawn(move || rx.recv());
+    // Finished before the drop: its result survives.
+    let finished = rt.spawn(|| 7);
+    while !finished.is_finished() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Waits on a second channel, joined by a plain thread that is already
+    // blocked in `join` when the runtime drops.
+    let waited = rt.spawn(move || gate_rx.recv());
+    let joiner = std::thread::spawn(move || waited.join());
+    // And one joined by a goroutine of another runtime.
+    let waited2 = rt.spawn(|| loop {
+        gosched::sleep(Duration::from_millis(1));
+    });
+    let other_joiner = other.spawn(move || waited2.join().map(|_| ()));
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!parked.is_finished());
+    let t = std::time::Instant::now();
+    drop(rt);
+    assert!(parked.is_finished(), "is_finished after the drop");
+    assert_abandoned(parked.join(), "a goroutine parked at the drop");
+    assert_eq!(finished.join().unwrap(), 7);
+    assert_abandoned(joiner.join().unwrap(), "a join already waiting");
+    assert_abandoned(
+        other_joiner.join().unwrap(),
+        "a join from another runtime's goroutine",
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t.elapsed()
+    );
+    // Late senders find the abandoned goroutines' channels harmlessly.
+    drop(tx);
+    drop(gate_tx);
+    drop(other);
+    println!("ABANDON-OK");
+}
+
+#[test]
+fn goroutines_never_started_before_the_drop_are_abandoned_too() {
+    if child_role().is_none() {
+        let out = run_child(
+            "goroutines_never_started_before_the_drop_are_abandoned_too",
+            "unstarted",
+            &[],
+        );
+        assert!(out.status.success(), "{}", out.describe());
+        assert!(out.stdout.contains("UNSTARTED-OK"), "{}", out.describe());
+        return;
+    }
+    // One P, held by a goroutine that never yields until released (no
+    // preemption): goroutines spawned meanwhile cannot start.
+    let rt = Builder::new()
+        .procs(1)
+        .async_preempt(false)
+        .build()
+        .unwrap();
+    let release = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let r = release.clone();
+    let (up_tx, up_rx) = std::sync::mpsc::channel();
+    let hog = rt.spawn(move || {
+        up_tx.send(()).unwrap();
+        while !r.load(std::sync::atomic::Ordering::Relaxed) {
+            std::hint::spin_loop();
+        }
+    });
+    up_rx.recv().unwrap();
+    let waiting: Vec<_> = (0..10).map(|i| rt.spawn(move || i)).collect();
+    // The drop asks the hog to yield; it only can once released.
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        release.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    drop(rt);
+    releaser.join().unwrap();
+    let _ = hog.join();
+    for h in waiting {
+        // Each either ran (its result) or never started (abandoned); none hangs.
+        match h.join() {
+            Ok(_) => {}
+            r => assert_abandoned(r, "a goroutine that never started"),
+        }
+    }
+    println!("UNSTARTED-OK");
+}
+
+#[test]
+fn channel_ops_after_the_drop_on_an_abandoned_goroutines_channel_are_harmless() {
+    if child_role().is_none() {
+        // It crashed (SIGSEGV on the unmapped stack): run it in a child.
+        let out = run_child(
+            "channel_ops_after_the_drop_on_an_abandoned_goroutines_channel_are_harmless",
+            "late",
+            &[],
+        );
+        assert!(out.status.success(), "{}", out.describe());
+        assert!(out.stdout.contains("LATE-OK"), "{}", out.describe());
+        return;
+    }
+    let rt = Builder::new().procs(2).build().unwrap();
+    // Receivers and senders parked on channels that outlive the runtime:
+    // their wait entries live on their (abandoned) stacks.
+    let (tx, rx) = gosched::chan::channel::<u32>(0);
+    let (full_tx, full_rx) = gosched::chan::channel::<u32>(1);
+    full_tx.try_send(0).unwrap();
+    let mut hs = Vec::new();
+    for _ in 0..4 {
+        let rx = rx.clone();
+        hs.push(rt.spawn(move || rx.recv().map_or(0, |_| 1)));
+        let full_tx = full_tx.clone();
+        hs.push(rt.spawn(move || full_tx.send(1).map_or(0, |_| 1)));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    drop(rt);
+    // A plain thread now sends to the parked receivers, drains the full
+    // channel (unblocking the parked senders), and closes both.
+    let _ = tx.try_send(5);
+    let _ = full_rx.try_recv();
+    let _ = full_rx.try_recv();
+    drop(tx);
+    drop(full_rx);
+    for h in hs {
+        assert_abandoned(h.join(), "a goroutine parked on a channel at the drop");
+    }
+    println!("LATE-OK");
+}
