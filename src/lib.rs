@@ -80,6 +80,7 @@
 mod arch;
 mod builder;
 pub mod chan;
+mod fork;
 mod g;
 pub(crate) mod membarrier;
 mod monitor;

@@ -45,6 +45,15 @@ use crate::sched::{self, Shared};
 /// runtime. A goroutine spinning without ever reaching a scheduling point
 /// keeps the drop waiting unless asynchronous preemption is on.
 ///
+/// # Fork
+///
+/// `fork()` copies only the calling thread, so the runtime cannot work in a
+/// forked child: there, [`Builder::build`] returns an `Unsupported` error,
+/// and spawning, [`block_on`](Runtime::block_on), `join` and parking or
+/// waking a goroutine panic with a message saying so (instead of waiting
+/// forever); dropping a runtime there leaks it. Fork then exec (what
+/// `std::process::Command` does) is fine, from a goroutine too.
+///
 /// # Examples
 ///
 /// ```
@@ -97,6 +106,13 @@ impl Runtime {
     }
 
     pub(crate) fn from_config(cfg: Config) -> io::Result<Runtime> {
+        crate::fork::install();
+        if crate::fork::forked() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                crate::fork::FORKED_MSG,
+            ));
+        }
         if cfg.async_preempt {
             crate::preempt::install();
         }
@@ -115,6 +131,8 @@ impl Runtime {
     ///
     /// When called from inside a goroutine (of any runtime): it would block
     /// that goroutine's worker thread and its P. Call `f` directly, or spawn.
+    /// In a child process made by `fork()` (without exec): the runtime's
+    /// threads do not exist there (see "Fork" on [`Runtime`]).
     ///
     /// # Examples
     ///
@@ -126,6 +144,7 @@ impl Runtime {
     /// assert_eq!(n, 6);
     /// ```
     pub fn block_on<F: FnOnce() -> R + Send, R: Send>(&self, f: F) -> R {
+        crate::fork::check();
         assert!(
             crate::g::parkable_g().is_none(),
             "gosched: Runtime::block_on called from inside a goroutine; this would block the goroutine's worker \
@@ -184,6 +203,13 @@ impl Runtime {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
+        if crate::fork::forked() {
+            // In a forked child the threads to stop do not exist (joining
+            // them would hang) and the state is a frozen copy: leak it.
+            std::mem::forget(self.sysmon.take());
+            std::mem::forget(self.shared.clone());
+            return;
+        }
         let own = sched::with_current_shared(|sh| std::ptr::eq(sh, &*self.shared)).unwrap_or(false);
         assert!(
             !own,
@@ -269,6 +295,7 @@ impl<R> JoinInner<R> {
                 // are the single reader (JoinHandle is consumed by join).
                 return unsafe { (*self.result.get()).take() }.expect("join result taken twice");
             }
+            crate::fork::check();
             {
                 let _np = sched::NoPreempt::enter();
                 let mut w = self.waiter.rt_lock();

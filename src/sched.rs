@@ -573,6 +573,7 @@ pub(crate) fn gopark(reason: &'static str) {
     {
         return;
     }
+    crate::fork::check();
     g.wait_reason.set(reason);
     switch_to_g0(g, Reason::Park);
 }
@@ -764,6 +765,7 @@ pub(crate) fn async_preempted() {
 /// the caller is a goroutine of the same runtime (it runs next, Go's
 /// `ready(gp, next=true)`), else onto the global queue. Then `wakep`.
 pub(crate) fn ready(g: GRef) {
+    crate::fork::check();
     let _np = NoPreempt::enter();
     // SAFETY: the G's runtime outlives the G.
     let sh = unsafe { &*g.shared.load(Ordering::Acquire) };
@@ -961,6 +963,7 @@ impl Shared {
         body: Arc<dyn crate::g::Body>,
         at: Option<&'static std::panic::Location<'static>>,
     ) -> u64 {
+        crate::fork::check();
         let _np = NoPreempt::enter();
         let init = |g: GRef, id: u64, body: Arc<dyn crate::g::Body>| {
             g.id.set(id);

@@ -283,3 +283,102 @@ fn channel_ops_after_the_drop_on_an_abandoned_goroutines_channel_are_harmless() 
     }
     println!("LATE-OK");
 }
+
+/// Runs `f` in a `fork()`ed child of this process (a test's own child) and
+/// returns the child's wait status: exit 0 if `f` returned true, 1 if it
+/// returned false or panicked; a child that hangs dies of SIGALRM.
+fn in_forked_child(f: impl FnOnce() -> bool) -> i32 {
+    // SAFETY: fork has no preconditions; the child runs `f` (which may use
+    // only what survives a fork: glibc's malloc does, our runtime must
+    // refuse) and leaves with `_exit`, never returning into the test.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        // SAFETY: alarm and _exit are async-signal-safe; set_hook only
+        // silences the expected panics' reports.
+        unsafe { libc::alarm(20) };
+        std::panic::set_hook(Box::new(|_| {}));
+        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(false);
+        // SAFETY: see above.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child; `status` is ours to write.
+    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(r, pid, "waitpid: {}", std::io::Error::last_os_error());
+    status
+}
+
+/// Whether `f` panics with the forked-child message.
+fn panics_as_forked(f: impl FnOnce()) -> bool {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(()) => false,
+        Err(e) => common::payload_str(&*e).is_some_and(|m| m.contains("fork()ed child")),
+    }
+}
+
+#[test]
+fn runtime_calls_in_a_forked_child_panic_instead_of_hanging() {
+    if child_role().is_none() {
+        let out = run_child(
+            "runtime_calls_in_a_forked_child_panic_instead_of_hanging",
+            "fork",
+            &[],
+        );
+        assert!(out.status.success(), "{}", out.describe());
+        assert!(out.stdout.contains("FORK-OK"), "{}", out.describe());
+        return;
+    }
+    let rt = Builder::new().procs(2).build().unwrap();
+    assert_eq!(rt.block_on(|| 1 + 1), 2);
+    let (tx, rx) = gosched::chan::channel::<u32>(0);
+    let pending = std::sync::Mutex::new(Some(rt.spawn(move || rx.recv())));
+
+    // Forked from a plain thread while the runtime lives.
+    let status = in_forked_child(|| {
+        let spawn = panics_as_forked(|| drop(rt.spawn(|| 1)));
+        let block_on = panics_as_forked(|| {
+            let _ = rt.block_on(|| 1);
+        });
+        let join = panics_as_forked(|| {
+            let h = pending.lock().unwrap().take().unwrap();
+            drop(h.join());
+        });
+        let build = Builder::new()
+            .build()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::Unsupported);
+        // Dropping the runtime here must not hang either.
+        // SAFETY: a bitwise copy, dropped once: this child `_exit`s without
+        // dropping (or using) the original.
+        drop(unsafe { std::ptr::read(&rt) });
+        spawn && block_on && join && build
+    });
+    assert_eq!(
+        status, 0,
+        "forked from a plain thread: wait status {status}"
+    );
+
+    // Forked from a goroutine.
+    let status = rt.block_on(|| {
+        in_forked_child(|| {
+            panics_as_forked(|| drop(gosched::spawn(|| 1)))
+                && panics_as_forked(|| gosched::sleep(Duration::from_millis(1)))
+        })
+    });
+    assert_eq!(status, 0, "forked from a goroutine: wait status {status}");
+
+    // Fork then exec keeps working, from a goroutine (`pre_exec` makes std
+    // take the fork path rather than posix_spawn).
+    let ok = rt.block_on(|| {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new("true");
+        // SAFETY: the closure does nothing (it only forces a real fork).
+        unsafe { cmd.pre_exec(|| Ok(())) };
+        cmd.status().unwrap().success()
+    });
+    assert!(ok, "fork then exec from a goroutine");
+    // The parent's runtime is untouched by its children.
+    assert_eq!(rt.block_on(|| gosched::spawn(|| 3).join().unwrap()), 3);
+    tx.send(1).unwrap();
+    println!("FORK-OK");
+}
