@@ -318,6 +318,11 @@ pub(crate) struct Shared {
     pub(crate) sysmon_idle_until: AtomicU64,
     /// Goroutines blocked in `blocking()` right now.
     pub(crate) in_blocking: AtomicUsize,
+    /// Ms parked with a goroutine that was preempted asynchronously in
+    /// ThreadAffine mode and waits in a run queue to resume on them.
+    /// Written by those Ms (`stoplockedm`); read by `find_runnable` (Relaxed:
+    /// a scheduling hint).
+    pub(crate) affine_parked: AtomicUsize,
     /// Spawns from outside any P of this runtime (plain threads).
     pub(crate) counters_spawned_outside: AtomicU64,
     /// Exits on an M that had lost its P.
@@ -880,6 +885,7 @@ impl Shared {
             sysmon_note: Note::new(),
             sysmon_idle_until: AtomicU64::new(0),
             in_blocking: AtomicUsize::new(0),
+            affine_parked: AtomicUsize::new(0),
             counters_spawned_outside: AtomicU64::new(0),
             counters_exited_outside: AtomicU64::new(0),
             me: me.clone(),

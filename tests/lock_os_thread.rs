@@ -213,3 +213,49 @@ fn goroutine_exiting_while_locked_leaves_the_runtime_working() {
         assert_eq!(rt.spawn(|| 5).join().unwrap(), 5);
     }
 }
+
+/// ThreadAffine pins a preempted goroutine's thread until it resumes; with
+/// many call-free hogs, starting fresh ones while hundreds wait pinned
+/// cost a thread each (1,000+ Ms for 2,000 hogs at a 50 µs quantum). The
+/// scheduler resumes pinned ones first once a few per P wait, so the
+/// number of Ms stays small.
+#[cfg(feature = "preempt-signal")]
+#[test]
+fn many_preempted_affine_hogs_need_few_threads() {
+    let _w = common::watchdog();
+    let rt = Builder::new()
+        .procs(2)
+        .preempt_quantum(gosched::MIN_QUANTUM.max(Duration::from_micros(50)))
+        .build()
+        .unwrap();
+    let hogs = 1000;
+    rt.block_on(move || {
+        let hs: Vec<_> = (0..hogs)
+            .map(|_| {
+                gosched::spawn(|| {
+                    let t = std::time::Instant::now();
+                    let mut x = 0u64;
+                    while t.elapsed() < Duration::from_millis(1) {
+                        for _ in 0..1000 {
+                            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
+                        }
+                    }
+                    x
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+    });
+    let s = rt.stats();
+    eprintln!("{} Ms, {} async preemptions", s.threads, s.preempt_async);
+    assert!(s.preempt_async > 0, "no asynchronous preemption: {s:?}");
+    // About procs * 9 + a few idle Ms; 64 leaves room for a loaded machine.
+    assert!(
+        s.threads < 64,
+        "{} Ms for {hogs} hogs on 2 Ps ({} async preemptions)",
+        s.threads,
+        s.preempt_async
+    );
+}

@@ -371,6 +371,16 @@ impl Sched<'_> {
     }
 
     /// Go's findRunnable. Returns None only at shutdown.
+    ///
+    /// One departure from Go, for ThreadAffine mode: when `AFFINE_PARKED_SOFT_CAP`
+    /// Ms (per P) are parked with asynchronously preempted goroutines, the
+    /// global queue (where those goroutines wait) comes before the local
+    /// queue, and the local queue gets the every-61st-slice turn instead.
+    /// Each such goroutine pins its thread until it resumes, so starting
+    /// fresh goroutines from the local queue, which get preempted in turn,
+    /// would add a thread per goroutine (1,000+ threads with 2,000 hogs at a
+    /// 50 µs quantum); resuming the oldest parked ones first keeps the count
+    /// near the cap.
     fn find_runnable(&self) -> Option<(GRef, bool)> {
         loop {
             if self.sh.shutdown.load(Ordering::Acquire) {
@@ -378,10 +388,13 @@ impl Sched<'_> {
             }
             self.sh.fire_timers();
             let p = self.p();
-            if p.schedtick
+            let global_turn = p
+                .schedtick
                 .load(Ordering::Relaxed)
-                .is_multiple_of(GLOBAL_CHECK)
-            {
+                .is_multiple_of(GLOBAL_CHECK);
+            let affine_full = self.sh.affine_parked.load(Ordering::Relaxed)
+                >= AFFINE_PARKED_SOFT_CAP * self.sh.ps.len();
+            if global_turn != affine_full {
                 if let Some(g) = steal_one(|| self.sh.injector.steal()) {
                     return Some((g, false));
                 }
@@ -572,6 +585,21 @@ impl Sched<'_> {
     /// Go's stoplockedm: our locked G is not running; give our P away and
     /// sleep until someone hands us a P to run it with.
     fn stoplockedm(&self) -> bool {
+        // Our locked G waits in a run queue after an asynchronous
+        // preemption (ThreadAffine): count us until it resumes (see
+        // `find_runnable`).
+        let affine = self.m.locked_g.get().is_some_and(|g| g.affine.get());
+        if affine {
+            self.sh.affine_parked.fetch_add(1, Ordering::Relaxed);
+        }
+        let ok = self.stoplockedm_wait();
+        if affine {
+            self.sh.affine_parked.fetch_sub(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    fn stoplockedm_wait(&self) -> bool {
         if let Some(p) = self.m.p.get() {
             if self.m.spinning.swap(false, Ordering::Relaxed) {
                 self.sh.nmspinning.fetch_sub(1, Ordering::SeqCst);
@@ -606,6 +634,15 @@ impl Sched<'_> {
         lm.note.wake();
     }
 }
+
+/// Ms parked with an asynchronously preempted ThreadAffine goroutine, per
+/// P, above which `find_runnable` serves the global queue (where those
+/// goroutines wait) before the local one. A soft cap on the threads
+/// ThreadAffine preemption costs: about `procs * (cap + 1)` plus a few idle
+/// Ms. Small enough to keep a many-hog program near a few dozen threads,
+/// large enough that ordinary loads (a handful of hogs per P) never reach
+/// it and keep Go's order.
+const AFFINE_PARKED_SOFT_CAP: usize = 8;
 
 /// Retries a crossbeam steal until it is not `Retry`.
 fn steal_one(mut f: impl FnMut() -> Steal<GRef>) -> Option<GRef> {
