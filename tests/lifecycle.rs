@@ -129,6 +129,20 @@ fn stats_add_up_after_work() {
     assert_eq!(rt.stats().spawned, N + 3);
 }
 
+/// In the parent (a normal test run): runs test `test` in a child process,
+/// which must exit 0 after printing `ok_line`, and returns true (the test
+/// is done). In that child: returns false (go on with the body). For
+/// bodies that hung or crashed before their fix.
+fn in_parent_run_as_child(test: &str, ok_line: &str) -> bool {
+    if child_role().is_some() {
+        return false;
+    }
+    let out = run_child(test, "child", &[]);
+    assert!(out.status.success(), "{}", out.describe());
+    assert!(out.stdout.contains(ok_line), "{}", out.describe());
+    true
+}
+
 /// The payload `join` returns for a goroutine its runtime abandoned.
 const ABANDONED: &str = "gosched: runtime dropped before the goroutine finished";
 
@@ -139,16 +153,8 @@ fn assert_abandoned<T: std::fmt::Debug>(r: std::thread::Result<T>, what: &str) {
 
 #[test]
 fn join_after_runtime_drop_returns_err_promptly() {
-    if child_role().is_none() {
-        // The body used to hang forever in `join`: run it in a child that
-        // the parent kills after a while.
-        let out = run_child(
-            "join_after_runtime_drop_returns_err_promptly",
-            "abandon",
-            &[],
-        );
-        assert!(out.status.success(), "{}", out.describe());
-        assert!(out.stdout.contains("ABANDON-OK"), "{}", out.describe());
+    // The join used to hang forever: in a child, killed if it runs too long.
+    if in_parent_run_as_child("join_after_runtime_drop_returns_err_promptly", "ABANDON-OK") {
         return;
     }
     let rt = Builder::new().procs(2).build().unwrap();
@@ -197,14 +203,10 @@ fn join_after_runtime_drop_returns_err_promptly() {
 
 #[test]
 fn goroutines_never_started_before_the_drop_are_abandoned_too() {
-    if child_role().is_none() {
-        let out = run_child(
-            "goroutines_never_started_before_the_drop_are_abandoned_too",
-            "unstarted",
-            &[],
-        );
-        assert!(out.status.success(), "{}", out.describe());
-        assert!(out.stdout.contains("UNSTARTED-OK"), "{}", out.describe());
+    if in_parent_run_as_child(
+        "goroutines_never_started_before_the_drop_are_abandoned_too",
+        "UNSTARTED-OK",
+    ) {
         return;
     }
     // One P, held by a goroutine that never yields until released (no
@@ -245,15 +247,11 @@ fn goroutines_never_started_before_the_drop_are_abandoned_too() {
 
 #[test]
 fn channel_ops_after_the_drop_on_an_abandoned_goroutines_channel_are_harmless() {
-    if child_role().is_none() {
-        // It crashed (SIGSEGV on the unmapped stack): run it in a child.
-        let out = run_child(
-            "channel_ops_after_the_drop_on_an_abandoned_goroutines_channel_are_harmless",
-            "late",
-            &[],
-        );
-        assert!(out.status.success(), "{}", out.describe());
-        assert!(out.stdout.contains("LATE-OK"), "{}", out.describe());
+    // It crashed (SIGSEGV on the unmapped stack): in a child.
+    if in_parent_run_as_child(
+        "channel_ops_after_the_drop_on_an_abandoned_goroutines_channel_are_harmless",
+        "LATE-OK",
+    ) {
         return;
     }
     let rt = Builder::new().procs(2).build().unwrap();
@@ -319,14 +317,11 @@ fn panics_as_forked(f: impl FnOnce()) -> bool {
 
 #[test]
 fn runtime_calls_in_a_forked_child_panic_instead_of_hanging() {
-    if child_role().is_none() {
-        let out = run_child(
-            "runtime_calls_in_a_forked_child_panic_instead_of_hanging",
-            "fork",
-            &[],
-        );
-        assert!(out.status.success(), "{}", out.describe());
-        assert!(out.stdout.contains("FORK-OK"), "{}", out.describe());
+    // Forked children hung: in a child (whose own children die by alarm).
+    if in_parent_run_as_child(
+        "runtime_calls_in_a_forked_child_panic_instead_of_hanging",
+        "FORK-OK",
+    ) {
         return;
     }
     let rt = Builder::new().procs(2).build().unwrap();
