@@ -128,6 +128,23 @@ fn child(scenario: &str) {
             waiter.join().unwrap();
             timed.join().unwrap();
         }
+        // A plain thread parked (no deadline) in a select whose other case
+        // is a timer channel (`after`, fired by the helper thread of plain
+        // threads' timers), then a send.
+        "plain_thread_select_after" => {
+            let (tx, rx) = chan::channel::<u32>(0);
+            let (_quiet_tx, quiet_rx) = chan::channel::<u32>(0);
+            let t = std::thread::spawn(move || {
+                let timer = chan::after(Duration::from_millis(800));
+                gosched::select! {
+                    recv(quiet_rx) -> _v => panic!("nobody sends on quiet_rx"),
+                    recv(timer) -> _at => tx.send(10).unwrap(),
+                }
+            });
+            let v = rt.block_on(|| rx.recv());
+            assert_eq!(v, Some(10));
+            t.join().unwrap();
+        }
         // A true deadlock beside a plain thread parked forever on a runtime
         // object: still reported.
         "plain_thread_parked_forever" => {
@@ -274,6 +291,10 @@ fn timed_thread_beside_a_parked_thread_is_not_a_deadlock() -> Result<(), String>
     completes("plain_thread_timed_and_untimed", Duration::from_millis(800))
 }
 
+fn plain_thread_selecting_on_a_timer_channel_is_not_a_deadlock() -> Result<(), String> {
+    completes("plain_thread_select_after", Duration::from_millis(800))
+}
+
 fn plain_thread_parked_forever_is_part_of_a_deadlock() -> Result<(), String> {
     let o = run("plain_thread_parked_forever");
     if o.code != Some(2)
@@ -292,7 +313,11 @@ fn main() {
         child(&s);
         return;
     }
-    let tests: [(&str, Check); 9] = [
+    let tests: [(&str, Check); 10] = [
+        (
+            "plain_thread_selecting_on_a_timer_channel_is_not_a_deadlock",
+            plain_thread_selecting_on_a_timer_channel_is_not_a_deadlock,
+        ),
         ("main_recv_is_reported", main_recv_is_reported),
         (
             "plain_thread_in_recv_timeout_is_not_a_deadlock",
