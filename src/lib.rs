@@ -109,6 +109,7 @@ pub use crate::runtime::{JoinHandle, Runtime, Stats};
 /// # Panics
 ///
 /// Outside a goroutine: use [`Runtime::spawn`] or [`Runtime::block_on`].
+/// In a `fork()`ed child process (see "Fork" on [`Runtime`]).
 ///
 /// # Examples
 ///

@@ -169,6 +169,10 @@ impl Runtime {
 
     /// Starts a goroutine from outside (or inside) the runtime.
     ///
+    /// # Panics
+    ///
+    /// In a `fork()`ed child process (see "Fork" on [`Runtime`]).
+    ///
     /// # Examples
     ///
     /// ```
