@@ -9,7 +9,9 @@
 //! So a process-wide `pthread_atfork` child handler sets a flag, and every
 //! entry point that needs the runtime's threads (spawn, `block_on`, `join`,
 //! parking a goroutine, making one runnable, building a runtime) checks it
-//! and panics with a message that says so. Fork then exec (what
+//! and panics with a message that says so (parking a goroutine, where
+//! unwinding could leave a wait entry dangling, prints it and aborts).
+//! Fork then exec (what
 //! `std::process::Command` does) is fine: the child replaces the image
 //! before it calls anything of ours; the handler only stores a flag, which
 //! is async-signal-safe.
@@ -52,6 +54,27 @@ pub(crate) fn install() {
 #[inline]
 pub(crate) fn forked() -> bool {
     FORKED.load(Ordering::Relaxed)
+}
+
+/// In a forked child: prints [`FORKED_MSG`] and aborts. For `gopark`,
+/// where unwinding is not an option: the caller may have linked a wait
+/// entry on its stack into a channel's queue, which a panic would leave
+/// dangling.
+#[inline]
+pub(crate) fn check_or_abort() {
+    if forked() {
+        forked_abort();
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn forked_abort() -> ! {
+    let msg = format!("fatal error: {FORKED_MSG}\n");
+    // SAFETY: writes our own buffer to fd 2 (a raw write: std's stderr
+    // lock may have been held by a thread that does not exist here).
+    unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+    std::process::abort()
 }
 
 /// Panics with [`FORKED_MSG`] in a forked child.

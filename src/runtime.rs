@@ -49,9 +49,10 @@ use crate::sched::{self, Shared};
 ///
 /// `fork()` copies only the calling thread, so the runtime cannot work in a
 /// forked child: there, [`Builder::build`] returns an `Unsupported` error,
-/// and spawning, [`block_on`](Runtime::block_on), `join` and parking or
-/// waking a goroutine panic with a message saying so (instead of waiting
-/// forever); dropping a runtime there leaks it. Fork then exec (what
+/// and spawning, [`block_on`](Runtime::block_on), `join` and waking a
+/// goroutine panic with a message saying so (instead of waiting forever);
+/// a goroutine (forked from a goroutine) that would park there prints the
+/// message and aborts the process; dropping a runtime there leaks it. Fork then exec (what
 /// `std::process::Command` does) is fine, from a goroutine too.
 ///
 /// # Examples

@@ -578,7 +578,7 @@ pub(crate) fn gopark(reason: &'static str) {
     {
         return;
     }
-    crate::fork::check();
+    crate::fork::check_or_abort();
     g.wait_reason.set(reason);
     switch_to_g0(g, Reason::Park);
 }

@@ -130,17 +130,18 @@ fn stats_add_up_after_work() {
 }
 
 /// In the parent (a normal test run): runs test `test` in a child process,
-/// which must exit 0 after printing `ok_line`, and returns true (the test
-/// is done). In that child: returns false (go on with the body). For
-/// bodies that hung or crashed before their fix.
-fn in_parent_run_as_child(test: &str, ok_line: &str) -> bool {
+/// which must exit 0 after printing `ok_line`, and returns its output (the
+/// test is done once the caller checked what else it wants). In that
+/// child: returns None (go on with the body). For bodies that hung or
+/// crashed before their fix.
+fn in_parent_run_as_child(test: &str, ok_line: &str) -> Option<common::ChildOutput> {
     if child_role().is_some() {
-        return false;
+        return None;
     }
     let out = run_child(test, "child", &[]);
     assert!(out.status.success(), "{}", out.describe());
     assert!(out.stdout.contains(ok_line), "{}", out.describe());
-    true
+    Some(out)
 }
 
 /// The payload `join` returns for a goroutine its runtime abandoned.
@@ -154,7 +155,9 @@ fn assert_abandoned<T: std::fmt::Debug>(r: std::thread::Result<T>, what: &str) {
 #[test]
 fn join_after_runtime_drop_returns_err_promptly() {
     // The join used to hang forever: in a child, killed if it runs too long.
-    if in_parent_run_as_child("join_after_runtime_drop_returns_err_promptly", "ABANDON-OK") {
+    if in_parent_run_as_child("join_after_runtime_drop_returns_err_promptly", "ABANDON-OK")
+        .is_some()
+    {
         return;
     }
     let rt = Builder::new().procs(2).build().unwrap();
@@ -206,7 +209,9 @@ fn goroutines_never_started_before_the_drop_are_abandoned_too() {
     if in_parent_run_as_child(
         "goroutines_never_started_before_the_drop_are_abandoned_too",
         "UNSTARTED-OK",
-    ) {
+    )
+    .is_some()
+    {
         return;
     }
     // One P, held by a goroutine that never yields until released (no
@@ -251,7 +256,9 @@ fn channel_ops_after_the_drop_on_an_abandoned_goroutines_channel_are_harmless() 
     if in_parent_run_as_child(
         "channel_ops_after_the_drop_on_an_abandoned_goroutines_channel_are_harmless",
         "LATE-OK",
-    ) {
+    )
+    .is_some()
+    {
         return;
     }
     let rt = Builder::new().procs(2).build().unwrap();
@@ -318,10 +325,13 @@ fn panics_as_forked(f: impl FnOnce()) -> bool {
 #[test]
 fn runtime_calls_in_a_forked_child_panic_instead_of_hanging() {
     // Forked children hung: in a child (whose own children die by alarm).
-    if in_parent_run_as_child(
+    if let Some(out) = in_parent_run_as_child(
         "runtime_calls_in_a_forked_child_panic_instead_of_hanging",
         "FORK-OK",
     ) {
+        // From the grandchild that parked.
+        let msg = "fatal error: gosched: the runtime cannot be used in a fork()ed child";
+        assert!(out.stderr.contains(msg), "{}", out.describe());
         return;
     }
     let rt = Builder::new().procs(2).build().unwrap();
@@ -354,13 +364,21 @@ fn runtime_calls_in_a_forked_child_panic_instead_of_hanging() {
     );
 
     // Forked from a goroutine.
+    let status =
+        rt.block_on(|| in_forked_child(|| panics_as_forked(|| drop(gosched::spawn(|| 1)))));
+    assert_eq!(status, 0, "forked from a goroutine: wait status {status}");
+    // A goroutine that would park in the child aborts with the message
+    // (unwinding out of a park could leave a wait entry dangling).
     let status = rt.block_on(|| {
         in_forked_child(|| {
-            panics_as_forked(|| drop(gosched::spawn(|| 1)))
-                && panics_as_forked(|| gosched::sleep(Duration::from_millis(1)))
+            gosched::sleep(Duration::from_millis(1));
+            true
         })
     });
-    assert_eq!(status, 0, "forked from a goroutine: wait status {status}");
+    assert!(
+        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGABRT,
+        "a goroutine parking in a forked child: wait status {status}"
+    );
 
     // Fork then exec keeps working, from a goroutine (`pre_exec` makes std
     // take the fork path rather than posix_spawn).
