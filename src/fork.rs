@@ -11,10 +11,9 @@
 //! parking a goroutine, making one runnable, building a runtime) checks it
 //! and panics with a message that says so (parking a goroutine, where
 //! unwinding could leave a wait entry dangling, prints it and aborts).
-//! Fork then exec (what
-//! `std::process::Command` does) is fine: the child replaces the image
-//! before it calls anything of ours; the handler only stores a flag, which
-//! is async-signal-safe.
+//! Fork then exec (what `std::process::Command` does) is fine: the child
+//! replaces the image before it calls anything of ours; the handler only
+//! stores a flag, which is async-signal-safe.
 //!
 //! Rejected: comparing `getpid()` with the pid at startup (a system call on
 //! every check: glibc no longer caches the pid).

@@ -52,8 +52,9 @@ use crate::sched::{self, Shared};
 /// and spawning, [`block_on`](Runtime::block_on), `join` and waking a
 /// goroutine panic with a message saying so (instead of waiting forever);
 /// a goroutine (forked from a goroutine) that would park there prints the
-/// message and aborts the process; dropping a runtime there leaks it. Fork then exec (what
-/// `std::process::Command` does) is fine, from a goroutine too.
+/// message and aborts the process; dropping a runtime there leaks it.
+/// Fork then exec (what `std::process::Command` does) is fine, from a
+/// goroutine too.
 ///
 /// # Examples
 ///

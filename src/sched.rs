@@ -647,7 +647,8 @@ const YIELDED: usize = 1;
 /// the scheduler is needed: every `GLOBAL_CHECK`th slice (the global queue
 /// and timers must be looked at), an empty local queue (global queue,
 /// timers, stealing), a goroutine locked to a thread on either side or
-/// panicking, a goroutine that has never run (no stack yet), or a P we no longer own.
+/// panicking, a goroutine that has never run (no stack yet), or a P we no
+/// longer own.
 ///
 /// The yielding goroutine must not be on a run queue before its context is
 /// saved (another thread could resume it half-saved), so the goroutine we

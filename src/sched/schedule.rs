@@ -372,10 +372,11 @@ impl Sched<'_> {
 
     /// Go's findRunnable. Returns None only at shutdown.
     ///
-    /// One departure from Go, for ThreadAffine mode: when `AFFINE_PARKED_SOFT_CAP`
-    /// Ms (per P) are parked with asynchronously preempted goroutines, the
-    /// global queue (where those goroutines wait) comes before the local
-    /// queue, and the local queue gets the every-61st-slice turn instead.
+    /// One departure from Go, for ThreadAffine mode: when
+    /// `affine_parked_cap()` Ms are parked with asynchronously preempted
+    /// goroutines, the global queue (where those goroutines wait)
+    /// comes right after `runnext`, before the local queue, and the local
+    /// queue gets the every-61st-slice turn instead.
     /// Each such goroutine pins its thread until it resumes, so starting
     /// fresh goroutines from the local queue, which get preempted in turn,
     /// would add a thread per goroutine (1,000+ threads with 2,000 hogs at a
@@ -392,15 +393,20 @@ impl Sched<'_> {
                 .schedtick
                 .load(Ordering::Relaxed)
                 .is_multiple_of(GLOBAL_CHECK);
-            let affine_full = self.sh.affine_parked.load(Ordering::Relaxed)
-                >= AFFINE_PARKED_SOFT_CAP * self.sh.ps.len();
-            if global_turn != affine_full {
+            let affine_full =
+                self.sh.affine_parked.load(Ordering::Relaxed) >= self.sh.affine_parked_cap();
+            if global_turn && !affine_full {
                 if let Some(g) = steal_one(|| self.sh.injector.steal()) {
                     return Some((g, false));
                 }
             }
             if let Some(g) = NonNull::new(p.runnext.swap(ptr::null_mut(), Ordering::AcqRel)) {
                 return Some((GRef(g), true));
+            }
+            if affine_full && !global_turn {
+                if let Some(g) = steal_one(|| self.sh.injector.steal()) {
+                    return Some((g, false));
+                }
             }
             if let Some(g) = NonNull::new(p.yielded.swap_owner(ptr::null_mut())) {
                 return Some((GRef(g), false));
@@ -635,14 +641,28 @@ impl Sched<'_> {
     }
 }
 
-/// Ms parked with an asynchronously preempted ThreadAffine goroutine, per
-/// P, above which `find_runnable` serves the global queue (where those
-/// goroutines wait) before the local one. A soft cap on the threads
-/// ThreadAffine preemption costs: about `procs * (cap + 1)` plus a few idle
-/// Ms. Small enough to keep a many-hog program near a few dozen threads,
-/// large enough that ordinary loads (a handful of hogs per P) never reach
-/// it and keep Go's order.
-const AFFINE_PARKED_SOFT_CAP: usize = 8;
+/// Ms parked with an asynchronously preempted ThreadAffine goroutine above
+/// which `find_runnable` serves the global queue (where those goroutines
+/// wait) before the local one: `max(AFFINE_PARKED_MIN, AFFINE_PARKED_PER_P
+/// * procs)`. A soft cap on the threads ThreadAffine preemption costs.
+///
+/// The cap trades thread count for start latency: at the cap a goroutine
+/// waiting in a local queue starts only on the every-61st-slice turn (each
+/// one started is preempted in turn and pins one more thread). Below it
+/// Go's order holds. So it is high enough that ordinary loads (tens of
+/// call-free loops) never reach it (40 loops on 2 Ps: fairness index 0.99
+/// either way, while a cap of 16 dropped it to 0.58 in a 2 s run), and low
+/// enough that a burst of thousands of short hogs stays at tens of threads
+/// instead of one per hog.
+const AFFINE_PARKED_PER_P: usize = 8;
+const AFFINE_PARKED_MIN: usize = 64;
+
+impl Shared {
+    /// See `AFFINE_PARKED_PER_P`.
+    fn affine_parked_cap(&self) -> usize {
+        (AFFINE_PARKED_PER_P * self.ps.len()).max(AFFINE_PARKED_MIN)
+    }
+}
 
 /// Retries a crossbeam steal until it is not `Retry`.
 fn steal_one(mut f: impl FnMut() -> Steal<GRef>) -> Option<GRef> {
