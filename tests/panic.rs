@@ -216,3 +216,60 @@ fn many_unwinders_parking_in_guards_all_finish() {
     });
     assert_eq!(joined, n);
 }
+
+#[test]
+fn unwinder_that_yields_keeps_its_thread_and_its_panic_state() {
+    // A guard that yields (and sleeps) mid-unwind, beside a goroutine on the
+    // same P that checks, between its own yields, that it never sees the
+    // panic and that the unwinder's thread is never its own.
+    struct Yielder(Arc<Mutex<Vec<i32>>>);
+    impl Drop for Yielder {
+        fn drop(&mut self) {
+            for i in 0..20 {
+                self.0.lock().unwrap().push(common::os_tid());
+                if i % 5 == 4 {
+                    gosched::sleep(Duration::from_millis(1));
+                } else {
+                    gosched::yield_now();
+                }
+                assert!(std::thread::panicking());
+            }
+        }
+    }
+    let (saw_panicking, shared_thread) = one_p(|| {
+        let tids = Arc::new(Mutex::new(Vec::new()));
+        let t = tids.clone();
+        let unwinder = gosched::spawn(move || {
+            let _y = Yielder(t);
+            panic!("yielding unwinder");
+        });
+        let t = tids.clone();
+        let healthy = gosched::spawn(move || {
+            let mut saw = false;
+            let mut shared = false;
+            for _ in 0..40 {
+                saw |= std::thread::panicking();
+                let me = common::os_tid();
+                shared |= t.lock().unwrap().contains(&me);
+                gosched::yield_now();
+            }
+            (saw, shared)
+        });
+        let err = unwinder.join().unwrap_err();
+        assert_eq!(payload_str(&*err), Some("yielding unwinder"));
+        let tids = tids.lock().unwrap();
+        assert!(
+            tids.windows(2).all(|w| w[0] == w[1]),
+            "the unwinder moved between threads: {tids:?}"
+        );
+        healthy.join().unwrap()
+    });
+    assert!(
+        !saw_panicking,
+        "a healthy goroutine saw panicking() == true"
+    );
+    assert!(
+        !shared_thread,
+        "a healthy goroutine ran on the unwinder's thread"
+    );
+}
