@@ -35,6 +35,11 @@ use crate::stack::Stack;
 /// and the result slot its `JoinHandle` reads (see `runtime::Task`).
 pub(crate) trait Body: Send + Sync {
     fn run(&self);
+    /// The runtime was dropped before `run` finished (or started), so it
+    /// never will: complete the result slot with an error so that `join`
+    /// returns. `rt` is the dropped runtime. Called once, after every M has
+    /// stopped.
+    fn abandon(&self, rt: *const crate::sched::Shared);
 }
 
 /// Park states (see the module docs).
@@ -59,7 +64,10 @@ pub(crate) struct G {
     /// from any thread. Written by the M that sets or takes the stack.
     pub(crate) stack_lo: AtomicUsize,
     pub(crate) stack_hi: AtomicUsize,
-    /// The body; taken by the entry function (owner).
+    /// The body. The entry function runs it in place and takes it once it
+    /// returned, so that a runtime dropped meanwhile can still abandon it
+    /// (`Shared::abandon_goroutines`). Owner; read by the dropping thread
+    /// only after every M stopped.
     pub(crate) entry: UnsafeCell<Option<std::sync::Arc<dyn Body>>>,
     /// Park handshake: EMPTY, PARKED, NOTIFIED. Any thread (AcqRel CAS).
     pub(crate) park: AtomicU8,
@@ -76,6 +84,11 @@ pub(crate) struct G {
     /// Locked to its M after an asynchronous preemption in ThreadAffine
     /// mode, until its next cooperative scheduling point (owner).
     pub(crate) affine: Cell<bool>,
+    /// Locked to its M because it was panicking (unwinding, or inside the
+    /// panic hook) when it last switched out: std keeps that state per OS
+    /// thread, so no other goroutine may run on the thread until the panic
+    /// is over (owner).
+    pub(crate) unwinding: Cell<bool>,
     /// The M this goroutine is locked to, if any (owner; read by the M that
     /// dequeues it, after the Acquire of the run queue).
     pub(crate) locked_m: Cell<Option<NonNull<crate::sched::M>>>,
@@ -124,6 +137,7 @@ impl G {
             no_preempt: AtomicU32::new(1),
             lock_count: Cell::new(0),
             affine: Cell::new(false),
+            unwinding: Cell::new(false),
             locked_m: Cell::new(None),
             wait_reason: Cell::new(""),
             spawned_at: Cell::new(None),
@@ -213,8 +227,11 @@ impl Waiter {
     }
 }
 
-/// Plain threads parked in `park`/`park_until` right now (the deadlock
-/// check accounts for every thread of the process).
+/// Plain threads parked in `park` right now, with no deadline (the deadlock
+/// check accounts for every thread of the process). A thread in
+/// `park_until` is not counted: it wakes by itself, so, like a thread doing
+/// anything else, it may still wake a goroutine (Go's checkdead counts only
+/// Ms that can never run again).
 pub(crate) static THREADS_PARKED: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(0);
 
@@ -226,12 +243,11 @@ pub(crate) fn parkable_g() -> Option<GRef> {
     crate::sched::current_g().filter(|g| !g.in_blocking.get())
 }
 
-fn thread_park(timeout: Option<std::time::Duration>) {
+/// Blocks a plain thread until `Waiter::unpark`. Only an untimed park counts
+/// in `THREADS_PARKED` (see there).
+fn thread_park() {
     THREADS_PARKED.fetch_add(1, Ordering::SeqCst);
-    match timeout {
-        None => std::thread::park(),
-        Some(t) => std::thread::park_timeout(t),
-    }
+    std::thread::park();
     THREADS_PARKED.fetch_sub(1, Ordering::SeqCst);
 }
 
@@ -241,7 +257,7 @@ fn thread_park(timeout: Option<std::time::Duration>) {
 pub(crate) fn park(reason: &'static str) {
     match parkable_g() {
         Some(_) => crate::sched::gopark(reason),
-        None => thread_park(None),
+        None => thread_park(),
     }
 }
 
@@ -259,7 +275,8 @@ pub(crate) fn park_until(reason: &'static str, deadline: std::time::Instant) {
         }
         None => {
             if let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-                thread_park(Some(left));
+                // Not counted as parked: this thread wakes by itself.
+                std::thread::park_timeout(left);
             }
         }
     }

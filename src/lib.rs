@@ -81,6 +81,7 @@
 mod arch;
 mod builder;
 pub mod chan;
+mod fork;
 mod g;
 pub(crate) mod membarrier;
 mod monitor;
@@ -112,6 +113,7 @@ pub use crate::runtime::{JoinHandle, Runtime, Stats};
 /// # Panics
 ///
 /// Outside a goroutine: use [`Runtime::spawn`] or [`Runtime::block_on`].
+/// In a `fork()`ed child process (see "Fork" on [`Runtime`]).
 ///
 /// # Examples
 ///

@@ -16,12 +16,45 @@ use crate::sched::{self, Shared};
 /// A goroutine runtime: `procs` Ps, worker threads started on demand, a
 /// sysmon thread, and the stacks.
 ///
-/// `Runtime` is `Send + Sync`; several may exist at once. Dropping it stops
-/// and joins every thread it started and unmaps every stack. Goroutines
-/// still running or parked then are abandoned, as when Go's `main` returns
-/// (their destructors do not run). A goroutine spinning without ever
-/// reaching a scheduling point keeps the drop waiting unless asynchronous
-/// preemption is on.
+/// `Runtime` is `Send + Sync`; several may exist at once.
+///
+/// # Dropping a runtime
+///
+/// Dropping it stops and joins every thread it started and unmaps the
+/// stacks. Goroutines that have not finished by then (running, runnable,
+/// parked, or not yet started) are abandoned, as when Go's `main` returns:
+///
+/// - They never run again, and none of their destructors run: the locals
+///   on their stacks (guards, buffers, `Arc`s) are never dropped, and the
+///   values their closures captured (for a goroutine that never started,
+///   the whole closure) are leaked. So a lock such a goroutine holds stays
+///   held, a `Sender` it holds keeps its channel open, a file it owns
+///   stays open.
+/// - The stack of an abandoned goroutine that had started stays mapped
+///   (leaked, with the pages it touched) for the life of the process:
+///   other threads may still reach into it (a parked goroutine's waiter
+///   entry is linked into the channel it waits on, and a later send or
+///   close walks it). Every other stack is unmapped.
+/// - Their [`JoinHandle`]s complete: [`JoinHandle::is_finished`] returns
+///   true and [`JoinHandle::join`] returns `Err` at once, with the
+///   `&'static str` payload `"gosched: runtime dropped before the goroutine
+///   finished"`. A thread already waiting in `join` is woken.
+///
+/// Join the goroutines whose work or cleanup matters (or wait on a
+/// [`sync::WaitGroup`](crate::sync::WaitGroup)) before dropping the
+/// runtime. A goroutine spinning without ever reaching a scheduling point
+/// keeps the drop waiting unless asynchronous preemption is on.
+///
+/// # Fork
+///
+/// `fork()` copies only the calling thread, so the runtime cannot work in a
+/// forked child: there, [`Builder::build`] returns an `Unsupported` error,
+/// and spawning, [`block_on`](Runtime::block_on), `join` and waking a
+/// goroutine panic with a message saying so (instead of waiting forever);
+/// a goroutine (forked from a goroutine) that would park there prints the
+/// message and aborts the process; dropping a runtime there leaks it.
+/// Fork then exec (what `std::process::Command` does) is fine, from a
+/// goroutine too.
 ///
 /// # Examples
 ///
@@ -34,6 +67,22 @@ use crate::sched::{self, Shared};
 ///     hs.into_iter().map(|h| h.join().unwrap()).sum::<u64>()
 /// });
 /// assert_eq!(sum, 385);
+/// ```
+///
+/// A goroutine still waiting when the runtime drops is abandoned:
+///
+/// ```
+/// let rt = gosched::Runtime::new().unwrap();
+/// let (tx, rx) = gosched::chan::channel::<u32>(0);
+/// let h = rt.spawn(move || rx.recv()); // nobody sends: it parks for good
+/// drop(rt);
+/// assert!(h.is_finished());
+/// let err = h.join().unwrap_err();
+/// assert_eq!(
+///     err.downcast_ref::<&str>(),
+///     Some(&"gosched: runtime dropped before the goroutine finished")
+/// );
+/// drop(tx);
 /// ```
 pub struct Runtime {
     shared: Arc<Shared>,
@@ -59,6 +108,13 @@ impl Runtime {
     }
 
     pub(crate) fn from_config(cfg: Config) -> io::Result<Runtime> {
+        crate::fork::install();
+        if crate::fork::forked() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                crate::fork::FORKED_MSG,
+            ));
+        }
         if cfg.async_preempt {
             crate::preempt::install();
         }
@@ -80,6 +136,8 @@ impl Runtime {
     ///
     /// When called from inside a goroutine (of any runtime): it would block
     /// that goroutine's worker thread and its P. Call `f` directly, or spawn.
+    /// In a child process made by `fork()` (without exec): the runtime's
+    /// threads do not exist there (see "Fork" on [`Runtime`]).
     ///
     /// # Examples
     ///
@@ -91,6 +149,7 @@ impl Runtime {
     /// assert_eq!(n, 6);
     /// ```
     pub fn block_on<F: FnOnce() -> R + Send, R: Send>(&self, f: F) -> R {
+        crate::fork::check();
         assert!(
             crate::g::parkable_g().is_none(),
             "gosched: Runtime::block_on called from inside a goroutine; this would block the goroutine's worker \
@@ -114,6 +173,10 @@ impl Runtime {
     }
 
     /// Starts a goroutine from outside (or inside) the runtime.
+    ///
+    /// # Panics
+    ///
+    /// In a `fork()`ed child process (see "Fork" on [`Runtime`]).
     ///
     /// # Examples
     ///
@@ -202,6 +265,13 @@ impl Runtime {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
+        if crate::fork::forked() {
+            // In a forked child the threads to stop do not exist (joining
+            // them would hang) and the state is a frozen copy: leak it.
+            std::mem::forget(self.sysmon.take());
+            std::mem::forget(self.shared.clone());
+            return;
+        }
         let own = sched::with_current_shared(|sh| std::ptr::eq(sh, &*self.shared)).unwrap_or(false);
         assert!(
             !own,
@@ -212,6 +282,7 @@ impl Drop for Runtime {
         if let Some(t) = self.sysmon.take() {
             let _ = t.join();
         }
+        self.shared.abandon_goroutines();
         self.shared.free_dead_gs();
         crate::sched::LIVE_RUNTIMES.fetch_sub(1, Ordering::SeqCst);
     }
@@ -257,6 +328,28 @@ impl<R> JoinInner<R> {
         }
     }
 
+    /// The runtime was dropped before the goroutine finished (see
+    /// `Body::abandon`): complete with [`ABANDONED`] unless it did finish.
+    fn abandon(&self, rt: *const Shared) {
+        if self.done.load(Ordering::Acquire) {
+            return;
+        }
+        // SAFETY: the goroutine will never run again (every M stopped), and
+        // it had not written the result (it does so in `complete`, in a
+        // no-preempt region, just before setting `done`): we are the only
+        // writer, before `done`.
+        unsafe { *self.result.get() = Some(Err(Box::new(ABANDONED))) };
+        // Pairs with the Acquire loads in `wait` and `is_finished`.
+        self.done.store(true, Ordering::Release);
+        let w = self.waiter.rt_lock().take();
+        match w {
+            // A goroutine of the dropped runtime is abandoned too.
+            Some(Waiter::G(g)) if std::ptr::eq(g.shared.load(Ordering::Acquire), rt) => {}
+            Some(w) => w.unpark(),
+            None => {}
+        }
+    }
+
     fn wait(&self) -> std::thread::Result<R> {
         loop {
             if self.done.load(Ordering::Acquire) {
@@ -264,6 +357,7 @@ impl<R> JoinInner<R> {
                 // are the single reader (JoinHandle is consumed by join).
                 return unsafe { (*self.result.get()).take() }.expect("join result taken twice");
             }
+            crate::fork::check();
             {
                 let _np = sched::NoPreempt::enter();
                 let mut w = self.waiter.rt_lock();
@@ -308,7 +402,15 @@ impl<F: FnOnce() -> R + Send, R: Send> Body for Task<F, R> {
         let r = catch_unwind(AssertUnwindSafe(f));
         self.inner.complete(r);
     }
+
+    fn abandon(&self, rt: *const Shared) {
+        self.inner.abandon(rt);
+    }
 }
+
+/// The panic payload `JoinHandle::join` returns for a goroutine whose
+/// runtime was dropped before it finished.
+pub(crate) const ABANDONED: &str = "gosched: runtime dropped before the goroutine finished";
 
 /// The `JoinHandle` side of a `Task`, without its closure type.
 trait Slot<R>: Send + Sync {
@@ -353,7 +455,11 @@ pub struct JoinHandle<R> {
 impl<R> JoinHandle<R> {
     /// Waits for the goroutine to finish: parks the calling goroutine, or
     /// blocks a plain thread. `Err` carries the panic payload if the
-    /// goroutine panicked (as `std::thread::JoinHandle::join`).
+    /// goroutine panicked (as `std::thread::JoinHandle::join`), or the
+    /// `&'static str` `"gosched: runtime dropped before the goroutine
+    /// finished"` if its [`Runtime`] was dropped first (see "Dropping a
+    /// runtime" there; `join` then returns at once, also when it was
+    /// already waiting).
     ///
     /// # Examples
     ///
@@ -366,7 +472,9 @@ impl<R> JoinHandle<R> {
         self.task.slot().wait()
     }
 
-    /// Whether the goroutine has finished (its result is ready).
+    /// Whether `join` would return at once: the goroutine has finished
+    /// (its result is ready), or its runtime was dropped before it did (it
+    /// never will; `join` returns `Err`).
     ///
     /// # Examples
     ///

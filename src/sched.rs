@@ -284,6 +284,9 @@ pub(crate) struct M {
     pub(crate) g0_sp: UnsafeCell<usize>,
     /// The P this M holds (owner thread).
     pub(crate) p: Cell<Option<usize>>,
+    /// Set when this M takes a P: its next `execute` starts a fresh slice
+    /// whatever the goroutine inherits (owner thread).
+    pub(crate) new_p: Cell<bool>,
     /// The P a direct yield on this M claimed, for the goroutine it
     /// switches to (`requeue_yielder`; owner thread).
     pub(crate) yield_p: Cell<*const P>,
@@ -380,6 +383,11 @@ pub(crate) struct Shared {
     pub(crate) sysmon_idle_until: AtomicU64,
     /// Goroutines blocked in `blocking()` right now.
     pub(crate) in_blocking: AtomicUsize,
+    /// Ms parked with a goroutine that was preempted asynchronously in
+    /// ThreadAffine mode and waits in a run queue to resume on them.
+    /// Written by those Ms (`stoplockedm`); read by `find_runnable` (Relaxed:
+    /// a scheduling hint).
+    pub(crate) affine_parked: AtomicUsize,
     /// Spawns from outside any P of this runtime (plain threads).
     pub(crate) counters_spawned_outside: AtomicU64,
     /// Exits on an M that had lost its P.
@@ -635,6 +643,7 @@ pub(crate) fn gopark(reason: &'static str) {
     {
         return;
     }
+    crate::fork::check_or_abort();
     g.wait_reason.set(reason);
     switch_to_g0(g, Reason::Park);
 }
@@ -702,8 +711,9 @@ const YIELDED: usize = 1;
 /// own queue (runnext or local). Returns false, having done nothing, when
 /// the scheduler is needed: every `GLOBAL_CHECK`th slice (the global queue
 /// and timers must be looked at), an empty local queue (global queue,
-/// timers, stealing), a goroutine locked to a thread on either side, a
-/// goroutine that has never run (no stack yet), or a P we no longer own.
+/// timers, stealing), a goroutine locked to a thread on either side or
+/// panicking, a goroutine that has never run (no stack yet), or a P we no
+/// longer own.
 ///
 /// The yielding goroutine must not be on a run queue before its context is
 /// saved (another thread could resume it half-saved), so the goroutine we
@@ -711,7 +721,9 @@ const YIELDED: usize = 1;
 /// (`YIELDED`), and every place a goroutine resumes from a switch calls
 /// `requeue_yielder`.
 fn yield_direct(g: GRef) -> bool {
-    if g.locked_m.get().is_some() {
+    // A panicking goroutine must keep its thread (see
+    // `Sched::lock_if_panicking`): let the scheduler lock it.
+    if g.locked_m.get().is_some() || std::thread::panicking() {
         return false;
     }
     raise_no_preempt(g);
@@ -825,6 +837,7 @@ pub(crate) fn async_preempted() {
 /// the caller is a goroutine of the same runtime (it runs next, Go's
 /// `ready(gp, next=true)`), else onto the global queue. Then `wakep`.
 pub(crate) fn ready(g: GRef) {
+    crate::fork::check();
     let _np = NoPreempt::enter();
     // SAFETY: the G's runtime outlives the G.
     let sh = unsafe { &*g.shared.load(Ordering::Acquire) };
@@ -856,13 +869,15 @@ pub(crate) fn ready(g: GRef) {
 pub(crate) unsafe extern "C" fn g_entry(arg: usize) -> ! {
     // SAFETY: `execute` passes the G it switched to; it is live.
     let g = GRef(unsafe { NonNull::new_unchecked(arg as *mut G) });
-    // SAFETY: owner access: we are this G.
-    let f = unsafe { (*g.entry.get()).take() }.expect("goroutine without a body");
+    // SAFETY: owner access: we are this G. The body stays in `entry` while
+    // it runs (see the field); nobody writes `entry` until we exit.
+    let f = unsafe { (*g.entry.get()).as_ref() }.expect("goroutine without a body");
     g.no_preempt.store(0, Ordering::Relaxed);
     // The body catches its own panics (see `runtime::Task`). Its captures
     // are dropped here, on the goroutine, as is our count on it.
     f.run();
-    drop(f);
+    // SAFETY: owner access, as above; the borrow `f` ended.
+    drop(unsafe { (*g.entry.get()).take() });
     g.no_preempt.store(1, Ordering::Relaxed);
     let m = this_m();
     // SAFETY: as in `switch_to_g0`; this context is never resumed.
@@ -955,6 +970,7 @@ impl Shared {
             sysmon_note: Note::new(),
             sysmon_idle_until: AtomicU64::new(0),
             in_blocking: AtomicUsize::new(0),
+            affine_parked: AtomicUsize::new(0),
             counters_spawned_outside: AtomicU64::new(0),
             counters_exited_outside: AtomicU64::new(0),
             me: me.clone(),
@@ -1049,6 +1065,7 @@ impl Shared {
         body: Arc<dyn crate::g::Body>,
         at: Option<&'static std::panic::Location<'static>>,
     ) -> u64 {
+        crate::fork::check();
         let _np = NoPreempt::enter();
         let init = |g: GRef, id: u64, body: Arc<dyn crate::g::Body>| {
             g.id.set(id);

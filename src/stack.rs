@@ -217,11 +217,45 @@ impl StackPool {
     /// Unmaps every stack (runtime shutdown, after every M has exited:
     /// nothing runs on them any more).
     pub(crate) fn unmap(&self) {
+        self.unmap_except(Vec::new());
+    }
+
+    /// Unmaps every stack except the `[bottom, top)` ranges in `keep`,
+    /// which stay mapped (leaked) for the life of the process: the stacks
+    /// of goroutines abandoned at runtime shutdown. Such a goroutine may be
+    /// parked with a waiter entry on its stack linked into a channel's
+    /// queue, and a later send or close from another thread walks that
+    /// queue; unmapping the stack made it fault (or worse, once the
+    /// address range is reused).
+    pub(crate) fn unmap_except(&self, mut keep: Vec<(usize, usize)>) {
         if let Some(i) = self.registry_index.rt_lock().take() {
             crate::signal::unregister_stacks(i);
         }
-        self.map.rt_lock().take();
+        let map = self.map.rt_lock().take();
         self.free.rt_lock().clear();
+        let Some(map) = map else { return };
+        if keep.is_empty() {
+            return drop(map);
+        }
+        let (base, end) = (map.as_ptr() as usize, map.as_ptr() as usize + map.len());
+        // Unmapped piecewise below instead of all at once.
+        std::mem::forget(map);
+        keep.sort_unstable();
+        let mut at = base;
+        for (lo, hi) in keep.into_iter().chain([(end, end)]) {
+            debug_assert!(
+                base <= lo && lo <= hi && hi <= end,
+                "a stack outside the pool"
+            );
+            if lo > at {
+                // SAFETY: [at, lo) lies inside our reservation (page
+                // aligned: slot and guard sizes are pages) and holds no
+                // kept stack; every M has exited, so nothing runs on it.
+                let r = unsafe { libc::munmap(at as *mut _, lo - at) };
+                debug_assert_eq!(r, 0, "munmap of a stack range failed");
+            }
+            at = at.max(hi);
+        }
     }
 
     /// Prepares a stack for a P cache: trims it if it was used deeply.

@@ -96,7 +96,7 @@ pub(crate) fn unlock_os_thread() {
         return;
     }
     g.lock_count.set(n - 1);
-    if n == 1 && !g.affine.get() {
+    if n == 1 && !g.affine.get() && !g.unwinding.get() {
         let m = cur_m();
         g.locked_m.set(None);
         // SAFETY: as in `lock_os_thread`.

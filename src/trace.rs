@@ -110,8 +110,13 @@ impl Shared {
     /// timer is pending and no `blocking()` call is in flight; some goroutine
     /// is alive and all live ones are parked; and every thread of the process
     /// is accounted for as one of our Ms, sysmon, or a plain thread parked on
-    /// a runtime object (so no other thread exists that could still send on a
-    /// channel). The caller re-checks after a pause to rule out races.
+    /// a runtime object with no deadline (so no other thread exists that could
+    /// still send on a channel). Any other thread, whatever it does (a timed
+    /// wait such as `recv_timeout`, `std::thread::sleep`, a system call, a
+    /// lock of another library), might wake a goroutine, so its existence
+    /// alone rules a deadlock out: Go reports one only when no goroutine can
+    /// ever run again, and a false report kills a correct program. The caller
+    /// re-checks after a pause to rule out races.
     pub(crate) fn deadlocked(&self) -> bool {
         if LIVE_RUNTIMES.load(Ordering::SeqCst) != 1
             || !self.all_idle()

@@ -64,6 +64,101 @@ fn child(scenario: &str) {
                 h.join().unwrap();
             });
         }
+        // A plain thread waits on a gosched channel with a timeout nobody
+        // will beat, then sends to the main goroutine: the timed wait ends
+        // by itself, so nothing is deadlocked (issue 12, bug 1).
+        "plain_thread_recv_timeout" => {
+            let (tx, rx) = chan::channel::<u32>(0);
+            let (_quiet_tx, quiet_rx) = chan::channel::<u32>(0);
+            let t = std::thread::spawn(move || {
+                let r = quiet_rx.recv_timeout(Duration::from_millis(800));
+                assert_eq!(r, Err(chan::RecvTimeoutError::Timeout));
+                tx.send(7).unwrap();
+            });
+            let v = rt.block_on(|| rx.recv());
+            assert_eq!(v, Some(7));
+            t.join().unwrap();
+        }
+        // The same with `gosched::sleep` on the plain thread.
+        "plain_thread_gosched_sleep" => {
+            let (tx, rx) = chan::channel::<u32>(0);
+            let t = std::thread::spawn(move || {
+                gosched::sleep(Duration::from_millis(800));
+                tx.send(8).unwrap();
+            });
+            let v = rt.block_on(|| rx.recv());
+            assert_eq!(v, Some(8));
+            t.join().unwrap();
+        }
+        // A plain thread in a timed wait of a std Condvar (no runtime object
+        // at all), then a send.
+        "plain_thread_condvar_timeout" => {
+            let (tx, rx) = chan::channel::<u32>(0);
+            let t = std::thread::spawn(move || {
+                let m = std::sync::Mutex::new(false);
+                let cv = std::sync::Condvar::new();
+                let g = m.lock().unwrap();
+                let (g, r) = cv
+                    .wait_timeout_while(g, Duration::from_millis(800), |ready| !*ready)
+                    .unwrap();
+                assert!(r.timed_out() && !*g);
+                tx.send(9).unwrap();
+            });
+            let v = rt.block_on(|| rx.recv());
+            assert_eq!(v, Some(9));
+            t.join().unwrap();
+        }
+        // Two plain threads: one parked with no deadline on a gosched
+        // WaitGroup (counted as parked), one in a timed receive that then
+        // releases the group; the main goroutine waits on the group too.
+        "plain_thread_timed_and_untimed" => {
+            let wg = gosched::sync::WaitGroup::new();
+            wg.add(1);
+            let w1 = wg.clone();
+            let waiter = std::thread::spawn(move || w1.wait());
+            let w2 = wg.clone();
+            let (_quiet_tx, quiet_rx) = chan::channel::<u32>(0);
+            let timed = std::thread::spawn(move || {
+                for _ in 0..4 {
+                    let _ = quiet_rx.recv_timeout(Duration::from_millis(200));
+                }
+                w2.done();
+            });
+            rt.block_on(|| wg.wait());
+            waiter.join().unwrap();
+            timed.join().unwrap();
+        }
+        // A plain thread parked (no deadline) in a select whose other case
+        // is a timer channel (`after`, fired by the helper thread of plain
+        // threads' timers), then a send.
+        "plain_thread_select_after" => {
+            let (tx, rx) = chan::channel::<u32>(0);
+            let (_quiet_tx, quiet_rx) = chan::channel::<u32>(0);
+            let t = std::thread::spawn(move || {
+                let timer = chan::after(Duration::from_millis(800));
+                gosched::select! {
+                    recv(quiet_rx) -> _v => panic!("nobody sends on quiet_rx"),
+                    recv(timer) -> _at => tx.send(10).unwrap(),
+                }
+            });
+            let v = rt.block_on(|| rx.recv());
+            assert_eq!(v, Some(10));
+            t.join().unwrap();
+        }
+        // A true deadlock beside a plain thread parked forever on a runtime
+        // object: still reported.
+        "plain_thread_parked_forever" => {
+            let (tx, rx) = chan::channel::<u32>(0);
+            let (tx2, rx2) = chan::channel::<u32>(0);
+            let _t = std::thread::spawn(move || {
+                let _keep = tx;
+                rx2.recv()
+            });
+            rt.block_on(move || {
+                let _keep = tx2;
+                rx.recv()
+            });
+        }
         other => panic!("unknown scenario {other}"),
     }
     drop(rt);
@@ -168,13 +263,82 @@ fn pending_timer_is_not_a_deadlock() -> Result<(), String> {
     Ok(())
 }
 
+/// A scenario that must finish normally after at least `min`.
+fn completes(scenario: &str, min: Duration) -> Result<(), String> {
+    let o = run(scenario);
+    if o.code != Some(0) || o.stderr.contains("deadlock") {
+        return Err(format!("exit {:?}, want 0; stderr:\n{}", o.code, o.stderr));
+    }
+    if o.took < min {
+        return Err(format!("finished in {:?}, before {min:?}", o.took));
+    }
+    Ok(())
+}
+
+fn plain_thread_in_recv_timeout_is_not_a_deadlock() -> Result<(), String> {
+    completes("plain_thread_recv_timeout", Duration::from_millis(800))
+}
+
+fn plain_thread_in_gosched_sleep_is_not_a_deadlock() -> Result<(), String> {
+    completes("plain_thread_gosched_sleep", Duration::from_millis(800))
+}
+
+fn plain_thread_in_condvar_wait_timeout_is_not_a_deadlock() -> Result<(), String> {
+    completes("plain_thread_condvar_timeout", Duration::from_millis(800))
+}
+
+fn timed_thread_beside_a_parked_thread_is_not_a_deadlock() -> Result<(), String> {
+    completes("plain_thread_timed_and_untimed", Duration::from_millis(800))
+}
+
+fn plain_thread_selecting_on_a_timer_channel_is_not_a_deadlock() -> Result<(), String> {
+    completes("plain_thread_select_after", Duration::from_millis(800))
+}
+
+fn plain_thread_parked_forever_is_part_of_a_deadlock() -> Result<(), String> {
+    let o = run("plain_thread_parked_forever");
+    if o.code != Some(2)
+        || !o
+            .stderr
+            .starts_with("fatal error: all goroutines are asleep - deadlock!\n")
+        || !o.stderr.contains("[chan receive]")
+    {
+        return Err(format!("exit {:?}, want 2; stderr:\n{}", o.code, o.stderr));
+    }
+    Ok(())
+}
+
 fn main() {
     if let Ok(s) = std::env::var(ROLE) {
         child(&s);
         return;
     }
-    let tests: [(&str, Check); 4] = [
+    let tests: [(&str, Check); 10] = [
+        (
+            "plain_thread_selecting_on_a_timer_channel_is_not_a_deadlock",
+            plain_thread_selecting_on_a_timer_channel_is_not_a_deadlock,
+        ),
         ("main_recv_is_reported", main_recv_is_reported),
+        (
+            "plain_thread_in_recv_timeout_is_not_a_deadlock",
+            plain_thread_in_recv_timeout_is_not_a_deadlock,
+        ),
+        (
+            "plain_thread_in_gosched_sleep_is_not_a_deadlock",
+            plain_thread_in_gosched_sleep_is_not_a_deadlock,
+        ),
+        (
+            "plain_thread_in_condvar_wait_timeout_is_not_a_deadlock",
+            plain_thread_in_condvar_wait_timeout_is_not_a_deadlock,
+        ),
+        (
+            "timed_thread_beside_a_parked_thread_is_not_a_deadlock",
+            timed_thread_beside_a_parked_thread_is_not_a_deadlock,
+        ),
+        (
+            "plain_thread_parked_forever_is_part_of_a_deadlock",
+            plain_thread_parked_forever_is_part_of_a_deadlock,
+        ),
         (
             "cycle_reports_every_blocked_goroutine",
             cycle_reports_every_blocked_goroutine,

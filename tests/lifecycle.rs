@@ -128,3 +128,270 @@ fn stats_add_up_after_work() {
     rt.block_on(|| gosched::spawn(|| ()).join().unwrap());
     assert_eq!(rt.stats().spawned, N + 3);
 }
+
+/// In the parent (a normal test run): runs test `test` in a child process,
+/// which must exit 0 after printing `ok_line`, and returns its output (the
+/// test is done once the caller checked what else it wants). In that
+/// child: returns None (go on with the body). For bodies that hung or
+/// crashed before their fix.
+fn in_parent_run_as_child(test: &str, ok_line: &str) -> Option<common::ChildOutput> {
+    if child_role().is_some() {
+        return None;
+    }
+    let out = run_child(test, "child", &[]);
+    assert!(out.status.success(), "{}", out.describe());
+    assert!(out.stdout.contains(ok_line), "{}", out.describe());
+    Some(out)
+}
+
+/// The payload `join` returns for a goroutine its runtime abandoned.
+const ABANDONED: &str = "gosched: runtime dropped before the goroutine finished";
+
+fn assert_abandoned<T: std::fmt::Debug>(r: std::thread::Result<T>, what: &str) {
+    let err = r.expect_err(what);
+    assert_eq!(common::payload_str(&*err), Some(ABANDONED), "{what}");
+}
+
+#[test]
+fn join_after_runtime_drop_returns_err_promptly() {
+    // The join used to hang forever: in a child, killed if it runs too long.
+    if in_parent_run_as_child("join_after_runtime_drop_returns_err_promptly", "ABANDON-OK")
+        .is_some()
+    {
+        return;
+    }
+    let rt = Builder::new().procs(2).build().unwrap();
+    let other = Builder::new().procs(1).build().unwrap();
+    let (tx, rx) = gosched::chan::channel::<u32>(0);
+    let (gate_tx, gate_rx) = gosched::chan::channel::<u32>(0);
+    // Parked for good on a channel nobody sends on.
+    let parked = rt.spawn(move || rx.recv());
+    // Finished before the drop: its result survives.
+    let finished = rt.spawn(|| 7);
+    while !finished.is_finished() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Waits on a second channel, joined by a plain thread that is already
+    // blocked in `join` when the runtime drops.
+    let waited = rt.spawn(move || gate_rx.recv());
+    let joiner = std::thread::spawn(move || waited.join());
+    // And one joined by a goroutine of another runtime.
+    let waited2 = rt.spawn(|| loop {
+        gosched::sleep(Duration::from_millis(1));
+    });
+    let other_joiner = other.spawn(move || waited2.join().map(|_| ()));
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!parked.is_finished());
+    let t = std::time::Instant::now();
+    drop(rt);
+    assert!(parked.is_finished(), "is_finished after the drop");
+    assert_abandoned(parked.join(), "a goroutine parked at the drop");
+    assert_eq!(finished.join().unwrap(), 7);
+    assert_abandoned(joiner.join().unwrap(), "a join already waiting");
+    assert_abandoned(
+        other_joiner.join().unwrap(),
+        "a join from another runtime's goroutine",
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t.elapsed()
+    );
+    // Late senders find the abandoned goroutines' channels harmlessly.
+    drop(tx);
+    drop(gate_tx);
+    drop(other);
+    println!("ABANDON-OK");
+}
+
+#[test]
+fn goroutines_never_started_before_the_drop_are_abandoned_too() {
+    if in_parent_run_as_child(
+        "goroutines_never_started_before_the_drop_are_abandoned_too",
+        "UNSTARTED-OK",
+    )
+    .is_some()
+    {
+        return;
+    }
+    // One P, held by a goroutine that never yields until released (no
+    // preemption): goroutines spawned meanwhile cannot start.
+    let rt = Builder::new()
+        .procs(1)
+        .async_preempt(false)
+        .build()
+        .unwrap();
+    let release = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let r = release.clone();
+    let (up_tx, up_rx) = std::sync::mpsc::channel();
+    let hog = rt.spawn(move || {
+        up_tx.send(()).unwrap();
+        while !r.load(std::sync::atomic::Ordering::Relaxed) {
+            std::hint::spin_loop();
+        }
+    });
+    up_rx.recv().unwrap();
+    let waiting: Vec<_> = (0..10).map(|i| rt.spawn(move || i)).collect();
+    // The drop asks the hog to yield; it only can once released.
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        release.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    drop(rt);
+    releaser.join().unwrap();
+    let _ = hog.join();
+    for h in waiting {
+        // Each either ran (its result) or never started (abandoned); none hangs.
+        match h.join() {
+            Ok(_) => {}
+            r => assert_abandoned(r, "a goroutine that never started"),
+        }
+    }
+    println!("UNSTARTED-OK");
+}
+
+#[test]
+fn channel_ops_after_the_drop_on_an_abandoned_goroutines_channel_are_harmless() {
+    // It crashed (SIGSEGV on the unmapped stack): in a child.
+    if in_parent_run_as_child(
+        "channel_ops_after_the_drop_on_an_abandoned_goroutines_channel_are_harmless",
+        "LATE-OK",
+    )
+    .is_some()
+    {
+        return;
+    }
+    let rt = Builder::new().procs(2).build().unwrap();
+    // Receivers and senders parked on channels that outlive the runtime:
+    // their wait entries live on their (abandoned) stacks.
+    let (tx, rx) = gosched::chan::channel::<u32>(0);
+    let (full_tx, full_rx) = gosched::chan::channel::<u32>(1);
+    full_tx.try_send(0).unwrap();
+    let mut hs = Vec::new();
+    for _ in 0..4 {
+        let rx = rx.clone();
+        hs.push(rt.spawn(move || rx.recv().map_or(0, |_| 1)));
+        let full_tx = full_tx.clone();
+        hs.push(rt.spawn(move || full_tx.send(1).map_or(0, |_| 1)));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    drop(rt);
+    // A plain thread now sends to the parked receivers, drains the full
+    // channel (unblocking the parked senders), and closes both.
+    let _ = tx.try_send(5);
+    let _ = full_rx.try_recv();
+    let _ = full_rx.try_recv();
+    drop(tx);
+    drop(full_rx);
+    for h in hs {
+        assert_abandoned(h.join(), "a goroutine parked on a channel at the drop");
+    }
+    println!("LATE-OK");
+}
+
+/// Runs `f` in a `fork()`ed child of this process (a test's own child) and
+/// returns the child's wait status: exit 0 if `f` returned true, 1 if it
+/// returned false or panicked; a child that hangs dies of SIGALRM.
+fn in_forked_child(f: impl FnOnce() -> bool) -> i32 {
+    // SAFETY: fork has no preconditions; the child runs `f` (which may use
+    // only what survives a fork: glibc's malloc does, our runtime must
+    // refuse) and leaves with `_exit`, never returning into the test.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        // SAFETY: alarm and _exit are async-signal-safe; set_hook only
+        // silences the expected panics' reports.
+        unsafe { libc::alarm(20) };
+        std::panic::set_hook(Box::new(|_| {}));
+        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(false);
+        // SAFETY: see above.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+    }
+    let mut status = 0;
+    // SAFETY: waits for our own child; `status` is ours to write.
+    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(r, pid, "waitpid: {}", std::io::Error::last_os_error());
+    status
+}
+
+/// Whether `f` panics with the forked-child message.
+fn panics_as_forked(f: impl FnOnce()) -> bool {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(()) => false,
+        Err(e) => common::payload_str(&*e).is_some_and(|m| m.contains("fork()ed child")),
+    }
+}
+
+#[test]
+fn runtime_calls_in_a_forked_child_panic_instead_of_hanging() {
+    // Forked children hung: in a child (whose own children die by alarm).
+    if let Some(out) = in_parent_run_as_child(
+        "runtime_calls_in_a_forked_child_panic_instead_of_hanging",
+        "FORK-OK",
+    ) {
+        // From the grandchild that parked.
+        let msg = "fatal error: gosched: the runtime cannot be used in a fork()ed child";
+        assert!(out.stderr.contains(msg), "{}", out.describe());
+        return;
+    }
+    let rt = Builder::new().procs(2).build().unwrap();
+    assert_eq!(rt.block_on(|| 1 + 1), 2);
+    let (tx, rx) = gosched::chan::channel::<u32>(0);
+    let pending = std::sync::Mutex::new(Some(rt.spawn(move || rx.recv())));
+
+    // Forked from a plain thread while the runtime lives.
+    let status = in_forked_child(|| {
+        let spawn = panics_as_forked(|| drop(rt.spawn(|| 1)));
+        let block_on = panics_as_forked(|| {
+            let _ = rt.block_on(|| 1);
+        });
+        let join = panics_as_forked(|| {
+            let h = pending.lock().unwrap().take().unwrap();
+            drop(h.join());
+        });
+        let build = Builder::new()
+            .build()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::Unsupported);
+        // Dropping the runtime here must not hang either.
+        // SAFETY: a bitwise copy, dropped once: this child `_exit`s without
+        // dropping (or using) the original.
+        drop(unsafe { std::ptr::read(&rt) });
+        spawn && block_on && join && build
+    });
+    assert_eq!(
+        status, 0,
+        "forked from a plain thread: wait status {status}"
+    );
+
+    // Forked from a goroutine.
+    let status =
+        rt.block_on(|| in_forked_child(|| panics_as_forked(|| drop(gosched::spawn(|| 1)))));
+    assert_eq!(status, 0, "forked from a goroutine: wait status {status}");
+    // A goroutine that would park in the child aborts with the message
+    // (unwinding out of a park could leave a wait entry dangling).
+    let status = rt.block_on(|| {
+        in_forked_child(|| {
+            gosched::sleep(Duration::from_millis(1));
+            true
+        })
+    });
+    assert!(
+        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGABRT,
+        "a goroutine parking in a forked child: wait status {status}"
+    );
+
+    // Fork then exec keeps working, from a goroutine (`pre_exec` makes std
+    // take the fork path rather than posix_spawn).
+    let ok = rt.block_on(|| {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new("true");
+        // SAFETY: the closure does nothing (it only forces a real fork).
+        unsafe { cmd.pre_exec(|| Ok(())) };
+        cmd.status().unwrap().success()
+    });
+    assert!(ok, "fork then exec from a goroutine");
+    // The parent's runtime is untouched by its children.
+    assert_eq!(rt.block_on(|| gosched::spawn(|| 3).join().unwrap()), 3);
+    tx.send(1).unwrap();
+    println!("FORK-OK");
+}

@@ -215,3 +215,50 @@ fn goroutine_exiting_while_locked_leaves_the_runtime_working() {
         assert_eq!(rt.spawn(|| 5).join().unwrap(), 5);
     }
 }
+
+/// ThreadAffine pins a preempted goroutine's thread until it resumes; with
+/// many call-free hogs, starting fresh ones while hundreds wait pinned
+/// cost a thread each (1,000+ Ms for 2,000 hogs at a 50 µs quantum). The
+/// scheduler resumes pinned ones first once 64 wait (8 per P on larger
+/// machines), so the number of Ms stays near that.
+#[cfg(feature = "preempt-signal")]
+#[test]
+fn many_preempted_affine_hogs_need_few_threads() {
+    let _w = common::watchdog();
+    let rt = Builder::new()
+        .procs(2)
+        .preempt_quantum(gosched::MIN_QUANTUM.max(Duration::from_micros(50)))
+        .build()
+        .unwrap();
+    let hogs = 1000;
+    rt.block_on(move || {
+        let hs: Vec<_> = (0..hogs)
+            .map(|_| {
+                gosched::spawn(|| {
+                    // About a millisecond of work with no calls at all, so
+                    // every preemption lands in preemptible code.
+                    let mut x = 0u64;
+                    for i in 0..300_000u64 {
+                        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+                    }
+                    x
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+    });
+    let s = rt.stats();
+    eprintln!("{} Ms, {} async preemptions", s.threads, s.preempt_async);
+    assert!(s.preempt_async > 0, "no asynchronous preemption: {s:?}");
+    // About the cap (64 parked) + procs + a few idle Ms; 300 leaves room
+    // for a loaded machine (194 seen once at load 7 on 2 CPUs). Without the
+    // cap: about one per hog (700-1,000).
+    assert!(
+        s.threads < 300,
+        "{} Ms for {hogs} hogs on 2 Ps ({} async preemptions)",
+        s.threads,
+        s.preempt_async
+    );
+}

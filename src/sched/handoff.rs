@@ -155,6 +155,7 @@ impl Shared {
             locked_g: Cell::new(None),
             g0_sp: UnsafeCell::new(0),
             p: Cell::new(None),
+            new_p: Cell::new(false),
             yield_p: Cell::new(ptr::null()),
             reason: Cell::new(Reason::None),
             signal_pending: AtomicBool::new(false),

@@ -81,6 +81,11 @@ impl Sched<'_> {
         pp.status.store(pstatus(self.m, P_SCHED), Ordering::Release);
         fence(Ordering::Acquire);
         self.m.p.set(Some(p));
+        // The first goroutine we run with it starts a slice of its own, even
+        // from `runnext`: sysmon judges (and hands off) a P per slice, and a
+        // P handed on from a thread blocked in the kernel must not keep the
+        // slice sysmon already gave up on (its next goroutine may block too).
+        self.m.new_p.set(true);
         self.sh.note_busy();
     }
 
@@ -152,7 +157,8 @@ impl Sched<'_> {
     /// that `g` yielded to directly (see `sched::yield_direct`).
     fn execute(&self, g: GRef, inherit: bool) -> GRef {
         let p = self.p();
-        if !inherit {
+        if !inherit || self.m.new_p.get() {
+            self.m.new_p.set(false);
             p.slice_start
                 .store(self.sh.slice_clock(), Ordering::Relaxed);
             p.schedtick
@@ -203,10 +209,10 @@ impl Sched<'_> {
         if reason != Reason::AsyncPreempt && g.affine.get() {
             // A cooperative scheduling point ends ThreadAffine pinning.
             g.affine.set(false);
-            if g.lock_count.get() == 0 {
-                g.locked_m.set(None);
-                self.m.locked_g.set(None);
-            }
+            self.unlock_if_free(g);
+        }
+        if reason != Reason::Exit {
+            self.lock_if_panicking(g);
         }
         match reason {
             Reason::Yield => self.runqput_tail(g),
@@ -286,6 +292,46 @@ impl Sched<'_> {
         true
     }
 
+    /// Ends `g`'s lock to this M unless something still holds it there:
+    /// `lock_os_thread`, ThreadAffine pinning, or a panic in progress.
+    fn unlock_if_free(&self, g: GRef) {
+        if g.lock_count.get() == 0 && !g.affine.get() && !g.unwinding.get() {
+            g.locked_m.set(None);
+            self.m.locked_g.set(None);
+        }
+    }
+
+    /// Locks `g`, which just switched out, to this M while it is panicking
+    /// (unwinding, or inside the panic hook), and unlocks it once it no
+    /// longer is (it caught the panic itself).
+    ///
+    /// std keeps its panic state per OS thread (the count behind
+    /// `std::thread::panicking`, "inside the panic hook"): another goroutine
+    /// run on this thread meanwhile would see `panicking() == true`, poison
+    /// every `std::sync::Mutex` whose guard it drops, and abort the process
+    /// if it panicked too ("thread panicked while processing panic"). So a
+    /// goroutine that parks or yields mid-panic (a `Drop` guard that sends
+    /// on a channel, a panic hook that sleeps) keeps its thread to itself,
+    /// as a locked goroutine does: `stoplockedm` hands our P on.
+    ///
+    /// We run on g0 of the thread the goroutine ran on, so the thread's panic
+    /// state is the goroutine's: no other goroutine ran here since it started
+    /// panicking (this rule). Cheap: `panicking()` is one Relaxed load of
+    /// std's global panic count while no thread panics.
+    fn lock_if_panicking(&self, g: GRef) {
+        let panicking = std::thread::panicking();
+        if panicking == g.unwinding.get() {
+            return;
+        }
+        g.unwinding.set(panicking);
+        if panicking {
+            g.locked_m.set(Some(NonNull::from(&**self.m)));
+            self.m.locked_g.set(Some(g));
+        } else {
+            self.unlock_if_free(g);
+        }
+    }
+
     fn runqput_tail(&self, g: GRef) {
         match self.m.p.get() {
             Some(_) => self.local().worker.push(g),
@@ -318,6 +364,7 @@ impl Sched<'_> {
         }
         g.lock_count.set(0);
         g.affine.set(false);
+        g.unwinding.set(false);
         // SAFETY: owner access: the G finished on this M.
         let stack = unsafe { (*g.stack.get()).take() };
         g.stack_lo.store(0, Ordering::Relaxed);
@@ -363,6 +410,17 @@ impl Sched<'_> {
     }
 
     /// Go's findRunnable. Returns None only at shutdown.
+    ///
+    /// One departure from Go, for ThreadAffine mode: when
+    /// `affine_parked_cap()` Ms are parked with asynchronously preempted
+    /// goroutines, the global queue (where those goroutines wait)
+    /// comes right after `runnext`, before the local queue, and the local
+    /// queue gets the every-61st-slice turn instead.
+    /// Each such goroutine pins its thread until it resumes, so starting
+    /// fresh goroutines from the local queue, which get preempted in turn,
+    /// would add a thread per goroutine (1,000+ threads with 2,000 hogs at a
+    /// 50 µs quantum); resuming the oldest parked ones first keeps the count
+    /// near the cap.
     fn find_runnable(&self) -> Option<(GRef, bool)> {
         loop {
             if self.sh.shutdown.load(Ordering::Acquire) {
@@ -382,16 +440,24 @@ impl Sched<'_> {
                 }
             }
             let p = self.p();
-            if p.schedtick
+            let global_turn = p
+                .schedtick
                 .load(Ordering::Relaxed)
-                .is_multiple_of(GLOBAL_CHECK)
-            {
+                .is_multiple_of(GLOBAL_CHECK);
+            let affine_full =
+                self.sh.affine_parked.load(Ordering::Relaxed) >= self.sh.affine_parked_cap();
+            if global_turn && !affine_full {
                 if let Some(g) = steal_one(|| self.sh.injector.steal()) {
                     return Some((g, false));
                 }
             }
             if let Some(g) = NonNull::new(p.runnext.swap(ptr::null_mut(), Ordering::AcqRel)) {
                 return Some((GRef(g), true));
+            }
+            if affine_full && !global_turn {
+                if let Some(g) = steal_one(|| self.sh.injector.steal()) {
+                    return Some((g, false));
+                }
             }
             if let Some(g) = NonNull::new(p.yielded.swap_owner(ptr::null_mut())) {
                 return Some((GRef(g), false));
@@ -595,6 +661,21 @@ impl Sched<'_> {
     /// Go's stoplockedm: our locked G is not running; give our P away and
     /// sleep until someone hands us a P to run it with.
     fn stoplockedm(&self) -> bool {
+        // Our locked G waits in a run queue after an asynchronous
+        // preemption (ThreadAffine): count us until it resumes (see
+        // `find_runnable`).
+        let affine = self.m.locked_g.get().is_some_and(|g| g.affine.get());
+        if affine {
+            self.sh.affine_parked.fetch_add(1, Ordering::Relaxed);
+        }
+        let ok = self.stoplockedm_wait();
+        if affine {
+            self.sh.affine_parked.fetch_sub(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    fn stoplockedm_wait(&self) -> bool {
         if let Some(p) = self.m.p.get() {
             if self.m.spinning.swap(false, Ordering::Relaxed) {
                 self.sh.nmspinning.fetch_sub(1, Ordering::SeqCst);
@@ -627,6 +708,29 @@ impl Sched<'_> {
         // We park right after this (see `run`): hand over our CPU too.
         self.sh.pin_to_this_cpu(lm);
         lm.note.wake();
+    }
+}
+
+/// Ms parked with an asynchronously preempted ThreadAffine goroutine above
+/// which `find_runnable` serves the global queue (where those goroutines
+/// wait) before the local one: `max(AFFINE_PARKED_MIN, AFFINE_PARKED_PER_P
+/// * procs)`. A soft cap on the threads ThreadAffine preemption costs.
+///
+/// The cap trades thread count for start latency: at the cap a goroutine
+/// waiting in a local queue starts only on the every-61st-slice turn (each
+/// one started is preempted in turn and pins one more thread). Below it
+/// Go's order holds. So it is high enough that ordinary loads (tens of
+/// call-free loops) never reach it (40 loops on 2 Ps: fairness index 0.99
+/// either way, while a cap of 16 dropped it to 0.58 in a 2 s run), and low
+/// enough that a burst of thousands of short hogs stays at tens of threads
+/// instead of one per hog.
+const AFFINE_PARKED_PER_P: usize = 8;
+const AFFINE_PARKED_MIN: usize = 64;
+
+impl Shared {
+    /// See `AFFINE_PARKED_PER_P`.
+    fn affine_parked_cap(&self) -> usize {
+        (AFFINE_PARKED_PER_P * self.procs()).max(AFFINE_PARKED_MIN)
     }
 }
 

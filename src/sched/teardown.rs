@@ -40,7 +40,45 @@ impl Shared {
             }
             std::thread::sleep(std::time::Duration::from_micros(200));
         }
-        self.stacks.unmap();
+        // The stacks of abandoned goroutines stay mapped: other threads may
+        // still reach into them (see `StackPool::unmap_except`).
+        let keep: Vec<(usize, usize)> = self
+            .allg
+            .rt_lock()
+            .iter()
+            .filter(|g| g.live.load(Ordering::Relaxed))
+            .map(|g| {
+                (
+                    g.stack_lo.load(Ordering::Relaxed),
+                    g.stack_hi.load(Ordering::Relaxed),
+                )
+            })
+            .filter(|&(_, hi)| hi != 0)
+            .collect();
+        self.stacks.unmap_except(keep);
+    }
+
+    /// Completes the `JoinHandle` of every goroutine that will never finish
+    /// now (Runtime drop, after `shutdown`): its `join` returns `Err`, its
+    /// `is_finished` says true, and a thread or goroutine (of another
+    /// runtime) already waiting in `join` is woken. Without this, `join`
+    /// after the drop waited forever.
+    ///
+    /// Nothing else of the goroutine is touched: its stack is unmapped and
+    /// its closure (started or not) stays where it is, leaked with the G.
+    pub(crate) fn abandon_goroutines(&self) {
+        debug_assert!(self.threads.rt_lock().is_empty(), "an M still runs");
+        for g in self.allg.rt_lock().iter() {
+            if !g.live.load(Ordering::Relaxed) {
+                continue;
+            }
+            // SAFETY: every M has exited (`shutdown` joined them), so no
+            // goroutine runs and nothing else touches `entry`; a live G's
+            // body is still there (see `G::entry`).
+            if let Some(body) = unsafe { (*g.entry.get()).as_ref() } {
+                body.abandon(self);
+            }
+        }
     }
 
     /// Returns the G structs of finished goroutines to the process-wide
