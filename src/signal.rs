@@ -11,12 +11,11 @@
 //! signal-hook-registry refuses SIGSEGV (it cannot be handled by returning),
 //! so the handler is installed with `sigaction` directly, once per process.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::sync::Once;
 
-/// Runtimes whose stacks can be live at once and still be recognised by the
-/// overflow handler. Beyond this an overflow is reported as a plain SIGSEGV.
-const MAX_REGIONS: usize = 64;
+/// Entries per chunk of the registry of stack reservations.
+const CHUNK: usize = 64;
 
 /// One registered reservation. `base` is written last on registration
 /// (Release) and first on removal, so the handler (Acquire) sees either a
@@ -26,6 +25,8 @@ struct Region {
     len: AtomicUsize,
     slot: AtomicUsize,
     guard: AtomicUsize,
+    /// 1 while a `Registration` owns this entry (CAS by `register_stacks`,
+    /// cleared by `Registration::drop`).
     claimed: AtomicUsize,
 }
 
@@ -38,50 +39,120 @@ const EMPTY: Region = Region {
     claimed: AtomicUsize::new(0),
 };
 
-static REGIONS: [Region; MAX_REGIONS] = [EMPTY; MAX_REGIONS];
-
-/// Registers a stack reservation; returns its index for `unregister_stacks`
-/// (None when the table is full).
-pub(crate) fn register_stacks(base: usize, len: usize, slot: usize, guard: usize) -> Option<usize> {
-    install_segv_handler();
-    for (i, r) in REGIONS.iter().enumerate() {
-        if r.claimed
-            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-        {
-            r.len.store(len, Ordering::Relaxed);
-            r.slot.store(slot, Ordering::Relaxed);
-            r.guard.store(guard, Ordering::Relaxed);
-            // Pairs with the Acquire load in `guard_hit`.
-            r.base.store(base, Ordering::Release);
-            return Some(i);
-        }
-    }
-    None
+/// The registry is a singly linked list of fixed chunks, append-only: a
+/// chunk, once linked, is never unlinked or freed, so the SIGSEGV handler
+/// can walk it with plain Acquire loads while other threads register and
+/// unregister (no lock, no allocation, no reclamation in the handler).
+/// Chunks are allocated by `register_stacks`, outside any handler, when
+/// every entry of every chunk is taken; entries are reused after
+/// `Registration::drop`. So any number of live runtimes is covered, and the
+/// memory kept is bounded by the peak number of live runtimes (one chunk of
+/// about 2.5 KiB per 64).
+///
+/// Rejected: a fixed table (beyond its size an overflow silently became a
+/// plain SIGSEGV), and a lock-protected `Vec` (the handler cannot take a
+/// lock: the faulting thread may hold it).
+struct Chunk {
+    regions: [Region; CHUNK],
+    /// The next chunk, or null. Written once (CAS from null, Release);
+    /// read with Acquire.
+    next: AtomicPtr<Chunk>,
 }
 
-/// Removes a registration made by `register_stacks`.
-pub(crate) fn unregister_stacks(i: usize) {
-    REGIONS[i].base.store(0, Ordering::Release);
-    REGIONS[i].claimed.store(0, Ordering::Release);
+/// The first chunk, static so that a process with at most `CHUNK` live
+/// runtimes never allocates one.
+static FIRST: Chunk = Chunk {
+    regions: [EMPTY; CHUNK],
+    next: AtomicPtr::new(core::ptr::null_mut()),
+};
+
+/// The chunks of the registry, first to last. Async-signal-safe.
+fn chunks() -> impl Iterator<Item = &'static Chunk> {
+    let mut next: *const Chunk = &FIRST;
+    core::iter::from_fn(move || {
+        // SAFETY: `next` is null or a linked chunk; linked chunks are never
+        // freed (see `Chunk`), so the reference is valid for 'static.
+        let c: &'static Chunk = unsafe { next.as_ref()? };
+        // Pairs with the Release CAS in `register_stacks`.
+        next = c.next.load(Ordering::Acquire);
+        Some(c)
+    })
+}
+
+/// A stack reservation's entry in the overflow handler's registry; dropping
+/// it removes the entry.
+pub(crate) struct Registration(&'static Region);
+
+/// Registers a stack reservation of `len` bytes at `base`, carved into
+/// slots of `slot` bytes whose lowest `guard` bytes are the guard page.
+pub(crate) fn register_stacks(base: usize, len: usize, slot: usize, guard: usize) -> Registration {
+    install_segv_handler();
+    let claim = |r: &'static Region| {
+        r.claimed
+            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    };
+    let r = loop {
+        let mut last = &FIRST;
+        if let Some(r) = chunks()
+            .inspect(|c| last = c)
+            .find_map(|c| c.regions.iter().find(|r| claim(r)))
+        {
+            break r;
+        }
+        // Every entry is taken: append a chunk. Its first entry is ours
+        // before anyone can see it.
+        let fresh: &'static Chunk = Box::leak(Box::new(Chunk {
+            regions: [EMPTY; CHUNK],
+            next: AtomicPtr::new(core::ptr::null_mut()),
+        }));
+        fresh.regions[0].claimed.store(1, Ordering::Relaxed);
+        let fresh_ptr = fresh as *const Chunk as *mut Chunk;
+        // Pairs with the Acquire load in `chunks`.
+        match last.next.compare_exchange(
+            core::ptr::null_mut(),
+            fresh_ptr,
+            Ordering::Release,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => break &fresh.regions[0],
+            Err(_) => {
+                // Another thread appended first: drop ours (nobody else saw
+                // it) and look again, its chunk has free entries.
+                // SAFETY: `fresh_ptr` came from Box::leak above and was never
+                // published.
+                drop(unsafe { Box::from_raw(fresh_ptr) });
+            }
+        }
+    };
+    r.len.store(len, Ordering::Relaxed);
+    r.slot.store(slot, Ordering::Relaxed);
+    r.guard.store(guard, Ordering::Relaxed);
+    // Pairs with the Acquire load in `guard_hit`.
+    r.base.store(base, Ordering::Release);
+    Registration(r)
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.0.base.store(0, Ordering::Release);
+        self.0.claimed.store(0, Ordering::Release);
+    }
 }
 
 /// If `addr` lies in the guard page of a registered stack slot, returns the
 /// usable size of that stack. Async-signal-safe.
 fn guard_hit(addr: usize) -> Option<usize> {
-    for r in &REGIONS {
+    chunks().flat_map(|c| c.regions.iter()).find_map(|r| {
         // Pairs with the Release store in `register_stacks`.
         let base = r.base.load(Ordering::Acquire);
         if base == 0 || addr < base || addr - base >= r.len.load(Ordering::Relaxed) {
-            continue;
+            return None;
         }
         let slot = r.slot.load(Ordering::Relaxed);
         let guard = r.guard.load(Ordering::Relaxed);
-        if (addr - base) % slot < guard {
-            return Some(slot - guard);
-        }
-    }
-    None
+        ((addr - base) % slot < guard).then_some(slot - guard)
+    })
 }
 
 /// The SIGSEGV action that was installed before ours. Written once inside

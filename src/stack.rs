@@ -127,8 +127,8 @@ pub(crate) struct StackPool {
     free: Mutex<Vec<Stack>>,
     mode: Mutex<GuardMode>,
     warned: AtomicBool,
-    /// Our entry in the overflow handler's registry; taken by `unmap`.
-    registry_index: Mutex<Option<usize>>,
+    /// Our entry in the overflow handler's registry; dropped by `unmap`.
+    registration: Mutex<Option<crate::signal::Registration>>,
 }
 
 impl StackPool {
@@ -143,7 +143,7 @@ impl StackPool {
             .map_anon()?;
         let nslots = RESERVATION / slot;
         let base = map.as_ptr() as usize;
-        let registry_index = crate::signal::register_stacks(base, nslots * slot, slot, guard);
+        let registration = crate::signal::register_stacks(base, nslots * slot, slot, guard);
         Ok(StackPool {
             map: Mutex::new(Some(map)),
             base,
@@ -154,7 +154,7 @@ impl StackPool {
             free: Mutex::new(Vec::new()),
             mode: Mutex::new(GuardMode::Madvise),
             warned: AtomicBool::new(false),
-            registry_index: Mutex::new(registry_index),
+            registration: Mutex::new(Some(registration)),
         })
     }
 
@@ -217,9 +217,8 @@ impl StackPool {
     /// Unmaps every stack (runtime shutdown, after every M has exited:
     /// nothing runs on them any more).
     pub(crate) fn unmap(&self) {
-        if let Some(i) = self.registry_index.rt_lock().take() {
-            crate::signal::unregister_stacks(i);
-        }
+        // Unregister first: the addresses may be reused by any mapping.
+        drop(self.registration.rt_lock().take());
         self.map.rt_lock().take();
         self.free.rt_lock().clear();
     }
