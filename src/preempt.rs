@@ -31,8 +31,18 @@
 //! 4. The interrupted rip lies in the main executable's code, not in libc,
 //!    the loader, the vDSO or another shared object (preempting inside
 //!    malloc would hand its locks and per-thread caches to another thread).
-//! 5. The interrupted signal mask is the M's normal one (not inside a user
-//!    signal handler that runs on the goroutine's stack).
+//! 5. Not inside a signal handler. A user handler that runs on the
+//!    goroutine's stack (any handler installed without `SA_ONSTACK`; one
+//!    with it runs on the M's alternate stack and fails rule 3) must not be
+//!    preempted: it would resume, and `sigreturn`, on whatever thread runs
+//!    the goroutine next (installing the first thread's alternate signal
+//!    stack there), and a ThreadAffine goroutine would hold its handler
+//!    open while others run. Two checks: the interrupted signal mask is the
+//!    M's normal one (a handler normally blocks at least its own signal),
+//!    and no kernel signal frame lies between the interrupted rsp and the
+//!    stack top (an `SA_NODEFER` handler with an empty `sa_mask` changes no
+//!    mask; `arch::signal_frame_above` finds its frame by the thread's
+//!    alternate-stack words the kernel saves in it).
 //!
 //! A refused attempt is counted by reason; the cooperative flag stays set
 //! and sysmon retries at its next deadline.
@@ -70,7 +80,8 @@ pub(crate) enum Refusal {
     Stack = 2,
     /// Rule 4: in foreign code (libc, vDSO, another shared object).
     ForeignCode = 3,
-    /// Rule 5: inside a signal handler.
+    /// Rule 5: inside a signal handler (by the signal mask, or by the
+    /// kernel's signal frame on the goroutine's stack).
     SigMask = 4,
     /// The thread was not an M of a runtime with async preemption on.
     NotM = 5,
@@ -220,6 +231,17 @@ fn try_preempt(m: &crate::sched::M, ctx: &mut arch::SigContext) -> Result<(), Re
         )
     };
     if now != normal {
+        return Err(Refusal::SigMask);
+    }
+    // Rule 5, second half: a handler that changed no mask (SA_NODEFER,
+    // empty sa_mask) is recognised by the kernel's signal frame it runs
+    // above. Scanned last: it reads the goroutine's live stack.
+    let (alt_sp, alt_size) = crate::signal::this_altstack();
+    let top = stack.map_or(0, |s| s.top);
+    // SAFETY: rule 3 checked bottom <= rsp <= top: [rsp, top) is the live
+    // part of the goroutine's stack, mapped and ours (this thread runs it
+    // and is stopped in this handler).
+    if unsafe { arch::signal_frame_above(rsp, top, alt_sp, alt_size) } {
         return Err(Refusal::SigMask);
     }
     g.preempt.store(false, Ordering::Relaxed);

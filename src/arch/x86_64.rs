@@ -437,6 +437,77 @@ pub(crate) fn async_preempt_trampoline() -> usize {
     gosched_arch_async_preempt as *const () as usize
 }
 
+/// Whether a kernel signal frame lies on the stack in `[sp, top)`: that is,
+/// whether the code interrupted at `sp` runs inside a signal handler that
+/// was entered on this stack (rather than on the alternate signal stack).
+///
+/// The kernel (arch/x86/kernel/signal.c, `get_sigframe`) builds a
+/// `struct rt_sigframe` below the interrupted code's red zone and enters
+/// the handler with rsp pointing at it:
+///
+/// ```text
+///   | interrupted frames             |  <- rsp of the code the signal interrupted
+///   | red zone (128 bytes)           |
+///   | XSAVE image (64-aligned)       |  <- uc_mcontext.fpregs points here
+///   | siginfo                        |
+///   | ucontext: uc_flags, uc_link,   |
+///   |   uc_stack = the thread's      |
+///   |   sigaltstack (sp, flags, size)|
+///   |   uc_mcontext (gregs: .. rsp ..|
+///   | pretcode (sa_restorer)         |  <- frame start, 8 mod 16
+///   | the handler's frames           |
+/// ```
+///
+/// The scan looks, at every address `a` = 8 mod 16 from `sp` up, for that
+/// shape: `uc_stack` equal to this thread's alternate signal stack
+/// (`alt_sp`, `alt_size`: two exact words that ordinary data on a goroutine
+/// stack does not hold), and a saved rsp in `(a, top]`. It does not depend
+/// on the signal mask (an `SA_NODEFER` handler with an empty `sa_mask`
+/// leaves it unchanged) nor on the handler's restorer. Cost: one compare
+/// per 16 bytes of live stack. Async-signal-safe.
+///
+/// # Safety
+/// `[sp, top)` must be readable (the live part of the interrupted thread's
+/// current stack, the thread being stopped in our handler).
+pub(crate) unsafe fn signal_frame_above(
+    sp: usize,
+    top: usize,
+    alt_sp: usize,
+    alt_size: usize,
+) -> bool {
+    use core::mem::offset_of;
+    const UC: usize = 8; // the ucontext follows pretcode
+    const SS_SP: usize =
+        UC + offset_of!(libc::ucontext_t, uc_stack) + offset_of!(libc::stack_t, ss_sp);
+    const SS_SIZE: usize =
+        UC + offset_of!(libc::ucontext_t, uc_stack) + offset_of!(libc::stack_t, ss_size);
+    const RSP: usize = UC
+        + offset_of!(libc::ucontext_t, uc_mcontext)
+        + offset_of!(libc::mcontext_t, gregs)
+        + 8 * libc::REG_RSP as usize;
+    const END: usize = UC + core::mem::size_of::<libc::ucontext_t>();
+    if alt_sp == 0 || top < END || sp > top - END {
+        return false;
+    }
+    let word = |a: usize| {
+        // SAFETY: the callers below keep `a + 8 <= top`; the range is
+        // readable per the contract.
+        unsafe { (a as *const usize).read_volatile() }
+    };
+    // The first address >= sp that is 8 mod 16.
+    let mut a = ((sp + 8 + 15) & !15) - 8;
+    while a <= top - END {
+        if word(a + SS_SP) == alt_sp && word(a + SS_SIZE) == alt_size {
+            let saved_sp = word(a + RSP);
+            if saved_sp > a && saved_sp <= top {
+                return true;
+            }
+        }
+        a += 16;
+    }
+    false
+}
+
 /// The machine context of an interrupted thread, as the kernel saved it for
 /// a signal handler (Go's `sigctxt`).
 pub(crate) struct SigContext {
