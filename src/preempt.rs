@@ -58,7 +58,22 @@
 //!    application's own SIGURG handler keeps receiving every SIGURG.
 //!
 //! It calls nothing that is not async-signal-safe: atomics, thread-local
-//! reads, and the previous handler.
+//! reads, and the previous handler. A thread-local flag set around step 4
+//! makes a re-entry (an application handler that chains back to the action
+//! it replaced, which is ours) return at once instead of recursing.
+//!
+//! # Who owns SIGURG
+//!
+//! While any runtime with asynchronous preemption exists, gosched's handler
+//! must be the installed SIGURG action; it forwards every SIGURG to the
+//! application's handler. Install your own SIGURG handler *before* building
+//! the first runtime and it is chained from the start. One installed
+//! *after* replaces ours and would silently stop asynchronous preemption (a
+//! no-call loop then starves its P): sysmon checks the installed action
+//! every `HANDLER_CHECK` (10 ms) while busy, and when it finds another one it
+//! re-installs ours, makes that handler the forward target (it still
+//! receives every SIGURG) and prints one warning on stderr. Setting SIGURG
+//! to `SIG_IGN`/`SIG_DFL` is undone the same way.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Once;
@@ -106,12 +121,38 @@ const SCHED_CALL_ROOM: usize = 4096;
 const MAX_RANGES: usize = 16;
 static TEXT: [AtomicUsize; 2 * MAX_RANGES] = [const { AtomicUsize::new(0) }; 2 * MAX_RANGES];
 
-/// The SIGURG action that was there before ours. Written once, before our
-/// handler is installed (sigaction stores it as part of the installing call).
-static mut PREV_URG: libc::sigaction = {
-    // SAFETY: sigaction is plain data; all-zero is SIG_DFL.
-    unsafe { core::mem::zeroed() }
-};
+/// The SIGURG handler `on_sigurg` forwards to, as its `sa_sigaction` word
+/// and `sa_flags`: the action installed before ours (written by `install`
+/// before our handler can run), or one an application installed over ours
+/// later (written by `reclaim_sigurg`). Writers store the handler SIG_DFL,
+/// then the flags, then the handler (Release); the handler loads the
+/// handler (Acquire), then the flags, so it never pairs a new handler with
+/// old flags.
+static FORWARD_HANDLER: AtomicUsize = AtomicUsize::new(libc::SIG_DFL);
+static FORWARD_FLAGS: AtomicUsize = AtomicUsize::new(0);
+
+fn set_forward(prev: &libc::sigaction) {
+    let h = if prev.sa_sigaction == on_sigurg as *const () as usize {
+        libc::SIG_DFL // never forward to ourselves
+    } else {
+        prev.sa_sigaction
+    };
+    FORWARD_HANDLER.store(libc::SIG_DFL, Ordering::Relaxed);
+    FORWARD_FLAGS.store(prev.sa_flags as usize, Ordering::Release);
+    // Pairs with the Acquire load in `on_sigurg`.
+    FORWARD_HANDLER.store(h, Ordering::Release);
+}
+
+/// Our SIGURG action.
+fn our_action() -> libc::sigaction {
+    // SAFETY: sigaction is plain data; all-zero is a valid starting point.
+    let mut sa: libc::sigaction = unsafe { core::mem::zeroed() };
+    sa.sa_sigaction = on_sigurg as *const () as usize;
+    sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESTART;
+    // SAFETY: initialises the mask of our own struct.
+    unsafe { libc::sigemptyset(&mut sa.sa_mask) };
+    sa
+}
 
 static INSTALL: Once = Once::new();
 
@@ -121,17 +162,76 @@ pub(crate) fn install() {
     INSTALL.call_once(|| {
         arch::init_xsave();
         read_text_ranges();
-        // SAFETY: installs an SA_SIGINFO handler that is async-signal-safe;
-        // the previous action is stored into PREV_URG by the same call,
-        // before any SIGURG can reach our handler.
+        let _g = RECLAIM.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: reads the current action (null new action), records it as
+        // the forward target, then installs our async-signal-safe handler;
+        // whatever it replaced (the same action unless another thread
+        // raced us) becomes the target, so no SIGURG misses the
+        // application's handler.
         unsafe {
-            let mut sa: libc::sigaction = core::mem::zeroed();
-            sa.sa_sigaction = on_sigurg as *const () as usize;
-            sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESTART;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(libc::SIGURG, &sa, core::ptr::addr_of_mut!(PREV_URG));
+            let mut prev: libc::sigaction = core::mem::zeroed();
+            libc::sigaction(libc::SIGURG, core::ptr::null(), &mut prev);
+            set_forward(&prev);
+            libc::sigaction(libc::SIGURG, &our_action(), &mut prev);
+            set_forward(&prev);
         }
     });
+}
+
+/// Serialises `install` and `reclaim_sigurg` (sysmon threads of several
+/// runtimes may notice a replaced handler at once).
+static RECLAIM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Times `reclaim_sigurg` re-installed our handler (a generation: each
+/// runtime's sysmon clears the stale `signal_pending` of its Ms when it
+/// changes, since the signals they wait on went to the other handler).
+static RECLAIMS: AtomicUsize = AtomicUsize::new(0);
+
+/// Printed once per process.
+static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Checks that our SIGURG handler is still installed; if the application
+/// replaced it (after the first runtime was built), re-installs ours,
+/// forwarding every SIGURG to the application's handler from then on, and
+/// warns once on stderr. Returns the reclaim generation (see `RECLAIMS`).
+/// Called by sysmon every `HANDLER_CHECK`; not from a signal handler.
+pub(crate) fn reclaim_sigurg() -> usize {
+    if !INSTALL.is_completed() {
+        return 0;
+    }
+    let ours = on_sigurg as *const () as usize;
+    // SAFETY: a null new action only reads the current one.
+    let current = || unsafe {
+        let mut cur: libc::sigaction = core::mem::zeroed();
+        libc::sigaction(libc::SIGURG, core::ptr::null(), &mut cur);
+        cur
+    };
+    if current().sa_sigaction == ours {
+        return RECLAIMS.load(Ordering::Acquire);
+    }
+    let _g = RECLAIM.lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: as in `install`; `theirs` receives the application's action,
+    // recorded as the forward target right after (until then we forward to
+    // the previous target, which is harmless).
+    let theirs = unsafe {
+        let mut theirs: libc::sigaction = core::mem::zeroed();
+        libc::sigaction(libc::SIGURG, &our_action(), &mut theirs);
+        theirs
+    };
+    if theirs.sa_sigaction != ours {
+        set_forward(&theirs);
+        if !WARNED.swap(true, Ordering::Relaxed) {
+            eprintln!(
+                "gosched: warning: the SIGURG handler was replaced after the runtime started \
+                 (handler {:#x}); asynchronous preemption needs SIGURG: gosched re-installed its \
+                 handler and forwards every SIGURG to the application's. Install SIGURG handlers \
+                 before building the first runtime.",
+                theirs.sa_sigaction
+            );
+        }
+        RECLAIMS.fetch_add(1, Ordering::AcqRel);
+    }
+    RECLAIMS.load(Ordering::Acquire)
 }
 
 /// Called by every M when it starts: SIGURG must never be blocked on an M.
@@ -251,8 +351,20 @@ fn try_preempt(m: &crate::sched::M, ctx: &mut arch::SigContext) -> Result<(), Re
     Ok(())
 }
 
+thread_local! {
+    /// Set while this thread's `on_sigurg` forwards to the application's
+    /// handler: an application handler that itself chains to the action it
+    /// replaced (ours) re-enters `on_sigurg`, which then returns at once
+    /// instead of forwarding back to it forever. Const-initialised, no
+    /// destructor: a plain TLS access, async-signal-safe.
+    static FORWARDING: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
+
 /// The SIGURG handler; see the module docs for its steps.
 extern "C" fn on_sigurg(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    if FORWARDING.with(|f| f.get()) {
+        return;
+    }
     let m = crate::sched::signal_safe_current_m();
     if !m.is_null() {
         // SAFETY: this thread's live M.
@@ -266,10 +378,12 @@ extern "C" fn on_sigurg(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut l
         // Step 3; pairs with sysmon's CAS before tgkill.
         m.signal_pending.store(false, Ordering::Release);
     }
-    // Step 4.
-    // SAFETY: PREV_URG was written before our handler was installed.
-    let prev = unsafe { &*core::ptr::addr_of!(PREV_URG) };
-    crate::signal::forward(prev, sig, info, uc);
+    // Step 4; pairs with the Release store in `set_forward`.
+    let handler = FORWARD_HANDLER.load(Ordering::Acquire);
+    let flags = FORWARD_FLAGS.load(Ordering::Relaxed) as libc::c_int;
+    FORWARDING.with(|f| f.set(true));
+    crate::signal::forward(handler, flags, sig, info, uc);
+    FORWARDING.with(|f| f.set(false));
 }
 
 /// Called by the trampoline on the goroutine's stack, with every register

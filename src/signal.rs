@@ -207,7 +207,7 @@ extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut lib
     // SAFETY: PREV_SEGV was written before this handler was installed and
     // is never written again.
     let prev = unsafe { &*core::ptr::addr_of!(PREV_SEGV) };
-    if !forward(prev, sig, info, uc) {
+    if !forward(prev.sa_sigaction, prev.sa_flags, sig, info, uc) {
         // SIG_DFL or SIG_IGN before us: restore the default action; the
         // faulting instruction runs again and the kernel kills the process.
         // SAFETY: resetting a signal disposition is async-signal-safe.
@@ -219,20 +219,21 @@ extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut lib
     }
 }
 
-/// Calls the handler of `prev` (an action saved when ours was installed)
-/// with the kernel's arguments. Returns false, calling nothing, when `prev`
-/// is SIG_DFL or SIG_IGN. Async-signal-safe.
+/// Calls the handler `h` of an action saved when ours was installed (its
+/// `sa_sigaction` word and `sa_flags`) with the kernel's arguments. Returns
+/// false, calling nothing, when `h` is SIG_DFL or SIG_IGN.
+/// Async-signal-safe.
 pub(crate) fn forward(
-    prev: &libc::sigaction,
+    h: usize,
+    flags: libc::c_int,
     sig: libc::c_int,
     info: *mut libc::siginfo_t,
     uc: *mut libc::c_void,
 ) -> bool {
-    let h = prev.sa_sigaction;
     if h == libc::SIG_DFL || h == libc::SIG_IGN {
         return false;
     }
-    if prev.sa_flags & libc::SA_SIGINFO != 0 {
+    if flags & libc::SA_SIGINFO != 0 {
         // SAFETY: the previous handler was installed as an SA_SIGINFO
         // handler with this signature; we forward the kernel's arguments.
         let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =

@@ -566,3 +566,128 @@ fn sa_nodefer_handler_is_not_preempted_migrate() {
         "sa_nodefer_handler_is_not_preempted_migrate",
     );
 }
+
+/// SIGURGs the application's late handler saw.
+static LATE_SIGURGS: AtomicU64 = AtomicU64::new(0);
+/// The action `late_sigurg_chaining` replaced (gosched's), as
+/// (sa_sigaction, sa_flags); written before the handler is installed.
+static LATE_PREV: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
+extern "C" fn late_sigurg(_sig: libc::c_int, _info: *mut libc::siginfo_t, _uc: *mut libc::c_void) {
+    LATE_SIGURGS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A well-behaved late handler: counts, then chains to the action it
+/// replaced (which is gosched's, so gosched is re-entered from its own
+/// forwarding once it has reclaimed SIGURG).
+extern "C" fn late_sigurg_chaining(
+    sig: libc::c_int,
+    info: *mut libc::siginfo_t,
+    uc: *mut libc::c_void,
+) {
+    LATE_SIGURGS.fetch_add(1, Ordering::Relaxed);
+    let h = LATE_PREV[0].load(Ordering::Acquire) as usize;
+    if h != libc::SIG_DFL && h != libc::SIG_IGN {
+        // SAFETY: the replaced action is an SA_SIGINFO handler (gosched's).
+        let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+            unsafe { std::mem::transmute(h) };
+        f(sig, info, uc);
+    }
+}
+
+/// Child: build a runtime on one P, then install an application SIGURG
+/// handler over gosched's, then run a no-call hog beside a sleeping main
+/// goroutine. The hog can be stopped only by asynchronous preemption.
+fn late_handler_child(chaining: bool) {
+    let rt = Builder::new()
+        .procs(1)
+        .preempt_quantum(Duration::from_millis(1))
+        .build()
+        .unwrap();
+    rt.block_on(|| ()); // the runtime is up and its handler installed
+    let handler = if chaining {
+        late_sigurg_chaining as *const () as usize
+    } else {
+        late_sigurg as *const () as usize
+    };
+    // SAFETY: installs an async-signal-safe SA_SIGINFO handler; the old
+    // action is stored before the new handler can run.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = handler;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(libc::SIGURG, std::ptr::null(), &mut old);
+        LATE_PREV[1].store(old.sa_flags as u64, Ordering::Relaxed);
+        LATE_PREV[0].store(old.sa_sigaction as u64, Ordering::Release);
+        assert_eq!(libc::sigaction(libc::SIGURG, &sa, std::ptr::null_mut()), 0);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let t = Instant::now();
+    rt.block_on(move || {
+        let s2 = s.clone();
+        let h = gosched::spawn(move || hog(&s2));
+        // With one P, this sleep returns only once the hog is preempted.
+        gosched::sleep(Duration::from_millis(50));
+        s.store(true, Ordering::Relaxed);
+        h.join().unwrap();
+    });
+    let st = rt.stats();
+    eprintln!(
+        "SLEPT_MS={} LATE_SIGURGS={} PREEMPT_ASYNC={}",
+        t.elapsed().as_millis(),
+        LATE_SIGURGS.load(Ordering::Relaxed),
+        st.preempt_async
+    );
+}
+
+fn late_sigurg_handler_keeps_preemption(chaining: bool, test: &str) {
+    let role = format!("late_handler_{chaining}");
+    if child_role().as_deref() == Some(role.as_str()) {
+        return late_handler_child(chaining);
+    }
+    let _s = serial();
+    let out = run_child(test, &role, Duration::from_secs(30));
+    out.assert_success("late SIGURG handler child (a timeout is a starved hog)");
+    eprintln!("{}", out.stderr.lines().last().unwrap_or(""));
+    let warnings = out
+        .stderr
+        .matches("the SIGURG handler was replaced after the runtime started")
+        .count();
+    assert_eq!(warnings, 1, "want one warning\n{}", out.stderr);
+    assert!(
+        out.report("PREEMPT_ASYNC").is_some_and(|n| n > 0),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.report("LATE_SIGURGS").is_some_and(|n| n > 0),
+        "the application's handler saw no SIGURG: not forwarded\n{}",
+        out.stderr
+    );
+}
+
+/// A SIGURG handler the application installs after the runtime started
+/// (one that does not chain to gosched's) used to stop asynchronous
+/// preemption: a no-call loop on the only P starved a sleeping goroutine
+/// forever. sysmon notices, warns once, re-installs gosched's handler and
+/// forwards every SIGURG to the application's.
+#[test]
+fn sigurg_handler_installed_after_runtime_does_not_stop_preemption() {
+    late_sigurg_handler_keeps_preemption(
+        false,
+        "sigurg_handler_installed_after_runtime_does_not_stop_preemption",
+    );
+}
+
+/// As above with a handler that chains to the one it replaced (gosched's):
+/// gosched forwarding to it and it calling gosched back must not recurse.
+#[test]
+fn chaining_sigurg_handler_installed_after_runtime_does_not_recurse() {
+    late_sigurg_handler_keeps_preemption(
+        true,
+        "chaining_sigurg_handler_installed_after_runtime_does_not_recurse",
+    );
+}
