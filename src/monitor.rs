@@ -21,6 +21,8 @@ struct RuntimeTarget<'a> {
     /// Per P: (schedtick, when sysmon first saw it), to date `UNSTAMPED`
     /// slices.
     first_seen: &'a [Cell<(u64, u64)>],
+    /// The starvation warning was printed (once per runtime).
+    warned_starved: &'a Cell<bool>,
 }
 
 impl RuntimeTarget<'_> {
@@ -125,6 +127,34 @@ impl Target for RuntimeTarget<'_> {
     fn fire_timers(&mut self, _now: Duration) -> usize {
         self.sh.fire_timers()
     }
+
+    fn starved(&mut self, p: usize, overrun: Duration) {
+        self.sh.counters.starved.fetch_add(1, Ordering::Relaxed);
+        if self.warned_starved.replace(true) {
+            return;
+        }
+        // The dominant reason among those a running goroutine can cause.
+        let reason = [
+            crate::preempt::Refusal::NoPreempt,
+            crate::preempt::Refusal::Stack,
+            crate::preempt::Refusal::ForeignCode,
+            crate::preempt::Refusal::SigMask,
+        ]
+        .into_iter()
+        .max_by_key(|&r| self.sh.counters.refused[r as usize].load(Ordering::Relaxed))
+        .unwrap_or(crate::preempt::Refusal::SigMask) as usize;
+        eprintln!(
+            "gosched: warning: the goroutine on P {p} has overrun its {:?} quantum by {:?} and every \
+             asynchronous preemption was refused, mostly `{}`: {}. Goroutines waiting for this P \
+             do not run until it reaches a runtime call. Keep signal handlers short and split long \
+             loops in libc (safe-point rules in gosched's preempt docs). Stats::preempt_starved counts \
+             these slices; this warning is printed once.",
+            self.sh.cfg.quantum,
+            overrun,
+            crate::preempt::REFUSAL_NAMES[reason],
+            crate::preempt::REFUSAL_HELP[reason],
+        );
+    }
 }
 
 /// Is thread `tid` of this process asleep in the kernel ('S' or 'D' in
@@ -163,6 +193,7 @@ fn run(sh: &Shared) {
     };
     let mut mon = Monitor::new(cfg, sh.ps.len());
     let first_seen = vec![Cell::new((u64::MAX, 0)); sh.ps.len()];
+    let warned_starved = Cell::new(false);
     let trace = sh.cfg.schedtrace;
     let mut next_trace = trace.map(|t| sh.nanotime() + t.as_nanos() as u64);
     let mut handler = HandlerWatch::default();
@@ -173,6 +204,7 @@ fn run(sh: &Shared) {
             sh,
             now,
             first_seen: &first_seen,
+            warned_starved: &warned_starved,
         };
         let sleep = mon.tick(&mut target, Duration::from_nanos(now));
         if let (Some(t), Some(at)) = (trace, next_trace) {

@@ -112,6 +112,17 @@ pub(crate) const REFUSAL_NAMES: [&str; REFUSAL_REASONS] = [
     "not_m",
 ];
 
+/// What each refusal reason means for a user, by index (the starvation
+/// warning names the dominant one).
+pub(crate) const REFUSAL_HELP: [&str; REFUSAL_REASONS] = [
+    "no preemption was requested",
+    "inside a no_preempt region or runtime code",
+    "too close to the end of the goroutine stack",
+    "inside code outside the main executable (libc: memcpy, libm, malloc; the vDSO; another shared object)",
+    "inside a signal handler",
+    "not on an M of a runtime with asynchronous preemption",
+];
+
 /// Stack the scheduler call below the trampoline may use (the Rust frames of
 /// `preempt_park` and the switch to g0).
 const SCHED_CALL_ROOM: usize = 4096;

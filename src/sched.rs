@@ -287,6 +287,9 @@ pub(crate) struct GlobalCounters {
     pub(crate) refused: [AtomicU64; crate::preempt::REFUSAL_REASONS],
     pub(crate) retakes: AtomicU64,
     pub(crate) blocked_handoffs: AtomicU64,
+    /// Slices sysmon reported starved (every preemption refused for
+    /// `starved_quanta` quanta); written by sysmon.
+    pub(crate) starved: AtomicU64,
 }
 
 /// The state of one runtime (Go's `sched` plus `allp` and `allm`).

@@ -26,6 +26,11 @@ struct PRecord {
     next_probe: Duration,
     /// The `syscalltick` recorded on an earlier tick, if any.
     syscalltick: Option<u64>,
+    /// Consecutive retries of the current slice whose previous request was
+    /// refused (the refusal backoff's exponent).
+    refused_streak: u32,
+    /// [`Target::starved`] was already called for the current slice.
+    starved: bool,
 }
 
 impl PRecord {
@@ -37,6 +42,8 @@ impl PRecord {
         self.strikes = 0;
         self.handed_off = false;
         self.next_probe = Duration::ZERO;
+        self.refused_streak = 0;
+        self.starved = false;
     }
 }
 
@@ -267,7 +274,22 @@ impl Monitor {
             self.ps[p].strikes = 0;
             return after(now, self.cfg.quantum);
         }
-        let retry = after(now, self.retry_interval());
+        let rec = &mut self.ps[p];
+        if rec.requested && view.refused > rec.refused {
+            rec.refused_streak = rec.refused_streak.saturating_add(1);
+        } else {
+            rec.refused_streak = 0;
+        }
+        let streak = rec.refused_streak;
+        if streak > 0 && !rec.starved && self.cfg.starved_quanta > 0 {
+            let overrun = now.saturating_sub(deadline);
+            if overrun >= self.cfg.quantum.saturating_mul(self.cfg.starved_quanta) {
+                rec.starved = true;
+                self.counters.starved += 1;
+                target.starved(p, overrun);
+            }
+        }
+        let retry = after(now, self.retry_interval(streak));
         if self.blocked(target, p, view, now) {
             // The P may already run another goroutine: do not preempt it.
             return retry;
@@ -355,9 +377,17 @@ impl Monitor {
     }
 
     /// How soon an overrunning slice that was asked to yield is looked at
-    /// again: soon, but not in a tight loop.
-    fn retry_interval(&self) -> Duration {
-        self.cfg.min_sleep.max(self.cfg.quantum / 4)
+    /// again: soon, but not in a tight loop; after `refused_streak`
+    /// refused retries in a row, twice as late per refusal, up to
+    /// `max_refused_retry` (rule 2's refusal backoff).
+    fn retry_interval(&self, refused_streak: u32) -> Duration {
+        let base = self.cfg.min_sleep.max(self.cfg.quantum / 4);
+        if refused_streak == 0 {
+            return base;
+        }
+        let cap = self.cfg.max_refused_retry.max(base);
+        base.checked_mul(1 << refused_streak.min(31))
+            .map_or(cap, |d| d.min(cap))
     }
 
     /// Go's idle backoff: 50 ticks at `min_sleep`, then double per tick up to

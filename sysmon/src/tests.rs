@@ -840,10 +840,152 @@ fn random_walk_invariants() {
                     assert_eq!(views[p].status, PStatus::Syscall);
                 }
                 Call::FireTimers(_) => {}
+                Call::Starved { p, overrun } => {
+                    let v = views[p];
+                    assert_eq!(v.status, PStatus::Running);
+                    assert!(overrun >= cfg.quantum * cfg.starved_quanta);
+                    assert!(v.slice_start + cfg.quantum + overrun <= at);
+                }
             }
         }
     }
     let c = m.counters();
     assert_eq!(c.ticks, 5_000);
     assert!(c.preempt_requests > 0 && c.retakes > 0 && c.timers_fired > 0);
+}
+
+// ---------------------------------------------------------- refusal backoff
+
+/// Runs `m` on a one-P target whose slice (started at 0) never yields, for
+/// `until`; when `refuse` says so for the time of a tick, the signal that
+/// tick sent is refused (counted and acknowledged before the next tick).
+/// Returns the gaps between consecutive preemption requests.
+fn refused_run(
+    m: &mut Monitor,
+    t: &mut FakeTarget,
+    until: Duration,
+    refuse: impl Fn(Duration) -> bool,
+) -> Vec<Duration> {
+    let mut now = Duration::ZERO;
+    let mut last = None;
+    let mut gaps = Vec::new();
+    while now < until {
+        let d = sleep_for(m.tick(t, now));
+        if preempts(&t.take_calls()) > 0 {
+            if let Some(l) = last {
+                gaps.push(now - l);
+            }
+            last = Some(now);
+            if refuse(now) {
+                t.ps[0].refused += 1;
+            }
+            t.signal_pending[0] = false;
+        }
+        now += d;
+    }
+    gaps
+}
+
+#[test]
+fn refused_retries_back_off_exponentially_to_a_bound() {
+    let cfg = Config {
+        quantum: us(100),
+        blocked_refusals: 0,
+        ..Config::default()
+    };
+    let mut m = Monitor::new(cfg, 1);
+    let mut t = FakeTarget::new(vec![PView::running(1, ms(0))]);
+    let gaps = refused_run(&mut m, &mut t, Duration::from_secs(1), |_| true);
+    // quantum / 4 before the first refusal is known, then doubling per
+    // refusal, then 10 ms apart.
+    assert_eq!(&gaps[..5], &[us(25), us(50), us(100), us(200), us(400)]);
+    assert!(gaps.iter().all(|&g| g <= ms(10)), "{gaps:?}");
+    assert!(gaps.windows(2).all(|w| w[0] <= w[1]), "{gaps:?}");
+    // Without the backoff: one request every 25 µs, 40,000 in a second.
+    let n = gaps.len() + 1;
+    assert!((100..120).contains(&n), "{n} requests in 1 s");
+    assert!(m.counters().ticks < 150, "{:?}", m.counters());
+}
+
+#[test]
+fn an_accepted_retry_restarts_the_refusal_backoff() {
+    let cfg = Config {
+        quantum: us(100),
+        blocked_refusals: 0,
+        ..Config::default()
+    };
+    let mut m = Monitor::new(cfg, 1);
+    let mut t = FakeTarget::new(vec![PView::running(1, ms(0))]);
+    // Refused until 5 ms; after that a signal is not refused (in the
+    // runtime the goroutine would switch out; the fake keeps the slice
+    // running, so sysmon goes on asking at the base interval).
+    let gaps = refused_run(&mut m, &mut t, ms(30), |now| now < ms(5));
+    assert!(gaps.iter().any(|&g| g >= ms(2)), "{gaps:?}");
+    assert_eq!(*gaps.last().unwrap(), us(25), "{gaps:?}");
+}
+
+#[test]
+fn a_slice_refused_for_100_quanta_is_reported_starved_once() {
+    let cfg = Config {
+        quantum: ms(1),
+        blocked_refusals: 0,
+        ..Config::default()
+    };
+    let mut m = Monitor::new(cfg, 1);
+    let mut t = FakeTarget::new(vec![PView::running(1, ms(0))]);
+    let mut now = ms(0);
+    let mut starved = Vec::new();
+    while now < ms(400) {
+        let d = sleep_for(m.tick(&mut t, now));
+        for c in t.take_calls() {
+            match c {
+                Call::Preempt { .. } => {
+                    t.ps[0].refused += 1;
+                    t.signal_pending[0] = false;
+                }
+                Call::Starved { p, overrun } => starved.push((p, overrun, now)),
+                _ => {}
+            }
+        }
+        now += d;
+    }
+    assert_eq!(starved.len(), 1, "{starved:?}");
+    let (p, overrun, at) = starved[0];
+    assert_eq!(p, 0);
+    assert!(overrun >= ms(100) && overrun <= ms(111), "{overrun:?}");
+    assert_eq!(at, ms(1) + overrun);
+    assert_eq!(m.counters().starved, 1);
+    // A new slice may be reported again.
+    t.ps[0] = PView::running(2, now);
+    let later = now + ms(200);
+    while now < later {
+        let d = sleep_for(m.tick(&mut t, now));
+        for c in t.take_calls() {
+            if let Call::Preempt { .. } = c {
+                t.ps[0].refused += 1;
+                t.signal_pending[0] = false;
+            }
+        }
+        now += d;
+    }
+    assert_eq!(m.counters().starved, 2);
+}
+
+#[test]
+fn an_unrefused_overrun_is_not_reported_starved() {
+    // Asynchronous preemption off: nothing is refused, only requested.
+    let cfg = Config {
+        quantum: ms(1),
+        async_preempt: false,
+        blocked_refusals: 0,
+        ..Config::default()
+    };
+    let mut m = Monitor::new(cfg, 1);
+    let mut t = FakeTarget::new(vec![PView::running(1, ms(0))]);
+    let mut now = ms(0);
+    while now < ms(400) {
+        now += sleep_for(m.tick(&mut t, now));
+    }
+    assert!(!t.calls().iter().any(|c| matches!(c, Call::Starved { .. })));
+    assert_eq!(m.counters().starved, 0);
 }
