@@ -356,6 +356,8 @@ fn try_preempt(m: &crate::sched::M, ctx: &mut arch::SigContext) -> Result<(), Re
         return Err(Refusal::SigMask);
     }
     g.preempt.store(false, Ordering::Relaxed);
+    #[cfg(test)]
+    fp_walk::on_inject(ctx.rip(), ctx.fp());
     // SAFETY: rule 3 checked that the 136 bytes below rsp are inside the
     // goroutine's stack, past its red zone.
     unsafe { ctx.push_call(arch::async_preempt_trampoline()) };
@@ -398,9 +400,147 @@ extern "C" fn on_sigurg(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut l
 }
 
 /// Called by the trampoline on the goroutine's stack, with every register
-/// saved: yield to the scheduler; return when resumed.
-pub(crate) extern "C" fn preempt_park() {
+/// saved: yield to the scheduler; return when resumed. `frame` is the
+/// trampoline's frame pointer (only the frame-walk test looks at it).
+pub(crate) extern "C" fn preempt_park(frame: usize) {
+    #[cfg(test)]
+    fp_walk::on_park(frame);
+    #[cfg(not(test))]
+    let _ = frame;
     crate::sched::async_preempted();
+}
+
+/// Test hook: what a profiler sampling a preempted goroutine would see. The
+/// handler records the interrupted pc and frame pointer (thread-local: the
+/// trampoline runs next on the same thread); `preempt_park` of the armed
+/// goroutine records the trampoline frame's links and a DWARF backtrace.
+#[cfg(test)]
+pub(crate) mod fp_walk {
+    use std::cell::Cell;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
+
+    thread_local! {
+        static INJECTED: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+    }
+
+    /// The goroutine whose next preemption is recorded (0: none).
+    pub(crate) static ARMED_GID: AtomicU64 = AtomicU64::new(0);
+
+    /// What one preemption of the armed goroutine looked like.
+    pub(crate) struct Walk {
+        /// The interrupted pc and rbp, from the signal context.
+        pub(crate) pc: usize,
+        pub(crate) fp: usize,
+        /// `[frame + 8]` and `[frame]`: the return address and the caller's
+        /// frame pointer a frame-pointer unwinder reads.
+        pub(crate) ret_at_fp: usize,
+        pub(crate) link_at_fp: usize,
+        /// A DWARF (CFI) backtrace taken in `preempt_park`.
+        pub(crate) backtrace: std::backtrace::Backtrace,
+    }
+
+    pub(crate) static RESULT: Mutex<Option<Walk>> = Mutex::new(None);
+
+    pub(super) fn on_inject(pc: usize, fp: usize) {
+        INJECTED.with(|c| c.set((pc, fp)));
+    }
+
+    pub(super) fn on_park(frame: usize) {
+        let gid = crate::sched::signal_safe_current_gid();
+        if gid == 0
+            || ARMED_GID
+                .compare_exchange(gid, 0, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let (pc, fp) = INJECTED.with(|c| c.get());
+        // SAFETY: `frame` is the trampoline's rbp, which points at its
+        // saved-rbp slot with the resume rip above it, on this stack.
+        let (ret_at_fp, link_at_fp) = unsafe {
+            (
+                ((frame + 8) as *const usize).read(),
+                (frame as *const usize).read(),
+            )
+        };
+        let backtrace = std::backtrace::Backtrace::force_capture();
+        *RESULT.lock().unwrap() = Some(Walk {
+            pc,
+            fp,
+            ret_at_fp,
+            link_at_fp,
+            backtrace,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fp_walk::{ARMED_GID, RESULT};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    /// A loop without calls into the runtime (debug builds may call
+    /// `black_box`/`load`, which are in this executable too).
+    #[inline(never)]
+    fn fp_walk_hog(stop: &AtomicBool) -> u64 {
+        let mut x = 1u64;
+        while !stop.load(Ordering::Relaxed) {
+            for _ in 0..64 {
+                x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+            }
+        }
+        x
+    }
+
+    /// A goroutine preempted asynchronously, seen from inside the
+    /// scheduler as a sampling profiler would: the trampoline's frame links
+    /// to the interrupted pc and rbp (`[rbp + 8]`, `[rbp]`), and a DWARF
+    /// backtrace goes through the trampoline into the interrupted function.
+    #[test]
+    fn frame_pointer_and_dwarf_walks_see_the_interrupted_pc() {
+        let rt = crate::Builder::new()
+            .procs(1)
+            .preempt_quantum(Duration::from_millis(1))
+            .build()
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        rt.block_on(move || {
+            let s2 = s.clone();
+            let h = crate::spawn(move || {
+                ARMED_GID.store(crate::current_id().unwrap(), Ordering::Release);
+                fp_walk_hog(&s2)
+            });
+            let t = Instant::now();
+            while RESULT.lock().unwrap().is_none() && t.elapsed() < Duration::from_secs(20) {
+                crate::sleep(Duration::from_millis(2));
+            }
+            s.store(true, Ordering::Relaxed);
+            h.join().unwrap();
+        });
+        let walk = RESULT
+            .lock()
+            .unwrap()
+            .take()
+            .expect("the hog was never preempted asynchronously");
+        assert_eq!(
+            walk.ret_at_fp, walk.pc,
+            "[rbp + 8] of the trampoline frame is not the interrupted pc"
+        );
+        assert_eq!(
+            walk.link_at_fp, walk.fp,
+            "[rbp] of the trampoline frame is not the interrupted rbp"
+        );
+        let bt = walk.backtrace.to_string();
+        let park = bt.find("preempt_park").expect(&bt);
+        let hog = bt
+            .find("fp_walk_hog")
+            .unwrap_or_else(|| panic!("no hog frame:\n{bt}"));
+        assert!(park < hog, "{bt}");
+    }
 }
 
 /// Sends the preemption signal to `m` unless one is already in flight (Go's
