@@ -77,7 +77,8 @@
 //!    ([`PView::refused`] grew since the previous tick) doubles the retry
 //!    interval, from `max(min_sleep, quantum / 4)` up to
 //!    [`Config::max_refused_retry`]; a retry that was not refused restarts
-//!    it. A goroutine that stays where preemption is refused (a long user
+//!    it, and so does a thread that step 3 finds asleep in the kernel (its
+//!    remedy is the hand-off, which the backoff would only delay). A goroutine that stays where preemption is refused (a long user
 //!    signal handler, a loop inside libc) would otherwise cost a signal and
 //!    a sysmon wake-up every `quantum / 4`, forever (at a 100 µs quantum,
 //!    40,000 a second). Once such a slice has overrun its quantum by

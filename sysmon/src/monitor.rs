@@ -289,8 +289,12 @@ impl Monitor {
                 target.starved(p, overrun);
             }
         }
+        let handed_off = self.blocked(target, p, view, now);
+        // A thread found asleep in the kernel is refused because it sleeps:
+        // the remedy is rule 3's hand-off, which the backoff would delay.
+        let streak = if self.ps[p].strikes > 0 { 0 } else { streak };
         let retry = after(now, self.retry_interval(streak));
-        if self.blocked(target, p, view, now) {
+        if handed_off {
             // The P may already run another goroutine: do not preempt it.
             return retry;
         }

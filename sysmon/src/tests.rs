@@ -989,3 +989,29 @@ fn an_unrefused_overrun_is_not_reported_starved() {
     assert!(!t.calls().iter().any(|c| matches!(c, Call::Starved { .. })));
     assert_eq!(m.counters().starved, 0);
 }
+
+#[test]
+fn a_thread_asleep_in_the_kernel_is_handed_off_without_backoff_delay() {
+    let mut m = Monitor::new(Config::default(), 1);
+    let mut t = FakeTarget::new(vec![PView::running(1, ms(0))]);
+    t.blocked[0] = true;
+    let mut now = ms(0);
+    let mut handoff_at = None;
+    while now < ms(40) && handoff_at.is_none() {
+        let d = sleep_for(m.tick(&mut t, now));
+        for c in t.take_calls() {
+            match c {
+                Call::Preempt { .. } => {
+                    t.ps[0].refused += 1;
+                    t.signal_pending[0] = false;
+                }
+                Call::HandoffBlocked(0) => handoff_at = Some(now),
+                _ => {}
+            }
+        }
+        now += d;
+    }
+    // Requests at 10, 12.5, 15 ms (the refusals are the sleep's, not a
+    // reason to back off); two strikes hand the P away.
+    assert_eq!(handoff_at, Some(ms(15)));
+}
