@@ -856,46 +856,82 @@ fn random_walk_invariants() {
 
 // ---------------------------------------------------------- refusal backoff
 
-/// Runs `m` on a one-P target whose slice (started at 0) never yields, for
-/// `until`; when `refuse` says so for the time of a tick, the signal that
-/// tick sent is refused (counted and acknowledged before the next tick).
-/// Returns the gaps between consecutive preemption requests.
-fn refused_run(
+/// A monitor with `cfg` and a one-P target whose slice started at 0 and
+/// never yields.
+fn one_hog(cfg: Config) -> (Monitor, FakeTarget) {
+    (
+        Monitor::new(cfg, 1),
+        FakeTarget::new(vec![PView::running(1, ms(0))]),
+    )
+}
+
+/// `Config::default()` with `quantum` and blocked-M detection off.
+fn refusing_cfg(quantum: Duration) -> Config {
+    Config {
+        quantum,
+        blocked_refusals: 0,
+        ..Config::default()
+    }
+}
+
+/// Ticks `m` from `from` until `until` (or until `stop` holds for a call).
+/// Each preemption request is delivered at once, and refused when
+/// `refuse(now)` (counted before the next tick). Returns every call with
+/// the time of its tick, and the time reached.
+fn drive(
     m: &mut Monitor,
     t: &mut FakeTarget,
+    from: Duration,
     until: Duration,
     refuse: impl Fn(Duration) -> bool,
-) -> Vec<Duration> {
-    let mut now = Duration::ZERO;
-    let mut last = None;
-    let mut gaps = Vec::new();
+    stop: impl Fn(&Call) -> bool,
+) -> (Vec<(Duration, Call)>, Duration) {
+    let mut now = from;
+    let mut calls = Vec::new();
     while now < until {
         let d = sleep_for(m.tick(t, now));
-        if preempts(&t.take_calls()) > 0 {
-            if let Some(l) = last {
-                gaps.push(now - l);
-            }
-            last = Some(now);
+        let these = t.take_calls();
+        if these.iter().any(|c| matches!(c, Call::Preempt { .. })) {
             if refuse(now) {
                 t.ps[0].refused += 1;
             }
             t.signal_pending[0] = false;
         }
+        let done = these.iter().any(&stop);
+        calls.extend(these.into_iter().map(|c| (now, c)));
+        if done {
+            break;
+        }
         now += d;
     }
-    gaps
+    (calls, now)
+}
+
+/// The gaps between consecutive preemption requests among `calls`.
+fn request_gaps(calls: &[(Duration, Call)]) -> Vec<Duration> {
+    let at: Vec<Duration> = calls
+        .iter()
+        .filter(|(_, c)| matches!(c, Call::Preempt { .. }))
+        .map(|&(t, _)| t)
+        .collect();
+    at.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+fn starved_calls(calls: &[(Duration, Call)]) -> Vec<(Duration, usize, Duration)> {
+    calls
+        .iter()
+        .filter_map(|&(at, c)| match c {
+            Call::Starved { p, overrun } => Some((at, p, overrun)),
+            _ => None,
+        })
+        .collect()
 }
 
 #[test]
 fn refused_retries_back_off_exponentially_to_a_bound() {
-    let cfg = Config {
-        quantum: us(100),
-        blocked_refusals: 0,
-        ..Config::default()
-    };
-    let mut m = Monitor::new(cfg, 1);
-    let mut t = FakeTarget::new(vec![PView::running(1, ms(0))]);
-    let gaps = refused_run(&mut m, &mut t, Duration::from_secs(1), |_| true);
+    let (mut m, mut t) = one_hog(refusing_cfg(us(100)));
+    let (calls, _) = drive(&mut m, &mut t, ms(0), ms(1000), |_| true, |_| false);
+    let gaps = request_gaps(&calls);
     // quantum / 4 before the first refusal is known, then doubling per
     // refusal, then 10 ms apart.
     assert_eq!(&gaps[..5], &[us(25), us(50), us(100), us(200), us(400)]);
@@ -909,65 +945,31 @@ fn refused_retries_back_off_exponentially_to_a_bound() {
 
 #[test]
 fn an_accepted_retry_restarts_the_refusal_backoff() {
-    let cfg = Config {
-        quantum: us(100),
-        blocked_refusals: 0,
-        ..Config::default()
-    };
-    let mut m = Monitor::new(cfg, 1);
-    let mut t = FakeTarget::new(vec![PView::running(1, ms(0))]);
+    let (mut m, mut t) = one_hog(refusing_cfg(us(100)));
     // Refused until 5 ms; after that a signal is not refused (in the
     // runtime the goroutine would switch out; the fake keeps the slice
     // running, so sysmon goes on asking at the base interval).
-    let gaps = refused_run(&mut m, &mut t, ms(30), |now| now < ms(5));
+    let (calls, _) = drive(&mut m, &mut t, ms(0), ms(30), |now| now < ms(5), |_| false);
+    let gaps = request_gaps(&calls);
     assert!(gaps.iter().any(|&g| g >= ms(2)), "{gaps:?}");
     assert_eq!(*gaps.last().unwrap(), us(25), "{gaps:?}");
 }
 
 #[test]
 fn a_slice_refused_for_100_quanta_is_reported_starved_once() {
-    let cfg = Config {
-        quantum: ms(1),
-        blocked_refusals: 0,
-        ..Config::default()
-    };
-    let mut m = Monitor::new(cfg, 1);
-    let mut t = FakeTarget::new(vec![PView::running(1, ms(0))]);
-    let mut now = ms(0);
-    let mut starved = Vec::new();
-    while now < ms(400) {
-        let d = sleep_for(m.tick(&mut t, now));
-        for c in t.take_calls() {
-            match c {
-                Call::Preempt { .. } => {
-                    t.ps[0].refused += 1;
-                    t.signal_pending[0] = false;
-                }
-                Call::Starved { p, overrun } => starved.push((p, overrun, now)),
-                _ => {}
-            }
-        }
-        now += d;
-    }
+    let (mut m, mut t) = one_hog(refusing_cfg(ms(1)));
+    let (calls, now) = drive(&mut m, &mut t, ms(0), ms(400), |_| true, |_| false);
+    let starved = starved_calls(&calls);
     assert_eq!(starved.len(), 1, "{starved:?}");
-    let (p, overrun, at) = starved[0];
+    let (at, p, overrun) = starved[0];
     assert_eq!(p, 0);
     assert!(overrun >= ms(100) && overrun <= ms(111), "{overrun:?}");
     assert_eq!(at, ms(1) + overrun);
     assert_eq!(m.counters().starved, 1);
     // A new slice may be reported again.
     t.ps[0] = PView::running(2, now);
-    let later = now + ms(200);
-    while now < later {
-        let d = sleep_for(m.tick(&mut t, now));
-        for c in t.take_calls() {
-            if let Call::Preempt { .. } = c {
-                t.ps[0].refused += 1;
-                t.signal_pending[0] = false;
-            }
-        }
-        now += d;
-    }
+    let (calls, _) = drive(&mut m, &mut t, now, now + ms(200), |_| true, |_| false);
+    assert_eq!(starved_calls(&calls).len(), 1);
     assert_eq!(m.counters().starved, 2);
 }
 
@@ -975,43 +977,29 @@ fn a_slice_refused_for_100_quanta_is_reported_starved_once() {
 fn an_unrefused_overrun_is_not_reported_starved() {
     // Asynchronous preemption off: nothing is refused, only requested.
     let cfg = Config {
-        quantum: ms(1),
         async_preempt: false,
-        blocked_refusals: 0,
-        ..Config::default()
+        ..refusing_cfg(ms(1))
     };
-    let mut m = Monitor::new(cfg, 1);
-    let mut t = FakeTarget::new(vec![PView::running(1, ms(0))]);
-    let mut now = ms(0);
-    while now < ms(400) {
-        now += sleep_for(m.tick(&mut t, now));
-    }
-    assert!(!t.calls().iter().any(|c| matches!(c, Call::Starved { .. })));
+    let (mut m, mut t) = one_hog(cfg);
+    let (calls, _) = drive(&mut m, &mut t, ms(0), ms(400), |_| false, |_| false);
+    assert!(starved_calls(&calls).is_empty());
     assert_eq!(m.counters().starved, 0);
 }
 
 #[test]
 fn a_thread_asleep_in_the_kernel_is_handed_off_without_backoff_delay() {
-    let mut m = Monitor::new(Config::default(), 1);
-    let mut t = FakeTarget::new(vec![PView::running(1, ms(0))]);
+    let (mut m, mut t) = one_hog(Config::default());
     t.blocked[0] = true;
-    let mut now = ms(0);
-    let mut handoff_at = None;
-    while now < ms(40) && handoff_at.is_none() {
-        let d = sleep_for(m.tick(&mut t, now));
-        for c in t.take_calls() {
-            match c {
-                Call::Preempt { .. } => {
-                    t.ps[0].refused += 1;
-                    t.signal_pending[0] = false;
-                }
-                Call::HandoffBlocked(0) => handoff_at = Some(now),
-                _ => {}
-            }
-        }
-        now += d;
-    }
+    let (calls, now) = drive(
+        &mut m,
+        &mut t,
+        ms(0),
+        ms(40),
+        |_| true,
+        |c| *c == Call::HandoffBlocked(0),
+    );
     // Requests at 10, 12.5, 15 ms (the refusals are the sleep's, not a
     // reason to back off); two strikes hand the P away.
-    assert_eq!(handoff_at, Some(ms(15)));
+    assert!(calls.iter().any(|&(_, c)| c == Call::HandoffBlocked(0)));
+    assert_eq!(now, ms(15));
 }
