@@ -118,7 +118,7 @@ pub(crate) const REFUSAL_HELP: [&str; REFUSAL_REASONS] = [
     "no preemption was requested",
     "inside a no_preempt region or runtime code",
     "too close to the end of the goroutine stack",
-    "inside code outside the main executable (libc: memcpy, libm, malloc; the vDSO; another shared object)",
+    "inside code outside the main executable (libc such as memcpy or libm, the vDSO, another shared object)",
     "inside a signal handler",
     "not on an M of a runtime with asynchronous preemption",
 ];
@@ -385,7 +385,13 @@ extern "C" fn on_sigurg(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut l
         // SAFETY: `uc` is this handler's ucontext.
         let mut ctx = unsafe { arch::SigContext::new(uc) };
         if let Err(why) = try_preempt(m, &mut ctx) {
-            m.refused.fetch_add(1, Ordering::Relaxed);
+            // sysmon reads this as "the goroutine it asked to yield is at
+            // an unsafe point" (blocked-M evidence, refusal backoff); a
+            // signal that found no request (the goroutine already switched)
+            // says nothing about it.
+            if why != Refusal::NotRequested {
+                m.refused.fetch_add(1, Ordering::Relaxed);
+            }
             m.shared_ref().counters.refused[why as usize].fetch_add(1, Ordering::Relaxed);
         }
         // Step 3; pairs with sysmon's CAS before tgkill.

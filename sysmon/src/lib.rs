@@ -78,13 +78,14 @@
 //!    interval, from `max(min_sleep, quantum / 4)` up to
 //!    [`Config::max_refused_retry`]; a retry that was not refused restarts
 //!    it, and so does a thread that step 3 finds asleep in the kernel (its
-//!    remedy is the hand-off, which the backoff would only delay). A goroutine that stays where preemption is refused (a long user
-//!    signal handler, a loop inside libc) would otherwise cost a signal and
-//!    a sysmon wake-up every `quantum / 4`, forever (at a 100 µs quantum,
-//!    40,000 a second). Once such a slice has overrun its quantum by
-//!    [`Config::starved_quanta`] quanta with the last retry refused, call
-//!    [`Target::starved`], once per slice, so the runtime can say why its
-//!    other goroutines do not run.
+//!    remedy is the hand-off, which the backoff would only delay). A
+//!    goroutine that stays where preemption is refused (a long user signal
+//!    handler, a loop inside libc) would otherwise cost a signal and a
+//!    sysmon wake-up every `quantum / 4`, forever (at a 100 µs quantum,
+//!    40,000 a second). Once every request of a slice has been refused for
+//!    [`Config::starved_quanta`] quanta (measured from the first request of
+//!    the unbroken run of refusals), call [`Target::starved`], once per
+//!    slice, so the runtime can say why its other goroutines do not run.
 //! 3. **Blocked-M detection** (no Go counterpart; it sits where `retake`
 //!    handles `_Psyscall`). An overrunning slice is a *candidate* on a tick
 //!    when sysmon already asked it to yield on an earlier tick, and its
@@ -215,8 +216,8 @@ mod tests;
 ///
 /// `Config::default()` is: quantum 10 ms, syscall retake 20 µs, max sleep
 /// 10 ms, min sleep 20 µs, 2 blocked refusals, asynchronous preemption on,
-/// refused retries backing off to 10 ms, starvation reported after 100
-/// quanta.
+/// refused retries backing off to 2 ms, starvation reported after 100
+/// quanta of refusals.
 /// Setting `quantum` or `syscall_retake` to [`Duration::MAX`] disables the
 /// deadline it controls.
 ///
@@ -233,7 +234,7 @@ mod tests;
 /// assert_eq!(cfg.min_sleep, Duration::from_micros(20));
 /// assert_eq!(cfg.blocked_refusals, 2);
 /// assert!(cfg.async_preempt);
-/// assert_eq!(cfg.max_refused_retry, Duration::from_millis(10));
+/// assert_eq!(cfg.max_refused_retry, Duration::from_millis(2));
 /// assert_eq!(cfg.starved_quanta, 100);
 ///
 /// let coarse = Config { quantum: Duration::from_millis(50), ..Config::default() };
@@ -272,11 +273,13 @@ pub struct Config {
     /// asynchronous preemptions keep being refused (Go: none; see rule 2's
     /// refusal backoff). The retry interval doubles with every refused
     /// retry, from `max(min_sleep, quantum / 4)` up to this (or up to that
-    /// start, if larger).
+    /// start, if larger). Default 2 ms: at most 500 signals a second to a
+    /// goroutine that refuses them, while one that is only briefly in libc
+    /// is still caught within a few ms.
     pub max_refused_retry: Duration,
-    /// Quanta a slice may overrun while every preemption is refused before
-    /// [`Target::starved`] reports it (once per slice). 0 disables the
-    /// report.
+    /// Quanta for which every preemption request of a slice must have been
+    /// refused before [`Target::starved`] reports it (once per slice). 0
+    /// disables the report.
     pub starved_quanta: u32,
 }
 
@@ -291,7 +294,7 @@ impl Default for Config {
             blocked_probe_interval: Duration::from_millis(1),
             async_preempt: true,
             only_when_contended: false,
-            max_refused_retry: Duration::from_millis(10),
+            max_refused_retry: Duration::from_millis(2),
             starved_quanta: 100,
         }
     }

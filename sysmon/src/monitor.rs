@@ -29,6 +29,11 @@ struct PRecord {
     /// Consecutive retries of the current slice whose previous request was
     /// refused (the refusal backoff's exponent).
     refused_streak: u32,
+    /// When the first request of the current unbroken run of refused
+    /// requests was made (None: the last request was not refused).
+    refusing_since: Option<Duration>,
+    /// When the last preemption request of the current slice was made.
+    last_request: Duration,
     /// [`Target::starved`] was already called for the current slice.
     starved: bool,
 }
@@ -43,6 +48,7 @@ impl PRecord {
         self.handed_off = false;
         self.next_probe = Duration::ZERO;
         self.refused_streak = 0;
+        self.refusing_since = None;
         self.starved = false;
     }
 }
@@ -277,17 +283,19 @@ impl Monitor {
         let rec = &mut self.ps[p];
         if rec.requested && view.refused > rec.refused {
             rec.refused_streak = rec.refused_streak.saturating_add(1);
+            rec.refusing_since.get_or_insert(rec.last_request);
         } else {
             rec.refused_streak = 0;
+            rec.refusing_since = None;
         }
         let streak = rec.refused_streak;
-        if streak > 0 && !rec.starved && self.cfg.starved_quanta > 0 {
-            let overrun = now.saturating_sub(deadline);
-            if overrun >= self.cfg.quantum.saturating_mul(self.cfg.starved_quanta) {
-                rec.starved = true;
-                self.counters.starved += 1;
-                target.starved(p, overrun);
-            }
+        let starving = rec.refusing_since.is_some_and(|since| {
+            now.saturating_sub(since) >= self.cfg.quantum.saturating_mul(self.cfg.starved_quanta)
+        });
+        if starving && !rec.starved && self.cfg.starved_quanta > 0 {
+            rec.starved = true;
+            self.counters.starved += 1;
+            target.starved(p, now.saturating_sub(deadline));
         }
         let handed_off = self.blocked(target, p, view, now);
         // A thread found asleep in the kernel is refused because it sleeps:
@@ -304,6 +312,7 @@ impl Monitor {
             self.counters.signals += 1;
         }
         self.ps[p].requested = true;
+        self.ps[p].last_request = now;
         retry
     }
 

@@ -933,14 +933,14 @@ fn refused_retries_back_off_exponentially_to_a_bound() {
     let (calls, _) = drive(&mut m, &mut t, ms(0), ms(1000), |_| true, |_| false);
     let gaps = request_gaps(&calls);
     // quantum / 4 before the first refusal is known, then doubling per
-    // refusal, then 10 ms apart.
+    // refusal, then 2 ms apart.
     assert_eq!(&gaps[..5], &[us(25), us(50), us(100), us(200), us(400)]);
-    assert!(gaps.iter().all(|&g| g <= ms(10)), "{gaps:?}");
+    assert!(gaps.iter().all(|&g| g <= ms(2)), "{gaps:?}");
     assert!(gaps.windows(2).all(|w| w[0] <= w[1]), "{gaps:?}");
     // Without the backoff: one request every 25 µs, 40,000 in a second.
     let n = gaps.len() + 1;
-    assert!((100..120).contains(&n), "{n} requests in 1 s");
-    assert!(m.counters().ticks < 150, "{:?}", m.counters());
+    assert!((490..510).contains(&n), "{n} requests in 1 s");
+    assert!(m.counters().ticks < 550, "{:?}", m.counters());
 }
 
 #[test]
@@ -963,7 +963,8 @@ fn a_slice_refused_for_100_quanta_is_reported_starved_once() {
     assert_eq!(starved.len(), 1, "{starved:?}");
     let (at, p, overrun) = starved[0];
     assert_eq!(p, 0);
-    assert!(overrun >= ms(100) && overrun <= ms(111), "{overrun:?}");
+    // Refused since the first request, at the end of the quantum (1 ms).
+    assert!(overrun >= ms(100) && overrun <= ms(102), "{overrun:?}");
     assert_eq!(at, ms(1) + overrun);
     assert_eq!(m.counters().starved, 1);
     // A new slice may be reported again.
@@ -1002,4 +1003,19 @@ fn a_thread_asleep_in_the_kernel_is_handed_off_without_backoff_delay() {
     // reason to back off); two strikes hand the P away.
     assert!(calls.iter().any(|&(_, c)| c == Call::HandoffBlocked(0)));
     assert_eq!(now, ms(15));
+}
+
+#[test]
+fn a_slice_refused_only_now_and_then_is_not_reported_starved() {
+    // Every third request is accepted (the goroutine is often, not
+    // always, in libc): the run of refusals never lasts 100 quanta.
+    let (mut m, mut t) = one_hog(refusing_cfg(us(100)));
+    let n = std::cell::Cell::new(0u32);
+    let refuse = |_| {
+        n.set(n.get() + 1);
+        n.get() % 3 != 0
+    };
+    let (calls, _) = drive(&mut m, &mut t, ms(0), ms(500), refuse, |_| false);
+    assert!(request_gaps(&calls).iter().all(|&g| g <= us(100)));
+    assert!(starved_calls(&calls).is_empty());
 }
