@@ -1013,7 +1013,7 @@ fn a_slice_refused_only_now_and_then_is_not_reported_starved() {
     let n = std::cell::Cell::new(0u32);
     let refuse = |_| {
         n.set(n.get() + 1);
-        n.get() % 3 != 0
+        !n.get().is_multiple_of(3)
     };
     let (calls, _) = drive(&mut m, &mut t, ms(0), ms(500), refuse, |_| false);
     assert!(request_gaps(&calls).iter().all(|&g| g <= us(100)));
