@@ -49,18 +49,22 @@
 //!
 //! # The handler, step by step (`on_sigurg`)
 //!
-//! 1. Find this thread's M (a thread-local read); none: skip to step 4.
-//! 2. Check rules 1-5; if all hold, clear the request and `push_call` the
-//!    trampoline into the ucontext; else count the refusal.
-//! 3. Acknowledge: clear the M's signal-pending flag, so sysmon may signal
+//! 1. If this thread is inside step 5 already (an application handler we
+//!    forward to chained back to the action it replaced, which is ours),
+//!    return at once instead of recursing.
+//! 2. Find this thread's M (a thread-local read); none: skip to step 5.
+//! 3. Check rules 1-5; if all hold, clear the request and `push_call` the
+//!    trampoline into the ucontext; else count the refusal (in the M's
+//!    `refused`, which sysmon reads, unless nothing was requested).
+//! 4. Acknowledge: clear the M's signal-pending flag, so sysmon may signal
 //!    again.
-//! 4. Forward the signal to the SIGURG action installed before ours, so an
-//!    application's own SIGURG handler keeps receiving every SIGURG.
+//! 5. Forward the signal to the application's SIGURG action (the one
+//!    installed before ours, or one installed over ours later, see below),
+//!    so an application's own SIGURG handler keeps receiving every SIGURG;
+//!    a thread-local flag marks the call for step 1.
 //!
 //! It calls nothing that is not async-signal-safe: atomics, thread-local
-//! reads, and the previous handler. A thread-local flag set around step 4
-//! makes a re-entry (an application handler that chains back to the action
-//! it replaced, which is ours) return at once instead of recursing.
+//! accesses, and the application's handler.
 //!
 //! # Who owns SIGURG
 //!
@@ -295,7 +299,7 @@ fn in_main_text(rip: usize) -> bool {
     })
 }
 
-/// Steps 1-2 of the handler: checks the rules; on success rewrites `ctx`.
+/// Step 3 of the handler: checks the rules; on success rewrites `ctx`.
 fn try_preempt(m: &crate::sched::M, ctx: &mut arch::SigContext) -> Result<(), Refusal> {
     let sh = m.shared_ref();
     if !sh.cfg.async_preempt {
@@ -375,6 +379,7 @@ thread_local! {
 
 /// The SIGURG handler; see the module docs for its steps.
 extern "C" fn on_sigurg(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    // Step 1.
     if FORWARDING.with(|f| f.get()) {
         return;
     }
@@ -394,10 +399,10 @@ extern "C" fn on_sigurg(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut l
             }
             m.shared_ref().counters.refused[why as usize].fetch_add(1, Ordering::Relaxed);
         }
-        // Step 3; pairs with sysmon's CAS before tgkill.
+        // Step 4; pairs with sysmon's CAS before tgkill.
         m.signal_pending.store(false, Ordering::Release);
     }
-    // Step 4; pairs with the Release store in `set_forward`.
+    // Step 5; pairs with the Release store in `set_forward`.
     let handler = FORWARD_HANDLER.load(Ordering::Acquire);
     let flags = FORWARD_FLAGS.load(Ordering::Relaxed) as libc::c_int;
     FORWARDING.with(|f| f.set(true));

@@ -386,9 +386,10 @@ pub struct Stats {
     /// (`not_requested`, `no_preempt`, `stack`, `foreign_code`, `sigmask`,
     /// `not_m`).
     pub preempt_refused_by_reason: Vec<(&'static str, u64)>,
-    /// Slices whose every asynchronous preemption was refused for 100
-    /// quanta (a goroutine that stays in a signal handler or in libc while
-    /// others wait for its P); the first one is also reported on stderr.
+    /// Slices whose asynchronous preemptions were all refused for 100
+    /// quanta and at least 100 ms in a row (a goroutine that stays in a
+    /// signal handler or in libc while others wait for its P); the first
+    /// one is also reported on stderr.
     pub preempt_starved: u64,
     /// Ps taken back from blocking calls by sysmon.
     pub retakes: u64,

@@ -83,9 +83,10 @@
 //!    handler, a loop inside libc) would otherwise cost a signal and a
 //!    sysmon wake-up every `quantum / 4`, forever (at a 100 µs quantum,
 //!    40,000 a second). Once every request of a slice has been refused for
-//!    [`Config::starved_quanta`] quanta (measured from the first request of
-//!    the unbroken run of refusals), call [`Target::starved`], once per
-//!    slice, so the runtime can say why its other goroutines do not run.
+//!    [`Config::starved_quanta`] quanta and at least [`Config::starved_min`]
+//!    (measured from the first request of the unbroken run of refusals),
+//!    call [`Target::starved`], once per slice, so the runtime can say why
+//!    its other goroutines do not run.
 //! 3. **Blocked-M detection** (no Go counterpart; it sits where `retake`
 //!    handles `_Psyscall`). An overrunning slice is a *candidate* on a tick
 //!    when sysmon already asked it to yield on an earlier tick, and its
@@ -217,7 +218,7 @@ mod tests;
 /// `Config::default()` is: quantum 10 ms, syscall retake 20 µs, max sleep
 /// 10 ms, min sleep 20 µs, 2 blocked refusals, asynchronous preemption on,
 /// refused retries backing off to 2 ms, starvation reported after 100
-/// quanta of refusals.
+/// quanta (and at least 100 ms) of refusals.
 /// Setting `quantum` or `syscall_retake` to [`Duration::MAX`] disables the
 /// deadline it controls.
 ///
@@ -236,6 +237,7 @@ mod tests;
 /// assert!(cfg.async_preempt);
 /// assert_eq!(cfg.max_refused_retry, Duration::from_millis(2));
 /// assert_eq!(cfg.starved_quanta, 100);
+/// assert_eq!(cfg.starved_min, Duration::from_millis(100));
 ///
 /// let coarse = Config { quantum: Duration::from_millis(50), ..Config::default() };
 /// assert_eq!(coarse.quantum, Duration::from_millis(50));
@@ -281,6 +283,10 @@ pub struct Config {
     /// refused before [`Target::starved`] reports it (once per slice). 0
     /// disables the report.
     pub starved_quanta: u32,
+    /// Least such time, whatever the quantum (at a 100 µs quantum, 100
+    /// quanta are only 10 ms: a loaded machine or a long runtime call
+    /// can refuse that long without anything being wrong).
+    pub starved_min: Duration,
 }
 
 impl Default for Config {
@@ -296,6 +302,7 @@ impl Default for Config {
             only_when_contended: false,
             max_refused_retry: Duration::from_millis(2),
             starved_quanta: 100,
+            starved_min: Duration::from_millis(100),
         }
     }
 }
@@ -722,7 +729,7 @@ pub trait Target {
     /// use std::time::Duration;
     ///
     /// let ms = Duration::from_millis;
-    /// let cfg = Config { starved_quanta: 3, ..Config::default() };
+    /// let cfg = Config { starved_quanta: 3, starved_min: Duration::ZERO, ..Config::default() };
     /// let mut target = FakeTarget::new(vec![PView::running(1, ms(0))]);
     /// let mut monitor = Monitor::new(cfg, 1);
     /// let mut now = ms(10);

@@ -289,9 +289,14 @@ impl Monitor {
             rec.refusing_since = None;
         }
         let streak = rec.refused_streak;
-        let starving = rec.refusing_since.is_some_and(|since| {
-            now.saturating_sub(since) >= self.cfg.quantum.saturating_mul(self.cfg.starved_quanta)
-        });
+        let starve_after = self
+            .cfg
+            .quantum
+            .saturating_mul(self.cfg.starved_quanta)
+            .max(self.cfg.starved_min);
+        let starving = rec
+            .refusing_since
+            .is_some_and(|since| now.saturating_sub(since) >= starve_after);
         if starving && !rec.starved && self.cfg.starved_quanta > 0 {
             rec.starved = true;
             self.counters.starved += 1;

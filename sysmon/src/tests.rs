@@ -843,7 +843,7 @@ fn random_walk_invariants() {
                 Call::Starved { p, overrun } => {
                     let v = views[p];
                     assert_eq!(v.status, PStatus::Running);
-                    assert!(overrun >= cfg.quantum * cfg.starved_quanta);
+                    assert!(overrun >= (cfg.quantum * cfg.starved_quanta).max(cfg.starved_min));
                     assert!(v.slice_start + cfg.quantum + overrun <= at);
                 }
             }
@@ -1018,4 +1018,15 @@ fn a_slice_refused_only_now_and_then_is_not_reported_starved() {
     let (calls, _) = drive(&mut m, &mut t, ms(0), ms(500), refuse, |_| false);
     assert!(request_gaps(&calls).iter().all(|&g| g <= us(100)));
     assert!(starved_calls(&calls).is_empty());
+}
+
+#[test]
+fn starvation_needs_at_least_starved_min_at_a_short_quantum() {
+    // 100 quanta of 100 µs are 10 ms; the report waits for 100 ms.
+    let (mut m, mut t) = one_hog(refusing_cfg(us(100)));
+    let (calls, _) = drive(&mut m, &mut t, ms(0), ms(300), |_| true, |_| false);
+    let starved = starved_calls(&calls);
+    assert_eq!(starved.len(), 1, "{starved:?}");
+    let (_, _, overrun) = starved[0];
+    assert!(overrun >= ms(100) && overrun <= ms(103), "{overrun:?}");
 }
