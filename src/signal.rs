@@ -371,3 +371,39 @@ impl Drop for AltStack {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fake reservations (the registry only compares addresses): 200 of
+    /// them, past several chunks, are all recognised; dropped entries are
+    /// reused instead of growing the chain.
+    #[test]
+    fn registry_covers_any_number_of_reservations_and_reuses_entries() {
+        // Far above any real mapping of this test process, one slot each.
+        let base = |i: usize| (0x6000_0000_0000 + i * 0x10_0000) & !0xfff;
+        let (slot, guard) = (0x10_0000, 0x1000);
+        let regs: Vec<Registration> = (0..200)
+            .map(|i| register_stacks(base(i), slot, slot, guard))
+            .collect();
+        for i in [0, 63, 64, 150, 199] {
+            assert_eq!(
+                guard_hit(base(i) + 8),
+                Some(slot - guard),
+                "reservation {i}"
+            );
+            assert_eq!(guard_hit(base(i) + guard + 8), None, "reservation {i}");
+        }
+        let chunks_before = chunks().count();
+        drop(regs);
+        assert_eq!(guard_hit(base(150) + 8), None);
+        let again: Vec<Registration> = (0..200)
+            .map(|i| register_stacks(base(i), slot, slot, guard))
+            .collect();
+        assert_eq!(guard_hit(base(199) + 8), Some(slot - guard));
+        // (Other tests may register runtimes meanwhile: allow one chunk.)
+        assert!(chunks().count() <= chunks_before + 1);
+        drop(again);
+    }
+}
