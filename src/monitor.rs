@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use gosched_sysmon::{Config as PolicyConfig, Monitor, PStatus, PView, Preempt, Sleep, Target};
 
-use crate::sched::Shared;
+use crate::sched::{RuntimeLock, Shared};
 use crate::timer::nanos;
 
 /// sysmon's view of the runtime.
@@ -22,6 +22,8 @@ struct RuntimeTarget<'a> {
     /// Per P: (schedtick, when sysmon first saw it), to date `UNSTAMPED`
     /// slices.
     first_seen: &'a [Cell<(u64, u64)>],
+    /// The starvation warning was printed (once per runtime).
+    warned_starved: &'a Cell<bool>,
 }
 
 impl RuntimeTarget<'_> {
@@ -126,6 +128,34 @@ impl Target for RuntimeTarget<'_> {
     fn fire_timers(&mut self, _now: Duration) -> usize {
         self.sh.fire_timers()
     }
+
+    fn starved(&mut self, p: usize, overrun: Duration) {
+        self.sh.counters.starved.fetch_add(1, Ordering::Relaxed);
+        if self.warned_starved.replace(true) {
+            return;
+        }
+        // The dominant reason among those a running goroutine can cause.
+        let reason = [
+            crate::preempt::Refusal::NoPreempt,
+            crate::preempt::Refusal::Stack,
+            crate::preempt::Refusal::ForeignCode,
+            crate::preempt::Refusal::SigMask,
+        ]
+        .into_iter()
+        .max_by_key(|&r| self.sh.counters.refused[r as usize].load(Ordering::Relaxed))
+        .unwrap_or(crate::preempt::Refusal::SigMask) as usize;
+        eprintln!(
+            "gosched: warning: the goroutine on P {p} has overrun its {:?} quantum by {:?} and every \
+             asynchronous preemption was refused, mostly `{}`: {}. Goroutines waiting for this P \
+             do not run until it reaches a runtime call. Keep signal handlers short and split long \
+             loops in libc (safe-point rules in gosched's preempt docs). Stats::preempt_starved counts \
+             these slices; this warning is printed once.",
+            self.sh.cfg.quantum,
+            overrun,
+            crate::preempt::REFUSAL_NAMES[reason],
+            crate::preempt::REFUSAL_HELP[reason],
+        );
+    }
 }
 
 /// Is thread `tid` of this process asleep in the kernel ('S' or 'D' in
@@ -164,14 +194,18 @@ fn run(sh: &Shared) {
     };
     let mut mon = Monitor::new(cfg, sh.procs());
     let first_seen = vec![Cell::new((u64::MAX, 0)); sh.ps.len()];
+    let warned_starved = Cell::new(false);
     let trace = sh.cfg.schedtrace;
     let mut next_trace = trace.map(|t| sh.nanotime().saturating_add(nanos(t)));
+    let mut handler = HandlerWatch::default();
     while !sh.shutdown.load(Ordering::Acquire) {
         let now = sh.nanotime();
+        handler.check(sh, now);
         let mut target = RuntimeTarget {
             sh,
             now,
             first_seen: &first_seen,
+            warned_starved: &warned_starved,
         };
         let sleep = mon.tick(&mut target, Duration::from_nanos(now));
         if let (Some(t), Some(at)) = (trace, next_trace) {
@@ -226,6 +260,42 @@ fn run(sh: &Shared) {
         };
         if woken {
             mon.woken();
+        }
+    }
+}
+
+/// How often sysmon checks that gosched's SIGURG handler is still installed
+/// (one `sigaction` query; a replaced handler starves no-call loops until
+/// the next check).
+const HANDLER_CHECK: Duration = Duration::from_millis(10);
+
+/// sysmon's watch over the SIGURG handler (see `preempt::reclaim_sigurg`).
+#[derive(Default)]
+struct HandlerWatch {
+    /// When to check next (ns since the epoch).
+    next: u64,
+    /// The reclaim generation this runtime has caught up with.
+    seen: usize,
+}
+
+impl HandlerWatch {
+    /// Every `HANDLER_CHECK` while asynchronous preemption is on: re-install
+    /// our handler if the application replaced it, and after any re-install
+    /// clear every M's `signal_pending` (the signals it waited on went to
+    /// the other handler, which never acknowledges them, so `signal_m`
+    /// would otherwise never signal that M again).
+    fn check(&mut self, sh: &Shared, now: u64) {
+        if !sh.cfg.async_preempt || now < self.next {
+            return;
+        }
+        self.next = now.saturating_add(HANDLER_CHECK.as_nanos() as u64);
+        let generation = crate::preempt::reclaim_sigurg();
+        if generation != self.seen {
+            self.seen = generation;
+            for m in sh.allm.rt_lock().iter() {
+                // Pairs with `signal_m`'s CAS, as the handler's store does.
+                m.signal_pending.store(false, Ordering::Release);
+            }
         }
     }
 }

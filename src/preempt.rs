@@ -31,24 +31,53 @@
 //! 4. The interrupted rip lies in the main executable's code, not in libc,
 //!    the loader, the vDSO or another shared object (preempting inside
 //!    malloc would hand its locks and per-thread caches to another thread).
-//! 5. The interrupted signal mask is the M's normal one (not inside a user
-//!    signal handler that runs on the goroutine's stack).
+//! 5. Not inside a signal handler. A user handler that runs on the
+//!    goroutine's stack (any handler installed without `SA_ONSTACK`; one
+//!    with it runs on the M's alternate stack and fails rule 3) must not be
+//!    preempted: it would resume, and `sigreturn`, on whatever thread runs
+//!    the goroutine next (installing the first thread's alternate signal
+//!    stack there), and a ThreadAffine goroutine would hold its handler
+//!    open while others run. Two checks: the interrupted signal mask is the
+//!    M's normal one (a handler normally blocks at least its own signal),
+//!    and no kernel signal frame lies between the interrupted rsp and the
+//!    stack top (an `SA_NODEFER` handler with an empty `sa_mask` changes no
+//!    mask; `arch::signal_frame_above` finds its frame by the thread's
+//!    alternate-stack words the kernel saves in it).
 //!
 //! A refused attempt is counted by reason; the cooperative flag stays set
 //! and sysmon retries at its next deadline.
 //!
 //! # The handler, step by step (`on_sigurg`)
 //!
-//! 1. Find this thread's M (a thread-local read); none: skip to step 4.
-//! 2. Check rules 1-5; if all hold, clear the request and `push_call` the
-//!    trampoline into the ucontext; else count the refusal.
-//! 3. Acknowledge: clear the M's signal-pending flag, so sysmon may signal
+//! 1. If this thread is inside step 5 already (an application handler we
+//!    forward to chained back to the action it replaced, which is ours),
+//!    return at once instead of recursing.
+//! 2. Find this thread's M (a thread-local read); none: skip to step 5.
+//! 3. Check rules 1-5; if all hold, clear the request and `push_call` the
+//!    trampoline into the ucontext; else count the refusal (in the M's
+//!    `refused`, which sysmon reads, unless nothing was requested).
+//! 4. Acknowledge: clear the M's signal-pending flag, so sysmon may signal
 //!    again.
-//! 4. Forward the signal to the SIGURG action installed before ours, so an
-//!    application's own SIGURG handler keeps receiving every SIGURG.
+//! 5. Forward the signal to the application's SIGURG action (the one
+//!    installed before ours, or one installed over ours later, see below),
+//!    so an application's own SIGURG handler keeps receiving every SIGURG;
+//!    a thread-local flag marks the call for step 1.
 //!
 //! It calls nothing that is not async-signal-safe: atomics, thread-local
-//! reads, and the previous handler.
+//! accesses, and the application's handler.
+//!
+//! # Who owns SIGURG
+//!
+//! While any runtime with asynchronous preemption exists, gosched's handler
+//! must be the installed SIGURG action; it forwards every SIGURG to the
+//! application's handler. Install your own SIGURG handler *before* building
+//! the first runtime and it is chained from the start. One installed
+//! *after* replaces ours and would silently stop asynchronous preemption (a
+//! no-call loop then starves its P): sysmon checks the installed action
+//! every `HANDLER_CHECK` (10 ms) while busy, and when it finds another one it
+//! re-installs ours, makes that handler the forward target (it still
+//! receives every SIGURG) and prints one warning on stderr. Setting SIGURG
+//! to `SIG_IGN`/`SIG_DFL` is undone the same way.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Once;
@@ -70,7 +99,8 @@ pub(crate) enum Refusal {
     Stack = 2,
     /// Rule 4: in foreign code (libc, vDSO, another shared object).
     ForeignCode = 3,
-    /// Rule 5: inside a signal handler.
+    /// Rule 5: inside a signal handler (by the signal mask, or by the
+    /// kernel's signal frame on the goroutine's stack).
     SigMask = 4,
     /// The thread was not an M of a runtime with async preemption on.
     NotM = 5,
@@ -86,6 +116,17 @@ pub(crate) const REFUSAL_NAMES: [&str; REFUSAL_REASONS] = [
     "not_m",
 ];
 
+/// What each refusal reason means for a user, by index (the starvation
+/// warning names the dominant one).
+pub(crate) const REFUSAL_HELP: [&str; REFUSAL_REASONS] = [
+    "no preemption was requested",
+    "inside a no_preempt region or runtime code",
+    "too close to the end of the goroutine stack",
+    "inside code outside the main executable (libc such as memcpy or libm, the vDSO, another shared object)",
+    "inside a signal handler",
+    "not on an M of a runtime with asynchronous preemption",
+];
+
 /// Stack the scheduler call below the trampoline may use (the Rust frames of
 /// `preempt_park` and the switch to g0).
 const SCHED_CALL_ROOM: usize = 4096;
@@ -95,12 +136,38 @@ const SCHED_CALL_ROOM: usize = 4096;
 const MAX_RANGES: usize = 16;
 static TEXT: [AtomicUsize; 2 * MAX_RANGES] = [const { AtomicUsize::new(0) }; 2 * MAX_RANGES];
 
-/// The SIGURG action that was there before ours. Written once, before our
-/// handler is installed (sigaction stores it as part of the installing call).
-static mut PREV_URG: libc::sigaction = {
-    // SAFETY: sigaction is plain data; all-zero is SIG_DFL.
-    unsafe { core::mem::zeroed() }
-};
+/// The SIGURG handler `on_sigurg` forwards to, as its `sa_sigaction` word
+/// and `sa_flags`: the action installed before ours (written by `install`
+/// before our handler can run), or one an application installed over ours
+/// later (written by `reclaim_sigurg`). Writers store the handler SIG_DFL,
+/// then the flags, then the handler (Release); the handler loads the
+/// handler (Acquire), then the flags, so it never pairs a new handler with
+/// old flags.
+static FORWARD_HANDLER: AtomicUsize = AtomicUsize::new(libc::SIG_DFL);
+static FORWARD_FLAGS: AtomicUsize = AtomicUsize::new(0);
+
+fn set_forward(prev: &libc::sigaction) {
+    let h = if prev.sa_sigaction == on_sigurg as *const () as usize {
+        libc::SIG_DFL // never forward to ourselves
+    } else {
+        prev.sa_sigaction
+    };
+    FORWARD_HANDLER.store(libc::SIG_DFL, Ordering::Relaxed);
+    FORWARD_FLAGS.store(prev.sa_flags as usize, Ordering::Release);
+    // Pairs with the Acquire load in `on_sigurg`.
+    FORWARD_HANDLER.store(h, Ordering::Release);
+}
+
+/// Our SIGURG action.
+fn our_action() -> libc::sigaction {
+    // SAFETY: sigaction is plain data; all-zero is a valid starting point.
+    let mut sa: libc::sigaction = unsafe { core::mem::zeroed() };
+    sa.sa_sigaction = on_sigurg as *const () as usize;
+    sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESTART;
+    // SAFETY: initialises the mask of our own struct.
+    unsafe { libc::sigemptyset(&mut sa.sa_mask) };
+    sa
+}
 
 static INSTALL: Once = Once::new();
 
@@ -110,17 +177,76 @@ pub(crate) fn install() {
     INSTALL.call_once(|| {
         arch::init_xsave();
         read_text_ranges();
-        // SAFETY: installs an SA_SIGINFO handler that is async-signal-safe;
-        // the previous action is stored into PREV_URG by the same call,
-        // before any SIGURG can reach our handler.
+        let _g = RECLAIM.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: reads the current action (null new action), records it as
+        // the forward target, then installs our async-signal-safe handler;
+        // whatever it replaced (the same action unless another thread
+        // raced us) becomes the target, so no SIGURG misses the
+        // application's handler.
         unsafe {
-            let mut sa: libc::sigaction = core::mem::zeroed();
-            sa.sa_sigaction = on_sigurg as *const () as usize;
-            sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESTART;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(libc::SIGURG, &sa, core::ptr::addr_of_mut!(PREV_URG));
+            let mut prev: libc::sigaction = core::mem::zeroed();
+            libc::sigaction(libc::SIGURG, core::ptr::null(), &mut prev);
+            set_forward(&prev);
+            libc::sigaction(libc::SIGURG, &our_action(), &mut prev);
+            set_forward(&prev);
         }
     });
+}
+
+/// Serialises `install` and `reclaim_sigurg` (sysmon threads of several
+/// runtimes may notice a replaced handler at once).
+static RECLAIM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Times `reclaim_sigurg` re-installed our handler (a generation: each
+/// runtime's sysmon clears the stale `signal_pending` of its Ms when it
+/// changes, since the signals they wait on went to the other handler).
+static RECLAIMS: AtomicUsize = AtomicUsize::new(0);
+
+/// Printed once per process.
+static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Checks that our SIGURG handler is still installed; if the application
+/// replaced it (after the first runtime was built), re-installs ours,
+/// forwarding every SIGURG to the application's handler from then on, and
+/// warns once on stderr. Returns the reclaim generation (see `RECLAIMS`).
+/// Called by sysmon every `HANDLER_CHECK`; not from a signal handler.
+pub(crate) fn reclaim_sigurg() -> usize {
+    if !INSTALL.is_completed() {
+        return 0;
+    }
+    let ours = on_sigurg as *const () as usize;
+    // SAFETY: a null new action only reads the current one.
+    let current = || unsafe {
+        let mut cur: libc::sigaction = core::mem::zeroed();
+        libc::sigaction(libc::SIGURG, core::ptr::null(), &mut cur);
+        cur
+    };
+    if current().sa_sigaction == ours {
+        return RECLAIMS.load(Ordering::Acquire);
+    }
+    let _g = RECLAIM.lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: as in `install`; `theirs` receives the application's action,
+    // recorded as the forward target right after (until then we forward to
+    // the previous target, which is harmless).
+    let theirs = unsafe {
+        let mut theirs: libc::sigaction = core::mem::zeroed();
+        libc::sigaction(libc::SIGURG, &our_action(), &mut theirs);
+        theirs
+    };
+    if theirs.sa_sigaction != ours {
+        set_forward(&theirs);
+        if !WARNED.swap(true, Ordering::Relaxed) {
+            eprintln!(
+                "gosched: warning: the SIGURG handler was replaced after the runtime started \
+                 (handler {:#x}); asynchronous preemption needs SIGURG: gosched re-installed its \
+                 handler and forwards every SIGURG to the application's. Install SIGURG handlers \
+                 before building the first runtime.",
+                theirs.sa_sigaction
+            );
+        }
+        RECLAIMS.fetch_add(1, Ordering::AcqRel);
+    }
+    RECLAIMS.load(Ordering::Acquire)
 }
 
 /// Called by every M when it starts: SIGURG must never be blocked on an M.
@@ -173,7 +299,7 @@ fn in_main_text(rip: usize) -> bool {
     })
 }
 
-/// Steps 1-2 of the handler: checks the rules; on success rewrites `ctx`.
+/// Step 3 of the handler: checks the rules; on success rewrites `ctx`.
 fn try_preempt(m: &crate::sched::M, ctx: &mut arch::SigContext) -> Result<(), Refusal> {
     let sh = m.shared_ref();
     if !sh.cfg.async_preempt {
@@ -222,15 +348,41 @@ fn try_preempt(m: &crate::sched::M, ctx: &mut arch::SigContext) -> Result<(), Re
     if now != normal {
         return Err(Refusal::SigMask);
     }
+    // Rule 5, second half: a handler that changed no mask (SA_NODEFER,
+    // empty sa_mask) is recognised by the kernel's signal frame it runs
+    // above. Scanned last: it reads the goroutine's live stack.
+    let (alt_sp, alt_size) = crate::signal::this_altstack();
+    let top = stack.map_or(0, |s| s.top);
+    // SAFETY: rule 3 checked bottom <= rsp <= top: [rsp, top) is the live
+    // part of the goroutine's stack, mapped and ours (this thread runs it
+    // and is stopped in this handler).
+    if unsafe { arch::signal_frame_above(rsp, top, alt_sp, alt_size) } {
+        return Err(Refusal::SigMask);
+    }
     g.preempt.store(false, Ordering::Relaxed);
+    #[cfg(test)]
+    fp_walk::on_inject(ctx.rip(), ctx.fp());
     // SAFETY: rule 3 checked that the 136 bytes below rsp are inside the
     // goroutine's stack, past its red zone.
     unsafe { ctx.push_call(arch::async_preempt_trampoline()) };
     Ok(())
 }
 
+thread_local! {
+    /// Set while this thread's `on_sigurg` forwards to the application's
+    /// handler: an application handler that itself chains to the action it
+    /// replaced (ours) re-enters `on_sigurg`, which then returns at once
+    /// instead of forwarding back to it forever. Const-initialised, no
+    /// destructor: a plain TLS access, async-signal-safe.
+    static FORWARDING: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
+
 /// The SIGURG handler; see the module docs for its steps.
 extern "C" fn on_sigurg(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
+    // Step 1.
+    if FORWARDING.with(|f| f.get()) {
+        return;
+    }
     let m = crate::sched::signal_safe_current_m();
     if !m.is_null() {
         // SAFETY: this thread's live M.
@@ -238,22 +390,168 @@ extern "C" fn on_sigurg(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut l
         // SAFETY: `uc` is this handler's ucontext.
         let mut ctx = unsafe { arch::SigContext::new(uc) };
         if let Err(why) = try_preempt(m, &mut ctx) {
-            m.refused.fetch_add(1, Ordering::Relaxed);
+            // sysmon reads this as "the goroutine it asked to yield is at
+            // an unsafe point" (blocked-M evidence, refusal backoff); a
+            // signal that found no request (the goroutine already switched)
+            // says nothing about it.
+            if why != Refusal::NotRequested {
+                m.refused.fetch_add(1, Ordering::Relaxed);
+            }
             m.shared_ref().counters.refused[why as usize].fetch_add(1, Ordering::Relaxed);
         }
-        // Step 3; pairs with sysmon's CAS before tgkill.
+        // Step 4; pairs with sysmon's CAS before tgkill.
         m.signal_pending.store(false, Ordering::Release);
     }
-    // Step 4.
-    // SAFETY: PREV_URG was written before our handler was installed.
-    let prev = unsafe { &*core::ptr::addr_of!(PREV_URG) };
-    crate::signal::forward(prev, sig, info, uc);
+    // Step 5; pairs with the Release store in `set_forward`.
+    let handler = FORWARD_HANDLER.load(Ordering::Acquire);
+    let flags = FORWARD_FLAGS.load(Ordering::Relaxed) as libc::c_int;
+    FORWARDING.with(|f| f.set(true));
+    crate::signal::forward(handler, flags, sig, info, uc);
+    FORWARDING.with(|f| f.set(false));
 }
 
 /// Called by the trampoline on the goroutine's stack, with every register
-/// saved: yield to the scheduler; return when resumed.
-pub(crate) extern "C" fn preempt_park() {
+/// saved: yield to the scheduler; return when resumed. `frame` is the
+/// trampoline's frame pointer (only the frame-walk test looks at it).
+pub(crate) extern "C" fn preempt_park(frame: usize) {
+    #[cfg(test)]
+    fp_walk::on_park(frame);
+    #[cfg(not(test))]
+    let _ = frame;
     crate::sched::async_preempted();
+}
+
+/// Test hook: what a profiler sampling a preempted goroutine would see. The
+/// handler records the interrupted pc and frame pointer (thread-local: the
+/// trampoline runs next on the same thread); `preempt_park` of the armed
+/// goroutine records the trampoline frame's links and a DWARF backtrace.
+#[cfg(test)]
+pub(crate) mod fp_walk {
+    use std::cell::Cell;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
+
+    thread_local! {
+        static INJECTED: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+    }
+
+    /// The goroutine whose next preemption is recorded (0: none).
+    pub(crate) static ARMED_GID: AtomicU64 = AtomicU64::new(0);
+
+    /// What one preemption of the armed goroutine looked like.
+    pub(crate) struct Walk {
+        /// The interrupted pc and rbp, from the signal context.
+        pub(crate) pc: usize,
+        pub(crate) fp: usize,
+        /// `[frame + 8]` and `[frame]`: the return address and the caller's
+        /// frame pointer a frame-pointer unwinder reads.
+        pub(crate) ret_at_fp: usize,
+        pub(crate) link_at_fp: usize,
+        /// A DWARF (CFI) backtrace taken in `preempt_park`.
+        pub(crate) backtrace: std::backtrace::Backtrace,
+    }
+
+    pub(crate) static RESULT: Mutex<Option<Walk>> = Mutex::new(None);
+
+    pub(super) fn on_inject(pc: usize, fp: usize) {
+        INJECTED.with(|c| c.set((pc, fp)));
+    }
+
+    pub(super) fn on_park(frame: usize) {
+        let gid = crate::sched::signal_safe_current_gid();
+        if gid == 0
+            || ARMED_GID
+                .compare_exchange(gid, 0, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let (pc, fp) = INJECTED.with(|c| c.get());
+        // SAFETY: `frame` is the trampoline's rbp, which points at its
+        // saved-rbp slot with the resume rip above it, on this stack.
+        let (ret_at_fp, link_at_fp) = unsafe {
+            (
+                ((frame + 8) as *const usize).read(),
+                (frame as *const usize).read(),
+            )
+        };
+        let backtrace = std::backtrace::Backtrace::force_capture();
+        *RESULT.lock().unwrap() = Some(Walk {
+            pc,
+            fp,
+            ret_at_fp,
+            link_at_fp,
+            backtrace,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fp_walk::{ARMED_GID, RESULT};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    /// A loop without calls into the runtime (debug builds may call
+    /// `black_box`/`load`, which are in this executable too).
+    #[inline(never)]
+    fn fp_walk_hog(stop: &AtomicBool) -> u64 {
+        let mut x = 1u64;
+        while !stop.load(Ordering::Relaxed) {
+            for _ in 0..64 {
+                x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+            }
+        }
+        x
+    }
+
+    /// A goroutine preempted asynchronously, seen from inside the
+    /// scheduler as a sampling profiler would: the trampoline's frame links
+    /// to the interrupted pc and rbp (`[rbp + 8]`, `[rbp]`), and a DWARF
+    /// backtrace goes through the trampoline into the interrupted function.
+    #[test]
+    fn frame_pointer_and_dwarf_walks_see_the_interrupted_pc() {
+        let rt = crate::Builder::new()
+            .procs(1)
+            .preempt_quantum(Duration::from_millis(1))
+            .build()
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        rt.block_on(move || {
+            let s2 = s.clone();
+            let h = crate::spawn(move || {
+                ARMED_GID.store(crate::current_id().unwrap(), Ordering::Release);
+                fp_walk_hog(&s2)
+            });
+            let t = Instant::now();
+            while RESULT.lock().unwrap().is_none() && t.elapsed() < Duration::from_secs(20) {
+                crate::sleep(Duration::from_millis(2));
+            }
+            s.store(true, Ordering::Relaxed);
+            h.join().unwrap();
+        });
+        let walk = RESULT
+            .lock()
+            .unwrap()
+            .take()
+            .expect("the hog was never preempted asynchronously");
+        assert_eq!(
+            walk.ret_at_fp, walk.pc,
+            "[rbp + 8] of the trampoline frame is not the interrupted pc"
+        );
+        assert_eq!(
+            walk.link_at_fp, walk.fp,
+            "[rbp] of the trampoline frame is not the interrupted rbp"
+        );
+        let bt = walk.backtrace.to_string();
+        let park = bt.find("preempt_park").expect(&bt);
+        let hog = bt
+            .find("fp_walk_hog")
+            .unwrap_or_else(|| panic!("no hog frame:\n{bt}"));
+        assert!(park < hog, "{bt}");
+    }
 }
 
 /// Sends the preemption signal to `m` unless one is already in flight (Go's

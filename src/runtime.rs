@@ -550,6 +550,11 @@ pub struct Stats {
     /// (`not_requested`, `no_preempt`, `stack`, `foreign_code`, `sigmask`,
     /// `not_m`).
     pub preempt_refused_by_reason: Vec<(&'static str, u64)>,
+    /// Slices whose asynchronous preemptions were all refused for 100
+    /// quanta and at least 100 ms in a row (a goroutine that stays in a
+    /// signal handler or in libc while others wait for its P); the first
+    /// one is also reported on stderr.
+    pub preempt_starved: u64,
     /// Ps taken back from blocking calls by sysmon.
     pub retakes: u64,
     /// Ps handed away from a thread blocked in the kernel (blocked-M
@@ -661,6 +666,7 @@ impl Shared {
             preempt_async: self.counters.preempt_async.load(Ordering::Relaxed),
             preempt_refused: by_reason.iter().map(|r| r.1).sum(),
             preempt_refused_by_reason: by_reason,
+            preempt_starved: self.counters.starved.load(Ordering::Relaxed),
             retakes: self.counters.retakes.load(Ordering::Relaxed),
             blocked_handoffs: self.counters.blocked_handoffs.load(Ordering::Relaxed),
             spinning_threads: self.nmspinning.load(Ordering::Relaxed),

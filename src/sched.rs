@@ -332,6 +332,9 @@ pub(crate) struct GlobalCounters {
     pub(crate) blocked_handoffs: AtomicU64,
     /// Wake-up preemption requests (`wakeup_preempt`).
     pub(crate) preempt_wakeup: AtomicU64,
+    /// Slices sysmon reported starved (every preemption refused for
+    /// `starved_quanta` quanta); written by sysmon.
+    pub(crate) starved: AtomicU64,
 }
 
 /// The state of one runtime (Go's `sched` plus `allp` and `allm`).

@@ -11,12 +11,11 @@
 //! signal-hook-registry refuses SIGSEGV (it cannot be handled by returning),
 //! so the handler is installed with `sigaction` directly, once per process.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::sync::Once;
 
-/// Runtimes whose stacks can be live at once and still be recognised by the
-/// overflow handler. Beyond this an overflow is reported as a plain SIGSEGV.
-const MAX_REGIONS: usize = 64;
+/// Entries per chunk of the registry of stack reservations.
+const CHUNK: usize = 64;
 
 /// One registered reservation. `base` is written last on registration
 /// (Release) and first on removal, so the handler (Acquire) sees either a
@@ -26,6 +25,8 @@ struct Region {
     len: AtomicUsize,
     slot: AtomicUsize,
     guard: AtomicUsize,
+    /// 1 while a `Registration` owns this entry (CAS by `register_stacks`,
+    /// cleared by `Registration::drop`).
     claimed: AtomicUsize,
 }
 
@@ -38,50 +39,120 @@ const EMPTY: Region = Region {
     claimed: AtomicUsize::new(0),
 };
 
-static REGIONS: [Region; MAX_REGIONS] = [EMPTY; MAX_REGIONS];
-
-/// Registers a stack reservation; returns its index for `unregister_stacks`
-/// (None when the table is full).
-pub(crate) fn register_stacks(base: usize, len: usize, slot: usize, guard: usize) -> Option<usize> {
-    install_segv_handler();
-    for (i, r) in REGIONS.iter().enumerate() {
-        if r.claimed
-            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-        {
-            r.len.store(len, Ordering::Relaxed);
-            r.slot.store(slot, Ordering::Relaxed);
-            r.guard.store(guard, Ordering::Relaxed);
-            // Pairs with the Acquire load in `guard_hit`.
-            r.base.store(base, Ordering::Release);
-            return Some(i);
-        }
-    }
-    None
+/// The registry is a singly linked list of fixed chunks, append-only: a
+/// chunk, once linked, is never unlinked or freed, so the SIGSEGV handler
+/// can walk it with plain Acquire loads while other threads register and
+/// unregister (no lock, no allocation, no reclamation in the handler).
+/// Chunks are allocated by `register_stacks`, outside any handler, when
+/// every entry of every chunk is taken; entries are reused after
+/// `Registration::drop`. So any number of live runtimes is covered, and the
+/// memory kept is bounded by the peak number of live runtimes (one chunk of
+/// about 2.5 KiB per 64).
+///
+/// Rejected: a fixed table (beyond its size an overflow silently became a
+/// plain SIGSEGV), and a lock-protected `Vec` (the handler cannot take a
+/// lock: the faulting thread may hold it).
+struct Chunk {
+    regions: [Region; CHUNK],
+    /// The next chunk, or null. Written once (CAS from null, Release);
+    /// read with Acquire.
+    next: AtomicPtr<Chunk>,
 }
 
-/// Removes a registration made by `register_stacks`.
-pub(crate) fn unregister_stacks(i: usize) {
-    REGIONS[i].base.store(0, Ordering::Release);
-    REGIONS[i].claimed.store(0, Ordering::Release);
+/// The first chunk, static so that a process with at most `CHUNK` live
+/// runtimes never allocates one.
+static FIRST: Chunk = Chunk {
+    regions: [EMPTY; CHUNK],
+    next: AtomicPtr::new(core::ptr::null_mut()),
+};
+
+/// The chunks of the registry, first to last. Async-signal-safe.
+fn chunks() -> impl Iterator<Item = &'static Chunk> {
+    let mut next: *const Chunk = &FIRST;
+    core::iter::from_fn(move || {
+        // SAFETY: `next` is null or a linked chunk; linked chunks are never
+        // freed (see `Chunk`), so the reference is valid for 'static.
+        let c: &'static Chunk = unsafe { next.as_ref()? };
+        // Pairs with the Release CAS in `register_stacks`.
+        next = c.next.load(Ordering::Acquire);
+        Some(c)
+    })
+}
+
+/// A stack reservation's entry in the overflow handler's registry; dropping
+/// it removes the entry.
+pub(crate) struct Registration(&'static Region);
+
+/// Registers a stack reservation of `len` bytes at `base`, carved into
+/// slots of `slot` bytes whose lowest `guard` bytes are the guard page.
+pub(crate) fn register_stacks(base: usize, len: usize, slot: usize, guard: usize) -> Registration {
+    install_segv_handler();
+    let claim = |r: &'static Region| {
+        r.claimed
+            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    };
+    let r = loop {
+        let mut last = &FIRST;
+        if let Some(r) = chunks()
+            .inspect(|c| last = c)
+            .find_map(|c| c.regions.iter().find(|r| claim(r)))
+        {
+            break r;
+        }
+        // Every entry is taken: append a chunk. Its first entry is ours
+        // before anyone can see it.
+        let fresh: &'static Chunk = Box::leak(Box::new(Chunk {
+            regions: [EMPTY; CHUNK],
+            next: AtomicPtr::new(core::ptr::null_mut()),
+        }));
+        fresh.regions[0].claimed.store(1, Ordering::Relaxed);
+        let fresh_ptr = fresh as *const Chunk as *mut Chunk;
+        // Pairs with the Acquire load in `chunks`.
+        match last.next.compare_exchange(
+            core::ptr::null_mut(),
+            fresh_ptr,
+            Ordering::Release,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => break &fresh.regions[0],
+            Err(_) => {
+                // Another thread appended first: drop ours (nobody else saw
+                // it) and look again, its chunk has free entries.
+                // SAFETY: `fresh_ptr` came from Box::leak above and was never
+                // published.
+                drop(unsafe { Box::from_raw(fresh_ptr) });
+            }
+        }
+    };
+    r.len.store(len, Ordering::Relaxed);
+    r.slot.store(slot, Ordering::Relaxed);
+    r.guard.store(guard, Ordering::Relaxed);
+    // Pairs with the Acquire load in `guard_hit`.
+    r.base.store(base, Ordering::Release);
+    Registration(r)
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.0.base.store(0, Ordering::Release);
+        self.0.claimed.store(0, Ordering::Release);
+    }
 }
 
 /// If `addr` lies in the guard page of a registered stack slot, returns the
 /// usable size of that stack. Async-signal-safe.
 fn guard_hit(addr: usize) -> Option<usize> {
-    for r in &REGIONS {
+    chunks().flat_map(|c| c.regions.iter()).find_map(|r| {
         // Pairs with the Release store in `register_stacks`.
         let base = r.base.load(Ordering::Acquire);
         if base == 0 || addr < base || addr - base >= r.len.load(Ordering::Relaxed) {
-            continue;
+            return None;
         }
         let slot = r.slot.load(Ordering::Relaxed);
         let guard = r.guard.load(Ordering::Relaxed);
-        if (addr - base) % slot < guard {
-            return Some(slot - guard);
-        }
-    }
-    None
+        ((addr - base) % slot < guard).then_some(slot - guard)
+    })
 }
 
 /// The SIGSEGV action that was installed before ours. Written once inside
@@ -136,7 +207,7 @@ extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut lib
     // SAFETY: PREV_SEGV was written before this handler was installed and
     // is never written again.
     let prev = unsafe { &*core::ptr::addr_of!(PREV_SEGV) };
-    if !forward(prev, sig, info, uc) {
+    if !forward(prev.sa_sigaction, prev.sa_flags, sig, info, uc) {
         // SIG_DFL or SIG_IGN before us: restore the default action; the
         // faulting instruction runs again and the kernel kills the process.
         // SAFETY: resetting a signal disposition is async-signal-safe.
@@ -148,20 +219,21 @@ extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut lib
     }
 }
 
-/// Calls the handler of `prev` (an action saved when ours was installed)
-/// with the kernel's arguments. Returns false, calling nothing, when `prev`
-/// is SIG_DFL or SIG_IGN. Async-signal-safe.
+/// Calls the handler `h` of an action saved when ours was installed (its
+/// `sa_sigaction` word and `sa_flags`) with the kernel's arguments. Returns
+/// false, calling nothing, when `h` is SIG_DFL or SIG_IGN.
+/// Async-signal-safe.
 pub(crate) fn forward(
-    prev: &libc::sigaction,
+    h: usize,
+    flags: libc::c_int,
     sig: libc::c_int,
     info: *mut libc::siginfo_t,
     uc: *mut libc::c_void,
 ) -> bool {
-    let h = prev.sa_sigaction;
     if h == libc::SIG_DFL || h == libc::SIG_IGN {
         return false;
     }
-    if prev.sa_flags & libc::SA_SIGINFO != 0 {
+    if flags & libc::SA_SIGINFO != 0 {
         // SAFETY: the previous handler was installed as an SA_SIGINFO
         // handler with this signature; we forward the kernel's arguments.
         let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
@@ -227,6 +299,20 @@ impl SigBuf {
 /// a full XSAVE image (about 3.5 KiB with AVX-512) plus our handlers.
 const ALTSTACK_SIZE: usize = 64 << 10;
 
+thread_local! {
+    /// This thread's `AltStack` as (ss_sp, ss_size), or (0, 0). Written by
+    /// `AltStack::install`/drop on the owning thread; read by its SIGURG
+    /// handler (a const-initialised thread-local without destructor: a
+    /// plain TLS read, async-signal-safe).
+    static THIS_ALTSTACK: core::cell::Cell<(usize, usize)> = const { core::cell::Cell::new((0, 0)) };
+}
+
+/// The calling thread's gosched alternate signal stack as (ss_sp, ss_size);
+/// (0, 0) when it has none. Async-signal-safe.
+pub(crate) fn this_altstack() -> (usize, usize) {
+    THIS_ALTSTACK.with(|a| a.get())
+}
+
 /// An M's alternate signal stack, installed for the life of the M thread.
 pub(crate) struct AltStack {
     base: *mut libc::c_void,
@@ -267,6 +353,7 @@ impl AltStack {
             };
             let mut old: libc::stack_t = core::mem::zeroed();
             libc::sigaltstack(&ss, &mut old);
+            THIS_ALTSTACK.with(|a| a.set((ss.ss_sp as usize, ALTSTACK_SIZE)));
             AltStack { base, len, old }
         }
     }
@@ -274,6 +361,7 @@ impl AltStack {
 
 impl Drop for AltStack {
     fn drop(&mut self) {
+        THIS_ALTSTACK.with(|a| a.set((0, 0)));
         // SAFETY: restores the thread's previous signal stack (dropped on the
         // same thread that installed it, outside any handler), then unmaps
         // ours, which is no longer in use.
@@ -281,5 +369,41 @@ impl Drop for AltStack {
             libc::sigaltstack(&self.old, core::ptr::null_mut());
             libc::munmap(self.base, self.len);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fake reservations (the registry only compares addresses): 200 of
+    /// them, past several chunks, are all recognised; dropped entries are
+    /// reused instead of growing the chain.
+    #[test]
+    fn registry_covers_any_number_of_reservations_and_reuses_entries() {
+        // Far above any real mapping of this test process, one slot each.
+        let base = |i: usize| (0x6000_0000_0000 + i * 0x10_0000) & !0xfff;
+        let (slot, guard) = (0x10_0000, 0x1000);
+        let regs: Vec<Registration> = (0..200)
+            .map(|i| register_stacks(base(i), slot, slot, guard))
+            .collect();
+        for i in [0, 63, 64, 150, 199] {
+            assert_eq!(
+                guard_hit(base(i) + 8),
+                Some(slot - guard),
+                "reservation {i}"
+            );
+            assert_eq!(guard_hit(base(i) + guard + 8), None, "reservation {i}");
+        }
+        let chunks_before = chunks().count();
+        drop(regs);
+        assert_eq!(guard_hit(base(150) + 8), None);
+        let again: Vec<Registration> = (0..200)
+            .map(|i| register_stacks(base(i), slot, slot, guard))
+            .collect();
+        assert_eq!(guard_hit(base(199) + 8), Some(slot - guard));
+        // (Other tests may register runtimes meanwhile: allow one chunk.)
+        assert!(chunks().count() <= chunks_before + 1);
+        drop(again);
     }
 }

@@ -127,8 +127,8 @@ pub(crate) struct StackPool {
     free: Mutex<Vec<Stack>>,
     mode: Mutex<GuardMode>,
     warned: AtomicBool,
-    /// Our entry in the overflow handler's registry; taken by `unmap`.
-    registry_index: Mutex<Option<usize>>,
+    /// Our entry in the overflow handler's registry; dropped by `unmap`.
+    registration: Mutex<Option<crate::signal::Registration>>,
 }
 
 impl StackPool {
@@ -143,7 +143,7 @@ impl StackPool {
             .map_anon()?;
         let nslots = RESERVATION / slot;
         let base = map.as_ptr() as usize;
-        let registry_index = crate::signal::register_stacks(base, nslots * slot, slot, guard);
+        let registration = crate::signal::register_stacks(base, nslots * slot, slot, guard);
         Ok(StackPool {
             map: Mutex::new(Some(map)),
             base,
@@ -154,7 +154,7 @@ impl StackPool {
             free: Mutex::new(Vec::new()),
             mode: Mutex::new(GuardMode::Madvise),
             warned: AtomicBool::new(false),
-            registry_index: Mutex::new(registry_index),
+            registration: Mutex::new(Some(registration)),
         })
     }
 
@@ -228,9 +228,8 @@ impl StackPool {
     /// queue; unmapping the stack made it fault (or worse, once the
     /// address range is reused).
     pub(crate) fn unmap_except(&self, mut keep: Vec<(usize, usize)>) {
-        if let Some(i) = self.registry_index.rt_lock().take() {
-            crate::signal::unregister_stacks(i);
-        }
+        // Unregister first: the addresses may be reused by any mapping.
+        drop(self.registration.rt_lock().take());
         let map = self.map.rt_lock().take();
         self.free.rt_lock().clear();
         let Some(map) = map else { return };

@@ -40,6 +40,15 @@ fn unbounded(depth: u64) -> u64 {
 /// Child body: spawn a goroutine on a runtime with `stack_size` (None: the
 /// default) that prints its id and overflows its stack.
 fn overflow_in_goroutine(stack_size: Option<usize>) {
+    overflow_among_runtimes(stack_size, 0);
+}
+
+/// As `overflow_in_goroutine`, with `others` more runtimes alive (built
+/// first, so the overflowing one registers its stacks last).
+fn overflow_among_runtimes(stack_size: Option<usize>, others: usize) {
+    let _others: Vec<_> = (0..others)
+        .map(|_| Builder::new().procs(1).build().unwrap())
+        .collect();
     let mut b = Builder::new().procs(2);
     if let Some(s) = stack_size {
         b = b.stack_size(s);
@@ -106,6 +115,19 @@ fn stack_overflow_reports_a_custom_stack_size() {
         return overflow_in_goroutine(Some(64 << 10));
     }
     assert_overflow_report("stack_overflow_reports_a_custom_stack_size", 64 << 10);
+}
+
+#[test]
+fn stack_overflow_is_reported_with_100_live_runtimes() {
+    // The overflow handler once knew only the first 64 runtimes' stacks;
+    // past them an overflow was a silent SIGSEGV.
+    if child_role().is_some() {
+        return overflow_among_runtimes(Some(64 << 10), 99);
+    }
+    assert_overflow_report(
+        "stack_overflow_is_reported_with_100_live_runtimes",
+        64 << 10,
+    );
 }
 
 /// Writes to an address in the never-mapped first page (a null-pointer

@@ -13,6 +13,7 @@
 //! | `async_preempt_trampoline` | entered (by a rewritten signal context) on a goroutine's stack: saves every register and the extended state, calls `crate::preempt::preempt_park`, restores, and resumes at the interrupted instruction |
 //! | `PREEMPT_FRAME` | bytes the trampoline frame needs beyond the red zone, the extended state excluded |
 //! | `set_thread_base(p)`, `thread_base_word::<OFF>()` | point a per-thread register at the thread's M; read a word of it in one instruction, so that a goroutine migrating between threads always reads the M it runs on |
+//! | `signal_frame_above(sp, top, alt_sp, alt_size)` | whether a kernel signal frame (the one `sigreturn` unwinds) lies on the stack between `sp` and `top`, recognised by the thread's alternate-stack words saved in it (safe-point rule 5) |
 //! | `xsave_area_size()` | bytes of the extended-state (XSAVE) area for the features enabled by the OS |
 //!
 //! aarch64 Linux is the next port: its file needs the same items (a context

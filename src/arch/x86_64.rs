@@ -58,13 +58,21 @@
 //!   | ...                                    |  <- interrupted rsp (any alignment)
 //!   | red zone: 128 bytes the leaf may use   |
 //!   | resume rip                             |  <- rsp on entry to the trampoline
+//!   | interrupted rbp                        |  <- trampoline's rbp
 //!   | rflags                                 |
-//!   | rbp                                    |  <- trampoline's rbp
 //!   | rax rbx rcx rdx rsi rdi r8 ... r15     |  14 words
 //!   | padding to 64 bytes                    |
 //!   | XSAVE area (size from CPUID 0xD)       |  <- 64-byte aligned
 //!   | frames of preempt_park and switch      |
 //! ```
+//!
+//! The resume rip and the saved rbp sit exactly where a `call` and a
+//! `push rbp; mov rbp, rsp` prologue would put them, so a frame-pointer
+//! unwinder walking from the scheduler's frames reads `[rbp + 8]` = the
+//! interrupted pc and `[rbp]` = the interrupted function's rbp, and goes on
+//! into its callers; the CFI says the same for DWARF unwinders (CFA = the
+//! interrupted rsp, return address at CFA - 136, rbp at CFA - 144). rflags
+//! is pushed after `mov rbp, rsp`, which does not change flags.
 //!
 //! It returns with `ret 128`: pop the resume rip, then drop the red zone, so
 //! rsp is exactly the interrupted one again.
@@ -77,8 +85,9 @@ pub(crate) const STACK_ALIGN: usize = 16;
 /// Bytes below rsp that a leaf function may use without moving rsp.
 pub(crate) const RED_ZONE: usize = 128;
 
-/// Bytes the trampoline pushes before the XSAVE area: resume rip, rflags,
-/// rbp, fourteen general registers, and up to 63 bytes of alignment padding.
+/// Bytes the trampoline pushes before the XSAVE area: resume rip, rbp,
+/// rflags, fourteen general registers, and up to 63 bytes of alignment
+/// padding.
 pub(crate) const PREEMPT_FRAME: usize = 8 + 8 + 8 + 14 * 8 + 64;
 
 /// Size of the frame `switch` pushes (and `init_stack` fakes): MXCSR and
@@ -188,7 +197,8 @@ global_asm!(
 // On entry (from sigreturn into a rewritten context): rsp = interrupted
 // rsp - 128 - 8, [rsp] = the interrupted rip; every other register, rflags
 // and the extended state hold the interrupted values. rsp may have any
-// alignment.
+// alignment. Calls `preempt_park(frame)` with rdi = its rbp (the address of
+// the saved rbp, just below the resume rip).
 global_asm!(
     ".pushsection .text.gosched_arch_async_preempt,\"ax\",@progbits",
     ".globl gosched_arch_async_preempt",
@@ -199,13 +209,12 @@ global_asm!(
     ".cfi_startproc",
     ".cfi_def_cfa rsp, 136",        // the interrupted rsp is CFA ...
     ".cfi_offset 16, -136",         // ... and the resume rip sits 136 below it
-    "    pushfq",                   // rflags before any arithmetic touches them
-    ".cfi_adjust_cfa_offset 8",
-    "    push rbp",
-    ".cfi_adjust_cfa_offset 8",
-    ".cfi_offset rbp, -152",
+    "    push rbp",                 // right below the resume rip, as a call's
+    ".cfi_adjust_cfa_offset 8",     // prologue would: [rbp + 8] = interrupted
+    ".cfi_offset rbp, -144",        // pc for frame-pointer unwinders
     "    mov rbp, rsp",             // anchor: everything below is found from rbp
-    ".cfi_def_cfa_register rbp",
+    ".cfi_def_cfa_register rbp",    // (push and mov leave rflags alone)
+    "    pushfq",                   // rflags before any arithmetic touches them
     "    push rax",                 // the fourteen other general registers
     "    push rbx",
     "    push rcx",
@@ -235,12 +244,13 @@ global_asm!(
     "    mov edx, -1",
     "    xsave64 [rsp]",            // x87, SSE, AVX (and AVX-512 where enabled)
     "    cld",                      // the ABI wants DF clear at a call
+    "    mov rdi, rbp",             // park(frame): the trampoline frame (test hook)
     "    call {park}",              // into the scheduler; returns when resumed
     "    mov eax, -1",
     "    mov edx, -1",
     "    xrstor64 [rsp]",           // the extended state, MXCSR included
-    "    lea rsp, [rbp - 14 * 8]",  // back to the general registers
-    "    pop r15",
+    "    lea rsp, [rbp - 15 * 8]",  // back to the general registers (rflags,
+    "    pop r15",                  // then fourteen, below rbp)
     "    pop r14",
     "    pop r13",
     "    pop r12",
@@ -254,8 +264,10 @@ global_asm!(
     "    pop rcx",
     "    pop rbx",
     "    pop rax",
-    "    pop rbp",
-    "    popfq",                    // rflags last: nothing below changes them
+    "    popfq",                    // rflags: nothing below changes them
+    "    pop rbp",                  // the interrupted rbp; CFA is rsp-based again
+    ".cfi_def_cfa rsp, 136",
+    ".cfi_same_value rbp",
     "    ret 128",                  // pop the resume rip, then skip the red zone
     ".cfi_endproc",
     ".size gosched_arch_async_preempt, . - gosched_arch_async_preempt",
@@ -437,6 +449,77 @@ pub(crate) fn async_preempt_trampoline() -> usize {
     gosched_arch_async_preempt as *const () as usize
 }
 
+/// Whether a kernel signal frame lies on the stack in `[sp, top)`: that is,
+/// whether the code interrupted at `sp` runs inside a signal handler that
+/// was entered on this stack (rather than on the alternate signal stack).
+///
+/// The kernel (arch/x86/kernel/signal.c, `get_sigframe`) builds a
+/// `struct rt_sigframe` below the interrupted code's red zone and enters
+/// the handler with rsp pointing at it:
+///
+/// ```text
+///   | interrupted frames             |  <- rsp of the code the signal interrupted
+///   | red zone (128 bytes)           |
+///   | XSAVE image (64-aligned)       |  <- uc_mcontext.fpregs points here
+///   | siginfo                        |
+///   | ucontext: uc_flags, uc_link,   |
+///   |   uc_stack = the thread's      |
+///   |   sigaltstack (sp, flags, size)|
+///   |   uc_mcontext (gregs: .. rsp ..|
+///   | pretcode (sa_restorer)         |  <- frame start, 8 mod 16
+///   | the handler's frames           |
+/// ```
+///
+/// The scan looks, at every address `a` = 8 mod 16 from `sp` up, for that
+/// shape: `uc_stack` equal to this thread's alternate signal stack
+/// (`alt_sp`, `alt_size`: two exact words that ordinary data on a goroutine
+/// stack does not hold), and a saved rsp in `(a, top]`. It does not depend
+/// on the signal mask (an `SA_NODEFER` handler with an empty `sa_mask`
+/// leaves it unchanged) nor on the handler's restorer. Cost: one compare
+/// per 16 bytes of live stack. Async-signal-safe.
+///
+/// # Safety
+/// `[sp, top)` must be readable (the live part of the interrupted thread's
+/// current stack, the thread being stopped in our handler).
+pub(crate) unsafe fn signal_frame_above(
+    sp: usize,
+    top: usize,
+    alt_sp: usize,
+    alt_size: usize,
+) -> bool {
+    use core::mem::offset_of;
+    const UC: usize = 8; // the ucontext follows pretcode
+    const SS_SP: usize =
+        UC + offset_of!(libc::ucontext_t, uc_stack) + offset_of!(libc::stack_t, ss_sp);
+    const SS_SIZE: usize =
+        UC + offset_of!(libc::ucontext_t, uc_stack) + offset_of!(libc::stack_t, ss_size);
+    const RSP: usize = UC
+        + offset_of!(libc::ucontext_t, uc_mcontext)
+        + offset_of!(libc::mcontext_t, gregs)
+        + 8 * libc::REG_RSP as usize;
+    const END: usize = UC + core::mem::size_of::<libc::ucontext_t>();
+    if alt_sp == 0 || top < END || sp > top - END {
+        return false;
+    }
+    let word = |a: usize| {
+        // SAFETY: the callers below keep `a + 8 <= top`; the range is
+        // readable per the contract.
+        unsafe { (a as *const usize).read_volatile() }
+    };
+    // The first address >= sp that is 8 mod 16.
+    let mut a = ((sp + 8 + 15) & !15) - 8;
+    while a <= top - END {
+        if word(a + SS_SP) == alt_sp && word(a + SS_SIZE) == alt_size {
+            let saved_sp = word(a + RSP);
+            if saved_sp > a && saved_sp <= top {
+                return true;
+            }
+        }
+        a += 16;
+    }
+    false
+}
+
 /// The machine context of an interrupted thread, as the kernel saved it for
 /// a signal handler (Go's `sigctxt`).
 pub(crate) struct SigContext {
@@ -469,6 +552,13 @@ impl SigContext {
     /// The interrupted stack pointer.
     pub(crate) fn rsp(&self) -> usize {
         self.greg(libc::REG_RSP)
+    }
+
+    /// The interrupted frame pointer (rbp). Test support: the frame-pointer
+    /// walk test compares it with what the trampoline frame links to.
+    #[cfg(test)]
+    pub(crate) fn fp(&self) -> usize {
+        self.greg(libc::REG_RBP)
     }
 
     /// The signal mask that sigreturn will restore.

@@ -54,6 +54,13 @@ pub enum Call {
     HandoffBlocked(usize),
     /// [`Target::fire_timers`] at the given time.
     FireTimers(Duration),
+    /// [`Target::starved`] of P `p`.
+    Starved {
+        /// The P.
+        p: usize,
+        /// How long its slice had overrun its quantum.
+        overrun: Duration,
+    },
 }
 
 /// A [`Target`] whose state is plain public data.
@@ -263,6 +270,10 @@ impl Target for FakeTarget {
         let before = self.timers.len();
         self.timers.retain(|&t| t > now);
         before - self.timers.len()
+    }
+
+    fn starved(&mut self, p: usize, overrun: Duration) {
+        self.log(Call::Starved { p, overrun });
     }
 }
 

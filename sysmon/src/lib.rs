@@ -72,6 +72,21 @@
 //!    step 3 is reset. While the same slice keeps overrunning, the request
 //!    is repeated on later ticks; the runtime keeps at most one signal
 //!    pending per M, so repeats are cheap.
+//!
+//!    *Refusal backoff.* A retry whose previous signal was refused
+//!    ([`PView::refused`] grew since the previous tick) doubles the retry
+//!    interval, from `max(min_sleep, quantum / 4)` up to
+//!    [`Config::max_refused_retry`]; a retry that was not refused restarts
+//!    it, and so does a thread that step 3 finds asleep in the kernel (its
+//!    remedy is the hand-off, which the backoff would only delay). A
+//!    goroutine that stays where preemption is refused (a long user signal
+//!    handler, a loop inside libc) would otherwise cost a signal and a
+//!    sysmon wake-up every `quantum / 4`, forever (at a 100 µs quantum,
+//!    40,000 a second). Once every request of a slice has been refused for
+//!    [`Config::starved_quanta`] quanta and at least [`Config::starved_min`]
+//!    (measured from the first request of the unbroken run of refusals),
+//!    call [`Target::starved`], once per slice, so the runtime can say why
+//!    its other goroutines do not run.
 //! 3. **Blocked-M detection** (no Go counterpart; it sits where `retake`
 //!    handles `_Psyscall`). An overrunning slice is a *candidate* on a tick
 //!    when sysmon already asked it to yield on an earlier tick, and its
@@ -201,7 +216,9 @@ mod tests;
 /// Tunables of the monitor.
 ///
 /// `Config::default()` is: quantum 10 ms, syscall retake 20 µs, max sleep
-/// 10 ms, min sleep 20 µs, 2 blocked refusals, asynchronous preemption on.
+/// 10 ms, min sleep 20 µs, 2 blocked refusals, asynchronous preemption on,
+/// refused retries backing off to 2 ms, starvation reported after 100
+/// quanta (and at least 100 ms) of refusals.
 /// Setting `quantum` or `syscall_retake` to [`Duration::MAX`] disables the
 /// deadline it controls.
 ///
@@ -218,6 +235,9 @@ mod tests;
 /// assert_eq!(cfg.min_sleep, Duration::from_micros(20));
 /// assert_eq!(cfg.blocked_refusals, 2);
 /// assert!(cfg.async_preempt);
+/// assert_eq!(cfg.max_refused_retry, Duration::from_millis(2));
+/// assert_eq!(cfg.starved_quanta, 100);
+/// assert_eq!(cfg.starved_min, Duration::from_millis(100));
 ///
 /// let coarse = Config { quantum: Duration::from_millis(50), ..Config::default() };
 /// assert_eq!(coarse.quantum, Duration::from_millis(50));
@@ -251,6 +271,22 @@ pub struct Config {
     /// that nothing waits for only reschedules it, at the cost of a signal.
     /// When skipped, the P is looked at again a quantum later.
     pub only_when_contended: bool,
+    /// Longest pause between two preemption requests to a slice whose
+    /// asynchronous preemptions keep being refused (Go: none; see rule 2's
+    /// refusal backoff). The retry interval doubles with every refused
+    /// retry, from `max(min_sleep, quantum / 4)` up to this (or up to that
+    /// start, if larger). Default 2 ms: at most 500 signals a second to a
+    /// goroutine that refuses them, while one that is only briefly in libc
+    /// is still caught within a few ms.
+    pub max_refused_retry: Duration,
+    /// Quanta for which every preemption request of a slice must have been
+    /// refused before [`Target::starved`] reports it (once per slice). 0
+    /// disables the report.
+    pub starved_quanta: u32,
+    /// Least such time, whatever the quantum (at a 100 µs quantum, 100
+    /// quanta are only 10 ms: a loaded machine or a long runtime call
+    /// can refuse that long without anything being wrong).
+    pub starved_min: Duration,
 }
 
 impl Default for Config {
@@ -264,6 +300,9 @@ impl Default for Config {
             blocked_probe_interval: Duration::from_millis(1),
             async_preempt: true,
             only_when_contended: false,
+            max_refused_retry: Duration::from_millis(2),
+            starved_quanta: 100,
+            starved_min: Duration::from_millis(100),
         }
     }
 }
@@ -675,6 +714,37 @@ pub trait Target {
     /// assert_eq!(monitor.counters().timers_fired, 2);
     /// ```
     fn fire_timers(&mut self, now: Duration) -> usize;
+
+    /// P `p`'s current slice has overrun its quantum by `overrun` (at
+    /// least [`Config::starved_quanta`] quanta) and every asynchronous
+    /// preemption of it was refused since the retries began: the goroutines
+    /// waiting for `p` starve. Called once per slice; the runtime makes it
+    /// visible (a warning, a counter). The default does nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use gosched_sysmon::fake::{Call, FakeTarget};
+    /// use gosched_sysmon::{Config, Monitor, PView, Sleep};
+    /// use std::time::Duration;
+    ///
+    /// let ms = Duration::from_millis;
+    /// let cfg = Config { starved_quanta: 3, starved_min: Duration::ZERO, ..Config::default() };
+    /// let mut target = FakeTarget::new(vec![PView::running(1, ms(0))]);
+    /// let mut monitor = Monitor::new(cfg, 1);
+    /// let mut now = ms(10);
+    /// while now < ms(60) {
+    ///     let Sleep::For(d) = monitor.tick(&mut target, now) else { unreachable!() };
+    ///     target.ps[0].refused += 1; // inside a signal handler: refused
+    ///     target.signal_pending[0] = false; // the signal was delivered
+    ///     now += d;
+    /// }
+    /// assert_eq!(target.calls().iter().filter(|c| matches!(c, Call::Starved { p: 0, .. })).count(), 1);
+    /// assert_eq!(monitor.counters().starved, 1);
+    /// ```
+    fn starved(&mut self, p: usize, overrun: Duration) {
+        let _ = (p, overrun);
+    }
 }
 
 /// sysmon's decision about its next sleep.
@@ -732,4 +802,7 @@ pub struct Counters {
     pub blocked_handoffs: u64,
     /// Sum of the values returned by [`Target::fire_timers`].
     pub timers_fired: u64,
+    /// Calls of [`Target::starved`]: slices whose preemption was refused
+    /// for `starved_quanta` quanta.
+    pub starved: u64,
 }

@@ -26,6 +26,16 @@ struct PRecord {
     next_probe: Duration,
     /// The `syscalltick` recorded on an earlier tick, if any.
     syscalltick: Option<u64>,
+    /// Consecutive retries of the current slice whose previous request was
+    /// refused (the refusal backoff's exponent).
+    refused_streak: u32,
+    /// When the first request of the current unbroken run of refused
+    /// requests was made (None: the last request was not refused).
+    refusing_since: Option<Duration>,
+    /// When the last preemption request of the current slice was made.
+    last_request: Duration,
+    /// [`Target::starved`] was already called for the current slice.
+    starved: bool,
 }
 
 impl PRecord {
@@ -37,6 +47,9 @@ impl PRecord {
         self.strikes = 0;
         self.handed_off = false;
         self.next_probe = Duration::ZERO;
+        self.refused_streak = 0;
+        self.refusing_since = None;
+        self.starved = false;
     }
 }
 
@@ -267,8 +280,34 @@ impl Monitor {
             self.ps[p].strikes = 0;
             return after(now, self.cfg.quantum);
         }
-        let retry = after(now, self.retry_interval());
-        if self.blocked(target, p, view, now) {
+        let rec = &mut self.ps[p];
+        if rec.requested && view.refused > rec.refused {
+            rec.refused_streak = rec.refused_streak.saturating_add(1);
+            rec.refusing_since.get_or_insert(rec.last_request);
+        } else {
+            rec.refused_streak = 0;
+            rec.refusing_since = None;
+        }
+        let streak = rec.refused_streak;
+        let starve_after = self
+            .cfg
+            .quantum
+            .saturating_mul(self.cfg.starved_quanta)
+            .max(self.cfg.starved_min);
+        let starving = rec
+            .refusing_since
+            .is_some_and(|since| now.saturating_sub(since) >= starve_after);
+        if starving && !rec.starved && self.cfg.starved_quanta > 0 {
+            rec.starved = true;
+            self.counters.starved += 1;
+            target.starved(p, now.saturating_sub(deadline));
+        }
+        let handed_off = self.blocked(target, p, view, now);
+        // A thread found asleep in the kernel is refused because it sleeps:
+        // the remedy is rule 3's hand-off, which the backoff would delay.
+        let streak = if self.ps[p].strikes > 0 { 0 } else { streak };
+        let retry = after(now, self.retry_interval(streak));
+        if handed_off {
             // The P may already run another goroutine: do not preempt it.
             return retry;
         }
@@ -278,6 +317,7 @@ impl Monitor {
             self.counters.signals += 1;
         }
         self.ps[p].requested = true;
+        self.ps[p].last_request = now;
         retry
     }
 
@@ -355,9 +395,17 @@ impl Monitor {
     }
 
     /// How soon an overrunning slice that was asked to yield is looked at
-    /// again: soon, but not in a tight loop.
-    fn retry_interval(&self) -> Duration {
-        self.cfg.min_sleep.max(self.cfg.quantum / 4)
+    /// again: soon, but not in a tight loop; after `refused_streak`
+    /// refused retries in a row, twice as late per refusal, up to
+    /// `max_refused_retry` (rule 2's refusal backoff).
+    fn retry_interval(&self, refused_streak: u32) -> Duration {
+        let base = self.cfg.min_sleep.max(self.cfg.quantum / 4);
+        if refused_streak == 0 {
+            return base;
+        }
+        let cap = self.cfg.max_refused_retry.max(base);
+        base.checked_mul(1 << refused_streak.min(31))
+            .map_or(cap, |d| d.min(cap))
     }
 
     /// Go's idle backoff: 50 ticks at `min_sleep`, then double per tick up to

@@ -840,10 +840,193 @@ fn random_walk_invariants() {
                     assert_eq!(views[p].status, PStatus::Syscall);
                 }
                 Call::FireTimers(_) => {}
+                Call::Starved { p, overrun } => {
+                    let v = views[p];
+                    assert_eq!(v.status, PStatus::Running);
+                    assert!(overrun >= (cfg.quantum * cfg.starved_quanta).max(cfg.starved_min));
+                    assert!(v.slice_start + cfg.quantum + overrun <= at);
+                }
             }
         }
     }
     let c = m.counters();
     assert_eq!(c.ticks, 5_000);
     assert!(c.preempt_requests > 0 && c.retakes > 0 && c.timers_fired > 0);
+}
+
+// ---------------------------------------------------------- refusal backoff
+
+/// A monitor with `cfg` and a one-P target whose slice started at 0 and
+/// never yields.
+fn one_hog(cfg: Config) -> (Monitor, FakeTarget) {
+    (
+        Monitor::new(cfg, 1),
+        FakeTarget::new(vec![PView::running(1, ms(0))]),
+    )
+}
+
+/// `Config::default()` with `quantum` and blocked-M detection off.
+fn refusing_cfg(quantum: Duration) -> Config {
+    Config {
+        quantum,
+        blocked_refusals: 0,
+        ..Config::default()
+    }
+}
+
+/// Ticks `m` from `from` until `until` (or until `stop` holds for a call).
+/// Each preemption request is delivered at once, and refused when
+/// `refuse(now)` (counted before the next tick). Returns every call with
+/// the time of its tick, and the time reached.
+fn drive(
+    m: &mut Monitor,
+    t: &mut FakeTarget,
+    from: Duration,
+    until: Duration,
+    refuse: impl Fn(Duration) -> bool,
+    stop: impl Fn(&Call) -> bool,
+) -> (Vec<(Duration, Call)>, Duration) {
+    let mut now = from;
+    let mut calls = Vec::new();
+    while now < until {
+        let d = sleep_for(m.tick(t, now));
+        let these = t.take_calls();
+        if these.iter().any(|c| matches!(c, Call::Preempt { .. })) {
+            if refuse(now) {
+                t.ps[0].refused += 1;
+            }
+            t.signal_pending[0] = false;
+        }
+        let done = these.iter().any(&stop);
+        calls.extend(these.into_iter().map(|c| (now, c)));
+        if done {
+            break;
+        }
+        now += d;
+    }
+    (calls, now)
+}
+
+/// The gaps between consecutive preemption requests among `calls`.
+fn request_gaps(calls: &[(Duration, Call)]) -> Vec<Duration> {
+    let at: Vec<Duration> = calls
+        .iter()
+        .filter(|(_, c)| matches!(c, Call::Preempt { .. }))
+        .map(|&(t, _)| t)
+        .collect();
+    at.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+fn starved_calls(calls: &[(Duration, Call)]) -> Vec<(Duration, usize, Duration)> {
+    calls
+        .iter()
+        .filter_map(|&(at, c)| match c {
+            Call::Starved { p, overrun } => Some((at, p, overrun)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn refused_retries_back_off_exponentially_to_a_bound() {
+    let (mut m, mut t) = one_hog(refusing_cfg(us(100)));
+    let (calls, _) = drive(&mut m, &mut t, ms(0), ms(1000), |_| true, |_| false);
+    let gaps = request_gaps(&calls);
+    // quantum / 4 before the first refusal is known, then doubling per
+    // refusal, then 2 ms apart.
+    assert_eq!(&gaps[..5], &[us(25), us(50), us(100), us(200), us(400)]);
+    assert!(gaps.iter().all(|&g| g <= ms(2)), "{gaps:?}");
+    assert!(gaps.windows(2).all(|w| w[0] <= w[1]), "{gaps:?}");
+    // Without the backoff: one request every 25 µs, 40,000 in a second.
+    let n = gaps.len() + 1;
+    assert!((490..510).contains(&n), "{n} requests in 1 s");
+    assert!(m.counters().ticks < 550, "{:?}", m.counters());
+}
+
+#[test]
+fn an_accepted_retry_restarts_the_refusal_backoff() {
+    let (mut m, mut t) = one_hog(refusing_cfg(us(100)));
+    // Refused until 5 ms; after that a signal is not refused (in the
+    // runtime the goroutine would switch out; the fake keeps the slice
+    // running, so sysmon goes on asking at the base interval).
+    let (calls, _) = drive(&mut m, &mut t, ms(0), ms(30), |now| now < ms(5), |_| false);
+    let gaps = request_gaps(&calls);
+    assert!(gaps.iter().any(|&g| g >= ms(2)), "{gaps:?}");
+    assert_eq!(*gaps.last().unwrap(), us(25), "{gaps:?}");
+}
+
+#[test]
+fn a_slice_refused_for_100_quanta_is_reported_starved_once() {
+    let (mut m, mut t) = one_hog(refusing_cfg(ms(1)));
+    let (calls, now) = drive(&mut m, &mut t, ms(0), ms(400), |_| true, |_| false);
+    let starved = starved_calls(&calls);
+    assert_eq!(starved.len(), 1, "{starved:?}");
+    let (at, p, overrun) = starved[0];
+    assert_eq!(p, 0);
+    // Refused since the first request, at the end of the quantum (1 ms).
+    assert!(overrun >= ms(100) && overrun <= ms(102), "{overrun:?}");
+    assert_eq!(at, ms(1) + overrun);
+    assert_eq!(m.counters().starved, 1);
+    // A new slice may be reported again.
+    t.ps[0] = PView::running(2, now);
+    let (calls, _) = drive(&mut m, &mut t, now, now + ms(200), |_| true, |_| false);
+    assert_eq!(starved_calls(&calls).len(), 1);
+    assert_eq!(m.counters().starved, 2);
+}
+
+#[test]
+fn an_unrefused_overrun_is_not_reported_starved() {
+    // Asynchronous preemption off: nothing is refused, only requested.
+    let cfg = Config {
+        async_preempt: false,
+        ..refusing_cfg(ms(1))
+    };
+    let (mut m, mut t) = one_hog(cfg);
+    let (calls, _) = drive(&mut m, &mut t, ms(0), ms(400), |_| false, |_| false);
+    assert!(starved_calls(&calls).is_empty());
+    assert_eq!(m.counters().starved, 0);
+}
+
+#[test]
+fn a_thread_asleep_in_the_kernel_is_handed_off_without_backoff_delay() {
+    let (mut m, mut t) = one_hog(Config::default());
+    t.blocked[0] = true;
+    let (calls, now) = drive(
+        &mut m,
+        &mut t,
+        ms(0),
+        ms(40),
+        |_| true,
+        |c| *c == Call::HandoffBlocked(0),
+    );
+    // Requests at 10, 12.5, 15 ms (the refusals are the sleep's, not a
+    // reason to back off); two strikes hand the P away.
+    assert!(calls.iter().any(|&(_, c)| c == Call::HandoffBlocked(0)));
+    assert_eq!(now, ms(15));
+}
+
+#[test]
+fn a_slice_refused_only_now_and_then_is_not_reported_starved() {
+    // Every third request is accepted (the goroutine is often, not
+    // always, in libc): the run of refusals never lasts 100 quanta.
+    let (mut m, mut t) = one_hog(refusing_cfg(us(100)));
+    let n = std::cell::Cell::new(0u32);
+    let refuse = |_| {
+        n.set(n.get() + 1);
+        !n.get().is_multiple_of(3)
+    };
+    let (calls, _) = drive(&mut m, &mut t, ms(0), ms(500), refuse, |_| false);
+    assert!(request_gaps(&calls).iter().all(|&g| g <= us(100)));
+    assert!(starved_calls(&calls).is_empty());
+}
+
+#[test]
+fn starvation_needs_at_least_starved_min_at_a_short_quantum() {
+    // 100 quanta of 100 µs are 10 ms; the report waits for 100 ms.
+    let (mut m, mut t) = one_hog(refusing_cfg(us(100)));
+    let (calls, _) = drive(&mut m, &mut t, ms(0), ms(300), |_| true, |_| false);
+    let starved = starved_calls(&calls);
+    assert_eq!(starved.len(), 1, "{starved:?}");
+    let (_, _, overrun) = starved[0];
+    assert!(overrun >= ms(100) && overrun <= ms(103), "{overrun:?}");
 }
