@@ -174,12 +174,14 @@ impl GRef {
     }
 }
 
-/// Whoever waits on a runtime object: a goroutine (parks) or a plain thread
-/// (blocks).
+/// Whoever waits on a runtime object: a goroutine (parks), a plain thread
+/// (blocks), or an async task (its `Waker` is woken; `JoinHandle` as a
+/// `Future`).
 #[derive(Clone, Debug)]
 pub(crate) enum Waiter {
     G(GRef),
     Thread(std::thread::Thread),
+    Waker(std::task::Waker),
 }
 
 impl Waiter {
@@ -199,6 +201,7 @@ impl Waiter {
                 THREAD_WAKES.fetch_add(1, Ordering::Relaxed);
                 t.unpark()
             }
+            Waiter::Waker(w) => w.wake_by_ref(),
         }
     }
 }

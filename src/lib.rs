@@ -87,6 +87,7 @@ mod note;
 mod preempt;
 mod runtime;
 mod sched;
+mod scope;
 #[doc(hidden)]
 pub mod select;
 mod signal;
@@ -101,6 +102,7 @@ use std::time::{Duration, Instant};
 
 pub use crate::builder::{Builder, PreemptMode, DEFAULT_QUANTUM, MIN_QUANTUM};
 pub use crate::runtime::{JoinHandle, Runtime, Stats};
+pub use crate::scope::{scope, Scope, ScopedJoinHandle};
 
 /// Starts a goroutine on the calling goroutine's runtime. It is queued to
 /// run next on this P (Go's `newproc`); the caller keeps running.

@@ -58,6 +58,11 @@ impl Runtime {
         Builder::new().build()
     }
 
+    /// The runtime's shared state.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     pub(crate) fn from_config(cfg: Config) -> io::Result<Runtime> {
         if cfg.async_preempt {
             crate::preempt::install();
@@ -171,9 +176,9 @@ impl std::fmt::Debug for Runtime {
 
 /// The result slot shared by a goroutine and its `JoinHandle`.
 pub(crate) struct JoinInner<R> {
-    done: AtomicBool,
-    result: UnsafeCell<Option<std::thread::Result<R>>>,
-    waiter: Mutex<Option<Waiter>>,
+    pub(crate) done: AtomicBool,
+    pub(crate) result: UnsafeCell<Option<std::thread::Result<R>>>,
+    pub(crate) waiter: Mutex<Option<Waiter>>,
 }
 
 // SAFETY: `result` is written once by the goroutine before `done` is set
@@ -181,7 +186,7 @@ pub(crate) struct JoinInner<R> {
 unsafe impl<R: Send> Sync for JoinInner<R> {}
 
 impl<R> JoinInner<R> {
-    fn new() -> JoinInner<R> {
+    pub(crate) fn new() -> JoinInner<R> {
         JoinInner {
             done: AtomicBool::new(false),
             result: UnsafeCell::new(None),
@@ -189,7 +194,7 @@ impl<R> JoinInner<R> {
         }
     }
 
-    fn complete(&self, r: std::thread::Result<R>) {
+    pub(crate) fn complete(&self, r: std::thread::Result<R>) {
         let _np = sched::NoPreempt::enter();
         // SAFETY: only the goroutine writes, once, before `done`.
         unsafe { *self.result.get() = Some(r) };
@@ -201,7 +206,7 @@ impl<R> JoinInner<R> {
         }
     }
 
-    fn wait(&self) -> std::thread::Result<R> {
+    pub(crate) fn wait(&self) -> std::thread::Result<R> {
         loop {
             if self.done.load(Ordering::Acquire) {
                 // SAFETY: `done` is set only after the single write, and we
