@@ -93,6 +93,9 @@ pub(crate) struct G {
     /// holds a count on it), null while the G sits in the process-wide pool.
     /// Set when a runtime takes the G; read by wakers (Acquire).
     pub(crate) shared: std::sync::atomic::AtomicPtr<crate::sched::Shared>,
+    /// Goroutine-local values (`crate::local`), indexed by key (owner;
+    /// emptied when the goroutine's body ends).
+    pub(crate) locals: crate::local::Slots,
 }
 
 // SAFETY: the Cell/UnsafeCell fields are accessed only under the ownership
@@ -121,6 +124,7 @@ impl G {
             spawned_at: Cell::new(None),
             live: AtomicBool::new(false),
             in_blocking: Cell::new(false),
+            locals: UnsafeCell::new(Vec::new()),
             shared: std::sync::atomic::AtomicPtr::new(shared),
         }
     }

@@ -81,6 +81,7 @@ mod arch;
 mod builder;
 pub mod chan;
 mod g;
+mod local;
 pub(crate) mod membarrier;
 mod monitor;
 mod note;
@@ -101,6 +102,7 @@ mod trace;
 use std::time::{Duration, Instant};
 
 pub use crate::builder::{Builder, PreemptMode, DEFAULT_QUANTUM, MIN_QUANTUM};
+pub use crate::local::{AccessError, LocalKey};
 pub use crate::runtime::{JoinHandle, Runtime, Stats};
 pub use crate::scope::{scope, Scope, ScopedJoinHandle};
 

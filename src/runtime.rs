@@ -255,6 +255,7 @@ impl<F: FnOnce() -> R + Send, R: Send> Body for Task<F, R> {
         // SAFETY: `run` is called once, by the goroutine (see the Sync impl).
         let f = unsafe { (*self.f.get()).take() }.expect("a goroutine body ran twice");
         let r = catch_unwind(AssertUnwindSafe(f));
+        let r = crate::local::exit_destructors(r);
         self.inner.complete(r);
     }
 }

@@ -240,6 +240,7 @@ impl<F: FnOnce() -> T + Send, T: Send> Body for ScopedBody<F, T> {
         // SAFETY: `run` is called once, by the goroutine (see the Sync impl).
         let f = unsafe { (*self.f.get()).take() }.expect("a goroutine body ran twice");
         let r = catch_unwind(AssertUnwindSafe(f));
+        let r = crate::local::exit_destructors(r);
         self.packet.inner.complete(r);
     }
 }
