@@ -316,6 +316,11 @@ impl<R> JoinHandle<R> {
         self.task.slot().wait()
     }
 
+    /// The result slot (for `impl Future for JoinHandle`).
+    pub(crate) fn inner(&self) -> &JoinInner<R> {
+        self.task.slot()
+    }
+
     /// Whether the goroutine has finished (its result is ready).
     ///
     /// # Examples
