@@ -1,6 +1,7 @@
 //! `sync::RwLock`, `sync::Condvar` and `sync::Semaphore`: invariants under
 //! contention and preemption on 2 Ps, Go's writer preference, a bounded
-//! producer/consumer queue, FIFO fairness of weighted requests, and the
+//! producer/consumer queue, FIFO fairness of weighted requests, a OnceLock
+//! whose waiters park, and the
 //! misuse panics.
 
 mod common;
@@ -10,7 +11,7 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
-use gosched::sync::{Condvar, Mutex, RwLock, Semaphore, WaitGroup};
+use gosched::sync::{Condvar, Mutex, OnceLock, RwLock, Semaphore, WaitGroup};
 use gosched::Builder;
 
 fn rt2() -> gosched::Runtime {
@@ -346,4 +347,73 @@ fn semaphore_misuse_panics_instead_of_hanging() {
     assert!(msg.contains("released more than held"), "{msg}");
     assert_eq!(sem.available(), 3);
     assert!(!sem.try_acquire(4));
+}
+
+#[test]
+fn oncelock_runs_one_initialiser_while_the_others_park() {
+    static CELL: OnceLock<u64> = OnceLock::new();
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    // One P: if waiters blocked their thread, the initialiser (which
+    // sleeps) could never finish.
+    let rt = Builder::new().procs(1).build().unwrap();
+    let vals = rt.block_on(|| {
+        let hs: Vec<_> = (0..16)
+            .map(|i| {
+                gosched::spawn(move || {
+                    *CELL.get_or_init(|| {
+                        CALLS.fetch_add(1, Ordering::SeqCst);
+                        gosched::sleep(Duration::from_millis(20));
+                        100 + i
+                    })
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(CALLS.load(Ordering::SeqCst), 1);
+    assert!(vals.iter().all(|&v| v == vals[0]), "{vals:?}");
+    // A plain thread sees it without waiting.
+    assert_eq!(CELL.get(), Some(&vals[0]));
+}
+
+#[test]
+fn oncelock_a_panicking_initialiser_lets_a_waiter_retry() {
+    let rt = rt2();
+    let v = rt.block_on(|| {
+        let cell = Arc::new(OnceLock::new());
+        let c1 = cell.clone();
+        let first = gosched::spawn(move || {
+            *c1.get_or_init(|| {
+                gosched::sleep(Duration::from_millis(20));
+                panic!("init failed")
+            })
+        });
+        gosched::sleep(Duration::from_millis(5)); // `first` is initialising
+        let c2 = cell.clone();
+        let second = gosched::spawn(move || *c2.get_or_init(|| 7u32));
+        assert!(first.join().is_err());
+        second.join().unwrap()
+    });
+    assert_eq!(v, 7);
+}
+
+#[test]
+fn oncelock_set_and_plain_thread_waiters() {
+    let rt = rt2();
+    let cell = Arc::new(OnceLock::new());
+    let c2 = cell.clone();
+    let init = rt.spawn(move || {
+        c2.get_or_init(|| {
+            gosched::sleep(Duration::from_millis(20));
+            String::from("ready")
+        })
+        .clone()
+    });
+    std::thread::sleep(Duration::from_millis(5));
+    // A plain thread blocks until the goroutine's initialiser is done.
+    let seen = cell.get_or_init(|| String::from("thread"));
+    assert_eq!(seen, &init.join().unwrap());
+    assert_eq!(cell.set(String::from("late")), Err(String::from("late")));
 }

@@ -2,8 +2,9 @@
 //! [`Mutex`] parks the goroutine (its thread runs other goroutines) instead
 //! of blocking the thread, and so do [`WaitGroup::wait`], [`RwLock`] (Go's
 //! `RWMutex`), [`Condvar`] (Go's `Cond`, with [`Mutex`]) and the weighted
-//! [`Semaphore`] (Go's `x/sync/semaphore`). All also work from plain
-//! threads, which block.
+//! [`Semaphore`] (Go's `x/sync/semaphore`), and waiters for a running
+//! [`OnceLock`] initialiser. All also work from plain threads, which
+//! block.
 //!
 //! Why not `std::sync::Mutex` in goroutines? It blocks the worker thread,
 //! and with it the P: on one P, a goroutine waiting for a lock whose holder
@@ -40,12 +41,14 @@
 
 mod condvar;
 mod mutex;
+mod once;
 mod rwlock;
 mod semaphore;
 mod waitgroup;
 
 pub use self::condvar::Condvar;
 pub use self::mutex::{Mutex, MutexGuard, STARVATION_THRESHOLD};
+pub use self::once::OnceLock;
 pub use self::rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard, MAX_READERS};
 pub use self::semaphore::Semaphore;
 pub use self::waitgroup::WaitGroup;
