@@ -1,8 +1,7 @@
-//! `sync::RwLock`, `sync::Condvar` and `sync::Semaphore`: invariants under
-//! contention and preemption on 2 Ps, Go's writer preference, a bounded
-//! producer/consumer queue, FIFO fairness of weighted requests, a OnceLock
-//! whose waiters park, and the
-//! misuse panics.
+//! `sync::RwLock`, `sync::Condvar`, `sync::Semaphore` and `sync::OnceLock`:
+//! invariants under contention and preemption on 2 Ps, Go's writer
+//! preference, a bounded producer/consumer queue, FIFO fairness of weighted
+//! requests, a OnceLock whose waiters park, and the misuse panics.
 
 mod common;
 
@@ -11,7 +10,7 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
-use gosched::sync::{Condvar, Mutex, OnceLock, RwLock, Semaphore, WaitGroup};
+use gosched::sync::{Condvar, Mutex, OnceLock, RwLock, Semaphore};
 use gosched::Builder;
 
 fn rt2() -> gosched::Runtime {
@@ -30,11 +29,12 @@ fn rwlock_excludes_writers_from_readers_under_contention() {
         // Who is inside: +1 per reader, -1_000_000 per writer.
         let inside = Arc::new(AtomicI64::new(0));
         let reads = Arc::new(AtomicUsize::new(0));
-        let wg = WaitGroup::new();
+        // Joined (not a WaitGroup): a failed check must fail the test, not
+        // leave `wait` hanging.
+        let mut hs = Vec::new();
         for i in 0..12 {
-            wg.add(1);
-            let (l, inside, reads, wg) = (l.clone(), inside.clone(), reads.clone(), wg.clone());
-            gosched::spawn(move || {
+            let (l, inside, reads) = (l.clone(), inside.clone(), reads.clone());
+            hs.push(gosched::spawn(move || {
                 let mut rng = common::XorShift::new(i + 1);
                 for _ in 0..2_000 {
                     if i % 3 == 0 {
@@ -68,10 +68,9 @@ fn rwlock_excludes_writers_from_readers_under_contention() {
                         g.1 += 1;
                     }
                 }
-                wg.done();
-            });
+            }));
         }
-        wg.wait();
+        hs.into_iter().for_each(|h| h.join().unwrap());
         let g = l.read();
         assert_eq!(g.0, g.1);
         (reads.load(Ordering::Relaxed), g.0)
