@@ -791,6 +791,11 @@ pub(crate) unsafe extern "C" fn g_entry(arg: usize) -> ! {
     // are dropped here, on the goroutine, as is our count on it.
     f.run();
     drop(f);
+    // Goroutine-local values re-created by that drop (a destructor of an
+    // unjoined scoped result using a `local!`): drop them here, on the
+    // goroutine, so the G's next goroutine starts empty (a panic in them
+    // has no one to go to; the hook has printed it).
+    let _ = crate::local::exit_destructors(Ok(()));
     g.no_preempt.store(1, Ordering::Relaxed);
     let m = this_m();
     // SAFETY: as in `switch_to_g0`; this context is never resumed.

@@ -446,3 +446,27 @@ fn goroutine_local_is_right_on_both_sides_of_a_sleep() {
         assert_eq!(s.after, s.fresh, "{s:?}");
     }
 }
+
+/// A scoped goroutine's unjoined result is dropped after its body ended
+/// (when the goroutine drops its body); a `local!` used by that drop must
+/// not leak into the next goroutine that reuses the G.
+#[test]
+fn a_local_recreated_after_the_body_does_not_leak_into_the_next_goroutine() {
+    struct UsesLocal;
+    impl Drop for UsesLocal {
+        fn drop(&mut self) {
+            COUNTER.with(|c| c.set(77));
+        }
+    }
+    let rt = Builder::new().procs(1).build().unwrap();
+    rt.block_on(|| {
+        for _ in 0..50 {
+            gosched::scope(|s| {
+                s.spawn(|| UsesLocal); // handle dropped: the goroutine drops it
+            });
+            gosched::spawn(|| assert_eq!(COUNTER.with(Cell::get), 0, "stale value"))
+                .join()
+                .unwrap();
+        }
+    });
+}
