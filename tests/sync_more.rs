@@ -162,6 +162,13 @@ struct Bounded {
 }
 
 impl Bounded {
+    fn new() -> Bounded {
+        Bounded {
+            q: Mutex::new(VecDeque::new()),
+            not_empty: Condvar::new(),
+            not_full: Condvar::new(),
+        }
+    }
     fn push(&self, v: u64) {
         let mut q = self.not_full.wait_while(self.q.lock(), |q| q.len() >= 4);
         q.push_back(v);
@@ -180,11 +187,7 @@ impl Bounded {
 #[test]
 fn condvar_producer_consumer_on_two_ps() {
     let rt = rt2();
-    let b = Arc::new(Bounded {
-        q: Mutex::new(VecDeque::new()),
-        not_empty: Condvar::new(),
-        not_full: Condvar::new(),
-    });
+    let b = Arc::new(Bounded::new());
     let sum = rt.block_on(|| {
         let producers: Vec<_> = (0..4u64)
             .map(|p| {
@@ -218,11 +221,7 @@ fn condvar_producer_consumer_on_two_ps() {
 #[test]
 fn condvar_between_a_plain_thread_and_a_goroutine() {
     let rt = rt2();
-    let b = Arc::new(Bounded {
-        q: Mutex::new(VecDeque::new()),
-        not_empty: Condvar::new(),
-        not_full: Condvar::new(),
-    });
+    let b = Arc::new(Bounded::new());
     let b2 = b.clone();
     let producer = std::thread::spawn(move || (0..500).for_each(|i| b2.push(i)));
     let sum = rt.block_on(|| (0..500).map(|_| b.pop()).sum::<u64>());
