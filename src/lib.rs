@@ -134,6 +134,7 @@ mod scope;
 #[doc(hidden)]
 pub mod select;
 mod signal;
+mod spawn_builder;
 mod spin;
 mod stack;
 pub mod sync;
@@ -148,6 +149,7 @@ pub use crate::future::block_on_future;
 pub use crate::local::{AccessError, LocalKey};
 pub use crate::runtime::{JoinHandle, Runtime, Stats};
 pub use crate::scope::{scope, Scope, ScopedJoinHandle};
+pub use crate::spawn_builder::{current_name, GoroutineBuilder};
 
 /// Starts a goroutine on the calling goroutine's runtime. It is queued to
 /// run next on this P (Go's `newproc`); the caller keeps running.
