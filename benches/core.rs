@@ -12,6 +12,10 @@
 //!   time criterion reports is the mean *lateness* (elapsed - 1 ms). Then
 //!   `sleep_1ms/percentiles` runs 2,000 sleeps and prints p50/p90/p99/p99.9/max
 //!   (criterion only gives means). Go twin: `benches/go/core/sleep`.
+//! - `local_with/goroutine_local`: one `LocalKey::with` reading a
+//!   goroutine-local `Cell<u64>` (already initialised) from a goroutine;
+//!   `local_with/thread_local` is the same read of a `thread_local!` for
+//!   comparison (Go has no goroutine-local storage to twin).
 //!
 //! Every runtime is built once, outside the timed closures, and each timed
 //! loop runs inside one `block_on` so that entering the runtime from a plain
@@ -125,6 +129,44 @@ fn bench_yield(c: &mut Criterion) {
     g.finish();
 }
 
+gosched::local! {
+    static LOCAL: std::cell::Cell<u64> = std::cell::Cell::new(1);
+}
+
+thread_local! {
+    static TLS: std::cell::Cell<u64> = const { std::cell::Cell::new(1) };
+}
+
+fn bench_local(c: &mut Criterion) {
+    let rt = Builder::new().procs(1).build().expect("runtime");
+    let mut g = c.benchmark_group("local_with");
+    g.bench_function("goroutine_local", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(|| {
+                LOCAL.with(|v| black_box(v.get())); // initialise outside the timing
+                let t = Instant::now();
+                for _ in 0..iters {
+                    black_box(LOCAL.with(|v| black_box(v).get()));
+                }
+                t.elapsed()
+            })
+        })
+    });
+    g.bench_function("thread_local", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(|| {
+                TLS.with(|v| black_box(v.get()));
+                let t = Instant::now();
+                for _ in 0..iters {
+                    black_box(TLS.with(|v| black_box(v).get()));
+                }
+                t.elapsed()
+            })
+        })
+    });
+    g.finish();
+}
+
 /// Lateness of one `sleep(SLEEP)`.
 fn one_sleep() -> Duration {
     let t = Instant::now();
@@ -184,6 +226,6 @@ fn bench_sleep(c: &mut Criterion) {
 #[allow(missing_docs)]
 mod group {
     use super::*;
-    criterion_group!(benches, bench_spawn, bench_yield, bench_sleep);
+    criterion_group!(benches, bench_spawn, bench_yield, bench_sleep, bench_local);
 }
 criterion_main!(group::benches);

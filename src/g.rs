@@ -114,6 +114,9 @@ pub(crate) struct G {
     /// units), or 0. Written by `ready`; read and cleared by the M that
     /// runs it next (handed over through the run queue, Release/Acquire).
     pub(crate) runnable_at: Cell<u64>,
+    /// Goroutine-local values (`crate::local`), indexed by key (owner;
+    /// emptied when the goroutine's body ends).
+    pub(crate) locals: crate::local::Slots,
 }
 
 // SAFETY: the Cell/UnsafeCell fields are accessed only under the ownership
@@ -143,6 +146,7 @@ impl G {
             spawned_at: Cell::new(None),
             live: AtomicBool::new(false),
             in_blocking: Cell::new(false),
+            locals: UnsafeCell::new(Vec::new()),
             shared: std::sync::atomic::AtomicPtr::new(shared),
             wakes: Cell::new(0),
             runnable_at: Cell::new(0),
@@ -198,12 +202,14 @@ impl GRef {
     }
 }
 
-/// Whoever waits on a runtime object: a goroutine (parks) or a plain thread
-/// (blocks).
+/// Whoever waits on a runtime object: a goroutine (parks), a plain thread
+/// (blocks), or an async task (its `Waker` is woken; `JoinHandle` as a
+/// `Future`).
 #[derive(Clone, Debug)]
 pub(crate) enum Waiter {
     G(GRef),
     Thread(std::thread::Thread),
+    Waker(std::task::Waker),
 }
 
 impl Waiter {
@@ -223,6 +229,7 @@ impl Waiter {
                 THREAD_WAKES.fetch_add(1, Ordering::Relaxed);
                 t.unpark()
             }
+            Waiter::Waker(w) => w.wake_by_ref(),
         }
     }
 }

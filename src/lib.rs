@@ -63,10 +63,51 @@
 //! instructions, a promise the caller makes with the `unsafe`
 //! [`Builder::allow_migrate`] (without it `build` refuses Migrate).
 //!
-//! At *cooperative* points (yield, sleep, channel operations, join, ...) a
-//! goroutine may resume on another thread in either mode, as in Go; do not
-//! hold a `thread_local!` reference or a `std::sync::MutexGuard` of a lock
-//! that checks its owner thread across them (or use [`lock_os_thread`]).
+//! ## Soundness: thread identity across cooperative points
+//!
+//! At *cooperative* points (yield, sleep, channel operations, join, lock
+//! waits, [`block_on_future`], ...) a goroutine may resume on another OS
+//! thread in either mode, as in Go. Rust and LLVM assume a function never
+//! changes threads, so safe code that ties state to the thread can go
+//! wrong when it spans such a point **inside one function**:
+//!
+//! - A `thread_local!` used on both sides of the point. Holding the
+//!   reference across it (`TLS.with(|c| { sleep(..); c.set(..) })`) plainly
+//!   uses the old thread's slot; and even two separate `TLS.with` calls, one
+//!   before and one after, may: in optimized builds LLVM computes the slot's
+//!   address once per function and keeps it in a register across the call.
+//!   Measured (`tests/local.rs`, `--release`, 16 goroutines on 2 Ps, 50 µs
+//!   sleeps): every resumption on another thread used the previous thread's
+//!   slot, where another goroutine may be using it at that moment: a data
+//!   race from safe code.
+//! - A thread-bound value held across the point: `rand::thread_rng()`, a
+//!   `ReentrantLock` guard such as `std::io::stdout().lock()` (its owner is
+//!   a thread id), a `RefCell` borrow of a thread-local, a
+//!   `std::sync::MutexGuard` (pthread-style locks must be unlocked by the
+//!   locking thread).
+//!
+//! What to use instead:
+//!
+//! - [`local!`] for per-goroutine state: it is reached through the running
+//!   goroutine, so it is right on whichever thread the goroutine resumes
+//!   (about 5 ns an access, twice a `thread_local!` read).
+//! - [`lock_os_thread`] around code that must keep its thread (a C library
+//!   with thread-local state, a thread-bound guard held across a wait).
+//! - Look thread-locals up in a separate `#[inline(never)]` function, and
+//!   never hold what they hand out across a cooperative point.
+//! - [`sync::Mutex`] instead of `std::sync::Mutex` when a guard is held
+//!   across a wait (it has no owner thread, and it parks instead of
+//!   blocking the thread).
+//!
+//! This is not particular to gosched: every stackful M:N runtime in Rust has
+//! it ([rust-lang/unsafe-code-guidelines#602], [llvm/llvm-project#98479];
+//! `may` makes spawning `unsafe` for it). Asynchronous preemption in the
+//! default [`PreemptMode::ThreadAffine`] adds no such points (the goroutine
+//! resumes on its thread, which ran nothing else); [`PreemptMode::Migrate`]
+//! makes *every* instruction one.
+//!
+//! [rust-lang/unsafe-code-guidelines#602]: https://github.com/rust-lang/unsafe-code-guidelines/issues/602
+//! [llvm/llvm-project#98479]: https://github.com/llvm/llvm-project/issues/98479
 //!
 //! ## Environment
 //!
@@ -82,17 +123,21 @@ mod arch;
 mod builder;
 pub mod chan;
 mod fork;
+mod future;
 mod g;
+mod local;
 pub(crate) mod membarrier;
 mod monitor;
 mod note;
 mod preempt;
 mod runtime;
 mod sched;
+mod scope;
 #[doc(hidden)]
 pub mod select;
 mod signal;
 mod sigquit;
+mod spawn_builder;
 mod spin;
 mod stack;
 pub mod sync;
@@ -105,7 +150,11 @@ use std::time::{Duration, Instant};
 pub use crate::builder::{
     Builder, PreemptMode, DEFAULT_MAX_THREADS, DEFAULT_QUANTUM, MAX_PROCS, MIN_QUANTUM,
 };
+pub use crate::future::block_on_future;
+pub use crate::local::{AccessError, LocalKey};
 pub use crate::runtime::{JoinHandle, Runtime, Stats};
+pub use crate::scope::{scope, Scope, ScopedJoinHandle};
+pub use crate::spawn_builder::{current_name, GoroutineBuilder};
 
 /// Starts a goroutine on the calling goroutine's runtime. It is queued to
 /// run next on this P (Go's `newproc`); the caller keeps running.

@@ -107,6 +107,11 @@ impl Runtime {
         Builder::new().build()
     }
 
+    /// The runtime's shared state.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     pub(crate) fn from_config(cfg: Config) -> io::Result<Runtime> {
         crate::fork::install();
         if crate::fork::forked() {
@@ -298,9 +303,9 @@ impl std::fmt::Debug for Runtime {
 
 /// The result slot shared by a goroutine and its `JoinHandle`.
 pub(crate) struct JoinInner<R> {
-    done: AtomicBool,
-    result: UnsafeCell<Option<std::thread::Result<R>>>,
-    waiter: Mutex<Option<Waiter>>,
+    pub(crate) done: AtomicBool,
+    pub(crate) result: UnsafeCell<Option<std::thread::Result<R>>>,
+    pub(crate) waiter: Mutex<Option<Waiter>>,
 }
 
 // SAFETY: `result` is written once by the goroutine before `done` is set
@@ -308,7 +313,7 @@ pub(crate) struct JoinInner<R> {
 unsafe impl<R: Send> Sync for JoinInner<R> {}
 
 impl<R> JoinInner<R> {
-    fn new() -> JoinInner<R> {
+    pub(crate) fn new() -> JoinInner<R> {
         JoinInner {
             done: AtomicBool::new(false),
             result: UnsafeCell::new(None),
@@ -316,7 +321,7 @@ impl<R> JoinInner<R> {
         }
     }
 
-    fn complete(&self, r: std::thread::Result<R>) {
+    pub(crate) fn complete(&self, r: std::thread::Result<R>) {
         let _np = sched::NoPreempt::enter();
         // SAFETY: only the goroutine writes, once, before `done`.
         unsafe { *self.result.get() = Some(r) };
@@ -350,7 +355,7 @@ impl<R> JoinInner<R> {
         }
     }
 
-    fn wait(&self) -> std::thread::Result<R> {
+    pub(crate) fn wait(&self) -> std::thread::Result<R> {
         loop {
             if self.done.load(Ordering::Acquire) {
                 // SAFETY: `done` is set only after the single write, and we
@@ -400,6 +405,7 @@ impl<F: FnOnce() -> R + Send, R: Send> Body for Task<F, R> {
         // SAFETY: `run` is called once, by the goroutine (see the Sync impl).
         let f = unsafe { (*self.f.get()).take() }.expect("a goroutine body ran twice");
         let r = catch_unwind(AssertUnwindSafe(f));
+        let r = crate::local::exit_destructors(r);
         self.inner.complete(r);
     }
 
@@ -470,6 +476,11 @@ impl<R> JoinHandle<R> {
     /// ```
     pub fn join(self) -> std::thread::Result<R> {
         self.task.slot().wait()
+    }
+
+    /// The result slot (for `impl Future for JoinHandle`).
+    pub(crate) fn inner(&self) -> &JoinInner<R> {
+        self.task.slot()
     }
 
     /// Whether `join` would return at once: the goroutine has finished

@@ -881,6 +881,11 @@ pub(crate) unsafe extern "C" fn g_entry(arg: usize) -> ! {
     f.run();
     // SAFETY: owner access, as above; the borrow `f` ended.
     drop(unsafe { (*g.entry.get()).take() });
+    // Goroutine-local values re-created by that drop (a destructor of an
+    // unjoined scoped result using a `local!`): drop them here, on the
+    // goroutine, so the G's next goroutine starts empty (a panic in them
+    // has no one to go to; the hook has printed it).
+    let _ = crate::local::exit_destructors(Ok(()));
     g.no_preempt.store(1, Ordering::Relaxed);
     let m = this_m();
     // SAFETY: as in `switch_to_g0`; this context is never resumed.

@@ -1,7 +1,10 @@
 //! Goroutine-aware synchronization, after Go's `sync` package: a contended
 //! [`Mutex`] parks the goroutine (its thread runs other goroutines) instead
-//! of blocking the thread, and [`WaitGroup::wait`] does the same. Both also
-//! work from plain threads, which block.
+//! of blocking the thread, and so do [`WaitGroup::wait`], [`RwLock`] (Go's
+//! `RWMutex`), [`Condvar`] (Go's `Cond`, with [`Mutex`]) and the weighted
+//! [`Semaphore`] (Go's `x/sync/semaphore`), and waiters for a running
+//! [`OnceLock`] initialiser. All also work from plain threads, which
+//! block.
 //!
 //! Why not `std::sync::Mutex` in goroutines? It blocks the worker thread,
 //! and with it the P: on one P, a goroutine waiting for a lock whose holder
@@ -36,8 +39,16 @@
 //! assert_eq!(v, [0, 1, 2]);
 //! ```
 
+mod condvar;
 mod mutex;
+mod once;
+mod rwlock;
+mod semaphore;
 mod waitgroup;
 
+pub use self::condvar::Condvar;
 pub use self::mutex::{Mutex, MutexGuard, STARVATION_THRESHOLD};
+pub use self::once::OnceLock;
+pub use self::rwlock::{RwLock, RwLockReadGuard, RwLockWriteGuard, MAX_READERS};
+pub use self::semaphore::Semaphore;
 pub use self::waitgroup::WaitGroup;

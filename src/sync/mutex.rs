@@ -151,7 +151,8 @@ unsafe impl<T: ?Sized + Send> Send for Mutex<T> {}
 /// ```
 #[must_use = "if unused the Mutex will immediately unlock"]
 pub struct MutexGuard<'a, T: ?Sized> {
-    mutex: &'a Mutex<T>,
+    /// The locked mutex (read by `Condvar::wait` to re-lock it).
+    pub(super) mutex: &'a Mutex<T>,
     /// Send iff `T: Send`, Sync iff `T: Sync`, like `&mut T`.
     _marker: PhantomData<&'a mut T>,
 }
@@ -483,8 +484,9 @@ impl<T> From<T> for Mutex<T> {
 /// A counting semaphore whose waiters queue FIFO (front insertion for a
 /// re-queued waiter) and receive a unit directly from `release` (Go's
 /// semacquire/semrelease with handoff). Its lock is held only for a few
-/// instructions, inside a no-preempt region, never while parking.
-struct Sema {
+/// instructions, inside a no-preempt region, never while parking. Shared
+/// with `RwLock` (Go's RWMutex sleeps on the same semaphores).
+pub(super) struct Sema {
     inner: std::sync::Mutex<SemaInner>,
 }
 
@@ -508,7 +510,7 @@ struct SemaWaiter {
 }
 
 impl Sema {
-    const fn new() -> Sema {
+    pub(super) const fn new() -> Sema {
         Sema {
             inner: std::sync::Mutex::new(SemaInner {
                 count: 0,
@@ -525,6 +527,11 @@ impl Sema {
 
     /// Takes a unit, parking until one is released to us.
     fn acquire(&self, front: bool) {
+        self.acquire_for(front, "sync.Mutex.Lock");
+    }
+
+    /// `acquire`, saying what the waiter waits on (the deadlock report).
+    pub(super) fn acquire_for(&self, front: bool, reason: &'static str) {
         let me = SemaWaiter {
             waiter: Waiter::current(),
             granted: AtomicBool::new(false),
@@ -544,13 +551,13 @@ impl Sema {
         }
         // Acquire: pairs with the Release store in `release`.
         while !me.granted.load(Ordering::Acquire) {
-            crate::g::park("sync.Mutex.Lock");
+            crate::g::park(reason);
         }
     }
 
     /// Gives a unit to the head waiter (waking it) or keeps it for the next
     /// `acquire`.
-    fn release(&self) {
+    pub(super) fn release(&self) {
         let woken = {
             let _np = NoPreempt::enter();
             let mut s = self.lock();

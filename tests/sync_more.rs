@@ -1,0 +1,417 @@
+//! `sync::RwLock`, `sync::Condvar`, `sync::Semaphore` and `sync::OnceLock`:
+//! invariants under contention and preemption on 2 Ps, Go's writer
+//! preference, a bounded producer/consumer queue, FIFO fairness of weighted
+//! requests, a OnceLock whose waiters park, and the misuse panics.
+
+mod common;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use gosched::sync::{Condvar, Mutex, OnceLock, RwLock, Semaphore};
+use gosched::Builder;
+
+fn rt2() -> gosched::Runtime {
+    Builder::new()
+        .procs(2)
+        .preempt_quantum(Duration::from_micros(500))
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn rwlock_excludes_writers_from_readers_under_contention() {
+    let rt = rt2();
+    let (reads, writes) = rt.block_on(|| {
+        let l = Arc::new(RwLock::new((0u64, 0u64)));
+        // Who is inside: +1 per reader, -1_000_000 per writer.
+        let inside = Arc::new(AtomicI64::new(0));
+        let reads = Arc::new(AtomicUsize::new(0));
+        // Joined (not a WaitGroup): a failed check must fail the test, not
+        // leave `wait` hanging.
+        let mut hs = Vec::new();
+        for i in 0..12 {
+            let (l, inside, reads) = (l.clone(), inside.clone(), reads.clone());
+            hs.push(gosched::spawn(move || {
+                let mut rng = common::XorShift::new(i + 1);
+                for _ in 0..2_000 {
+                    if i % 3 == 0 {
+                        let mut g = l.write();
+                        let was = inside.fetch_sub(1_000_000, Ordering::SeqCst);
+                        assert_eq!(was, 0, "writer entered beside others");
+                        let a = std::hint::black_box(g.0);
+                        if rng.below(8) == 0 {
+                            gosched::yield_now(); // hold it across a switch
+                        }
+                        g.0 = a + 1;
+                        g.1 += 1;
+                        inside.fetch_add(1_000_000, Ordering::SeqCst);
+                    } else {
+                        let g = l.read();
+                        let was = inside.fetch_add(1, Ordering::SeqCst);
+                        assert!(was >= 0, "reader entered beside a writer");
+                        assert_eq!(g.0, g.1, "torn write seen");
+                        if rng.below(8) == 0 {
+                            gosched::yield_now();
+                        }
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                        reads.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Some(g) = l.try_read() {
+                        assert_eq!(g.0, g.1);
+                    }
+                    if let Some(mut g) = l.try_write() {
+                        assert_eq!(inside.load(Ordering::SeqCst), 0);
+                        g.0 += 1;
+                        g.1 += 1;
+                    }
+                }
+            }));
+        }
+        hs.into_iter().for_each(|h| h.join().unwrap());
+        let g = l.read();
+        assert_eq!(g.0, g.1);
+        (reads.load(Ordering::Relaxed), g.0)
+    });
+    assert_eq!(reads, 8 * 2_000);
+    assert!(writes >= 4 * 2_000, "{writes}");
+}
+
+#[test]
+fn rwlock_a_waiting_writer_blocks_new_readers() {
+    let rt = rt2();
+    let log = rt.block_on(|| {
+        let l = Arc::new(RwLock::new(()));
+        let log = Arc::new(StdMutex::new(Vec::new()));
+        let r1 = l.read();
+        let writer = {
+            let (l, log) = (l.clone(), log.clone());
+            gosched::spawn(move || {
+                let _w = l.write();
+                log.lock().unwrap().push("writer");
+                gosched::sleep(Duration::from_millis(5));
+            })
+        };
+        // Wait until the writer is pending: then new readers are refused
+        // although only readers hold the lock.
+        let mut n = 0;
+        while l.try_read().is_some() {
+            gosched::sleep(Duration::from_millis(1));
+            n += 1;
+            assert!(n < 10_000, "the writer never became pending");
+        }
+        let reader2 = {
+            let (l, log) = (l.clone(), log.clone());
+            gosched::spawn(move || {
+                let _r = l.read(); // parks behind the writer
+                log.lock().unwrap().push("reader2");
+            })
+        };
+        gosched::sleep(Duration::from_millis(20));
+        assert!(log.lock().unwrap().is_empty(), "someone got in beside r1");
+        drop(r1);
+        writer.join().unwrap();
+        reader2.join().unwrap();
+        let v = log.lock().unwrap().clone();
+        v
+    });
+    assert_eq!(log, ["writer", "reader2"]);
+}
+
+#[test]
+fn rwlock_from_plain_threads_and_goroutines() {
+    let rt = rt2();
+    let l = Arc::new(RwLock::new(0u64));
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let l = l.clone();
+            std::thread::spawn(move || {
+                for _ in 0..1_000 {
+                    *l.write() += 1;
+                    let _ = *l.read();
+                }
+            })
+        })
+        .collect();
+    let l2 = l.clone();
+    rt.block_on(move || {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let l = l2.clone();
+                gosched::spawn(move || {
+                    for _ in 0..1_000 {
+                        *l.write() += 1;
+                        let _ = *l.read();
+                    }
+                })
+            })
+            .collect();
+        hs.into_iter().for_each(|h| h.join().unwrap());
+    });
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    assert_eq!(*l.read(), 6_000);
+}
+
+/// A bounded queue (capacity 4) built from a Mutex and two Condvars.
+struct Bounded {
+    q: Mutex<VecDeque<u64>>,
+    not_empty: Condvar,
+    not_full: Condvar,
+}
+
+impl Bounded {
+    fn new() -> Bounded {
+        Bounded {
+            q: Mutex::new(VecDeque::new()),
+            not_empty: Condvar::new(),
+            not_full: Condvar::new(),
+        }
+    }
+    fn push(&self, v: u64) {
+        let mut q = self.not_full.wait_while(self.q.lock(), |q| q.len() >= 4);
+        q.push_back(v);
+        drop(q);
+        self.not_empty.notify_one();
+    }
+    fn pop(&self) -> u64 {
+        let mut q = self.not_empty.wait_while(self.q.lock(), |q| q.is_empty());
+        let v = q.pop_front().unwrap();
+        drop(q);
+        self.not_full.notify_one();
+        v
+    }
+}
+
+#[test]
+fn condvar_producer_consumer_on_two_ps() {
+    let rt = rt2();
+    let b = Arc::new(Bounded::new());
+    let sum = rt.block_on(|| {
+        let producers: Vec<_> = (0..4u64)
+            .map(|p| {
+                let b = b.clone();
+                gosched::spawn(move || {
+                    for i in 0..2_000 {
+                        b.push(p * 10_000 + i);
+                    }
+                })
+            })
+            .collect();
+        let consumers: Vec<_> = (0..4)
+            .map(|_| {
+                let b = b.clone();
+                gosched::spawn(move || (0..2_000).map(|_| b.pop()).sum::<u64>())
+            })
+            .collect();
+        producers.into_iter().for_each(|h| h.join().unwrap());
+        consumers
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .sum::<u64>()
+    });
+    let expect: u64 = (0..4u64)
+        .map(|p| (0..2_000).map(|i| p * 10_000 + i).sum::<u64>())
+        .sum();
+    assert_eq!(sum, expect);
+    assert!(b.q.lock().is_empty());
+}
+
+#[test]
+fn condvar_between_a_plain_thread_and_a_goroutine() {
+    let rt = rt2();
+    let b = Arc::new(Bounded::new());
+    let b2 = b.clone();
+    let producer = std::thread::spawn(move || (0..500).for_each(|i| b2.push(i)));
+    let sum = rt.block_on(|| (0..500).map(|_| b.pop()).sum::<u64>());
+    producer.join().unwrap();
+    assert_eq!(sum, (0..500).sum::<u64>());
+}
+
+#[test]
+fn condvar_notify_all_wakes_every_waiter_and_notify_one_one() {
+    let rt = Builder::new().procs(1).build().unwrap();
+    rt.block_on(|| {
+        let s = Arc::new((Mutex::new(0u32), Condvar::new()));
+        let woke = Arc::new(AtomicUsize::new(0));
+        let hs: Vec<_> = (0..5)
+            .map(|_| {
+                let (s, woke) = (s.clone(), woke.clone());
+                gosched::spawn(move || {
+                    let g = s.0.lock();
+                    let _g = s.1.wait(g);
+                    woke.fetch_add(1, Ordering::SeqCst);
+                })
+            })
+            .collect();
+        gosched::sleep(Duration::from_millis(5)); // all five wait
+        s.1.notify_one();
+        gosched::sleep(Duration::from_millis(5));
+        assert_eq!(woke.load(Ordering::SeqCst), 1);
+        s.1.notify_all();
+        hs.into_iter().for_each(|h| h.join().unwrap());
+        assert_eq!(woke.load(Ordering::SeqCst), 5);
+    });
+}
+
+#[test]
+fn semaphore_grants_in_arrival_order_and_a_large_head_is_not_overtaken() {
+    // One P, and a sleep after each spawn: each waiter queues before the
+    // next is spawned, so arrival order is A, B, C, D.
+    let rt = Builder::new().procs(1).build().unwrap();
+    rt.block_on(|| {
+        let sem = Arc::new(Semaphore::new(10));
+        let log = Arc::new(StdMutex::new(Vec::new()));
+        sem.acquire(10);
+        let mut hs = Vec::new();
+        for (name, n) in [("A", 5), ("B", 1), ("C", 5), ("D", 1)] {
+            let (sem, log) = (sem.clone(), log.clone());
+            hs.push(gosched::spawn(move || {
+                sem.acquire(n);
+                log.lock().unwrap().push(name);
+            }));
+            gosched::sleep(Duration::from_millis(2));
+        }
+        let settle = || gosched::sleep(Duration::from_millis(5));
+        sem.release(4); // 4 free: A (5) does not fit; B and D must not pass it
+        settle();
+        assert_eq!(*log.lock().unwrap(), Vec::<&str>::new());
+        assert!(!sem.try_acquire(1), "try_acquire overtook the queue");
+        sem.release(1); // 5 free: A
+        settle();
+        assert_eq!(*log.lock().unwrap(), ["A"]);
+        sem.release(5); // the rest of ours: B (1), then C (5) does not fit in 4
+        settle();
+        assert_eq!(*log.lock().unwrap(), ["A", "B"]);
+        sem.release(5); // A's permits, on its behalf: C, then D
+                        // Both granted by that call (before either runs again)...
+        assert_eq!(sem.available(), 3); // B, C and D hold 1 + 5 + 1
+        hs.into_iter().for_each(|h| h.join().unwrap());
+        // ...so the order they log in is the scheduler's, not the grant's.
+        let mut rest = log.lock().unwrap()[2..].to_vec();
+        rest.sort();
+        assert_eq!(rest, ["C", "D"]);
+    });
+}
+
+#[test]
+fn semaphore_weighted_stress_never_exceeds_its_permits() {
+    let rt = rt2();
+    let max = rt.block_on(|| {
+        let sem = Arc::new(Semaphore::new(7));
+        let held = Arc::new(AtomicUsize::new(0));
+        let max = Arc::new(AtomicUsize::new(0));
+        let hs: Vec<_> = (0..16u64)
+            .map(|i| {
+                let (sem, held, max) = (sem.clone(), held.clone(), max.clone());
+                gosched::spawn(move || {
+                    let mut rng = common::XorShift::new(i + 7);
+                    for _ in 0..500 {
+                        let n = 1 + rng.below(7) as usize;
+                        sem.acquire(n);
+                        let now = held.fetch_add(n, Ordering::SeqCst) + n;
+                        assert!(now <= 7, "{now} permits held of 7");
+                        max.fetch_max(now, Ordering::SeqCst);
+                        if rng.below(4) == 0 {
+                            gosched::yield_now();
+                        }
+                        held.fetch_sub(n, Ordering::SeqCst);
+                        sem.release(n);
+                    }
+                })
+            })
+            .collect();
+        hs.into_iter().for_each(|h| h.join().unwrap());
+        assert_eq!(sem.available(), 7);
+        max.load(Ordering::SeqCst)
+    });
+    assert!(max >= 2, "{max}");
+}
+
+#[test]
+fn semaphore_misuse_panics_instead_of_hanging() {
+    let sem = Semaphore::new(3);
+    let r = std::panic::catch_unwind(|| sem.acquire(4));
+    let p = r.unwrap_err();
+    let msg = common::payload_str(&*p).unwrap();
+    assert!(
+        msg.contains("acquire(4)") && msg.contains("3 permits"),
+        "{msg}"
+    );
+    let r = std::panic::catch_unwind(|| sem.release(1));
+    let p = r.unwrap_err();
+    let msg = common::payload_str(&*p).unwrap();
+    assert!(msg.contains("released more than held"), "{msg}");
+    assert_eq!(sem.available(), 3);
+    assert!(!sem.try_acquire(4));
+}
+
+#[test]
+fn oncelock_runs_one_initialiser_while_the_others_park() {
+    static CELL: OnceLock<u64> = OnceLock::new();
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    // One P: if waiters blocked their thread, the initialiser (which
+    // sleeps) could never finish.
+    let rt = Builder::new().procs(1).build().unwrap();
+    let vals = rt.block_on(|| {
+        let hs: Vec<_> = (0..16)
+            .map(|i| {
+                gosched::spawn(move || {
+                    *CELL.get_or_init(|| {
+                        CALLS.fetch_add(1, Ordering::SeqCst);
+                        gosched::sleep(Duration::from_millis(20));
+                        100 + i
+                    })
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(CALLS.load(Ordering::SeqCst), 1);
+    assert!(vals.iter().all(|&v| v == vals[0]), "{vals:?}");
+    // A plain thread sees it without waiting.
+    assert_eq!(CELL.get(), Some(&vals[0]));
+}
+
+#[test]
+fn oncelock_a_panicking_initialiser_lets_a_waiter_retry() {
+    let rt = rt2();
+    let v = rt.block_on(|| {
+        let cell = Arc::new(OnceLock::new());
+        let c1 = cell.clone();
+        let first = gosched::spawn(move || {
+            *c1.get_or_init(|| {
+                gosched::sleep(Duration::from_millis(20));
+                panic!("init failed")
+            })
+        });
+        gosched::sleep(Duration::from_millis(5)); // `first` is initialising
+        let c2 = cell.clone();
+        let second = gosched::spawn(move || *c2.get_or_init(|| 7u32));
+        assert!(first.join().is_err());
+        second.join().unwrap()
+    });
+    assert_eq!(v, 7);
+}
+
+#[test]
+fn oncelock_set_and_plain_thread_waiters() {
+    let rt = rt2();
+    let cell = Arc::new(OnceLock::new());
+    let c2 = cell.clone();
+    let init = rt.spawn(move || {
+        c2.get_or_init(|| {
+            gosched::sleep(Duration::from_millis(20));
+            String::from("ready")
+        })
+        .clone()
+    });
+    std::thread::sleep(Duration::from_millis(5));
+    // A plain thread blocks until the goroutine's initialiser is done.
+    let seen = cell.get_or_init(|| String::from("thread"));
+    assert_eq!(seen, &init.join().unwrap());
+    assert_eq!(cell.set(String::from("late")), Err(String::from("late")));
+}
