@@ -468,10 +468,14 @@ extern "C" fn slow_usr1(_sig: libc::c_int) {
 /// The builder of the SA_NODEFER child for `mode` (Migrate may come to
 /// need an `unsafe` acknowledgement: this is the one place to add it).
 fn nodefer_builder(mode: PreemptMode, procs: usize) -> Builder {
-    Builder::new()
+    let b = Builder::new()
         .procs(procs)
         .preempt_quantum(Duration::from_micros(100))
-        .preempt_mode(mode)
+        .preempt_mode(mode);
+    // SAFETY: the goroutines of these children raise a signal, count in
+    // atomics and spin; the handler only touches atomics. None holds a
+    // thread-local or the stdout lock while it can be preempted.
+    unsafe { b.allow_migrate() }
 }
 
 /// Child: 4 goroutines raise SIGUSR1 (handled by `slow_usr1` on their own
