@@ -420,9 +420,12 @@ fn sched_latency_histogram_shows_time_spent_runnable() {
     let p50 = alone.sched_latency_quantile(0.5).unwrap();
     assert!(p50 <= Duration::from_millis(2), "alone: p50 {p50:?}");
 
+    // Wake-up preemption off: the sleepers must wait for the hog's
+    // time-slice preemption, so the histogram has something to show.
     let busy = Builder::new()
         .procs(1)
         .preempt_quantum(Duration::from_millis(5))
+        .wakeup_preempt(false)
         .build()
         .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
