@@ -80,9 +80,11 @@
 mod arch;
 mod builder;
 pub mod chan;
+mod driver;
 mod g;
 pub(crate) mod membarrier;
 mod monitor;
+pub mod net;
 mod note;
 mod preempt;
 mod runtime;

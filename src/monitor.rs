@@ -173,6 +173,8 @@ fn run(sh: &Shared) {
             first_seen: &first_seen,
         };
         let sleep = mon.tick(&mut target, Duration::from_nanos(now));
+        // I/O readiness while Ps are busy (see `crate::driver`).
+        let poll_cap = sh.sysmon_netpoll();
         if let (Some(t), Some(at)) = (trace, next_trace) {
             if now >= at {
                 eprintln!("{}", sh.schedtrace_line());
@@ -181,7 +183,9 @@ fn run(sh: &Shared) {
         }
         let trace_cap = next_trace.map(|at| Duration::from_nanos(at.saturating_sub(now)));
         let woken = match sleep {
-            Sleep::For(d) => sh.sysmon_note.wait(Some(min_opt(d, trace_cap))),
+            Sleep::For(d) => sh
+                .sysmon_note
+                .wait(Some(min_opt(min_opt(d, trace_cap), poll_cap))),
             Sleep::Idle(deadline) => {
                 // Publish that we sleep, then re-check (Dekker with
                 // `Shared::note_busy`): either a P that just got busy sees the

@@ -156,6 +156,9 @@ impl Drop for Runtime {
         if let Some(t) = self.sysmon.take() {
             let _ = t.join();
         }
+        // Nobody polls any more: close the poller (and the sockets that
+        // abandoned goroutines wait on).
+        self.shared.driver.close();
         self.shared.free_dead_gs();
         crate::sched::LIVE_RUNTIMES.fetch_sub(1, Ordering::SeqCst);
     }
@@ -391,6 +394,11 @@ pub struct Stats {
     /// Ps handed away from a thread blocked in the kernel (blocked-M
     /// detection).
     pub blocked_handoffs: u64,
+    /// Goroutine parks on the netpoller (a socket or `net::Registration`
+    /// that would block).
+    pub poll_waits: u64,
+    /// Goroutines the netpoller woke (I/O readiness or a local shutdown).
+    pub poll_wakeups: u64,
     /// Number of Ps.
     pub procs: usize,
     /// Ps idle now.
@@ -433,6 +441,8 @@ impl Shared {
             preempt_refused_by_reason: by_reason,
             retakes: self.counters.retakes.load(Ordering::Relaxed),
             blocked_handoffs: self.counters.blocked_handoffs.load(Ordering::Relaxed),
+            poll_waits: self.driver.waits.load(Ordering::Relaxed),
+            poll_wakeups: self.driver.wakeups.load(Ordering::Relaxed),
             procs: self.cfg.procs,
             idle_procs: self.npidle.load(Ordering::Relaxed),
             stack_size: self.stacks.stack_size(),

@@ -304,8 +304,12 @@ pub(crate) struct Shared {
     pub(crate) allm: Mutex<Vec<Arc<M>>>,
     pub(crate) threads: Mutex<Vec<ThreadHandle<()>>>,
     pub(crate) timers: Timers,
-    /// The idle M sleeping until the next timer, if any.
+    /// The idle M sleeping until the next timer, if any: the one M that
+    /// blocks in the driver's poller (`crate::driver`). Wake it with
+    /// `wake_m`.
     pub(crate) timer_m: AtomicPtr<M>,
+    /// The driver: the OS poller idle Ms wait in, and the netpoller.
+    pub(crate) driver: Arc<crate::driver::Driver>,
     pub(crate) stacks: StackPool,
     pub(crate) gfree: Mutex<Vec<GRef>>,
     pub(crate) allg: Mutex<Vec<GRef>>,
@@ -852,6 +856,7 @@ impl Shared {
             });
         }
         let procs = cfg.procs;
+        let driver = Arc::new(crate::driver::Driver::new()?);
         Ok(Arc::new_cyclic(|me| Shared {
             cfg,
             tsc_epoch: arch::ticks_are_time().then(arch::ticks),
@@ -866,6 +871,7 @@ impl Shared {
             threads: Mutex::new(Vec::new()),
             timers: Timers::new(),
             timer_m: AtomicPtr::new(ptr::null_mut()),
+            driver,
             stacks,
             gfree: Mutex::new(Vec::new()),
             allg: Mutex::new(Vec::new()),
@@ -925,7 +931,7 @@ impl Shared {
             let tm = self.timer_m.load(Ordering::Acquire);
             if !tm.is_null() {
                 // SAFETY: Ms live as long as Shared (allm holds them).
-                unsafe { (*tm).note.wake() };
+                self.wake_m(unsafe { &*tm });
             } else if self.npidle.load(Ordering::SeqCst) > 0 {
                 // Nobody sleeps on timers and a P is idle: start an M,
                 // which finds nothing to run and becomes the timer sleeper.

@@ -36,7 +36,8 @@ impl Shared {
     /// Go's checkdead: is every goroutine parked with nothing that could
     /// wake it? True only when all of these hold: this is the only runtime
     /// in the process; every P is idle and no G is queued or running; no
-    /// timer is pending and no `blocking()` call is in flight; some goroutine
+    /// timer is pending, no `blocking()` call is in flight and no goroutine
+    /// waits for I/O (Go: netpoll waiters keep checkdead quiet); some goroutine
     /// is alive and all live ones are parked; and every thread of the process
     /// is accounted for as one of our Ms, sysmon, or a plain thread parked on
     /// a runtime object (so no other thread exists that could still send on a
@@ -47,6 +48,7 @@ impl Shared {
             || self.any_work()
             || self.timers.next().is_some()
             || self.in_blocking.load(Ordering::SeqCst) != 0
+            || self.driver.waiters() != 0
         {
             return false;
         }
