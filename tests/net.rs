@@ -450,7 +450,7 @@ fn a_goroutine_parked_on_the_network_is_not_a_deadlock() {
                 let u = UdpSocket::bind("127.0.0.1:0").unwrap();
                 let port = u.local_addr().unwrap().port().to_string();
                 let exe = std::env::current_exe().unwrap();
-                let _sender = std::process::Command::new(exe)
+                let mut sender = std::process::Command::new(exe)
                     .args([
                         "a_goroutine_parked_on_the_network_is_not_a_deadlock",
                         "--exact",
@@ -463,6 +463,7 @@ fn a_goroutine_parked_on_the_network_is_not_a_deadlock() {
                     .unwrap();
                 let mut buf = [0u8; 8];
                 let n = u.recv(&mut buf).unwrap();
+                assert!(gosched::blocking(|| sender.wait()).unwrap().success());
                 buf[..n].to_vec()
             });
             assert_eq!(got, b"late");
@@ -491,10 +492,8 @@ fn registration_parks_on_a_pipe_for_reading_and_writing() {
     let _w = watchdog();
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills two new fds, which we then own.
-    assert_eq!(
-        unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) },
-        0
-    );
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+    assert_eq!(r, 0);
     use std::os::fd::FromRawFd;
     // SAFETY: fresh fds we own.
     let (r, w) = unsafe {

@@ -111,26 +111,23 @@ pub(super) fn connect_start(addr: &SocketAddr) -> io::Result<(OwnedFd, bool)> {
     use std::os::fd::AsRawFd;
     let fd = tcp_socket(addr)?;
     let (sa, len) = sockaddr(addr);
-    loop {
-        // SAFETY: `sa` holds a valid sockaddr of `len` bytes.
-        let r = unsafe {
-            libc::connect(
-                fd.as_raw_fd(),
-                (&sa as *const libc::sockaddr_storage).cast(),
-                len,
-            )
-        };
-        if r == 0 {
-            return Ok((fd, false));
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EINPROGRESS) => return Ok((fd, true)),
-            // Interrupted: the connection goes on asynchronously (POSIX);
-            // wait for it as for EINPROGRESS.
-            Some(libc::EINTR) => return Ok((fd, true)),
-            _ => return Err(e),
-        }
+    // SAFETY: `sa` holds a valid sockaddr of `len` bytes.
+    let r = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    };
+    if r == 0 {
+        return Ok((fd, false));
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        // EINTR: the connection goes on asynchronously (POSIX); wait for
+        // it as for EINPROGRESS.
+        Some(libc::EINPROGRESS) | Some(libc::EINTR) => Ok((fd, true)),
+        _ => Err(e),
     }
 }
 
