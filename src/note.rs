@@ -31,6 +31,11 @@ impl Note {
         }
     }
 
+    /// Consumes the note if it is set, without sleeping.
+    pub(crate) fn take(&self) -> bool {
+        self.key.swap(0, Ordering::Acquire) == 1
+    }
+
     /// Sleeps until the note is set or `timeout` passes; consumes the note.
     /// Returns true if it was woken, false on timeout.
     pub(crate) fn wait(&self, timeout: Option<Duration>) -> bool {

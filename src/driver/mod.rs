@@ -477,7 +477,15 @@ impl Driver {
             let t = self.table.rt_lock();
             self.closed.store(true, Ordering::Release);
             for d in &t.all {
-                if d.in_use.load(Ordering::Relaxed) && d.inside.load(Ordering::Relaxed) > 0 {
+                if !d.in_use.load(Ordering::Relaxed) {
+                    continue;
+                }
+                // Waiters of other runtimes (which may use this fd) must
+                // not sleep forever on a poller nobody polls: wake them
+                // (ours are abandoned; their wake-up goes nowhere).
+                self.notify(d, Dir::Read);
+                self.notify(d, Dir::Write);
+                if d.inside.load(Ordering::Relaxed) > 0 {
                     d.dead.store(true, Ordering::Release);
                     let fd = d.fd.swap(-1, Ordering::Relaxed);
                     // SAFETY: the fd's owner is a handle that only abandoned
@@ -519,7 +527,11 @@ impl Shared {
     /// readiness. Returns whether the note was set and the goroutines the
     /// poll woke (the caller makes them runnable, e.g. with `inject`).
     pub(crate) fn park_in_driver(&self, m: &M, timeout: Option<Duration>) -> (bool, Vec<GRef>) {
-        if m.note.wait(Some(Duration::ZERO)) {
+        // Dekker with `wake_m`: our role (`timer_m`, set by the caller)
+        // before our look at the note; its note before its look at the
+        // role.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if m.note.take() {
             return (true, Vec::new());
         }
         self.driver.blocked.store(true, Ordering::Relaxed);
@@ -528,7 +540,7 @@ impl Shared {
         self.driver
             .last_poll
             .store(self.nanotime(), Ordering::Relaxed);
-        (m.note.wait(Some(Duration::ZERO)), woken)
+        (m.note.take(), woken)
     }
 
     /// A non-blocking poll (find_runnable, sysmon): makes the goroutines it
@@ -547,15 +559,15 @@ impl Shared {
     /// and the last poll is older than `poll_bound`. Returns how long
     /// sysmon may sleep before it should look again (None: no bound).
     pub(crate) fn sysmon_netpoll(&self) -> Option<Duration> {
-        if self.driver.waiters.load(Ordering::Relaxed) == 0 {
+        if !self.driver.should_poll() {
+            // Nobody waits, or an M blocks in the poller and gets every
+            // event itself.
             return None;
         }
         let bound = poll_bound(self.cfg.quantum);
-        if self.driver.should_poll() {
-            let last = self.driver.last_poll.load(Ordering::Relaxed);
-            if self.nanotime().saturating_sub(last) >= bound.as_nanos() as u64 {
-                self.netpoll_now();
-            }
+        let last = self.driver.last_poll.load(Ordering::Relaxed);
+        if self.nanotime().saturating_sub(last) >= bound.as_nanos() as u64 {
+            self.netpoll_now();
         }
         Some(bound)
     }
