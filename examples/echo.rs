@@ -101,7 +101,10 @@ fn client(addr: SocketAddr, size: usize, until: Instant, id: usize) -> Histogram
     let mut back = vec![0u8; size];
     while Instant::now() < until {
         let t = Instant::now();
-        if c.write_all(&msg).and_then(|_| c.read_exact(&mut back)).is_err() {
+        if c.write_all(&msg)
+            .and_then(|_| c.read_exact(&mut back))
+            .is_err()
+        {
             eprintln!("connection {id}: I/O error");
             break;
         }

@@ -438,56 +438,6 @@ fn a_runtime_dropped_with_goroutines_parked_on_sockets_leaks_no_fd() {
 }
 
 #[test]
-fn a_goroutine_parked_on_the_network_is_not_a_deadlock() {
-    // The main goroutine waits for a datagram that a second process sends
-    // after a while: no timer, no other thread, every goroutine parked.
-    // Without the netpoller's waiters in the check, sysmon reports a
-    // deadlock and exits with status 2.
-    match child_role().as_deref() {
-        Some("net-deadlock-receiver") => {
-            let rt = Runtime::new().unwrap();
-            let got = rt.block_on(|| {
-                let u = UdpSocket::bind("127.0.0.1:0").unwrap();
-                let port = u.local_addr().unwrap().port().to_string();
-                let exe = std::env::current_exe().unwrap();
-                let mut sender = std::process::Command::new(exe)
-                    .args([
-                        "a_goroutine_parked_on_the_network_is_not_a_deadlock",
-                        "--exact",
-                        "--nocapture",
-                        "--test-threads=1",
-                    ])
-                    .env(common::CHILD_ENV, format!("net-deadlock-sender:{port}"))
-                    .stdout(std::process::Stdio::null())
-                    .spawn()
-                    .unwrap();
-                let mut buf = [0u8; 8];
-                let n = u.recv(&mut buf).unwrap();
-                assert!(gosched::blocking(|| sender.wait()).unwrap().success());
-                buf[..n].to_vec()
-            });
-            assert_eq!(got, b"late");
-        }
-        Some(r) if r.starts_with("net-deadlock-sender:") => {
-            let port: u16 = r.rsplit(':').next().unwrap().parse().unwrap();
-            std::thread::sleep(Duration::from_millis(600));
-            let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-            u.send_to(b"late", ("127.0.0.1", port)).unwrap();
-        }
-        Some(_) => {}
-        None => {
-            let out = run_child(
-                "a_goroutine_parked_on_the_network_is_not_a_deadlock",
-                "net-deadlock-receiver",
-                &[],
-            );
-            assert!(out.status.success(), "{}", out.describe());
-            assert!(!out.stderr.contains("deadlock"), "{}", out.describe());
-        }
-    }
-}
-
-#[test]
 fn registration_parks_on_a_pipe_for_reading_and_writing() {
     let _w = watchdog();
     let mut fds = [0; 2];
