@@ -23,7 +23,7 @@ const MSG: usize = 64;
 const RTT_WARMUP: usize = 2_000;
 const RTT_N: usize = 50_000;
 const CONNS: usize = 64;
-const PER_CONN: usize = 20_000;
+const PER_CONN: usize = 80_000;
 
 /// An echo server: one goroutine per connection. Returns its address.
 fn server() -> std::net::SocketAddr {

@@ -19,7 +19,7 @@ const (
 	rttWarmup = 2000
 	rttN      = 50000
 	conns     = 64
-	perConn   = 20000
+	perConn   = 80000
 )
 
 func server() string {
