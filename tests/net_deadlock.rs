@@ -9,9 +9,12 @@
 //! would make it hold back whatever the netpoller says. The parent runs
 //! this binary as the receiver; the receiver runs it again as the sender.
 
-use std::io::Read;
+#[path = "common/child.rs"]
+#[allow(dead_code)]
+mod child;
+
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const ROLE: &str = "GOSCHED_NET_DEADLOCK_CHILD";
 
@@ -49,31 +52,10 @@ fn main() {
         Ok(r) if r.starts_with("sender:") => return sender(r[7..].parse().unwrap()),
         _ => {}
     }
-    let t = Instant::now();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .env(ROLE, "receiver")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run the receiver");
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break Some(st);
-        }
-        if t.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let stderr = reader.join().unwrap();
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.env(ROLE, "receiver");
+    let done = child::run(cmd, Duration::from_secs(30));
+    let (status, stderr) = (done.status, done.stderr);
     let name = "a_goroutine_parked_on_the_network_is_not_a_deadlock";
     if status.is_some_and(|s| s.success()) && !stderr.contains("deadlock") {
         println!("test {name} ... ok");

@@ -203,10 +203,7 @@ impl OsPoller {
         timeout: Option<Duration>,
     ) -> usize {
         if !self.no_pwait2.load(Ordering::Relaxed) {
-            let ts = timeout.map(|t| libc::timespec {
-                tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
-                tv_nsec: t.subsec_nanos() as libc::c_long,
-            });
+            let ts = timeout.map(crate::note::timespec);
             let tsp = ts
                 .as_ref()
                 .map_or(std::ptr::null(), |t| t as *const libc::timespec);

@@ -54,6 +54,25 @@
 //! assert_eq!(&reply, b"hello");
 //! ```
 
+/// `AsRawFd` and `AsFd` for types whose `inner` is an `Io` (or derefs
+/// to one).
+macro_rules! impl_as_fd {
+    ($($t:ty),*) => {$(
+        impl std::os::fd::AsRawFd for $t {
+            fn as_raw_fd(&self) -> std::os::fd::RawFd {
+                std::os::fd::AsRawFd::as_raw_fd(self.inner.raw())
+            }
+        }
+
+        impl std::os::fd::AsFd for $t {
+            fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+                std::os::fd::AsFd::as_fd(self.inner.raw())
+            }
+        }
+    )*};
+}
+use impl_as_fd;
+
 mod registration;
 mod sys;
 mod tcp;

@@ -21,13 +21,7 @@ pub(super) fn poll_fd(fd: RawFd, dir: Dir, deadline: Option<Instant>) -> io::Res
         events,
         revents: 0,
     };
-    let ts = deadline.map(|d| {
-        let left = d.saturating_duration_since(Instant::now());
-        libc::timespec {
-            tv_sec: left.as_secs().min(i64::MAX as u64) as libc::time_t,
-            tv_nsec: left.subsec_nanos() as libc::c_long,
-        }
-    });
+    let ts = deadline.map(|d| crate::note::timespec(d.saturating_duration_since(Instant::now())));
     let tsp = ts
         .as_ref()
         .map_or(std::ptr::null(), |t| t as *const libc::timespec);
