@@ -502,3 +502,40 @@ fn registration_parks_on_a_pipe_for_reading_and_writing() {
     assert_eq!(total, 1 << 20);
     assert!(rt.stats().poll_waits > 0);
 }
+
+#[test]
+fn a_runtime_idle_with_goroutines_parked_on_sockets_uses_no_cpu() {
+    in_child(
+        "a_runtime_idle_with_goroutines_parked_on_sockets_uses_no_cpu",
+        || {
+            let _w = watchdog();
+            let rt = Builder::new().procs(2).build().unwrap();
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            let c = std::net::TcpStream::connect(addr).unwrap();
+            let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let h = rt.spawn(move || {
+                let (mut s, _) = l.accept().unwrap();
+                let a = gosched::spawn(move || u.recv(&mut [0u8; 1]).map(|_| ()));
+                let n = s.read(&mut [0u8; 1]).unwrap(); // parks until the end
+                drop(a);
+                n
+            });
+            std::thread::sleep(Duration::from_millis(200)); // everyone parks
+            let cpu0 = common::process_cpu_time();
+            let t = Instant::now();
+            std::thread::sleep(Duration::from_secs(1));
+            let used = common::process_cpu_time() - cpu0;
+            let wall = t.elapsed();
+            drop(c); // EOF for the reader
+            assert_eq!(h.join().unwrap(), 0);
+            // ~0 % of a CPU: no thread polls in a loop (the one sleeper M
+            // blocks in epoll with no timeout; sysmon sleeps).
+            assert!(
+                used < wall / 20,
+                "{used:?} of CPU in {wall:?} while idle: {:?}",
+                rt.stats()
+            );
+        },
+    );
+}
