@@ -19,10 +19,13 @@
 //!    queue cannot starve behind a busy local one.
 //! 2. `runnext` (the G it names inherits the current time slice), then the
 //!    local queue, then a batch from the global queue, then due timers.
-//! 3. Steal: at most (busy Ps)/2 Ms spin; a spinning M visits every other P
+//! 3. Ready I/O: a non-blocking poll of the netpoller, only while
+//!    goroutines wait on it (`crate::driver`).
+//! 4. Steal: at most (busy Ps)/2 Ms spin; a spinning M visits every other P
 //!    in a random order (random start, step coprime to the count) and takes
 //!    half of a victim's queue, its `runnext` only on the last of 4 passes.
-//! 4. Give up: release the P, stop spinning, re-check every source, park.
+//! 5. Give up: release the P, stop spinning, re-check every source, park
+//!    (one parked M waits in the driver: timers, I/O and wake-ups).
 //!
 //! # Spinning and wake-ups (Go's "Worker thread parking/unparking")
 //!

@@ -377,7 +377,7 @@ impl Sched<'_> {
                     return Some((g, false));
                 }
             }
-            // Nothing: give up the P (step 4 of the module docs).
+            // Nothing: give up the P (step 5 of the module docs).
             let was_spinning = self.m.spinning.swap(false, Ordering::Relaxed);
             let pi = self.releasep();
             self.sh.pidleput(pi);
