@@ -463,8 +463,10 @@ impl Driver {
                 }
             }
         }
-        self.wakeups
-            .fetch_add(woken.len() as u64, Ordering::Relaxed);
+        if !woken.is_empty() {
+            self.wakeups
+                .fetch_add(woken.len() as u64, Ordering::Relaxed);
+        }
         woken
     }
 
