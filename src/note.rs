@@ -24,11 +24,24 @@ impl Note {
 
     /// Sets the note and wakes its sleeper, if any.
     pub(crate) fn wake(&self) {
-        // Pairs with the Acquire swap in `wait`: what the waker wrote before
-        // waking is visible to the woken thread.
-        if self.key.swap(1, Ordering::Release) == 0 {
-            futex_wake(&self.key);
+        if self.set() {
+            self.wake_futex();
         }
+    }
+
+    /// `wake` in two halves, for a waker that knows the owner may be asleep
+    /// elsewhere (the driver's poller): sets the note; returns true if it
+    /// was not set, so the owner may be asleep in `wait` and needs
+    /// `wake_futex`. A `wait` that starts after `set` returns at once.
+    pub(crate) fn set(&self) -> bool {
+        // Pairs with the Acquire swap in `wait`/`take`: what the waker
+        // wrote before waking is visible to the woken thread.
+        self.key.swap(1, Ordering::Release) == 0
+    }
+
+    /// The second half of `wake`.
+    pub(crate) fn wake_futex(&self) {
+        futex_wake(&self.key);
     }
 
     /// Consumes the note if it is set, without sleeping.

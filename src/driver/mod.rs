@@ -517,11 +517,18 @@ impl Drop for Driver {
 impl Shared {
     /// Wakes M `m` from `stopm`: its note, and the poller if it is the
     /// sleeper (step 2 of "Who waits in the poller").
+    ///
+    /// The sleeper blocks in the poller, never on its note's futex (it
+    /// leaves the role before it can wait there, and `Note::wait` returns
+    /// at once on a set note), so it gets the poller break instead of a
+    /// futex wake: one system call, not two.
     pub(crate) fn wake_m(&self, m: &M) {
-        m.note.wake();
+        let was_clear = m.note.set();
         std::sync::atomic::fence(Ordering::SeqCst);
         if std::ptr::eq(self.timer_m.load(Ordering::SeqCst), m) {
             self.driver.os.wake();
+        } else if was_clear {
+            m.note.wake_futex();
         }
     }
 

@@ -497,12 +497,13 @@ impl Sched<'_> {
                 (self.m.note.wait(None), Vec::new())
             };
             self.sh.unpin(self.m);
-            let _ = self.sh.timer_m.compare_exchange(
-                me,
-                ptr::null_mut(),
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            );
+            if sleeper {
+                self.sh.timer_m.store(ptr::null_mut(), Ordering::SeqCst);
+                // Dekker with `wake_m`, which skips the futex wake while it
+                // sees us as the sleeper: our leaving the role comes before
+                // our next look at the note.
+                fence(Ordering::SeqCst);
+            }
             // Goroutines the poll woke: queued now, their wake-up below
             // (ourselves if we get a P, else `wakep`).
             let io_ready = io.len();
