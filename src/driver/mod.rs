@@ -438,6 +438,7 @@ impl Driver {
     /// Polls the OS poller and claims the goroutines its events wake (Go's
     /// netpoll): each is out of its slot and no longer PARKED, so the
     /// caller must make every one runnable. `timeout` as in the contract.
+    #[inline(never)]
     fn poll(&self, timeout: Option<Duration>) -> Vec<GRef> {
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS];
         let n = self.os.wait(&mut events, timeout);
@@ -553,7 +554,10 @@ impl Shared {
     }
 
     /// A non-blocking poll (find_runnable, sysmon): makes the goroutines it
-    /// wakes runnable; returns how many.
+    /// wakes runnable; returns how many. Never inlined: it keeps the poll's
+    /// event buffer and code out of `find_runnable`, whose common path only
+    /// loads `should_poll`'s counter.
+    #[inline(never)]
     pub(crate) fn netpoll_now(&self) -> usize {
         let woken = self.driver.poll(Some(Duration::ZERO));
         self.driver
