@@ -8,7 +8,8 @@ use crate::g::PARKED;
 use crate::sched::{Shared, LIVE_RUNTIMES};
 
 impl Shared {
-    /// One `GOSCHED_SCHEDTRACE` line, in Go's format.
+    /// One `GOSCHED_SCHEDTRACE` line, in Go's format, plus `pollwait=N`
+    /// (goroutines waiting on the netpoller) at the end.
     pub(crate) fn schedtrace_line(&self) -> String {
         let ms = self.epoch.elapsed().as_millis();
         let idle = self.npidle.load(Ordering::Relaxed);
@@ -27,9 +28,11 @@ impl Shared {
             })
             .collect();
         format!(
-            "SCHED {ms}ms: procs={} idleprocs={idle} threads={threads} spinningthreads={spinning} idlethreads={idlethreads} runqueue={runqueue} [{}]",
+            "SCHED {ms}ms: procs={} idleprocs={idle} threads={threads} spinningthreads={spinning} idlethreads={idlethreads} runqueue={runqueue} [{}] pollwait={}",
             self.cfg.procs,
-            local.join(" ")
+            local.join(" "),
+            // Not in Go's line: goroutines parked on the netpoller.
+            self.driver.waiters()
         )
     }
 

@@ -539,3 +539,34 @@ fn a_runtime_idle_with_goroutines_parked_on_sockets_uses_no_cpu() {
         },
     );
 }
+
+#[test]
+fn schedtrace_shows_goroutines_waiting_on_the_netpoller() {
+    if child_role().as_deref() == Some("pollwait") {
+        let rt = Runtime::new().unwrap();
+        rt.block_on(|| {
+            let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+            u.set_read_timeout(Some(Duration::from_millis(400)))
+                .unwrap();
+            let e = u.recv(&mut [0u8; 1]).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::TimedOut);
+        });
+        return;
+    }
+    if child_role().is_some() {
+        return;
+    }
+    let out = run_child(
+        "schedtrace_shows_goroutines_waiting_on_the_netpoller",
+        "pollwait",
+        &[("GOSCHED_SCHEDTRACE", "50")],
+    );
+    assert!(out.status.success(), "{}", out.describe());
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.starts_with("SCHED ") && l.ends_with(" pollwait=1")),
+        "no SCHED line with pollwait=1:\n{}",
+        out.describe()
+    );
+}
