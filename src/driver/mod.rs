@@ -297,7 +297,9 @@ impl Driver {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Registers `fd` (Go's poll_runtime_pollOpen).
+    /// Registers `fd` (Go's poll_runtime_pollOpen). The descriptor lives
+    /// as long as the driver (not really `'static`): callers keep an
+    /// `Arc<Driver>` beside it.
     pub(crate) fn register(&self, fd: RawFd) -> io::Result<&'static Desc> {
         let _np = crate::sched::NoPreempt::enter();
         let desc = {
@@ -442,8 +444,14 @@ impl Driver {
     fn poll(&self, timeout: Option<Duration>) -> Vec<GRef> {
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS];
         let n = self.os.wait(&mut events, timeout);
+        self.dispatch(&events[..n])
+    }
+
+    /// The second half of `poll`: applies events to their descriptors'
+    /// slots, dropping those whose generation tag is stale.
+    fn dispatch(&self, events: &[libc::epoll_event]) -> Vec<GRef> {
         let mut woken = Vec::new();
-        for ev in &events[..n] {
+        for ev in events {
             let (data, bits) = (ev.u64, ev.events);
             let addr = data & ((1 << ADDR_BITS) - 1);
             // SAFETY: a token holds the address of a descriptor this driver
@@ -599,5 +607,83 @@ impl Shared {
             std::sync::atomic::fence(Ordering::SeqCst);
             self.wakep();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipe() -> (RawFd, RawFd) {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills two new fds, closed by the test.
+        let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        assert_eq!(r, 0);
+        (fds[0], fds[1])
+    }
+
+    fn close(fds: [RawFd; 2]) {
+        for fd in fds {
+            // SAFETY: fds this test opened and no longer uses.
+            unsafe { libc::close(fd) };
+        }
+    }
+
+    /// golang/go#59545: an event read for an fd that is then closed must
+    /// not mark the descriptor's next registration ready.
+    #[test]
+    fn a_stale_event_does_not_touch_a_reused_descriptor() {
+        let d = Driver::new().unwrap();
+        let (r1, w1) = pipe();
+        let old = d.register(r1).unwrap();
+        // SAFETY: writes one byte from a live buffer to our pipe.
+        assert_eq!(unsafe { libc::write(w1, b"x".as_ptr().cast(), 1) }, 1);
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS];
+        let n = d.os.wait(&mut events, Some(Duration::from_secs(5)));
+        assert!(n >= 1, "no event for a readable pipe");
+        // The fd is closed and a new one takes the same descriptor before
+        // the events read above are dispatched.
+        assert!(d.deregister(old));
+        close([r1, w1]);
+        let (r2, w2) = pipe();
+        let new = d.register(r2).unwrap();
+        assert!(
+            std::ptr::eq(old, new),
+            "the free list reuses the descriptor"
+        );
+        assert!(d.dispatch(&events[..n]).is_empty());
+        assert_eq!(
+            new.slots[Dir::Read as usize].0.load(Ordering::Relaxed),
+            EMPTY,
+            "a stale event marked the new registration ready"
+        );
+        // A current event does mark it.
+        let fresh = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: new.token(),
+        };
+        assert!(d.dispatch(&[fresh]).is_empty());
+        assert_eq!(
+            new.slots[Dir::Read as usize].0.load(Ordering::Relaxed),
+            READY
+        );
+        assert!(d.deregister(new));
+        close([r2, w2]);
+    }
+
+    #[test]
+    fn a_break_ends_a_blocking_wait_and_a_nonblocking_poll_leaves_it() {
+        let d = Driver::new().unwrap();
+        d.os.wake();
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS];
+        // A non-blocking look sees the break but must not consume it.
+        assert_eq!(d.os.wait(&mut events, Some(Duration::ZERO)), 0);
+        let t = std::time::Instant::now();
+        assert_eq!(d.os.wait(&mut events, Some(Duration::from_secs(10))), 0);
+        assert!(t.elapsed() < Duration::from_secs(5), "the break was lost");
+        // Consumed now: the next blocking wait times out.
+        let t = std::time::Instant::now();
+        d.os.wait(&mut events, Some(Duration::from_millis(20)));
+        assert!(t.elapsed() >= Duration::from_millis(20));
     }
 }
