@@ -91,7 +91,10 @@
 //! stacks are unmapped, so their sockets are never dropped). `close` closes
 //! the fd of every descriptor that a goroutine was inside `wait` on and
 //! marks it dead: surviving handles (clones held elsewhere) then fail with
-//! an error instead of touching the fd number again.
+//! an error instead of touching the fd number again. Not covered: a plain
+//! thread inside a call on such a clone at the very moment of the drop
+//! (its check of `dead` and its system call are not atomic with the
+//! close; Go's fdMutex, a per-call use count, would cover it).
 
 mod epoll;
 
