@@ -180,12 +180,21 @@ impl GRef {
     /// Step 3 of the handshake: wakes the goroutine if it is parked, or
     /// leaves a token if it is not.
     pub(crate) fn unpark(self) {
+        if self.unpark_deferred() {
+            crate::sched::ready(self);
+        }
+    }
+
+    /// `unpark` without the `ready`, for wakers that batch (the netpoller):
+    /// returns true if the goroutine was parked, and the caller must now
+    /// make it runnable.
+    pub(crate) fn unpark_deferred(self) -> bool {
         let mut s = self.park.load(Ordering::Acquire);
         loop {
             let (next, wake) = match s {
                 EMPTY => (NOTIFIED, false),
                 PARKED => (EMPTY, true),
-                _ => return,
+                _ => return false,
             };
             // AcqRel: pairs with the M's EMPTY -> PARKED CAS (it saved the
             // goroutine's context before) and with the goroutine's consuming
@@ -194,8 +203,7 @@ impl GRef {
                 .park
                 .compare_exchange_weak(s, next, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) if wake => return crate::sched::ready(self),
-                Ok(_) => return,
+                Ok(_) => return wake,
                 Err(now) => s = now,
             }
         }

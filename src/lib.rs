@@ -122,12 +122,14 @@
 mod arch;
 mod builder;
 pub mod chan;
+mod driver;
 mod fork;
 mod future;
 mod g;
 mod local;
 pub(crate) mod membarrier;
 mod monitor;
+pub mod net;
 mod note;
 mod preempt;
 mod runtime;

@@ -208,6 +208,8 @@ fn run(sh: &Shared) {
             warned_starved: &warned_starved,
         };
         let sleep = mon.tick(&mut target, Duration::from_nanos(now));
+        // I/O readiness while Ps are busy (see `crate::driver`).
+        let poll_cap = sh.sysmon_netpoll();
         if let (Some(t), Some(at)) = (trace, next_trace) {
             if now >= at {
                 eprintln!("{}", sh.schedtrace_line());
@@ -224,7 +226,9 @@ fn run(sh: &Shared) {
             trace_cap = Some(trace_cap.map_or(retry, |c| c.min(retry)));
         }
         let woken = match sleep {
-            Sleep::For(d) => sh.sysmon_note.wait(Some(min_opt(d, trace_cap))),
+            Sleep::For(d) => sh
+                .sysmon_note
+                .wait(Some(min_opt(min_opt(d, trace_cap), poll_cap))),
             Sleep::Idle(deadline) => {
                 // Publish that we sleep, then re-check (Dekker with
                 // `Shared::note_busy`): either a P that just got busy sees the

@@ -24,11 +24,29 @@ impl Note {
 
     /// Sets the note and wakes its sleeper, if any.
     pub(crate) fn wake(&self) {
-        // Pairs with the Acquire swap in `wait`: what the waker wrote before
-        // waking is visible to the woken thread.
-        if self.key.swap(1, Ordering::Release) == 0 {
-            futex_wake(&self.key);
+        if self.set() {
+            self.wake_futex();
         }
+    }
+
+    /// `wake` in two halves, for a waker that knows the owner may be asleep
+    /// elsewhere (the driver's poller): sets the note; returns true if it
+    /// was not set, so the owner may be asleep in `wait` and needs
+    /// `wake_futex`. A `wait` that starts after `set` returns at once.
+    pub(crate) fn set(&self) -> bool {
+        // Pairs with the Acquire swap in `wait`/`take`: what the waker
+        // wrote before waking is visible to the woken thread.
+        self.key.swap(1, Ordering::Release) == 0
+    }
+
+    /// The second half of `wake`.
+    pub(crate) fn wake_futex(&self) {
+        futex_wake(&self.key);
+    }
+
+    /// Consumes the note if it is set, without sleeping.
+    pub(crate) fn take(&self) -> bool {
+        self.key.swap(0, Ordering::Acquire) == 1
     }
 
     /// Sleeps until the note is set or `timeout` passes; consumes the note.
@@ -51,11 +69,16 @@ impl Note {
     }
 }
 
+/// `d` as a kernel timespec (seconds saturate).
+pub(crate) fn timespec(d: Duration) -> libc::timespec {
+    libc::timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: d.subsec_nanos() as libc::c_long,
+    }
+}
+
 fn futex_wait(key: &AtomicU32, expect: u32, timeout: Option<Duration>) {
-    let ts = timeout.map(|t| libc::timespec {
-        tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
-        tv_nsec: t.subsec_nanos() as libc::c_long,
-    });
+    let ts = timeout.map(timespec);
     let tsp = ts
         .as_ref()
         .map_or(core::ptr::null(), |t| t as *const libc::timespec);

@@ -288,6 +288,9 @@ impl Drop for Runtime {
             let _ = t.join();
         }
         self.shared.abandon_goroutines();
+        // Nobody polls any more: close the poller (and the sockets that
+        // abandoned goroutines wait on).
+        self.shared.driver.close();
         self.shared.free_dead_gs();
         crate::sched::LIVE_RUNTIMES.fetch_sub(1, Ordering::SeqCst);
     }
@@ -571,6 +574,11 @@ pub struct Stats {
     /// Ps handed away from a thread blocked in the kernel (blocked-M
     /// detection).
     pub blocked_handoffs: u64,
+    /// Goroutine parks on the netpoller (a socket or `net::Registration`
+    /// that would block).
+    pub poll_waits: u64,
+    /// Goroutines the netpoller woke (I/O readiness or a local shutdown).
+    pub poll_wakeups: u64,
     /// Number of Ps (GOMAXPROCS) now.
     pub procs: usize,
     /// The thread limit ([`Builder::max_threads`]).
@@ -695,6 +703,8 @@ impl Shared {
                     (bound, sum_at(i))
                 })
                 .collect(),
+            poll_waits: self.driver.waits.load(Ordering::Relaxed),
+            poll_wakeups: self.driver.wakeups.load(Ordering::Relaxed),
             procs: self.procs(),
             max_threads: self.cfg.max_threads,
             idle_procs: self.npidle.load(Ordering::Relaxed),

@@ -19,10 +19,13 @@
 //!    queue cannot starve behind a busy local one.
 //! 2. `runnext` (the G it names inherits the current time slice), then the
 //!    local queue, then a batch from the global queue, then due timers.
-//! 3. Steal: at most (busy Ps)/2 Ms spin; a spinning M visits every other P
+//! 3. Ready I/O: a non-blocking poll of the netpoller, only while
+//!    goroutines wait on it (`crate::driver`).
+//! 4. Steal: at most (busy Ps)/2 Ms spin; a spinning M visits every other P
 //!    in a random order (random start, step coprime to the count) and takes
 //!    half of a victim's queue, its `runnext` only on the last of 4 passes.
-//! 4. Give up: release the P, stop spinning, re-check every source, park.
+//! 5. Give up: release the P, stop spinning, re-check every source, park
+//!    (one parked M waits in the driver: timers, I/O and wake-ups).
 //!
 //! # Spinning and wake-ups (Go's "Worker thread parking/unparking")
 //!
@@ -372,8 +375,12 @@ pub(crate) struct Shared {
     pub(crate) allm: Mutex<Vec<Arc<M>>>,
     pub(crate) threads: Mutex<Vec<ThreadHandle<()>>>,
     pub(crate) timers: Timers,
-    /// The idle M sleeping until the next timer, if any.
+    /// The idle M sleeping until the next timer, if any: the one M that
+    /// blocks in the driver's poller (`crate::driver`). Wake it with
+    /// `wake_m`.
     pub(crate) timer_m: AtomicPtr<M>,
+    /// The driver: the OS poller idle Ms wait in, and the netpoller.
+    pub(crate) driver: Arc<crate::driver::Driver>,
     pub(crate) stacks: StackPool,
     pub(crate) gfree: Mutex<Vec<GRef>>,
     pub(crate) allg: Mutex<Vec<GRef>>,
@@ -952,6 +959,7 @@ impl Shared {
             });
         }
         let procs = cfg.procs;
+        let driver = Arc::new(crate::driver::Driver::new()?);
         Ok(Arc::new_cyclic(|me| Shared {
             cfg,
             tsc_epoch: arch::ticks_are_time().then(arch::ticks),
@@ -970,6 +978,7 @@ impl Shared {
             threads: Mutex::new(Vec::new()),
             timers: Timers::new(),
             timer_m: AtomicPtr::new(ptr::null_mut()),
+            driver,
             stacks,
             gfree: Mutex::new(Vec::new()),
             allg: Mutex::new(Vec::new()),
@@ -1041,7 +1050,7 @@ impl Shared {
             let tm = self.timer_m.load(Ordering::Acquire);
             if !tm.is_null() {
                 // SAFETY: Ms live as long as Shared (allm holds them).
-                unsafe { (*tm).note.wake() };
+                self.wake_m(unsafe { &*tm });
             } else if self.npidle.load(Ordering::SeqCst) > 0 {
                 // Nobody sleeps on timers and a P is idle: start an M,
                 // which finds nothing to run and becomes the timer sleeper.

@@ -13,7 +13,8 @@ impl Shared {
     /// ours: `gomaxprocs`, idle Ps, Ms, spinning Ms, `needspinning` (work
     /// is queued while a P idles and no M spins, so someone must start
     /// one: Go's `sched.needspinning`), idle Ms, the global queue's length,
-    /// and each live P's queue (runnext and the yield slot included).
+    /// and each live P's queue (runnext and the yield slot included); then,
+    /// not in Go's line, `pollwait=N`: goroutines parked on the netpoller.
     pub(crate) fn schedtrace_line(&self) -> String {
         let ms = self.epoch.elapsed().as_millis();
         let procs = self.procs();
@@ -26,13 +27,14 @@ impl Shared {
         let head = format!(
             "SCHED {ms}ms: gomaxprocs={procs} idleprocs={idle} threads={threads} spinningthreads={spinning} needspinning={needspinning} idlethreads={idlethreads} runqueue={runqueue}"
         );
+        let pollwait = self.driver.waiters();
         if self.cfg.scheddetail {
-            return head + &self.scheddetail();
+            return format!("{head} pollwait={pollwait}") + &self.scheddetail();
         }
         let local: Vec<String> = (0..procs)
             .map(|p| self.p_queue_len(p).to_string())
             .collect();
-        format!("{head} [{}]", local.join(" "))
+        format!("{head} [{}] pollwait={pollwait}", local.join(" "))
     }
 
     /// Go's `schedtrace(detailed=true)` lines after the header: one per P,
@@ -107,7 +109,8 @@ impl Shared {
     /// Go's checkdead: is every goroutine parked with nothing that could
     /// wake it? True only when all of these hold: this is the only runtime
     /// in the process; every P is idle and no G is queued or running; no
-    /// timer is pending and no `blocking()` call is in flight; some goroutine
+    /// timer is pending, no `blocking()` call is in flight and no goroutine
+    /// waits for I/O (Go: netpoll waiters keep checkdead quiet); some goroutine
     /// is alive and all live ones are parked; and every thread of the process
     /// is accounted for as one of our Ms, sysmon, or a plain thread parked on
     /// a runtime object with no deadline (so no other thread exists that could
@@ -123,6 +126,7 @@ impl Shared {
             || self.any_work()
             || self.timers.next().is_some()
             || self.in_blocking.load(Ordering::SeqCst) != 0
+            || self.driver.waiters() != 0
         {
             return false;
         }

@@ -238,7 +238,10 @@ fn schedtrace_prints_sched_lines() {
         assert_eq!(names, fields, "{l}");
         assert!(kv.iter().all(|f| f.1.parse::<u64>().is_ok()), "{l}");
         assert_eq!(kv[0].1, "2", "{l}");
-        assert_eq!(queues.trim_end_matches(']').split(' ').count(), 2, "{l}");
+        // Then gosched's own field: goroutines parked on the netpoller.
+        let (queues, extra) = queues.split_once("] ").expect("[...] pollwait=N");
+        assert_eq!(queues.split(' ').count(), 2, "{l}");
+        assert!(extra.starts_with("pollwait="), "{l}");
     }
     // And without the variable, nothing.
     let quiet = run_child("schedtrace_prints_sched_lines", "trace", &[]);

@@ -83,7 +83,7 @@ impl Shared {
                 if pin {
                     self.pin_to_this_cpu(&m);
                 }
-                m.note.wake();
+                self.wake_m(&m);
             }
             None => self.newm(p, spinning),
         }

@@ -470,6 +470,11 @@ impl Sched<'_> {
             {
                 return Some((g, false));
             }
+            // Ready I/O before stealing (Go's findRunnable step 6); one
+            // Relaxed load when no goroutine waits on the poller.
+            if self.sh.driver.should_poll() && self.sh.netpoll_now() > 0 {
+                continue;
+            }
             let busy = self
                 .sh
                 .procs()
@@ -485,7 +490,7 @@ impl Sched<'_> {
                     return Some((g, false));
                 }
             }
-            // Nothing: give up the P (step 4 of the module docs).
+            // Nothing: give up the P (step 5 of the module docs).
             let was_spinning = self.m.spinning.swap(false, Ordering::Relaxed);
             let pi = self.releasep();
             self.sh.pidleput(pi);
@@ -592,8 +597,9 @@ impl Sched<'_> {
     }
 
     /// Go's stopm: park this M (without a P) until handed one. Returns false
-    /// at shutdown. While parked it may be the timer sleeper: it wakes at
-    /// the earliest deadline, fires due timers and tries to run them itself.
+    /// at shutdown. While parked it may be the sleeper, waiting in the
+    /// driver (`crate::driver`): it wakes at the earliest deadline or on
+    /// I/O, fires due timers, and tries to run what woke itself.
     fn stopm(&self) -> bool {
         debug_assert!(self.m.p.get().is_none());
         self.sh.midle.rt_lock().push(self.m.clone());
@@ -602,40 +608,56 @@ impl Sched<'_> {
             if self.sh.shutdown.load(Ordering::Acquire) {
                 return false;
             }
-            let mut timeout = None;
-            if let Some(next) = self.sh.timers.next() {
-                if self
+            // The sleeper role: the one M that waits in the driver (until
+            // the next timer, I/O, or `wake_m`); see `crate::driver`.
+            let sleeper = (self.sh.timers.next().is_some() || self.sh.driver.waiters() != 0)
+                && self
                     .sh
                     .timer_m
-                    .compare_exchange(ptr::null_mut(), me, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    timeout = Some(Duration::from_nanos(
-                        next.saturating_sub(self.sh.nanotime()),
-                    ));
-                }
-            }
-            let woken = self.m.note.wait(timeout);
+                    .compare_exchange(ptr::null_mut(), me, Ordering::SeqCst, Ordering::Relaxed)
+                    .is_ok();
+            let (woken, io) = if sleeper {
+                let timeout = self
+                    .sh
+                    .timers
+                    .next()
+                    .map(|next| Duration::from_nanos(next.saturating_sub(self.sh.nanotime())));
+                self.sh.park_in_driver(self.m, timeout)
+            } else {
+                (self.m.note.wait(None), Vec::new())
+            };
             self.sh.unpin(self.m);
-            let _ = self.sh.timer_m.compare_exchange(
-                me,
-                ptr::null_mut(),
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            );
+            if sleeper {
+                self.sh.timer_m.store(ptr::null_mut(), Ordering::SeqCst);
+                // Dekker with `wake_m`, which skips the futex wake while it
+                // sees us as the sleeper: our leaving the role comes before
+                // our next look at the note.
+                fence(Ordering::SeqCst);
+            }
+            // Goroutines the poll woke: queued now, their wake-up below
+            // (ourselves if we get a P, else `wakep`).
+            let io_ready = io.len();
+            self.sh.inject(io, false);
             if self.sh.shutdown.load(Ordering::Acquire) {
                 return false;
             }
             if let Some(p) = self.m.take_nextp() {
                 self.acquirep(p);
+                self.wake_for_io(io_ready, 0);
                 return true;
             }
-            if woken || self.sh.timers.next().is_none_or(|n| n > self.sh.nanotime()) {
+            let timer_due = !woken
+                && self
+                    .sh
+                    .timers
+                    .next()
+                    .is_some_and(|n| n <= self.sh.nanotime());
+            if !timer_due && io_ready == 0 {
                 continue;
             }
-            // A timer is due. If a P is idle, leave the idle list (unless
-            // someone already took us off it and is about to hand us a P),
-            // take the P and run the timer's goroutines ourselves.
+            // A timer is due or I/O woke goroutines. If a P is idle, leave
+            // the idle list (unless someone already took us off it and is
+            // about to hand us a P), take the P and run them ourselves.
             let mut idle = self.sh.midle.rt_lock();
             if let Some(pos) = idle.iter().position(|m| Arc::ptr_eq(m, self.m)) {
                 if let Some(p) = self.sh.pidleget() {
@@ -643,18 +665,30 @@ impl Sched<'_> {
                     drop(idle);
                     self.acquirep(p);
                     self.sh.fire_timers();
+                    self.wake_for_io(io_ready, 1);
                     return true;
                 }
             }
             drop(idle);
             // No P for us (every P is busy): fire the timers anyway. The
-            // goroutines they wake wait on the global queue for a P, and
-            // the deadline moves on, so we sleep instead of spinning on it.
-            // sysmon preempts only while someone waits, and may be asleep
-            // for a quantum: tell it someone waits now.
-            if self.sh.fire_timers() > 0 {
+            // goroutines they (and the poll) wake wait on the global queue
+            // for a P, and the deadline moves on, so we sleep instead of
+            // spinning on it. sysmon preempts only while someone waits, and
+            // may be asleep for a quantum: tell it someone waits now.
+            self.wake_for_io(io_ready, 0);
+            if self.sh.fire_timers() + io_ready > 0 {
                 self.sh.sysmon_note.wake();
             }
+        }
+    }
+
+    /// After a driver wait in `stopm` made `n` goroutines runnable (on the
+    /// global queue), of which we run `ours` ourselves: wake an M for the
+    /// rest (the spinning protocol ramps up from there).
+    fn wake_for_io(&self, n: usize, ours: usize) {
+        if n > ours {
+            fence(Ordering::SeqCst);
+            self.sh.wakep();
         }
     }
 

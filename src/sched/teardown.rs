@@ -16,7 +16,7 @@ impl Shared {
             // Wake parked Ms; ask running goroutines to yield (and signal
             // their threads, so a loop without calls stops too).
             for m in self.allm.rt_lock().iter() {
-                m.note.wake();
+                self.wake_m(m);
                 let g = m.curg.load(Ordering::Acquire);
                 if !g.is_null() {
                     // SAFETY: G structs live as long as Shared.

@@ -1,0 +1,3 @@
+module gosched/benches/go/net
+
+go 1.19

@@ -1,0 +1,269 @@
+//! The Linux implementation of the driver's OS poller (Go's
+//! netpoll_epoll.go): one epoll instance and one eventfd per runtime.
+//!
+//! - Interest is registered once per fd, edge-triggered, for both
+//!   directions (`EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET`); the event's
+//!   user data is the descriptor's tagged address (see `Desc::token`).
+//! - The eventfd is registered level-triggered under token 0 (no descriptor
+//!   lives at address 0). `wake` writes it once per pending break; only a
+//!   *blocking* wait reads it back (a non-blocking poll by sysmon or
+//!   `find_runnable` may see it too, and must leave it for the M it is meant
+//!   to wake, as Go's netpoll does).
+//! - Waits use `epoll_pwait2` (nanosecond timeout: a 1 ms sleep must not
+//!   round to 2 ms). Where the kernel lacks it (ENOSYS, before 5.11), they
+//!   fall back to `epoll_wait` with the timeout rounded *up* to whole
+//!   milliseconds, so a timer is never fired early.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::RwLock;
+use std::time::Duration;
+
+/// Token of the eventfd in the epoll set.
+const BREAK_TOKEN: u64 = 0;
+
+/// Events one wait returns at most (Go: 128).
+pub(super) const MAX_EVENTS: usize = 128;
+
+/// Interest for every registered fd.
+const INTEREST: u32 = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+
+/// Readiness for reading: data, EOF (the peer shut down its side), hang-up
+/// or an error (the read reports it).
+pub(super) const READABLE: u32 =
+    (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+
+/// Readiness for writing: room, hang-up or an error.
+pub(super) const WRITABLE: u32 = (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+
+/// One runtime's epoll instance and break eventfd.
+pub(super) struct OsPoller {
+    /// The epoll fd (-1 after `close`). `wait` reads it without the lock:
+    /// only the runtime's Ms and sysmon wait, and they have stopped before
+    /// `close` runs.
+    epfd: AtomicI32,
+    /// The eventfd that breaks a blocking wait.
+    efd: AtomicI32,
+    /// Held (shared) around `epoll_ctl`, (exclusive) by `close`: a
+    /// registration dropped on a plain thread while the runtime shuts down
+    /// never calls `epoll_ctl` on a closed, possibly reused, fd number.
+    /// The value says whether the fds are closed.
+    ctl: RwLock<bool>,
+    /// A break is written and not yet read (Go's netpollWakeSig): repeated
+    /// `wake`s cost one write.
+    wake_pending: AtomicBool,
+    /// `epoll_pwait2` returned ENOSYS once: use `epoll_wait`.
+    no_pwait2: AtomicBool,
+}
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+impl OsPoller {
+    /// Go's netpollinit.
+    pub(super) fn new() -> io::Result<OsPoller> {
+        // SAFETY: epoll_create1 and eventfd take no pointers.
+        let epfd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        // SAFETY: as above.
+        let efd = match cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) }) {
+            Ok(fd) => fd,
+            Err(e) => {
+                // SAFETY: we own `epfd` and nothing else refers to it.
+                unsafe { libc::close(epfd) };
+                return Err(e);
+            }
+        };
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: BREAK_TOKEN,
+        };
+        // SAFETY: both fds are ours and open; `ev` is a valid event.
+        if let Err(e) = cvt(unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, efd, &mut ev) }) {
+            // SAFETY: we own both fds and nothing else refers to them.
+            unsafe {
+                libc::close(efd);
+                libc::close(epfd);
+            }
+            return Err(e);
+        }
+        Ok(OsPoller {
+            epfd: AtomicI32::new(epfd),
+            efd: AtomicI32::new(efd),
+            ctl: RwLock::new(false),
+            wake_pending: AtomicBool::new(false),
+            no_pwait2: AtomicBool::new(false),
+        })
+    }
+
+    /// Go's netpollopen: edge-triggered interest in both directions, the
+    /// events carrying `token`.
+    pub(super) fn register(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        let closed = self.ctl.read().unwrap_or_else(|e| e.into_inner());
+        if *closed {
+            return Err(shut_down());
+        }
+        let mut ev = libc::epoll_event {
+            events: INTEREST,
+            u64: token,
+        };
+        // SAFETY: `epfd` is open (not closed: checked under the lock);
+        // `ev` is a valid event; a bad `fd` is an error, not UB.
+        cvt(unsafe {
+            libc::epoll_ctl(
+                self.epfd.load(Ordering::Relaxed),
+                libc::EPOLL_CTL_ADD,
+                fd,
+                &mut ev,
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Go's netpollclose. Errors (the fd is already gone) are ignored:
+    /// closing the fd removes it from the set anyway.
+    pub(super) fn deregister(&self, fd: RawFd) {
+        let closed = self.ctl.read().unwrap_or_else(|e| e.into_inner());
+        if *closed {
+            return;
+        }
+        let mut ev = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: as in `register`.
+        unsafe {
+            libc::epoll_ctl(
+                self.epfd.load(Ordering::Relaxed),
+                libc::EPOLL_CTL_DEL,
+                fd,
+                &mut ev,
+            )
+        };
+    }
+
+    /// Go's netpollBreak: makes the current or next blocking `wait` return.
+    pub(super) fn wake(&self) {
+        if self.wake_pending.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live buffer to our eventfd (or to
+        // -1 after close: EBADF). EAGAIN (counter saturated) means a break
+        // is pending anyway.
+        unsafe { libc::write(self.efd.load(Ordering::Relaxed), one.as_ptr().cast(), 8) };
+    }
+
+    /// Waits for events (Go's netpoll(delay)): `None` blocks until an
+    /// event or a `wake`, `Some(ZERO)` only looks. Returns the descriptor
+    /// events (the break is filtered out) in `out[..n]`; EINTR returns 0.
+    pub(super) fn wait(
+        &self,
+        out: &mut [libc::epoll_event; MAX_EVENTS],
+        timeout: Option<Duration>,
+    ) -> usize {
+        let epfd = self.epfd.load(Ordering::Relaxed);
+        if epfd < 0 {
+            return 0;
+        }
+        let n = self.epoll_wait(epfd, out, timeout);
+        let blocking = timeout != Some(Duration::ZERO);
+        let mut kept = 0;
+        for i in 0..n {
+            let ev = out[i];
+            if ev.u64 == BREAK_TOKEN {
+                if blocking {
+                    self.drain_break();
+                }
+                continue;
+            }
+            out[kept] = ev;
+            kept += 1;
+        }
+        kept
+    }
+
+    fn drain_break(&self) {
+        let mut buf = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into a live buffer from our
+        // nonblocking eventfd.
+        unsafe { libc::read(self.efd.load(Ordering::Relaxed), buf.as_mut_ptr().cast(), 8) };
+        // After the read (Go's order): a `wake` from now on writes again;
+        // one that saw the flag still set relies on its note, which the
+        // woken M checks before it waits again.
+        self.wake_pending.store(false, Ordering::Release);
+    }
+
+    fn epoll_wait(
+        &self,
+        epfd: RawFd,
+        out: &mut [libc::epoll_event; MAX_EVENTS],
+        timeout: Option<Duration>,
+    ) -> usize {
+        if !self.no_pwait2.load(Ordering::Relaxed) {
+            let ts = timeout.map(crate::note::timespec);
+            let tsp = ts
+                .as_ref()
+                .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+            // SAFETY: `out` has room for MAX_EVENTS events; `tsp` is null or
+            // points at `ts`; a null sigmask leaves the mask alone.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_epoll_pwait2,
+                    epfd,
+                    out.as_mut_ptr(),
+                    MAX_EVENTS as libc::c_int,
+                    tsp,
+                    std::ptr::null::<libc::sigset_t>(),
+                    0usize,
+                )
+            };
+            if r >= 0 {
+                return r as usize;
+            }
+            if io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS) {
+                return 0;
+            }
+            self.no_pwait2.store(true, Ordering::Relaxed);
+        }
+        let ms = match timeout {
+            None => -1,
+            Some(t) => {
+                // Round up: never wake before a timer's deadline.
+                let ms = t.as_nanos().div_ceil(1_000_000);
+                ms.min(i32::MAX as u128) as libc::c_int
+            }
+        };
+        // SAFETY: `out` has room for MAX_EVENTS events.
+        let r = unsafe { libc::epoll_wait(epfd, out.as_mut_ptr(), MAX_EVENTS as libc::c_int, ms) };
+        r.max(0) as usize
+    }
+
+    /// Closes the epoll fd and the eventfd (runtime drop, after every M and
+    /// sysmon stopped). Later `register`s fail; `deregister`s do nothing.
+    pub(super) fn close(&self) {
+        let mut closed = self.ctl.write().unwrap_or_else(|e| e.into_inner());
+        if *closed {
+            return;
+        }
+        *closed = true;
+        for fd in [&self.epfd, &self.efd] {
+            let fd = fd.swap(-1, Ordering::Relaxed);
+            // SAFETY: we own these fds; after the swap nothing uses them.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+impl Drop for OsPoller {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The error of a registration with a runtime that has shut down.
+pub(crate) fn shut_down() -> io::Error {
+    io::Error::other("gosched: the runtime this socket is registered with has shut down")
+}

@@ -1,0 +1,697 @@
+//! The driver: what an M with nothing to run waits on, and the netpoller.
+//!
+//! An idle M used to sleep on its futex note, one of them (the "timer
+//! sleeper") with a timeout until the next timer. Now that one M sleeps in
+//! the OS poller instead, so "until the next timer, an I/O event or a
+//! wake-up" is one wait (Go's findRunnable step "block in netpoll"), and
+//! goroutines waiting for a file descriptor park on a *descriptor*, not on
+//! a thread.
+//!
+//! # Contract of the OS poller (Go's netpoll.go)
+//!
+//! A particular implementation (epoll here, `epoll.rs`; kqueue would be
+//! another) must define:
+//!
+//! 1. `OsPoller::new() -> io::Result<OsPoller>`: one instance per runtime
+//!    (Go's netpollinit).
+//! 2. `register(fd, token)`: edge-triggered interest in both directions;
+//!    events for `fd` carry `token` (Go's netpollopen). `deregister(fd)`
+//!    removes it (netpollclose).
+//! 3. `wait(events, timeout) -> n`: block until events, the timeout
+//!    (nanosecond precision: never late by a rounding; `None` = forever,
+//!    `Some(ZERO)` = just look) or a `wake`; return the descriptor events
+//!    as `(token, readiness)` in `events[..n]` (Go's netpoll(delay)). A
+//!    non-blocking wait must not consume a pending `wake`.
+//! 4. `wake()`: make the current or next blocking `wait` return; cheap
+//!    when repeated (netpollBreak).
+//! 5. `close()`: release the OS objects; later registrations fail.
+//!
+//! Everything else is generic and lives here: which M waits, the
+//! per-descriptor state, deadlines, and handing woken goroutines to the
+//! scheduler.
+//!
+//! # Who waits in the poller (the seam with the scheduler)
+//!
+//! 1. An M with nothing to run parks in `stopm`. If timers are pending or
+//!    goroutines wait for I/O, the first such M takes the *sleeper* role
+//!    (`Shared::timer_m`, a CAS: only one M blocks in the poller at a
+//!    time) and waits in the poller until the next timer; every other M
+//!    sleeps on its note.
+//! 2. Waking an M is `Shared::wake_m`: set its note, then, if it is the
+//!    sleeper, break the poller. The sleeper checks its note after taking
+//!    the role and before waiting (a Dekker pair on `timer_m` and the
+//!    note: either the waker sees the role and breaks the poll, or the M
+//!    sees the note and does not wait).
+//! 3. Goroutines an event wakes are claimed from their descriptors and
+//!    handed to the scheduler as one batch (`Shared::inject`): onto the
+//!    queue of woken goroutines (checked first by every P), then one
+//!    `wakep` and, if every P is busy, a wake-up preemption. The sleeper
+//!    itself takes an idle P to run them if it can (no second thread
+//!    wake-up).
+//! 4. While Ps run, nobody blocks in the poller; it is polled without
+//!    blocking by `find_runnable` before it steals (skipped with one load
+//!    when no goroutine waits), and by sysmon when the last poll is older
+//!    than `POLL_BOUND` (so I/O readiness reaches the run queue even while
+//!    every P runs a goroutine that makes no calls; Go's bound is 10 ms).
+//!
+//! # Descriptors (Go's pollDesc)
+//!
+//! A registered fd has a `Desc`: a reader slot and a writer slot, each
+//! `EMPTY | READY | waiting(G)` (Go's pdNil, pdReady, G pointer), so a
+//! reader and a writer of one socket park independently.
+//!
+//! 1. A goroutine tries its I/O; on EAGAIN it calls `wait`. A slot that is
+//!    READY is consumed and `wait` returns at once (readiness arrived since
+//!    the last wait; the caller retries its I/O).
+//! 2. Otherwise it CASes `EMPTY -> G` and parks. The CAS closes the race
+//!    with the poller: an event that arrives between the EAGAIN and the
+//!    CAS left READY there, so the CAS fails and the goroutine retries
+//!    instead of sleeping through it (no lost wake-up under edge
+//!    triggering).
+//! 3. An event moves a slot from G to EMPTY and wakes G (it will retry its
+//!    I/O, which consumes the readiness), or from EMPTY to READY.
+//! 4. A deadline is a runtime timer that CASes `G -> EMPTY` and wakes G;
+//!    exactly one of the timer and the poller gets G out of the slot.
+//! 5. One goroutine waits per slot: a second waiter on the same direction
+//!    queues on the slot's `turn` mutex and, once it gets it, returns for
+//!    a retry (the readiness it waited for may have been consumed by the
+//!    first).
+//!
+//! Descriptors are allocated by the driver and never freed while it lives
+//! (Go's pollCache is type-stable memory too): an event may name a
+//! descriptor whose fd was just closed. So the event's token carries a
+//! generation tag beside the address, and deregistering bumps the
+//! generation: an event for a closed fd, read after the descriptor was
+//! reused for a new fd, is dropped (golang/go#59545). An event that passed
+//! the check just before the reuse can still mark the new registration
+//! READY or wake its waiter once; that is a spurious wake-up, which every
+//! waiter tolerates (it retries its I/O).
+//!
+//! # Shutdown
+//!
+//! A runtime dropped while goroutines wait for I/O abandons them (their
+//! stacks are unmapped, so their sockets are never dropped). `close` closes
+//! the fd of every descriptor that a goroutine was inside `wait` on and
+//! marks it dead: surviving handles (clones held elsewhere) then fail with
+//! an error instead of touching the fd number again. Not covered: a plain
+//! thread inside a call on such a clone at the very moment of the drop
+//! (its check of `dead` and its system call are not atomic with the
+//! close; Go's fdMutex, a per-call use count, would cover it).
+
+mod epoll;
+
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::g::GRef;
+use crate::sched::{RuntimeLock, Shared, M};
+
+pub(crate) use epoll::shut_down;
+use epoll::{OsPoller, MAX_EVENTS, READABLE, WRITABLE};
+
+/// Direction of a wait: index of the slot in `Desc::slots`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dir {
+    Read = 0,
+    Write = 1,
+}
+
+/// Slot states (besides a waiting G's address).
+const EMPTY: usize = 0;
+const READY: usize = 1;
+
+/// Bits of a token that hold the descriptor's address (x86-64 user space
+/// is below 2^47); the generation tag sits above.
+const ADDR_BITS: u32 = 48;
+const TAG_MASK: u64 = (1 << (64 - ADDR_BITS)) - 1;
+
+/// How stale the last poll may be before sysmon polls while every P is
+/// busy: half a quantum, between 100 µs and 1 ms (Go: 10 ms).
+pub(crate) fn poll_bound(quantum: Duration) -> Duration {
+    (quantum / 2).clamp(Duration::from_micros(100), Duration::from_millis(1))
+}
+
+/// One direction of a descriptor: EMPTY, READY or a waiting G's address.
+struct Slot(AtomicUsize);
+
+impl Slot {
+    /// Consumes a READY (step 1 of the protocol).
+    fn take_ready(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == READY
+            && self
+                .0
+                .compare_exchange(READY, EMPTY, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// Readiness (step 3): returns the waiting G to wake, if any.
+    fn notify(&self) -> Option<GRef> {
+        let mut cur = self.0.load(Ordering::Acquire);
+        loop {
+            let next = if cur > READY { EMPTY } else { READY };
+            if cur == next {
+                return None;
+            }
+            // AcqRel: pairs with the waiter's CAS that published its G
+            // (and what it wrote before parking).
+            match self
+                .0
+                .compare_exchange(cur, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) if cur > READY => {
+                    // SAFETY: only a live G's address is stored in a slot
+                    // (G structs are never freed).
+                    return Some(GRef(unsafe {
+                        std::ptr::NonNull::new_unchecked(cur as *mut crate::g::G)
+                    }));
+                }
+                Ok(_) => return None,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// A deadline (step 4): takes `g` out of the slot if it still waits.
+    fn expire(&self, g: GRef) -> bool {
+        self.0
+            .compare_exchange(
+                g.as_ptr() as usize,
+                EMPTY,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    }
+}
+
+/// A registered file descriptor (Go's pollDesc). Aligned so its address
+/// leaves room for nothing but the tag above bit 48, and so that two
+/// descriptors never share a cache line.
+#[repr(align(64))]
+pub(crate) struct Desc {
+    /// Registration generation, bumped at deregistration; its low bits tag
+    /// the events (Go's fdseq). Written under the driver's table lock.
+    gen: AtomicU64,
+    /// The registered fd (for `close`).
+    fd: AtomicI32,
+    /// Reader and writer slots.
+    slots: [Slot; 2],
+    /// Serialises waiters of one direction (step 5).
+    turn: [crate::sync::Mutex<()>; 2],
+    /// Goroutines inside `wait` on this descriptor (parked, or woken and
+    /// not yet resumed): the ones a runtime drop abandons.
+    inside: AtomicU32,
+    /// Registered now (the table lock guards the transitions).
+    in_use: AtomicBool,
+    /// The runtime closed the fd at shutdown; handles must not touch it.
+    dead: AtomicBool,
+}
+
+impl Desc {
+    fn new() -> Desc {
+        Desc {
+            gen: AtomicU64::new(0),
+            fd: AtomicI32::new(-1),
+            slots: [Slot(AtomicUsize::new(EMPTY)), Slot(AtomicUsize::new(EMPTY))],
+            turn: [crate::sync::Mutex::new(()), crate::sync::Mutex::new(())],
+            inside: AtomicU32::new(0),
+            in_use: AtomicBool::new(false),
+            dead: AtomicBool::new(false),
+        }
+    }
+
+    /// The event token: address plus generation tag.
+    fn token(&self) -> u64 {
+        let addr = self as *const Desc as u64;
+        debug_assert!(addr >> ADDR_BITS == 0, "descriptor above 2^48");
+        addr | ((self.gen.load(Ordering::Relaxed) & TAG_MASK) << ADDR_BITS)
+    }
+
+    /// The runtime closed this fd at shutdown.
+    pub(crate) fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
+    }
+}
+
+/// The descriptors a driver ever allocated, and the free ones.
+#[derive(Default)]
+struct Table {
+    all: Vec<&'static Desc>,
+    free: Vec<&'static Desc>,
+}
+
+/// One runtime's driver: the OS poller plus the generic state.
+pub(crate) struct Driver {
+    os: OsPoller,
+    /// Goroutines inside `wait` (any descriptor). Written by waiters
+    /// (SeqCst); read with one Relaxed load by `find_runnable` and sysmon
+    /// to skip polling, and by the deadlock check.
+    waiters: AtomicUsize,
+    /// An M is blocked in the poller (so nobody else need poll). Written by
+    /// that M; read Relaxed (a stale value costs one extra or one skipped
+    /// non-blocking poll).
+    blocked: AtomicBool,
+    /// When the poller was last looked at, in ns since the runtime's
+    /// epoch (for sysmon).
+    last_poll: AtomicU64,
+    table: Mutex<Table>,
+    /// `close` ran.
+    closed: AtomicBool,
+    /// Parks on a descriptor (Stats::poll_waits).
+    pub(crate) waits: AtomicU64,
+    /// Goroutines woken by the poller (Stats::poll_wakeups).
+    pub(crate) wakeups: AtomicU64,
+}
+
+// SAFETY: the `&'static Desc`s in the table point into boxes this driver
+// leaked and frees only in `drop`; every field is Sync.
+unsafe impl Sync for Driver {}
+// SAFETY: as above.
+unsafe impl Send for Driver {}
+
+impl Driver {
+    pub(crate) fn new() -> io::Result<Driver> {
+        Ok(Driver {
+            os: OsPoller::new()?,
+            waiters: AtomicUsize::new(0),
+            blocked: AtomicBool::new(false),
+            last_poll: AtomicU64::new(0),
+            table: Mutex::new(Table::default()),
+            closed: AtomicBool::new(false),
+            waits: AtomicU64::new(0),
+            wakeups: AtomicU64::new(0),
+        })
+    }
+
+    /// Goroutines waiting for I/O now.
+    pub(crate) fn waiters(&self) -> usize {
+        self.waiters.load(Ordering::SeqCst)
+    }
+
+    /// Should a running M or sysmon poll without blocking? One Relaxed
+    /// load when no goroutine waits (the scheduler's hot path).
+    #[inline]
+    pub(crate) fn should_poll(&self) -> bool {
+        self.waiters.load(Ordering::Relaxed) != 0 && !self.blocked.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Registers `fd` (Go's poll_runtime_pollOpen). The descriptor lives
+    /// as long as the driver (not really `'static`): callers keep an
+    /// `Arc<Driver>` beside it.
+    pub(crate) fn register(&self, fd: RawFd) -> io::Result<&'static Desc> {
+        let _np = crate::sched::NoPreempt::enter();
+        let desc = {
+            let mut t = self.table.rt_lock();
+            if self.is_closed() {
+                return Err(shut_down());
+            }
+            let d = match t.free.pop() {
+                Some(d) => d,
+                None => {
+                    let d: &'static Desc = Box::leak(Box::new(Desc::new()));
+                    t.all.push(d);
+                    d
+                }
+            };
+            d.fd.store(fd, Ordering::Relaxed);
+            d.in_use.store(true, Ordering::Relaxed);
+            d
+        };
+        if let Err(e) = self.os.register(fd, desc.token()) {
+            self.release(desc);
+            return Err(e);
+        }
+        Ok(desc)
+    }
+
+    /// Deregisters `desc` (Go's poll_runtime_pollClose). Returns false if
+    /// the runtime already closed its fd at shutdown (the caller must not
+    /// close it again).
+    pub(crate) fn deregister(&self, desc: &'static Desc) -> bool {
+        let _np = crate::sched::NoPreempt::enter();
+        if desc.is_dead() {
+            return false;
+        }
+        self.os.deregister(desc.fd.load(Ordering::Relaxed));
+        self.release(desc)
+    }
+
+    /// Returns `desc` to the free list (bumping its generation); false if
+    /// it is dead.
+    fn release(&self, desc: &'static Desc) -> bool {
+        let mut t = self.table.rt_lock();
+        if desc.is_dead() {
+            return false;
+        }
+        // Events still carrying the old tag are dropped from now on.
+        desc.gen.fetch_add(1, Ordering::Release);
+        desc.in_use.store(false, Ordering::Relaxed);
+        desc.fd.store(-1, Ordering::Relaxed);
+        for s in &desc.slots {
+            s.0.store(EMPTY, Ordering::Relaxed);
+        }
+        t.free.push(desc);
+        true
+    }
+
+    /// Wakes whoever waits on `desc` in direction `dir` (a local shutdown:
+    /// the kernel's event follows, but the waiter should not depend on a
+    /// poll happening).
+    pub(crate) fn notify(&self, desc: &Desc, dir: Dir) {
+        if let Some(g) = desc.slots[dir as usize].notify() {
+            self.wakeups.fetch_add(1, Ordering::Relaxed);
+            g.unpark();
+        }
+    }
+
+    /// Parks the calling goroutine until `desc` may be ready in direction
+    /// `dir`, or `deadline` (steps 1, 2, 4 and 5 in the module docs). May
+    /// return spuriously; the caller retries its I/O and checks its
+    /// deadline. Call it from a goroutine that can park.
+    pub(crate) fn wait(
+        self: &Arc<Driver>,
+        desc: &'static Desc,
+        dir: Dir,
+        deadline: Option<Instant>,
+    ) {
+        let slot = &desc.slots[dir as usize];
+        if slot.take_ready() {
+            return;
+        }
+        let turn = &desc.turn[dir as usize];
+        let _turn = match turn.try_lock() {
+            Some(t) => t,
+            None => {
+                // Another goroutine waits in this direction: wait for our
+                // turn, then retry (step 5).
+                drop(turn.lock());
+                return;
+            }
+        };
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return;
+        }
+        let g = crate::sched::current_g().expect("Driver::wait outside a goroutine");
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        desc.inside.fetch_add(1, Ordering::Relaxed);
+        self.waits.fetch_add(1, Ordering::Relaxed);
+        // Step 2. AcqRel: pairs with `notify`'s CAS.
+        match slot.0.compare_exchange(
+            EMPTY,
+            g.as_ptr() as usize,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => {
+                let timer = deadline.and_then(|d| {
+                    let drv = self.clone();
+                    crate::timer::add_current(
+                        d,
+                        Box::new(move || {
+                            if desc.slots[dir as usize].expire(g) {
+                                g.unpark();
+                            }
+                            drop(drv);
+                        }),
+                    )
+                });
+                // A wake-up meant for an earlier wait of this goroutine
+                // (a token) leaves the slot holding us: park again.
+                while slot.0.load(Ordering::Acquire) == g.as_ptr() as usize {
+                    crate::sched::gopark("IO wait");
+                }
+                if let Some(t) = timer {
+                    crate::timer::cancel_current(t);
+                }
+            }
+            Err(READY) => {
+                slot.take_ready();
+            }
+            Err(other) => {
+                unreachable!("two goroutines in one slot ({other:#x}) despite the turn lock")
+            }
+        }
+        desc.inside.fetch_sub(1, Ordering::Relaxed);
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Polls the OS poller and claims the goroutines its events wake (Go's
+    /// netpoll): each is out of its slot and no longer PARKED, so the
+    /// caller must make every one runnable. `timeout` as in the contract.
+    #[inline(never)]
+    fn poll(&self, timeout: Option<Duration>) -> Vec<GRef> {
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS];
+        let n = self.os.wait(&mut events, timeout);
+        self.dispatch(&events[..n])
+    }
+
+    /// The second half of `poll`: applies events to their descriptors'
+    /// slots, dropping those whose generation tag is stale.
+    fn dispatch(&self, events: &[libc::epoll_event]) -> Vec<GRef> {
+        let mut woken = Vec::new();
+        for ev in events {
+            let (data, bits) = (ev.u64, ev.events);
+            let addr = data & ((1 << ADDR_BITS) - 1);
+            // SAFETY: a token holds the address of a descriptor this driver
+            // allocated; descriptors are freed only when the driver drops,
+            // and only the driver's own runtime polls it.
+            let desc = unsafe { &*(addr as *const Desc) };
+            if desc.gen.load(Ordering::Acquire) & TAG_MASK != data >> ADDR_BITS {
+                // For an fd closed since (golang/go#59545).
+                continue;
+            }
+            for (dir, mask) in [(Dir::Read, READABLE), (Dir::Write, WRITABLE)] {
+                if bits & mask != 0 {
+                    if let Some(g) = desc.slots[dir as usize].notify() {
+                        if g.unpark_deferred() {
+                            woken.push(g);
+                        }
+                    }
+                }
+            }
+        }
+        if !woken.is_empty() {
+            self.wakeups
+                .fetch_add(woken.len() as u64, Ordering::Relaxed);
+        }
+        woken
+    }
+
+    /// Closes the poller at runtime drop (after every M and sysmon
+    /// stopped): closes the fds that abandoned goroutines wait on (see
+    /// "Shutdown"), then the OS poller.
+    pub(crate) fn close(&self) {
+        let _np = crate::sched::NoPreempt::enter();
+        {
+            let t = self.table.rt_lock();
+            self.closed.store(true, Ordering::Release);
+            for d in &t.all {
+                if !d.in_use.load(Ordering::Relaxed) {
+                    continue;
+                }
+                // Waiters of other runtimes (which may use this fd) must
+                // not sleep forever on a poller nobody polls: wake them
+                // (ours are abandoned; their wake-up goes nowhere).
+                self.notify(d, Dir::Read);
+                self.notify(d, Dir::Write);
+                if d.inside.load(Ordering::Relaxed) > 0 {
+                    d.dead.store(true, Ordering::Release);
+                    let fd = d.fd.swap(-1, Ordering::Relaxed);
+                    // SAFETY: the fd's owner is a handle that only abandoned
+                    // goroutines can reach any more (or one that checks
+                    // `dead` before each use).
+                    unsafe { libc::close(fd) };
+                }
+            }
+        }
+        self.os.close();
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let t = std::mem::take(self.table.get_mut().unwrap_or_else(|e| e.into_inner()));
+        for d in t.all {
+            // SAFETY: leaked by `register` from a Box; the driver is being
+            // dropped, so no registration, poll or timer task refers to it
+            // (registrations and deadline timers hold an Arc on the driver).
+            drop(unsafe { Box::from_raw(d as *const Desc as *mut Desc) });
+        }
+    }
+}
+
+/// The scheduler's side of the seam.
+impl Shared {
+    /// Wakes M `m` from `stopm`: its note, and the poller if it is the
+    /// sleeper (step 2 of "Who waits in the poller").
+    ///
+    /// The sleeper blocks in the poller, never on its note's futex (it
+    /// leaves the role before it can wait there, and `Note::wait` returns
+    /// at once on a set note), so it gets the poller break instead of a
+    /// futex wake: one system call, not two.
+    pub(crate) fn wake_m(&self, m: &M) {
+        let was_clear = m.note.set();
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if std::ptr::eq(self.timer_m.load(Ordering::SeqCst), m) {
+            self.driver.os.wake();
+        } else if was_clear {
+            m.note.wake_futex();
+        }
+    }
+
+    /// The sleeper's wait (step 1): until its note is set, `timeout` or I/O
+    /// readiness. Returns whether the note was set and the goroutines the
+    /// poll woke (the caller makes them runnable, e.g. with `inject`).
+    pub(crate) fn park_in_driver(&self, m: &M, timeout: Option<Duration>) -> (bool, Vec<GRef>) {
+        // Dekker with `wake_m`: our role (`timer_m`, set by the caller)
+        // before our look at the note; its note before its look at the
+        // role.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if m.note.take() {
+            return (true, Vec::new());
+        }
+        self.driver.blocked.store(true, Ordering::Relaxed);
+        let woken = self.driver.poll(timeout);
+        self.driver.blocked.store(false, Ordering::Relaxed);
+        self.driver
+            .last_poll
+            .store(self.nanotime(), Ordering::Relaxed);
+        (m.note.take(), woken)
+    }
+
+    /// A non-blocking poll (find_runnable, sysmon): makes the goroutines it
+    /// wakes runnable; returns how many. Never inlined: it keeps the poll's
+    /// event buffer and code out of `find_runnable`, whose common path only
+    /// loads `should_poll`'s counter.
+    #[inline(never)]
+    pub(crate) fn netpoll_now(&self) -> usize {
+        let woken = self.driver.poll(Some(Duration::ZERO));
+        self.driver
+            .last_poll
+            .store(self.nanotime(), Ordering::Relaxed);
+        let n = woken.len();
+        self.inject(woken, true);
+        n
+    }
+
+    /// sysmon's poll while Ps are busy (step 4): polls if goroutines wait
+    /// and the last poll is older than `poll_bound`. Returns how long
+    /// sysmon may sleep before it should look again (None: no bound).
+    pub(crate) fn sysmon_netpoll(&self) -> Option<Duration> {
+        if !self.driver.should_poll() {
+            // Nobody waits, or an M blocks in the poller and gets every
+            // event itself.
+            return None;
+        }
+        let bound = poll_bound(self.cfg.quantum);
+        let last = self.driver.last_poll.load(Ordering::Relaxed);
+        if self.nanotime().saturating_sub(last) >= bound.as_nanos() as u64 {
+            self.netpoll_now();
+        }
+        Some(bound)
+    }
+
+    /// Makes goroutines claimed by a poll runnable, as one batch: onto the
+    /// queue of woken goroutines (ahead of preempted CPU hogs, see
+    /// `Shared::woken`), then (if `wake`) one `wakep` (Go's injectglist)
+    /// and, if every P is busy, a wake-up preemption (`sched::wakeup`).
+    pub(crate) fn inject(&self, gs: Vec<GRef>, wake: bool) {
+        if gs.is_empty() {
+            return;
+        }
+        for g in gs {
+            self.woken.push(g);
+        }
+        if wake {
+            // Dekker with the spinning protocol (see `wakep`).
+            std::sync::atomic::fence(Ordering::SeqCst);
+            self.wakep();
+            self.wakeup_preempt(false);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipe() -> (RawFd, RawFd) {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills two new fds, closed by the test.
+        let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        assert_eq!(r, 0);
+        (fds[0], fds[1])
+    }
+
+    fn close(fds: [RawFd; 2]) {
+        for fd in fds {
+            // SAFETY: fds this test opened and no longer uses.
+            unsafe { libc::close(fd) };
+        }
+    }
+
+    /// golang/go#59545: an event read for an fd that is then closed must
+    /// not mark the descriptor's next registration ready.
+    #[test]
+    fn a_stale_event_does_not_touch_a_reused_descriptor() {
+        let d = Driver::new().unwrap();
+        let (r1, w1) = pipe();
+        let old = d.register(r1).unwrap();
+        // SAFETY: writes one byte from a live buffer to our pipe.
+        assert_eq!(unsafe { libc::write(w1, b"x".as_ptr().cast(), 1) }, 1);
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS];
+        let n = d.os.wait(&mut events, Some(Duration::from_secs(5)));
+        assert!(n >= 1, "no event for a readable pipe");
+        // The fd is closed and a new one takes the same descriptor before
+        // the events read above are dispatched.
+        assert!(d.deregister(old));
+        close([r1, w1]);
+        let (r2, w2) = pipe();
+        let new = d.register(r2).unwrap();
+        assert!(
+            std::ptr::eq(old, new),
+            "the free list reuses the descriptor"
+        );
+        assert!(d.dispatch(&events[..n]).is_empty());
+        assert_eq!(
+            new.slots[Dir::Read as usize].0.load(Ordering::Relaxed),
+            EMPTY,
+            "a stale event marked the new registration ready"
+        );
+        // A current event does mark it.
+        let fresh = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: new.token(),
+        };
+        assert!(d.dispatch(&[fresh]).is_empty());
+        assert_eq!(
+            new.slots[Dir::Read as usize].0.load(Ordering::Relaxed),
+            READY
+        );
+        assert!(d.deregister(new));
+        close([r2, w2]);
+    }
+
+    #[test]
+    fn a_break_ends_a_blocking_wait_and_a_nonblocking_poll_leaves_it() {
+        let d = Driver::new().unwrap();
+        d.os.wake();
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS];
+        // A non-blocking look sees the break but must not consume it.
+        assert_eq!(d.os.wait(&mut events, Some(Duration::ZERO)), 0);
+        let t = std::time::Instant::now();
+        assert_eq!(d.os.wait(&mut events, Some(Duration::from_secs(10))), 0);
+        assert!(t.elapsed() < Duration::from_secs(5), "the break was lost");
+        // Consumed now: the next blocking wait times out.
+        let t = std::time::Instant::now();
+        d.os.wait(&mut events, Some(Duration::from_millis(20)));
+        assert!(t.elapsed() >= Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,285 @@
+//! Networking that parks goroutines, not threads: [`TcpListener`],
+//! [`TcpStream`] and [`UdpSocket`] with the shapes of `std::net`, plus
+//! [`Registration`], which parks on any nonblocking file descriptor.
+//!
+//! Every socket here is a std socket set nonblocking. A call that would
+//! block:
+//!
+//! - in a goroutine, registers the fd with the runtime's netpoller (once,
+//!   on the first such call) and parks the goroutine until the fd is ready;
+//!   its thread runs other goroutines meanwhile (Go's netpoller);
+//! - on a plain thread (or inside [`blocking`](crate::blocking)), waits in
+//!   `poll(2)`, like std.
+//!
+//! Timeouts (`set_read_timeout`, `set_write_timeout`, `connect_timeout`)
+//! bound each call, like std's, but are implemented as Go's deadlines are
+//! (runtime timers, not `SO_RCVTIMEO`): a call that runs out returns
+//! [`io::ErrorKind::TimedOut`] and the socket stays usable. `EINTR` never
+//! reaches the caller.
+//!
+//! Handles made by `try_clone` share one registration; the last one
+//! dropped deregisters and closes the fd (no goroutine can be parked on it
+//! then: a parked goroutine holds a handle). `shutdown` wakes goroutines
+//! parked on the socket at once.
+//!
+//! A runtime dropped while goroutines are parked on sockets closes those
+//! sockets (the goroutines are abandoned, their handles never dropped);
+//! other handles of such a socket then fail with an error.
+//!
+//! # Examples
+//!
+//! An echo round trip, one goroutine per side:
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use gosched::net::{TcpListener, TcpStream};
+//!
+//! let rt = gosched::Runtime::new().unwrap();
+//! let reply = rt.block_on(|| {
+//!     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+//!     let addr = listener.local_addr().unwrap();
+//!     let server = gosched::spawn(move || {
+//!         let (mut s, _) = listener.accept().unwrap();
+//!         let mut buf = [0u8; 5];
+//!         s.read_exact(&mut buf).unwrap();
+//!         s.write_all(&buf).unwrap();
+//!     });
+//!     let mut c = TcpStream::connect(addr).unwrap();
+//!     c.write_all(b"hello").unwrap();
+//!     let mut buf = [0u8; 5];
+//!     c.read_exact(&mut buf).unwrap();
+//!     server.join().unwrap();
+//!     buf
+//! });
+//! assert_eq!(&reply, b"hello");
+//! ```
+
+/// `AsRawFd` and `AsFd` for types whose `inner` is an `Io` (or derefs
+/// to one).
+macro_rules! impl_as_fd {
+    ($($t:ty),*) => {$(
+        impl std::os::fd::AsRawFd for $t {
+            fn as_raw_fd(&self) -> std::os::fd::RawFd {
+                std::os::fd::AsRawFd::as_raw_fd(self.inner.raw())
+            }
+        }
+
+        impl std::os::fd::AsFd for $t {
+            fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+                std::os::fd::AsFd::as_fd(self.inner.raw())
+            }
+        }
+    )*};
+}
+use impl_as_fd;
+
+mod registration;
+mod sys;
+mod tcp;
+mod udp;
+
+pub use registration::Registration;
+pub use tcp::{Incoming, TcpListener, TcpStream};
+pub use udp::UdpSocket;
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::driver::{Desc, Dir, Driver};
+
+/// A nonblocking I/O object and its (lazy) netpoller registration: the
+/// core of every type in this module.
+pub(crate) struct Io<T: AsFd> {
+    /// The object. Dropped in `Drop` unless the runtime already closed its
+    /// fd (then forgotten).
+    io: std::mem::ManuallyDrop<T>,
+    /// The registration, made by the first goroutine that must wait.
+    reg: OnceLock<Reg>,
+    /// Serialises the first registration (two goroutines could race to
+    /// register the fd).
+    init: std::sync::Mutex<()>,
+    /// Per-call timeouts in ns; `NO_TIMEOUT` when none.
+    timeouts: [AtomicU64; 2],
+}
+
+const NO_TIMEOUT: u64 = u64::MAX;
+
+struct Reg {
+    driver: Arc<Driver>,
+    desc: &'static Desc,
+}
+
+impl<T: AsFd> Io<T> {
+    pub(crate) fn new(io: T) -> Io<T> {
+        Io {
+            io: std::mem::ManuallyDrop::new(io),
+            reg: OnceLock::new(),
+            init: std::sync::Mutex::new(()),
+            timeouts: [AtomicU64::new(NO_TIMEOUT), AtomicU64::new(NO_TIMEOUT)],
+        }
+    }
+
+    /// The object, unless the runtime closed its fd at shutdown.
+    pub(crate) fn get(&self) -> io::Result<&T> {
+        match self.reg.get() {
+            Some(r) if r.desc.is_dead() => Err(crate::driver::shut_down()),
+            _ => Ok(&self.io),
+        }
+    }
+
+    pub(crate) fn raw(&self) -> &T {
+        &self.io
+    }
+
+    fn fd(&self) -> RawFd {
+        self.io.as_fd().as_raw_fd()
+    }
+
+    pub(crate) fn set_timeout(&self, dir: Dir, t: Option<Duration>) -> io::Result<()> {
+        let ns = match t {
+            None => NO_TIMEOUT,
+            Some(d) if d.is_zero() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "cannot set a 0 duration timeout",
+                ))
+            }
+            Some(d) => u64::try_from(d.as_nanos()).unwrap_or(NO_TIMEOUT - 1),
+        };
+        self.timeouts[dir as usize].store(ns, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub(crate) fn timeout(&self, dir: Dir) -> Option<Duration> {
+        match self.timeouts[dir as usize].load(Ordering::Relaxed) {
+            NO_TIMEOUT => None,
+            ns => Some(Duration::from_nanos(ns)),
+        }
+    }
+
+    /// Runs `f` until it does not return `WouldBlock`, waiting for `dir`
+    /// in between, within the direction's timeout.
+    pub(crate) fn io<R>(&self, dir: Dir, f: impl FnMut(&T) -> io::Result<R>) -> io::Result<R> {
+        let deadline = self
+            .timeout(dir)
+            .and_then(|t| Instant::now().checked_add(t));
+        self.io_until(dir, deadline, f)
+    }
+
+    /// `io` with an absolute deadline (None: none).
+    pub(crate) fn io_until<R>(
+        &self,
+        dir: Dir,
+        deadline: Option<Instant>,
+        mut f: impl FnMut(&T) -> io::Result<R>,
+    ) -> io::Result<R> {
+        loop {
+            match f(self.get()?) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(timed_out());
+            }
+            self.wait(dir, deadline)?;
+        }
+    }
+
+    /// Waits until the fd may be ready for `dir` or `deadline`: parks a
+    /// goroutine on the netpoller, blocks a plain thread in poll(2). May
+    /// return early; callers retry their I/O.
+    pub(crate) fn wait(&self, dir: Dir, deadline: Option<Instant>) -> io::Result<()> {
+        if crate::g::parkable_g().is_none() {
+            return sys::poll_fd(self.fd(), dir, deadline);
+        }
+        let reg = self.registration()?;
+        if reg.driver.is_closed() {
+            // Registered with a runtime that has shut down (we run on
+            // another): wait like a blocking call.
+            let fd = self.fd();
+            return crate::blocking(|| sys::poll_fd(fd, dir, deadline));
+        }
+        reg.driver.wait(reg.desc, dir, deadline);
+        Ok(())
+    }
+
+    /// The registration, made now with the calling goroutine's runtime if
+    /// there is none yet.
+    fn registration(&self) -> io::Result<&Reg> {
+        if let Some(r) = self.reg.get() {
+            return Ok(r);
+        }
+        let _np = crate::sched::NoPreempt::enter();
+        let _init = self.init.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = self.reg.get() {
+            return Ok(r);
+        }
+        let driver = crate::sched::with_current_shared(|sh| sh.driver.clone())
+            .ok_or_else(|| io::Error::other("gosched: registering a socket outside a goroutine"))?;
+        let desc = driver.register(self.fd())?;
+        Ok(self.reg.get_or_init(|| Reg { driver, desc }))
+    }
+
+    /// Deregisters and returns the object (Registration::into_inner).
+    pub(crate) fn into_inner(self) -> io::Result<T> {
+        let mut me = std::mem::ManuallyDrop::new(self);
+        let owned = match me.reg.take() {
+            Some(r) => r.driver.deregister(r.desc),
+            None => true,
+        };
+        // SAFETY: `me` is never used or dropped again; each field is
+        // dropped or moved out exactly once here.
+        unsafe {
+            std::ptr::drop_in_place(&mut me.init);
+            std::ptr::drop_in_place(&mut me.reg);
+            if owned {
+                return Ok(std::mem::ManuallyDrop::take(&mut me.io));
+            }
+        }
+        Err(crate::driver::shut_down())
+    }
+
+    /// Wakes goroutines parked on this fd in `dirs` (after a shutdown).
+    pub(crate) fn notify(&self, dirs: &[Dir]) {
+        if let Some(r) = self.reg.get() {
+            for &d in dirs {
+                r.driver.notify(r.desc, d);
+            }
+        }
+    }
+}
+
+impl<T: AsFd> Drop for Io<T> {
+    fn drop(&mut self) {
+        let owned = match self.reg.take() {
+            Some(r) => r.driver.deregister(r.desc),
+            None => true,
+        };
+        if owned {
+            // SAFETY: dropped once, here; `io` is not used afterwards.
+            unsafe { std::mem::ManuallyDrop::drop(&mut self.io) };
+        }
+        // Otherwise the runtime closed the fd at shutdown: forget `io`.
+    }
+}
+
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "gosched: I/O timed out")
+}
+
+/// The addresses `addr` resolves to, resolving names in a `blocking`
+/// call (DNS may block).
+fn resolve<A: std::net::ToSocketAddrs>(addr: A) -> io::Result<Vec<std::net::SocketAddr>> {
+    crate::blocking(|| addr.to_socket_addrs().map(|a| a.collect()))
+}
+
+fn no_addresses() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "could not resolve to any addresses",
+    )
+}
