@@ -218,12 +218,12 @@ fn run(sh: &Shared) {
         }
         let mut trace_cap = next_trace.map(|at| Duration::from_nanos(at.saturating_sub(now)));
         if sh.wakeup_waiting() {
-            // A woken goroutine waits while every P is busy, and the
-            // request in `ready` found no goroutine past the granularity:
-            // ask again when one may be (see `sched::wakeup`).
-            sh.wakeup_preempt(true);
-            let retry = crate::sched::WAKEUP_GRANULARITY / 2;
-            trace_cap = Some(trace_cap.map_or(retry, |c| c.min(retry)));
+            // A woken goroutine waits while every P is busy: a request the
+            // granularity put off is made when a goroutine reaches it (see
+            // `sched::wakeup`).
+            if let Some(retry) = sh.wakeup_preempt(true) {
+                trace_cap = Some(trace_cap.map_or(retry, |c| c.min(retry)));
+            }
         }
         let woken = match sleep {
             Sleep::For(d) => sh

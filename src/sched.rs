@@ -865,7 +865,7 @@ pub(crate) fn ready(g: GRef) {
         sh.woken.push(g);
         fence(Ordering::SeqCst);
         sh.wakep();
-        sh.wakeup_preempt(false);
+        let _ = sh.wakeup_preempt(false);
         return;
     }
     fence(Ordering::SeqCst);
@@ -1225,4 +1225,3 @@ mod procresize;
 mod schedule;
 mod teardown;
 mod wakeup;
-pub(crate) use wakeup::WAKEUP_GRANULARITY;

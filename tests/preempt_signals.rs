@@ -509,6 +509,15 @@ fn nodefer_child(mode: PreemptMode, procs: usize) {
                         }
                         // SAFETY: raise(3) runs our own handler on this thread.
                         unsafe { libc::raise(libc::SIGUSR1) };
+                        // A cooperative point between raises: these
+                        // goroutines spend >99.9 % of their time in the
+                        // handler or in libc, where no signal may preempt
+                        // them, so on a quiet machine a signal could take
+                        // seconds to land in the few instructions between
+                        // (the main goroutine's wake-up waited on it). The
+                        // signals sysmon keeps sending still test the
+                        // handler; only their liveness role moves here.
+                        gosched::preempt_point();
                     }
                     0
                 })

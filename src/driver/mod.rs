@@ -613,7 +613,7 @@ impl Shared {
             // Dekker with the spinning protocol (see `wakep`).
             std::sync::atomic::fence(Ordering::SeqCst);
             self.wakep();
-            self.wakeup_preempt(false);
+            let _ = self.wakeup_preempt(false);
         }
     }
 }

@@ -27,9 +27,11 @@
 //!    In ThreadAffine mode it stays locked to its thread, and its P is handed
 //!    to another thread for the woken goroutine, as for any preemption.
 //!
-//! A request refused because no goroutine has run for the granularity yet
-//! is retried by sysmon, which looks every half granularity while a woken
-//! goroutine waits (`wakeup_waiting`).
+//! A request put off because no goroutine has run for the granularity yet
+//! is made again by sysmon when one has (`wakeup_preempt` returns when).
+//! A P is asked at most once per slice: if its goroutine refuses (it is in
+//! libc or a signal handler), sysmon's quantum policy, with its backoff,
+//! takes over; a refused wake-up request is never retried in a loop.
 //!
 //! Thrashing: the granularity bounds how often one P can be interrupted
 //! (at most once per `WAKEUP_GRANULARITY` of its goroutine's running time),
@@ -58,18 +60,22 @@ pub(crate) const WAKEUP_GRANULARITY: Duration = Duration::from_micros(100);
 pub(crate) const NO_WAKEUP: u64 = u64::MAX;
 
 impl Shared {
-    /// Step 2 of the module docs. Called by `ready` after queueing into
-    /// `woken` (and the SeqCst fence before `wakep`), with `retry` false;
-    /// by sysmon while a woken goroutine still waits, with `retry` true: a
-    /// request already made in the current slice of some P is then made
-    /// again (its signal may have been refused, or its thread may not have
-    /// run yet: `preempt_p` sends no second signal while one is in flight).
-    pub(crate) fn wakeup_preempt(&self, retry: bool) {
+    /// Step 2 of the module docs. Called by `ready` (and the netpoller's
+    /// `inject`) after queueing into `woken` (and the SeqCst fence before
+    /// `wakep`), with `from_sysmon` false; by sysmon while a woken goroutine
+    /// still waits, with `from_sysmon` true.
+    ///
+    /// Returns `Some(d)` if no goroutine has run for the granularity yet:
+    /// ask again in `d` (sysmon does; `ready` wakes sysmon so that it
+    /// does). A P already asked in its current slice is never asked again
+    /// in it: if its signal was refused (a goroutine in libc or a signal
+    /// handler), sysmon's own retries, with their backoff, take over.
+    pub(crate) fn wakeup_preempt(&self, from_sysmon: bool) -> Option<Duration> {
         if !self.cfg.wakeup_preempt
             || self.npidle.load(Ordering::SeqCst) != 0
             || self.nmspinning.load(Ordering::SeqCst) != 0
         {
-            return;
+            return None;
         }
         let now = self.slice_clock();
         let mut best: Option<(usize, u64, u64)> = None; // (p, ran ns, schedtick)
@@ -78,10 +84,11 @@ impl Shared {
                 continue;
             }
             let tick = p.schedtick.load(Ordering::Acquire);
-            if !retry && p.wakeup_tick.load(Ordering::Relaxed) == tick {
+            if p.wakeup_tick.load(Ordering::Relaxed) == tick {
                 // Already asked in this slice: it is on its way to g0,
-                // which takes the woken goroutine first.
-                return;
+                // which takes the woken goroutine first (or it refused,
+                // and sysmon's quantum policy handles it).
+                return None;
             }
             let start = p.slice_start.load(Ordering::Relaxed);
             if start == UNSTAMPED {
@@ -93,17 +100,19 @@ impl Shared {
                 best = Some((i, ran, tick));
             }
         }
-        let Some((p, ran, tick)) = best else { return };
-        if ran < WAKEUP_GRANULARITY.as_nanos() as u64 {
-            // Too early to interrupt anyone: sysmon asks again shortly.
-            self.sysmon_note.wake();
-            return;
+        let (p, ran, tick) = best?;
+        let gran = WAKEUP_GRANULARITY.as_nanos() as u64;
+        if ran < gran {
+            // Too early to interrupt anyone: ask again when the goroutine
+            // that has run longest reaches the granularity.
+            if !from_sysmon {
+                self.sysmon_note.wake();
+            }
+            return Some(Duration::from_nanos(gran - ran));
         }
         let pp = &self.ps[p];
         let prev = pp.wakeup_tick.load(Ordering::Relaxed);
-        if prev == tick && retry {
-            self.preempt_p(p, true);
-        } else if pp
+        if pp
             .wakeup_tick
             .compare_exchange(prev, tick, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
@@ -111,11 +120,11 @@ impl Shared {
             self.counters.preempt_wakeup.fetch_add(1, Ordering::Relaxed);
             self.preempt_p(p, true);
         }
+        None
     }
 
-    /// Does a woken goroutine wait for a P while wake-up preemption could
-    /// make room (sysmon's retry, for requests refused by the
-    /// granularity)?
+    /// Does a woken goroutine wait for a P while every P is busy (sysmon
+    /// then calls `wakeup_preempt` for requests the granularity put off)?
     pub(crate) fn wakeup_waiting(&self) -> bool {
         self.cfg.wakeup_preempt
             && !self.woken.is_empty()
