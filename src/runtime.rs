@@ -598,9 +598,10 @@ pub struct Stats {
     pub local_runqueues: Vec<usize>,
     /// Scheduling latency: how long woken goroutines (by a channel, timer,
     /// mutex, join...) waited between becoming runnable and running, as a
-    /// histogram of `(upper bound, count)` buckets with power-of-two
-    /// bounds from 256 ns (the last bound is `Duration::MAX`). Sampled like
-    /// Go's `/sched/latencies:seconds`: one wake-up in 8 of each goroutine.
+    /// histogram of `(upper bound, count)` buckets with bounds doubling
+    /// from about 100-256 ns (powers of two of the CPU's time-stamp counter,
+    /// converted; the last bound is `Duration::MAX`). Sampled like
+    /// Go's `/sched/latencies:seconds`: one wake-up in 64 of each goroutine.
     /// See [`Stats::sched_latency_quantile`].
     pub sched_latency: Vec<(Duration, u64)>,
     /// Usable bytes of each goroutine stack.
@@ -632,7 +633,7 @@ impl Stats {
     /// ```
     /// let rt = gosched::Runtime::new().unwrap();
     /// rt.block_on(|| {
-    ///     for _ in 0..100 {
+    ///     for _ in 0..200 {
     ///         gosched::sleep(std::time::Duration::from_micros(10));
     ///     }
     /// });
@@ -663,6 +664,7 @@ impl Shared {
                 .map(|p| f(&p.counters).load(Ordering::Relaxed))
                 .sum()
         };
+        let ns_per_unit = self.ns_per_clock_unit();
         let sum_at = |i: usize| -> u64 {
             self.used_ps()
                 .iter()
@@ -698,7 +700,9 @@ impl Shared {
                     let bound = if i + 1 == sched::SCHED_LATENCY_BUCKETS {
                         Duration::MAX
                     } else {
-                        Duration::from_nanos(1 << (i + 8))
+                        // Buckets count clock units (see
+                        // `SCHED_LATENCY_BUCKETS`): convert the bound.
+                        Duration::from_nanos(((1u64 << (i + 8)) as f64 * ns_per_unit) as u64)
                     };
                     (bound, sum_at(i))
                 })

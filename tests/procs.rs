@@ -407,8 +407,9 @@ fn sched_latency_histogram_shows_time_spent_runnable() {
     let _w = watchdog();
     let sleepers = |rt: &gosched::Runtime| {
         rt.block_on(|| {
-            for _ in 0..64 {
-                gosched::sleep(Duration::from_micros(500));
+            // 256 wake-ups: 4 sampled (one in 64).
+            for _ in 0..256 {
+                gosched::sleep(Duration::from_micros(300));
             }
             gosched::stats().expect("inside a goroutine")
         })
@@ -416,7 +417,7 @@ fn sched_latency_histogram_shows_time_spent_runnable() {
     let quiet = Builder::new().procs(1).build().unwrap();
     let alone = sleepers(&quiet);
     let total: u64 = alone.sched_latency.iter().map(|b| b.1).sum();
-    assert!(total >= 64 / 8 - 1, "{:?}", alone.sched_latency);
+    assert!(total >= 3, "{:?}", alone.sched_latency);
     let p50 = alone.sched_latency_quantile(0.5).unwrap();
     assert!(p50 <= Duration::from_millis(2), "alone: p50 {p50:?}");
 

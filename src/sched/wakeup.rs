@@ -78,6 +78,7 @@ impl Shared {
             return None;
         }
         let now = self.slice_clock();
+        let ns_per_unit = self.ns_per_clock_unit();
         let mut best: Option<(usize, u64, u64)> = None; // (p, ran ns, schedtick)
         for (i, p) in self.ps[..self.procs()].iter().enumerate() {
             if p.status.load(Ordering::Acquire) & 0xff != P_USER {
@@ -95,7 +96,7 @@ impl Shared {
                 // Began with a direct yield a moment ago (sysmon dates it).
                 continue;
             }
-            let ran = self.clock_delta_ns(start, now);
+            let ran = (now.saturating_sub(start) as f64 * ns_per_unit) as u64;
             if best.is_none_or(|b| ran > b.1) {
                 best = Some((i, ran, tick));
             }
