@@ -114,6 +114,12 @@ pub(crate) struct G {
     /// units), or 0. Written by `ready`; read and cleared by the M that
     /// runs it next (handed over through the run queue, Release/Acquire).
     pub(crate) runnable_at: Cell<u64>,
+    /// While preempted for wake-ups without an ordinary switch in between:
+    /// when it started running (`Shared::slice_clock` units), else 0. A
+    /// goroutine that has run a quantum since then goes to the global
+    /// queue's tail like a time-sliced one (`Sched::after`). Owner (the M
+    /// switching it out; handed over through the run queues).
+    pub(crate) run_origin: Cell<u64>,
     /// Goroutine-local values (`crate::local`), indexed by key (owner;
     /// emptied when the goroutine's body ends).
     pub(crate) locals: crate::local::Slots,
@@ -150,6 +156,7 @@ impl G {
             shared: std::sync::atomic::AtomicPtr::new(shared),
             wakes: Cell::new(0),
             runnable_at: Cell::new(0),
+            run_origin: Cell::new(0),
         }
     }
 }

@@ -206,6 +206,8 @@ impl Sched<'_> {
     /// Handles the reason `g` switched back. Returns a G to run at once.
     fn after(&self, g: GRef) -> Option<(GRef, bool)> {
         let reason = self.m.reason.replace(Reason::None);
+        // Kept only by a wake-up preemption (see `requeue_preempted_for_wakeup`).
+        let origin = g.run_origin.replace(0);
         if reason != Reason::AsyncPreempt && g.affine.get() {
             // A cooperative scheduling point ends ThreadAffine pinning.
             g.affine.set(false);
@@ -221,7 +223,7 @@ impl Sched<'_> {
                     .counters
                     .preempt_coop
                     .fetch_add(1, Ordering::Relaxed);
-                if !self.requeue_preempted_for_wakeup(g) {
+                if !self.requeue_preempted_for_wakeup(g, origin) {
                     self.globrunqput(g, false);
                 }
             }
@@ -239,7 +241,7 @@ impl Sched<'_> {
                 // (Go's preemptPark/gopreempt_m). Locked to us, our P
                 // follows it: `stoplockedm` hands the P on, and `handoffp`
                 // sees the goroutine in the global queue (or our runnext).
-                if !self.requeue_preempted_for_wakeup(g) {
+                if !self.requeue_preempted_for_wakeup(g, origin) {
                     self.globrunqput(g, self.m.locked_g.get().is_none());
                 }
             }
@@ -278,7 +280,15 @@ impl Sched<'_> {
     /// thread in the kernel while another P idled, it would wait there
     /// until sysmon took our P. Returns false if `g` was preempted for
     /// another reason.
-    fn requeue_preempted_for_wakeup(&self, g: GRef) -> bool {
+    ///
+    /// It keeps its place only until it has run a quantum since it last
+    /// started or was time-sliced (`origin`, carried across wake-up
+    /// preemptions in `G::run_origin`): every resume starts a fresh slice,
+    /// so a hog preempted by every wake-up of a 1 ms ticker would otherwise
+    /// never reach its quantum, and the goroutines queued behind it would
+    /// starve (Jain's index 0.5 in the fairness example). Past that it goes
+    /// to the global queue's tail, as a time-sliced goroutine does.
+    fn requeue_preempted_for_wakeup(&self, g: GRef, origin: u64) -> bool {
         let Some(p) = self.m.p.get() else {
             return false;
         };
@@ -286,6 +296,19 @@ impl Sched<'_> {
             return false;
         }
         let pp = &self.sh.ps[p];
+        let now = self.sh.slice_clock();
+        let origin = match origin {
+            0 => match pp.slice_start.load(Ordering::Relaxed) {
+                UNSTAMPED => now,
+                s => s,
+            },
+            o => o,
+        };
+        let ran_ns = now.saturating_sub(origin) as f64 * self.sh.ns_per_clock_unit();
+        if ran_ns >= self.sh.cfg.quantum.as_nanos() as f64 {
+            return false;
+        }
+        g.run_origin.set(origin.max(1));
         if let Some(old) = NonNull::new(pp.runnext.swap(g.as_ptr(), Ordering::AcqRel)) {
             self.local().worker.push(GRef(old));
         }
