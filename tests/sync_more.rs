@@ -258,8 +258,15 @@ fn condvar_notify_all_wakes_every_waiter_and_notify_one_one() {
 #[test]
 fn semaphore_grants_in_arrival_order_and_a_large_head_is_not_overtaken() {
     // One P, and a sleep after each spawn: each waiter queues before the
-    // next is spawned, so arrival order is A, B, C, D.
-    let rt = Builder::new().procs(1).build().unwrap();
+    // next is spawned, so arrival order is A, B, C, D. Without wake-up
+    // preemption: on a loaded machine a waiter descheduled by the OS for
+    // 100 µs before it queues could be preempted for the main goroutine's
+    // wake-up, and the next spawn would then run first.
+    let rt = Builder::new()
+        .procs(1)
+        .wakeup_preempt(false)
+        .build()
+        .unwrap();
     rt.block_on(|| {
         let sem = Arc::new(Semaphore::new(10));
         let log = Arc::new(StdMutex::new(Vec::new()));

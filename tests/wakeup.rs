@@ -248,3 +248,59 @@ fn hog_preempted_for_a_wakeup_keeps_its_thread() {
     assert!(woken > 5, "the sleeper ran {woken} times in 200 ms");
     assert!(rt.stats().preempt_wakeup > 0);
 }
+
+/// Wake-up preemption must not freeze the time slices: 4 no-call loops on
+/// 2 Ps beside a 1 ms ticker each get a fair share. (A goroutine preempted
+/// for a wake-up resumed with a fresh slice, so the two loops that held
+/// the Ps were preempted by every tick, never reached their quantum, and
+/// the other two never ran: Jain's index 0.5.)
+#[test]
+fn wakeups_do_not_starve_queued_hogs() {
+    let _s = serial();
+    let _w = watchdog();
+    let rt = Builder::new().procs(2).build().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts: Vec<Arc<AtomicU64>> = (0..4).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let hs: Vec<_> = counts
+        .iter()
+        .map(|c| {
+            let (stop, c) = (stop.clone(), c.clone());
+            rt.spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n = std::hint::black_box(n + 1);
+                    if n.is_multiple_of(4096) {
+                        c.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    rt.block_on(|| {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_millis(600) {
+            gosched::sleep(Duration::from_millis(1));
+        }
+    });
+    stop.store(true, Ordering::Relaxed);
+    for h in hs {
+        h.join().unwrap();
+    }
+    let v: Vec<f64> = counts
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed) as f64)
+        .collect();
+    let total: f64 = v.iter().sum();
+    eprintln!(
+        "shares: {:?}",
+        v.iter().map(|x| x / total).collect::<Vec<_>>()
+    );
+    assert!(rt.stats().preempt_wakeup > 0);
+    for (i, x) in v.iter().enumerate() {
+        assert!(
+            *x >= total * 0.08,
+            "loop {i} got {:.3} of the work",
+            x / total
+        );
+    }
+}
