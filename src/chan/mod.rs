@@ -121,9 +121,10 @@ mod timer;
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
+use std::time::Instant;
 
 pub use self::endpoints::{IntoIter, Iter, Receiver, Sender, TryIter};
-pub use self::error::{RecvTimeoutError, SendError, TryRecvError, TrySendError};
+pub use self::error::{RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError};
 pub use self::timer::{after, tick};
 
 use crate::g::Waiter;
@@ -151,6 +152,13 @@ use queue::{Sel, WaitQueue};
 pub fn channel<T: Send>(cap: usize) -> (Sender<T>, Receiver<T>) {
     let chan = Arc::new(Chan::new(cap));
     (Sender::new(chan.clone()), Receiver::new(chan))
+}
+
+/// `deadline`, or 100 years from now if that is sooner (`timer::FOREVER`):
+/// every deadline a channel operation waits for stays representable as a
+/// timer's nanoseconds, whatever `Instant` the caller passes.
+fn clamp_deadline(deadline: Instant) -> Instant {
+    deadline.min(crate::timer::deadline_after(crate::timer::FOREVER))
 }
 
 /// The shared state of a channel (Go's `hchan`; see the module docs).
