@@ -116,6 +116,7 @@ mod error;
 #[cfg(test)]
 mod model;
 pub(crate) mod queue;
+mod stoppable;
 mod timer;
 
 use std::collections::VecDeque;
@@ -125,6 +126,7 @@ use std::time::Instant;
 
 pub use self::endpoints::{IntoIter, Iter, Receiver, Sender, TryIter};
 pub use self::error::{RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError};
+pub use self::stoppable::{Ticker, Timer};
 pub use self::timer::{after, tick};
 
 use crate::g::Waiter;
