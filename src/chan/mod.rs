@@ -19,6 +19,16 @@
 //! assert_eq!(sum, 55);
 //! ```
 //!
+//! # Time
+//!
+//! Waits with a limit: [`Sender::send_timeout`], [`Sender::send_deadline`],
+//! [`Receiver::recv_timeout`], [`Receiver::recv_deadline`], and
+//! `default(timeout)` in [`select!`](crate::select!). Timer channels:
+//! [`after`] and [`tick`] (Go's `time.After` and `time.Tick`), and [`Timer`]
+//! and [`Ticker`] (Go's `time.Timer` and `time.Ticker`), which can be
+//! stopped and reset with Go 1.23's guarantee that no stale value is
+//! received afterwards.
+//!
 //! # The channel (Go's `hchan`)
 //!
 //! A channel is one [`Arc`]'d `Chan`: its capacity and, behind one lock,
