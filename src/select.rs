@@ -10,7 +10,8 @@
 //!    at a time). The first that completes wins. A closed channel makes a
 //!    receive ready (it yields `None`) and a send ready (it yields an error;
 //!    Go would panic).
-//! 3. Nothing ready: with a `default` arm, run it.
+//! 3. Nothing ready: with a `default` arm, run it; with a
+//!    `default(timeout)` arm, run it if its deadline has passed.
 //! 4. Pass 2: one `Sel` (a decision word and our waiter) for the whole
 //!    select; for each case in poll order, lock its channel and either queue
 //!    an entry bound to (`Sel`, case) or, if the case turned ready since
@@ -18,7 +19,10 @@
 //! 5. If a case turned ready, abort our own `Sel` (CAS `WAITING ->
 //!    ABORTED`); if that succeeds, remove our entries and go back to pass 1.
 //!    If it fails, some waker has already decided a case for us: go on.
-//! 6. Park until decided. The waker that decided unlinked the winning
+//! 6. Park until decided (with `default(timeout)`: or until the deadline;
+//!    then abort our `Sel` as in step 5, remove every entry and run the
+//!    default arm; if the abort fails a waker decided first and its case
+//!    wins). The waker that decided unlinked the winning
 //!    entry; remove the other entries (each under its channel's lock; a
 //!    waker that meets one of them before that fails its CAS and skips it).
 //!    Collect the winning case's result from its entry.
@@ -38,6 +42,7 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use crate::chan::queue::{Decision, Entry};
 use crate::chan::{Receiver, RecvNow, SendError, SendNow, Sender};
@@ -306,16 +311,53 @@ fn fastrand_below(n: usize) -> usize {
 /// `has_default`).
 #[doc(hidden)]
 pub fn run(cases: &[&dyn Case], has_default: bool) -> usize {
+    select(
+        cases,
+        if has_default {
+            Wait::Never
+        } else {
+            Wait::Forever
+        },
+    )
+}
+
+/// Runs a select with a `default(timeout)` arm (the macro's engine).
+/// Returns the index of the case that fired, or `cases.len()` if none did
+/// within `timeout` (clamped to 100 years, so any `Duration` is accepted).
+#[doc(hidden)]
+pub fn run_timeout(cases: &[&dyn Case], timeout: std::time::Duration) -> usize {
+    select(cases, Wait::Until(crate::timer::deadline_after(timeout)))
+}
+
+/// How long a select may wait for a case (step 3 and 6 of the module
+/// docs).
+#[derive(Clone, Copy)]
+enum Wait {
+    /// No `default` arm: until a case fires.
+    Forever,
+    /// `default`: not at all.
+    Never,
+    /// `default(timeout)`: until this deadline, then the default arm runs.
+    Until(Instant),
+}
+
+fn select(cases: &[&dyn Case], wait: Wait) -> usize {
     let n = cases.len();
     if n == 0 {
         crate::preempt_point_inner();
-        if has_default {
-            return 0;
+        match wait {
+            Wait::Never => {}
+            // Go's `select {}`: block for ever.
+            Wait::Forever => loop {
+                crate::g::park("select (no cases)");
+            },
+            Wait::Until(deadline) => {
+                while Instant::now() < deadline {
+                    crate::g::park_until("select (no cases)", deadline);
+                }
+            }
         }
-        // Go's `select {}`: block for ever.
-        loop {
-            crate::g::park("select (no cases)");
-        }
+        return 0;
     }
     loop {
         let order = PollOrder::new(n);
@@ -326,8 +368,10 @@ pub fn run(cases: &[&dyn Case], has_default: bool) -> usize {
                 return i;
             }
         }
-        if has_default {
-            return n;
+        match wait {
+            Wait::Never => return n,
+            Wait::Until(deadline) if Instant::now() >= deadline => return n,
+            _ => {}
         }
         // Pass 2.
         let sel = Sel::new();
@@ -343,8 +387,20 @@ pub fn run(cases: &[&dyn Case], has_default: bool) -> usize {
                 break; // already fired through an earlier entry
             }
         }
+        let mut timed_out = false;
         let decision = if ready && sel.abort() {
             Decision::Aborted
+        } else if let Wait::Until(deadline) = wait {
+            match sel.wait_until("select", deadline) {
+                Some(d) => d,
+                // The deadline passed: give up unless a waker decided first
+                // (then its case has completed and must be honoured).
+                None if sel.abort() => {
+                    timed_out = true;
+                    Decision::Aborted
+                }
+                None => sel.wait("select"),
+            }
         } else {
             sel.wait("select")
         };
@@ -362,6 +418,9 @@ pub fn run(cases: &[&dyn Case], has_default: bool) -> usize {
             cases[i].complete();
             return i;
         }
+        if timed_out {
+            return n;
+        }
     }
 }
 
@@ -377,8 +436,17 @@ pub fn run(cases: &[&dyn Case], has_default: bool) -> usize {
 ///   `r: Result<(), SendError<T>>` is `Err` (with the value) when the channel
 ///   is closed. Go would panic there; here a closed channel simply makes the
 ///   arm ready.
-/// - `default => body`: at most one; taken when no other arm is ready, so
-///   the select never blocks.
+/// - `default => body`: taken when no other arm is ready, so the select
+///   never blocks.
+/// - `default(timeout) => body` (crossbeam-channel's syntax): taken when no
+///   other arm completes within `timeout` (a [`Duration`]; any value is
+///   accepted, `Duration::MAX` waits effectively forever). It never runs
+///   before the timeout has passed unless the timeout is zero, and an arm
+///   that becomes ready in time wins. Cheaper than `recv(after(timeout))`:
+///   no channel and no timer task, only a timed park. The timeout is
+///   evaluated after the channel expressions and the clock starts then.
+///
+/// At most one `default` arm of either kind.
 ///
 /// Channel expressions and values are evaluated once, in order, before
 /// anything else (as in Go). Among the arms that are ready, one is chosen
@@ -423,8 +491,20 @@ pub fn run(cases: &[&dyn Case], has_default: bool) -> usize {
 ///         default => false,
 ///     };
 ///     assert!(!sent); // nobody was receiving
+///
+///     // With `default(timeout)` it waits at most that long.
+///     let (_tx, rx) = channel::<i32>(0);
+///     let start = std::time::Instant::now();
+///     let got = gosched::select! {
+///         recv(rx) -> v => v,
+///         default(Duration::from_millis(10)) => None,
+///     };
+///     assert_eq!(got, None);
+///     assert!(start.elapsed() >= Duration::from_millis(10));
 /// });
 /// ```
+///
+/// [`Duration`]: std::time::Duration
 #[macro_export]
 macro_rules! select {
     // ---- parsing: one arm at a time ----
@@ -473,21 +553,33 @@ macro_rules! select {
         $crate::select!(@parse [$($labels)*] [$($cases)* (send $l $i ($tx, $v) $p => $body)] $def)
     };
     (@parse $labels:tt $cases:tt [] default => $body:block, $($rest:tt)*) => {
-        $crate::select!(@parse $labels $cases [$body] $($rest)*)
+        $crate::select!(@parse $labels $cases [plain $body] $($rest)*)
     };
     (@parse $labels:tt $cases:tt [] default => $body:block $($rest:tt)*) => {
-        $crate::select!(@parse $labels $cases [$body] $($rest)*)
+        $crate::select!(@parse $labels $cases [plain $body] $($rest)*)
     };
     (@parse $labels:tt $cases:tt [] default => $body:expr, $($rest:tt)*) => {
-        $crate::select!(@parse $labels $cases [$body] $($rest)*)
+        $crate::select!(@parse $labels $cases [plain $body] $($rest)*)
     };
     (@parse $labels:tt $cases:tt [] default => $body:expr) => {
-        $crate::select!(@parse $labels $cases [$body])
+        $crate::select!(@parse $labels $cases [plain $body])
+    };
+    (@parse $labels:tt $cases:tt [] default($t:expr $(,)?) => $body:block, $($rest:tt)*) => {
+        $crate::select!(@parse $labels $cases [timeout ($t) $body] $($rest)*)
+    };
+    (@parse $labels:tt $cases:tt [] default($t:expr $(,)?) => $body:block $($rest:tt)*) => {
+        $crate::select!(@parse $labels $cases [timeout ($t) $body] $($rest)*)
+    };
+    (@parse $labels:tt $cases:tt [] default($t:expr $(,)?) => $body:expr, $($rest:tt)*) => {
+        $crate::select!(@parse $labels $cases [timeout ($t) $body] $($rest)*)
+    };
+    (@parse $labels:tt $cases:tt [] default($t:expr $(,)?) => $body:expr) => {
+        $crate::select!(@parse $labels $cases [timeout ($t) $body])
     };
     (@parse $labels:tt $cases:tt $def:tt $($rest:tt)+) => {
         ::core::compile_error!(::core::concat!(
             "gosched::select!: expected `recv(rx) -> v => body`, `send(tx, value) -> r => body` ",
-            "or `default => body`, found `", ::core::stringify!($($rest)+), "`"
+            "`default => body` or `default(timeout) => body`, found `", ::core::stringify!($($rest)+), "`"
         ))
     };
 
@@ -498,10 +590,9 @@ macro_rules! select {
         match ($($crate::select!(@arg $kind $($args)*),)*) {
             ($($l,)*) => {
                 $(let $l = $crate::select!(@case $kind $l);)*
-                let __gosched_chosen = $crate::select::run(
-                    &[$(&$l as &dyn $crate::select::Case),*],
-                    $crate::select!(@has_default $($def)*),
-                );
+                let __gosched_cases: &[&dyn $crate::select::Case] =
+                    &[$(&$l as &dyn $crate::select::Case),*];
+                let __gosched_chosen = $crate::select!(@run __gosched_cases $($def)*);
                 $crate::select!(@dispatch __gosched_chosen [$(($l $i $p => $body))*] [$($def)*])
             }
         }
@@ -510,8 +601,11 @@ macro_rules! select {
     (@arg send $tx:expr, $v:expr) => { (&$tx, $v) };
     (@case recv $l:ident) => { $crate::select::RecvCase::new($l) };
     (@case send $l:ident) => { $crate::select::SendCase::new($l.0, $l.1) };
-    (@has_default) => { false };
-    (@has_default $($def:tt)+) => { true };
+    (@run $cases:ident) => { $crate::select::run($cases, false) };
+    (@run $cases:ident plain $body:tt) => { $crate::select::run($cases, true) };
+    (@run $cases:ident timeout ($t:expr) $body:tt) => {
+        $crate::select::run_timeout($cases, $t)
+    };
     (@dispatch $chosen:ident [$(($l:ident $i:tt $p:pat => $body:tt))*] [$($def:tt)*]) => {
         $(if $chosen == $i {
             let $p = $l.into_result();
@@ -521,7 +615,8 @@ macro_rules! select {
         }
     };
     (@default_body) => { ::core::unreachable!("gosched::select!: no arm fired") };
-    (@default_body $body:tt) => { $body };
+    (@default_body plain $body:tt) => { $body };
+    (@default_body timeout ($t:expr) $body:tt) => { $body };
 
     // ---- entry point ----
     ($($arms:tt)*) => {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{child_role, run_child};
 use gosched::chan::{
-    after, channel, tick, RecvTimeoutError, SendError, TryRecvError, TrySendError,
+    after, channel, tick, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
 use gosched::{select, Builder};
 
@@ -735,4 +735,137 @@ fn dropping_timer_channel_receivers_cancels_their_timers() {
         0,
         "the ticker re-armed after its receiver dropped"
     );
+}
+
+// ---- send_timeout / recv_deadline ----
+
+#[test]
+fn send_timeout_on_a_full_channel_returns_the_value_and_a_later_send_works() {
+    let rt = rt(2);
+    rt.block_on(|| {
+        let (tx, rx) = channel::<String>(1);
+        tx.send("first".into()).unwrap();
+        let t = Instant::now();
+        let err = tx
+            .send_timeout("second".into(), Duration::from_millis(30))
+            .unwrap_err();
+        assert!(
+            t.elapsed() >= Duration::from_millis(30),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(err.is_timeout());
+        assert_eq!(err.into_inner(), "second");
+        // The timed-out entry left the queue: the buffer still holds only
+        // "first", and a later blocking send is served normally.
+        assert_eq!(rx.len(), 1);
+        assert_eq!(rx.recv().as_deref(), Some("first"));
+        let r = gosched::spawn(move || (rx.recv(), rx.recv()));
+        tx.send("third".into()).unwrap();
+        tx.send_timeout("fourth".into(), Duration::from_secs(10))
+            .unwrap();
+        let (a, b) = r.join().unwrap();
+        assert_eq!(
+            (a.as_deref(), b.as_deref()),
+            (Some("third"), Some("fourth"))
+        );
+    });
+}
+
+#[test]
+fn send_timeout_completes_when_a_receiver_comes_before_the_deadline() {
+    let rt = rt(2);
+    rt.block_on(|| {
+        let (tx, rx) = channel::<u32>(0);
+        let r = gosched::spawn(move || {
+            gosched::sleep(Duration::from_millis(20));
+            rx.recv()
+        });
+        assert_eq!(tx.send_timeout(5, Duration::MAX), Ok(()));
+        assert_eq!(r.join().unwrap(), Some(5));
+    });
+}
+
+#[test]
+fn send_timeout_reports_a_close_that_happens_while_waiting() {
+    let rt = rt(2);
+    rt.block_on(|| {
+        let (tx, rx) = channel::<u32>(0);
+        gosched::spawn(move || {
+            gosched::sleep(Duration::from_millis(20));
+            drop(rx);
+        });
+        let got = tx.send_timeout(9, Duration::from_secs(10));
+        assert_eq!(got, Err(SendTimeoutError::Disconnected(9)));
+    });
+}
+
+#[test]
+fn send_timeout_and_recv_deadline_block_a_plain_thread() {
+    let (tx, rx) = channel::<u32>(0);
+    let t = Instant::now();
+    assert_eq!(
+        tx.send_timeout(1, Duration::from_millis(20)),
+        Err(SendTimeoutError::Timeout(1))
+    );
+    assert!(t.elapsed() >= Duration::from_millis(20));
+    let t = Instant::now();
+    let deadline = t + Duration::from_millis(20);
+    assert_eq!(rx.recv_deadline(deadline), Err(RecvTimeoutError::Timeout));
+    assert!(Instant::now() >= deadline);
+    // Later operations still pair up, across threads.
+    let h = std::thread::spawn(move || rx.recv_deadline(Instant::now() + Duration::from_secs(10)));
+    tx.send_timeout(2, Duration::from_secs(10)).unwrap();
+    assert_eq!(h.join().unwrap(), Ok(2));
+}
+
+#[test]
+fn recv_deadline_times_out_then_a_later_receive_gets_the_value() {
+    let rt = rt(2);
+    rt.block_on(|| {
+        let (tx, rx) = channel::<u32>(0);
+        let deadline = Instant::now() + Duration::from_millis(30);
+        assert_eq!(rx.recv_deadline(deadline), Err(RecvTimeoutError::Timeout));
+        assert!(Instant::now() >= deadline);
+        // A deadline in the past only takes what is there.
+        let past = Instant::now() - Duration::from_millis(1);
+        assert_eq!(rx.recv_deadline(past), Err(RecvTimeoutError::Timeout));
+        gosched::spawn(move || {
+            gosched::sleep(Duration::from_millis(10));
+            tx.send(3).unwrap();
+        });
+        // Far-future instants are accepted (clamped, not overflowed).
+        let far = Instant::now() + Duration::from_secs(1_000 * 365 * 24 * 3600);
+        assert_eq!(rx.recv_deadline(far), Ok(3));
+        assert_eq!(rx.recv_deadline(far), Err(RecvTimeoutError::Disconnected));
+    });
+}
+
+#[test]
+fn timed_sends_racing_receivers_neither_lose_nor_duplicate_values() {
+    let rt = rt(2);
+    let (sent, received) = rt.block_on(|| {
+        let (tx, rx) = channel::<u64>(0);
+        let recv = gosched::spawn(move || {
+            let mut sum = 0u64;
+            while let Ok(v) = rx.recv_timeout(Duration::from_millis(200)) {
+                sum += v;
+                if v % 7 == 0 {
+                    gosched::sleep(Duration::from_micros(300));
+                }
+            }
+            sum
+        });
+        let mut sent = 0u64;
+        for v in 1..=2_000u64 {
+            match tx.send_timeout(v, Duration::from_micros(100)) {
+                Ok(()) => sent += v,
+                Err(SendTimeoutError::Timeout(back)) => assert_eq!(back, v),
+                Err(e) => panic!("unexpected {e:?}"),
+            }
+        }
+        drop(tx);
+        (sent, recv.join().unwrap())
+    });
+    assert_eq!(sent, received);
 }

@@ -30,6 +30,32 @@ fn child(scenario: &str) {
                 rx.recv();
             });
         }
+        // Timed channel waits on the main goroutine end by themselves:
+        // send_timeout, recv_deadline, select's default(timeout), and a
+        // receive from a pending Timer. Not a deadlock.
+        "main_timed_channel_waits" => {
+            rt.block_on(|| {
+                let (tx, rx) = chan::channel::<u32>(0);
+                let d = Duration::from_millis(200);
+                assert!(tx.send_timeout(1, d).is_err());
+                assert!(rx.recv_deadline(Instant::now() + d).is_err());
+                let timed_out = gosched::select! {
+                    recv(rx) -> _ => false,
+                    default(d) => true,
+                };
+                assert!(timed_out);
+                assert!(chan::Timer::new(d).c().recv().is_some());
+            });
+        }
+        // The main goroutine receives from a stopped Timer: nothing can
+        // ever arrive (as in Go, a deadlock).
+        "main_recv_on_stopped_timer" => {
+            rt.block_on(|| {
+                let t = chan::Timer::new(Duration::from_secs(60));
+                assert!(t.stop());
+                t.c().recv();
+            });
+        }
         // Two goroutines wait on each other's channel; main joins one.
         "cycle" => {
             rt.block_on(|| {
@@ -275,6 +301,29 @@ fn completes(scenario: &str, min: Duration) -> Result<(), String> {
     Ok(())
 }
 
+fn timed_channel_waits_on_main_are_not_a_deadlock() -> Result<(), String> {
+    completes("main_timed_channel_waits", Duration::from_millis(800))
+}
+
+/// `scenario` ends in the deadlock report (status 2) with a goroutine or
+/// thread blocked in a channel receive.
+fn reported_in_chan_receive(scenario: &str) -> Result<(), String> {
+    let o = run(scenario);
+    if o.code != Some(2)
+        || !o
+            .stderr
+            .starts_with("fatal error: all goroutines are asleep - deadlock!\n")
+        || !o.stderr.contains("[chan receive]")
+    {
+        return Err(format!("exit {:?}, want 2; stderr:\n{}", o.code, o.stderr));
+    }
+    Ok(())
+}
+
+fn receiving_from_a_stopped_timer_is_a_deadlock() -> Result<(), String> {
+    reported_in_chan_receive("main_recv_on_stopped_timer")
+}
+
 fn plain_thread_in_recv_timeout_is_not_a_deadlock() -> Result<(), String> {
     completes("plain_thread_recv_timeout", Duration::from_millis(800))
 }
@@ -296,16 +345,7 @@ fn plain_thread_selecting_on_a_timer_channel_is_not_a_deadlock() -> Result<(), S
 }
 
 fn plain_thread_parked_forever_is_part_of_a_deadlock() -> Result<(), String> {
-    let o = run("plain_thread_parked_forever");
-    if o.code != Some(2)
-        || !o
-            .stderr
-            .starts_with("fatal error: all goroutines are asleep - deadlock!\n")
-        || !o.stderr.contains("[chan receive]")
-    {
-        return Err(format!("exit {:?}, want 2; stderr:\n{}", o.code, o.stderr));
-    }
-    Ok(())
+    reported_in_chan_receive("plain_thread_parked_forever")
 }
 
 fn main() {
@@ -313,7 +353,15 @@ fn main() {
         child(&s);
         return;
     }
-    let tests: [(&str, Check); 10] = [
+    let tests: [(&str, Check); 12] = [
+        (
+            "timed_channel_waits_on_main_are_not_a_deadlock",
+            timed_channel_waits_on_main_are_not_a_deadlock,
+        ),
+        (
+            "receiving_from_a_stopped_timer_is_a_deadlock",
+            receiving_from_a_stopped_timer_is_a_deadlock,
+        ),
         (
             "plain_thread_selecting_on_a_timer_channel_is_not_a_deadlock",
             plain_thread_selecting_on_a_timer_channel_is_not_a_deadlock,

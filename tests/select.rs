@@ -400,3 +400,124 @@ fn many_goroutines_parked_in_select_all_get_served() {
         assert_eq!(got, (0..100).collect::<Vec<_>>());
     });
 }
+
+// ---- default(timeout) ----
+
+#[test]
+fn default_timeout_runs_after_the_timeout_when_nothing_is_ready() {
+    let rt = rt(2);
+    rt.block_on(|| {
+        let (_tx, rx) = channel::<u32>(0);
+        let (stx, srx) = channel::<u32>(0);
+        let start = Instant::now();
+        let got = select! {
+            recv(rx) -> v => Some(v),
+            send(stx, 1) -> _ => None,
+            default(Duration::from_millis(50)) => Some(None),
+        };
+        let waited = start.elapsed();
+        assert_eq!(got, Some(None));
+        assert!(
+            waited >= Duration::from_millis(50),
+            "timed out after {waited:?}"
+        );
+        assert!(
+            waited < Duration::from_secs(5),
+            "timed out after {waited:?}"
+        );
+        // The timed-out send arm left nothing behind: its value was not sent
+        // and no stale entry pairs with a later receive.
+        assert!(srx.recv_timeout(Duration::from_millis(20)).is_err());
+    });
+}
+
+#[test]
+fn default_timeout_does_not_run_when_an_arm_becomes_ready_first() {
+    let rt = rt(2);
+    rt.block_on(|| {
+        let (tx, rx) = channel::<u32>(0);
+        gosched::spawn(move || {
+            gosched::sleep(Duration::from_millis(20));
+            tx.send(7).unwrap();
+        });
+        let start = Instant::now();
+        let got = select! {
+            recv(rx) -> v => v,
+            default(Duration::from_secs(10)) => panic!("timed out"),
+        };
+        assert_eq!(got, Some(7));
+        assert!(start.elapsed() < Duration::from_secs(5));
+        // Ready at once: the arm wins even with a zero timeout.
+        let (tx, rx) = channel::<u32>(1);
+        tx.send(8).unwrap();
+        let got = select! {
+            recv(rx) -> v => v,
+            default(Duration::ZERO) => None,
+        };
+        assert_eq!(got, Some(8));
+        // Duration::MAX is accepted (effectively forever).
+        gosched::spawn(move || tx.send(9).unwrap());
+        let got = select! {
+            recv(rx) -> v => v,
+            default(Duration::MAX) => None,
+        };
+        assert_eq!(got, Some(9));
+    });
+}
+
+#[test]
+fn default_timeout_from_a_plain_thread_and_with_no_arms() {
+    let (tx, rx) = channel::<u32>(0);
+    let start = Instant::now();
+    let timed_out = select! {
+        recv(rx) -> _ => false,
+        default(Duration::from_millis(30)) => true,
+    };
+    assert!(timed_out);
+    assert!(start.elapsed() >= Duration::from_millis(30));
+    let h = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        tx.send(1).unwrap();
+    });
+    let got = select! {
+        recv(rx) -> v => v,
+        default(Duration::from_secs(10)) => None,
+    };
+    assert_eq!(got, Some(1));
+    h.join().unwrap();
+    // No arms: it just waits out the timeout.
+    let start = Instant::now();
+    let v = select! { default(Duration::from_millis(20)) => 5 };
+    assert_eq!(v, 5);
+    assert!(start.elapsed() >= Duration::from_millis(20));
+}
+
+#[test]
+fn selects_timing_out_while_values_arrive_neither_lose_nor_duplicate_any() {
+    let rt = rt(2);
+    let (sent, received) = rt.block_on(|| {
+        let (tx, rx) = channel::<u64>(0);
+        let producer = gosched::spawn(move || {
+            let mut sent = 0;
+            for v in 1..=2_000u64 {
+                if tx.send_timeout(v, Duration::from_micros(100)).is_ok() {
+                    sent += v;
+                }
+            }
+            sent
+        });
+        let mut received = 0;
+        let mut quiet = 0;
+        while quiet < 50 {
+            select! {
+                recv(rx) -> v => match v {
+                    Some(v) => received += v,
+                    None => break,
+                },
+                default(Duration::from_micros(80)) => quiet += 1,
+            }
+        }
+        (producer.join().unwrap(), received + rx.iter().sum::<u64>())
+    });
+    assert_eq!(sent, received);
+}

@@ -4,10 +4,13 @@
 use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::queue::{Decision, Entry, Sel};
-use super::{Chan, RecvNow, RecvTimeoutError, SendError, SendNow, TryRecvError, TrySendError};
+use super::{
+    Chan, Locked, RecvNow, RecvTimeoutError, SendError, SendNow, SendTimeoutError, TryRecvError,
+    TrySendError,
+};
 
 /// The sending end of a channel. Clone it to send from several goroutines;
 /// the channel closes when the last clone drops (or on [`close`]).
@@ -46,6 +49,16 @@ pub struct Receiver<T> {
     pub(crate) chan: Arc<Chan<T>>,
 }
 
+/// How a send or receive began (`Sender::start`, `Receiver::start`): done
+/// without waiting (a send gives `()`, a receive the value), the channel
+/// closed (a send gets its value back), or it must wait: the channel is
+/// still locked (a send also gets its value back).
+enum Start<'a, T, D, V> {
+    Done(D),
+    Closed(V),
+    Wait(Locked<'a, T>, V),
+}
+
 impl<T> Sender<T> {
     pub(super) fn new(chan: Arc<Chan<T>>) -> Sender<T> {
         Sender { chan }
@@ -71,17 +84,10 @@ impl<T> Sender<T> {
         let sel;
         let entry;
         {
-            let mut st = self.chan.lock();
-            let v = match self.chan.send_now(&mut st, v) {
-                SendNow::Done(w) => {
-                    drop(st);
-                    if let Some(w) = w {
-                        w.unpark();
-                    }
-                    return Ok(());
-                }
-                SendNow::Closed(v) => return Err(SendError(v)),
-                SendNow::Full(v) => v,
+            let (mut st, v) = match self.start(v) {
+                Start::Done(()) => return Ok(()),
+                Start::Closed(v) => return Err(SendError(v)),
+                Start::Wait(st, v) => (st, v),
             };
             sel = Sel::new();
             entry = Entry::new();
@@ -96,6 +102,100 @@ impl<T> Sender<T> {
         match entry.take() {
             None => Ok(()),
             Some(v) => Err(SendError(v)),
+        }
+    }
+
+    /// Like [`send`](Sender::send), giving up after `timeout`. Any timeout
+    /// is accepted; `Duration::MAX` waits effectively forever (deadlines are
+    /// clamped to 100 years). A zero timeout sends only if that needs no
+    /// waiting, like [`try_send`](Sender::try_send).
+    ///
+    /// # Errors
+    ///
+    /// [`SendTimeoutError::Timeout`] if no receiver took the value and no
+    /// room appeared in time (never earlier), and
+    /// [`SendTimeoutError::Disconnected`] if the channel is closed, or was
+    /// closed while waiting. Both carry the value back.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use gosched::chan::{channel, SendTimeoutError};
+    /// use std::time::Duration;
+    ///
+    /// let rt = gosched::Runtime::new().unwrap();
+    /// rt.block_on(|| {
+    ///     let (tx, rx) = channel(1);
+    ///     let d = Duration::from_millis(10);
+    ///     tx.send_timeout(1, d).unwrap(); // room in the buffer
+    ///     // Full: the value comes back after the timeout.
+    ///     assert_eq!(tx.send_timeout(2, d), Err(SendTimeoutError::Timeout(2)));
+    ///     assert_eq!(rx.recv(), Some(1));
+    ///     drop(rx);
+    ///     let closed = tx.send_timeout(3, d);
+    ///     assert_eq!(closed, Err(SendTimeoutError::Disconnected(3)));
+    /// });
+    /// ```
+    pub fn send_timeout(&self, v: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
+        self.send_deadline(v, crate::timer::deadline_after(timeout))
+    }
+
+    /// Like [`send`](Sender::send), giving up at `deadline`. Any instant is
+    /// accepted: one in the past sends only if that needs no waiting, and
+    /// one more than 100 years ahead is clamped to that (effectively never).
+    ///
+    /// # Errors
+    ///
+    /// As [`send_timeout`](Sender::send_timeout): the value comes back in
+    /// [`SendTimeoutError::Timeout`] or [`SendTimeoutError::Disconnected`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use gosched::chan::{channel, SendTimeoutError};
+    /// use std::time::{Duration, Instant};
+    ///
+    /// let (tx, rx) = channel(0);
+    /// // From a plain thread: blocks the thread until the deadline.
+    /// let deadline = Instant::now() + Duration::from_millis(10);
+    /// assert_eq!(tx.send_deadline(7, deadline), Err(SendTimeoutError::Timeout(7)));
+    /// assert!(Instant::now() >= deadline);
+    /// let t = std::thread::spawn(move || rx.recv());
+    /// tx.send_deadline(8, Instant::now() + Duration::from_secs(10)).unwrap();
+    /// assert_eq!(t.join().unwrap(), Some(8));
+    /// ```
+    pub fn send_deadline(&self, v: T, deadline: Instant) -> Result<(), SendTimeoutError<T>> {
+        let deadline = super::clamp_deadline(deadline);
+        let sel;
+        let entry;
+        {
+            let (mut st, v) = match self.start(v) {
+                Start::Done(()) => return Ok(()),
+                Start::Closed(v) => return Err(SendTimeoutError::Disconnected(v)),
+                Start::Wait(st, v) => (st, v),
+            };
+            if Instant::now() >= deadline {
+                return Err(SendTimeoutError::Timeout(v));
+            }
+            sel = Sel::new();
+            entry = Entry::new();
+            entry.bind(&sel, 0);
+            entry.put(Some(v));
+            st.sendq().push_back(&entry);
+        }
+        let decided = sel.wait_until("chan send", deadline);
+        if decided.is_none() && sel.abort() {
+            // We gave up first: nobody took the value; unqueue the entry
+            // (under the lock, before it goes out of scope) and take it back.
+            self.chan.lock().sendq().remove(&entry);
+            let v = entry.take().expect("an aborted send lost its value");
+            return Err(SendTimeoutError::Timeout(v));
+        }
+        // Decided by a receiver (slot emptied) or by close (slot full); the
+        // waker took the entry off the queue.
+        match entry.take() {
+            None => Ok(()),
+            Some(v) => Err(SendTimeoutError::Disconnected(v)),
         }
     }
 
@@ -119,6 +219,17 @@ impl<T> Sender<T> {
     /// assert_eq!(tx.try_send(1), Err(TrySendError::Disconnected(1)));
     /// ```
     pub fn try_send(&self, v: T) -> Result<(), TrySendError<T>> {
+        match self.start(v) {
+            Start::Done(()) => Ok(()),
+            Start::Wait(_, v) => Err(TrySendError::Full(v)),
+            Start::Closed(v) => Err(TrySendError::Disconnected(v)),
+        }
+    }
+
+    /// Send steps 1-3 (module docs); on `Wait` the channel is still locked
+    /// and the value comes back, for the caller to queue or return.
+    #[inline(always)] // the channel fast path: as if written out in each caller
+    fn start(&self, v: T) -> Start<'_, T, (), T> {
         let mut st = self.chan.lock();
         match self.chan.send_now(&mut st, v) {
             SendNow::Done(w) => {
@@ -126,10 +237,10 @@ impl<T> Sender<T> {
                 if let Some(w) = w {
                     w.unpark();
                 }
-                Ok(())
+                Start::Done(())
             }
-            SendNow::Full(v) => Err(TrySendError::Full(v)),
-            SendNow::Closed(v) => Err(TrySendError::Disconnected(v)),
+            SendNow::Full(v) => Start::Wait(st, v),
+            SendNow::Closed(v) => Start::Closed(v),
         }
     }
 
@@ -253,18 +364,11 @@ impl<T> Receiver<T> {
         let sel;
         let entry;
         {
-            let mut st = self.chan.lock();
-            match self.chan.recv_now(&mut st) {
-                RecvNow::Value(v, w) => {
-                    drop(st);
-                    if let Some(w) = w {
-                        w.unpark();
-                    }
-                    return Some(v);
-                }
-                RecvNow::Closed => return None,
-                RecvNow::Empty => {}
-            }
+            let mut st = match self.start() {
+                Start::Done(v) => return Some(v),
+                Start::Closed(()) => return None,
+                Start::Wait(st, ()) => st,
+            };
             sel = Sel::new();
             entry = Entry::new();
             entry.bind(&sel, 0);
@@ -292,6 +396,17 @@ impl<T> Receiver<T> {
     /// assert_eq!(rx.try_recv(), Ok(3));
     /// ```
     pub fn try_recv(&self) -> Result<T, TryRecvError> {
+        match self.start() {
+            Start::Done(v) => Ok(v),
+            Start::Wait(..) => Err(TryRecvError::Empty),
+            Start::Closed(()) => Err(TryRecvError::Disconnected),
+        }
+    }
+
+    /// Receive steps 1-3 (module docs); on `Wait` the channel is still
+    /// locked, for the caller to queue an entry or give up.
+    #[inline(always)] // the channel fast path: as if written out in each caller
+    fn start(&self) -> Start<'_, T, T, ()> {
         let mut st = self.chan.lock();
         match self.chan.recv_now(&mut st) {
             RecvNow::Value(v, w) => {
@@ -299,10 +414,10 @@ impl<T> Receiver<T> {
                 if let Some(w) = w {
                     w.unpark();
                 }
-                Ok(v)
+                Start::Done(v)
             }
-            RecvNow::Empty => Err(TryRecvError::Empty),
-            RecvNow::Closed => Err(TryRecvError::Disconnected),
+            RecvNow::Empty => Start::Wait(st, ()),
+            RecvNow::Closed => Start::Closed(()),
         }
     }
 
@@ -336,23 +451,48 @@ impl<T> Receiver<T> {
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
         // Clamped to 100 years: a huge timeout still arms a timer, so the
         // wait counts as timed (it will end by itself), as in Go.
-        let deadline = crate::timer::deadline_after(timeout);
+        self.recv_deadline(crate::timer::deadline_after(timeout))
+    }
+
+    /// Like [`recv`](Receiver::recv), giving up at `deadline`. Any instant
+    /// is accepted: one in the past receives only what needs no waiting,
+    /// and one more than 100 years ahead is clamped to that (effectively
+    /// never).
+    ///
+    /// # Errors
+    ///
+    /// [`RecvTimeoutError::Timeout`] if nothing came by the deadline (never
+    /// earlier), [`RecvTimeoutError::Disconnected`] if the channel is
+    /// closed and drained.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use gosched::chan::{channel, RecvTimeoutError};
+    /// use std::time::{Duration, Instant};
+    ///
+    /// let rt = gosched::Runtime::new().unwrap();
+    /// rt.block_on(|| {
+    ///     let (tx, rx) = channel(0);
+    ///     let deadline = Instant::now() + Duration::from_millis(10);
+    ///     assert_eq!(rx.recv_deadline(deadline), Err(RecvTimeoutError::Timeout));
+    ///     assert!(Instant::now() >= deadline);
+    ///     gosched::spawn(move || tx.send(1).unwrap());
+    ///     let far = Instant::now() + Duration::from_secs(10);
+    ///     assert_eq!(rx.recv_deadline(far), Ok(1));
+    /// });
+    /// ```
+    pub fn recv_deadline(&self, deadline: Instant) -> Result<T, RecvTimeoutError> {
+        let deadline = super::clamp_deadline(deadline);
         let sel;
         let entry;
         {
-            let mut st = self.chan.lock();
-            match self.chan.recv_now(&mut st) {
-                RecvNow::Value(v, w) => {
-                    drop(st);
-                    if let Some(w) = w {
-                        w.unpark();
-                    }
-                    return Ok(v);
-                }
-                RecvNow::Closed => return Err(RecvTimeoutError::Disconnected),
-                RecvNow::Empty => {}
-            }
-            if timeout.is_zero() {
+            let mut st = match self.start() {
+                Start::Done(v) => return Ok(v),
+                Start::Closed(()) => return Err(RecvTimeoutError::Disconnected),
+                Start::Wait(st, ()) => st,
+            };
+            if Instant::now() >= deadline {
                 return Err(RecvTimeoutError::Timeout);
             }
             sel = Sel::new();

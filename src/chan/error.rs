@@ -189,3 +189,92 @@ impl fmt::Display for RecvTimeoutError {
 }
 
 impl std::error::Error for RecvTimeoutError {}
+
+/// Why [`send_timeout`](super::Sender::send_timeout) (or
+/// [`send_deadline`](super::Sender::send_deadline)) did not send; carries
+/// the value back (crossbeam-channel's shape).
+///
+/// # Examples
+///
+/// ```
+/// use gosched::chan::{channel, SendTimeoutError};
+/// use std::time::Duration;
+/// let (tx, rx) = channel(0);
+/// let e = tx.send_timeout(1, Duration::from_millis(1)).unwrap_err();
+/// assert_eq!(e, SendTimeoutError::Timeout(1));
+/// drop(rx);
+/// let e = tx.send_timeout(2, Duration::from_millis(1)).unwrap_err();
+/// assert!(e.is_disconnected());
+/// assert_eq!(e.into_inner(), 2);
+/// ```
+#[derive(PartialEq, Eq, Clone, Copy)]
+pub enum SendTimeoutError<T> {
+    /// Nobody took the value and no room appeared before the deadline.
+    Timeout(T),
+    /// The channel is closed (or was closed while waiting).
+    Disconnected(T),
+}
+
+impl<T> SendTimeoutError<T> {
+    /// The value that was not sent.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let e = gosched::chan::SendTimeoutError::Timeout("v");
+    /// assert_eq!(e.into_inner(), "v");
+    /// ```
+    pub fn into_inner(self) -> T {
+        match self {
+            SendTimeoutError::Timeout(v) | SendTimeoutError::Disconnected(v) => v,
+        }
+    }
+
+    /// Whether the send gave up at the deadline.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert!(gosched::chan::SendTimeoutError::Timeout(()).is_timeout());
+    /// ```
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, SendTimeoutError::Timeout(_))
+    }
+
+    /// Whether the send failed because the channel was closed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert!(gosched::chan::SendTimeoutError::Disconnected(()).is_disconnected());
+    /// ```
+    pub fn is_disconnected(&self) -> bool {
+        matches!(self, SendTimeoutError::Disconnected(_))
+    }
+}
+
+impl<T> fmt::Debug for SendTimeoutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendTimeoutError::Timeout(_) => f.write_str("Timeout(..)"),
+            SendTimeoutError::Disconnected(_) => f.write_str("Disconnected(..)"),
+        }
+    }
+}
+
+impl<T> fmt::Display for SendTimeoutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendTimeoutError::Timeout(_) => f.write_str("timed out sending on a channel"),
+            SendTimeoutError::Disconnected(_) => f.write_str("sending on a closed channel"),
+        }
+    }
+}
+
+impl<T> std::error::Error for SendTimeoutError<T> {}
+
+impl<T> From<SendError<T>> for SendTimeoutError<T> {
+    fn from(e: SendError<T>) -> SendTimeoutError<T> {
+        SendTimeoutError::Disconnected(e.0)
+    }
+}

@@ -19,6 +19,16 @@
 //! assert_eq!(sum, 55);
 //! ```
 //!
+//! # Time
+//!
+//! Waits with a limit: [`Sender::send_timeout`], [`Sender::send_deadline`],
+//! [`Receiver::recv_timeout`], [`Receiver::recv_deadline`], and
+//! `default(timeout)` in [`select!`](crate::select!). Timer channels:
+//! [`after`] and [`tick`] (Go's `time.After` and `time.Tick`), and [`Timer`]
+//! and [`Ticker`] (Go's `time.Timer` and `time.Ticker`), which can be
+//! stopped and reset with Go 1.23's guarantee that no stale value is
+//! received afterwards.
+//!
 //! # The channel (Go's `hchan`)
 //!
 //! A channel is one [`Arc`]'d `Chan`: its capacity and, behind one lock,
@@ -116,14 +126,17 @@ mod error;
 #[cfg(test)]
 mod model;
 pub(crate) mod queue;
+mod stoppable;
 mod timer;
 
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
+use std::time::Instant;
 
 pub use self::endpoints::{IntoIter, Iter, Receiver, Sender, TryIter};
-pub use self::error::{RecvTimeoutError, SendError, TryRecvError, TrySendError};
+pub use self::error::{RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError};
+pub use self::stoppable::{Ticker, Timer};
 pub use self::timer::{after, tick};
 
 use crate::g::Waiter;
@@ -151,6 +164,13 @@ use queue::{Sel, WaitQueue};
 pub fn channel<T: Send>(cap: usize) -> (Sender<T>, Receiver<T>) {
     let chan = Arc::new(Chan::new(cap));
     (Sender::new(chan.clone()), Receiver::new(chan))
+}
+
+/// `deadline`, or 100 years from now if that is sooner (`timer::FOREVER`):
+/// every deadline a channel operation waits for stays representable as a
+/// timer's nanoseconds, whatever `Instant` the caller passes.
+fn clamp_deadline(deadline: Instant) -> Instant {
+    deadline.min(crate::timer::deadline_after(crate::timer::FOREVER))
 }
 
 /// The shared state of a channel (Go's `hchan`; see the module docs).

@@ -75,7 +75,7 @@ pub fn after(d: Duration) -> Receiver<Instant> {
 /// costs a timer firing and a thread wake-up, and a ticker of a few
 /// nanoseconds would keep a thread busy firing ticks that the buffer of one
 /// drops anyway.
-const MIN_TICK: Duration = Duration::from_micros(100);
+pub(super) const MIN_TICK: Duration = Duration::from_micros(100);
 
 /// A channel that receives the current time every `period` (Go's
 /// `time.Tick`). Like Go's `Ticker` it buffers one tick and drops ticks a
@@ -123,7 +123,7 @@ pub fn tick(period: Duration) -> Receiver<Instant> {
 /// The next deadline of a ticker that fired for `when` at `now`: one period
 /// later, skipping periods it fell behind on (Go's ticker adjustment).
 /// `period` is at most `FOREVER`, so this cannot overflow.
-fn next_tick(when: Instant, now: Instant, period: Duration) -> Instant {
+pub(super) fn next_tick(when: Instant, now: Instant, period: Duration) -> Instant {
     let mut next = when + period;
     if next <= now {
         let behind = now.duration_since(when).as_nanos() / period.as_nanos();
@@ -136,7 +136,7 @@ fn next_tick(when: Instant, now: Instant, period: Duration) -> Instant {
 }
 
 /// Where a timer channel's pending timer is.
-enum Slot {
+pub(super) enum Slot {
     /// In a runtime's heap. Weak: a receiver may outlive its runtime.
     Runtime(Weak<Shared>, TimerId),
     /// In the fallback thread's heap, under this id.
@@ -144,16 +144,12 @@ enum Slot {
 }
 
 impl Slot {
-    fn cancel(self) {
+    /// Cancels the timer; returns whether it was still pending (had not
+    /// fired and was not cancelled before).
+    pub(super) fn cancel(self) -> bool {
         match self {
-            Slot::Runtime(sh, id) => {
-                if let Some(sh) = sh.upgrade() {
-                    sh.timers.cancel(id);
-                }
-            }
-            Slot::Fallback(id) => {
-                fallback().timers.cancel(id);
-            }
+            Slot::Runtime(sh, id) => sh.upgrade().is_some_and(|sh| sh.timers.cancel(id)),
+            Slot::Fallback(id) => fallback().timers.cancel(id),
         }
     }
 }
@@ -192,7 +188,7 @@ impl Armed {
             };
             if let Some(slot) = slot {
                 let _np = NoPreempt::enter();
-                slot.cancel();
+                let _ = slot.cancel();
             }
         }));
         armed
@@ -272,7 +268,7 @@ fn arm_fallback(armed: Armed, when: Instant, period: Duration, tx: Sender<Instan
 /// The timer thread for channels made outside any runtime: a heap of the
 /// same kind as a runtime's, fired by one helper thread that sleeps on a
 /// note until the earliest deadline.
-struct Fallback {
+pub(super) struct Fallback {
     timers: Timers,
     /// Woken when a timer becomes the earliest.
     note: Note,
@@ -280,7 +276,7 @@ struct Fallback {
     epoch: Instant,
 }
 
-fn fallback() -> &'static Fallback {
+pub(super) fn fallback() -> &'static Fallback {
     static F: OnceLock<&'static Fallback> = OnceLock::new();
     F.get_or_init(|| {
         let f: &'static Fallback = Box::leak(Box::new(Fallback {
@@ -297,7 +293,7 @@ fn fallback() -> &'static Fallback {
 }
 
 impl Fallback {
-    fn add(&self, when: Instant, task: Task) -> TimerId {
+    pub(super) fn add(&self, when: Instant, task: Task) -> TimerId {
         let (id, earliest) = self.timers.add(timer::nanos_since(self.epoch, when), task);
         if earliest {
             self.note.wake();

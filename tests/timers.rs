@@ -1,0 +1,187 @@
+//! `Timer` and `Ticker` (Go's time.Timer and time.Ticker, Go 1.23
+//! semantics: no stale value after stop or reset), from goroutines and
+//! plain threads.
+
+use std::time::{Duration, Instant};
+
+use gosched::chan::{RecvTimeoutError, Ticker, Timer};
+use gosched::Builder;
+
+fn rt(procs: usize) -> gosched::Runtime {
+    Builder::new().procs(procs).build().unwrap()
+}
+
+const QUIET: Duration = Duration::from_millis(100);
+
+#[test]
+fn timer_fires_once_no_earlier_than_its_duration() {
+    let rt = rt(2);
+    rt.block_on(|| {
+        let start = Instant::now();
+        let t = Timer::new(Duration::from_millis(20));
+        let fired = t.c().recv().unwrap();
+        assert!(
+            fired - start >= Duration::from_millis(20),
+            "{:?}",
+            fired - start
+        );
+        assert_eq!(t.c().recv_timeout(QUIET), Err(RecvTimeoutError::Timeout));
+    });
+}
+
+#[test]
+fn timer_stopped_before_it_fires_delivers_nothing() {
+    let rt = rt(2);
+    rt.block_on(|| {
+        let t = Timer::new(Duration::from_millis(20));
+        assert!(t.stop(), "a pending timer was not reported stopped");
+        assert_eq!(t.c().recv_timeout(QUIET), Err(RecvTimeoutError::Timeout));
+        assert!(!t.stop(), "stopping twice reported a pending timer");
+    });
+    assert_eq!(rt.stats().timers, 0);
+}
+
+#[test]
+fn timer_stopped_after_firing_discards_the_unreceived_value() {
+    let rt = rt(2);
+    rt.block_on(|| {
+        let t = Timer::new(Duration::from_millis(1));
+        gosched::sleep(Duration::from_millis(30)); // fired; nobody received
+        assert!(t.stop(), "the unreceived value was not reported");
+        assert_eq!(t.c().try_recv().ok(), None, "a stale value survived stop");
+        // Received before the stop: nothing to prevent.
+        let t = Timer::new(Duration::from_millis(1));
+        t.c().recv().unwrap();
+        assert!(!t.stop());
+    });
+}
+
+#[test]
+fn timer_reset_extends_the_deadline_and_drops_the_old_value() {
+    let rt = rt(2);
+    rt.block_on(|| {
+        let t = Timer::new(Duration::from_millis(30));
+        let reset_at = Instant::now();
+        assert!(t.reset(Duration::from_millis(250)));
+        // The original 30 ms deadline passes without a value.
+        assert_eq!(
+            t.c().recv_timeout(Duration::from_millis(120)),
+            Err(RecvTimeoutError::Timeout)
+        );
+        let fired = t.c().recv().unwrap();
+        assert!(
+            fired - reset_at >= Duration::from_millis(250),
+            "{:?}",
+            fired - reset_at
+        );
+
+        // Reset after firing, value unreceived: the new value is the only one.
+        let t = Timer::new(Duration::from_millis(1));
+        gosched::sleep(Duration::from_millis(30));
+        let reset_at = Instant::now();
+        assert!(t.reset(Duration::from_millis(20)));
+        let fired = t.c().recv().unwrap();
+        assert!(
+            fired >= reset_at + Duration::from_millis(20),
+            "a stale value was received"
+        );
+    });
+}
+
+#[test]
+fn timer_works_from_a_plain_thread_and_across_threads() {
+    let t = Timer::new(Duration::from_millis(300));
+    assert!(t.reset(Duration::from_millis(10)));
+    let start = Instant::now();
+    assert!(t.c().recv().is_some());
+    assert!(
+        start.elapsed() < Duration::from_millis(250),
+        "reset did not shorten it"
+    );
+    // Created in a goroutine, stopped from a plain thread after the
+    // runtime is gone: the handle stays usable (it falls back to the
+    // helper thread).
+    let t = {
+        let rt = rt(1);
+        rt.block_on(|| Timer::new(Duration::from_secs(60)))
+    };
+    assert!(!t.stop()); // the runtime dropped its pending timer with it
+    t.reset(Duration::from_millis(5));
+    assert!(t.c().recv_timeout(Duration::from_secs(10)).is_ok());
+}
+
+#[test]
+fn dropping_a_timer_or_ticker_cancels_its_timer() {
+    let rt = rt(2);
+    rt.block_on(|| {
+        let t = Timer::new(Duration::from_secs(60));
+        let k = Ticker::new(Duration::from_secs(60));
+        let rx = t.c().clone();
+        drop((t, k));
+        // The handle's sender went with it: a cloned receiver sees close.
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(10)),
+            Err(RecvTimeoutError::Disconnected)
+        );
+    });
+    assert_eq!(rt.stats().timers, 0);
+}
+
+#[test]
+fn ticker_ticks_until_stopped_then_never_again() {
+    let rt = rt(2);
+    rt.block_on(|| {
+        let start = Instant::now();
+        let t = Ticker::new(Duration::from_millis(5));
+        let mut last = start;
+        for _ in 0..4 {
+            let tick = t.c().recv().unwrap();
+            assert!(tick > last);
+            last = tick;
+        }
+        assert!(start.elapsed() >= Duration::from_millis(20));
+        gosched::sleep(Duration::from_millis(20)); // a tick is buffered now
+        t.stop();
+        assert_eq!(t.c().recv_timeout(QUIET), Err(RecvTimeoutError::Timeout));
+    });
+    assert_eq!(rt.stats().timers, 0);
+}
+
+#[test]
+fn ticker_reset_changes_the_period_and_restarts_a_stopped_ticker() {
+    let rt = rt(2);
+    rt.block_on(|| {
+        let t = Ticker::new(Duration::from_secs(3600));
+        let reset_at = Instant::now();
+        t.reset(Duration::from_millis(5));
+        for _ in 0..3 {
+            t.c().recv().unwrap();
+        }
+        assert!(reset_at.elapsed() >= Duration::from_millis(15));
+        t.stop();
+        assert_eq!(t.c().recv_timeout(QUIET), Err(RecvTimeoutError::Timeout));
+        let reset_at = Instant::now();
+        t.reset(Duration::from_millis(10));
+        let tick = t.c().recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(tick - reset_at >= Duration::from_millis(10));
+    });
+}
+
+#[test]
+fn stop_racing_the_firing_never_leaves_a_stale_value() {
+    // Timers due right now, stopped while the runtime may be firing them:
+    // whatever stop returns, nothing is received afterwards.
+    let rt = rt(2);
+    rt.block_on(|| {
+        for i in 0..300u64 {
+            let t = Timer::new(Duration::from_micros(i % 50));
+            if i % 3 == 0 {
+                gosched::yield_now();
+            }
+            t.stop();
+            assert_eq!(t.c().try_recv().ok(), None, "round {i}");
+            gosched::sleep(Duration::from_micros(60));
+            assert_eq!(t.c().try_recv().ok(), None, "late delivery in round {i}");
+        }
+    });
+}
