@@ -18,6 +18,25 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Spawns a no-call loop on `rt` that adds 1 to `work` every 4,096 rounds
+/// (a measure of the CPU it got) until `stop`.
+fn counting_hog(
+    rt: &gosched::Runtime,
+    stop: &Arc<AtomicBool>,
+    work: &Arc<AtomicU64>,
+) -> gosched::JoinHandle<()> {
+    let (stop, work) = (stop.clone(), work.clone());
+    rt.spawn(move || {
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            n = std::hint::black_box(n + 1);
+            if n.is_multiple_of(4096) {
+                work.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    })
+}
+
 /// Lateness of `n` sleeps of `d` by a goroutine beside `hogs` no-call loops
 /// on `procs` Ps; returns (sorted lateness, hog iterations, stats).
 fn ticker_beside_hogs(
@@ -34,20 +53,7 @@ fn ticker_beside_hogs(
         .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let work = Arc::new(AtomicU64::new(0));
-    let hs: Vec<_> = (0..hogs)
-        .map(|_| {
-            let (stop, work) = (stop.clone(), work.clone());
-            rt.spawn(move || {
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    n = std::hint::black_box(n + 1);
-                    if n.is_multiple_of(4096) {
-                        work.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            })
-        })
-        .collect();
+    let hs: Vec<_> = (0..hogs).map(|_| counting_hog(&rt, &stop, &work)).collect();
     std::thread::sleep(Duration::from_millis(30));
     let late = rt.block_on(move || {
         let mut late = Vec::with_capacity(n);
@@ -153,18 +159,7 @@ fn hog_keeps_its_share_beside_a_goroutine_woken_in_a_loop() {
         let rt = Builder::new().procs(1).build().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let work = Arc::new(AtomicU64::new(0));
-        let hog = {
-            let (stop, work) = (stop.clone(), work.clone());
-            rt.spawn(move || {
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    n = std::hint::black_box(n + 1);
-                    if n.is_multiple_of(4096) {
-                        work.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            })
-        };
+        let hog = counting_hog(&rt, &stop, &work);
         let (tx, rx) = gosched::chan::channel::<u32>(0);
         let (back_tx, back_rx) = gosched::chan::channel::<u32>(0);
         let echo = rt.spawn(move || {
@@ -261,21 +256,7 @@ fn wakeups_do_not_starve_queued_hogs() {
     let rt = Builder::new().procs(2).build().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let counts: Vec<Arc<AtomicU64>> = (0..4).map(|_| Arc::new(AtomicU64::new(0))).collect();
-    let hs: Vec<_> = counts
-        .iter()
-        .map(|c| {
-            let (stop, c) = (stop.clone(), c.clone());
-            rt.spawn(move || {
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    n = std::hint::black_box(n + 1);
-                    if n.is_multiple_of(4096) {
-                        c.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            })
-        })
-        .collect();
+    let hs: Vec<_> = counts.iter().map(|c| counting_hog(&rt, &stop, c)).collect();
     rt.block_on(|| {
         let t = Instant::now();
         while t.elapsed() < Duration::from_millis(600) {

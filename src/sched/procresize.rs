@@ -126,7 +126,7 @@ impl Shared {
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
-            pause();
+            crate::sleep(RETIRE_POLL);
         }
         let old = self.procs();
         if n > old {
@@ -237,9 +237,4 @@ impl Shared {
         let m = unsafe { &*m };
         ptr::eq(m.shared, self).then(|| m.p.get()).flatten()
     }
-}
-
-/// Waits a moment for another resize (parks a goroutine, sleeps a thread).
-fn pause() {
-    crate::sleep(RETIRE_POLL);
 }

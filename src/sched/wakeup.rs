@@ -71,10 +71,7 @@ impl Shared {
     /// in it: if its signal was refused (a goroutine in libc or a signal
     /// handler), sysmon's own retries, with their backoff, take over.
     pub(crate) fn wakeup_preempt(&self, from_sysmon: bool) -> Option<Duration> {
-        if !self.cfg.wakeup_preempt
-            || self.npidle.load(Ordering::SeqCst) != 0
-            || self.nmspinning.load(Ordering::SeqCst) != 0
-        {
+        if !self.wakeup_may_help() {
             return None;
         }
         let now = self.slice_clock();
@@ -127,8 +124,13 @@ impl Shared {
     /// Does a woken goroutine wait for a P while every P is busy (sysmon
     /// then calls `wakeup_preempt` for requests the granularity put off)?
     pub(crate) fn wakeup_waiting(&self) -> bool {
+        !self.woken.is_empty() && self.wakeup_may_help()
+    }
+
+    /// Wake-up preemption is on, and no P is idle and no M spins (either
+    /// would take the woken goroutine without anyone being preempted).
+    fn wakeup_may_help(&self) -> bool {
         self.cfg.wakeup_preempt
-            && !self.woken.is_empty()
             && self.npidle.load(Ordering::SeqCst) == 0
             && self.nmspinning.load(Ordering::SeqCst) == 0
     }
