@@ -137,13 +137,13 @@ impl Home {
     }
 
     /// Adds `task` to this heap, or to the fallback heap if the runtime is
-    /// gone.
+    /// gone or shutting down (its heap would never fire it).
     fn add(&self, when: Instant, task: Task) -> Slot {
         if let Home::Runtime(w) = self {
             // A task running on the runtime's own thread cannot hold the
             // last reference: `Runtime::drop` joins its threads before
             // dropping its own.
-            if let Some(sh) = w.upgrade() {
+            if let Some(sh) = w.upgrade().filter(|sh| !sh.is_shut_down()) {
                 return Slot::Runtime(w.clone(), sh.add_timer(when, task));
             }
         }

@@ -148,7 +148,11 @@ impl Slot {
     /// fired and was not cancelled before).
     pub(super) fn cancel(self) -> bool {
         match self {
-            Slot::Runtime(sh, id) => sh.upgrade().is_some_and(|sh| sh.timers.cancel(id)),
+            // A runtime that is shutting down fires nothing more, even
+            // while its last references are being dropped: nothing to stop.
+            Slot::Runtime(sh, id) => sh
+                .upgrade()
+                .is_some_and(|sh| !sh.is_shut_down() && sh.timers.cancel(id)),
             Slot::Fallback(id) => fallback().timers.cancel(id),
         }
     }

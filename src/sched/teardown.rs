@@ -8,6 +8,12 @@ use super::*;
 use crate::sched::RuntimeLock;
 
 impl Shared {
+    /// Has `Runtime` drop begun? Then no timer of this runtime fires any
+    /// more, even while the last references to it are being dropped.
+    pub(crate) fn is_shut_down(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
+
     /// Stops every M and waits for them (Runtime drop).
     pub(crate) fn shutdown(&self) {
         self.shutdown.store(true, Ordering::SeqCst);
