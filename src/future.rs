@@ -26,8 +26,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
-use crate::g::Waiter;
 use crate::runtime::JoinInner;
+use crate::sched::g::Waiter;
 use crate::sched::RuntimeLock;
 use crate::JoinHandle;
 
@@ -71,7 +71,7 @@ pub fn block_on_future<F: Future>(fut: F) -> F::Output {
         // AcqRel: pairs with the waker's swap, so what the waker's side
         // wrote before waking is visible to the next poll.
         while !signal.notified.swap(false, Ordering::AcqRel) {
-            crate::g::park("future");
+            crate::sched::g::park("future");
         }
     }
 }

@@ -122,30 +122,23 @@
 mod arch;
 mod builder;
 pub mod chan;
+mod diag;
 mod driver;
-mod fork;
 mod future;
-mod g;
 mod local;
-pub(crate) mod membarrier;
-mod monitor;
 pub mod net;
-mod note;
+mod os;
 mod preempt;
 mod runtime;
 mod sched;
 mod scope;
-#[doc(hidden)]
-pub mod select;
-mod signal;
-mod sigquit;
 mod spawn_builder;
-mod spin;
 mod stack;
 pub mod sync;
-mod syscall;
-mod timer;
-mod trace;
+
+// The `select!` macro's support code, at the path the macro names.
+#[doc(hidden)]
+pub use crate::chan::select;
 
 use std::time::{Duration, Instant};
 
@@ -211,7 +204,7 @@ where
 /// ```
 #[inline]
 pub fn yield_now() {
-    match g::parkable_g() {
+    match sched::g::parkable_g() {
         Some(g) => sched::goyield(g),
         None => std::thread::yield_now(),
     }
@@ -235,13 +228,13 @@ pub fn yield_now() {
 /// });
 /// ```
 pub fn sleep(d: Duration) {
-    let deadline = timer::deadline_after(d);
-    if g::parkable_g().is_none() {
+    let deadline = sched::timer::deadline_after(d);
+    if sched::g::parkable_g().is_none() {
         return std::thread::sleep(d);
     }
     preempt_point_inner();
     while Instant::now() < deadline {
-        g::park_until("sleep", deadline);
+        sched::g::park_until("sleep", deadline);
     }
 }
 
@@ -308,7 +301,7 @@ pub fn no_preempt<R>(f: impl FnOnce() -> R) -> R {
 /// });
 /// ```
 pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
-    syscall::blocking(f)
+    sched::syscall::blocking(f)
 }
 
 /// Wires the calling goroutine to its current OS thread (Go's
@@ -330,7 +323,7 @@ pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
 /// });
 /// ```
 pub fn lock_os_thread() {
-    syscall::lock_os_thread();
+    sched::syscall::lock_os_thread();
 }
 
 /// Undoes one [`lock_os_thread`]; at zero the goroutine may run anywhere
@@ -347,7 +340,7 @@ pub fn lock_os_thread() {
 /// });
 /// ```
 pub fn unlock_os_thread() {
-    syscall::unlock_os_thread();
+    sched::syscall::unlock_os_thread();
 }
 
 /// The calling goroutine's id, or `None` outside a goroutine. Ids are unique

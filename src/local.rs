@@ -36,7 +36,7 @@ use std::cell::UnsafeCell;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::g::GRef;
+use crate::sched::g::GRef;
 
 /// Rounds of destructors at goroutine exit (pthreads'
 /// PTHREAD_DESTRUCTOR_ITERATIONS is 4).

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::builder::{Builder, Config, PreemptMode};
-use crate::g::{park, Body, Waiter};
+use crate::sched::g::{park, Body, Waiter};
 use crate::sched::{self, Shared};
 
 /// A goroutine runtime: `procs` Ps, worker threads started on demand, a
@@ -113,11 +113,11 @@ impl Runtime {
     }
 
     pub(crate) fn from_config(cfg: Config) -> io::Result<Runtime> {
-        crate::fork::install();
-        if crate::fork::forked() {
+        crate::os::fork::install();
+        if crate::os::fork::forked() {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
-                crate::fork::FORKED_MSG,
+                crate::os::fork::FORKED_MSG,
             ));
         }
         if cfg.async_preempt {
@@ -125,10 +125,10 @@ impl Runtime {
         }
         let shared = Shared::new(cfg)?;
         if shared.cfg.sigquit_dump {
-            crate::sigquit::register(&shared);
+            crate::diag::sigquit::register(&shared);
         }
         crate::sched::LIVE_RUNTIMES.fetch_add(1, Ordering::SeqCst);
-        let sysmon = Some(crate::monitor::start(shared.clone()));
+        let sysmon = Some(crate::preempt::sysmon::start(shared.clone()));
         Ok(Runtime { shared, sysmon })
     }
 
@@ -154,9 +154,9 @@ impl Runtime {
     /// assert_eq!(n, 6);
     /// ```
     pub fn block_on<F: FnOnce() -> R + Send, R: Send>(&self, f: F) -> R {
-        crate::fork::check();
+        crate::os::fork::check();
         assert!(
-            crate::g::parkable_g().is_none(),
+            crate::sched::g::parkable_g().is_none(),
             "gosched: Runtime::block_on called from inside a goroutine; this would block the goroutine's worker \
              thread. Call the function directly, or use spawn and join"
         );
@@ -270,7 +270,7 @@ impl Runtime {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
-        if crate::fork::forked() {
+        if crate::os::fork::forked() {
             // In a forked child the threads to stop do not exist (joining
             // them would hang) and the state is a frozen copy: leak it.
             std::mem::forget(self.sysmon.take());
@@ -365,7 +365,7 @@ impl<R> JoinInner<R> {
                 // are the single reader (JoinHandle is consumed by join).
                 return unsafe { (*self.result.get()).take() }.expect("join result taken twice");
             }
-            crate::fork::check();
+            crate::os::fork::check();
             {
                 let _np = sched::NoPreempt::enter();
                 let mut w = self.waiter.rt_lock();

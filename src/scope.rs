@@ -32,8 +32,8 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::g::{Body, Waiter};
 use crate::runtime::JoinInner;
+use crate::sched::g::{Body, Waiter};
 use crate::sched::Shared;
 use crate::Runtime;
 
@@ -138,7 +138,7 @@ where
     // Acquire: pairs with the Release decrement of each goroutine's packet,
     // so its writes (through borrows of our data) happen before we return.
     while scope.data.running.load(Ordering::Acquire) != 0 {
-        crate::g::park("scope");
+        crate::sched::g::park("scope");
     }
     match r {
         Err(payload) => resume_unwind(payload),

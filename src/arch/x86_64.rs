@@ -429,7 +429,7 @@ pub(crate) unsafe fn thread_base_word<const OFF: usize>() -> usize {
 }
 
 /// Test support: stores `true` to `a`, then loads `b`, with no fence in
-/// between (what the hot side of `crate::membarrier`'s Dekker pair compiles
+/// between (what the hot side of `crate::os::membarrier`'s Dekker pair compiles
 /// to), as two adjacent instructions whatever the optimisation level.
 #[cfg(test)]
 pub(crate) fn store_then_load(

@@ -137,7 +137,7 @@ impl<T> Sender<T> {
     /// });
     /// ```
     pub fn send_timeout(&self, v: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
-        self.send_deadline(v, crate::timer::deadline_after(timeout))
+        self.send_deadline(v, crate::sched::timer::deadline_after(timeout))
     }
 
     /// Like [`send`](Sender::send), giving up at `deadline`. Any instant is
@@ -451,7 +451,7 @@ impl<T> Receiver<T> {
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
         // Clamped to 100 years: a huge timeout still arms a timer, so the
         // wait counts as timed (it will end by itself), as in Go.
-        self.recv_deadline(crate::timer::deadline_after(timeout))
+        self.recv_deadline(crate::sched::timer::deadline_after(timeout))
     }
 
     /// Like [`recv`](Receiver::recv), giving up at `deadline`. Any instant

@@ -126,6 +126,8 @@ mod error;
 #[cfg(test)]
 mod model;
 pub(crate) mod queue;
+#[doc(hidden)]
+pub mod select;
 mod stoppable;
 mod timer;
 
@@ -139,7 +141,7 @@ pub use self::error::{RecvTimeoutError, SendError, SendTimeoutError, TryRecvErro
 pub use self::stoppable::{Ticker, Timer};
 pub use self::timer::{after, tick};
 
-use crate::g::Waiter;
+use crate::sched::g::Waiter;
 use crate::sched::NoPreempt;
 use queue::{Sel, WaitQueue};
 
@@ -170,14 +172,16 @@ pub fn channel<T: Send>(cap: usize) -> (Sender<T>, Receiver<T>) {
 /// every deadline a channel operation waits for stays representable as a
 /// timer's nanoseconds, whatever `Instant` the caller passes.
 fn clamp_deadline(deadline: Instant) -> Instant {
-    deadline.min(crate::timer::deadline_after(crate::timer::FOREVER))
+    deadline.min(crate::sched::timer::deadline_after(
+        crate::sched::timer::FOREVER,
+    ))
 }
 
 /// The shared state of a channel (Go's `hchan`; see the module docs).
 pub(crate) struct Chan<T> {
     /// Capacity; immutable.
     cap: usize,
-    state: crate::spin::SpinLock<State<T>>,
+    state: crate::sync::spin::SpinLock<State<T>>,
     /// Live `Sender`s; the last one to drop closes the channel.
     pub(crate) senders: AtomicUsize,
     /// Live `Receiver`s; the last one to drop closes the channel.
@@ -202,7 +206,7 @@ pub(crate) type Hook = Box<dyn FnOnce() + Send>;
 /// A locked channel: the guard, inside a no-preempt region that outlives
 /// it (fields drop in order: the lock first).
 pub(crate) struct Locked<'a, T> {
-    guard: crate::spin::SpinGuard<'a, State<T>>,
+    guard: crate::sync::spin::SpinGuard<'a, State<T>>,
     _np: NoPreempt,
 }
 
@@ -243,7 +247,7 @@ impl<T> Chan<T> {
     fn new(cap: usize) -> Chan<T> {
         Chan {
             cap,
-            state: crate::spin::SpinLock::new(State {
+            state: crate::sync::spin::SpinLock::new(State {
                 buf: VecDeque::with_capacity(cap.min(1024)),
                 recvq: WaitQueue::new(),
                 sendq: WaitQueue::new(),

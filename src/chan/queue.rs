@@ -32,7 +32,7 @@ use std::cell::{Cell, UnsafeCell};
 use std::ptr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::g::Waiter;
+use crate::sched::g::Waiter;
 
 /// `Sel::state` before any decision.
 const WAITING: usize = 0;
@@ -115,7 +115,7 @@ impl Sel {
             // Token semantics: a waker that claimed us after the load above
             // has unparked (or will unpark) us, and that token makes this
             // park return. Spurious returns just loop.
-            crate::g::park(reason);
+            crate::sched::g::park(reason);
         }
     }
 
@@ -133,7 +133,7 @@ impl Sel {
             if std::time::Instant::now() >= deadline {
                 return None;
             }
-            crate::g::park_until(reason, deadline);
+            crate::sched::g::park_until(reason, deadline);
         }
     }
 }

@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use super::timer::{fallback, next_tick, Slot, MIN_TICK};
 use super::{channel, Receiver, Sender};
+use crate::sched::timer::{self, Task, FOREVER};
 use crate::sched::{NoPreempt, RuntimeLock, Shared};
-use crate::timer::{self, Task, FOREVER};
 
 /// A single-shot timer whose channel receives the time once it fires (Go's
 /// `time.Timer`, with Go 1.23's stop and reset semantics: see

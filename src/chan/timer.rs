@@ -17,9 +17,9 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use super::{channel, Receiver, Sender, TrySendError};
-use crate::note::Note;
+use crate::os::note::Note;
+use crate::sched::timer::{self, Task, TimerId, Timers, FOREVER};
 use crate::sched::{NoPreempt, RuntimeLock, Shared};
-use crate::timer::{self, Task, TimerId, Timers, FOREVER};
 
 /// A channel that receives the current time once, at least `d` from now
 /// (Go's `time.After`). It never fires early. Called in a goroutine, the

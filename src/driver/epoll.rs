@@ -203,7 +203,7 @@ impl OsPoller {
         timeout: Option<Duration>,
     ) -> usize {
         if !self.no_pwait2.load(Ordering::Relaxed) {
-            let ts = timeout.map(crate::note::timespec);
+            let ts = timeout.map(crate::os::note::timespec);
             let tsp = ts
                 .as_ref()
                 .map_or(std::ptr::null(), |t| t as *const libc::timespec);

@@ -106,7 +106,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::g::GRef;
+use crate::sched::g::GRef;
 use crate::sched::{RuntimeLock, Shared, M};
 
 pub(crate) use epoll::shut_down;
@@ -165,7 +165,7 @@ impl Slot {
                     // SAFETY: only a live G's address is stored in a slot
                     // (G structs are never freed).
                     return Some(GRef(unsafe {
-                        std::ptr::NonNull::new_unchecked(cur as *mut crate::g::G)
+                        std::ptr::NonNull::new_unchecked(cur as *mut crate::sched::g::G)
                     }));
                 }
                 Ok(_) => return None,
@@ -412,7 +412,7 @@ impl Driver {
             Ok(_) => {
                 let timer = deadline.and_then(|d| {
                     let drv = self.clone();
-                    crate::timer::add_current(
+                    crate::sched::timer::add_current(
                         d,
                         Box::new(move || {
                             if desc.slots[dir as usize].expire(g) {
@@ -428,7 +428,7 @@ impl Driver {
                     crate::sched::gopark("IO wait");
                 }
                 if let Some(t) = timer {
-                    crate::timer::cancel_current(t);
+                    crate::sched::timer::cancel_current(t);
                 }
             }
             Err(READY) => {

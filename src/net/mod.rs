@@ -193,7 +193,7 @@ impl<T: AsFd> Io<T> {
     /// goroutine on the netpoller, blocks a plain thread in poll(2). May
     /// return early; callers retry their I/O.
     pub(crate) fn wait(&self, dir: Dir, deadline: Option<Instant>) -> io::Result<()> {
-        if crate::g::parkable_g().is_none() {
+        if crate::sched::g::parkable_g().is_none() {
             return sys::poll_fd(self.fd(), dir, deadline);
         }
         let reg = self.registration()?;

@@ -21,7 +21,8 @@ pub(super) fn poll_fd(fd: RawFd, dir: Dir, deadline: Option<Instant>) -> io::Res
         events,
         revents: 0,
     };
-    let ts = deadline.map(|d| crate::note::timespec(d.saturating_duration_since(Instant::now())));
+    let ts =
+        deadline.map(|d| crate::os::note::timespec(d.saturating_duration_since(Instant::now())));
     let tsp = ts
         .as_ref()
         .map_or(std::ptr::null(), |t| t as *const libc::timespec);

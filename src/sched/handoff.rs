@@ -232,7 +232,7 @@ impl Shared {
             // are a few dozen instructions in no-preempt regions.
             // SAFETY: Ms live as long as Shared.
             debug_assert_eq!(unsafe { (*mp).id } as u64, s >> 8, "P owned by another M");
-            crate::membarrier::heavy();
+            crate::os::membarrier::heavy();
             // SAFETY: Ms live as long as Shared.
             while unsafe { (*mp).claiming.load(Ordering::Acquire) } {
                 std::thread::yield_now();
@@ -297,7 +297,7 @@ impl Shared {
         let until = self.sysmon_idle_until.load(Ordering::SeqCst);
         let slice_end = self
             .nanotime()
-            .saturating_add(crate::timer::nanos(self.cfg.quantum));
+            .saturating_add(crate::sched::timer::nanos(self.cfg.quantum));
         if until != 0 && until > slice_end {
             self.sysmon_note.wake();
         }

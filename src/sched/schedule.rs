@@ -13,7 +13,7 @@ use crossbeam_deque::Steal;
 use super::*;
 use crate::arch;
 use crate::builder::PreemptMode;
-use crate::g::{GRef, EMPTY, PARKED};
+use crate::sched::g::{GRef, EMPTY, PARKED};
 use crate::stack::{Stack, P_CACHE};
 
 /// Body of every M thread.
@@ -34,7 +34,7 @@ pub(super) fn mstart(sh: Arc<Shared>, m: Arc<M>) {
         .store(m.cpu_mask.get().is_some(), Ordering::Release);
     // SAFETY: gettid has no preconditions.
     m.tid.store(unsafe { libc::gettid() }, Ordering::Release);
-    let _alt = crate::signal::AltStack::install();
+    let _alt = crate::os::signal::AltStack::install();
     // SIGURG must never be blocked on an M; then record the mask goroutines
     // run with (safe-point rule 5 compares against it).
     crate::preempt::on_m_start();
@@ -792,7 +792,7 @@ impl Shared {
 }
 
 /// Retries a crossbeam steal until it is not `Retry`.
-fn steal_one(mut f: impl FnMut() -> Steal<GRef>) -> Option<GRef> {
+pub(super) fn steal_one(mut f: impl FnMut() -> Steal<GRef>) -> Option<GRef> {
     loop {
         match f() {
             Steal::Success(g) => return Some(g),
@@ -804,7 +804,7 @@ fn steal_one(mut f: impl FnMut() -> Steal<GRef>) -> Option<GRef> {
 
 /// A step in 1..n coprime to n, so `start + k*step mod n` visits every P
 /// once (Go's randomOrder).
-fn coprime_step(n: usize, r: usize) -> usize {
+pub(super) fn coprime_step(n: usize, r: usize) -> usize {
     if n <= 1 {
         return 1;
     }
@@ -824,7 +824,3 @@ fn gcd(mut a: usize, mut b: usize) -> usize {
     }
     a
 }
-
-#[cfg(test)]
-#[path = "../sched_tests.rs"]
-mod sched_tests;

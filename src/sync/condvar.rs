@@ -16,7 +16,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::MutexGuard;
-use crate::g::Waiter;
+use crate::sched::g::Waiter;
 use crate::sched::{NoPreempt, RuntimeLock};
 
 /// A condition variable for [`Mutex`](super::Mutex) (Go's `sync.Cond`):
@@ -119,7 +119,7 @@ impl Condvar {
         drop(guard);
         // Acquire: pairs with the notifier's Release store.
         while !me.notified.load(Ordering::Acquire) {
-            crate::g::park("sync.Cond.Wait");
+            crate::sched::g::park("sync.Cond.Wait");
         }
         mutex.lock()
     }

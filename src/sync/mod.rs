@@ -44,6 +44,7 @@ mod mutex;
 mod once;
 mod rwlock;
 mod semaphore;
+pub(crate) mod spin;
 mod waitgroup;
 
 pub use self::condvar::Condvar;

@@ -66,7 +66,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::g::Waiter;
+use crate::sched::g::Waiter;
 use crate::sched::NoPreempt;
 
 const LOCKED: u32 = 1;
@@ -551,7 +551,7 @@ impl Sema {
         }
         // Acquire: pairs with the Release store in `release`.
         while !me.granted.load(Ordering::Acquire) {
-            crate::g::park(reason);
+            crate::sched::g::park(reason);
         }
     }
 

@@ -19,7 +19,7 @@ use std::fmt;
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use crate::g::Waiter;
+use crate::sched::g::Waiter;
 use crate::sched::{NoPreempt, RuntimeLock};
 
 const INCOMPLETE: u8 = 0;
@@ -229,7 +229,7 @@ impl<T> OnceLock<T> {
             w.push(Waiter::current());
         }
         while self.state.load(Ordering::Acquire) == RUNNING {
-            crate::g::park("sync.OnceLock");
+            crate::sched::g::park("sync.OnceLock");
         }
     }
 

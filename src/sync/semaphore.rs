@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::g::Waiter;
+use crate::sched::g::Waiter;
 use crate::sched::{NoPreempt, RuntimeLock};
 
 /// A weighted counting semaphore with FIFO waiters (Go's
@@ -143,7 +143,7 @@ impl Semaphore {
         }
         // Acquire: pairs with the Release store in `release`.
         while !me.granted.load(Ordering::Acquire) {
-            crate::g::park("sync.Semaphore.Acquire");
+            crate::sched::g::park("sync.Semaphore.Acquire");
         }
     }
 

@@ -13,7 +13,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::g::Waiter;
+use crate::sched::g::Waiter;
 use crate::sched::NoPreempt;
 
 /// Waits for a collection of goroutines (or threads) to finish: `add` the
@@ -192,7 +192,7 @@ impl WaitGroup {
         };
         // Acquire: pairs with the Release bump in `done`.
         while self.inner.generation.load(Ordering::Acquire) == registered {
-            crate::g::park("sync.WaitGroup.Wait");
+            crate::sched::g::park("sync.WaitGroup.Wait");
         }
     }
 

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use gosched_sysmon::{Config as PolicyConfig, Monitor, PStatus, PView, Preempt, Sleep, Target};
 
+use crate::sched::timer::nanos;
 use crate::sched::{RuntimeLock, Shared};
-use crate::timer::nanos;
 
 /// sysmon's view of the runtime.
 struct RuntimeTarget<'a> {

@@ -4,7 +4,7 @@
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
 
-use crate::g::GRef;
+use crate::sched::g::GRef;
 use crate::sched::{
     cur_m, current_g, pstatus, switch_to_g0, NoPreempt, Reason, M, P, P_SYSCALL, P_USER,
 };

@@ -94,5 +94,5 @@ fn wait_and_dump(r: libc::c_int) {
     for sh in live {
         out.push_str(&sh.goroutine_dump());
     }
-    crate::trace::die(&out)
+    crate::diag::die(&out)
 }

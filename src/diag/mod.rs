@@ -1,10 +1,12 @@
 //! Observability and Go's `checkdead`: schedtrace lines, the deadlock
 //! check, and the deadlock report.
 
+pub(crate) mod sigquit;
+
 use crate::sched::RuntimeLock;
 use std::sync::atomic::Ordering;
 
-use crate::g::PARKED;
+use crate::sched::g::PARKED;
 use crate::sched::{Shared, LIVE_RUNTIMES};
 
 impl Shared {
@@ -44,7 +46,7 @@ impl Shared {
     /// may read, are left out.
     fn scheddetail(&self) -> String {
         let mut out = String::new();
-        let ms: Vec<(usize, *mut crate::g::G, bool)> = self
+        let ms: Vec<(usize, *mut crate::sched::g::G, bool)> = self
             .allm
             .rt_lock()
             .iter()
@@ -78,7 +80,7 @@ impl Shared {
                 self.p_queue_len(i),
             ));
         }
-        let gid = |g: *mut crate::g::G| {
+        let gid = |g: *mut crate::sched::g::G| {
             // SAFETY: G structs are never freed while the runtime lives; a
             // goroutine's id is written before it is first queued.
             (!g.is_null())
@@ -148,7 +150,7 @@ impl Shared {
             return false;
         }
         let threads = std::fs::read_dir("/proc/self/task").map_or(usize::MAX, |d| d.count());
-        threads == nm + 1 + crate::g::THREADS_PARKED.load(Ordering::SeqCst)
+        threads == nm + 1 + crate::sched::g::THREADS_PARKED.load(Ordering::SeqCst)
     }
 
     /// A number that changes whenever anything in this runtime makes
@@ -160,7 +162,7 @@ impl Shared {
             .map(|p| p.counters.switches.load(Ordering::Relaxed))
             .sum();
         sw.wrapping_add(self.spawned())
-            .wrapping_add(crate::g::THREAD_WAKES.load(Ordering::Relaxed))
+            .wrapping_add(crate::sched::g::THREAD_WAKES.load(Ordering::Relaxed))
     }
 
     /// Prints Go's deadlock report and exits with status 2 (DESIGN.md:
@@ -196,7 +198,7 @@ impl Shared {
     /// while it runs: the deadlock report reads it only when every
     /// goroutine is parked).
     pub(crate) fn goroutine_dump(&self) -> String {
-        let running: Vec<*mut crate::g::G> = self
+        let running: Vec<*mut crate::sched::g::G> = self
             .allm
             .rt_lock()
             .iter()
@@ -223,7 +225,7 @@ impl Shared {
 
 /// One goroutine of a report: `goroutine N [state]:` and where it was
 /// spawned.
-fn push_goroutine(out: &mut String, g: &crate::g::GRef, state: &str) {
+fn push_goroutine(out: &mut String, g: &crate::sched::g::GRef, state: &str) {
     out.push_str(&format!("\ngoroutine {} [{state}]:\n", g.id.get()));
     match g.spawned_at.get() {
         Some(at) => out.push_str(&format!(

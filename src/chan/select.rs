@@ -326,7 +326,10 @@ pub fn run(cases: &[&dyn Case], has_default: bool) -> usize {
 /// within `timeout` (clamped to 100 years, so any `Duration` is accepted).
 #[doc(hidden)]
 pub fn run_timeout(cases: &[&dyn Case], timeout: std::time::Duration) -> usize {
-    select(cases, Wait::Until(crate::timer::deadline_after(timeout)))
+    select(
+        cases,
+        Wait::Until(crate::sched::timer::deadline_after(timeout)),
+    )
 }
 
 /// How long a select may wait for a case (step 3 and 6 of the module
@@ -349,11 +352,11 @@ fn select(cases: &[&dyn Case], wait: Wait) -> usize {
             Wait::Never => {}
             // Go's `select {}`: block for ever.
             Wait::Forever => loop {
-                crate::g::park("select (no cases)");
+                crate::sched::g::park("select (no cases)");
             },
             Wait::Until(deadline) => {
                 while Instant::now() < deadline {
-                    crate::g::park_until("select (no cases)", deadline);
+                    crate::sched::g::park_until("select (no cases)", deadline);
                 }
             }
         }
@@ -590,8 +593,8 @@ macro_rules! select {
         match ($($crate::select!(@arg $kind $($args)*),)*) {
             ($($l,)*) => {
                 $(let $l = $crate::select!(@case $kind $l);)*
-                let __gosched_cases: &[&dyn $crate::select::Case] =
-                    &[$(&$l as &dyn $crate::select::Case),*];
+                let __gosched_cases: &[&dyn $crate::chan::select::Case] =
+                    &[$(&$l as &dyn $crate::chan::select::Case),*];
                 let __gosched_chosen = $crate::select!(@run __gosched_cases $($def)*);
                 $crate::select!(@dispatch __gosched_chosen [$(($l $i $p => $body))*] [$($def)*])
             }
@@ -599,12 +602,12 @@ macro_rules! select {
     };
     (@arg recv $rx:expr) => { &$rx };
     (@arg send $tx:expr, $v:expr) => { (&$tx, $v) };
-    (@case recv $l:ident) => { $crate::select::RecvCase::new($l) };
-    (@case send $l:ident) => { $crate::select::SendCase::new($l.0, $l.1) };
-    (@run $cases:ident) => { $crate::select::run($cases, false) };
-    (@run $cases:ident plain $body:tt) => { $crate::select::run($cases, true) };
+    (@case recv $l:ident) => { $crate::chan::select::RecvCase::new($l) };
+    (@case send $l:ident) => { $crate::chan::select::SendCase::new($l.0, $l.1) };
+    (@run $cases:ident) => { $crate::chan::select::run($cases, false) };
+    (@run $cases:ident plain $body:tt) => { $crate::chan::select::run($cases, true) };
     (@run $cases:ident timeout ($t:expr) $body:tt) => {
-        $crate::select::run_timeout($cases, $t)
+        $crate::chan::select::run_timeout($cases, $t)
     };
     (@dispatch $chosen:ident [$(($l:ident $i:tt $p:pat => $body:tt))*] [$($def:tt)*]) => {
         $(if $chosen == $i {

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_deque::Worker;
 
-use super::{coprime_step, steal_one};
-use crate::g::{GRef, G};
+use super::schedule::{coprime_step, steal_one};
+use crate::sched::g::{GRef, G};
 
 /// `n` dummy Gs with ids `0..n`. The vector must outlive, unmoved and
 /// unresized, every `GRef` made from it.

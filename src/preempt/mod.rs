@@ -79,6 +79,8 @@
 //! receives every SIGURG) and prints one warning on stderr. Setting SIGURG
 //! to `SIG_IGN`/`SIG_DFL` is undone the same way.
 
+pub(crate) mod sysmon;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Once;
 
@@ -351,7 +353,7 @@ fn try_preempt(m: &crate::sched::M, ctx: &mut arch::SigContext) -> Result<(), Re
     // Rule 5, second half: a handler that changed no mask (SA_NODEFER,
     // empty sa_mask) is recognised by the kernel's signal frame it runs
     // above. Scanned last: it reads the goroutine's live stack.
-    let (alt_sp, alt_size) = crate::signal::this_altstack();
+    let (alt_sp, alt_size) = crate::os::signal::this_altstack();
     let top = stack.map_or(0, |s| s.top);
     // SAFETY: rule 3 checked bottom <= rsp <= top: [rsp, top) is the live
     // part of the goroutine's stack, mapped and ours (this thread runs it
@@ -406,7 +408,7 @@ extern "C" fn on_sigurg(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut l
     let handler = FORWARD_HANDLER.load(Ordering::Acquire);
     let flags = FORWARD_FLAGS.load(Ordering::Relaxed) as libc::c_int;
     FORWARDING.with(|f| f.set(true));
-    crate::signal::forward(handler, flags, sig, info, uc);
+    crate::os::signal::forward(handler, flags, sig, info, uc);
     FORWARDING.with(|f| f.set(false));
 }
 

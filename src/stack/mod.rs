@@ -20,7 +20,7 @@
 //!    `KEEP_HOT` first, so resident memory follows live usage.
 //! 3. The reservation is registered process-wide so the SIGSEGV handler can
 //!    tell a guard-page hit (a goroutine stack overflow) from any other fault
-//!    without locks (see `crate::signal`).
+//!    without locks (see `crate::os::signal`).
 //!
 //! Rejected: one `mmap` per stack (a VMA and a syscall per spawn; the
 //! mapping count caps a process near 32k goroutines), and segmented or
@@ -128,7 +128,7 @@ pub(crate) struct StackPool {
     mode: Mutex<GuardMode>,
     warned: AtomicBool,
     /// Our entry in the overflow handler's registry; dropped by `unmap`.
-    registration: Mutex<Option<crate::signal::Registration>>,
+    registration: Mutex<Option<crate::os::signal::Registration>>,
 }
 
 impl StackPool {
@@ -143,7 +143,7 @@ impl StackPool {
             .map_anon()?;
         let nslots = RESERVATION / slot;
         let base = map.as_ptr() as usize;
-        let registration = crate::signal::register_stacks(base, nslots * slot, slot, guard);
+        let registration = crate::os::signal::register_stacks(base, nslots * slot, slot, guard);
         Ok(StackPool {
             map: Mutex::new(Some(map)),
             base,

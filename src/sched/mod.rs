@@ -2,7 +2,7 @@
 //!
 //! # Glossary (Go's words, proc.go)
 //!
-//! - **G**, a goroutine: a stack, a saved context, park state ([`crate::g`]).
+//! - **G**, a goroutine: a stack, a saved context, park state ([`crate::sched::g`]).
 //! - **M**, a worker OS thread. It runs the scheduler loop on its own thread
 //!   stack ("g0") and switches into Gs; a G switches back to g0 to yield,
 //!   park or exit, so the scheduler never runs on a goroutine's stack.
@@ -64,7 +64,7 @@
 //!   *claim*: it raises its M's `claiming` flag, then checks that the status
 //!   is still `USER(m)`. A retake, after its CAS, waits until that flag is
 //!   down. The two form a Dekker pair whose fences are asymmetric
-//!   (`crate::membarrier`): the goroutine's side, taken millions of times a
+//!   (`crate::os::membarrier`): the goroutine's side, taken millions of times a
 //!   second, costs a store and a load; sysmon's, taken when a thread is
 //!   stuck in the kernel, a `membarrier` system call.
 //! - `SYSCALL(m)`: the goroutine is in `blocking()`; it takes the P back
@@ -88,10 +88,10 @@ use crossbeam_deque::{Injector, Stealer, Worker};
 
 use crate::arch;
 use crate::builder::Config;
-use crate::g::{GRef, EMPTY, G, NOTIFIED};
-use crate::note::Note;
+use crate::os::note::Note;
+use crate::sched::g::{GRef, EMPTY, G, NOTIFIED};
+use crate::sched::timer::{Task, TimerId, Timers};
 use crate::stack::{Stack, StackPool};
-use crate::timer::{Task, TimerId, Timers};
 
 /// Every `GLOBAL_CHECK`-th slice a P looks at the global queue first (Go: 61,
 /// a prime, so it does not beat in step with application patterns).
@@ -647,7 +647,7 @@ fn lower_no_preempt(g: GRef) -> u32 {
     n
 }
 
-/// Parks the calling goroutine (steps 1-2 of the handshake in `crate::g`).
+/// Parks the calling goroutine (steps 1-2 of the handshake in `crate::sched::g`).
 pub(crate) fn gopark(reason: &'static str) {
     let g = current_g().expect("gopark outside a goroutine");
     // Consume a pending token without switching.
@@ -657,7 +657,7 @@ pub(crate) fn gopark(reason: &'static str) {
     {
         return;
     }
-    crate::fork::check_or_abort();
+    crate::os::fork::check_or_abort();
     g.wait_reason.set(reason);
     switch_to_g0(g, Reason::Park);
 }
@@ -678,7 +678,7 @@ fn claim_p(m: &M, p: &P) -> bool {
     m.claiming.store(true, Ordering::Relaxed);
     // Dekker with `Shared::retake`: either it sees our flag, or we see
     // its status change.
-    crate::membarrier::light();
+    crate::os::membarrier::light();
     // Acquire pairs with the Release of the P's last hand-over.
     if p.status.load(Ordering::Acquire) == pstatus(m, P_USER) {
         return true;
@@ -851,7 +851,7 @@ pub(crate) fn async_preempted() {
 /// the caller is a goroutine of the same runtime (it runs next, Go's
 /// `ready(gp, next=true)`), else onto the global queue. Then `wakep`.
 pub(crate) fn ready(g: GRef) {
-    crate::fork::check();
+    crate::os::fork::check();
     let _np = NoPreempt::enter();
     // SAFETY: the G's runtime outlives the G.
     let sh = unsafe { &*g.shared.load(Ordering::Acquire) };
@@ -926,7 +926,7 @@ static NEXT_GID: AtomicU64 = AtomicU64::new(1);
 impl Shared {
     pub(crate) fn new(cfg: Config) -> std::io::Result<Arc<Shared>> {
         // Before any M can claim a P (see "Ownership of a P").
-        crate::membarrier::init();
+        crate::os::membarrier::init();
         let stacks = StackPool::new(cfg.stack_size)?;
         // Every P a `set_procs` may ask for exists from the start (Go grows
         // `allp` under stop-the-world instead; a fixed array lets sysmon,
@@ -1044,7 +1044,7 @@ impl Shared {
     }
 
     fn instant_to_nanos(&self, t: Instant) -> u64 {
-        crate::timer::nanos_since(self.epoch, t)
+        crate::sched::timer::nanos_since(self.epoch, t)
     }
 
     /// Adds a timer; wakes whoever sleeps until a later deadline.
@@ -1084,12 +1084,12 @@ impl Shared {
     /// current P's `runnext` (Go's newproc), else to the global queue.
     pub(crate) fn spawn_raw(
         &self,
-        body: Arc<dyn crate::g::Body>,
+        body: Arc<dyn crate::sched::g::Body>,
         at: Option<&'static std::panic::Location<'static>>,
     ) -> u64 {
-        crate::fork::check();
+        crate::os::fork::check();
         let _np = NoPreempt::enter();
-        let init = |g: GRef, id: u64, body: Arc<dyn crate::g::Body>| {
+        let init = |g: GRef, id: u64, body: Arc<dyn crate::sched::g::Body>| {
             g.id.set(id);
             g.spawned_at.set(at);
             g.live.store(true, Ordering::Relaxed);
@@ -1225,8 +1225,13 @@ impl Shared {
     }
 }
 
+pub(crate) mod g;
 mod handoff;
 mod procresize;
 mod schedule;
+pub(crate) mod syscall;
 mod teardown;
+#[cfg(test)]
+mod tests;
+pub(crate) mod timer;
 mod wakeup;

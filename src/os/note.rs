@@ -52,7 +52,7 @@ impl Note {
     /// Sleeps until the note is set or `timeout` passes; consumes the note.
     /// Returns true if it was woken, false on timeout.
     pub(crate) fn wait(&self, timeout: Option<Duration>) -> bool {
-        let deadline = timeout.map(crate::timer::deadline_after);
+        let deadline = timeout.map(crate::sched::timer::deadline_after);
         loop {
             if self.key.swap(0, Ordering::Acquire) == 1 {
                 return true;

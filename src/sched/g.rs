@@ -289,10 +289,10 @@ pub(crate) fn park_until(reason: &'static str, deadline: std::time::Instant) {
     match parkable_g() {
         Some(g) => {
             let w = Waiter::G(g);
-            let t = crate::timer::add_current(deadline, Box::new(move || w.unpark()));
+            let t = crate::sched::timer::add_current(deadline, Box::new(move || w.unpark()));
             crate::sched::gopark(reason);
             if let Some(t) = t {
-                crate::timer::cancel_current(t);
+                crate::sched::timer::cancel_current(t);
             }
         }
         None => {

@@ -1,0 +1,9 @@
+//! The operating system: futex notes, asymmetric fences, fork detection,
+//! signal plumbing (alternate stacks, chaining to a previous handler,
+//! async-signal-safe output) and CPU affinity. Linux only; nothing here knows
+//! about goroutines.
+
+pub(crate) mod fork;
+pub(crate) mod membarrier;
+pub(crate) mod note;
+pub(crate) mod signal;
