@@ -3,6 +3,7 @@
 //! async-signal-safe output) and CPU affinity. Linux only; nothing here knows
 //! about goroutines.
 
+pub(crate) mod affinity;
 pub(crate) mod fork;
 pub(crate) mod membarrier;
 pub(crate) mod note;

@@ -79,6 +79,7 @@
 //! receives every SIGURG) and prints one warning on stderr. Setting SIGURG
 //! to `SIG_IGN`/`SIG_DFL` is undone the same way.
 
+pub(crate) mod nopreempt;
 pub(crate) mod sysmon;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -10,6 +10,7 @@ use std::sync::atomic::{
 use std::sync::Arc;
 
 use super::*;
+use crate::os::note::Note;
 use crate::sched::RuntimeLock;
 
 impl Shared {

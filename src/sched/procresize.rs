@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::builder::MAX_PROCS;
+use crate::sched::g::GRef;
 use crate::sched::RuntimeLock;
 
 /// How long a dropped P's goroutine may go on running after it was asked to

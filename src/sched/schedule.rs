@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use crossbeam_deque::Steal;
 
+use super::direct_yield::OwnerSwap;
 use super::*;
 use crate::arch;
 use crate::builder::PreemptMode;
+use crate::os::affinity::thread_cpu_mask;
 use crate::sched::g::{GRef, EMPTY, PARKED};
 use crate::stack::{Stack, P_CACHE};
 
@@ -26,7 +28,7 @@ pub(super) fn mstart(sh: Arc<Shared>, m: Arc<M>) {
         eprintln!("fatal: gosched could not set up an M thread: arch_prctl(ARCH_SET_GS): {e}");
         std::process::abort();
     }
-    CUR_M.with(|c| c.set(Arc::as_ptr(&m)));
+    set_cur_m(Arc::as_ptr(&m));
     // Before `tid` is published: whoever pins this thread (and so needs
     // the tid) finds the mask to restore recorded.
     m.cpu_mask.set(thread_cpu_mask());
@@ -50,7 +52,7 @@ pub(super) fn mstart(sh: Arc<Shared>, m: Arc<M>) {
         s.acquirep(p);
         s.run();
     }
-    CUR_M.with(|c| c.set(ptr::null()));
+    set_cur_m(ptr::null());
     // Cannot fail: the same call succeeded above.
     let _ = arch::set_thread_base(0);
 }

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use super::*;
+use crate::sched::g::GRef;
 use crate::sched::RuntimeLock;
 
 impl Shared {

@@ -185,6 +185,40 @@ pub(crate) fn cancel_current(id: TimerId) {
     crate::sched::with_current_shared(|sh| sh.timers.cancel(id));
 }
 
+impl crate::sched::Shared {
+    /// Adds a timer; wakes whoever sleeps until a later deadline.
+    pub(crate) fn add_timer(&self, deadline: Instant, task: Task) -> TimerId {
+        let _np = crate::sched::NoPreempt::enter();
+        let (id, earliest) = self.timers.add(self.instant_to_nanos(deadline), task);
+        if earliest {
+            let tm = self.timer_m.load(Ordering::Acquire);
+            if !tm.is_null() {
+                // SAFETY: Ms live as long as Shared (allm holds them).
+                self.wake_m(unsafe { &*tm });
+            } else if self.npidle.load(Ordering::SeqCst) > 0 {
+                // Nobody sleeps on timers and a P is idle: start an M,
+                // which finds nothing to run and becomes the timer sleeper.
+                self.wakep();
+            } else {
+                // Every P is busy: sysmon fires timers for them; make it
+                // recompute its sleep with this deadline.
+                self.sysmon_note.wake();
+            }
+        }
+        id
+    }
+
+    /// Fires due timers; returns how many.
+    pub(crate) fn fire_timers(&self) -> usize {
+        // One atomic load when nothing is pending; one clock read otherwise
+        // (`Timers::fire` re-checks the earliest deadline itself).
+        match self.timers.next() {
+            Some(_) => self.timers.fire(self.nanotime()),
+            None => 0,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,96 @@
+//! The M (a worker thread) and why its goroutine switched to g0.
+
+use std::cell::{Cell, UnsafeCell};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+
+use super::*;
+use crate::os::note::Note;
+use crate::sched::g::{GRef, G};
+
+/// Why a goroutine switched to g0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reason {
+    None,
+    Yield,
+    Park,
+    Exit,
+    CoopPreempt,
+    AsyncPreempt,
+    /// The goroutine lost its P in `blocking()` and needs one back.
+    ExitSyscall,
+}
+
+/// A worker thread.
+pub(crate) struct M {
+    pub(crate) id: usize,
+    pub(crate) shared: *const Shared,
+    /// Kernel thread id, for tgkill and /proc. Written once at start.
+    pub(crate) tid: AtomicI32,
+    pub(crate) note: Note,
+    /// A P handed to this M (index + 1; 0 = none). Written by the M that
+    /// hands it off before `note.wake()` (Release via the note), taken by
+    /// this M after waking.
+    pub(crate) nextp: AtomicUsize,
+    /// Started as a spinning M (set with `nextp`, read after waking).
+    pub(crate) spinning: AtomicBool,
+    /// Another M restricted this M's thread to one CPU for a hand-off
+    /// (`Shared::pin_to_this_cpu`); this M undoes it when it wakes.
+    pub(crate) pinned: AtomicBool,
+    /// This M's own CPU affinity, read when it started (owner thread); the
+    /// mask `unpin` restores. None if it could not be read.
+    pub(crate) cpu_mask: Cell<Option<libc::cpu_set_t>>,
+    /// `cpu_mask` is known, so pinning this M can be undone (set once at
+    /// start, read by the M that pins it).
+    pub(crate) unpinnable: AtomicBool,
+    /// A goroutine on this M holds a claim on its P (see "Ownership of a
+    /// P"). Written only by this M's thread; read by sysmon's retake.
+    pub(crate) claiming: AtomicBool,
+    /// This M's own address, read GS-relative by `this_m`. Set in
+    /// `mstart`.
+    pub(crate) this: AtomicPtr<M>,
+    /// The goroutine running on this M (null on g0). Written by this M;
+    /// read by sysmon and this thread's signal handler.
+    pub(crate) curg: AtomicPtr<G>,
+    /// The goroutine locked to this M (owner thread only).
+    pub(crate) locked_g: Cell<Option<GRef>>,
+    /// Saved g0 stack pointer while a goroutine runs (owner thread).
+    pub(crate) g0_sp: UnsafeCell<usize>,
+    /// The P this M holds (owner thread).
+    pub(crate) p: Cell<Option<usize>>,
+    /// Set when this M takes a P: its next `execute` starts a fresh slice
+    /// whatever the goroutine inherits (owner thread).
+    pub(crate) new_p: Cell<bool>,
+    /// The P a direct yield on this M claimed, for the goroutine it
+    /// switches to (`requeue_yielder`; owner thread).
+    pub(crate) yield_p: Cell<*const P>,
+    /// Why the current goroutine switched to g0 (owner thread).
+    pub(crate) reason: Cell<Reason>,
+    /// 1 while a preemption signal is in flight (Go's signalPending): set
+    /// by sysmon's CAS before tgkill, cleared by the handler.
+    pub(crate) signal_pending: AtomicBool,
+    /// Asynchronous preemption attempts the handler refused on this M.
+    pub(crate) refused: AtomicU64,
+    /// The signal mask this M runs goroutines with (safe-point rule 5).
+    pub(crate) sigmask: UnsafeCell<libc::sigset_t>,
+}
+
+// SAFETY: Cell/UnsafeCell fields are touched only by the M's own thread
+// (and its signal handler, which runs on that thread); the rest are atomics.
+unsafe impl Sync for M {}
+// SAFETY: as above.
+unsafe impl Send for M {}
+
+impl M {
+    /// The runtime of this M (async-signal-safe: a plain read).
+    pub(crate) fn shared_ref(&self) -> &Shared {
+        // SAFETY: Shared outlives every M (the M threads hold an Arc).
+        unsafe { &*self.shared }
+    }
+
+    pub(super) fn take_nextp(&self) -> Option<usize> {
+        match self.nextp.swap(0, Ordering::Acquire) {
+            0 => None,
+            n => Some(n - 1),
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Switching between a goroutine and its M's scheduler: park, ready,
+//! yield, the first and last instructions of a goroutine.
+
+use std::ptr::NonNull;
+use std::sync::atomic::{fence, Ordering};
+
+use super::direct_yield::{requeue_yielder, yield_direct};
+use super::*;
+use crate::arch;
+use crate::sched::g::{GRef, EMPTY, G, NOTIFIED};
+
+/// Switches from goroutine `g` (the caller) to its M's scheduler, saying
+/// why; returns when the goroutine is resumed, possibly on another M.
+pub(crate) fn switch_to_g0(g: GRef, reason: Reason) {
+    raise_no_preempt(g);
+    let m = this_m();
+    // SAFETY: we are a goroutine, so `m` is this thread's live M and its
+    // g0 is suspended in `execute`'s switch; `g.ctx` is ours to write.
+    let arg = unsafe {
+        (*m).reason.set(reason);
+        arch::switch(g.ctx.get(), *(*m).g0_sp.get(), 0)
+    };
+    requeue_yielder(arg);
+    lower_no_preempt(g);
+}
+
+/// Parks the calling goroutine (steps 1-2 of the handshake in `crate::sched::g`).
+pub(crate) fn gopark(reason: &'static str) {
+    let g = current_g().expect("gopark outside a goroutine");
+    // Consume a pending token without switching.
+    if g.park
+        .compare_exchange(NOTIFIED, EMPTY, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
+    {
+        return;
+    }
+    crate::os::fork::check_or_abort();
+    g.wait_reason.set(reason);
+    switch_to_g0(g, Reason::Park);
+}
+
+/// `yield_now` for the calling goroutine.
+pub(crate) fn goyield(g: GRef) {
+    if !yield_direct(g) {
+        switch_to_g0(g, Reason::Yield);
+    }
+}
+
+/// Called by the preemption trampoline on the goroutine's stack.
+pub(crate) fn async_preempted() {
+    let g = current_g().expect("async preemption outside a goroutine");
+    g.preempt.store(false, Ordering::Relaxed);
+    switch_to_g0(g, Reason::AsyncPreempt);
+}
+
+/// Makes a parked goroutine runnable: into the current P's `runnext` when
+/// the caller is a goroutine of the same runtime (it runs next, Go's
+/// `ready(gp, next=true)`), else onto the global queue. Then `wakep`.
+pub(crate) fn ready(g: GRef) {
+    crate::os::fork::check();
+    let _np = NoPreempt::enter();
+    // SAFETY: the G's runtime outlives the G.
+    let sh = unsafe { &*g.shared.load(Ordering::Acquire) };
+    let wakes = g.wakes.get().wrapping_add(1);
+    g.wakes.set(wakes);
+    if wakes.is_multiple_of(SCHED_LATENCY_SAMPLE) {
+        g.runnable_at.set(sh.slice_clock().max(1));
+    }
+    let local = sh.with_local(|p, l| {
+        if let Some(old) = NonNull::new(p.runnext.swap(g.as_ptr(), Ordering::AcqRel)) {
+            l.worker.push(GRef(old));
+        }
+    });
+    if local.is_none() {
+        sh.woken.push(g);
+        fence(Ordering::SeqCst);
+        sh.wakep();
+        let _ = sh.wakeup_preempt(false);
+        return;
+    }
+    fence(Ordering::SeqCst);
+    sh.wakep();
+}
+
+/// The first function of every goroutine (see `arch::init_stack`).
+///
+/// # Safety
+/// Called only by `arch`'s start trampoline with a G prepared by `execute`.
+pub(crate) unsafe extern "C" fn g_entry(arg: usize) -> ! {
+    // SAFETY: `execute` passes the G it switched to; it is live.
+    let g = GRef(unsafe { NonNull::new_unchecked(arg as *mut G) });
+    // SAFETY: owner access: we are this G. The body stays in `entry` while
+    // it runs (see the field); nobody writes `entry` until we exit.
+    let f = unsafe { (*g.entry.get()).as_ref() }.expect("goroutine without a body");
+    g.no_preempt.store(0, Ordering::Relaxed);
+    // The body catches its own panics (see `runtime::Task`). Its captures
+    // are dropped here, on the goroutine, as is our count on it.
+    f.run();
+    // SAFETY: owner access, as above; the borrow `f` ended.
+    drop(unsafe { (*g.entry.get()).take() });
+    // Goroutine-local values re-created by that drop (a destructor of an
+    // unjoined scoped result using a `local!`): drop them here, on the
+    // goroutine, so the G's next goroutine starts empty (a panic in them
+    // has no one to go to; the hook has printed it).
+    let _ = crate::local::exit_destructors(Ok(()));
+    g.no_preempt.store(1, Ordering::Relaxed);
+    let m = this_m();
+    // SAFETY: as in `switch_to_g0`; this context is never resumed.
+    unsafe {
+        (*m).reason.set(Reason::Exit);
+        arch::switch(g.ctx.get(), *(*m).g0_sp.get(), 0);
+    }
+    unreachable!("a finished goroutine was resumed");
+}
