@@ -694,7 +694,7 @@ impl Shared {
             idle_threads: self.midle.rt_lock().len(),
             in_syscall: self.in_blocking.load(Ordering::Relaxed),
             global_runqueue: self.global_queue_len(),
-            local_runqueues: (0..self.procs()).map(|p| self.p_queue_len(p)).collect(),
+            local_runqueues: (0..self.procs()).map(|p| self.ps[p].runq.len()).collect(),
             sched_latency: (0..sched::SCHED_LATENCY_BUCKETS)
                 .map(|i| {
                     let bound = if i + 1 == sched::SCHED_LATENCY_BUCKETS {

@@ -41,7 +41,6 @@
 //! module touches the queues.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::chan::queue::{Decision, Entry};
@@ -251,13 +250,13 @@ impl PollOrder {
         if n <= INLINE_CASES {
             for i in 0..n {
                 o.inline[i] = i as u16;
-                let j = fastrand_below(i + 1);
+                let j = crate::sched::rand::fastrand_below(i + 1);
                 o.inline.swap(i, j);
             }
         } else {
             o.heap = (0..n).collect();
             for i in 1..n {
-                let j = fastrand_below(i + 1);
+                let j = crate::sched::rand::fastrand_below(i + 1);
                 o.heap.swap(i, j);
             }
         }
@@ -271,39 +270,6 @@ impl PollOrder {
             self.heap[k]
         }
     }
-}
-
-thread_local! {
-    /// Per-thread xorshift64 state (Go: per-M fastrand). 0 = unseeded.
-    /// Atomic because a goroutine may be preempted and moved to another
-    /// thread in the middle of `fastrand_below`, and then touch the state
-    /// of the thread it left: a lost update is harmless, a data race is not.
-    static RNG: AtomicU64 = const { AtomicU64::new(0) };
-}
-
-/// A uniformly distributed number below `n` (n >= 1).
-///
-/// Not inlined: a goroutine may move to another thread between calls, and
-/// each call must read the current thread's generator afresh.
-#[inline(never)]
-fn fastrand_below(n: usize) -> usize {
-    RNG.with(|r| {
-        let mut x = r.load(Ordering::Relaxed);
-        if x == 0 {
-            // Seed from the thread's stack address and the clock.
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
-            x = (&x as *const u64 as u64) ^ (t as u64) ^ 0x9e37_79b9_7f4a_7c15;
-            x |= 1;
-        }
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        r.store(x, Ordering::Relaxed);
-        // Lemire's multiply-shift: unbiased enough for n << 2^32.
-        ((x >> 32).wrapping_mul(n as u64) >> 32) as usize
-    })
 }
 
 /// Runs a select over `cases` (the macro's engine). Returns the index of

@@ -34,7 +34,7 @@ impl Shared {
             return format!("{head} pollwait={pollwait}") + &self.scheddetail();
         }
         let local: Vec<String> = (0..procs)
-            .map(|p| self.p_queue_len(p).to_string())
+            .map(|p| self.ps[p].runq.len().to_string())
             .collect();
         format!("{head} [{}] pollwait={pollwait}", local.join(" "))
     }
@@ -77,7 +77,7 @@ impl Shared {
                 "\n  P{i}: status={status} schedtick={} syscalltick={} m={m} runqsize={}",
                 p.schedtick.load(Ordering::Relaxed),
                 p.syscalltick.load(Ordering::Relaxed),
-                self.p_queue_len(i),
+                self.ps[i].runq.len(),
             ));
         }
         let gid = |g: *mut crate::sched::g::G| {

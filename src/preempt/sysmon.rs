@@ -75,7 +75,7 @@ impl Target for RuntimeTarget<'_> {
             slice_start: Duration::from_nanos(self.slice_start_ns(p, schedtick, stamp)),
             syscalltick: pp.syscalltick.load(Ordering::Acquire),
             syscall_start: Duration::from_nanos(pp.syscall_start.load(Ordering::Relaxed)),
-            runq_nonempty: self.sh.p_has_work(p),
+            runq_nonempty: self.sh.ps[p].runq.has_work(),
             refused,
         }
     }

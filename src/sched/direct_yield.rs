@@ -1,27 +1,13 @@
 //! `yield_now` without the scheduler: switch straight to the next
 //! goroutine of the P's own queue.
 
-use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::ptr::NonNull;
+use std::sync::atomic::Ordering;
 
 use super::*;
 use crate::arch;
 use crate::sched::g::{GRef, G};
 
-/// Owner-only read-and-clear of a slot no other thread writes (such as
-/// `P::yielded`): a load and a store, not an atomic swap.
-pub(super) trait OwnerSwap<T> {
-    fn swap_owner(&self, v: *mut T) -> *mut T;
-}
-
-impl<T> OwnerSwap<T> for AtomicPtr<T> {
-    #[inline]
-    fn swap_owner(&self, v: *mut T) -> *mut T {
-        let old = self.load(Ordering::Relaxed);
-        self.store(v, Ordering::Relaxed);
-        old
-    }
-}
 
 /// Tag on `switch`'s argument: "the goroutine that switched to you is
 /// yielding: put it at the tail of the P's local queue". Set by
@@ -65,29 +51,17 @@ pub(crate) fn yield_direct(g: GRef) -> bool {
         return false;
     }
     // SAFETY: we hold a claim on the P.
-    let l = unsafe { &mut *p.local.get() };
+    let q = unsafe { p.runq.owner() };
     let next = (|| {
         let tick = p.schedtick.load(Ordering::Relaxed);
         if tick.is_multiple_of(GLOBAL_CHECK) {
             return None;
         }
-        // Only the owner fills `runnext` (we hold the claim), thieves only
-        // empty it: a null seen here stays null, and the common case (the
-        // yielder went to the local queue, not `runnext`) skips the swap.
-        let rn = p.runnext.load(Ordering::Relaxed);
-        let rn = if rn.is_null() {
-            rn
-        } else {
-            p.runnext.swap(ptr::null_mut(), Ordering::AcqRel)
-        };
-        let next = NonNull::new(rn)
-            .or_else(|| NonNull::new(p.yielded.swap_owner(ptr::null_mut())))
-            .map(GRef)
-            .or_else(|| l.worker.pop())?;
+        let next = q.take_next().or_else(|| q.pop())?;
         if next.locked_m.get().is_some() || next.stack_hi.load(Ordering::Relaxed) == 0 {
             // g0 takes it from runnext (empty: we just emptied it, or it
-            // was empty when we popped the local queue).
-            p.runnext.store(next.as_ptr(), Ordering::Release);
+            // was empty when we popped the rest of the queue).
+            q.put_next(next);
             return None;
         }
         // A fresh slice, but no clock read here (a TSC read is a sixth of a
@@ -137,13 +111,7 @@ pub(crate) fn requeue_yielder(arg: usize) {
         m.claiming.load(Ordering::Relaxed),
         "a direct yield without a claim"
     );
-    // SAFETY: as above: the claim gives us the P's local data.
-    let l = unsafe { &mut *p.local.get() };
-    if l.worker.is_empty() && p.yielded.load(Ordering::Relaxed).is_null() {
-        // The only goroutine waiting: the queue's tail is its head.
-        p.yielded.store(y.as_ptr(), Ordering::Relaxed);
-    } else {
-        l.worker.push(y);
-    }
+    // SAFETY: as above: the claim gives us the P's run queue.
+    unsafe { p.runq.owner() }.put_yielded(y);
     unclaim_p(m);
 }

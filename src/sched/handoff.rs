@@ -187,11 +187,7 @@ impl Shared {
             // `set_procs` dropped it: its work goes to the global queue.
             return self.destroyp(p);
         }
-        // SAFETY: we own `p` (state SCHED or HANDOFF by our hand).
-        let local_work = unsafe { !(*self.ps[p].local.get()).worker.is_empty() }
-            || !self.ps[p].runnext.load(Ordering::Acquire).is_null()
-            || !self.ps[p].yielded.load(Ordering::Relaxed).is_null();
-        if local_work || self.global_has_work() {
+        if self.ps[p].runq.has_work() || self.global_has_work() {
             return self.startm(Some(p), false, then_park);
         }
         if self.nmspinning.load(Ordering::SeqCst) + self.npidle.load(Ordering::SeqCst) == 0
@@ -251,23 +247,6 @@ impl Shared {
         self.ps[p].m.store(ptr::null_mut(), Ordering::Relaxed);
         self.handoffp(p, false);
         true
-    }
-
-    /// Does P `p` have queued work (local queue, runnext or a yielder)?
-    pub(crate) fn p_has_work(&self, p: usize) -> bool {
-        let p = &self.ps[p];
-        !p.stealer.is_empty()
-            || !p.runnext.load(Ordering::Acquire).is_null()
-            || !p.yielded.load(Ordering::Relaxed).is_null()
-    }
-
-    /// Goroutines queued on P `p` (local queue, runnext, yield slot); a
-    /// racy snapshot for diagnostics.
-    pub(crate) fn p_queue_len(&self, p: usize) -> usize {
-        let p = &self.ps[p];
-        p.stealer.len()
-            + usize::from(!p.runnext.load(Ordering::Relaxed).is_null())
-            + usize::from(!p.yielded.load(Ordering::Relaxed).is_null())
     }
 
     /// Does the global run queue, or the queue of woken goroutines, hold
@@ -336,11 +315,12 @@ impl Shared {
         }
     }
 
-    /// Is there any runnable G anywhere (for the last spinning M's re-check)?
+    /// Is there a runnable G an idle M could take (the last spinning M's
+    /// re-check)? Not a P's yield slot: see `RunQueue::has_stealable_work`.
     pub(crate) fn any_work(&self) -> bool {
         self.global_has_work()
             || self.ps[..self.procs()]
                 .iter()
-                .any(|p| !p.stealer.is_empty() || !p.runnext.load(Ordering::Acquire).is_null())
+                .any(|p| p.runq.has_stealable_work())
     }
 }

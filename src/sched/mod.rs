@@ -82,25 +82,24 @@ const GLOBAL_CHECK: u64 = 61;
 /// Passes over all Ps a spinning M makes before giving up (Go: stealTries).
 const STEAL_TRIES: usize = 4;
 
-/// How long a thief waits before taking `runnext` from a running P (Go's
-/// `usleep(3)` in `runqgrab`).
-const RUNNEXT_GRACE: std::time::Duration = std::time::Duration::from_micros(3);
 
 mod current;
 mod direct_yield;
 pub(crate) mod g;
+mod findrunnable;
 mod handoff;
+mod idle;
 mod m;
 mod newproc;
 mod p;
 mod park;
 mod procresize;
+pub(crate) mod rand;
+pub(crate) mod runq;
 mod schedule;
 mod shared;
 pub(crate) mod syscall;
 mod teardown;
-#[cfg(test)]
-mod tests;
 pub(crate) mod timer;
 mod wakeup;
 

@@ -5,6 +5,7 @@ use std::ptr::{self, NonNull};
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::runq::Owner;
 use super::*;
 use crate::sched::g::{GRef, EMPTY, G};
 
@@ -46,7 +47,7 @@ impl Shared {
         // From a goroutine (or g0) of this runtime: Go's newproc, all on the
         // P: a cached G, an id from the P's batch, into runnext (the previous
         // runnext is kicked to the local queue's tail).
-        let local = self.with_local(|p, l| {
+        let local = self.with_local(|p, q, l| {
             let g = l
                 .gfree
                 .pop()
@@ -59,9 +60,7 @@ impl Shared {
             l.goid_next += 1;
             init(g, id, body.take().expect("body taken once"));
             bump(&p.counters.spawned);
-            if let Some(old) = NonNull::new(p.runnext.swap(g.as_ptr(), Ordering::AcqRel)) {
-                l.worker.push(GRef(old));
-            }
+            q.put_next(g);
             id
         });
         let id = match local {
@@ -94,7 +93,10 @@ impl Shared {
     /// touch it (to retake it). So the goroutine claims it for the duration
     /// of `f` (`claim_p`; a retake waits for the claim to end). On g0 the P
     /// is in SCHED(m) already.
-    pub(crate) fn with_local<R>(&self, f: impl FnOnce(&P, &mut PLocal) -> R) -> Option<R> {
+    pub(crate) fn with_local<R>(
+        &self,
+        f: impl FnOnce(&P, Owner<'_>, &mut PLocal) -> R,
+    ) -> Option<R> {
         let m = cur_m();
         if m.is_null() {
             return None;
@@ -108,15 +110,15 @@ impl Shared {
         let p = &self.ps[m.p.get()?];
         if m.curg.load(Ordering::Relaxed).is_null() {
             // SAFETY: g0 of the M that holds this P in state SCHED: the only
-            // one allowed to touch its local data.
-            return Some(f(p, unsafe { &mut *p.local.get() }));
+            // one allowed to touch its run queue and local data.
+            return Some(unsafe { f(p, p.runq.owner(), &mut *p.local.get()) });
         }
         if !claim_p(m, p) {
             return None;
         }
-        // SAFETY: we hold a claim on the P: nobody else touches its local
-        // data until we end it.
-        let r = f(p, unsafe { &mut *p.local.get() });
+        // SAFETY: we hold a claim on the P: nobody else touches its run
+        // queue or local data until we end it.
+        let r = unsafe { f(p, p.runq.owner(), &mut *p.local.get()) };
         unclaim_p(m);
         Some(r)
     }

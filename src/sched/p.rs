@@ -5,11 +5,11 @@
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
-use crossbeam_deque::{Stealer, Worker};
 
+use super::runq::RunQueue;
 use super::*;
-use crate::sched::g::{GRef, G};
-use crate::stack::Stack;
+use crate::sched::g::GRef;
+use crate::stack::{Stack, StackPool, P_CACHE};
 
 // P status words: (m id << 8) | state.
 pub(crate) const P_IDLE: u64 = 0;
@@ -48,21 +48,9 @@ pub(crate) struct P {
     pub(crate) id: usize,
     /// Ownership word (module docs). CAS by the owner M and by sysmon.
     pub(crate) status: AtomicU64,
-    pub(crate) stealer: Stealer<GRef>,
-    /// A G to run next, inheriting the time slice. Set by the owning M or a
-    /// goroutine running on it (swap); taken by the owner (swap) or a thief
-    /// (CAS), AcqRel.
-    pub(crate) runnext: AtomicPtr<G>,
-    /// A goroutine that yielded while it was the only other runnable one
-    /// on this P: the local queue's tail, kept out of the `Worker` so that
-    /// a yield between two goroutines costs no atomic read-modify-write
-    /// (`Worker::pop` is one). Runs before the `Worker`'s goroutines (they
-    /// came later). Not stealable: it waits at most until the running
-    /// goroutine yields, parks or is preempted (sysmon counts it as
-    /// waiting work), or its P is handed on with it. Only the P's owner
-    /// (g0 in SCHED, or a goroutine holding a claim) reads or writes it,
-    /// with plain Relaxed accesses; sysmon and `schedtrace` only peek.
-    pub(crate) yielded: AtomicPtr<G>,
+    /// Its run queue: `runnext`, the yield slot and the local deque
+    /// (`runq`).
+    pub(crate) runq: RunQueue,
     /// Fresh slices started (Go's schedtick). Written by the owner, read by
     /// sysmon (Relaxed; `slice_start` is written just before it).
     pub(crate) schedtick: AtomicU64,
@@ -87,13 +75,46 @@ pub(crate) struct P {
 
 /// The part of a P only its owner touches (on g0).
 pub(crate) struct PLocal {
-    pub(crate) worker: Worker<GRef>,
     pub(crate) gfree: Vec<GRef>,
     pub(crate) stacks: Vec<Stack>,
     pub(crate) rng: u64,
     /// Next goroutine id of this P's batch, and the batch end.
     pub(crate) goid_next: u64,
     pub(crate) goid_end: u64,
+}
+
+impl PLocal {
+    /// The next number of this P's random sequence (steal order).
+    pub(crate) fn rand(&mut self) -> u64 {
+        super::rand::next(&mut self.rng)
+    }
+
+    /// A stack from the P's cache, refilled with half a cache from `pool`
+    /// when empty.
+    pub(crate) fn stack_get(&mut self, pool: &StackPool) -> Stack {
+        if self.stacks.is_empty() {
+            pool.get_batch(&mut self.stacks, P_CACHE / 2);
+        }
+        self.stacks.pop().expect("stack batch is never empty")
+    }
+
+    /// Caches a finished G and its stack, moving half of a full cache to
+    /// the runtime's lists.
+    pub(crate) fn put_free(&mut self, sh: &Shared, g: GRef, stack: Option<Stack>) {
+        if let Some(s) = stack {
+            sh.stacks.recycle(&s);
+            self.stacks.push(s);
+            if self.stacks.len() > P_CACHE {
+                let half = self.stacks.len() / 2;
+                sh.stacks.put_batch(self.stacks.drain(..half));
+            }
+        }
+        self.gfree.push(g);
+        if self.gfree.len() > G_CACHE {
+            let half = self.gfree.len() / 2;
+            sh.gfree.rt_lock().extend(self.gfree.drain(..half));
+        }
+    }
 }
 
 // SAFETY: `local` is accessed only by the M whose id is in `status` (state

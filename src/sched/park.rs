@@ -66,11 +66,7 @@ pub(crate) fn ready(g: GRef) {
     if wakes.is_multiple_of(SCHED_LATENCY_SAMPLE) {
         g.runnable_at.set(sh.slice_clock().max(1));
     }
-    let local = sh.with_local(|p, l| {
-        if let Some(old) = NonNull::new(p.runnext.swap(g.as_ptr(), Ordering::AcqRel)) {
-            l.worker.push(GRef(old));
-        }
-    });
+    let local = sh.with_local(|_, q, _| q.put_next(g));
     if local.is_none() {
         sh.woken.push(g);
         fence(Ordering::SeqCst);

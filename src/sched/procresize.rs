@@ -36,7 +36,7 @@
 //! an epoch scheme on the hottest paths).
 
 use std::io;
-use std::ptr::{self, NonNull};
+use std::ptr::{self};
 use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
 
@@ -85,15 +85,8 @@ impl Shared {
             self.injector.push(g);
             moved = true;
         };
-        if let Some(g) = NonNull::new(pp.runnext.swap(ptr::null_mut(), Ordering::AcqRel)) {
-            put(GRef(g));
-        }
-        if let Some(g) = NonNull::new(pp.yielded.swap(ptr::null_mut(), Ordering::AcqRel)) {
-            put(GRef(g));
-        }
-        while let Some(g) = l.worker.pop() {
-            put(g);
-        }
+        // SAFETY: as above.
+        unsafe { pp.runq.owner() }.drain(&mut put);
         if !l.gfree.is_empty() {
             self.gfree.rt_lock().append(&mut l.gfree);
         }

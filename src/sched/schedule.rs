@@ -6,17 +6,15 @@ use crate::sched::RuntimeLock;
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use crossbeam_deque::Steal;
 
-use super::direct_yield::OwnerSwap;
+use super::runq::Owner;
 use super::*;
 use crate::arch;
 use crate::builder::PreemptMode;
 use crate::os::affinity::thread_cpu_mask;
 use crate::sched::g::{GRef, EMPTY, PARKED};
-use crate::stack::{Stack, P_CACHE};
+use crate::stack::Stack;
 
 /// Body of every M thread.
 pub(super) fn mstart(sh: Arc<Shared>, m: Arc<M>) {
@@ -58,24 +56,37 @@ pub(super) fn mstart(sh: Arc<Shared>, m: Arc<M>) {
 }
 
 /// One M's view of the scheduler: the code that runs on g0.
-struct Sched<'a> {
-    sh: &'a Shared,
-    m: &'a Arc<M>,
+pub(super) struct Sched<'a> {
+    pub(super) sh: &'a Shared,
+    pub(super) m: &'a Arc<M>,
 }
 
 impl Sched<'_> {
-    fn p(&self) -> &P {
+    pub(super) fn p(&self) -> &P {
         &self.sh.ps[self.m.p.get().expect("M without a P")]
     }
 
+    /// The P's local data, for one call of a `PLocal` method.
+    ///
+    /// Every use is `self.local().method(..)`, and `PLocal`'s methods take
+    /// no `Sched` (only the P's data and the runtime's shared pools), so
+    /// they cannot reach `local()` again: the `&mut` returned here is the
+    /// only one alive on this thread, and no other thread touches the data
+    /// while we own the P.
     #[allow(clippy::mut_from_ref)]
-    fn local(&self) -> &mut PLocal {
-        // SAFETY: we are on g0 of the M that owns this P (state SCHED); no
-        // other reference to its local data exists.
+    pub(super) fn local(&self) -> &mut PLocal {
+        // SAFETY: we are on g0 of the M that owns this P (state SCHED);
+        // see above for why no other reference to its local data exists.
         unsafe { &mut *self.p().local.get() }
     }
 
-    fn acquirep(&self, p: usize) {
+    /// The P's run queue (owner side).
+    pub(super) fn runq(&self) -> Owner<'_> {
+        // SAFETY: we are on g0 of the M that owns this P (state SCHED).
+        unsafe { self.p().runq.owner() }
+    }
+
+    pub(super) fn acquirep(&self, p: usize) {
         debug_assert!(self.m.p.get().is_none());
         let pp = &self.sh.ps[p];
         pp.m.store(Arc::as_ptr(self.m) as *mut M, Ordering::Relaxed);
@@ -91,14 +102,14 @@ impl Sched<'_> {
         self.sh.note_busy();
     }
 
-    fn releasep(&self) -> usize {
+    pub(super) fn releasep(&self) -> usize {
         let p = self.m.p.take().expect("releasep without a P");
         self.sh.ps[p].status.store(P_HANDOFF, Ordering::Release);
         p
     }
 
     /// The scheduler loop (Go's schedule): runs until shutdown.
-    fn run(&self) {
+    pub(super) fn run(&self) {
         let mut next: Option<(GRef, bool)> = None;
         loop {
             if self.sh.shutdown.load(Ordering::Acquire) {
@@ -157,7 +168,7 @@ impl Sched<'_> {
     /// mcall).
     /// Returns the goroutine that switched back to g0: `g`, or another one
     /// that `g` yielded to directly (see `sched::yield_direct`).
-    fn execute(&self, g: GRef, inherit: bool) -> GRef {
+    pub(super) fn execute(&self, g: GRef, inherit: bool) -> GRef {
         let p = self.p();
         if !inherit || self.m.new_p.get() {
             self.m.new_p.set(false);
@@ -206,7 +217,7 @@ impl Sched<'_> {
     }
 
     /// Handles the reason `g` switched back. Returns a G to run at once.
-    fn after(&self, g: GRef) -> Option<(GRef, bool)> {
+    pub(super) fn after(&self, g: GRef) -> Option<(GRef, bool)> {
         let reason = self.m.reason.replace(Reason::None);
         // Kept only by a wake-up preemption (see `requeue_preempted_for_wakeup`).
         let origin = g.run_origin.replace(0);
@@ -290,7 +301,7 @@ impl Sched<'_> {
     /// never reach its quantum, and the goroutines queued behind it would
     /// starve (Jain's index 0.5 in the fairness example). Past that it goes
     /// to the global queue's tail, as a time-sliced goroutine does.
-    fn requeue_preempted_for_wakeup(&self, g: GRef, origin: u64) -> bool {
+    pub(super) fn requeue_preempted_for_wakeup(&self, g: GRef, origin: u64) -> bool {
         let Some(p) = self.m.p.get() else {
             return false;
         };
@@ -311,15 +322,13 @@ impl Sched<'_> {
             return false;
         }
         g.run_origin.set(origin.max(1));
-        if let Some(old) = NonNull::new(pp.runnext.swap(g.as_ptr(), Ordering::AcqRel)) {
-            self.local().worker.push(GRef(old));
-        }
+        self.runq().put_next(g);
         true
     }
 
     /// Ends `g`'s lock to this M unless something still holds it there:
     /// `lock_os_thread`, ThreadAffine pinning, or a panic in progress.
-    fn unlock_if_free(&self, g: GRef) {
+    pub(super) fn unlock_if_free(&self, g: GRef) {
         if g.lock_count.get() == 0 && !g.affine.get() && !g.unwinding.get() {
             g.locked_m.set(None);
             self.m.locked_g.set(None);
@@ -343,7 +352,7 @@ impl Sched<'_> {
     /// state is the goroutine's: no other goroutine ran here since it started
     /// panicking (this rule). Cheap: `panicking()` is one Relaxed load of
     /// std's global panic count while no thread panics.
-    fn lock_if_panicking(&self, g: GRef) {
+    pub(super) fn lock_if_panicking(&self, g: GRef) {
         let panicking = std::thread::panicking();
         if panicking == g.unwinding.get() {
             return;
@@ -357,9 +366,9 @@ impl Sched<'_> {
         }
     }
 
-    fn runqput_tail(&self, g: GRef) {
+    pub(super) fn runqput_tail(&self, g: GRef) {
         match self.m.p.get() {
-            Some(_) => self.local().worker.push(g),
+            Some(_) => self.runq().put_tail(g),
             None => self.globrunqput(g, false),
         }
     }
@@ -371,7 +380,7 @@ impl Sched<'_> {
     /// goroutine ran) and with every other P idle, nobody else would ever
     /// look: the goroutine was lost (a hang found under load in
     /// tests/sleep.rs: every M parked, one goroutine in the global queue).
-    fn globrunqput(&self, g: GRef, wake: bool) {
+    pub(super) fn globrunqput(&self, g: GRef, wake: bool) {
         self.sh.injector.push(g);
         if wake || self.m.p.get().is_none() {
             // Dekker with the spinning protocol (see `wakep`).
@@ -381,7 +390,7 @@ impl Sched<'_> {
     }
 
     /// Returns a finished G and its stack to the caches.
-    fn gfput(&self, g: GRef) {
+    pub(super) fn gfput(&self, g: GRef) {
         g.live.store(false, Ordering::Relaxed);
         if let Some(lm) = g.locked_m.take() {
             debug_assert!(ptr::eq(lm.as_ptr(), Arc::as_ptr(self.m)));
@@ -397,20 +406,7 @@ impl Sched<'_> {
         match self.m.p.get() {
             Some(pi) => {
                 bump(&self.sh.ps[pi].counters.exited);
-                let local = self.local();
-                if let Some(s) = stack {
-                    self.sh.stacks.recycle(&s);
-                    local.stacks.push(s);
-                    if local.stacks.len() > P_CACHE {
-                        let half = local.stacks.len() / 2;
-                        self.sh.stacks.put_batch(local.stacks.drain(..half));
-                    }
-                }
-                local.gfree.push(g);
-                if local.gfree.len() > G_CACHE {
-                    let half = local.gfree.len() / 2;
-                    self.sh.gfree.rt_lock().extend(local.gfree.drain(..half));
-                }
+                self.local().put_free(self.sh, g, stack);
             }
             None => {
                 // No P (sysmon retook it): P-local caches and counters
@@ -426,403 +422,8 @@ impl Sched<'_> {
         }
     }
 
-    fn stack_get(&self) -> Stack {
-        let local = self.local();
-        if local.stacks.is_empty() {
-            self.sh.stacks.get_batch(&mut local.stacks, P_CACHE / 2);
-        }
-        local.stacks.pop().expect("stack batch is never empty")
+    pub(super) fn stack_get(&self) -> Stack {
+        self.local().stack_get(&self.sh.stacks)
     }
 
-    /// Go's findRunnable. Returns None only at shutdown.
-    ///
-    /// One departure from Go, for ThreadAffine mode: when
-    /// `affine_parked_cap()` Ms are parked with asynchronously preempted
-    /// goroutines, the global queue (where those goroutines wait)
-    /// comes right after `runnext`, before the local queue, and the local
-    /// queue gets the every-61st-slice turn instead.
-    /// Each such goroutine pins its thread until it resumes, so starting
-    /// fresh goroutines from the local queue, which get preempted in turn,
-    /// would add a thread per goroutine (1,000+ threads with 2,000 hogs at a
-    /// 50 µs quantum); resuming the oldest parked ones first keeps the count
-    /// near the cap.
-    fn find_runnable(&self) -> Option<(GRef, bool)> {
-        loop {
-            if self.sh.shutdown.load(Ordering::Acquire) {
-                return None;
-            }
-            if self.retire_p() {
-                if !self.stopm() {
-                    return None;
-                }
-                continue;
-            }
-            self.sh.fire_timers();
-            // Goroutines woken from outside any P first (see `Shared::woken`).
-            if !self.sh.woken.is_empty() {
-                if let Some(g) = steal_one(|| self.sh.woken.steal()) {
-                    return Some((g, false));
-                }
-            }
-            let p = self.p();
-            let global_turn = p
-                .schedtick
-                .load(Ordering::Relaxed)
-                .is_multiple_of(GLOBAL_CHECK);
-            let affine_full =
-                self.sh.affine_parked.load(Ordering::Relaxed) >= self.sh.affine_parked_cap();
-            if global_turn && !affine_full {
-                if let Some(g) = steal_one(|| self.sh.injector.steal()) {
-                    return Some((g, false));
-                }
-            }
-            if let Some(g) = NonNull::new(p.runnext.swap(ptr::null_mut(), Ordering::AcqRel)) {
-                return Some((GRef(g), true));
-            }
-            if affine_full && !global_turn {
-                if let Some(g) = steal_one(|| self.sh.injector.steal()) {
-                    return Some((g, false));
-                }
-            }
-            if let Some(g) = NonNull::new(p.yielded.swap_owner(ptr::null_mut())) {
-                return Some((GRef(g), false));
-            }
-            if let Some(g) = self.local().worker.pop() {
-                return Some((g, false));
-            }
-            if let Some(g) =
-                steal_one(|| self.sh.injector.steal_batch_and_pop(&self.local().worker))
-            {
-                return Some((g, false));
-            }
-            // Ready I/O before stealing (Go's findRunnable step 6); one
-            // Relaxed load when no goroutine waits on the poller.
-            if self.sh.driver.should_poll() && self.sh.netpoll_now() > 0 {
-                continue;
-            }
-            let busy = self
-                .sh
-                .procs()
-                .saturating_sub(self.sh.npidle.load(Ordering::SeqCst));
-            if self.m.spinning.load(Ordering::Relaxed)
-                || 2 * self.sh.nmspinning.load(Ordering::SeqCst) < busy
-            {
-                if !self.m.spinning.load(Ordering::Relaxed) {
-                    self.m.spinning.store(true, Ordering::Relaxed);
-                    self.sh.nmspinning.fetch_add(1, Ordering::SeqCst);
-                }
-                if let Some(g) = self.steal_work() {
-                    return Some((g, false));
-                }
-            }
-            // Nothing: give up the P (step 5 of the module docs).
-            let was_spinning = self.m.spinning.swap(false, Ordering::Relaxed);
-            let pi = self.releasep();
-            self.sh.pidleput(pi);
-            if was_spinning {
-                self.sh.nmspinning.fetch_sub(1, Ordering::SeqCst);
-            }
-            fence(Ordering::SeqCst);
-            if self.sh.any_work() {
-                if let Some(pi) = self.sh.pidleget() {
-                    self.acquirep(pi);
-                    if was_spinning {
-                        self.m.spinning.store(true, Ordering::Relaxed);
-                        self.sh.nmspinning.fetch_add(1, Ordering::SeqCst);
-                    }
-                    continue;
-                }
-            }
-            if !self.stopm() {
-                return None;
-            }
-        }
-    }
-
-    /// Go's stealWork: up to 4 passes over the other Ps in random order.
-    fn steal_work(&self) -> Option<GRef> {
-        let n = self.sh.procs();
-        let me = self.p().id;
-        for pass in 0..STEAL_TRIES {
-            let last = pass == STEAL_TRIES - 1;
-            let (start, step) = {
-                let local = self.local();
-                local.rng ^= local.rng << 13;
-                local.rng ^= local.rng >> 7;
-                local.rng ^= local.rng << 17;
-                let r = local.rng;
-                (r as usize % n, coprime_step(n, (r >> 32) as usize))
-            };
-            let mut i = start;
-            for _ in 0..n {
-                if i != me {
-                    if let Some(g) = self.steal_from(i, last) {
-                        bump(&self.p().counters.steals);
-                        return Some(g);
-                    }
-                }
-                i = (i + step) % n;
-            }
-        }
-        None
-    }
-
-    fn steal_from(&self, victim: usize, take_runnext: bool) -> Option<GRef> {
-        let v = &self.sh.ps[victim];
-        if let Some(g) = steal_one(|| v.stealer.steal_batch_and_pop(&self.local().worker)) {
-            return Some(g);
-        }
-        if take_runnext {
-            let g = v.runnext.load(Ordering::Acquire);
-            if g.is_null() {
-                return None;
-            }
-            if matches!(v.status.load(Ordering::Relaxed) & 0xff, P_USER | P_SCHED) {
-                // Go's runqgrab: the victim is running, and a goroutine that
-                // just readied `g` often blocks right after (a channel
-                // ping-pong). Give its P time to run `g` itself rather than
-                // bounce the pair between threads. Like Go, sleep rather
-                // than watch: the sleep also slows a thief that would
-                // otherwise keep snatching the pair (watching runnext for
-                // 3 µs instead gained half as much on the 2-P ping-pong).
-                std::thread::sleep(RUNNEXT_GRACE);
-            }
-            if v.runnext
-                .compare_exchange(g, ptr::null_mut(), Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
-                return NonNull::new(g).map(GRef);
-            }
-        }
-        None
-    }
-
-    /// If `set_procs` dropped our P, destroy it (Go's procresize does it
-    /// for every dropped P while the world is stopped; see
-    /// `sched::procresize`). Returns whether it did: we have no P now.
-    #[inline]
-    fn retire_p(&self) -> bool {
-        match self.m.p.get() {
-            Some(p) if self.sh.p_dropped(p) => {}
-            _ => return false,
-        }
-        if self.m.spinning.swap(false, Ordering::Relaxed) {
-            self.sh.nmspinning.fetch_sub(1, Ordering::SeqCst);
-        }
-        let p = self.releasep();
-        self.sh.destroyp(p);
-        true
-    }
-
-    /// Go's resetspinning.
-    fn resetspinning(&self) {
-        self.m.spinning.store(false, Ordering::Relaxed);
-        self.sh.nmspinning.fetch_sub(1, Ordering::SeqCst);
-        self.sh.wakep();
-    }
-
-    /// Go's stopm: park this M (without a P) until handed one. Returns false
-    /// at shutdown. While parked it may be the sleeper, waiting in the
-    /// driver (`crate::driver`): it wakes at the earliest deadline or on
-    /// I/O, fires due timers, and tries to run what woke itself.
-    fn stopm(&self) -> bool {
-        debug_assert!(self.m.p.get().is_none());
-        self.sh.midle.rt_lock().push(self.m.clone());
-        let me = Arc::as_ptr(self.m) as *mut M;
-        loop {
-            if self.sh.shutdown.load(Ordering::Acquire) {
-                return false;
-            }
-            // The sleeper role: the one M that waits in the driver (until
-            // the next timer, I/O, or `wake_m`); see `crate::driver`.
-            let sleeper = (self.sh.timers.next().is_some() || self.sh.driver.waiters() != 0)
-                && self
-                    .sh
-                    .timer_m
-                    .compare_exchange(ptr::null_mut(), me, Ordering::SeqCst, Ordering::Relaxed)
-                    .is_ok();
-            let (woken, io) = if sleeper {
-                let timeout = self
-                    .sh
-                    .timers
-                    .next()
-                    .map(|next| Duration::from_nanos(next.saturating_sub(self.sh.nanotime())));
-                self.sh.park_in_driver(self.m, timeout)
-            } else {
-                (self.m.note.wait(None), Vec::new())
-            };
-            self.sh.unpin(self.m);
-            if sleeper {
-                self.sh.timer_m.store(ptr::null_mut(), Ordering::SeqCst);
-                // Dekker with `wake_m`, which skips the futex wake while it
-                // sees us as the sleeper: our leaving the role comes before
-                // our next look at the note.
-                fence(Ordering::SeqCst);
-            }
-            // Goroutines the poll woke: queued now, their wake-up below
-            // (ourselves if we get a P, else `wakep`).
-            let io_ready = io.len();
-            self.sh.inject(io, false);
-            if self.sh.shutdown.load(Ordering::Acquire) {
-                return false;
-            }
-            if let Some(p) = self.m.take_nextp() {
-                self.acquirep(p);
-                self.wake_for_io(io_ready, 0);
-                return true;
-            }
-            let timer_due = !woken
-                && self
-                    .sh
-                    .timers
-                    .next()
-                    .is_some_and(|n| n <= self.sh.nanotime());
-            if !timer_due && io_ready == 0 {
-                continue;
-            }
-            // A timer is due or I/O woke goroutines. If a P is idle, leave
-            // the idle list (unless someone already took us off it and is
-            // about to hand us a P), take the P and run them ourselves.
-            let mut idle = self.sh.midle.rt_lock();
-            if let Some(pos) = idle.iter().position(|m| Arc::ptr_eq(m, self.m)) {
-                if let Some(p) = self.sh.pidleget() {
-                    idle.swap_remove(pos);
-                    drop(idle);
-                    self.acquirep(p);
-                    self.sh.fire_timers();
-                    self.wake_for_io(io_ready, 1);
-                    return true;
-                }
-            }
-            drop(idle);
-            // No P for us (every P is busy): fire the timers anyway. The
-            // goroutines they (and the poll) wake wait on the global queue
-            // for a P, and the deadline moves on, so we sleep instead of
-            // spinning on it. sysmon preempts only while someone waits, and
-            // may be asleep for a quantum: tell it someone waits now.
-            self.wake_for_io(io_ready, 0);
-            if self.sh.fire_timers() + io_ready > 0 {
-                self.sh.sysmon_note.wake();
-            }
-        }
-    }
-
-    /// After a driver wait in `stopm` made `n` goroutines runnable (on the
-    /// global queue), of which we run `ours` ourselves: wake an M for the
-    /// rest (the spinning protocol ramps up from there).
-    fn wake_for_io(&self, n: usize, ours: usize) {
-        if n > ours {
-            fence(Ordering::SeqCst);
-            self.sh.wakep();
-        }
-    }
-
-    /// Go's stoplockedm: our locked G is not running; give our P away and
-    /// sleep until someone hands us a P to run it with.
-    fn stoplockedm(&self) -> bool {
-        // Our locked G waits in a run queue after an asynchronous
-        // preemption (ThreadAffine): count us until it resumes (see
-        // `find_runnable`).
-        let affine = self.m.locked_g.get().is_some_and(|g| g.affine.get());
-        if affine {
-            self.sh.affine_parked.fetch_add(1, Ordering::Relaxed);
-        }
-        let ok = self.stoplockedm_wait();
-        if affine {
-            self.sh.affine_parked.fetch_sub(1, Ordering::Relaxed);
-        }
-        ok
-    }
-
-    fn stoplockedm_wait(&self) -> bool {
-        if let Some(p) = self.m.p.get() {
-            if self.m.spinning.swap(false, Ordering::Relaxed) {
-                self.sh.nmspinning.fetch_sub(1, Ordering::SeqCst);
-            }
-            self.m.p.set(None);
-            self.sh.ps[p].status.store(P_HANDOFF, Ordering::Release);
-            // We park right below: hand over our CPU with the P.
-            self.sh.handoffp(p, true);
-        }
-        loop {
-            self.m.note.wait(None);
-            self.sh.unpin(self.m);
-            if self.sh.shutdown.load(Ordering::Acquire) {
-                return false;
-            }
-            if let Some(p) = self.m.take_nextp() {
-                self.acquirep(p);
-                return true;
-            }
-        }
-    }
-
-    /// Go's startlockedm: the goroutine we dequeued may run only on `lm`
-    /// (which runs its `locked_g` once it has a P): give it our P.
-    fn startlockedm(&self, lm: NonNull<M>) {
-        let p = self.releasep();
-        // SAFETY: Ms live as long as Shared.
-        let lm = unsafe { lm.as_ref() };
-        lm.nextp.store(p + 1, Ordering::Release);
-        // We park right after this (see `run`): hand over our CPU too.
-        self.sh.pin_to_this_cpu(lm);
-        lm.note.wake();
-    }
-}
-
-/// Ms parked with an asynchronously preempted ThreadAffine goroutine above
-/// which `find_runnable` serves the global queue (where those goroutines
-/// wait) before the local one: `max(AFFINE_PARKED_MIN, AFFINE_PARKED_PER_P
-/// * procs)`. A soft cap on the threads ThreadAffine preemption costs.
-///
-/// The cap trades thread count for start latency: at the cap a goroutine
-/// waiting in a local queue starts only on the every-61st-slice turn (each
-/// one started is preempted in turn and pins one more thread). Below it
-/// Go's order holds. So it is high enough that ordinary loads (tens of
-/// call-free loops) never reach it (40 loops on 2 Ps: fairness index 0.99
-/// either way, while a cap of 16 dropped it to 0.58 in a 2 s run), and low
-/// enough that a burst of thousands of short hogs stays at tens of threads
-/// instead of one per hog.
-const AFFINE_PARKED_PER_P: usize = 8;
-const AFFINE_PARKED_MIN: usize = 64;
-
-impl Shared {
-    /// See `AFFINE_PARKED_PER_P`.
-    fn affine_parked_cap(&self) -> usize {
-        (AFFINE_PARKED_PER_P * self.procs()).max(AFFINE_PARKED_MIN)
-    }
-}
-
-/// Retries a crossbeam steal until it is not `Retry`.
-pub(super) fn steal_one(mut f: impl FnMut() -> Steal<GRef>) -> Option<GRef> {
-    loop {
-        match f() {
-            Steal::Success(g) => return Some(g),
-            Steal::Empty => return None,
-            Steal::Retry => std::hint::spin_loop(),
-        }
-    }
-}
-
-/// A step in 1..n coprime to n, so `start + k*step mod n` visits every P
-/// once (Go's randomOrder).
-pub(super) fn coprime_step(n: usize, r: usize) -> usize {
-    if n <= 1 {
-        return 1;
-    }
-    let mut s = r % n;
-    loop {
-        s = s % (n - 1) + 1;
-        if gcd(s, n) == 1 {
-            return s;
-        }
-        s += 1;
-    }
-}
-
-fn gcd(mut a: usize, mut b: usize) -> usize {
-    while b != 0 {
-        (a, b) = (b, a % b);
-    }
-    a
 }

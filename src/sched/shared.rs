@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle as ThreadHandle;
 use std::time::Instant;
 
-use crossbeam_deque::{Injector, Worker};
+use crossbeam_deque::Injector;
 
 use super::*;
 use crate::arch;
@@ -112,18 +112,11 @@ impl Shared {
         // thieves and `ready` index it without a lock). Ps at or above
         // `gomaxprocs` are dead: about 1 KiB each, never scheduled.
         let mut ps = Vec::with_capacity(crate::builder::MAX_PROCS);
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (std::process::id() as u64);
         for id in 0..crate::builder::MAX_PROCS {
-            let worker = Worker::new_fifo();
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
             ps.push(P {
                 id,
                 status: AtomicU64::new(if id < cfg.procs { P_IDLE } else { P_DEAD }),
-                stealer: worker.stealer(),
-                runnext: AtomicPtr::new(ptr::null_mut()),
-                yielded: AtomicPtr::new(ptr::null_mut()),
+                runq: super::runq::RunQueue::new(),
                 schedtick: AtomicU64::new(0),
                 wakeup_tick: AtomicU64::new(wakeup::NO_WAKEUP),
                 slice_start: AtomicU64::new(0),
@@ -132,10 +125,9 @@ impl Shared {
                 m: AtomicPtr::new(ptr::null_mut()),
                 counters: PCounters::default(),
                 local: UnsafeCell::new(PLocal {
-                    worker,
                     gfree: Vec::new(),
                     stacks: Vec::new(),
-                    rng: seed | 1,
+                    rng: super::rand::seed(),
                     goid_next: 0,
                     goid_end: 0,
                 }),

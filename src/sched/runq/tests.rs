@@ -1,20 +1,16 @@
-//! Unit tests of the run-queue plumbing the scheduler relies on: the FIFO
-//! order of a P's local queue, how much one steal takes, that concurrent
-//! stealing neither loses nor duplicates a goroutine, and that
-//! `coprime_step` gives a visiting order that covers every P.
+//! Unit tests of a P's run queue: the order the owner takes goroutines
+//! in, what counts as work, how much one steal takes, and that concurrent
+//! stealing neither loses nor duplicates a goroutine.
 //!
 //! The Gs here are dummies (never run, no runtime): only their addresses
 //! and ids matter.
 
-use std::collections::HashSet;
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use crossbeam_deque::Worker;
-
-use super::schedule::{coprime_step, steal_one};
+use super::{steal_one, Owner, RunQueue};
 use crate::sched::g::{GRef, G};
 
 /// `n` dummy Gs with ids `0..n`. The vector must outlive, unmoved and
@@ -33,49 +29,107 @@ fn gref(g: &G) -> GRef {
     GRef(NonNull::from(g))
 }
 
-fn ids(w: &Worker<GRef>) -> Vec<u64> {
-    std::iter::from_fn(|| w.pop()).map(|g| g.id.get()).collect()
+/// The owner side of a queue the test thread owns.
+fn own(q: &RunQueue) -> Owner<'_> {
+    // SAFETY: the queue belongs to no P; the calling thread is its only
+    // owner for the test's duration (thieves use `steal_into` only).
+    unsafe { q.owner() }
+}
+
+/// Everything the owner would take, in order.
+fn ids(q: &RunQueue) -> Vec<u64> {
+    let o = own(q);
+    std::iter::from_fn(|| o.take_next().or_else(|| o.pop()))
+        .map(|g| g.id.get())
+        .collect()
 }
 
 #[test]
-fn local_queue_is_fifo_for_its_owner_and_for_thieves() {
+fn the_queue_is_fifo_for_its_owner_and_for_thieves() {
     let gs = dummy_gs(100);
-    let w = Worker::new_fifo();
-    gs.iter().for_each(|g| w.push(gref(g)));
-    assert_eq!(ids(&w), (0..100).collect::<Vec<_>>());
+    let q = RunQueue::new();
+    gs.iter().for_each(|g| own(&q).put_tail(gref(g)));
+    assert_eq!(ids(&q), (0..100).collect::<Vec<_>>());
 
     // A thief takes from the same end: the oldest first.
-    gs.iter().for_each(|g| w.push(gref(g)));
-    let s = w.stealer();
-    let first: Vec<u64> = (0..10)
-        .map(|_| steal_one(|| s.steal()).unwrap().id.get())
-        .collect();
-    assert_eq!(first, (0..10).collect::<Vec<_>>());
-    assert_eq!(ids(&w), (10..100).collect::<Vec<_>>());
-    assert!(steal_one(|| s.steal()).is_none());
+    gs.iter().for_each(|g| own(&q).put_tail(gref(g)));
+    let thief = RunQueue::new();
+    let first = q.steal_into(own(&thief), false, false).unwrap();
+    assert_eq!(first.id.get(), 0);
+    assert_eq!(ids(&thief), (1..32).collect::<Vec<_>>());
+    assert_eq!(ids(&q), (32..100).collect::<Vec<_>>());
+    assert!(q.steal_into(own(&thief), true, false).is_none());
+}
+
+#[test]
+fn next_runs_first_and_the_goroutine_it_displaces_goes_to_the_tail() {
+    let gs = dummy_gs(4);
+    let q = RunQueue::new();
+    let o = own(&q);
+    o.put_tail(gref(&gs[0]));
+    o.put_next(gref(&gs[1]));
+    o.put_next(gref(&gs[2]));
+    o.put_tail(gref(&gs[3]));
+    assert_eq!(ids(&q), [2, 0, 1, 3]);
+}
+
+#[test]
+fn a_lone_yielder_waits_in_the_slot_and_runs_before_later_arrivals() {
+    let gs = dummy_gs(3);
+    let q = RunQueue::new();
+    let o = own(&q);
+    o.put_yielded(gref(&gs[0]));
+    assert_eq!(q.len(), 1);
+    // In the slot: work for its P, but nothing a thief can take, so an
+    // idle M must not wake for it.
+    assert!(q.has_work());
+    assert!(!q.has_stealable_work());
+    let thief = RunQueue::new();
+    assert!(q.steal_into(own(&thief), true, false).is_none());
+    // A second yielder finds the slot taken and queues behind it.
+    o.put_yielded(gref(&gs[1]));
+    o.put_tail(gref(&gs[2]));
+    assert!(q.has_stealable_work());
+    assert_eq!(q.len(), 3);
+    assert_eq!(ids(&q), [0, 1, 2]);
+    assert!(!q.has_work() && q.len() == 0);
+}
+
+#[test]
+fn a_thief_takes_next_only_when_asked() {
+    let gs = dummy_gs(2);
+    let (q, thief) = (RunQueue::new(), RunQueue::new());
+    own(&q).put_next(gref(&gs[0]));
+    assert!(q.has_stealable_work());
+    assert!(q.steal_into(own(&thief), false, false).is_none());
+    let t = Instant::now();
+    let got = q.steal_into(own(&thief), true, true).map(|g| g.id.get());
+    assert_eq!(got, Some(0));
+    // `victim_running` waits the grace period first.
+    assert!(t.elapsed() >= super::NEXT_GRACE);
+    assert!(!q.has_work());
+    own(&q).put_next(gref(&gs[1]));
+    let mut drained = Vec::new();
+    own(&q).drain(|g| drained.push(g.id.get()));
+    assert_eq!(drained, [1]);
 }
 
 #[test]
 fn one_steal_takes_half_the_victims_queue_capped_at_32() {
-    // `steal_from` uses `steal_batch_and_pop`: it returns the oldest G and
-    // moves more into the thief's queue. crossbeam takes ceil(n/2) in all,
-    // at most 32 (its MAX_BATCH), oldest first, in order.
+    // crossbeam's `steal_batch_and_pop` returns the oldest G and moves
+    // more into the thief's queue: ceil(n/2) in all, at most 32 (its
+    // MAX_BATCH), oldest first, in order.
     let gs = dummy_gs(200);
     for n in 1..=200usize {
-        let victim = Worker::new_fifo();
-        gs[..n].iter().for_each(|g| victim.push(gref(g)));
-        let thief = Worker::new_fifo();
-        let got =
-            steal_one(|| victim.stealer().steal_batch_and_pop(&thief)).expect("non-empty victim");
+        let victim = RunQueue::new();
+        gs[..n].iter().for_each(|g| own(&victim).put_tail(gref(g)));
+        let thief = RunQueue::new();
+        let got = victim
+            .steal_into(own(&thief), false, false)
+            .expect("non-empty victim");
         let want = n.div_ceil(2).min(32);
         assert_eq!(got.id.get(), 0, "n={n}: the popped G is the oldest");
         let batch = ids(&thief);
-        assert_eq!(
-            1 + batch.len(),
-            want,
-            "n={n}: took {} in all",
-            1 + batch.len()
-        );
         assert_eq!(batch, (1..want as u64).collect::<Vec<_>>(), "n={n}");
         assert_eq!(
             ids(&victim),
@@ -83,11 +137,6 @@ fn one_steal_takes_half_the_victims_queue_capped_at_32() {
             "n={n}"
         );
     }
-    // An empty victim gives nothing and moves nothing.
-    let victim = Worker::<GRef>::new_fifo();
-    let thief = Worker::new_fifo();
-    assert!(steal_one(|| victim.stealer().steal_batch_and_pop(&thief)).is_none());
-    assert!(thief.is_empty());
 }
 
 #[test]
@@ -95,21 +144,20 @@ fn concurrent_stealing_loses_and_duplicates_nothing() {
     const N: usize = 100_000;
     const THIEVES: usize = 3;
     let gs = dummy_gs(N);
-    let owner = Worker::new_fifo();
-    let stealer = owner.stealer();
+    let q = RunQueue::new();
     let done = AtomicBool::new(false);
     let stolen = AtomicUsize::new(0);
     let start = Barrier::new(THIEVES + 1);
     let (mine, theirs) = std::thread::scope(|s| {
         let thieves: Vec<_> = (0..THIEVES)
             .map(|_| {
-                let (stealer, done, stolen, start) = (stealer.clone(), &done, &stolen, &start);
+                let (q, done, stolen, start) = (&q, &done, &stolen, &start);
                 s.spawn(move || {
-                    let local = Worker::new_fifo();
+                    let local = RunQueue::new();
                     let mut seen = Vec::new();
                     start.wait();
                     loop {
-                        match steal_one(|| stealer.steal_batch_and_pop(&local)) {
+                        match q.steal_into(own(&local), false, false) {
                             Some(g) => {
                                 seen.push(g.id.get());
                                 seen.extend(ids(&local));
@@ -126,9 +174,9 @@ fn concurrent_stealing_loses_and_duplicates_nothing() {
         let mut seen = Vec::new();
         start.wait();
         for (i, g) in gs.iter().enumerate() {
-            owner.push(gref(g));
+            own(&q).put_tail(gref(g));
             if i % 4 == 0 {
-                seen.extend(owner.pop().map(|g| g.id.get()));
+                seen.extend(own(&q).pop().map(|g| g.id.get()));
             }
         }
         // Make sure the thieves raced with us at least once, even on a
@@ -137,7 +185,7 @@ fn concurrent_stealing_loses_and_duplicates_nothing() {
         while stolen.load(Ordering::Relaxed) == 0 && t.elapsed() < Duration::from_secs(10) {
             std::thread::yield_now();
         }
-        seen.extend(ids(&owner));
+        seen.extend(ids(&q));
         done.store(true, Ordering::Release);
         let theirs: Vec<Vec<u64>> = thieves.into_iter().map(|t| t.join().unwrap()).collect();
         (seen, theirs)
@@ -155,58 +203,6 @@ fn concurrent_stealing_loses_and_duplicates_nothing() {
         "lost {lost:?}, seen twice {twice:?}"
     );
     assert_eq!(mine.len() + stolen_total, N);
-}
-
-fn gcd(a: usize, b: usize) -> usize {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
-    }
-}
-
-#[test]
-fn coprime_step_visits_every_p_exactly_once_from_any_start() {
-    let mut rs: Vec<usize> = (0..300).collect();
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    for _ in 0..200 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        rs.push(x as usize);
-    }
-    rs.extend([usize::MAX, usize::MAX - 1, 1 << 63]);
-    for n in 1..=64usize {
-        for &r in &rs {
-            let step = coprime_step(n, r);
-            if n > 1 {
-                assert!((1..n).contains(&step), "n={n} r={r}: step {step}");
-            }
-            for start in 0..n {
-                let mut visits = vec![0u8; n];
-                let mut i = start;
-                for _ in 0..n {
-                    visits[i] += 1;
-                    i = (i + step) % n;
-                }
-                assert!(
-                    visits.iter().all(|&v| v == 1),
-                    "n={n} r={r} step={step} start={start}: {visits:?}"
-                );
-            }
-        }
-    }
-}
-
-#[test]
-fn coprime_step_reaches_every_coprime_step() {
-    // The steal order is random only if every valid step can come up.
-    for n in 2..=64usize {
-        let got: HashSet<usize> = (0..4 * n).map(|r| coprime_step(n, r)).collect();
-        let want: HashSet<usize> = (1..n).filter(|&s| gcd(s, n) == 1).collect();
-        assert_eq!(got, want, "n={n}");
-    }
-    assert_eq!(coprime_step(1, 12345), 1);
 }
 
 #[test]

@@ -1,0 +1,268 @@
+//! Finding work for an M (Go's findRunnable and stealWork): the order of
+//! the sources, stealing, and giving up the P. See "Finding work" and
+//! "Spinning and wake-ups" in `crate::sched`.
+
+use std::sync::atomic::{fence, Ordering};
+
+use super::runq::steal_one;
+use super::schedule::Sched;
+use super::*;
+use crate::sched::g::GRef;
+
+impl Sched<'_> {
+    /// Go's findRunnable. Returns None only at shutdown.
+    ///
+    /// One departure from Go, for ThreadAffine mode: when
+    /// `affine_parked_cap()` Ms are parked with asynchronously preempted
+    /// goroutines, the global queue (where those goroutines wait)
+    /// comes right after `runnext`, before the local queue, and the local
+    /// queue gets the every-61st-slice turn instead.
+    /// Each such goroutine pins its thread until it resumes, so starting
+    /// fresh goroutines from the local queue, which get preempted in turn,
+    /// would add a thread per goroutine (1,000+ threads with 2,000 hogs at a
+    /// 50 µs quantum); resuming the oldest parked ones first keeps the count
+    /// near the cap.
+    pub(super) fn find_runnable(&self) -> Option<(GRef, bool)> {
+        loop {
+            if self.sh.shutdown.load(Ordering::Acquire) {
+                return None;
+            }
+            if self.retire_p() {
+                if !self.stopm() {
+                    return None;
+                }
+                continue;
+            }
+            self.sh.fire_timers();
+            // Goroutines woken from outside any P first (see `Shared::woken`).
+            if !self.sh.woken.is_empty() {
+                if let Some(g) = steal_one(|| self.sh.woken.steal()) {
+                    return Some((g, false));
+                }
+            }
+            let p = self.p();
+            let global_turn = p
+                .schedtick
+                .load(Ordering::Relaxed)
+                .is_multiple_of(GLOBAL_CHECK);
+            let affine_full =
+                self.sh.affine_parked.load(Ordering::Relaxed) >= self.sh.affine_parked_cap();
+            if global_turn && !affine_full {
+                if let Some(g) = steal_one(|| self.sh.injector.steal()) {
+                    return Some((g, false));
+                }
+            }
+            let q = self.runq();
+            if let Some(g) = q.take_next() {
+                return Some((g, true));
+            }
+            if affine_full && !global_turn {
+                if let Some(g) = steal_one(|| self.sh.injector.steal()) {
+                    return Some((g, false));
+                }
+            }
+            if let Some(g) = q.pop().or_else(|| q.refill_from(&self.sh.injector)) {
+                return Some((g, false));
+            }
+            // Ready I/O before stealing (Go's findRunnable step 6); one
+            // Relaxed load when no goroutine waits on the poller.
+            if self.sh.driver.should_poll() && self.sh.netpoll_now() > 0 {
+                continue;
+            }
+            let busy = self
+                .sh
+                .procs()
+                .saturating_sub(self.sh.npidle.load(Ordering::SeqCst));
+            if self.m.spinning.load(Ordering::Relaxed)
+                || 2 * self.sh.nmspinning.load(Ordering::SeqCst) < busy
+            {
+                if !self.m.spinning.load(Ordering::Relaxed) {
+                    self.m.spinning.store(true, Ordering::Relaxed);
+                    self.sh.nmspinning.fetch_add(1, Ordering::SeqCst);
+                }
+                if let Some(g) = self.steal_work() {
+                    return Some((g, false));
+                }
+            }
+            // Nothing: give up the P (step 5 of the module docs).
+            let was_spinning = self.m.spinning.swap(false, Ordering::Relaxed);
+            let pi = self.releasep();
+            self.sh.pidleput(pi);
+            if was_spinning {
+                self.sh.nmspinning.fetch_sub(1, Ordering::SeqCst);
+            }
+            fence(Ordering::SeqCst);
+            if self.sh.any_work() {
+                if let Some(pi) = self.sh.pidleget() {
+                    self.acquirep(pi);
+                    if was_spinning {
+                        self.m.spinning.store(true, Ordering::Relaxed);
+                        self.sh.nmspinning.fetch_add(1, Ordering::SeqCst);
+                    }
+                    continue;
+                }
+            }
+            if !self.stopm() {
+                return None;
+            }
+        }
+    }
+
+    /// Go's stealWork: up to 4 passes over the other Ps in random order.
+    pub(super) fn steal_work(&self) -> Option<GRef> {
+        let n = self.sh.procs();
+        let me = self.p().id;
+        for pass in 0..STEAL_TRIES {
+            let last = pass == STEAL_TRIES - 1;
+            let r = self.local().rand();
+            let (start, step) = (super::rand::below(r, n), coprime_step(n, (r >> 32) as usize));
+            let mut i = start;
+            for _ in 0..n {
+                if i != me {
+                    if let Some(g) = self.steal_from(i, last) {
+                        bump(&self.p().counters.steals);
+                        return Some(g);
+                    }
+                }
+                i = (i + step) % n;
+            }
+        }
+        None
+    }
+
+    pub(super) fn steal_from(&self, victim: usize, take_runnext: bool) -> Option<GRef> {
+        let v = &self.sh.ps[victim];
+        let running = matches!(v.status.load(Ordering::Relaxed) & 0xff, P_USER | P_SCHED);
+        v.runq.steal_into(self.runq(), take_runnext, running)
+    }
+
+    /// If `set_procs` dropped our P, destroy it (Go's procresize does it
+    /// for every dropped P while the world is stopped; see
+    /// `sched::procresize`). Returns whether it did: we have no P now.
+    #[inline]
+    pub(super) fn retire_p(&self) -> bool {
+        match self.m.p.get() {
+            Some(p) if self.sh.p_dropped(p) => {}
+            _ => return false,
+        }
+        if self.m.spinning.swap(false, Ordering::Relaxed) {
+            self.sh.nmspinning.fetch_sub(1, Ordering::SeqCst);
+        }
+        let p = self.releasep();
+        self.sh.destroyp(p);
+        true
+    }
+
+    /// Go's resetspinning.
+    pub(super) fn resetspinning(&self) {
+        self.m.spinning.store(false, Ordering::Relaxed);
+        self.sh.nmspinning.fetch_sub(1, Ordering::SeqCst);
+        self.sh.wakep();
+    }
+
+}
+
+/// Ms parked with an asynchronously preempted ThreadAffine goroutine above
+/// which `find_runnable` serves the global queue (where those goroutines
+/// wait) before the local one: `max(AFFINE_PARKED_MIN, AFFINE_PARKED_PER_P
+/// * procs)`. A soft cap on the threads ThreadAffine preemption costs.
+///
+/// The cap trades thread count for start latency: at the cap a goroutine
+/// waiting in a local queue starts only on the every-61st-slice turn (each
+/// one started is preempted in turn and pins one more thread). Below it
+/// Go's order holds. So it is high enough that ordinary loads (tens of
+/// call-free loops) never reach it (40 loops on 2 Ps: fairness index 0.99
+/// either way, while a cap of 16 dropped it to 0.58 in a 2 s run), and low
+/// enough that a burst of thousands of short hogs stays at tens of threads
+/// instead of one per hog.
+const AFFINE_PARKED_PER_P: usize = 8;
+const AFFINE_PARKED_MIN: usize = 64;
+
+impl Shared {
+    /// See `AFFINE_PARKED_PER_P`.
+    pub(super) fn affine_parked_cap(&self) -> usize {
+        (AFFINE_PARKED_PER_P * self.procs()).max(AFFINE_PARKED_MIN)
+    }
+}
+
+/// A step in 1..n coprime to n, so `start + k*step mod n` visits every P
+/// once (Go's randomOrder).
+pub(super) fn coprime_step(n: usize, r: usize) -> usize {
+    if n <= 1 {
+        return 1;
+    }
+    let mut s = r % n;
+    loop {
+        s = s % (n - 1) + 1;
+        if gcd(s, n) == 1 {
+            return s;
+        }
+        s += 1;
+    }
+}
+
+fn gcd(mut a: usize, mut b: usize) -> usize {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::coprime_step;
+
+fn gcd(a: usize, b: usize) -> usize {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    
+    #[test]
+    pub(super) fn coprime_step_visits_every_p_exactly_once_from_any_start() {
+        let mut rs: Vec<usize> = (0..300).collect();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..200 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            rs.push(x as usize);
+        }
+        rs.extend([usize::MAX, usize::MAX - 1, 1 << 63]);
+        for n in 1..=64usize {
+            for &r in &rs {
+                let step = coprime_step(n, r);
+                if n > 1 {
+                    assert!((1..n).contains(&step), "n={n} r={r}: step {step}");
+                }
+                for start in 0..n {
+                    let mut visits = vec![0u8; n];
+                    let mut i = start;
+                    for _ in 0..n {
+                        visits[i] += 1;
+                        i = (i + step) % n;
+                    }
+                    assert!(
+                        visits.iter().all(|&v| v == 1),
+                        "n={n} r={r} step={step} start={start}: {visits:?}"
+                    );
+                }
+            }
+        }
+    }
+    
+    #[test]
+    pub(super) fn coprime_step_reaches_every_coprime_step() {
+        // The steal order is random only if every valid step can come up.
+        for n in 2..=64usize {
+            let got: HashSet<usize> = (0..4 * n).map(|r| coprime_step(n, r)).collect();
+            let want: HashSet<usize> = (1..n).filter(|&s| gcd(s, n) == 1).collect();
+            assert_eq!(got, want, "n={n}");
+        }
+        assert_eq!(coprime_step(1, 12345), 1);
+    }
+}

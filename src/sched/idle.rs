@@ -1,0 +1,161 @@
+//! Idle Ms (Go's stopm, stoplockedm, startlockedm): parking an M without
+//! a P, the one sleeper that waits in the driver for timers and I/O, and
+//! the hand-offs of a goroutine locked to its thread.
+
+use std::ptr::{self, NonNull};
+use std::sync::atomic::{fence, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::schedule::Sched;
+use super::*;
+
+impl Sched<'_> {
+    /// Go's stopm: park this M (without a P) until handed one. Returns false
+    /// at shutdown. While parked it may be the sleeper, waiting in the
+    /// driver (`crate::driver`): it wakes at the earliest deadline or on
+    /// I/O, fires due timers, and tries to run what woke itself.
+    pub(super) fn stopm(&self) -> bool {
+        debug_assert!(self.m.p.get().is_none());
+        self.sh.midle.rt_lock().push(self.m.clone());
+        let me = Arc::as_ptr(self.m) as *mut M;
+        loop {
+            if self.sh.shutdown.load(Ordering::Acquire) {
+                return false;
+            }
+            // The sleeper role: the one M that waits in the driver (until
+            // the next timer, I/O, or `wake_m`); see `crate::driver`.
+            let sleeper = (self.sh.timers.next().is_some() || self.sh.driver.waiters() != 0)
+                && self
+                    .sh
+                    .timer_m
+                    .compare_exchange(ptr::null_mut(), me, Ordering::SeqCst, Ordering::Relaxed)
+                    .is_ok();
+            let (woken, io) = if sleeper {
+                let timeout = self
+                    .sh
+                    .timers
+                    .next()
+                    .map(|next| Duration::from_nanos(next.saturating_sub(self.sh.nanotime())));
+                self.sh.park_in_driver(self.m, timeout)
+            } else {
+                (self.m.note.wait(None), Vec::new())
+            };
+            self.sh.unpin(self.m);
+            if sleeper {
+                self.sh.timer_m.store(ptr::null_mut(), Ordering::SeqCst);
+                // Dekker with `wake_m`, which skips the futex wake while it
+                // sees us as the sleeper: our leaving the role comes before
+                // our next look at the note.
+                fence(Ordering::SeqCst);
+            }
+            // Goroutines the poll woke: queued now, their wake-up below
+            // (ourselves if we get a P, else `wakep`).
+            let io_ready = io.len();
+            self.sh.inject(io, false);
+            if self.sh.shutdown.load(Ordering::Acquire) {
+                return false;
+            }
+            if let Some(p) = self.m.take_nextp() {
+                self.acquirep(p);
+                self.wake_for_io(io_ready, 0);
+                return true;
+            }
+            let timer_due = !woken
+                && self
+                    .sh
+                    .timers
+                    .next()
+                    .is_some_and(|n| n <= self.sh.nanotime());
+            if !timer_due && io_ready == 0 {
+                continue;
+            }
+            // A timer is due or I/O woke goroutines. If a P is idle, leave
+            // the idle list (unless someone already took us off it and is
+            // about to hand us a P), take the P and run them ourselves.
+            let mut idle = self.sh.midle.rt_lock();
+            if let Some(pos) = idle.iter().position(|m| Arc::ptr_eq(m, self.m)) {
+                if let Some(p) = self.sh.pidleget() {
+                    idle.swap_remove(pos);
+                    drop(idle);
+                    self.acquirep(p);
+                    self.sh.fire_timers();
+                    self.wake_for_io(io_ready, 1);
+                    return true;
+                }
+            }
+            drop(idle);
+            // No P for us (every P is busy): fire the timers anyway. The
+            // goroutines they (and the poll) wake wait on the global queue
+            // for a P, and the deadline moves on, so we sleep instead of
+            // spinning on it. sysmon preempts only while someone waits, and
+            // may be asleep for a quantum: tell it someone waits now.
+            self.wake_for_io(io_ready, 0);
+            if self.sh.fire_timers() + io_ready > 0 {
+                self.sh.sysmon_note.wake();
+            }
+        }
+    }
+
+    /// After a driver wait in `stopm` made `n` goroutines runnable (on the
+    /// global queue), of which we run `ours` ourselves: wake an M for the
+    /// rest (the spinning protocol ramps up from there).
+    pub(super) fn wake_for_io(&self, n: usize, ours: usize) {
+        if n > ours {
+            fence(Ordering::SeqCst);
+            self.sh.wakep();
+        }
+    }
+
+    /// Go's stoplockedm: our locked G is not running; give our P away and
+    /// sleep until someone hands us a P to run it with.
+    pub(super) fn stoplockedm(&self) -> bool {
+        // Our locked G waits in a run queue after an asynchronous
+        // preemption (ThreadAffine): count us until it resumes (see
+        // `find_runnable`).
+        let affine = self.m.locked_g.get().is_some_and(|g| g.affine.get());
+        if affine {
+            self.sh.affine_parked.fetch_add(1, Ordering::Relaxed);
+        }
+        let ok = self.stoplockedm_wait();
+        if affine {
+            self.sh.affine_parked.fetch_sub(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    pub(super) fn stoplockedm_wait(&self) -> bool {
+        if let Some(p) = self.m.p.get() {
+            if self.m.spinning.swap(false, Ordering::Relaxed) {
+                self.sh.nmspinning.fetch_sub(1, Ordering::SeqCst);
+            }
+            self.m.p.set(None);
+            self.sh.ps[p].status.store(P_HANDOFF, Ordering::Release);
+            // We park right below: hand over our CPU with the P.
+            self.sh.handoffp(p, true);
+        }
+        loop {
+            self.m.note.wait(None);
+            self.sh.unpin(self.m);
+            if self.sh.shutdown.load(Ordering::Acquire) {
+                return false;
+            }
+            if let Some(p) = self.m.take_nextp() {
+                self.acquirep(p);
+                return true;
+            }
+        }
+    }
+
+    /// Go's startlockedm: the goroutine we dequeued may run only on `lm`
+    /// (which runs its `locked_g` once it has a P): give it our P.
+    pub(super) fn startlockedm(&self, lm: NonNull<M>) {
+        let p = self.releasep();
+        // SAFETY: Ms live as long as Shared.
+        let lm = unsafe { lm.as_ref() };
+        lm.nextp.store(p + 1, Ordering::Release);
+        // We park right after this (see `run`): hand over our CPU too.
+        self.sh.pin_to_this_cpu(lm);
+        lm.note.wake();
+    }
+}
