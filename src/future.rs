@@ -64,7 +64,7 @@ pub fn block_on_future<F: Future>(fut: F) -> F::Output {
     let waker = Waker::from(signal.clone());
     let mut cx = Context::from_waker(&waker);
     loop {
-        crate::preempt_point_inner();
+        crate::sched::preempt_check();
         if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
             return v;
         }

@@ -232,7 +232,7 @@ pub fn sleep(d: Duration) {
     if sched::g::parkable_g().is_none() {
         return std::thread::sleep(d);
     }
-    preempt_point_inner();
+    sched::preempt_check();
     while Instant::now() < deadline {
         sched::g::park_until("sleep", deadline);
     }
@@ -256,12 +256,8 @@ pub fn sleep(d: Duration) {
 /// });
 /// assert_eq!(n, 499_999_500_000);
 /// ```
-pub fn preempt_point() {
-    preempt_point_inner();
-}
-
 #[inline]
-pub(crate) fn preempt_point_inner() {
+pub fn preempt_point() {
     sched::preempt_check();
 }
 

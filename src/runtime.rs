@@ -374,7 +374,7 @@ impl<R> JoinInner<R> {
                 }
                 *w = Some(Waiter::current());
             }
-            crate::preempt_point_inner();
+            crate::sched::preempt_check();
             if !self.done.load(Ordering::Acquire) {
                 park("join");
             }
@@ -562,7 +562,7 @@ pub struct Stats {
     pub preempt_refused: u64,
     /// Refusals by reason: `(name, count)`, names as in the `preempt` docs
     /// (`not_requested`, `no_preempt`, `stack`, `foreign_code`, `sigmask`,
-    /// `not_m`).
+    /// `async_off`).
     pub preempt_refused_by_reason: Vec<(&'static str, u64)>,
     /// Slices whose asynchronous preemptions were all refused for 100
     /// quanta and at least 100 ms in a row (a goroutine that stays in a

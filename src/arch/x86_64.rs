@@ -63,7 +63,7 @@
 //!   | rax rbx rcx rdx rsi rdi r8 ... r15     |  14 words
 //!   | padding to 64 bytes                    |
 //!   | XSAVE area (size from CPUID 0xD)       |  <- 64-byte aligned
-//!   | frames of preempt_park and switch      |
+//!   | frames of async_preempt_yield and switch      |
 //! ```
 //!
 //! The resume rip and the saved rbp sit exactly where a `call` and a
@@ -197,7 +197,7 @@ global_asm!(
 // On entry (from sigreturn into a rewritten context): rsp = interrupted
 // rsp - 128 - 8, [rsp] = the interrupted rip; every other register, rflags
 // and the extended state hold the interrupted values. rsp may have any
-// alignment. Calls `preempt_park(frame)` with rdi = its rbp (the address of
+// alignment. Calls `async_preempt_yield(frame)` with rdi = its rbp (the address of
 // the saved rbp, just below the resume rip).
 global_asm!(
     ".pushsection .text.gosched_arch_async_preempt,\"ax\",@progbits",
@@ -281,7 +281,7 @@ global_asm!(
     ".size gosched_arch_async_preempt, . - gosched_arch_async_preempt",
     ".popsection",
     xsave_size = sym XSAVE_SIZE,
-    park = sym crate::preempt::preempt_park,
+    park = sym crate::preempt::async_preempt_yield,
 );
 
 extern "C" {

@@ -313,7 +313,7 @@ enum Wait {
 fn select(cases: &[&dyn Case], wait: Wait) -> usize {
     let n = cases.len();
     if n == 0 {
-        crate::preempt_point_inner();
+        crate::sched::preempt_check();
         match wait {
             Wait::Never => {}
             // Go's `select {}`: block for ever.

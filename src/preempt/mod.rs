@@ -105,8 +105,11 @@ pub(crate) enum Refusal {
     /// Rule 5: inside a signal handler (by the signal mask, or by the
     /// kernel's signal frame on the goroutine's stack).
     SigMask = 4,
-    /// The thread was not an M of a runtime with async preemption on.
-    NotM = 5,
+    /// Asynchronous preemption is off for the M's runtime
+    /// (`Builder::async_preempt(false)`, `GOSCHED_ASYNCPREEMPTOFF=1`): a
+    /// signal that reached it anyway (another runtime's, or an application's
+    /// SIGURG) only gets forwarded.
+    AsyncOff = 5,
 }
 
 /// Names of the refusal reasons, by index.
@@ -116,7 +119,7 @@ pub(crate) const REFUSAL_NAMES: [&str; REFUSAL_REASONS] = [
     "stack",
     "foreign_code",
     "sigmask",
-    "not_m",
+    "async_off",
 ];
 
 /// What each refusal reason means for a user, by index (the starvation
@@ -127,11 +130,11 @@ pub(crate) const REFUSAL_HELP: [&str; REFUSAL_REASONS] = [
     "too close to the end of the goroutine stack",
     "inside code outside the main executable (libc such as memcpy or libm, the vDSO, another shared object)",
     "inside a signal handler",
-    "not on an M of a runtime with asynchronous preemption",
+    "asynchronous preemption is off for this runtime",
 ];
 
 /// Stack the scheduler call below the trampoline may use (the Rust frames of
-/// `preempt_park` and the switch to g0).
+/// `async_preempt_yield` and the switch to g0).
 const SCHED_CALL_ROOM: usize = 4096;
 
 /// Executable ranges of the main program: [start, end) pairs, written once
@@ -306,7 +309,7 @@ fn in_main_text(rip: usize) -> bool {
 fn try_preempt(m: &crate::sched::M, ctx: &mut arch::SigContext) -> Result<(), Refusal> {
     let sh = m.shared_ref();
     if !sh.cfg.async_preempt {
-        return Err(Refusal::NotM);
+        return Err(Refusal::AsyncOff);
     }
     // Rule 1.
     let g = m.curg.load(Ordering::Relaxed);
@@ -416,7 +419,7 @@ extern "C" fn on_sigurg(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut l
 /// Called by the trampoline on the goroutine's stack, with every register
 /// saved: yield to the scheduler; return when resumed. `frame` is the
 /// trampoline's frame pointer (only the frame-walk test looks at it).
-pub(crate) extern "C" fn preempt_park(frame: usize) {
+pub(crate) extern "C" fn async_preempt_yield(frame: usize) {
     #[cfg(test)]
     fp_walk::on_park(frame);
     #[cfg(not(test))]
@@ -426,7 +429,7 @@ pub(crate) extern "C" fn preempt_park(frame: usize) {
 
 /// Test hook: what a profiler sampling a preempted goroutine would see. The
 /// handler records the interrupted pc and frame pointer (thread-local: the
-/// trampoline runs next on the same thread); `preempt_park` of the armed
+/// trampoline runs next on the same thread); `async_preempt_yield` of the armed
 /// goroutine records the trampoline frame's links and a DWARF backtrace.
 #[cfg(test)]
 pub(crate) mod fp_walk {
@@ -450,7 +453,7 @@ pub(crate) mod fp_walk {
         /// frame pointer a frame-pointer unwinder reads.
         pub(crate) ret_at_fp: usize,
         pub(crate) link_at_fp: usize,
-        /// A DWARF (CFI) backtrace taken in `preempt_park`.
+        /// A DWARF (CFI) backtrace taken in `async_preempt_yield`.
         pub(crate) backtrace: std::backtrace::Backtrace,
     }
 
@@ -549,7 +552,7 @@ mod tests {
             "[rbp] of the trampoline frame is not the interrupted rbp"
         );
         let bt = walk.backtrace.to_string();
-        let park = bt.find("preempt_park").expect(&bt);
+        let park = bt.find("async_preempt_yield").expect(&bt);
         let hog = bt
             .find("fp_walk_hog")
             .unwrap_or_else(|| panic!("no hog frame:\n{bt}"));

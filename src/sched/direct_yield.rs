@@ -8,7 +8,6 @@ use super::*;
 use crate::arch;
 use crate::sched::g::{GRef, G};
 
-
 /// Tag on `switch`'s argument: "the goroutine that switched to you is
 /// yielding: put it at the tail of the P's local queue". Set by
 /// `yield_direct`; acted on by `requeue_yielder` on the resumed side.
@@ -30,7 +29,7 @@ const YIELDED: usize = 1;
 /// `requeue_yielder`.
 pub(crate) fn yield_direct(g: GRef) -> bool {
     // A panicking goroutine must keep its thread (see
-    // `Sched::lock_if_panicking`): let the scheduler lock it.
+    // `G0::lock_if_panicking`): let the scheduler lock it.
     if g.locked_m.get().is_some() || std::thread::panicking() {
         return false;
     }

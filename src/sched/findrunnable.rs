@@ -5,11 +5,11 @@
 use std::sync::atomic::{fence, Ordering};
 
 use super::runq::steal_one;
-use super::schedule::Sched;
+use super::schedule::G0;
 use super::*;
 use crate::sched::g::GRef;
 
-impl Sched<'_> {
+impl G0<'_> {
     /// Go's findRunnable. Returns None only at shutdown.
     ///
     /// One departure from Go, for ThreadAffine mode: when
@@ -115,7 +115,10 @@ impl Sched<'_> {
         for pass in 0..STEAL_TRIES {
             let last = pass == STEAL_TRIES - 1;
             let r = self.local().rand();
-            let (start, step) = (super::rand::below(r, n), coprime_step(n, (r >> 32) as usize));
+            let (start, step) = (
+                super::rand::below(r, n),
+                coprime_step(n, (r >> 32) as usize),
+            );
             let mut i = start;
             for _ in 0..n {
                 if i != me {
@@ -159,7 +162,6 @@ impl Sched<'_> {
         self.sh.nmspinning.fetch_sub(1, Ordering::SeqCst);
         self.sh.wakep();
     }
-
 }
 
 /// Ms parked with an asynchronously preempted ThreadAffine goroutine above
@@ -214,14 +216,14 @@ mod tests {
 
     use super::coprime_step;
 
-fn gcd(a: usize, b: usize) -> usize {
+    fn gcd(a: usize, b: usize) -> usize {
         if b == 0 {
             a
         } else {
             gcd(b, a % b)
         }
     }
-    
+
     #[test]
     pub(super) fn coprime_step_visits_every_p_exactly_once_from_any_start() {
         let mut rs: Vec<usize> = (0..300).collect();
@@ -254,7 +256,7 @@ fn gcd(a: usize, b: usize) -> usize {
             }
         }
     }
-    
+
     #[test]
     pub(super) fn coprime_step_reaches_every_coprime_step() {
         // The steal order is random only if every valid step can come up.

@@ -117,7 +117,7 @@ pub(crate) struct G {
     /// While preempted for wake-ups without an ordinary switch in between:
     /// when it started running (`Shared::slice_clock` units), else 0. A
     /// goroutine that has run a quantum since then goes to the global
-    /// queue's tail like a time-sliced one (`Sched::after`). Owner (the M
+    /// queue's tail like a time-sliced one (`G0::after`). Owner (the M
     /// switching it out; handed over through the run queues).
     pub(crate) run_origin: Cell<u64>,
     /// Goroutine-local values (`crate::local`), indexed by key (owner;

@@ -7,10 +7,10 @@ use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::schedule::Sched;
+use super::schedule::G0;
 use super::*;
 
-impl Sched<'_> {
+impl G0<'_> {
     /// Go's stopm: park this M (without a P) until handed one. Returns false
     /// at shutdown. While parked it may be the sleeper, waiting in the
     /// driver (`crate::driver`): it wakes at the earliest deadline or on

@@ -82,11 +82,10 @@ const GLOBAL_CHECK: u64 = 61;
 /// Passes over all Ps a spinning M makes before giving up (Go: stealTries).
 const STEAL_TRIES: usize = 4;
 
-
 mod current;
 mod direct_yield;
-pub(crate) mod g;
 mod findrunnable;
+pub(crate) mod g;
 mod handoff;
 mod idle;
 mod m;

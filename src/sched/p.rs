@@ -5,7 +5,6 @@
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
-
 use super::runq::RunQueue;
 use super::*;
 use crate::sched::g::GRef;
@@ -62,7 +61,7 @@ pub(crate) struct P {
     pub(crate) slice_start: AtomicU64,
     /// The `schedtick` of the slice whose goroutine was asked to yield for a
     /// wake-up (`wakeup::NO_WAKEUP`: none). Written by `wakeup_preempt`
-    /// (any thread, CAS), read by the owner in `Sched::after`.
+    /// (any thread, CAS), read by the owner in `G0::after`.
     pub(crate) wakeup_tick: AtomicU64,
     /// Blocking calls entered; written by the goroutine in `blocking`.
     pub(crate) syscalltick: AtomicU64,

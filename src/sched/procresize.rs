@@ -12,7 +12,7 @@
 //! 2. Shrinking: under the `pidle` lock, lower `gomaxprocs` and take the
 //!    dropped Ps that are idle off the idle list; destroy those at once.
 //!    Every other dropped P has an owner, which destroys it the next time it
-//!    is on g0 (`Sched::retire_p`, a Relaxed load per scheduling round) or
+//!    is on g0 (`G0::retire_p`, a Relaxed load per scheduling round) or
 //!    hands it on (`handoffp`/`pidleput` destroy a dropped P instead). To
 //!    make that soon, the resizer asks each dropped P's goroutine to yield
 //!    (the cooperative flag and, with asynchronous preemption, SIGURG: a

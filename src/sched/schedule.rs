@@ -7,7 +7,6 @@ use std::ptr::{self, NonNull};
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
-
 use super::runq::Owner;
 use super::*;
 use crate::arch;
@@ -45,23 +44,24 @@ pub(super) fn mstart(sh: Arc<Shared>, m: Arc<M>) {
         libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
         libc::pthread_sigmask(libc::SIG_SETMASK, ptr::null(), m.sigmask.get());
     }
-    let s = Sched { sh: &sh, m: &m };
+    let g0 = G0 { sh: &sh, m: &m };
     if let Some(p) = m.take_nextp() {
-        s.acquirep(p);
-        s.run();
+        g0.acquirep(p);
+        g0.run();
     }
     set_cur_m(ptr::null());
     // Cannot fail: the same call succeeded above.
     let _ = arch::set_thread_base(0);
 }
 
-/// One M's view of the scheduler: the code that runs on g0.
-pub(super) struct Sched<'a> {
+/// An M's scheduler context: the code that runs on the M's own thread
+/// stack (Go's g0; not Go's `sched`, the global state, which is `Shared`).
+pub(super) struct G0<'a> {
     pub(super) sh: &'a Shared,
     pub(super) m: &'a Arc<M>,
 }
 
-impl Sched<'_> {
+impl G0<'_> {
     pub(super) fn p(&self) -> &P {
         &self.sh.ps[self.m.p.get().expect("M without a P")]
     }
@@ -69,7 +69,7 @@ impl Sched<'_> {
     /// The P's local data, for one call of a `PLocal` method.
     ///
     /// Every use is `self.local().method(..)`, and `PLocal`'s methods take
-    /// no `Sched` (only the P's data and the runtime's shared pools), so
+    /// no `G0` (only the P's data and the runtime's shared pools), so
     /// they cannot reach `local()` again: the `&mut` returned here is the
     /// only one alive on this thread, and no other thread touches the data
     /// while we own the P.
@@ -425,5 +425,4 @@ impl Sched<'_> {
     pub(super) fn stack_get(&self) -> Stack {
         self.local().stack_get(&self.sh.stacks)
     }
-
 }

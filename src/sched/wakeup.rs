@@ -22,7 +22,7 @@
 //!    it was made in), so a storm of wake-ups sends one signal per P.
 //! 3. **No penalty for the preempted.** A goroutine preempted on such a
 //!    request goes to its P's `runnext`, not to the tail of the global queue
-//!    (`Sched::after`): it resumes as soon as the woken goroutine blocks or
+//!    (`G0::after`): it resumes as soon as the woken goroutine blocks or
 //!    its own slice ends, instead of waiting behind every queued goroutine.
 //!    In ThreadAffine mode it stays locked to its thread, and its P is handed
 //!    to another thread for the woken goroutine, as for any preemption.

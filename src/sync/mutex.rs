@@ -207,7 +207,7 @@ impl<T: ?Sized> Mutex<T> {
     /// });
     /// ```
     pub fn lock(&self) -> MutexGuard<'_, T> {
-        crate::preempt_point_inner();
+        crate::sched::preempt_check();
         // Acquire: pairs with the Release in `unlock`.
         if self
             .state

@@ -186,7 +186,7 @@ impl<T: ?Sized> RwLock<T> {
     /// });
     /// ```
     pub fn read(&self) -> RwLockReadGuard<'_, T> {
-        crate::preempt_point_inner();
+        crate::sched::preempt_check();
         // Step 1.
         if self.reader_count.fetch_add(1, SeqCst) + 1 < 0 {
             // A writer is pending: wait for its unlock to let us in.

@@ -126,7 +126,7 @@ impl Semaphore {
             "gosched::sync::Semaphore::acquire({n}) on a semaphore of {} permits would never return",
             self.size
         );
-        crate::preempt_point_inner();
+        crate::sched::preempt_check();
         let me = Entry {
             n,
             waiter: Waiter::current(),

@@ -176,7 +176,7 @@ impl WaitGroup {
     /// });
     /// ```
     pub fn wait(&self) {
-        crate::preempt_point_inner();
+        crate::sched::preempt_check();
         // Acquire: pairs with the done() that reached zero.
         if self.inner.count.load(Ordering::Acquire) == 0 {
             return;
