@@ -8,7 +8,7 @@
 //! thread-local on both sides of such a point may use the *previous*
 //! thread's slot (see the crate docs, "Soundness"). Goroutine-local values
 //! are reached through the running G instead, which `current_g` reads
-//! GS-relative on every call, so a migrated or preempted goroutine always
+//! thread-base-relative on every call, so a migrated or preempted goroutine always
 //! finds its own value.
 //!
 //! # Layout

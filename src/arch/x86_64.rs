@@ -291,14 +291,14 @@ extern "C" {
 }
 
 /// Bytes of the XSAVE area for the features XCR0 enables (CPUID 0xD.0 EBX),
-/// rounded up to 64; 0 until [`init_xsave`] ran or when the CPU lacks XSAVE.
-/// Written once by `init_xsave` before any signal handler can run; read by
+/// rounded up to 64; 0 until [`init_extended_state`] ran or when the CPU lacks XSAVE.
+/// Written once by `init_extended_state` before any signal handler can run; read by
 /// the trampoline and the handler.
 static mut XSAVE_SIZE: usize = 0;
 
 /// Reads the XSAVE area size from CPUID. Idempotent; call before the
 /// preemption signal handler is installed.
-pub(crate) fn init_xsave() {
+pub(crate) fn init_extended_state() {
     use core::arch::x86_64::{__cpuid, __cpuid_count};
     let leaf1 = __cpuid(1);
     let osxsave = leaf1.ecx & (1 << 27) != 0;
@@ -316,7 +316,7 @@ pub(crate) fn init_xsave() {
 
 /// Bytes of the extended-state area the trampoline saves (0: no XSAVE, so
 /// asynchronous preemption must be refused).
-pub(crate) fn xsave_area_size() -> usize {
+pub(crate) fn extended_state_size() -> usize {
     // SAFETY: a plain aligned word read of a value written before use.
     unsafe { core::ptr::addr_of!(XSAVE_SIZE).read_volatile() }
 }
@@ -400,7 +400,11 @@ pub(crate) fn set_thread_base(base: usize) -> std::io::Result<()> {
     if r == 0 {
         Ok(())
     } else {
-        Err(std::io::Error::last_os_error())
+        let e = std::io::Error::last_os_error();
+        Err(std::io::Error::new(
+            e.kind(),
+            format!("arch_prctl(ARCH_SET_GS): {e}"),
+        ))
     }
 }
 
@@ -552,13 +556,13 @@ impl SigContext {
         unsafe { (*self.uc).uc_mcontext.gregs[r as usize] = v as i64 };
     }
 
-    /// The interrupted instruction pointer.
-    pub(crate) fn rip(&self) -> usize {
+    /// The interrupted program counter (rip).
+    pub(crate) fn pc(&self) -> usize {
         self.greg(libc::REG_RIP)
     }
 
-    /// The interrupted stack pointer.
-    pub(crate) fn rsp(&self) -> usize {
+    /// The interrupted stack pointer (rsp).
+    pub(crate) fn sp(&self) -> usize {
         self.greg(libc::REG_RSP)
     }
 
@@ -583,8 +587,8 @@ impl SigContext {
     /// The 136 bytes below the interrupted rsp must be writable stack that
     /// the interrupted code does not own beyond its red zone.
     pub(crate) unsafe fn push_call(&mut self, target: usize) {
-        let rip = self.rip();
-        let sp = self.rsp() - RED_ZONE - 8;
+        let rip = self.pc();
+        let sp = self.sp() - RED_ZONE - 8;
         // SAFETY: the caller guarantees [sp, sp + 8) is writable stack.
         unsafe { (sp as *mut usize).write(rip) };
         self.set_greg(libc::REG_RSP, sp);

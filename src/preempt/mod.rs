@@ -24,11 +24,12 @@
 //!    preemption on, and that goroutine's preemption was requested.
 //! 2. The goroutine's no-preempt count is zero (runtime internals and
 //!    `no_preempt` raise it; every switch raises it first, so a signal that
-//!    lands mid-switch, with rsp between two stacks, is refused).
-//! 3. The interrupted rsp lies inside the goroutine's stack with room for
+//!    lands mid-switch, with the stack pointer between two stacks, is
+//!    refused).
+//! 3. The interrupted stack pointer lies inside the goroutine's stack with room for
 //!    the red zone, the trampoline frame, the XSAVE area and the scheduler
 //!    call.
-//! 4. The interrupted rip lies in the main executable's code, not in libc,
+//! 4. The interrupted pc lies in the main executable's code, not in libc,
 //!    the loader, the vDSO or another shared object (preempting inside
 //!    malloc would hand its locks and per-thread caches to another thread).
 //! 5. Not inside a signal handler. A user handler that runs on the
@@ -39,7 +40,7 @@
 //!    stack there), and a ThreadAffine goroutine would hold its handler
 //!    open while others run. Two checks: the interrupted signal mask is the
 //!    M's normal one (a handler normally blocks at least its own signal),
-//!    and no kernel signal frame lies between the interrupted rsp and the
+//!    and no kernel signal frame lies between the interrupted sp and the
 //!    stack top (an `SA_NODEFER` handler with an empty `sa_mask` changes no
 //!    mask; `arch::signal_frame_above` finds its frame by the thread's
 //!    alternate-stack words the kernel saves in it).
@@ -181,7 +182,7 @@ static INSTALL: Once = Once::new();
 /// executable's code ranges and the XSAVE size it needs.
 pub(crate) fn install() {
     INSTALL.call_once(|| {
-        arch::init_xsave();
+        arch::init_extended_state();
         read_text_ranges();
         let _g = RECLAIM.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: reads the current action (null new action), records it as
@@ -298,10 +299,10 @@ fn read_text_ranges() {
     unsafe { libc::dl_iterate_phdr(Some(each), (&mut n as *mut usize).cast()) };
 }
 
-fn in_main_text(rip: usize) -> bool {
+fn in_main_text(pc: usize) -> bool {
     (0..MAX_RANGES).any(|k| {
         let s = TEXT[2 * k].load(Ordering::Relaxed);
-        s != 0 && rip >= s && rip < TEXT[2 * k + 1].load(Ordering::Relaxed)
+        s != 0 && pc >= s && pc < TEXT[2 * k + 1].load(Ordering::Relaxed)
     })
 }
 
@@ -326,18 +327,18 @@ fn try_preempt(m: &crate::sched::M, ctx: &mut arch::SigContext) -> Result<(), Re
         return Err(Refusal::NoPreempt);
     }
     // Rule 3.
-    let xsave = arch::xsave_area_size();
+    let xsave = arch::extended_state_size();
     // SAFETY: owner access from this thread: the G runs here, and the stack
     // field changes only on g0 of this M.
     let stack = unsafe { (*g.stack.get()).as_ref() };
     let need = arch::RED_ZONE + arch::PREEMPT_FRAME + xsave + SCHED_CALL_ROOM;
-    let rsp = ctx.rsp();
+    let sp = ctx.sp();
     match stack {
-        Some(s) if xsave != 0 && rsp <= s.top && rsp >= s.bottom + need => {}
+        Some(s) if xsave != 0 && sp <= s.top && sp >= s.bottom + need => {}
         _ => return Err(Refusal::Stack),
     }
     // Rule 4.
-    if !in_main_text(ctx.rip()) {
+    if !in_main_text(ctx.pc()) {
         return Err(Refusal::ForeignCode);
     }
     // Rule 5: compare the kernel's 64-bit mask (the rest of glibc's
@@ -359,17 +360,17 @@ fn try_preempt(m: &crate::sched::M, ctx: &mut arch::SigContext) -> Result<(), Re
     // above. Scanned last: it reads the goroutine's live stack.
     let (alt_sp, alt_size) = crate::os::signal::this_altstack();
     let top = stack.map_or(0, |s| s.top);
-    // SAFETY: rule 3 checked bottom <= rsp <= top: [rsp, top) is the live
+    // SAFETY: rule 3 checked bottom <= sp <= top: [sp, top) is the live
     // part of the goroutine's stack, mapped and ours (this thread runs it
     // and is stopped in this handler).
-    if unsafe { arch::signal_frame_above(rsp, top, alt_sp, alt_size) } {
+    if unsafe { arch::signal_frame_above(sp, top, alt_sp, alt_size) } {
         return Err(Refusal::SigMask);
     }
     g.preempt.store(false, Ordering::Relaxed);
     #[cfg(test)]
-    fp_walk::on_inject(ctx.rip(), ctx.fp());
-    // SAFETY: rule 3 checked that the 136 bytes below rsp are inside the
-    // goroutine's stack, past its red zone.
+    fp_walk::on_inject(ctx.pc(), ctx.fp());
+    // SAFETY: rule 3 checked that the red zone and the trampoline frame
+    // below sp are inside the goroutine's stack.
     unsafe { ctx.push_call(arch::async_preempt_trampoline()) };
     Ok(())
 }

@@ -25,7 +25,7 @@ pub(super) fn set_cur_m(m: *const M) {
 
 /// The calling thread's M, or null on a plain thread.
 ///
-/// The M comes from the GS-relative `M::this`, not from `CUR_M`: LLVM may
+/// The M comes from the thread-base-relative `M::this`, not from `CUR_M`: LLVM may
 /// keep a thread-local's address in a register across a call, and a
 /// goroutine can resume on another thread after any switch (see
 /// `current_g`); the thread-local only tells plain threads from Ms.
@@ -45,10 +45,10 @@ fn on_m() -> bool {
 }
 
 /// The calling M, for code that runs on an M (a goroutine or g0): one
-/// GS-relative load (see `current_g`).
+/// thread-base-relative load (see `current_g`).
 #[inline]
 pub(crate) fn this_m() -> *const M {
-    // SAFETY: callers run on an M thread, whose GS base `mstart` pointed
+    // SAFETY: callers run on an M thread, whose thread base `mstart` pointed
     // at its live M; `this` is a pointer-sized field of M.
     unsafe { arch::thread_base_word::<{ std::mem::offset_of!(M, this) }>() as *const M }
 }
@@ -59,8 +59,8 @@ pub(crate) fn this_m() -> *const M {
 /// `NoPreempt`). Asynchronous preemption in Migrate mode may stop us
 /// between any two instructions and resume us on another thread, so "read
 /// this thread's M, then read its `curg`" could read an M that now runs
-/// some other goroutine. Instead each M points its thread's GS base at
-/// itself (`mstart`), and `curg` is read GS-relative: one instruction,
+/// some other goroutine. Instead each M points its thread's base register at
+/// itself (`mstart`), and `curg` is read thread-base-relative: one instruction,
 /// which reads the `curg` of whichever thread executes it, and that is
 /// the thread running us. (Go keeps `g` in a register for the same
 /// reason; it never async-preempts runtime code at all, which we cannot
@@ -76,7 +76,7 @@ pub(crate) fn current_g() -> Option<GRef> {
         return None;
     }
     // SAFETY: we run on an M thread (CUR_M is set only on Ms, after
-    // `mstart` pointed GS at the live M, and cleared before it is reset);
+    // `mstart` pointed the thread base at the live M, and cleared before it is reset);
     // `curg` is a pointer-sized atomic inside M.
     let g = unsafe { arch::thread_base_word::<{ std::mem::offset_of!(M, curg) }>() };
     let g = NonNull::new(g as *mut G).map(GRef);

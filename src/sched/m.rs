@@ -45,7 +45,7 @@ pub(crate) struct M {
     /// A goroutine on this M holds a claim on its P (see "Ownership of a
     /// P"). Written only by this M's thread; read by sysmon's retake.
     pub(crate) claiming: AtomicBool,
-    /// This M's own address, read GS-relative by `this_m`. Set in
+    /// This M's own address, read thread-base-relative by `this_m`. Set in
     /// `mstart`.
     pub(crate) this: AtomicPtr<M>,
     /// The goroutine running on this M (null on g0). Written by this M;

@@ -18,11 +18,12 @@ use crate::stack::Stack;
 /// Body of every M thread.
 pub(super) fn mstart(sh: Arc<Shared>, m: Arc<M>) {
     m.this.store(Arc::as_ptr(&m) as *mut M, Ordering::Relaxed);
-    // GS first, CUR_M second: `current_g` relies on that order.
+    // The thread base first, CUR_M second: `current_g` relies on that
+    // order.
     if let Err(e) = arch::set_thread_base(Arc::as_ptr(&m) as usize) {
-        // Every x86-64 Linux has arch_prctl; only a seccomp filter that
-        // forbids it gets here, and no goroutine could run.
-        eprintln!("fatal: gosched could not set up an M thread: arch_prctl(ARCH_SET_GS): {e}");
+        // Only a seccomp filter that forbids the system call gets here,
+        // and no goroutine could run.
+        eprintln!("fatal: gosched could not set up an M thread: {e}");
         std::process::abort();
     }
     set_cur_m(Arc::as_ptr(&m));
