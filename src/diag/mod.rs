@@ -60,7 +60,7 @@ impl Shared {
             .collect();
         let mut p_of_m = vec![-1i64; ms.iter().map(|m| m.0).max().unwrap_or(0) + 1];
         for (i, p) in self.ps[..self.procs()].iter().enumerate() {
-            let status = match p.status.load(Ordering::Acquire) & 0xff {
+            let status = match crate::sched::pstate(p.status.load(Ordering::Acquire)) {
                 crate::sched::P_IDLE => 0,
                 crate::sched::P_SYSCALL => 2,
                 _ => 1,

@@ -49,19 +49,20 @@ fn install() {
         return;
     }
     PIPE_W.store(w, Ordering::Release);
-    // SAFETY: a plain sigaction install of a handler that only calls
-    // write(2) on a descriptor it loads atomically; SA_RESTART so that the
-    // interrupted thread's system calls go on.
+    let mut prev = crate::os::signal::current_action(libc::SIGQUIT);
+    // SAFETY: `prev` is ours to write; the handler only calls write(2) on
+    // a descriptor it loads atomically; SA_RESTART so that the interrupted
+    // thread's system calls go on.
     unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_sigquit as *const () as usize;
-        sa.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut sa.sa_mask);
-        libc::sigaction(libc::SIGQUIT, &sa, std::ptr::null_mut());
+        crate::os::signal::swap_action(
+            libc::SIGQUIT,
+            Some(&crate::os::signal::action(on_sigquit, libc::SA_RESTART)),
+            &mut prev,
+        );
     }
 }
 
-extern "C" fn on_sigquit(_sig: libc::c_int) {
+extern "C" fn on_sigquit(_sig: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
     let w = PIPE_W.load(Ordering::Acquire);
     let byte = 1u8;
     // SAFETY: write(2) is async-signal-safe; `byte` outlives the call. errno

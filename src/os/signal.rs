@@ -155,6 +155,48 @@ fn guard_hit(addr: usize) -> Option<usize> {
     })
 }
 
+/// An `SA_SIGINFO` handler.
+pub(crate) type SigInfoHandler =
+    extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
+
+/// The action gosched installs: `handler` with `SA_SIGINFO | flags` and an
+/// empty `sa_mask` (only the signal itself is blocked while it runs).
+pub(crate) fn action(handler: SigInfoHandler, flags: libc::c_int) -> libc::sigaction {
+    // SAFETY: sigaction is plain data; all-zero is SIG_DFL with no flags.
+    let mut sa: libc::sigaction = unsafe { core::mem::zeroed() };
+    sa.sa_sigaction = handler as *const () as usize;
+    sa.sa_flags = libc::SA_SIGINFO | flags;
+    // SAFETY: initialises the mask of our own struct.
+    unsafe { libc::sigemptyset(&mut sa.sa_mask) };
+    sa
+}
+
+/// `sigaction(2)`: installs `new` for `sig` (None: only reads) and stores
+/// the action it replaced in `*old`. The kernel writes `*old` before the
+/// new action can run, so a handler may read what it replaced from there.
+///
+/// # Safety
+/// `old` is valid for a write of a `sigaction`; `new`'s handler, if any,
+/// is async-signal-safe and may run at once, on any thread.
+pub(crate) unsafe fn swap_action(
+    sig: libc::c_int,
+    new: Option<&libc::sigaction>,
+    old: *mut libc::sigaction,
+) {
+    let new = new.map_or(core::ptr::null(), |n| n as *const libc::sigaction);
+    // SAFETY: forwarded from the caller's contract; `new` is null or a
+    // valid action.
+    unsafe { libc::sigaction(sig, new, old) };
+}
+
+/// The action installed for `sig` now.
+pub(crate) fn current_action(sig: libc::c_int) -> libc::sigaction {
+    let mut cur = unsafe_zeroed_sigaction();
+    // SAFETY: `cur` is ours to write; a null new action only reads.
+    unsafe { swap_action(sig, None, &mut cur) };
+    cur
+}
+
 /// The SIGSEGV action that was installed before ours. Written once inside
 /// `INSTALL`, before our handler can run; read only by the handler.
 static mut PREV_SEGV: libc::sigaction = unsafe_zeroed_sigaction();
@@ -170,13 +212,13 @@ fn install_segv_handler() {
     INSTALL.call_once(|| {
         // SAFETY: installing a handler for a synchronous signal; `on_segv`
         // is async-signal-safe, and PREV_SEGV is written here before the
-        // new handler can observe it (sigaction stores the old action first).
+        // new handler can observe it (`swap_action`).
         unsafe {
-            let mut sa: libc::sigaction = core::mem::zeroed();
-            sa.sa_sigaction = on_segv as *const () as usize;
-            sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(libc::SIGSEGV, &sa, core::ptr::addr_of_mut!(PREV_SEGV));
+            swap_action(
+                libc::SIGSEGV,
+                Some(&action(on_segv, libc::SA_ONSTACK)),
+                core::ptr::addr_of_mut!(PREV_SEGV),
+            );
         }
     });
 }
@@ -210,12 +252,9 @@ extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut lib
     if !forward(prev.sa_sigaction, prev.sa_flags, sig, info, uc) {
         // SIG_DFL or SIG_IGN before us: restore the default action; the
         // faulting instruction runs again and the kernel kills the process.
+        let dfl = unsafe_zeroed_sigaction(); // SIG_DFL
         // SAFETY: resetting a signal disposition is async-signal-safe.
-        unsafe {
-            let mut dfl: libc::sigaction = core::mem::zeroed();
-            dfl.sa_sigaction = libc::SIG_DFL;
-            libc::sigaction(libc::SIGSEGV, &dfl, core::ptr::null_mut());
-        }
+        unsafe { libc::sigaction(libc::SIGSEGV, &dfl, core::ptr::null_mut()) };
     }
 }
 

@@ -87,6 +87,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Once;
 
 use crate::arch;
+use crate::os::signal;
 
 /// Number of refusal reasons (indices into the refusal counters).
 pub(crate) const REFUSAL_REASONS: usize = 6;
@@ -167,13 +168,7 @@ fn set_forward(prev: &libc::sigaction) {
 
 /// Our SIGURG action.
 fn our_action() -> libc::sigaction {
-    // SAFETY: sigaction is plain data; all-zero is a valid starting point.
-    let mut sa: libc::sigaction = unsafe { core::mem::zeroed() };
-    sa.sa_sigaction = on_sigurg as *const () as usize;
-    sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESTART;
-    // SAFETY: initialises the mask of our own struct.
-    unsafe { libc::sigemptyset(&mut sa.sa_mask) };
-    sa
+    signal::action(on_sigurg, libc::SA_ONSTACK | libc::SA_RESTART)
 }
 
 static INSTALL: Once = Once::new();
@@ -185,18 +180,15 @@ pub(crate) fn install() {
         arch::init_extended_state();
         read_text_ranges();
         let _g = RECLAIM.lock().unwrap_or_else(|e| e.into_inner());
-        // SAFETY: reads the current action (null new action), records it as
-        // the forward target, then installs our async-signal-safe handler;
-        // whatever it replaced (the same action unless another thread
-        // raced us) becomes the target, so no SIGURG misses the
-        // application's handler.
-        unsafe {
-            let mut prev: libc::sigaction = core::mem::zeroed();
-            libc::sigaction(libc::SIGURG, core::ptr::null(), &mut prev);
-            set_forward(&prev);
-            libc::sigaction(libc::SIGURG, &our_action(), &mut prev);
-            set_forward(&prev);
-        }
+        // Read the current action and record it as the forward target,
+        // then install ours; whatever it replaced (the same action unless
+        // another thread raced us) becomes the target, so no SIGURG misses
+        // the application's handler.
+        let mut prev = signal::current_action(libc::SIGURG);
+        set_forward(&prev);
+        // SAFETY: `prev` is ours to write; `on_sigurg` is async-signal-safe.
+        unsafe { signal::swap_action(libc::SIGURG, Some(&our_action()), &mut prev) };
+        set_forward(&prev);
     });
 }
 
@@ -222,24 +214,16 @@ pub(crate) fn reclaim_sigurg() -> usize {
         return 0;
     }
     let ours = on_sigurg as *const () as usize;
-    // SAFETY: a null new action only reads the current one.
-    let current = || unsafe {
-        let mut cur: libc::sigaction = core::mem::zeroed();
-        libc::sigaction(libc::SIGURG, core::ptr::null(), &mut cur);
-        cur
-    };
-    if current().sa_sigaction == ours {
+    if signal::current_action(libc::SIGURG).sa_sigaction == ours {
         return RECLAIMS.load(Ordering::Acquire);
     }
     let _g = RECLAIM.lock().unwrap_or_else(|e| e.into_inner());
-    // SAFETY: as in `install`; `theirs` receives the application's action,
-    // recorded as the forward target right after (until then we forward to
-    // the previous target, which is harmless).
-    let theirs = unsafe {
-        let mut theirs: libc::sigaction = core::mem::zeroed();
-        libc::sigaction(libc::SIGURG, &our_action(), &mut theirs);
-        theirs
-    };
+    // `theirs` receives the application's action, recorded as the forward
+    // target right after (until then we forward to the previous target,
+    // which is harmless).
+    let mut theirs = signal::current_action(libc::SIGURG);
+    // SAFETY: as in `install`.
+    unsafe { signal::swap_action(libc::SIGURG, Some(&our_action()), &mut theirs) };
     if theirs.sa_sigaction != ours {
         set_forward(&theirs);
         if !WARNED.swap(true, Ordering::Relaxed) {

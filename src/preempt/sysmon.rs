@@ -49,7 +49,7 @@ impl Target for RuntimeTarget<'_> {
 
     fn observe(&self, p: usize) -> PView {
         let pp = &self.sh.ps[p];
-        let status = match pp.status.load(Ordering::Acquire) & 0xff {
+        let status = match crate::sched::pstate(pp.status.load(Ordering::Acquire)) {
             // A P in hand-off is about to run on the M it was handed to:
             // busy, from sysmon's point of view (treating it as idle made
             // sysmon see "all idle" while `all_idle()` said otherwise, and

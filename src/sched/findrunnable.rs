@@ -135,7 +135,7 @@ impl G0<'_> {
 
     pub(super) fn steal_from(&self, victim: usize, take_runnext: bool) -> Option<GRef> {
         let v = &self.sh.ps[victim];
-        let running = matches!(v.status.load(Ordering::Relaxed) & 0xff, P_USER | P_SCHED);
+        let running = matches!(pstate(v.status.load(Ordering::Relaxed)), P_USER | P_SCHED);
         v.runq.steal_into(self.runq(), take_runnext, running)
     }
 

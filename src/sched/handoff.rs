@@ -211,7 +211,7 @@ impl Shared {
     /// P_SYSCALL). Returns whether the P was taken.
     pub(crate) fn retake(&self, p: usize, expect: u64) -> bool {
         let s = self.ps[p].status.load(Ordering::Acquire);
-        if s & 0xff != expect {
+        if pstate(s) != expect {
             return false;
         }
         // Pairs with the owner's CAS back to SCHED: exactly one wins.
@@ -228,7 +228,7 @@ impl Shared {
             // `claim_p`, see "Ownership of a P"): wait for it to end. Claims
             // are a few dozen instructions in no-preempt regions.
             // SAFETY: Ms live as long as Shared.
-            debug_assert_eq!(unsafe { (*mp).id } as u64, s >> 8, "P owned by another M");
+            debug_assert_eq!(unsafe { (*mp).id } as u64, powner(s), "P owned by another M");
             crate::os::membarrier::heavy();
             // SAFETY: Ms live as long as Shared.
             while unsafe { (*mp).claiming.load(Ordering::Acquire) } {
@@ -289,7 +289,7 @@ impl Shared {
         use gosched_sysmon::Preempt;
         let pp = &self.ps[p];
         let st = pp.status.load(Ordering::Acquire);
-        if st & 0xff != P_USER {
+        if pstate(st) != P_USER {
             return Preempt::NotRunning;
         }
         let mp = pp.m.load(Ordering::Acquire);

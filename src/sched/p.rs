@@ -20,8 +20,21 @@ pub(crate) const P_SYSCALL: u64 = 4;
 /// its queues empty, until `set_procs` brings it back (see `procresize`).
 pub(crate) const P_DEAD: u64 = 5;
 
+/// The status word "state `state`, owned by M `m`".
 pub(crate) fn pstatus(m: &M, state: u64) -> u64 {
     ((m.id as u64) << 8) | state
+}
+
+/// The state part of a status word (`P_IDLE` .. `P_DEAD`).
+#[inline]
+pub(crate) fn pstate(status: u64) -> u64 {
+    status & 0xff
+}
+
+/// The owning M's id part of a status word.
+#[inline]
+pub(crate) fn powner(status: u64) -> u64 {
+    status >> 8
 }
 
 /// Per-P counters, written only by the owning M (Relaxed), summed by

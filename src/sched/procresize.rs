@@ -186,7 +186,7 @@ impl Shared {
             let mut pending = false;
             let me = self.my_p();
             for p in n..old {
-                let st = self.ps[p].status.load(Ordering::Acquire) & 0xff;
+                let st = pstate(self.ps[p].status.load(Ordering::Acquire));
                 if st == P_DEAD {
                     continue;
                 }

@@ -78,7 +78,7 @@ impl Shared {
         let ns_per_unit = self.ns_per_clock_unit();
         let mut best: Option<(usize, u64, u64)> = None; // (p, ran ns, schedtick)
         for (i, p) in self.ps[..self.procs()].iter().enumerate() {
-            if p.status.load(Ordering::Acquire) & 0xff != P_USER {
+            if pstate(p.status.load(Ordering::Acquire)) != P_USER {
                 continue;
             }
             let tick = p.schedtick.load(Ordering::Acquire);

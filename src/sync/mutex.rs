@@ -56,6 +56,7 @@
 //! elsewhere) is fine, and holding it across preemption in either
 //! [`PreemptMode`](crate::PreemptMode) is correct by construction.
 
+use crate::sync::spin::{procyield, ACTIVE_SPIN};
 use crate::sched::RuntimeLock;
 use std::cell::UnsafeCell;
 use std::collections::VecDeque;
@@ -79,10 +80,6 @@ const WAITER: u32 = 1 << WAITER_SHIFT;
 /// mutex to starvation mode (Go's starvationThresholdNs: 1 ms).
 pub const STARVATION_THRESHOLD: Duration = Duration::from_millis(1);
 
-/// Spin rounds before queueing (Go's active_spin: 4).
-const ACTIVE_SPIN: u32 = 4;
-/// `spin_loop` hints per spin round (Go's active_spin_cnt: 30).
-const ACTIVE_SPIN_CNT: u32 = 30;
 
 /// A mutual-exclusion lock protecting a `T`, goroutine-aware: a contended
 /// locker spins briefly and then parks (its thread runs other goroutines),
@@ -299,9 +296,7 @@ impl<T: ?Sized> Mutex<T> {
                 {
                     awoke = true;
                 }
-                for _ in 0..ACTIVE_SPIN_CNT {
-                    std::hint::spin_loop();
-                }
+                procyield();
                 spins += 1;
                 old = self.state.load(Ordering::Relaxed);
                 continue;

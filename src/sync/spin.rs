@@ -22,11 +22,20 @@ use std::cell::UnsafeCell;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Looks at the lock this many times, `PAUSES` apart, before yielding
-/// the thread (Go's `active_spin` and `active_spin_cnt` in `lock2`).
-const SPINS: u32 = 4;
-/// PAUSE instructions between two looks at a held lock.
-const PAUSES: u32 = 30;
+/// Spin rounds before a waiter gives up the CPU (Go's `active_spin`, used
+/// by its `lock2` and `sync.Mutex`): here and in `sync::Mutex`.
+pub(crate) const ACTIVE_SPIN: u32 = 4;
+
+/// Pause hints per spin round (Go's `active_spin_cnt`).
+const ACTIVE_SPIN_CNT: u32 = 30;
+
+/// One spin round: `ACTIVE_SPIN_CNT` pause hints (Go's `procyield`).
+#[inline]
+pub(crate) fn procyield() {
+    for _ in 0..ACTIVE_SPIN_CNT {
+        std::hint::spin_loop();
+    }
+}
 
 /// A spin-then-yield lock around a `T`.
 pub(crate) struct SpinLock<T> {
@@ -74,11 +83,9 @@ impl<T> SpinLock<T> {
         loop {
             // Test before test-and-set, backing off between looks.
             while self.locked.load(Ordering::Relaxed) {
-                if spins < SPINS {
+                if spins < ACTIVE_SPIN {
                     spins += 1;
-                    for _ in 0..PAUSES {
-                        std::hint::spin_loop();
-                    }
+                    procyield();
                 } else {
                     std::thread::yield_now();
                 }
