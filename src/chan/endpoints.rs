@@ -59,6 +59,94 @@ enum Start<'a, T, D, V> {
     Wait(Locked<'a, T>, V),
 }
 
+/// What `Sender` and `Receiver` share, written once: the state queries,
+/// and the clone count whose last drop closes the channel (`$last_gone`).
+macro_rules! endpoint_common {
+    ($ty:ident, $count:ident, $last_gone:ident, $me:literal, $other:literal) => {
+        impl<T> $ty<T> {
+            /// Whether the channel is closed, by `close` or because every
+            /// endpoint of the other side was dropped (a receiver may still
+            /// find values buffered).
+            ///
+            /// # Examples
+            ///
+            /// ```
+            /// let (tx, rx) = gosched::chan::channel::<()>(0);
+            #[doc = concat!("assert!(!", $me, ".is_closed());")]
+            #[doc = concat!("drop(", $other, ");")]
+            #[doc = concat!("assert!(", $me, ".is_closed());")]
+            /// ```
+            pub fn is_closed(&self) -> bool {
+                self.chan.is_closed()
+            }
+
+            /// Values in the buffer now (Go's `len(ch)`; always 0 when
+            /// unbuffered).
+            ///
+            /// # Examples
+            ///
+            /// ```
+            /// let (tx, rx) = gosched::chan::channel(3);
+            /// tx.send(()).unwrap();
+            #[doc = concat!("assert_eq!(", $me, ".len(), 1);")]
+            /// ```
+            pub fn len(&self) -> usize {
+                self.chan.len()
+            }
+
+            /// Whether the buffer is empty now.
+            ///
+            /// # Examples
+            ///
+            /// ```
+            /// let (tx, rx) = gosched::chan::channel::<u8>(3);
+            #[doc = concat!("assert!(", $me, ".is_empty());")]
+            /// ```
+            pub fn is_empty(&self) -> bool {
+                self.len() == 0
+            }
+
+            /// The buffer's capacity (Go's `cap(ch)`; 0 when unbuffered).
+            ///
+            /// # Examples
+            ///
+            /// ```
+            /// let (tx, rx) = gosched::chan::channel::<u8>(3);
+            #[doc = concat!("assert_eq!(", $me, ".capacity(), 3);")]
+            /// ```
+            pub fn capacity(&self) -> usize {
+                self.chan.cap()
+            }
+        }
+
+        impl<T> Clone for $ty<T> {
+            fn clone(&self) -> $ty<T> {
+                self.chan.$count.fetch_add(1, Ordering::Relaxed);
+                $ty {
+                    chan: self.chan.clone(),
+                }
+            }
+        }
+
+        impl<T> Drop for $ty<T> {
+            fn drop(&mut self) {
+                // AcqRel: the last dropper sees every other clone's drop.
+                if self.chan.$count.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    self.chan.$last_gone();
+                }
+            }
+        }
+
+        impl<T> fmt::Debug for $ty<T> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($ty))
+                    .field("cap", &self.chan.cap())
+                    .finish_non_exhaustive()
+            }
+        }
+    };
+}
+
 impl<T> Sender<T> {
     pub(super) fn new(chan: Arc<Chan<T>>) -> Sender<T> {
         Sender { chan }
@@ -233,10 +321,7 @@ impl<T> Sender<T> {
         let mut st = self.chan.lock();
         match self.chan.send_now(&mut st, v) {
             SendNow::Done(w) => {
-                drop(st);
-                if let Some(w) = w {
-                    w.unpark();
-                }
+                st.unlock_then_wake(w);
                 Start::Done(())
             }
             SendNow::Full(v) => Start::Wait(st, v),
@@ -261,84 +346,9 @@ impl<T> Sender<T> {
     pub fn close(&self) {
         self.chan.close();
     }
-
-    /// Whether the channel is closed.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let (tx, rx) = gosched::chan::channel::<()>(0);
-    /// assert!(!tx.is_closed());
-    /// drop(rx);
-    /// assert!(tx.is_closed());
-    /// ```
-    pub fn is_closed(&self) -> bool {
-        self.chan.is_closed()
-    }
-
-    /// Values in the buffer now (Go's `len(ch)`; always 0 when unbuffered).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let (tx, _rx) = gosched::chan::channel(3);
-    /// tx.send(()).unwrap();
-    /// assert_eq!(tx.len(), 1);
-    /// ```
-    pub fn len(&self) -> usize {
-        self.chan.len()
-    }
-
-    /// Whether the buffer is empty now.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let (tx, _rx) = gosched::chan::channel::<u8>(3);
-    /// assert!(tx.is_empty());
-    /// ```
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The buffer's capacity (Go's `cap(ch)`; 0 when unbuffered).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let (tx, _rx) = gosched::chan::channel::<u8>(3);
-    /// assert_eq!(tx.capacity(), 3);
-    /// ```
-    pub fn capacity(&self) -> usize {
-        self.chan.cap()
-    }
 }
 
-impl<T> Clone for Sender<T> {
-    fn clone(&self) -> Sender<T> {
-        self.chan.senders.fetch_add(1, Ordering::Relaxed);
-        Sender {
-            chan: self.chan.clone(),
-        }
-    }
-}
-
-impl<T> Drop for Sender<T> {
-    fn drop(&mut self) {
-        // AcqRel: the last dropper sees every other clone's drop.
-        if self.chan.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.chan.close();
-        }
-    }
-}
-
-impl<T> fmt::Debug for Sender<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sender")
-            .field("cap", &self.chan.cap())
-            .finish_non_exhaustive()
-    }
-}
+endpoint_common!(Sender, senders, close, "tx", "rx");
 
 impl<T> Receiver<T> {
     pub(super) fn new(chan: Arc<Chan<T>>) -> Receiver<T> {
@@ -410,10 +420,7 @@ impl<T> Receiver<T> {
         let mut st = self.chan.lock();
         match self.chan.recv_now(&mut st) {
             RecvNow::Value(v, w) => {
-                drop(st);
-                if let Some(w) = w {
-                    w.unpark();
-                }
+                st.unlock_then_wake(w);
                 Start::Done(v)
             }
             RecvNow::Empty => Start::Wait(st, ()),
@@ -541,83 +548,9 @@ impl<T> Receiver<T> {
     pub fn try_iter(&self) -> TryIter<'_, T> {
         TryIter { rx: self }
     }
-
-    /// Whether the channel is closed (values may still be buffered).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let (tx, rx) = gosched::chan::channel::<()>(0);
-    /// drop(tx);
-    /// assert!(rx.is_closed());
-    /// ```
-    pub fn is_closed(&self) -> bool {
-        self.chan.is_closed()
-    }
-
-    /// Values in the buffer now (Go's `len(ch)`).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let (tx, rx) = gosched::chan::channel(3);
-    /// tx.send(()).unwrap();
-    /// assert_eq!(rx.len(), 1);
-    /// ```
-    pub fn len(&self) -> usize {
-        self.chan.len()
-    }
-
-    /// Whether the buffer is empty now.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let (_tx, rx) = gosched::chan::channel::<u8>(3);
-    /// assert!(rx.is_empty());
-    /// ```
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The buffer's capacity (Go's `cap(ch)`).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// let (_tx, rx) = gosched::chan::channel::<u8>(0);
-    /// assert_eq!(rx.capacity(), 0);
-    /// ```
-    pub fn capacity(&self) -> usize {
-        self.chan.cap()
-    }
 }
 
-impl<T> Clone for Receiver<T> {
-    fn clone(&self) -> Receiver<T> {
-        self.chan.receivers.fetch_add(1, Ordering::Relaxed);
-        Receiver {
-            chan: self.chan.clone(),
-        }
-    }
-}
-
-impl<T> Drop for Receiver<T> {
-    fn drop(&mut self) {
-        // AcqRel: the last dropper sees every other clone's drop.
-        if self.chan.receivers.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.chan.close_receivers_gone();
-        }
-    }
-}
-
-impl<T> fmt::Debug for Receiver<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Receiver")
-            .field("cap", &self.chan.cap())
-            .finish_non_exhaustive()
-    }
-}
+endpoint_common!(Receiver, receivers, close_receivers_gone, "rx", "tx");
 
 /// Blocking iterator over a [`Receiver`] ([`Receiver::iter`]).
 ///

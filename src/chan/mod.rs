@@ -210,6 +210,19 @@ pub(crate) struct Locked<'a, T> {
     _np: NoPreempt,
 }
 
+impl<T> Locked<'_, T> {
+    /// Unlocks, then wakes `partner` (the goroutine or thread a completed
+    /// hand-off made runnable), in that order: woken first, it could run
+    /// straight into our lock.
+    #[inline(always)]
+    pub(crate) fn unlock_then_wake(self, partner: Option<Waiter>) {
+        drop(self);
+        if let Some(w) = partner {
+            w.unpark();
+        }
+    }
+}
+
 impl<T> std::ops::Deref for Locked<'_, T> {
     type Target = State<T>;
     fn deref(&self) -> &State<T> {
@@ -267,9 +280,8 @@ impl<T> Chan<T> {
     /// holding the result.
     pub(crate) fn lock(&self) -> Locked<'_, T> {
         let np = NoPreempt::enter();
-        // Nothing panics while holding the lock (no user code runs under
-        // it: values are only moved), so poisoning cannot leave the state
-        // inconsistent; ignore it.
+        // No user code runs under the lock (values are only moved), so
+        // nothing panics half-way through a change of the state.
         let guard = self.state.lock();
         Locked { guard, _np: np }
     }

@@ -104,10 +104,7 @@ impl<T> Case for RecvCase<'_, T> {
         let mut st = chan.lock();
         match chan.recv_now(&mut st) {
             RecvNow::Value(v, w) => {
-                drop(st);
-                if let Some(w) = w {
-                    w.unpark();
-                }
+                st.unlock_then_wake(w);
                 self.result.set(Some(Some(v)));
                 true
             }
@@ -182,10 +179,7 @@ impl<T> Case for SendCase<'_, T> {
         let mut st = chan.lock();
         match chan.send_now(&mut st, v) {
             SendNow::Done(w) => {
-                drop(st);
-                if let Some(w) = w {
-                    w.unpark();
-                }
+                st.unlock_then_wake(w);
                 self.result.set(Some(Ok(())));
                 true
             }

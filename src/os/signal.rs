@@ -253,7 +253,7 @@ extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut lib
         // SIG_DFL or SIG_IGN before us: restore the default action; the
         // faulting instruction runs again and the kernel kills the process.
         let dfl = unsafe_zeroed_sigaction(); // SIG_DFL
-        // SAFETY: resetting a signal disposition is async-signal-safe.
+                                             // SAFETY: resetting a signal disposition is async-signal-safe.
         unsafe { libc::sigaction(libc::SIGSEGV, &dfl, core::ptr::null_mut()) };
     }
 }

@@ -56,8 +56,8 @@
 //! elsewhere) is fine, and holding it across preemption in either
 //! [`PreemptMode`](crate::PreemptMode) is correct by construction.
 
-use crate::sync::spin::{procyield, ACTIVE_SPIN};
 use crate::sched::RuntimeLock;
+use crate::sync::spin::{procyield, ACTIVE_SPIN};
 use std::cell::UnsafeCell;
 use std::collections::VecDeque;
 use std::fmt;
@@ -79,7 +79,6 @@ const WAITER: u32 = 1 << WAITER_SHIFT;
 /// How long a waiter may fail to get the mutex before it switches the
 /// mutex to starvation mode (Go's starvationThresholdNs: 1 ms).
 pub const STARVATION_THRESHOLD: Duration = Duration::from_millis(1);
-
 
 /// A mutual-exclusion lock protecting a `T`, goroutine-aware: a contended
 /// locker spins briefly and then parks (its thread runs other goroutines),
