@@ -26,7 +26,7 @@
 //! ```
 //!
 //! A fresh goroutine's stack is laid out so that the first `switch` into it
-//! "returns" into [`start`]'s code with r12 = the entry function:
+//! "returns" into `gosched_arch_start`'s code with r12 = the entry function:
 //!
 //! ```text
 //! a fresh goroutine

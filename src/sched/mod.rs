@@ -1,30 +1,61 @@
-//! The goroutine scheduler.
+//! The goroutine scheduler (Go's proc.go).
 //!
-//! # Glossary (Go's words, proc.go)
+//! # Glossary (Go's words)
 //!
-//! - **G**, a goroutine: a stack, a saved context, park state ([`crate::sched::g`]).
-//! - **M**, a worker OS thread. It runs the scheduler loop on its own thread
-//!   stack ("g0") and switches into Gs; a G switches back to g0 to yield,
-//!   park or exit, so the scheduler never runs on a goroutine's stack.
-//! - **P**, a processor: the right to run goroutines. `procs` of them. Each
-//!   has a FIFO local run queue (a crossbeam `Worker`; thieves hold its
-//!   `Stealer`), a `runnext` slot, a `schedtick`, and caches of free Gs and
-//!   stacks.
-//! - **sched** ([`Shared`]): the global run queue (an `Injector`), the idle P
-//!   and idle M lists, the spinning-M count, the timers.
+//! - **G**, a goroutine: a stack, a saved context, park state ([`g`]).
+//! - **M**, a worker OS thread ([`m`]). It runs the scheduler loop on its own
+//!   thread stack ("g0", [`schedule`]) and switches into Gs; a G switches
+//!   back to g0 to yield, park or exit, so the scheduler never runs on a
+//!   goroutine's stack.
+//! - **P**, a processor: the right to run goroutines; GOMAXPROCS of them
+//!   ([`p`]). Each has a run queue ([`runq`]: `runnext`, a yield slot and a
+//!   FIFO deque thieves take half of), a `schedtick`, and caches of free Gs
+//!   and stacks.
+//! - **sched** ([`Shared`]): the global run queue, the queue of goroutines
+//!   woken outside any P, the idle P and idle M lists, the spinning-M
+//!   count, the timers and the driver.
+//!
+//! # Go's names here
+//!
+//! | Go (runtime) | gosched | file |
+//! | --- | --- | --- |
+//! | `g`, `m`, `p` | `G`, `M`, `P` | `g.rs`, `m.rs`, `p.rs` |
+//! | `sched`, `allp`, `allm` | `Shared`, `Shared::ps`, `Shared::allm` | `shared.rs` |
+//! | `getg()` | `current_g()`, `this_m()` | `current.rs` |
+//! | `runqput`, `runqget`, `runqsteal`, `runnext` | `runq::Owner::{put_next, put_tail, take_next, pop}`, `RunQueue::steal_into` | `runq/` |
+//! | `newproc`, `gfget`, `gfput`, goid cache | `Shared::spawn_raw`, `gget_global`, `PLocal::put_free` | `newproc.rs`, `p.rs` |
+//! | `schedule`, `execute`, `mstart` | `G0::run`, `G0::execute`, `mstart` | `schedule.rs` |
+//! | `findRunnable`, `stealWork` | `G0::find_runnable`, `G0::steal_work` | `findrunnable.rs` |
+//! | `stopm`, `stoplockedm`, `startlockedm` | the same, on `G0` | `idle.rs` |
+//! | `gopark`, `goready`, `Gosched`, `mcall` | `gopark`, `ready`, `goyield`, `switch_to_g0` | `park.rs` |
+//! | (none: Go's `Gosched` always enters the scheduler) | `yield_direct` | `direct_yield.rs` |
+//! | `wakep`, `startm`, `handoffp`, `pidleget`/`pidleput`, `retake` | the same, on `Shared` | `handoff.rs` |
+//! | `entersyscall`/`exitsyscall`, `LockOSThread` | `blocking`, `lock_os_thread` | `syscall.rs` |
+//! | `procresize` | `procresize`, `destroyp` | `procresize.rs` |
+//! | timers (time.go) | `Timers`, `Shared::add_timer` | `timer.rs` |
+//! | `cheaprand` | `rand::next`, `fastrand_below` | `rand.rs` |
+//! | (none: golang/go#51071) | wake-up preemption | `wakeup.rs` |
+//! | runtime teardown | `Shared::shutdown`, `abandon_goroutines` | `teardown.rs` |
+//!
+//! Elsewhere: preemption (`preemptone`, the signal handler, `sysmon`) is in
+//! `crate::preempt`, stacks in `crate::stack`, the netpoller in
+//! `crate::driver`, `checkdead` and `schedtrace` in `crate::diag`.
 //!
 //! # Finding work (`find_runnable`, Go's findRunnable)
 //!
-//! 1. Every 61st slice take one G from the global queue first, so the global
+//! 1. Fire due timers (one atomic load when none is pending), then take a
+//!    goroutine woken from outside any P (`Shared::woken`), so a woken
+//!    goroutine never waits behind the runnable crowd.
+//! 2. Every 61st slice take one G from the global queue first, so the global
 //!    queue cannot starve behind a busy local one.
-//! 2. `runnext` (the G it names inherits the current time slice), then the
-//!    local queue, then a batch from the global queue, then due timers.
-//! 3. Ready I/O: a non-blocking poll of the netpoller, only while
+//! 3. `runnext` (the G it names inherits the current time slice), then the
+//!    rest of the local queue, then a batch from the global queue.
+//! 4. Ready I/O: a non-blocking poll of the netpoller, only while
 //!    goroutines wait on it (`crate::driver`).
-//! 4. Steal: at most (busy Ps)/2 Ms spin; a spinning M visits every other P
+//! 5. Steal: at most (busy Ps)/2 Ms spin; a spinning M visits every other P
 //!    in a random order (random start, step coprime to the count) and takes
 //!    half of a victim's queue, its `runnext` only on the last of 4 passes.
-//! 5. Give up: release the P, stop spinning, re-check every source, park
+//! 6. Give up: release the P, stop spinning, re-check every source, park
 //!    (one parked M waits in the driver: timers, I/O and wake-ups).
 //!
 //! # Spinning and wake-ups (Go's "Worker thread parking/unparking")

@@ -11,7 +11,7 @@
 //! - `reader_wait`: readers that were already inside when the writer
 //!   arrived; the writer sleeps on `writer_sem` until the last of them
 //!   leaves.
-//! - Writers exclude each other with a [`Mutex`](super::Mutex) `w`, held
+//! - Writers exclude each other with a [`Mutex`] `w`, held
 //!   for the whole write.
 //!
 //! 1. Read lock: `reader_count += 1`; if it is now negative a writer is
