@@ -1,7 +1,6 @@
 //! `Runtime`, `JoinHandle` and `Stats`.
 
 use crate::sched::RuntimeLock;
-use std::any::Any;
 use std::cell::UnsafeCell;
 use std::io;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
@@ -723,9 +722,8 @@ impl Shared {
     }
 }
 
-#[allow(dead_code)]
-fn _assert_send_sync() {
-    fn is<T: Send + Sync>() {}
-    is::<Runtime>();
-    let _: Option<Box<dyn Any>> = None;
-}
+// A `Runtime` is used from several threads at once (`block_on` on each).
+const _: () = {
+    const fn is_send_sync<T: Send + Sync>() {}
+    is_send_sync::<Runtime>()
+};

@@ -224,45 +224,27 @@ impl<T> Case for SendCase<'_, T> {
     }
 }
 
-/// Most arms handled without allocating.
-const INLINE_CASES: usize = 32;
+/// Most arms a select may have (the macro refuses more at compile time).
+const MAX_ARMS: usize = 32;
 
-/// A random permutation of `0..n` (step 1 of the module docs).
+/// A random permutation of `0..n`, n <= `MAX_ARMS` (step 1 of the module
+/// docs): Fisher-Yates, no allocation.
 struct PollOrder {
-    inline: [u16; INLINE_CASES],
-    heap: Vec<usize>,
-    n: usize,
+    order: [u8; MAX_ARMS],
 }
 
 impl PollOrder {
     fn new(n: usize) -> PollOrder {
-        let mut o = PollOrder {
-            inline: [0; INLINE_CASES],
-            heap: Vec::new(),
-            n,
-        };
-        if n <= INLINE_CASES {
-            for i in 0..n {
-                o.inline[i] = i as u16;
-                let j = crate::sched::rand::fastrand_below(i + 1);
-                o.inline.swap(i, j);
-            }
-        } else {
-            o.heap = (0..n).collect();
-            for i in 1..n {
-                let j = crate::sched::rand::fastrand_below(i + 1);
-                o.heap.swap(i, j);
-            }
+        let mut order = [0u8; MAX_ARMS];
+        for i in 0..n {
+            order[i] = i as u8;
+            order.swap(i, crate::sched::rand::fastrand_below(i + 1));
         }
-        o
+        PollOrder { order }
     }
 
     fn get(&self, k: usize) -> usize {
-        if self.n <= INLINE_CASES {
-            self.inline[k] as usize
-        } else {
-            self.heap[k]
-        }
+        usize::from(self.order[k])
     }
 }
 
@@ -306,6 +288,12 @@ enum Wait {
 
 fn select(cases: &[&dyn Case], wait: Wait) -> usize {
     let n = cases.len();
+    // Only reachable by calling the hidden engine by hand: the macro stops
+    // at 32 arms.
+    assert!(
+        n <= MAX_ARMS,
+        "gosched::select!: too many arms ({n}; at most {MAX_ARMS})"
+    );
     if n == 0 {
         crate::sched::preempt_check();
         match wait {

@@ -228,11 +228,8 @@ impl Shared {
             // `claim_p`, see "Ownership of a P"): wait for it to end. Claims
             // are a few dozen instructions in no-preempt regions.
             // SAFETY: Ms live as long as Shared.
-            debug_assert_eq!(
-                unsafe { (*mp).id } as u64,
-                powner(s),
-                "P owned by another M"
-            );
+            let owner = unsafe { (*mp).id } as u64;
+            debug_assert_eq!(owner, powner(s), "P owned by another M");
             crate::os::membarrier::heavy();
             // SAFETY: Ms live as long as Shared.
             while unsafe { (*mp).claiming.load(Ordering::Acquire) } {
