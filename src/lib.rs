@@ -350,7 +350,7 @@ pub fn unlock_os_thread() {
 /// assert!(rt.block_on(gosched::current_id).is_some());
 /// ```
 pub fn current_id() -> Option<u64> {
-    sched::current_g().map(|g| g.id.get())
+    sched::current_g().map(|g| g.id.load(std::sync::atomic::Ordering::Relaxed))
 }
 
 /// Goroutines alive in the calling goroutine's runtime (0 outside one).

@@ -124,7 +124,7 @@ pub(crate) fn signal_safe_current_gid() -> u64 {
         if g.is_null() {
             0
         } else {
-            (*g).id.get()
+            (*g).id.load(Ordering::Relaxed)
         }
     }
 }

@@ -26,7 +26,9 @@
 
 use std::cell::{Cell, UnsafeCell};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{
+    AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+};
 
 use crate::stack::Stack;
 
@@ -53,9 +55,10 @@ pub(crate) const NOTIFIED: u8 = 2;
 /// goroutine or by the M that is switching it in or out (never both at
 /// once: the run queues hand a G from one M to another with Release/Acquire).
 pub(crate) struct G {
-    /// Goroutine id, unique in the process. Set at creation and on reuse
-    /// (owner).
-    pub(crate) id: Cell<u64>,
+    /// Goroutine id, unique in the process. Set by the spawner before the
+    /// G is published; read anywhere, also by threads that own nothing of
+    /// it (the goroutine dump, schedtrace), hence atomic (Relaxed).
+    pub(crate) id: AtomicU64,
     /// Saved stack pointer while suspended (owner; written by `switch`).
     pub(crate) ctx: UnsafeCell<usize>,
     /// The stack, taken on first run, returned at exit (owner).
@@ -93,9 +96,14 @@ pub(crate) struct G {
     /// dequeues it, after the Acquire of the run queue).
     pub(crate) locked_m: Cell<Option<NonNull<crate::sched::M>>>,
     /// What the goroutine waits on while parked (for the deadlock report).
+    /// Owner; the report reads it from another thread only when every
+    /// goroutine is parked: written before the Release of `park`, read
+    /// after its Acquire, and no goroutine runs to write it again.
     pub(crate) wait_reason: Cell<&'static str>,
-    /// Where it was spawned (for the deadlock report; owner).
-    pub(crate) spawned_at: Cell<Option<&'static std::panic::Location<'static>>>,
+    /// Where it was spawned (null: the main goroutine of `block_on`). Set
+    /// by the spawner like `id`; read by the goroutine dump from any
+    /// thread, hence atomic.
+    pub(crate) spawned_at: AtomicPtr<std::panic::Location<'static>>,
     /// Spawned and not finished. Written by the spawner and the exiting
     /// M; read by the deadlock check (Relaxed: it double-checks).
     pub(crate) live: AtomicBool,
@@ -127,7 +135,10 @@ pub(crate) struct G {
 
 // SAFETY: the Cell/UnsafeCell fields are accessed only under the ownership
 // rule in the struct docs (one thread at a time, handed over with
-// Release/Acquire through the run queues); the rest are atomics.
+// Release/Acquire through the run queues), or, for `wait_reason`, under
+// the park handshake described at the field; what other threads read
+// without owning the G (`id`, `spawned_at`, the park state, the stack
+// bounds) is atomic.
 unsafe impl Sync for G {}
 // SAFETY: as above.
 unsafe impl Send for G {}
@@ -135,7 +146,7 @@ unsafe impl Send for G {}
 impl G {
     pub(crate) fn new(shared: *mut crate::sched::Shared) -> G {
         G {
-            id: Cell::new(0),
+            id: AtomicU64::new(0),
             ctx: UnsafeCell::new(0),
             stack: UnsafeCell::new(None),
             stack_lo: AtomicUsize::new(0),
@@ -149,7 +160,7 @@ impl G {
             unwinding: Cell::new(false),
             locked_m: Cell::new(None),
             wait_reason: Cell::new(""),
-            spawned_at: Cell::new(None),
+            spawned_at: AtomicPtr::new(std::ptr::null_mut()),
             live: AtomicBool::new(false),
             in_blocking: Cell::new(false),
             locals: UnsafeCell::new(Vec::new()),

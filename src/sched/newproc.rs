@@ -34,8 +34,11 @@ impl Shared {
         crate::os::fork::check();
         let _np = NoPreempt::enter();
         let init = |g: GRef, id: u64, body: Arc<dyn crate::sched::g::Body>| {
-            g.id.set(id);
-            g.spawned_at.set(at);
+            g.id.store(id, Ordering::Relaxed);
+            g.spawned_at.store(
+                at.map_or(ptr::null_mut(), |l| ptr::from_ref(l).cast_mut()),
+                Ordering::Relaxed,
+            );
             g.live.store(true, Ordering::Relaxed);
             // SAFETY: a free G is owned by whoever took it from a free list.
             unsafe { *g.entry.get() = Some(body) };

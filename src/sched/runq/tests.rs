@@ -19,7 +19,7 @@ fn dummy_gs(n: usize) -> Vec<G> {
     (0..n)
         .map(|i| {
             let g = G::new(ptr::null_mut());
-            g.id.set(i as u64);
+            g.id.store(i as u64, Ordering::Relaxed);
             g
         })
         .collect()
@@ -40,7 +40,7 @@ fn own(q: &RunQueue) -> Owner<'_> {
 fn ids(q: &RunQueue) -> Vec<u64> {
     let o = own(q);
     std::iter::from_fn(|| o.take_next().or_else(|| o.pop()))
-        .map(|g| g.id.get())
+        .map(|g| g.id.load(Ordering::Relaxed))
         .collect()
 }
 
@@ -55,7 +55,7 @@ fn the_queue_is_fifo_for_its_owner_and_for_thieves() {
     gs.iter().for_each(|g| own(&q).put_tail(gref(g)));
     let thief = RunQueue::new();
     let first = q.steal_into(own(&thief), false, false).unwrap();
-    assert_eq!(first.id.get(), 0);
+    assert_eq!(first.id.load(Ordering::Relaxed), 0);
     assert_eq!(ids(&thief), (1..32).collect::<Vec<_>>());
     assert_eq!(ids(&q), (32..100).collect::<Vec<_>>());
     assert!(q.steal_into(own(&thief), true, false).is_none());
@@ -103,14 +103,16 @@ fn a_thief_takes_next_only_when_asked() {
     assert!(q.has_stealable_work());
     assert!(q.steal_into(own(&thief), false, false).is_none());
     let t = Instant::now();
-    let got = q.steal_into(own(&thief), true, true).map(|g| g.id.get());
+    let got = q
+        .steal_into(own(&thief), true, true)
+        .map(|g| g.id.load(Ordering::Relaxed));
     assert_eq!(got, Some(0));
     // `victim_running` waits the grace period first.
     assert!(t.elapsed() >= super::NEXT_GRACE);
     assert!(!q.has_work());
     own(&q).put_next(gref(&gs[1]));
     let mut drained = Vec::new();
-    own(&q).drain(|g| drained.push(g.id.get()));
+    own(&q).drain(|g| drained.push(g.id.load(Ordering::Relaxed)));
     assert_eq!(drained, [1]);
 }
 
@@ -128,7 +130,11 @@ fn one_steal_takes_half_the_victims_queue_capped_at_32() {
             .steal_into(own(&thief), false, false)
             .expect("non-empty victim");
         let want = n.div_ceil(2).min(32);
-        assert_eq!(got.id.get(), 0, "n={n}: the popped G is the oldest");
+        assert_eq!(
+            got.id.load(Ordering::Relaxed),
+            0,
+            "n={n}: the popped G is the oldest"
+        );
         let batch = ids(&thief);
         assert_eq!(batch, (1..want as u64).collect::<Vec<_>>(), "n={n}");
         assert_eq!(
@@ -159,7 +165,7 @@ fn concurrent_stealing_loses_and_duplicates_nothing() {
                     loop {
                         match q.steal_into(own(&local), false, false) {
                             Some(g) => {
-                                seen.push(g.id.get());
+                                seen.push(g.id.load(Ordering::Relaxed));
                                 seen.extend(ids(&local));
                                 stolen.store(seen.len(), Ordering::Relaxed);
                             }
@@ -176,7 +182,7 @@ fn concurrent_stealing_loses_and_duplicates_nothing() {
         for (i, g) in gs.iter().enumerate() {
             own(&q).put_tail(gref(g));
             if i % 4 == 0 {
-                seen.extend(own(&q).pop().map(|g| g.id.get()));
+                seen.extend(own(&q).pop().map(|g| g.id.load(Ordering::Relaxed)));
             }
         }
         // Make sure the thieves raced with us at least once, even on a
@@ -218,7 +224,10 @@ fn steal_one_retries_until_success_or_empty() {
             Steal::Success(gref(&gs[0]))
         }
     });
-    assert_eq!((got.map(|g| g.id.get()), calls), (Some(0), 5));
+    assert_eq!(
+        (got.map(|g| g.id.load(Ordering::Relaxed)), calls),
+        (Some(0), 5)
+    );
     let mut calls = 0;
     let got = steal_one(|| {
         calls += 1;

@@ -1,0 +1,154 @@
+//! Go's `checkdead` and the fatal reports: the deadlock check and report,
+//! thread exhaustion, the goroutine dump (also used by SIGQUIT), and the
+//! exit with status 2.
+
+use std::sync::atomic::Ordering;
+
+use crate::sched::g::PARKED;
+use crate::sched::{RuntimeLock, Shared, LIVE_RUNTIMES};
+
+impl Shared {
+    /// Go's checkdead: is every goroutine parked with nothing that could
+    /// wake it? True only when all of these hold: this is the only runtime
+    /// in the process; every P is idle and no G is queued or running; no
+    /// timer is pending, no `blocking()` call is in flight and no goroutine
+    /// waits for I/O (Go: netpoll waiters keep checkdead quiet); some goroutine
+    /// is alive and all live ones are parked; and every thread of the process
+    /// is accounted for as one of our Ms, sysmon, or a plain thread parked on
+    /// a runtime object with no deadline (so no other thread exists that could
+    /// still send on a channel). Any other thread, whatever it does (a timed
+    /// wait such as `recv_timeout`, `std::thread::sleep`, a system call, a
+    /// lock of another library), might wake a goroutine, so its existence
+    /// alone rules a deadlock out: Go reports one only when no goroutine can
+    /// ever run again, and a false report kills a correct program. The caller
+    /// re-checks after a pause to rule out races.
+    pub(crate) fn deadlocked(&self) -> bool {
+        if LIVE_RUNTIMES.load(Ordering::SeqCst) != 1
+            || !self.all_idle()
+            || self.any_work()
+            || self.timers.next().is_some()
+            || self.in_blocking.load(Ordering::SeqCst) != 0
+            || self.driver.waiters() != 0
+        {
+            return false;
+        }
+        let nm = {
+            let ms = self.allm.rt_lock();
+            if ms.iter().any(|m| !m.curg.load(Ordering::SeqCst).is_null()) {
+                return false;
+            }
+            ms.len()
+        };
+        let (mut live, mut parked) = (0, 0);
+        for g in self.allg.rt_lock().iter() {
+            if g.live.load(Ordering::Relaxed) {
+                live += 1;
+                parked += usize::from(g.park.load(Ordering::Acquire) == PARKED);
+            }
+        }
+        if live == 0 || parked != live {
+            return false;
+        }
+        let threads = std::fs::read_dir("/proc/self/task").map_or(usize::MAX, |d| d.count());
+        threads == nm + 1 + crate::sched::g::THREADS_PARKED.load(Ordering::SeqCst)
+    }
+
+    /// A number that changes whenever anything in this runtime makes
+    /// progress (for the deadlock check's second look).
+    pub(crate) fn progress(&self) -> u64 {
+        let sw: u64 = self
+            .used_ps()
+            .iter()
+            .map(|p| p.counters.switches.load(Ordering::Relaxed))
+            .sum();
+        sw.wrapping_add(self.spawned())
+            .wrapping_add(crate::sched::g::THREAD_WAKES.load(Ordering::Relaxed))
+    }
+
+    /// Prints Go's deadlock report and exits with status 2. Not a panic:
+    /// unwinding out of `block_on` would free what the parked main
+    /// goroutine still borrows (its closure's captures live on the caller's
+    /// stack).
+    pub(crate) fn die_deadlocked(&self) -> ! {
+        let mut out = String::from("fatal error: all goroutines are asleep - deadlock!\n");
+        for g in self.allg.rt_lock().iter() {
+            if g.live.load(Ordering::Relaxed) && g.park.load(Ordering::Acquire) == PARKED {
+                push_goroutine(&mut out, g, g.wait_reason.get());
+            }
+        }
+        die(&out)
+    }
+}
+
+impl Shared {
+    /// Go's `throw("thread exhaustion")`: a new M would exceed
+    /// `max_threads`. Prints the limit and the knob, then every goroutine,
+    /// and exits with status 2. Called without runtime locks held.
+    pub(crate) fn die_thread_exhaustion(&self) -> ! {
+        let limit = self.cfg.max_threads;
+        let mut out = format!(
+            "gosched: program exceeds the {limit}-thread limit (raise it with Builder::max_threads or GOSCHED_MAXTHREADS)\nfatal error: thread exhaustion\n"
+        );
+        out.push_str(&self.goroutine_dump());
+        die(&out)
+    }
+
+    /// Every live goroutine, Go's traceback header style: `goroutine N
+    /// [state]:` and where it was spawned. The state comes from atomics
+    /// only (a parked goroutine's wait reason is its own `Cell`, written
+    /// while it runs: the deadlock report reads it only when every
+    /// goroutine is parked).
+    pub(crate) fn goroutine_dump(&self) -> String {
+        let running: Vec<*mut crate::sched::g::G> = self
+            .allm
+            .rt_lock()
+            .iter()
+            .map(|m| m.curg.load(Ordering::Acquire))
+            .filter(|g| !g.is_null())
+            .collect();
+        let mut out = String::new();
+        for g in self.allg.rt_lock().iter() {
+            if !g.live.load(Ordering::Relaxed) {
+                continue;
+            }
+            let state = if running.contains(&g.as_ptr()) {
+                "running"
+            } else if g.park.load(Ordering::Acquire) == PARKED {
+                "waiting"
+            } else {
+                "runnable"
+            };
+            push_goroutine(&mut out, g, state);
+        }
+        out
+    }
+}
+
+/// One goroutine of a report: `goroutine N [state]:` and where it was
+/// spawned.
+fn push_goroutine(out: &mut String, g: &crate::sched::g::GRef, state: &str) {
+    out.push_str(&format!(
+        "\ngoroutine {} [{state}]:\n",
+        g.id.load(Ordering::Relaxed)
+    ));
+    // SAFETY: null or a `&'static Location` stored by `spawn_raw`.
+    match unsafe { g.spawned_at.load(Ordering::Relaxed).as_ref() } {
+        Some(at) => out.push_str(&format!(
+            "\tspawned at {}:{}:{}\n",
+            at.file(),
+            at.line(),
+            at.column()
+        )),
+        None => out.push_str("\tthe main goroutine (Runtime::block_on)\n"),
+    }
+}
+
+/// Writes `msg` to stderr in one piece and exits with status 2 (Go's exit
+/// status for a fatal error).
+pub(crate) fn die(msg: &str) -> ! {
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(msg.as_bytes());
+    let _ = err.flush();
+    std::process::exit(2)
+}
