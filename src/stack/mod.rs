@@ -27,6 +27,8 @@
 //! copied stacks (Rust code holds raw pointers into its stack, so a stack
 //! can never move).
 
+mod overflow;
+
 use crate::sched::RuntimeLock;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -128,7 +130,7 @@ pub(crate) struct StackPool {
     mode: Mutex<GuardMode>,
     warned: AtomicBool,
     /// Our entry in the overflow handler's registry; dropped by `unmap`.
-    registration: Mutex<Option<crate::os::signal::Registration>>,
+    registration: Mutex<Option<overflow::Registration>>,
 }
 
 impl StackPool {
@@ -143,7 +145,7 @@ impl StackPool {
             .map_anon()?;
         let nslots = RESERVATION / slot;
         let base = map.as_ptr() as usize;
-        let registration = crate::os::signal::register_stacks(base, nslots * slot, slot, guard);
+        let registration = overflow::register_stacks(base, nslots * slot, slot, guard);
         Ok(StackPool {
             map: Mutex::new(Some(map)),
             base,
