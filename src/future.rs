@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
-use crate::runtime::JoinInner;
+use crate::join::JoinInner;
 use crate::sched::g::Waiter;
 use crate::sched::RuntimeLock;
 use crate::JoinHandle;

@@ -125,6 +125,7 @@ pub mod chan;
 mod diag;
 mod driver;
 mod future;
+mod join;
 mod local;
 pub mod net;
 mod os;
@@ -145,9 +146,11 @@ use std::time::{Duration, Instant};
 pub use crate::builder::{
     Builder, PreemptMode, DEFAULT_MAX_THREADS, DEFAULT_QUANTUM, MAX_PROCS, MIN_QUANTUM,
 };
+pub use crate::diag::stats::Stats;
 pub use crate::future::block_on_future;
+pub use crate::join::JoinHandle;
 pub use crate::local::{AccessError, LocalKey};
-pub use crate::runtime::{JoinHandle, Runtime, Stats};
+pub use crate::runtime::Runtime;
 pub use crate::scope::{scope, Scope, ScopedJoinHandle};
 pub use crate::spawn_builder::{current_name, GoroutineBuilder};
 
@@ -179,7 +182,7 @@ where
     });
     // SAFETY: a running goroutine's runtime is alive.
     let sh = unsafe { &*g.shared.load(std::sync::atomic::Ordering::Acquire) };
-    runtime::spawn_on(sh, f)
+    join::spawn_on(sh, f)
 }
 
 /// Yields the processor: the calling goroutine goes to the back of its P's

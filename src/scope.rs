@@ -32,7 +32,7 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::runtime::JoinInner;
+use crate::join::JoinInner;
 use crate::sched::g::{Body, Waiter};
 use crate::sched::Shared;
 use crate::Runtime;

@@ -181,8 +181,8 @@ impl GoroutineBuilder {
             }
         }
         Ok(match self.name {
-            None => crate::runtime::spawn_on(sh, f),
-            Some(name) => crate::runtime::spawn_on(sh, move || {
+            None => crate::join::spawn_on(sh, f),
+            Some(name) => crate::join::spawn_on(sh, move || {
                 NAME.with(|n| *n.borrow_mut() = Some(name));
                 f()
             }),

@@ -12,5 +12,6 @@
 mod checkdead;
 mod schedtrace;
 pub(crate) mod sigquit;
+pub(crate) mod stats;
 
 pub(crate) use self::checkdead::die;
