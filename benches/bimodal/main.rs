@@ -43,7 +43,9 @@
 //! `10,20,...,90`), `BIMODAL_ONLY` (comma list of contender names;
 //! `gosched` means the four gosched ones), `BIMODAL_CONNS` (default 32),
 //! `BIMODAL_PROCS` (Ps of the gosched servers, default 1),
-//! `BIMODAL_CAPACITY` (requests/s that 100 % means), `BIMODAL_QUICK=1`.
+//! `BIMODAL_CAPACITY` (requests/s that 100 % means; default: measured),
+//! `BIMODAL_PIN=0` (no CPU pinning), `BIMODAL_STATS=1` (the gosched
+//! servers print their scheduler counters every second), `BIMODAL_QUICK=1`.
 //! Without `--bench` on the command line (`cargo test --benches`) it runs
 //! the quick variant: `gosched-10ms` and `std` at 10 % and 50 %, 0.3 s
 //! each, and fails if a request goes unanswered.
@@ -147,6 +149,9 @@ fn serve(args: &[String]) -> io::Result<()> {
             rt.block_on(move || -> io::Result<()> {
                 let l = gosched::net::TcpListener::bind("127.0.0.1:0")?;
                 announce(l.local_addr()?, &sp);
+                if std::env::var("BIMODAL_STATS").is_ok_and(|v| v == "1") {
+                    gosched::spawn(stats_loop);
+                }
                 for s in l.incoming() {
                     let s = s?;
                     s.set_nodelay(true)?;
@@ -169,6 +174,46 @@ fn serve(args: &[String]) -> io::Result<()> {
             io::ErrorKind::InvalidInput,
             format!("bimodal serve {args:?}: expected `gosched QUANTUM_US 0|1 [PROCS]` or `std`"),
         )),
+    }
+}
+
+/// `bimodal spin-check`: how long the calibrated loop really takes for the
+/// two service times (median and max of 21 runs), to check the calibration.
+fn spin_check() {
+    let sp = Spinner::calibrate();
+    for want in [MIX.short, MIX.long] {
+        let mut ds: Vec<Duration> = (0..21)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                sp.spin(want.as_nanos() as u64);
+                t.elapsed()
+            })
+            .collect();
+        ds.sort();
+        println!(
+            "spin {want:?}: min {:?} median {:?} max {:?} ({:.2} steps/ns)",
+            ds[0], ds[10], ds[20], sp.steps_per_ns
+        );
+    }
+}
+
+/// `BIMODAL_STATS=1`: the gosched server prints its scheduler counters on
+/// stderr every second (what preempted what, how I/O was polled).
+fn stats_loop() {
+    loop {
+        gosched::sleep(Duration::from_secs(1));
+        let Some(s) = gosched::stats() else { return };
+        eprintln!(
+            "  [server] threads {} switches {} preempt coop {} async {} refused {:?} wakeup {} poll waits {} wake-ups {}",
+            s.threads,
+            s.switches,
+            s.preempt_coop,
+            s.preempt_async,
+            s.preempt_refused_by_reason,
+            s.preempt_wakeup,
+            s.poll_waits,
+            s.poll_wakeups
+        );
     }
 }
 
@@ -202,7 +247,8 @@ struct Config {
     loads: Vec<u32>,
     conns: usize,
     procs: usize,
-    capacity: f64,
+    /// `BIMODAL_CAPACITY`; measured when `None`.
+    capacity: Option<f64>,
     only: Option<Vec<String>>,
     quick: bool,
     pin: bool,
@@ -270,10 +316,10 @@ fn config() -> Config {
         loads,
         conns: env_parse("BIMODAL_CONNS").unwrap_or(32).max(1),
         procs: env_parse("BIMODAL_PROCS").unwrap_or(1).max(1),
-        capacity: env_parse("BIMODAL_CAPACITY").unwrap_or(1e9 / MIX.mean_ns()),
+        capacity: env_parse("BIMODAL_CAPACITY"),
         only,
         quick,
-        pin: cpus >= 2,
+        pin: cpus >= 2 && !std::env::var("BIMODAL_PIN").is_ok_and(|v| v == "0"),
     }
 }
 
@@ -499,7 +545,7 @@ fn crossing(rows: &[&Row]) -> Option<f64> {
     None
 }
 
-fn summary(cfg: &Config, rows: &[Row]) {
+fn summary(cfg: &Config, rows: &[Row], saturation: &[(&str, f64)]) {
     let names: Vec<&str> = CONTENDERS
         .iter()
         .map(|c| c.name)
@@ -517,7 +563,9 @@ fn summary(cfg: &Config, rows: &[Row]) {
         rs.sort_by_key(|r| r.load);
         crossing(&rs)
     };
-    println!("\nshort-request p99 at 50 % load, and the load where it crosses 1 ms:");
+    println!(
+        "\nshort-request p99 at 50 % load, the load where it crosses 1 ms, saturation throughput:"
+    );
     for n in &names {
         let at50 = p99_at(n, 50).map_or("-".into(), |u| human((u * 1e3) as u64));
         let c = match cross(n) {
@@ -525,7 +573,11 @@ fn summary(cfg: &Config, rows: &[Row]) {
             Some(x) if x <= first as f64 => format!("<= {first} %"),
             Some(x) => format!("{x:.0} %"),
         };
-        println!("  {n:<20} p99@50% {at50:>9}   crosses 1 ms at {c}");
+        let sat = saturation
+            .iter()
+            .find(|s| s.0 == *n)
+            .map_or("-".into(), |s| format!("{:.0} req/s", s.1));
+        println!("  {n:<20} p99@50% {at50:>9}   crosses 1 ms at {c:>7}   saturation {sat}");
     }
     // The issue's targets, for gosched at its defaults.
     let me = "gosched-10ms";
@@ -568,6 +620,10 @@ fn summary(cfg: &Config, rows: &[Row]) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("spin-check") {
+        spin_check();
+        return;
+    }
     if args.get(1).map(String::as_str) == Some("serve") {
         if let Err(e) = serve(&args[2..]) {
             eprintln!("bimodal server: {e}");
@@ -587,19 +643,81 @@ fn main() {
             println!("not pinned ({e}): server and client share the CPUs");
         }
     }
+    // Keep the programs that exist.
+    let programs: Vec<(&Contender, PathBuf)> = programs
+        .into_iter()
+        .filter_map(|(c, p)| match p {
+            Ok(p) => Some((c, p)),
+            Err(e) => {
+                println!("{:<20} skipped: {e}", c.name);
+                None
+            }
+        })
+        .collect();
+    let mut failed = false;
+    let nominal = 1e9 / MIX.mean_ns();
     println!(
-        "bimodal: {:.1} % x {} µs + {:.1} % x {} ms; capacity 100 % = {:.0} req/s; {} connections; {:.2} s per load point; loads {:?} %; server CPU {}, client CPU {}; load average {}",
+        "bimodal: {:.1} % x {} µs + {:.1} % x {} ms (1 / mean service time = {nominal:.0} req/s); {} connections; {:.2} s per load point; loads {:?} %; server CPU {}, client CPU {}; load average {}",
         (1.0 - MIX.long_share) * 100.0,
         MIX.short.as_micros(),
         MIX.long_share * 100.0,
         MIX.long.as_millis(),
-        cfg.capacity,
         cfg.conns,
         cfg.secs.as_secs_f64(),
         cfg.loads,
         if cfg.pin { "0" } else { "any" },
         if cfg.pin { "1" } else { "any" },
         loadavg()
+    );
+    // 1. Capacity: each server's throughput when offered 1.5 x the nominal
+    //    rate (per-request overhead, system calls and the loopback stack,
+    //    makes it lower than 1 / mean service time); 100 % is the best.
+    let mut saturation: Vec<(&str, f64)> = Vec::new();
+    let capacity = match cfg.capacity {
+        Some(c) => c,
+        None => {
+            println!(
+                "
+saturation throughput (offered {:.0} req/s):",
+                nominal * 1.5
+            );
+            for (c, program) in &programs {
+                let run = Run {
+                    rate: nominal * 1.5,
+                    secs: cfg.secs,
+                    warmup: cfg.secs / 10,
+                    conns: cfg.conns,
+                    seed: 0x6269_6d6f_6461_6cff,
+                    drain: Duration::ZERO,
+                };
+                let got = start(&cfg, c.kind, program)
+                    .and_then(|server| client::run(server.addr, &run, &MIX));
+                match got {
+                    Ok(p) => {
+                        println!(
+                            "  {:<20} {:>6.0} req/s ({:.2} of nominal)",
+                            c.name,
+                            p.achieved,
+                            p.achieved / nominal
+                        );
+                        saturation.push((c.name, p.achieved));
+                    }
+                    Err(e) => {
+                        println!("  {:<20} failed: {e}", c.name);
+                        failed = true;
+                    }
+                }
+            }
+            saturation.iter().map(|s| s.1).fold(0.0, f64::max).max(1.0)
+        }
+    };
+    println!(
+        "capacity (100 %) = {capacity:.0} req/s{}",
+        if cfg.capacity.is_some() {
+            " (BIMODAL_CAPACITY)"
+        } else {
+            ": the best saturation throughput"
+        }
     );
     println!(
         "\n{:<20} {:>5} {:>8} {:>8} | {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} | {:>4} {:>5}",
@@ -618,16 +736,8 @@ fn main() {
     );
     let mut rows = Vec::new();
     let mut csv = format!("{HEADER}\n");
-    let mut failed = false;
-    for (c, program) in programs {
-        let program = match program {
-            Ok(p) => p,
-            Err(e) => {
-                println!("{:<20} skipped: {e}", c.name);
-                continue;
-            }
-        };
-        let server = match start(&cfg, c.kind, &program) {
+    for (c, program) in &programs {
+        let server = match start(&cfg, c.kind, program) {
             Ok(s) => s,
             Err(e) => {
                 println!("{:<20} server did not start: {e}", c.name);
@@ -642,7 +752,7 @@ fn main() {
             );
         }
         for &load in &cfg.loads {
-            let rate = cfg.capacity * load as f64 / 100.0;
+            let rate = capacity * load as f64 / 100.0;
             let run = Run {
                 rate,
                 secs: cfg.secs,
@@ -676,7 +786,7 @@ fn main() {
         }
         drop(server);
     }
-    summary(&cfg, &rows);
+    summary(&cfg, &rows, &saturation);
     let dir = target_dir();
     let _ = std::fs::create_dir_all(&dir);
     let csv_path = dir.join("bimodal.csv");
@@ -695,7 +805,7 @@ fn main() {
         .collect();
     let doc = svg::plot(
         "Bimodal server (99.5 % x 10 µs, 0.5 % x 5 ms), 1 CPU: short-request p99",
-        "offered load (% of 1 / mean service time)",
+        &format!("offered load (% of capacity, {capacity:.0} req/s)"),
         "short-request p99 latency",
         (0.0, 100.0),
         10.0,
