@@ -204,7 +204,7 @@ fn stats_loop() {
         gosched::sleep(Duration::from_secs(1));
         let Some(s) = gosched::stats() else { return };
         eprintln!(
-            "  [server] threads {} switches {} preempt coop {} async {} refused {:?} wakeup {} poll waits {} wake-ups {}",
+            "  [server] threads {} switches {} preempt coop {} async {} refused {:?} wakeup {} poll waits {} wake-ups {}; runnable-to-running p50 {:?} p99 {:?} p99.9 {:?}",
             s.threads,
             s.switches,
             s.preempt_coop,
@@ -212,7 +212,10 @@ fn stats_loop() {
             s.preempt_refused_by_reason,
             s.preempt_wakeup,
             s.poll_waits,
-            s.poll_wakeups
+            s.poll_wakeups,
+            s.sched_latency_quantile(0.5),
+            s.sched_latency_quantile(0.99),
+            s.sched_latency_quantile(0.999),
         );
     }
 }
@@ -367,7 +370,7 @@ fn build(kind: Kind) -> Result<PathBuf, String> {
                 .arg(&dir);
             (cmd, dir.join("release/gosched-tokio-bimodal-twin"))
         }
-        _ => return Ok(std::env::current_exe().map_err(|e| e.to_string())?),
+        _ => return std::env::current_exe().map_err(|e| e.to_string()),
     };
     match cmd.stdout(Stdio::null()).output() {
         Ok(o) if o.status.success() => Ok(bin),
