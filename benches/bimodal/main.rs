@@ -29,7 +29,10 @@
 //! - `go`: the Go 1.19 twin, `benches/go/bimodal`, GOMAXPROCS=1;
 //! - `tokio`: tokio `current_thread`, `benches/tokio-bimodal` (a separate
 //!   crate: gosched never depends on tokio);
-//! - `std`: a thread per connection, std::net: the kernel's scheduler.
+//! - `std`: a thread per connection, std::net: the kernel's scheduler;
+//! - `gosched-10ms-migrate` (only when named in `BIMODAL_ONLY`): like
+//!   `gosched-10ms` in Migrate mode, so a preempted request resumes on any
+//!   thread and a wake-up preemption needs no thread hand-off.
 //!
 //! This binary is the driver and the client, and re-executes itself as the
 //! gosched and std servers (`bimodal serve gosched QUANTUM_US WAKEUP` /
@@ -77,7 +80,11 @@ const CLIENT_CPU: usize = 1;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Kind {
-    Gosched { quantum: Duration, wakeup: bool },
+    Gosched {
+        quantum: Duration,
+        wakeup: bool,
+        migrate: bool,
+    },
     Go,
     Tokio,
     Std,
@@ -88,12 +95,17 @@ struct Contender {
     kind: Kind,
 }
 
-const CONTENDERS: [Contender; 7] = [
+/// The contenders run by default; the ones after them only when named in
+/// `BIMODAL_ONLY`.
+const DEFAULT_CONTENDERS: usize = 7;
+
+const CONTENDERS: [Contender; 8] = [
     Contender {
         name: "gosched-10ms",
         kind: Kind::Gosched {
             quantum: Duration::from_millis(10),
             wakeup: true,
+            migrate: false,
         },
     },
     Contender {
@@ -101,6 +113,7 @@ const CONTENDERS: [Contender; 7] = [
         kind: Kind::Gosched {
             quantum: Duration::from_millis(10),
             wakeup: false,
+            migrate: false,
         },
     },
     Contender {
@@ -108,6 +121,7 @@ const CONTENDERS: [Contender; 7] = [
         kind: Kind::Gosched {
             quantum: Duration::from_millis(1),
             wakeup: true,
+            migrate: false,
         },
     },
     Contender {
@@ -115,6 +129,7 @@ const CONTENDERS: [Contender; 7] = [
         kind: Kind::Gosched {
             quantum: Duration::from_micros(100),
             wakeup: true,
+            migrate: false,
         },
     },
     Contender {
@@ -129,6 +144,16 @@ const CONTENDERS: [Contender; 7] = [
         name: "std",
         kind: Kind::Std,
     },
+    // Not in the list: where the preempted goroutine resumes on
+    // any thread, so a wake-up preemption needs no thread hand-off.
+    Contender {
+        name: "gosched-10ms-migrate",
+        kind: Kind::Gosched {
+            quantum: Duration::from_millis(10),
+            wakeup: true,
+            migrate: true,
+        },
+    },
 ];
 
 // ---------------------------------------------------------------- servers
@@ -141,14 +166,24 @@ fn serve(args: &[String]) -> io::Result<()> {
             let quantum: u64 = args.get(1).and_then(|a| a.parse().ok()).ok_or_else(bad)?;
             let wakeup = args.get(2).map(String::as_str) == Some("1");
             let procs: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(1);
-            let rt = gosched::Builder::new()
+            let mut b = gosched::Builder::new()
                 .procs(procs)
                 .preempt_quantum(Duration::from_micros(quantum))
-                .wakeup_preempt(wakeup)
-                .build()?;
+                .wakeup_preempt(wakeup);
+            if args.get(4).map(String::as_str) == Some("migrate") {
+                // SAFETY: what can be preempted asynchronously here is the
+                // handler (`spin::handle`: arithmetic on locals, socket I/O
+                // through gosched::net) and the accept loop; neither holds a
+                // thread-local or the stdout/stderr lock across an
+                // instruction: the only prints (`announce`, `stats_loop`)
+                // run inside `no_preempt`.
+                b = unsafe { b.preempt_mode(gosched::PreemptMode::Migrate).allow_migrate() };
+            }
+            let rt = b.build()?;
             rt.block_on(move || -> io::Result<()> {
                 let l = gosched::net::TcpListener::bind("127.0.0.1:0")?;
-                announce(l.local_addr()?, &sp);
+                let addr = l.local_addr()?;
+                gosched::no_preempt(|| announce(addr, &sp));
                 if std::env::var("BIMODAL_STATS").is_ok_and(|v| v == "1") {
                     gosched::spawn(stats_loop);
                 }
@@ -172,7 +207,9 @@ fn serve(args: &[String]) -> io::Result<()> {
         }
         _ => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("bimodal serve {args:?}: expected `gosched QUANTUM_US 0|1 [PROCS]` or `std`"),
+            format!(
+                "bimodal serve {args:?}: expected `gosched QUANTUM_US 0|1 [PROCS [migrate]]` or `std`"
+            ),
         )),
     }
 }
@@ -203,7 +240,9 @@ fn stats_loop() {
     loop {
         gosched::sleep(Duration::from_secs(1));
         let Some(s) = gosched::stats() else { return };
-        eprintln!(
+        // No async preemption while stderr is locked (Migrate mode).
+        gosched::no_preempt(|| {
+            eprintln!(
             "  [server] threads {} switches {} preempt coop {} async {} refused {:?} wakeup {} poll waits {} wake-ups {}; runnable-to-running p50 {:?} p99 {:?} p99.9 {:?}",
             s.threads,
             s.switches,
@@ -216,7 +255,8 @@ fn stats_loop() {
             s.sched_latency_quantile(0.5),
             s.sched_latency_quantile(0.99),
             s.sched_latency_quantile(0.999),
-        );
+        )
+        });
     }
 }
 
@@ -328,7 +368,9 @@ fn config() -> Config {
 
 fn selected(cfg: &Config, c: &Contender) -> bool {
     match &cfg.only {
-        None => true,
+        None => CONTENDERS[..DEFAULT_CONTENDERS]
+            .iter()
+            .any(|d| d.name == c.name),
         Some(only) => only
             .iter()
             .any(|o| o == c.name || (o == "gosched" && matches!(c.kind, Kind::Gosched { .. }))),
@@ -340,6 +382,17 @@ fn target_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
 }
+
+/// The 1-minute load average when it says other work ran beside the
+/// benchmark (the server and the busy client account for about 2).
+fn busy() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let l: f64 = s.split_whitespace().next()?.parse().ok()?;
+    (l > BUSY_LOAD).then_some(l)
+}
+
+/// See [`busy`].
+const BUSY_LOAD: f64 = 3.5;
 
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -400,11 +453,16 @@ impl Drop for Server {
 fn start(cfg: &Config, kind: Kind, program: &Path) -> io::Result<Server> {
     let mut cmd = Command::new(program);
     match kind {
-        Kind::Gosched { quantum, wakeup } => {
+        Kind::Gosched {
+            quantum,
+            wakeup,
+            migrate,
+        } => {
             cmd.args(["serve", "gosched"])
                 .arg(quantum.as_micros().to_string())
                 .arg(if wakeup { "1" } else { "0" })
-                .arg(cfg.procs.to_string());
+                .arg(cfg.procs.to_string())
+                .arg(if migrate { "migrate" } else { "affine" });
         }
         Kind::Std => {
             cmd.args(["serve", "std"]);
@@ -494,6 +552,9 @@ impl Row {
             l.len(),
             p.lost,
         );
+        if let Some(load) = busy() {
+            println!("  ^ busy machine (load average {load:.1}): this row is not comparable");
+        }
     }
 
     fn csv(&self, out: &mut String) {
