@@ -383,16 +383,56 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
 }
 
-/// The 1-minute load average when it says other work ran beside the
-/// benchmark (the server and the busy client account for about 2).
-fn busy() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/loadavg").ok()?;
-    let l: f64 = s.split_whitespace().next()?.parse().ok()?;
-    (l > BUSY_LOAD).then_some(l)
+/// CPU time (clock ticks) used so far by every process except `ours`,
+/// from `/proc/*/stat` (utime + stime, fields 14 and 15). The load
+/// average cannot tell other work apart from the benchmark itself (a
+/// gosched server has several runnable threads); this can. Processes that
+/// start and exit between two readings are missed.
+fn others_ticks(ours: &[u32]) -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut sum = 0u64;
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if ours.contains(&pid) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // The command name (field 2) may hold spaces: count from its ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|r| r.1) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // rest starts at field 3 (state): utime is field 14, stime 15.
+        let t = |i: usize| {
+            f.get(i - 3)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        sum = sum.saturating_add(t(14)).saturating_add(t(15));
+    }
+    sum
 }
 
-/// See [`busy`].
-const BUSY_LOAD: f64 = 3.5;
+/// CPUs' worth of time other processes used during a row above which the
+/// row is flagged: they took time from the server's or the client's CPU.
+const BUSY_CPUS: f64 = 0.1;
+
+/// Clock ticks per second of `/proc/*/stat`.
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf takes no pointers.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
 
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -523,6 +563,8 @@ struct Row {
     load: u32,
     offered: f64,
     point: Point,
+    /// CPUs' worth of time other processes used during the row.
+    others: f64,
 }
 
 impl Row {
@@ -552,8 +594,11 @@ impl Row {
             l.len(),
             p.lost,
         );
-        if let Some(load) = busy() {
-            println!("  ^ busy machine (load average {load:.1}): this row is not comparable");
+        if self.others > BUSY_CPUS {
+            println!(
+                "  ^ busy machine: other processes used {:.2} CPUs meanwhile; this row is not comparable",
+                self.others
+            );
         }
     }
 
@@ -562,7 +607,7 @@ impl Row {
         let us = |h, q| Row::q(h, q) as f64 / 1e3;
         let _ = writeln!(
             out,
-            "{},{},{:.0},{:.0},{},{:.1},{:.1},{:.1},{},{:.1},{:.1},{:.1},{},{}",
+            "{},{},{:.0},{:.0},{},{:.1},{:.1},{:.1},{},{:.1},{:.1},{:.1},{},{},{:.3}",
             self.name,
             self.load,
             self.offered,
@@ -577,6 +622,7 @@ impl Row {
             us(&p.long, 0.999),
             p.lost,
             loadavg().replace(' ', "/"),
+            self.others,
         );
     }
 
@@ -585,7 +631,7 @@ impl Row {
     }
 }
 
-const HEADER: &str = "contender,load_pct,offered_per_s,achieved_per_s,short_n,short_p50_us,short_p99_us,short_p999_us,long_n,long_p50_us,long_p99_us,long_p999_us,lost,loadavg";
+const HEADER: &str = "contender,load_pct,offered_per_s,achieved_per_s,short_n,short_p50_us,short_p99_us,short_p999_us,long_n,long_p50_us,long_p99_us,long_p999_us,lost,loadavg,other_cpus";
 
 /// The load (percent) at which short p99 crosses `CROSS_US`, interpolated
 /// on a log scale between the two points around it; `None` if it never
@@ -825,13 +871,20 @@ saturation throughput (offered {:.0} req/s):",
                 seed: 0x6269_6d6f_6461_6c00 | load as u64,
                 drain: cfg.secs.max(Duration::from_secs(2)),
             };
-            match client::run(server.addr, &run, &MIX) {
+            let ours = [std::process::id(), server.child.id()];
+            let (t0, w0) = (others_ticks(&ours), std::time::Instant::now());
+            let got = client::run(server.addr, &run, &MIX);
+            let others = others_ticks(&ours).saturating_sub(t0) as f64
+                / clock_ticks()
+                / w0.elapsed().as_secs_f64();
+            match got {
                 Ok(point) => {
                     let row = Row {
                         name: c.name,
                         load,
                         offered: rate,
                         point,
+                        others,
                     };
                     row.print();
                     row.csv(&mut csv);
