@@ -1,0 +1,3 @@
+module gosched/benches/go/bimodal
+
+go 1.19
