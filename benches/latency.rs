@@ -31,8 +31,12 @@
 //! segments of about 0.5 s, and the off and on runs of a cell alternate
 //! segment by segment (off, on, on, off, ...): drift hits both sides alike.
 //! Each segment is a fresh runtime. The table is printed and written as CSV
-//! to `target/latency.csv` (the path is printed). Without `--bench` on the
-//! command line (`cargo test --benches`) it runs the quick variant.
+//! to `target/latency.csv` (the path is printed). Each cell's ticker
+//! lateness also goes to `target/latency/`: an HdrHistogram percentile
+//! distribution per run (`<cell>-off.hgrm`, `<cell>-on.hgrm`, in µs) and a
+//! percentile-spectrum plot of both (`<cell>.svg`), plus `grid.svg` with
+//! every async-on cell of part 1. Without `--bench` on the command line
+//! (`cargo test --benches`) it runs the quick variant.
 
 use std::fmt::Write as _;
 use std::hint::black_box;
@@ -43,6 +47,11 @@ use std::time::{Duration, Instant};
 
 use gosched::{Builder, PreemptMode};
 use hdrhistogram::Histogram;
+
+#[path = "common/hdr.rs"]
+mod hdr;
+#[path = "common/svg.rs"]
+mod svg;
 
 const TICK: Duration = Duration::from_millis(1);
 const QUANTA: [Duration; 4] = [
@@ -429,6 +438,24 @@ impl Row<'_> {
     }
 }
 
+/// Files written under `plot_dir()`, and the first error.
+#[derive(Default)]
+struct Files {
+    written: usize,
+    error: Option<std::io::Error>,
+}
+
+impl Files {
+    fn record(&mut self, r: std::io::Result<usize>) {
+        match r {
+            Ok(n) => self.written += n,
+            Err(e) => {
+                self.error.get_or_insert(e);
+            }
+        }
+    }
+}
+
 /// A target from the issues, checked against a measurement.
 struct Target {
     what: String,
@@ -482,6 +509,82 @@ fn run_go(secs: Duration) -> Option<Vec<String>> {
         }
     }
     fields
+}
+
+/// Where the per-cell histograms and plots go.
+fn plot_dir() -> PathBuf {
+    target_dir().join("latency")
+}
+
+/// A file-name stem for a cell: `1p_1hog-10ms-ThreadAffine`.
+fn cell_stem(setup: Setup, quantum: Duration, mode: PreemptMode) -> String {
+    format!(
+        "{}-{}-{}",
+        setup.name,
+        fmt_quantum(quantum),
+        mode_name(mode)
+    )
+}
+
+/// A value in ns as an axis label: "1 µs", "10 ms", "1 s".
+fn axis_ns(ns: f64) -> String {
+    match ns {
+        v if v >= 1e9 => format!("{} s", v / 1e9),
+        v if v >= 1e6 => format!("{} ms", v / 1e6),
+        v if v >= 1e3 => format!("{} µs", v / 1e3),
+        v => format!("{v} ns"),
+    }
+}
+
+/// The spectrum series of a ticker lateness histogram (ns).
+fn series(label: String, h: &Histogram<u64>) -> svg::Series {
+    svg::Series {
+        label,
+        points: hdr::spectrum_points(h, 1.0),
+        count: h.len(),
+    }
+}
+
+/// The percentile spectrum of ticker lateness for `series`.
+fn lateness_plot(title: &str, series: &[svg::Series]) -> String {
+    svg::percentile_spectrum(title, "ticker lateness (sleep 1 ms)", series, 1e3, &axis_ns)
+}
+
+/// Writes a cell's histograms (`<stem>-off.hgrm`, `<stem>-on.hgrm`, µs)
+/// and its plot (`<stem>.svg`); returns how many files it wrote.
+fn write_cell(
+    setup: Setup,
+    quanta: [Duration; 2],
+    mode: PreemptMode,
+    (off, on): (&Acc, &Acc),
+) -> std::io::Result<usize> {
+    let dir = plot_dir();
+    std::fs::create_dir_all(&dir)?;
+    let stem = cell_stem(setup, quanta[1], mode);
+    for (name, acc) in [("off", off), ("on", on)] {
+        let text = hdr::percentile_distribution(&acc.late, 1e3);
+        std::fs::write(dir.join(format!("{stem}-{name}.hgrm")), text)?;
+    }
+    let title = format!(
+        "{}: ticker lateness, {} hog(s) on {} P(s), {} quantum {}",
+        setup.name,
+        setup.hogs,
+        setup.procs,
+        mode_name(mode),
+        fmt_quantum(quanta[1])
+    );
+    let plot = lateness_plot(
+        &title,
+        &[
+            series(
+                format!("async off (quantum {})", fmt_quantum(quanta[0])),
+                &off.late,
+            ),
+            series("async on".into(), &on.late),
+        ],
+    );
+    std::fs::write(dir.join(format!("{stem}.svg")), plot)?;
+    Ok(3)
 }
 
 fn main() {
@@ -544,6 +647,9 @@ fn main() {
     let mut csv = String::from(HEADER);
     csv.push('\n');
     let mut targets = Vec::new();
+    let mut files = Files::default();
+    // Async-on ticker lateness of every cell of part 1, for grid.svg.
+    let mut grid = Vec::new();
     // Lost hog seconds per preemption in the 1-P, 100 µs, Migrate cell
     // (sysmon has the other vCPU to itself there): (throughput, TSC).
     let mut one_p_cost = None;
@@ -557,6 +663,11 @@ fn main() {
                 one_p_cost = Some(((1.0 - thr) * on.hog_secs / n, (1.0 - run) * on.hog_secs / n));
             }
             print_pair(ONE_P, [q, q], mode, (&off, &on), hz, &mut csv);
+            files.record(write_cell(ONE_P, [q, q], mode, (&off, &on)));
+            grid.push(series(
+                format!("{} {}", fmt_quantum(q), mode_name(mode)),
+                &on.late,
+            ));
             let p99 = Duration::from_nanos(on.late.value_at_quantile(0.99));
             let thr = on.rate() / off.rate();
             let run = on.running(hz) / off.running(hz);
@@ -598,6 +709,7 @@ fn main() {
     );
     let (off, on) = cell_pair(TWO_P, q, NO_QUANTUM, mode, cell, pause);
     print_pair(TWO_P, [NO_QUANTUM, q], mode, (&off, &on), hz, &mut csv);
+    files.record(write_cell(TWO_P, [NO_QUANTUM, q], mode, (&off, &on)));
     let n = on.preempt_async.max(1) as f64;
     let thr = on.rate() / off.rate();
     // Per hog, seconds lost = (1 - thr) × its seconds; summed over hogs.
@@ -678,6 +790,21 @@ fn main() {
             t.goal,
             t.got
         );
+    }
+    let title = "1p_1hog: ticker lateness with async preemption on, every quantum and mode";
+    let plot = lateness_plot(title, &grid);
+    files.record(
+        std::fs::create_dir_all(plot_dir())
+            .and_then(|_| std::fs::write(plot_dir().join("grid.svg"), plot))
+            .map(|_| 1),
+    );
+    match files.error {
+        None => println!(
+            "\n{} histograms (.hgrm, µs) and plots (.svg) written to {}/",
+            files.written,
+            plot_dir().display()
+        ),
+        Some(e) => eprintln!("\nlatency: cannot write to {}: {e}", plot_dir().display()),
     }
     let path = target_dir().join("latency.csv");
     match std::fs::create_dir_all(target_dir()).and_then(|_| std::fs::write(&path, &csv)) {
