@@ -132,6 +132,7 @@ mod monitor;
 pub mod net;
 mod note;
 mod preempt;
+mod preempt_leaf;
 mod runtime;
 mod sched;
 mod scope;

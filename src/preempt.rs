@@ -31,6 +31,9 @@
 //! 4. The interrupted rip lies in the main executable's code, not in libc,
 //!    the loader, the vDSO or another shared object (preempting inside
 //!    malloc would hand its locks and per-thread caches to another thread).
+//!    The one exception: libc's memory and string routines and libm, which
+//!    hold no lock and no thread state (`crate::preempt_leaf` finds their
+//!    address ranges at start-up).
 //! 5. Not inside a signal handler. A user handler that runs on the
 //!    goroutine's stack (any handler installed without `SA_ONSTACK`; one
 //!    with it runs on the M's alternate stack and fails rule 3) must not be
@@ -122,7 +125,7 @@ pub(crate) const REFUSAL_HELP: [&str; REFUSAL_REASONS] = [
     "no preemption was requested",
     "inside a no_preempt region or runtime code",
     "too close to the end of the goroutine stack",
-    "inside code outside the main executable (libc such as memcpy or libm, the vDSO, another shared object)",
+    "inside code outside the main executable (libc other than its memory and string routines, the loader, the vDSO, another shared object)",
     "inside a signal handler",
     "not on an M of a runtime with asynchronous preemption",
 ];
@@ -177,6 +180,7 @@ pub(crate) fn install() {
     INSTALL.call_once(|| {
         arch::init_xsave();
         read_text_ranges();
+        crate::preempt_leaf::init();
         let _g = RECLAIM.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: reads the current action (null new action), records it as
         // the forward target, then installs our async-signal-safe handler;
@@ -331,7 +335,7 @@ fn try_preempt(m: &crate::sched::M, ctx: &mut arch::SigContext) -> Result<(), Re
         _ => return Err(Refusal::Stack),
     }
     // Rule 4.
-    if !in_main_text(ctx.rip()) {
+    if !in_main_text(ctx.rip()) && !crate::preempt_leaf::contains(ctx.rip()) {
         return Err(Refusal::ForeignCode);
     }
     // Rule 5: compare the kernel's 64-bit mask (the rest of glibc's
