@@ -334,8 +334,15 @@ fn try_preempt(m: &crate::sched::M, ctx: &mut arch::SigContext) -> Result<(), Re
         Some(s) if xsave != 0 && rsp <= s.top && rsp >= s.bottom + need => {}
         _ => return Err(Refusal::Stack),
     }
-    // Rule 4.
-    if !in_main_text(ctx.rip()) && !crate::preempt_leaf::contains(ctx.rip()) {
+    // Rule 4, and its exception for leaf routines called from the main
+    // executable.
+    let stack_top = stack.map_or(0, |s| s.top);
+    let leaf = || {
+        // SAFETY: rule 3 checked bottom <= rsp <= top: [rsp, top) is the
+        // live part of the goroutine's stack.
+        unsafe { crate::preempt_leaf::admits(ctx.rip(), rsp, stack_top, in_main_text) }
+    };
+    if !in_main_text(ctx.rip()) && !leaf() {
         return Err(Refusal::ForeignCode);
     }
     // Rule 5: compare the kernel's 64-bit mask (the rest of glibc's

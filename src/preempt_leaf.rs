@@ -157,9 +157,19 @@ pub(crate) const LIBC_LEAVES: &[&str] = &[
     "__memset_chk",
 ];
 
-/// The admitted ranges, `[start, end)`, sorted and disjoint.
+/// One stretch of an admitted routine: for every pc in `[start, end)` the
+/// canonical frame address (the caller's rsp before its `call`) is
+/// `rsp + cfa`, so the return address is at `rsp + cfa - 8`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Row {
+    start: usize,
+    end: usize,
+    cfa: usize,
+}
+
+/// The admitted rows, sorted by `start` and disjoint.
 struct Table {
-    ranges: Vec<(usize, usize)>,
+    rows: Vec<Row>,
 }
 
 /// Written once by `init` (Release) before the SIGURG handler is installed;
@@ -169,9 +179,13 @@ static TABLE: AtomicPtr<Table> = AtomicPtr::new(core::ptr::null_mut());
 /// The environment variable that disables the table.
 const OFF_ENV: &str = "GOSCHED_LEAFPREEMPTOFF";
 
-/// Longest function the IFUNC and IRELATIVE paths admit: a guard against a
-/// misread FDE (glibc's largest string routine is a few KiB).
+/// Longest function admitted: a guard against a misread FDE (glibc's
+/// largest string routine is a few KiB).
 const MAX_FN_LEN: usize = 1 << 16;
+
+/// Admitted frames the handler unwinds through before it must reach the
+/// main executable (libm's `exp` wrapper calling `__exp_fma` is two).
+const MAX_DEPTH: usize = 4;
 
 /// Builds and publishes the table (once per process, from
 /// `preempt::install`, before the handler is installed). Not
@@ -181,11 +195,11 @@ pub(crate) fn init() {
         return;
     }
     let off = std::env::var(OFF_ENV).is_ok_and(|v| v == "1");
-    let ranges = if off { Vec::new() } else { collect() };
-    let table = Box::into_raw(Box::new(Table { ranges }));
-    // Pairs with the Acquire load in `contains`. `install` calls us inside
-    // its `Once`, so there is a single writer; the table is leaked on
-    // purpose (the handler may read it until the process exits).
+    let rows = if off { Vec::new() } else { collect() };
+    let table = Box::into_raw(Box::new(Table { rows }));
+    // Pairs with the Acquire load in `rows`. `install` calls us inside its
+    // `Once`, so there is a single writer; the table is leaked on purpose
+    // (the handler may read it until the process exits).
     if TABLE
         .compare_exchange(
             core::ptr::null_mut(),
@@ -201,23 +215,60 @@ pub(crate) fn init() {
     }
 }
 
-/// The admitted ranges (empty before `init` or when disabled).
-fn ranges() -> &'static [(usize, usize)] {
+/// The admitted rows (empty before `init` or when disabled).
+fn rows() -> &'static [Row] {
     // Pairs with the Release in `init`.
     let t = TABLE.load(Ordering::Acquire);
     if t.is_null() {
         return &[];
     }
     // SAFETY: a non-null TABLE points at a leaked, never-mutated Table.
-    unsafe { &(*t).ranges }
+    unsafe { &(*t).rows }
 }
 
-/// Whether `pc` lies in an admitted leaf routine. Async-signal-safe: one
-/// atomic load and a binary search over an immutable slice.
-pub(crate) fn contains(pc: usize) -> bool {
-    let r = ranges();
-    let i = r.partition_point(|&(start, _)| start <= pc);
-    i > 0 && pc < r[i - 1].1
+/// The CFA offset at `pc` if it lies in an admitted routine.
+/// Async-signal-safe: one atomic load and a binary search over an
+/// immutable slice.
+fn cfa_at(pc: usize) -> Option<usize> {
+    let r = rows();
+    let i = r.partition_point(|row| row.start <= pc);
+    let row = r.get(i.checked_sub(1)?)?;
+    (pc < row.end).then_some(row.cfa)
+}
+
+/// Whether the code interrupted at `pc` with stack pointer `rsp` may be
+/// preempted: `pc` lies in an admitted routine and, unwinding through
+/// admitted frames only (at most `MAX_DEPTH`), the first return address
+/// outside them satisfies `in_main_text`. Called by the SIGURG handler:
+/// async-signal-safe (atomic loads, a binary search, stack reads).
+///
+/// # Safety
+/// `[rsp, top)` must be readable memory: the interrupted goroutine's live
+/// stack (rule 3 checked it).
+pub(crate) unsafe fn admits(
+    pc: usize,
+    rsp: usize,
+    top: usize,
+    in_main_text: impl Fn(usize) -> bool,
+) -> bool {
+    let (mut pc, mut sp) = (pc, rsp);
+    for _ in 0..MAX_DEPTH {
+        let Some(cfa) = cfa_at(pc).and_then(|off| sp.checked_add(off)) else {
+            return false;
+        };
+        if cfa > top {
+            return false;
+        }
+        // SAFETY: rsp <= sp < sp + 8 <= cfa <= top (every row's offset is
+        // at least 8), so the word lies in the live stack the caller
+        // vouched for.
+        let ra = unsafe { ((cfa - 8) as *const usize).read() };
+        if in_main_text(ra) {
+            return true;
+        }
+        (pc, sp) = (ra, cfa);
+    }
+    false
 }
 
 /// A loaded object as `dl_iterate_phdr` reports it.
@@ -299,22 +350,30 @@ fn loaded_objects() -> Vec<Object> {
     out
 }
 
-fn collect() -> Vec<(usize, usize)> {
-    let mut ranges = Vec::new();
+fn collect() -> Vec<Row> {
+    let mut rows = Vec::new();
     for obj in loaded_objects() {
         if let Some(kind) = kind_of(&obj.name) {
-            obj.admit(kind, &mut ranges);
+            let mut fns = Vec::new();
+            obj.admit(kind, &mut fns);
+            fns.sort_unstable();
+            fns.dedup();
+            for (start, end) in fns {
+                let _ = obj.rows(start, start, end, &mut rows);
+            }
         }
     }
-    ranges.sort_unstable();
-    let mut merged: Vec<(usize, usize)> = Vec::with_capacity(ranges.len());
-    for (s, e) in ranges {
-        match merged.last_mut() {
-            Some(last) if s <= last.1 => last.1 = last.1.max(e),
-            _ => merged.push((s, e)),
+    rows.sort_unstable();
+    rows.dedup();
+    // Aliases give identical rows (deduplicated above); keep the table
+    // disjoint whatever else overlaps by dropping the later row.
+    let mut out: Vec<Row> = Vec::with_capacity(rows.len());
+    for r in rows {
+        if out.last().is_none_or(|l| l.end <= r.start) {
+            out.push(r);
         }
     }
-    merged
+    out
 }
 
 const DT_NULL: u64 = 0;
@@ -471,7 +530,7 @@ impl Object {
                 Some((start, start.saturating_add(s.size)))
             } else {
                 self.resolve_ifunc(handle, name)
-                    .and_then(|a| self.fde_range(a))
+                    .and_then(|a| self.fn_extent(a))
             };
             if let Some((a, b)) = range {
                 if self.in_text(a, b) {
@@ -500,7 +559,7 @@ impl Object {
                 continue;
             }
             let slot = self.base.wrapping_add(offset as usize);
-            if let Some((a, b)) = self.read::<usize>(slot).and_then(|t| self.fde_range(t)) {
+            if let Some((a, b)) = self.read::<usize>(slot).and_then(|t| self.fn_extent(t)) {
                 if self.in_text(a, b) {
                     out.push((a, b));
                 }
@@ -528,10 +587,16 @@ impl Object {
         self.in_text(a, a + 1).then_some(a)
     }
 
-    /// The extent of the function containing `pc`, from its FDE (found via
-    /// `.eh_frame_hdr`'s sorted table). None for any encoding other than
-    /// the ones binutils emits.
-    fn fde_range(&self, pc: usize) -> Option<(usize, usize)> {
+    /// The extent `[start, end)` of the function containing `pc`, from its
+    /// FDE.
+    fn fn_extent(&self, pc: usize) -> Option<(usize, usize)> {
+        self.rows(pc, 0, 0, &mut Vec::new())
+    }
+
+    /// The FDE of the function containing `pc`, from `.eh_frame_hdr`'s
+    /// sorted table: (function start, FDE address). None for any table
+    /// encoding other than the one binutils emits.
+    fn find_fde(&self, pc: usize) -> Option<(usize, usize)> {
         let hdr = self.eh_frame_hdr;
         if hdr == 0 || self.read::<u8>(hdr)? != 1 {
             return None;
@@ -546,53 +611,86 @@ impl Object {
         let count_at = hdr + 4 + enc_size(ptr_enc)?;
         let n = self.read::<u32>(count_at)? as usize;
         let table = count_at + 4;
-        let loc = |i: usize| -> Option<usize> {
-            Some(hdr.wrapping_add_signed(self.read::<i32>(table + 8 * i)? as isize))
+        let rel = |at: usize| -> Option<usize> {
+            Some(hdr.wrapping_add_signed(self.read::<i32>(at)? as isize))
         };
         // Last entry starting at or below pc.
         let (mut lo, mut hi) = (0usize, n);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            if loc(mid)? <= pc {
+            if rel(table + 8 * mid)? <= pc {
                 lo = mid + 1;
             } else {
                 hi = mid;
             }
         }
         let i = lo.checked_sub(1)?;
-        let start = loc(i)?;
-        let fde = hdr.wrapping_add_signed(self.read::<i32>(table + 8 * i + 4)? as isize);
-        let len = self.pc_range(fde)?;
-        let end = start.checked_add(len)?;
-        (pc < end && len <= MAX_FN_LEN).then_some((start, end))
+        Some((rel(table + 8 * i)?, rel(table + 8 * i + 4)?))
     }
 
-    /// `pc_range` of the FDE at `fde`, in the pointer encoding its CIE's
-    /// augmentation names ('R').
-    fn pc_range(&self, fde: usize) -> Option<usize> {
+    /// The rows of the function containing `pc` (see [`Row`]), clipped to
+    /// `[lo, hi)`, and returns the function's extent: its CFI program (the CIE's initial instructions, then the
+    /// FDE's) run from the function start, keeping the stretches where the
+    /// CFA is rsp + a constant. None if the FDE or CIE is in a form we do
+    /// not parse, the function is implausibly long, or it does not cover
+    /// `pc`.
+    fn rows(&self, pc: usize, lo: usize, hi: usize, out: &mut Vec<Row>) -> Option<(usize, usize)> {
+        let (start, fde) = self.find_fde(pc)?;
         let len: u32 = self.read(fde)?;
         if len == 0 || len == u32::MAX {
             return None; // terminator, or a 64-bit length we do not parse
         }
+        let fde_end = fde + 4 + len as usize;
         let cie_off: u32 = self.read(fde + 4)?;
-        let cie = (fde + 4).checked_sub(cie_off as usize)?;
-        let enc = self.cie_fde_encoding(cie)?;
-        let size = enc_size(enc)?;
+        let cie = self.cie((fde + 4).checked_sub(cie_off as usize)?)?;
+        let size = enc_size(cie.enc)?;
         let at = fde + 8 + size; // after pc_begin
-        Some(match size {
+        let range = match size {
             2 => self.read::<u16>(at)? as usize,
             4 => self.read::<u32>(at)? as usize,
             8 => self.read::<u64>(at)? as usize,
             _ => return None,
-        })
+        };
+        let end = start.checked_add(range)?;
+        if !(start <= pc && pc < end && range <= MAX_FN_LEN) {
+            return None;
+        }
+        let mut insns = at + size;
+        if cie.augmented {
+            let (aug_len, next) = self.leb(insns)?;
+            insns = next.checked_add(aug_len as usize)?;
+        }
+        let mut st = CfiState {
+            pc: start,
+            reg: RSP,
+            off: 8,
+            saved: Vec::new(),
+            rows: Vec::new(),
+        };
+        self.run_cfi(&cie, cie.insns.0, cie.insns.1, &mut st)?;
+        self.run_cfi(&cie, insns, fde_end, &mut st)?;
+        st.emit(end);
+        for r in st.rows {
+            let (s, e) = (r.start.max(lo), r.end.min(hi));
+            if s < e {
+                out.push(Row {
+                    start: s,
+                    end: e,
+                    cfa: r.cfa,
+                });
+            }
+        }
+        Some((start, end))
     }
 
-    /// The FDE pointer encoding of the CIE at `cie` (absptr without 'R').
-    fn cie_fde_encoding(&self, cie: usize) -> Option<u8> {
+    /// The CIE at `cie`: pointer encoding ('R'), alignment factors, and its
+    /// initial instructions.
+    fn cie(&self, cie: usize) -> Option<Cie> {
         let len: u32 = self.read(cie)?;
         if len == u32::MAX || self.read::<u32>(cie + 4)? != 0 {
             return None;
         }
+        let end = cie + 4 + len as usize;
         let version: u8 = self.read(cie + 8)?;
         let mut at = cie + 9;
         let mut aug = Vec::new();
@@ -604,48 +702,205 @@ impl Object {
             }
             aug.push(b);
         }
-        if aug.is_empty() {
-            return Some(0); // absptr
-        }
-        if aug[0] != b'z' {
+        let (code_align, next) = self.leb(at)?;
+        let (data_align, next) = self.sleb(next)?;
+        let (ra, next) = if version == 1 {
+            (self.read::<u8>(next)? as u64, next + 1)
+        } else {
+            self.leb(next)?
+        };
+        if ra != RA {
             return None;
         }
-        at = self.skip_leb(at)?; // code alignment
-        at = self.skip_leb(at)?; // data alignment
-        at = if version == 1 {
-            at + 1
-        } else {
-            self.skip_leb(at)?
-        }; // return address register
-        at = self.skip_leb(at)?; // augmentation data length
-        let mut enc = 0u8;
-        for &c in &aug[1..] {
-            match c {
-                b'R' => {
-                    enc = self.read(at)?;
-                    at += 1;
+        at = next;
+        let mut enc = 0u8; // absptr without 'R'
+        let augmented = aug.first() == Some(&b'z');
+        if augmented {
+            let (aug_len, data) = self.leb(at)?;
+            let mut p = data;
+            for &c in &aug[1..] {
+                match c {
+                    b'R' => {
+                        enc = self.read(p)?;
+                        p += 1;
+                    }
+                    b'L' => p += 1,
+                    b'P' => {
+                        let penc: u8 = self.read(p)?;
+                        p += 1 + enc_size(penc)?;
+                    }
+                    b'S' | b'B' => {}
+                    _ => return None,
                 }
-                b'L' => at += 1,
-                b'P' => {
-                    let penc: u8 = self.read(at)?;
-                    at += 1 + enc_size(penc)?;
-                }
-                b'S' | b'B' => {}
-                _ => return None,
             }
+            at = data.checked_add(aug_len as usize)?;
+        } else if !aug.is_empty() {
+            return None;
         }
-        Some(enc)
+        Some(Cie {
+            enc,
+            augmented,
+            code_align,
+            data_align,
+            insns: (at, end),
+        })
     }
 
-    fn skip_leb(&self, mut at: usize) -> Option<usize> {
-        for _ in 0..10 {
+    /// Runs the CFI instructions in `[at, end)`, tracking only the CFA rule.
+    fn run_cfi(&self, cie: &Cie, mut at: usize, end: usize, st: &mut CfiState) -> Option<()> {
+        while at < end {
+            let op: u8 = self.read(at)?;
+            at += 1;
+            let advance = |st: &mut CfiState, d: u64| -> Option<()> {
+                let to = st
+                    .pc
+                    .checked_add((d.checked_mul(cie.code_align)?) as usize)?;
+                st.emit(to);
+                st.pc = to;
+                Some(())
+            };
+            match op >> 6 {
+                1 => {
+                    advance(st, u64::from(op & 0x3f))?;
+                    continue;
+                }
+                2 => {
+                    at = self.leb(at)?.1; // offset: where a register is saved
+                    continue;
+                }
+                3 => continue, // restore a register
+                _ => {}
+            }
+            match op {
+                0x00 => {}
+                0x02 => {
+                    advance(st, u64::from(self.read::<u8>(at)?))?;
+                    at += 1;
+                }
+                0x03 => {
+                    advance(st, u64::from(self.read::<u16>(at)?))?;
+                    at += 2;
+                }
+                0x04 => {
+                    advance(st, u64::from(self.read::<u32>(at)?))?;
+                    at += 4;
+                }
+                // offset_extended, register, val_offset: two ULEBs.
+                0x05 | 0x09 | 0x14 => at = self.leb(self.leb(at)?.1)?.1,
+                // restore_extended, undefined, same_value, GNU_args_size.
+                0x06..=0x08 | 0x2e => at = self.leb(at)?.1,
+                0x0a => st.saved.push((st.reg, st.off)),
+                0x0b => (st.reg, st.off) = st.saved.pop()?,
+                0x0c => {
+                    let (reg, next) = self.leb(at)?;
+                    let (off, next) = self.leb(next)?;
+                    (st.reg, st.off, at) = (reg, i64::try_from(off).ok()?, next);
+                }
+                0x0d => (st.reg, at) = self.leb(at)?,
+                0x0e => {
+                    let (off, next) = self.leb(at)?;
+                    (st.off, at) = (i64::try_from(off).ok()?, next);
+                }
+                0x0f => {
+                    // def_cfa_expression: the CFA is no longer rsp + k.
+                    let (n, next) = self.leb(at)?;
+                    st.reg = NO_REG;
+                    at = next.checked_add(n as usize)?;
+                }
+                // expression, val_expression: a register and a block.
+                0x10 | 0x16 => {
+                    let (n, next) = self.leb(self.leb(at)?.1)?;
+                    at = next.checked_add(n as usize)?;
+                }
+                // offset_extended_sf, val_offset_sf: ULEB, SLEB.
+                0x11 | 0x15 => at = self.sleb(self.leb(at)?.1)?.1,
+                0x12 => {
+                    let (reg, next) = self.leb(at)?;
+                    let (off, next) = self.sleb(next)?;
+                    (st.reg, st.off, at) = (reg, off.checked_mul(cie.data_align)?, next);
+                }
+                0x13 => {
+                    let (off, next) = self.sleb(at)?;
+                    (st.off, at) = (off.checked_mul(cie.data_align)?, next);
+                }
+                _ => return None, // set_loc and vendor opcodes: not parsed
+            }
+        }
+        Some(())
+    }
+
+    fn leb(&self, mut at: usize) -> Option<(u64, usize)> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
             let b: u8 = self.read(at)?;
             at += 1;
+            v |= u64::from(b & 0x7f) << shift;
             if b & 0x80 == 0 {
-                return Some(at);
+                return Some((v, at));
             }
         }
         None
+    }
+
+    fn sleb(&self, mut at: usize) -> Option<(i64, usize)> {
+        let mut v = 0i64;
+        for shift in (0..64).step_by(7) {
+            let b: u8 = self.read(at)?;
+            at += 1;
+            v |= i64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                if shift + 7 < 64 && b & 0x40 != 0 {
+                    v |= -1i64 << (shift + 7);
+                }
+                return Some((v, at));
+            }
+        }
+        None
+    }
+}
+
+/// DWARF register numbers (x86-64 psABI): rsp, and the return address
+/// column.
+const RSP: u64 = 7;
+const RA: u64 = 16;
+/// A CFA that is not a register plus an offset (an expression).
+const NO_REG: u64 = u64::MAX;
+
+/// What `rows` needs from a CIE.
+struct Cie {
+    enc: u8,
+    augmented: bool,
+    code_align: u64,
+    data_align: i64,
+    /// The initial instructions, `[start, end)`.
+    insns: (usize, usize),
+}
+
+/// The CFA rule while a CFI program runs, and the rows emitted so far.
+struct CfiState {
+    pc: usize,
+    reg: u64,
+    off: i64,
+    saved: Vec<(u64, i64)>,
+    rows: Vec<Row>,
+}
+
+impl CfiState {
+    /// Closes the stretch `[pc, to)` under the current rule: a row if the
+    /// CFA is rsp plus a sane offset (at least the return address, below
+    /// 64 KiB), none otherwise (pcs there stay refused).
+    fn emit(&mut self, to: usize) {
+        if to > self.pc && self.reg == RSP && (8..1 << 16).contains(&self.off) {
+            let cfa = self.off as usize;
+            match self.rows.last_mut() {
+                Some(r) if r.end == self.pc && r.cfa == cfa => r.end = to,
+                _ => self.rows.push(Row {
+                    start: self.pc,
+                    end: to,
+                    cfa,
+                }),
+            }
+        }
     }
 }
 
@@ -669,9 +924,9 @@ mod tests {
         unsafe { libc::dlsym(libc::RTLD_DEFAULT, c.as_ptr()) as usize }
     }
 
-    fn table() -> &'static [(usize, usize)] {
+    fn table() -> &'static [Row] {
         init();
-        let r = ranges();
+        let r = rows();
         assert!(
             std::env::var(OFF_ENV).is_ok() || !r.is_empty(),
             "no leaf ranges resolved"
@@ -692,7 +947,7 @@ mod tests {
         ] {
             let a = addr_of(f);
             assert_ne!(a, 0, "{f} not found");
-            assert!(contains(a), "{f} at {a:#x} not admitted");
+            assert_eq!(cfa_at(a), Some(8), "{f} at {a:#x} not admitted");
         }
     }
 
@@ -755,7 +1010,7 @@ mod tests {
             }
             for off in 0..64 {
                 assert!(
-                    !contains(a + off),
+                    cfa_at(a + off).is_none(),
                     "{n}+{off} at {:#x} is admitted",
                     a + off
                 );
@@ -768,7 +1023,34 @@ mod tests {
     fn leaf_table_is_sorted_and_disjoint() {
         let r = table();
         for w in r.windows(2) {
-            assert!(w[0].0 < w[0].1 && w[0].1 < w[1].0, "{w:x?}");
+            assert!(w[0].start < w[0].end && w[0].end <= w[1].start, "{w:x?}");
         }
+    }
+
+    /// memcpy is a safe point only when the main executable called it: the
+    /// same pc with a return address into libc (realloc and fwrite call
+    /// memcpy holding the arena or FILE lock) is refused, and so is a
+    /// frame that would read past the stack top.
+    #[test]
+    fn leaf_routine_is_admitted_only_under_a_main_executable_caller() {
+        let _ = table();
+        let memcpy = addr_of("memcpy");
+        let main_ra = 0x1234_5678usize;
+        let libc_ra = addr_of("realloc") + 16;
+        let in_main = |a: usize| a == main_ra;
+        for (ra, want) in [(main_ra, true), (libc_ra, false), (0, false)] {
+            let stack = [ra, 0, 0, 0];
+            let rsp = stack.as_ptr() as usize;
+            // SAFETY: [rsp, rsp + 32) is `stack`.
+            let got = unsafe { admits(memcpy, rsp, rsp + 32, in_main) };
+            assert_eq!(got, want, "return address {ra:#x}");
+        }
+        let stack = [main_ra];
+        let rsp = stack.as_ptr() as usize;
+        // SAFETY: only [rsp, rsp + 4) would be read, and it is refused.
+        assert!(!unsafe { admits(memcpy, rsp, rsp + 4, in_main) });
+        // A pc outside every admitted routine.
+        // SAFETY: as above; nothing is read.
+        assert!(!unsafe { admits(addr_of("malloc"), rsp, rsp + 8, in_main) });
     }
 }
