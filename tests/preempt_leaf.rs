@@ -148,8 +148,10 @@ fn attempt(test: &str, role: &str) -> Seen {
 }
 
 /// The ticker beside the loop is served: every tick within the watchdog,
-/// p99 under `P99_BOUND`, and the loop's preemptions mostly admitted (a
-/// refusal count above the preemptions means the loop's pcs are refused).
+/// p99 under `P99_BOUND`, and the loop's preemptions admitted where they
+/// land (at most one `foreign_code` refusal per four preemptions; measured
+/// 0 with the allowlist, about one per preemption beside `sin` and a
+/// thousand beside `memcpy` without it).
 fn ticker_served(test: &str, load: &str, mode: PreemptMode) {
     let role = format!("{load}_{mode:?}");
     if child_role().as_deref() == Some(role.as_str()) {
@@ -159,7 +161,7 @@ fn ticker_served(test: &str, load: &str, mode: PreemptMode) {
     let mut seen = Vec::new();
     for _ in 0..ATTEMPTS {
         let s = attempt(test, &role);
-        if s.ticks == TICKS as u64 && s.p99 < P99_BOUND && s.foreign_code <= s.preempt_async {
+        if s.ticks == TICKS as u64 && s.p99 < P99_BOUND && s.foreign_code * 4 <= s.preempt_async {
             return;
         }
         seen.push((s.ticks, s.p99, s.preempt_async, s.foreign_code));
