@@ -1,5 +1,6 @@
-//! Preemptible libc leaf routines: the address ranges outside the main
-//! executable where the SIGURG handler may still inject a preemption.
+//! Preemptible libc leaf routines: the code outside the main executable
+//! where the SIGURG handler may still inject a preemption (an exception to
+//! safe-point rule 4).
 //!
 //! # Why
 //!
@@ -16,17 +17,32 @@
 //!
 //! # What is admitted
 //!
-//! 1. In `libc.so.6`: the routines named in [`LIBC_LEAVES`] (memory and
-//!    byte-string routines: `memcpy`, `memmove`, `memset`, `memcmp`,
-//!    `bcmp`, `strlen`, ...; nothing locale-dependent, nothing that
-//!    allocates or locks). Everything else in libc stays refused.
-//! 2. In `libm.so.6`: every function it exports, and every implementation
-//!    its IFUNCs chose for internal calls (below). libm imports no lock,
-//!    no allocator and no thread function (its imports are `errno`, the
-//!    stack protector, `__assert_fail`, `fputs`/`fwrite` for the old SVID
-//!    error messages, `qsort` and the `__strto*_nan` parsers); a pc in
-//!    libm itself therefore never holds a lock. Its ELF constructors are not
-//!    exported functions and stay refused (they run under the loader lock).
+//! A pc is a safe point under this exception when both hold:
+//!
+//! 1. It lies in an admitted routine:
+//!    - in `libc.so.6`, the routines named in [`LIBC_LEAVES`] (memory and
+//!      byte-string routines: `memcpy`, `memmove`, `memset`, `memcmp`,
+//!      `bcmp`, `strlen`, ...; nothing locale-dependent, nothing that
+//!      allocates or locks). Everything else in libc stays refused;
+//!    - in `libm.so.6`, every function it exports and every implementation
+//!      its IFUNCs chose for its internal calls. libm imports no lock, no
+//!      allocator and no thread function (its imports are `errno`, the
+//!      stack protector, `__assert_fail`, `fputs`/`fwrite` for the old SVID
+//!      error messages, `qsort` and the `__strto*_nan` parsers), so a pc in
+//!      libm code never holds a lock. Its ELF constructors are not
+//!      exported and stay refused (they run under the loader lock).
+//! 2. Its caller is the main executable: unwinding from the interrupted
+//!    rsp through admitted frames only (at most `MAX_DEPTH`, using each
+//!    frame's CFA offset at its pc), the first return address outside
+//!    them lies in the main executable's code. This matters: libc itself
+//!    calls `memcpy` from `realloc` with the arena locked and from
+//!    `fwrite` with the `FILE` locked; preempting there would let the
+//!    scheduler, on the same thread, call `malloc` into that arena and
+//!    deadlock on itself (ThreadAffine), or resume the lock holder's
+//!    thread-local malloc state on another thread (Migrate). With the
+//!    caller check, interrupting `memcpy` is exactly as safe as
+//!    interrupting its Rust caller at the `call` instruction, which rule 4
+//!    already allows; the routine itself holds nothing.
 //!
 //! # How the ranges are found (at start-up, outside the handler)
 //!
@@ -42,19 +58,28 @@
 //!    `[st_value, st_value + st_size)`.
 //! 2. An `STT_GNU_IFUNC` symbol is resolved as the program's own calls are:
 //!    `dlsym` on the object's handle runs its resolver and returns the
-//!    chosen implementation. Its extent comes from the unwind tables:
+//!    chosen implementation (`dlsym(RTLD_DEFAULT)` could return an
+//!    `LD_PRELOAD` interposer, which must not be admitted). Its extent
+//!    comes from the unwind tables:
 //!    every function of glibc, assembly included (the `ENTRY`/`END` macros
 //!    emit CFI), has an FDE in `.eh_frame`, which the loader maps and strip
 //!    never removes; `.eh_frame_hdr` (`PT_GNU_EH_FRAME`) is a sorted table
 //!    of FDE start addresses, and the FDE holds the function's exact length
-//!    (`pc_range`). For `memcpy` on an AVX2 machine this admits the 1,758
-//!    bytes of `__memmove_avx_unaligned_erms`, the large-copy loops
-//!    included.
+//!    (`pc_range`). For `memcpy` on an AVX2 machine (glibc 2.36) this
+//!    admits the 1,758 bytes of `__memmove_avx_unaligned_erms`, the
+//!    large-copy loops included.
 //! 3. libm's own calls to IFUNC'd internals (its `exp`, `log` and `pow`
 //!    wrappers call `__exp_fma` & co. through libm's PLT) are resolved by
 //!    the loader at load time: each `R_X86_64_IRELATIVE` relocation's GOT
 //!    slot holds the chosen implementation, whose extent again comes from
 //!    its FDE.
+//! 4. Each admitted function's FDE program (the CIE's initial instructions,
+//!    then the FDE's) is run once to split the function into rows
+//!    `(start, end, cfa)` wherever the CFA is rsp plus a constant: that is
+//!    what the handler's caller check reads. A stretch where the CFA is
+//!    rbp-based or an expression gets no row and stays refused. glibc's
+//!    string routines never move rsp (one row, CFA = rsp + 8); libm's C
+//!    functions have a few rows each.
 //!
 //! Rejected alternatives: reading `.symtab` from the file on disk (Debian
 //! and most distributions strip it; the debug file is not installed);
@@ -90,20 +115,25 @@
 //! changes. In `Migrate` mode an `errno` store lands on the thread the
 //! goroutine runs on at that instruction — as any Rust code's would; a
 //! later read of `errno` on another thread is exactly the hazard the user
-//! accepted with `allow_migrate`. So the table applies in both modes.
+//! accepted with `allow_migrate`, and the caller check (the main
+//! executable, the user's code) keeps foreign callers with their own
+//! thread state out. So the table applies in both modes.
 //!
 //! # Publication to the handler
 //!
 //! `init` runs once, from `preempt::install`, before our SIGURG handler is
-//! installed. It builds a sorted, merged `Vec` of ranges, leaks it, and
+//! installed. It builds a sorted, disjoint `Vec` of rows, leaks it, and
 //! stores a pointer to it in [`TABLE`] with Release; the handler loads it
-//! with Acquire and binary-searches the immutable slice: no allocation, no
-//! lock, no call into libc. The table is never freed or changed (libc and
-//! libm are never unloaded: `init` keeps a handle to each).
+//! with Acquire, binary-searches the immutable slice and reads return
+//! addresses from the interrupted goroutine's own stack (inside the bounds
+//! rule 3 checked): no allocation, no lock, no call into libc. The table
+//! is never freed or changed (libc and libm are never unloaded: `init`
+//! keeps a handle to each).
 //!
-//! `GOSCHED_LEAFPREEMPTOFF=1` in the environment of the first runtime's
-//! start leaves the table empty: every pc outside the main executable is
-//! refused, as before.
+//! Objects loaded later with `dlopen` are not in the table (their pcs stay
+//! refused). `GOSCHED_LEAFPREEMPTOFF=1` in the environment of the first
+//! runtime's start leaves the table empty: every pc outside the main
+//! executable is refused, as before.
 
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicPtr, Ordering};
