@@ -32,8 +32,10 @@
 //!    the loader, the vDSO or another shared object (preempting inside
 //!    malloc would hand its locks and per-thread caches to another thread).
 //!    The one exception: libc's memory and string routines and libm, which
-//!    hold no lock and no thread state (`crate::preempt_leaf` finds their
-//!    address ranges at start-up).
+//!    hold no lock and no thread state, when called from the main
+//!    executable (`crate::preempt_leaf` finds their address ranges at
+//!    start-up and checks the caller; `GOSCHED_LEAFPREEMPTOFF=1` turns the
+//!    exception off).
 //! 5. Not inside a signal handler. A user handler that runs on the
 //!    goroutine's stack (any handler installed without `SA_ONSTACK`; one
 //!    with it runs on the M's alternate stack and fails rule 3) must not be
