@@ -281,9 +281,12 @@ pub(crate) unsafe fn admits(
     top: usize,
     in_main_text: impl Fn(usize) -> bool,
 ) -> bool {
-    let (mut pc, mut sp) = (pc, rsp);
+    // The interrupted frame is looked up at its pc; a caller's at its
+    // return address - 1, the call instruction (the return address itself
+    // may begin a stretch with another CFA rule, after a noreturn call).
+    let (mut at, mut sp) = (pc, rsp);
     for _ in 0..MAX_DEPTH {
-        let Some(cfa) = cfa_at(pc).and_then(|off| sp.checked_add(off)) else {
+        let Some(cfa) = cfa_at(at).and_then(|off| sp.checked_add(off)) else {
             return false;
         };
         if cfa > top {
@@ -291,12 +294,12 @@ pub(crate) unsafe fn admits(
         }
         // SAFETY: rsp <= sp < sp + 8 <= cfa <= top (every row's offset is
         // at least 8), so the word lies in the live stack the caller
-        // vouched for.
-        let ra = unsafe { ((cfa - 8) as *const usize).read() };
+        // vouched for; read unaligned, as nothing forces rsp's alignment.
+        let ra = unsafe { ((cfa - 8) as *const usize).read_unaligned() };
         if in_main_text(ra) {
             return true;
         }
-        (pc, sp) = (ra, cfa);
+        (at, sp) = (ra.wrapping_sub(1), cfa);
     }
     false
 }
