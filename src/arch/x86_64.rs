@@ -79,6 +79,12 @@
 
 use core::arch::global_asm;
 
+/// DWARF register number of rsp (x86-64 psABI), for reading `.eh_frame`.
+pub(crate) const DWARF_SP: u64 = 7;
+
+/// DWARF column of the return address (x86-64 psABI).
+pub(crate) const DWARF_RA: u64 = 16;
+
 /// Alignment of the stack pointer at a call instruction.
 pub(crate) const STACK_ALIGN: usize = 16;
 

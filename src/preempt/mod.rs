@@ -32,6 +32,11 @@
 //! 4. The interrupted pc lies in the main executable's code, not in libc,
 //!    the loader, the vDSO or another shared object (preempting inside
 //!    malloc would hand its locks and per-thread caches to another thread).
+//!    The one exception: libc's memory and string routines and libm, which
+//!    hold no lock and no thread state, when called from the main
+//!    executable (`leaf` finds their address ranges at
+//!    start-up and checks the caller; `GOSCHED_LEAFPREEMPTOFF=1` turns the
+//!    exception off).
 //! 5. Not inside a signal handler. A user handler that runs on the
 //!    goroutine's stack (any handler installed without `SA_ONSTACK`; one
 //!    with it runs on the M's alternate stack and fails rule 3) must not be
@@ -80,6 +85,7 @@
 //! receives every SIGURG) and prints one warning on stderr. Setting SIGURG
 //! to `SIG_IGN`/`SIG_DFL` is undone the same way.
 
+pub(crate) mod leaf;
 pub(crate) mod nopreempt;
 pub(crate) mod sysmon;
 
@@ -130,7 +136,7 @@ pub(crate) const REFUSAL_HELP: [&str; REFUSAL_REASONS] = [
     "no preemption was requested",
     "inside a no_preempt region or runtime code",
     "too close to the end of the goroutine stack",
-    "inside code outside the main executable (libc such as memcpy or libm, the vDSO, another shared object)",
+    "inside code outside the main executable (libc other than its memory and string routines, the loader, the vDSO, another shared object)",
     "inside a signal handler",
     "asynchronous preemption is off for this runtime",
 ];
@@ -179,6 +185,7 @@ pub(crate) fn install() {
     INSTALL.call_once(|| {
         arch::init_extended_state();
         read_text_ranges();
+        leaf::init();
         let _g = RECLAIM.lock().unwrap_or_else(|e| e.into_inner());
         // Read the current action and record it as the forward target,
         // then install ours; whatever it replaced (the same action unless
@@ -321,8 +328,15 @@ fn try_preempt(m: &crate::sched::M, ctx: &mut arch::SigContext) -> Result<(), Re
         Some(s) if xsave != 0 && sp <= s.top && sp >= s.bottom + need => {}
         _ => return Err(Refusal::Stack),
     }
-    // Rule 4.
-    if !in_main_text(ctx.pc()) {
+    // Rule 4, and its exception for leaf routines called from the main
+    // executable.
+    let stack_top = stack.map_or(0, |s| s.top);
+    let leaf = || {
+        // SAFETY: rule 3 checked bottom <= sp <= top: [sp, top) is the
+        // live part of the goroutine's stack.
+        unsafe { leaf::admits(ctx.pc(), sp, stack_top, in_main_text) }
+    };
+    if !in_main_text(ctx.pc()) && !leaf() {
         return Err(Refusal::ForeignCode);
     }
     // Rule 5: compare the kernel's 64-bit mask (the rest of glibc's
