@@ -516,6 +516,10 @@ mod tests {
     /// to the interrupted pc and rbp (`[rbp + 8]`, `[rbp]`), and a DWARF
     /// backtrace goes through the trampoline into the interrupted function.
     #[test]
+    #[cfg_attr(
+        not(feature = "preempt-signal"),
+        ignore = "needs asynchronous preemption (the preempt-signal feature)"
+    )]
     fn frame_pointer_and_dwarf_walks_see_the_interrupted_pc() {
         let rt = crate::Builder::new()
             .procs(1)
