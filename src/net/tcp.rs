@@ -33,7 +33,10 @@ pub struct TcpListener {
 }
 
 impl TcpListener {
-    /// Binds a listener to `addr` (as `std::net::TcpListener::bind`).
+    /// Binds a listener to `addr` (as `std::net::TcpListener::bind`), with
+    /// the largest accept queue the system allows (`net.core.somaxconn`, as
+    /// Go listens; std asks for 128, and a burst of connections beyond the
+    /// queue waits for the client's one-second SYN retry).
     ///
     /// # Errors
     ///
@@ -47,7 +50,14 @@ impl TcpListener {
     /// ```
     pub fn bind<A: ToSocketAddrs>(addr: A) -> io::Result<TcpListener> {
         let addrs = resolve(addr)?;
-        TcpListener::from_std(std::net::TcpListener::bind(&addrs[..])?)
+        let l = std::net::TcpListener::bind(&addrs[..])?;
+        // Listening again only resizes the queue; the kernel caps the
+        // backlog at somaxconn.
+        // SAFETY: `l` owns a valid listening socket.
+        if unsafe { libc::listen(l.as_raw_fd(), libc::c_int::MAX) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        TcpListener::from_std(l)
     }
 
     /// Wraps a std listener, setting it nonblocking.
