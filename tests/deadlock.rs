@@ -10,8 +10,11 @@
 //! `GOSCHED_DEADLOCK_CHILD=<scenario>` and checks the child's exit status
 //! and stderr.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
+#[path = "common/child.rs"]
+#[allow(dead_code)]
+mod child;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use gosched::chan;
@@ -200,38 +203,17 @@ struct Outcome {
     took: Duration,
 }
 
-/// Runs a child scenario; a child that hangs (a missed deadlock) is killed
-/// after 30 s and reported with exit code None.
+/// Runs a child scenario (this binary again, with `ROLE=scenario`; no
+/// libtest here, so no test-count check); a child that hangs (a missed
+/// deadlock) is killed after 30 s and reported with exit code None.
 fn run(scenario: &str) -> Outcome {
-    let t = Instant::now();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .env(ROLE, scenario)
-        .env_remove("GOSCHED_MAXPROCS")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run the child");
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break Some(st);
-        }
-        if t.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.env(ROLE, scenario).env_remove("GOSCHED_MAXPROCS");
+    let done = child::run(cmd, Duration::from_secs(30));
     Outcome {
-        code: status.and_then(|s| s.code()),
-        stderr: reader.join().unwrap(),
-        took: t.elapsed(),
+        code: done.status.and_then(|s| s.code()),
+        stderr: done.stderr,
+        took: done.elapsed,
     }
 }
 

@@ -53,6 +53,30 @@ pub fn child_command(test: &str, env_key: &str, role: &str) -> Command {
     cmd
 }
 
+/// Runs `child_command(test, env_key, role)` (plus `configure`'s changes)
+/// like [`run`], then checks that libtest ran exactly that one test in the
+/// child: a misspelt or renamed test name would otherwise match nothing, and
+/// the child would "pass" having run no test at all. libtest prints
+/// `running N tests` before the test starts, so the line is there even when
+/// the child then crashes or is killed.
+pub fn run_test(
+    test: &str,
+    env_key: &str,
+    role: &str,
+    timeout: Duration,
+    configure: impl FnOnce(&mut Command),
+) -> Finished {
+    let mut cmd = child_command(test, env_key, role);
+    configure(&mut cmd);
+    let done = run(cmd, timeout);
+    assert!(
+        done.stdout.lines().any(|l| l == "running 1 test"),
+        "the child for {test} (role {role}) did not run exactly one test; stdout:\n{}",
+        done.stdout
+    );
+    done
+}
+
 /// Runs `cmd` with stdout and stderr collected, killing it after `timeout`.
 pub fn run(mut cmd: Command, timeout: Duration) -> Finished {
     cmd.stdin(Stdio::null())

@@ -58,11 +58,11 @@ impl ChildOutput {
 /// only what the test sets. Fails the test if the child runs longer than
 /// [`CHILD_TIMEOUT`] (it is killed first).
 pub fn run_child(test: &str, role: &str, envs: &[(&str, &str)]) -> ChildOutput {
-    let mut cmd = child::child_command(test, CHILD_ENV, role);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let done = child::run(cmd, CHILD_TIMEOUT);
+    let done = child::run_test(test, CHILD_ENV, role, CHILD_TIMEOUT, |cmd| {
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+    });
     let Some(status) = done.status else {
         panic!(
             "child {test} (role {role}) ran longer than {CHILD_TIMEOUT:?}: killed\n{}",

@@ -143,7 +143,7 @@ fn tail(s: &str, n: usize) -> &str {
 /// Re-runs this test binary restricted to test `test` with
 /// `CHILD_ENV=role`, collecting its output; kills it after `timeout`.
 pub fn run_child(test: &str, role: &str, timeout: Duration) -> ChildOutcome {
-    let done = child::run(child::child_command(test, CHILD_ENV, role), timeout);
+    let done = child::run_test(test, CHILD_ENV, role, timeout, |_| {});
     ChildOutcome {
         status: done.status,
         timed_out: done.status.is_none(),
