@@ -113,8 +113,10 @@ impl Stats {
     /// ```
     /// let rt = gosched::Runtime::new().unwrap();
     /// rt.block_on(|| {
+    ///     // One wake-up in 64 of each goroutine is sampled; 1 ms sleeps
+    ///     // park every time (a 10 µs one may be over before it parks).
     ///     for _ in 0..200 {
-    ///         gosched::sleep(std::time::Duration::from_micros(10));
+    ///         gosched::sleep(std::time::Duration::from_millis(1));
     ///     }
     /// });
     /// let p99 = rt.stats().sched_latency_quantile(0.99).unwrap();
