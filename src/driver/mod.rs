@@ -49,10 +49,17 @@
 //!    itself takes an idle P to run them if it can (no second thread
 //!    wake-up).
 //! 4. While Ps run, nobody blocks in the poller; it is polled without
-//!    blocking by `find_runnable` before it steals (skipped with one load
-//!    when no goroutine waits), and by sysmon when the last poll is older
-//!    than `POLL_BOUND` (so I/O readiness reaches the run queue even while
-//!    every P runs a goroutine that makes no calls; Go's bound is 10 ms).
+//!    blocking (each skipped with one load when no goroutine waits):
+//!    - by `find_runnable` before it steals (Go's findRunnable);
+//!    - by `find_runnable` on every `GLOBAL_CHECK`-th slice if the last
+//!      poll is older than [`TICK_POLL_BOUND`], so readiness is seen within
+//!      tens of microseconds while every P switches among runnable
+//!      goroutines (a busy server never reaches the step before stealing);
+//!    - by sysmon when the last poll is older than [`poll_bound`], so I/O
+//!      readiness reaches the run queue even while every P runs a
+//!      goroutine that makes no calls (Go's bound is 10 ms). While any
+//!      descriptor is registered sysmon never sleeps longer than that
+//!      bound with Ps busy: a goroutine parking on I/O does not wake it.
 //!
 //! # Descriptors (Go's pollDesc)
 //!
@@ -133,6 +140,12 @@ const TAG_MASK: u64 = (1 << (64 - ADDR_BITS)) - 1;
 pub(crate) fn poll_bound(quantum: Duration) -> Duration {
     (quantum / 2).clamp(Duration::from_micros(100), Duration::from_millis(1))
 }
+
+/// How stale the last poll may be before a P polls on its periodic turn
+/// (every `GLOBAL_CHECK`-th slice). A poll is one `epoll_pwait2` system
+/// call (~0.5 µs): at most one per 50 µs per P keeps its cost near 1 % of
+/// a P even when goroutines switch every 100 ns.
+pub(crate) const TICK_POLL_BOUND: Duration = Duration::from_micros(50);
 
 /// One direction of a descriptor: EMPTY, READY or a waiting G's address.
 struct Slot(AtomicUsize);
@@ -258,6 +271,9 @@ pub(crate) struct Driver {
     /// epoch (for sysmon).
     last_poll: AtomicU64,
     table: Mutex<Table>,
+    /// Descriptors registered now (sysmon keeps its poll period while any
+    /// is). Written under `table`'s lock, read Relaxed.
+    registered: AtomicUsize,
     /// `close` ran.
     closed: AtomicBool,
     /// Parks on a descriptor (Stats::poll_waits).
@@ -280,6 +296,7 @@ impl Driver {
             blocked: AtomicBool::new(false),
             last_poll: AtomicU64::new(0),
             table: Mutex::new(Table::default()),
+            registered: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             waits: AtomicU64::new(0),
             wakeups: AtomicU64::new(0),
@@ -322,6 +339,7 @@ impl Driver {
             };
             d.fd.store(fd, Ordering::Relaxed);
             d.in_use.store(true, Ordering::Relaxed);
+            self.registered.fetch_add(1, Ordering::Relaxed);
             d
         };
         if let Err(e) = self.os.register(fd, desc.token()) {
@@ -354,6 +372,7 @@ impl Driver {
         desc.gen.fetch_add(1, Ordering::Release);
         desc.in_use.store(false, Ordering::Relaxed);
         desc.fd.store(-1, Ordering::Relaxed);
+        self.registered.fetch_sub(1, Ordering::Relaxed);
         for s in &desc.slots {
             s.0.store(EMPTY, Ordering::Relaxed);
         }
@@ -584,18 +603,35 @@ impl Shared {
     /// sysmon's poll while Ps are busy (step 4): polls if goroutines wait
     /// and the last poll is older than `poll_bound`. Returns how long
     /// sysmon may sleep before it should look again (None: no bound).
+    ///
+    /// The bound holds while any descriptor is registered, not only while
+    /// a goroutine waits: a goroutine that parks right after sysmon looked
+    /// does not wake sysmon (that would add a futex wake to every park on
+    /// I/O), so sysmon must look again within the bound anyway. (It used
+    /// to sleep its idle period, 10 ms, whenever it found no waiter, so
+    /// a reader served beside busy Ps waited ~10 ms per message.)
     pub(crate) fn sysmon_netpoll(&self) -> Option<Duration> {
-        if !self.driver.should_poll() {
-            // Nobody waits, or an M blocks in the poller and gets every
-            // event itself.
+        if self.driver.registered.load(Ordering::Relaxed) == 0 {
             return None;
         }
         let bound = poll_bound(self.cfg.quantum);
-        let last = self.driver.last_poll.load(Ordering::Relaxed);
-        if self.nanotime().saturating_sub(last) >= bound.as_nanos() as u64 {
-            self.netpoll_now();
+        // Nobody waits, or an M blocks in the poller and gets every event
+        // itself: nothing to poll now.
+        if self.driver.should_poll() {
+            self.netpoll_if_older(bound);
         }
         Some(bound)
+    }
+
+    /// Polls without blocking if the last poll is older than `bound`;
+    /// returns how many goroutines it made runnable.
+    pub(crate) fn netpoll_if_older(&self, bound: Duration) -> usize {
+        let last = self.driver.last_poll.load(Ordering::Relaxed);
+        if self.nanotime().saturating_sub(last) >= bound.as_nanos() as u64 {
+            self.netpoll_now()
+        } else {
+            0
+        }
     }
 
     /// Makes goroutines claimed by a poll runnable, as one batch: onto the
@@ -693,5 +729,24 @@ mod tests {
         let t = std::time::Instant::now();
         d.os.wait(&mut events, Some(Duration::from_millis(20)));
         assert!(t.elapsed() >= Duration::from_millis(20));
+    }
+
+    /// While a descriptor is registered, sysmon's sleep is bounded by the
+    /// poll bound even when no goroutine waits at that moment: one may
+    /// park right after sysmon looked, and parking does not wake sysmon.
+    /// (Returning None there let sysmon sleep 10 ms, and a reader served
+    /// beside busy Ps waited that long.)
+    #[test]
+    fn sysmon_keeps_the_poll_bound_while_a_descriptor_is_registered() {
+        let rt = crate::Builder::new().procs(1).build().unwrap();
+        let sh = rt.shared();
+        assert_eq!(sh.sysmon_netpoll(), None, "nothing registered");
+        let (r, w) = pipe();
+        let desc = sh.driver.register(r).unwrap();
+        assert_eq!(sh.driver.waiters(), 0);
+        assert_eq!(sh.sysmon_netpoll(), Some(poll_bound(sh.cfg.quantum)));
+        assert!(sh.driver.deregister(desc));
+        assert_eq!(sh.sysmon_netpoll(), None, "deregistered");
+        close([r, w]);
     }
 }

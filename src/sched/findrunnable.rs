@@ -47,6 +47,14 @@ impl G0<'_> {
                 .is_multiple_of(GLOBAL_CHECK);
             let affine_full =
                 self.sh.affine_parked.load(Ordering::Relaxed) >= self.sh.affine_parked_cap();
+            // The periodic poll (see `crate::driver`, "Who waits in the
+            // poller"): what it wakes goes to `woken`, served next round.
+            if global_turn
+                && self.sh.driver.should_poll()
+                && self.sh.netpoll_if_older(crate::driver::TICK_POLL_BOUND) > 0
+            {
+                continue;
+            }
             if global_turn && !affine_full {
                 if let Some(g) = steal_one(|| self.sh.injector.steal()) {
                     return Some((g, false));

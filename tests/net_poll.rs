@@ -1,0 +1,152 @@
+//! Where the netpoller is polled while every P is busy: I/O readiness must
+//! reach its goroutine promptly even when no M ever runs out of work (so the
+//! poll before stealing never happens) and no M sleeps in the poller.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::watchdog;
+use gosched::net::{TcpListener, TcpStream};
+use gosched::{Builder, PreemptMode};
+
+/// One P, one M (Migrate: no second M exists to sleep in the poller), a
+/// goroutine that yields in a loop (so the P always has work) and a reader
+/// parked on a socket. The yielding goroutine writes a byte and measures
+/// how long the reader takes to see it. Without the scheduler's periodic
+/// poll only sysmon's poll (every <= 1 ms) finds the readiness: a median
+/// of ~0.5 ms. With it, a P polls on its `GLOBAL_CHECK`-th slice when the
+/// last poll is 50 µs old: tens of microseconds.
+#[test]
+fn ready_io_is_seen_within_microseconds_while_the_only_p_keeps_switching() {
+    let _w = watchdog();
+    let b = Builder::new()
+        .procs(1)
+        .preempt_mode(PreemptMode::Migrate)
+        .preempt_quantum(Duration::from_secs(1));
+    // SAFETY: the goroutines here use no thread-locals and hold no
+    // thread-bound value across a cooperative point.
+    let rt = unsafe { b.allow_migrate() }.build().unwrap();
+    const ROUNDS: u64 = 200;
+    let mut lat: Vec<Duration> = rt.block_on(|| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut writer = TcpStream::connect(addr).unwrap();
+        let (mut reader, _) = l.accept().unwrap();
+        let seen = Arc::new(AtomicU64::new(0));
+        let seen2 = seen.clone();
+        let r = gosched::spawn(move || {
+            let mut b = [0u8; 1];
+            for i in 1..=ROUNDS {
+                reader.read_exact(&mut b).unwrap();
+                seen2.store(i, Ordering::Release);
+            }
+        });
+        // Let the reader park first.
+        gosched::sleep(Duration::from_millis(10));
+        let mut lat = Vec::new();
+        for i in 1..=ROUNDS {
+            let t = Instant::now();
+            writer.write_all(&[i as u8]).unwrap();
+            while seen.load(Ordering::Acquire) != i {
+                gosched::yield_now();
+                assert!(t.elapsed() < Duration::from_secs(10), "round {i} lost");
+            }
+            lat.push(t.elapsed());
+            // Next round starts at a random point of sysmon's cycle.
+            let spin = Instant::now();
+            while spin.elapsed() < Duration::from_micros(37 * (i % 7)) {
+                gosched::yield_now();
+            }
+        }
+        r.join().unwrap();
+        lat
+    });
+    lat.sort();
+    eprintln!("STATS {:?}", rt.stats());
+    let p50 = lat[lat.len() / 2];
+    // ~10-30 µs on a quiet machine; sysmon alone gives ~500 µs.
+    assert!(
+        p50 < Duration::from_micros(250),
+        "median wake-up {p50:?} (p90 {:?}): readiness waited for sysmon",
+        lat[lat.len() * 9 / 10]
+    );
+}
+
+/// One P, one M, a pair of goroutines playing channel ping-pong (each hand-off
+/// goes through `runnext` and inherits the slice, so the P keeps switching
+/// and its slice count barely moves: the scheduler's periodic poll rarely
+/// comes round), and a goroutine serving a request/reply protocol on a
+/// socket to a plain thread. sysmon's poll (every <= 1 ms while
+/// descriptors are registered) must serve every round, not only the first:
+/// the reader parks again right after each poll.
+#[test]
+fn a_reader_beside_busy_goroutines_is_served_every_round_within_the_poll_bound() {
+    let _w = watchdog();
+    let b = Builder::new().procs(1).preempt_mode(PreemptMode::Migrate);
+    // SAFETY: the goroutines here use no thread-locals and hold no
+    // thread-bound value across a cooperative point.
+    let rt = unsafe { b.allow_migrate() }.build().unwrap();
+    const ROUNDS: usize = 60;
+    let l = rt.block_on(|| TcpListener::bind("127.0.0.1:0").unwrap());
+    let addr = l.local_addr().unwrap();
+    let client = std::thread::spawn(move || {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_nodelay(true).unwrap();
+        let mut rtts = Vec::new();
+        let mut b = [0u8; 1];
+        for i in 0..ROUNDS {
+            let t = Instant::now();
+            c.write_all(&[i as u8]).unwrap();
+            c.read_exact(&mut b).unwrap();
+            assert_eq!(b[0], i as u8);
+            rtts.push(t.elapsed());
+            // Vary where in sysmon's cycle the next request lands.
+            std::thread::sleep(Duration::from_micros(300 + 211 * (i as u64 % 5)));
+        }
+        rtts
+    });
+    rt.block_on(move || {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ping_tx, ping_rx) = gosched::chan::channel::<u64>(0);
+        let (pong_tx, pong_rx) = gosched::chan::channel::<u64>(0);
+        let stop2 = stop.clone();
+        let ping = gosched::spawn(move || {
+            let mut n = 0;
+            while !stop2.load(Ordering::Relaxed) {
+                ping_tx.send(n).unwrap();
+                n = pong_rx.recv().unwrap();
+            }
+        });
+        let pong = gosched::spawn(move || {
+            while let Some(n) = ping_rx.recv() {
+                if pong_tx.send(n + 1).is_err() {
+                    break;
+                }
+            }
+        });
+        let (mut s, _) = l.accept().unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut b = [0u8; 1];
+        for _ in 0..ROUNDS {
+            s.read_exact(&mut b).unwrap();
+            s.write_all(&b).unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        ping.join().unwrap();
+        pong.join().unwrap();
+    });
+    let mut rtts = client.join().unwrap();
+    rtts.sort();
+    let p50 = rtts[ROUNDS / 2];
+    // ~0.5 ms (half the poll bound).
+    assert!(
+        p50 < Duration::from_millis(4),
+        "median round trip {p50:?} (max {:?}): {:?}",
+        rtts[ROUNDS - 1],
+        rt.stats()
+    );
+}
