@@ -3,7 +3,7 @@
 //! module docs of `crate::sched`).
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use super::runq::RunQueue;
 use super::*;
@@ -76,6 +76,12 @@ pub(crate) struct P {
     /// wake-up (`wakeup::NO_WAKEUP`: none). Written by `wakeup_preempt`
     /// (any thread, CAS), read by the owner in `G0::after`.
     pub(crate) wakeup_tick: AtomicU64,
+    /// When that request was last made (slice clock units) and how often it
+    /// was repeated in this slice: sysmon's retry backoff for a request the
+    /// goroutine refused (see `sched::wakeup`). Written by whoever made the
+    /// request (the `wakeup_tick` CAS or sysmon), read by sysmon.
+    pub(crate) wakeup_asked: AtomicU64,
+    pub(crate) wakeup_retries: AtomicU32,
     /// Blocking calls entered; written by the goroutine in `blocking`.
     pub(crate) syscalltick: AtomicU64,
     pub(crate) syscall_start: AtomicU64,

@@ -3,7 +3,7 @@
 
 use std::cell::UnsafeCell;
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle as ThreadHandle;
 use std::time::Instant;
@@ -119,6 +119,8 @@ impl Shared {
                 runq: super::runq::RunQueue::new(),
                 schedtick: AtomicU64::new(0),
                 wakeup_tick: AtomicU64::new(wakeup::NO_WAKEUP),
+                wakeup_asked: AtomicU64::new(0),
+                wakeup_retries: AtomicU32::new(0),
                 slice_start: AtomicU64::new(0),
                 syscalltick: AtomicU64::new(0),
                 syscall_start: AtomicU64::new(0),

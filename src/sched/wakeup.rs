@@ -29,9 +29,16 @@
 //!
 //! A request put off because no goroutine has run for the granularity yet
 //! is made again by sysmon when one has (`wakeup_preempt` returns when).
-//! A P is asked at most once per slice: if its goroutine refuses (it is in
-//! libc or a signal handler), sysmon's quantum policy, with its backoff,
-//! takes over; a refused wake-up request is never retried in a loop.
+//! One request is outstanding per P and slice. If the goroutine refuses it
+//! (the signal landed in libc or a signal handler: safe-point rule 4) it is
+//! still running that slice when sysmon looks again, and sysmon repeats
+//! the request with a backoff: `WAKEUP_RETRY`, doubling up to
+//! `WAKEUP_RETRY_MAX` (sysmon's own cap for refused quantum preemptions),
+//! for as long as a woken goroutine waits. Before, a refused request was
+//! left to the end of the slice: beside a loop that spends half its time
+//! in system calls (where signals are delivered, on the way back, at a pc
+//! in libc), a 1 ms ticker's p99 was the whole 10 ms quantum. The backoff
+//! bounds the signals a goroutine that always refuses receives to ~500/s.
 //!
 //! Thrashing: the granularity bounds how often one P can be interrupted
 //! (at most once per `WAKEUP_GRANULARITY` of its goroutine's running time),
@@ -55,6 +62,11 @@ use super::*;
 /// a preemption costs 10-50 µs on a VM, so 100 µs keeps at least ~2/3 of
 /// a P for a hog even when it is asked every time it may be.
 pub(crate) const WAKEUP_GRANULARITY: Duration = Duration::from_micros(100);
+
+/// First repeat of a wake-up request the goroutine refused; doubles per
+/// repeat up to `WAKEUP_RETRY_MAX`.
+const WAKEUP_RETRY: Duration = Duration::from_micros(50);
+const WAKEUP_RETRY_MAX: Duration = Duration::from_millis(2);
 
 /// `P::wakeup_tick` when no request is outstanding.
 pub(crate) const NO_WAKEUP: u64 = u64::MAX;
@@ -84,9 +96,12 @@ impl Shared {
             let tick = p.schedtick.load(Ordering::Acquire);
             if p.wakeup_tick.load(Ordering::Relaxed) == tick {
                 // Already asked in this slice: it is on its way to g0,
-                // which takes the woken goroutine first (or it refused,
-                // and sysmon's quantum policy handles it).
-                return None;
+                // which takes the woken goroutine first, or it refused.
+                return if from_sysmon {
+                    self.wakeup_retry(i, now, ns_per_unit)
+                } else {
+                    None
+                };
             }
             let start = p.slice_start.load(Ordering::Relaxed);
             if start == UNSTAMPED {
@@ -115,10 +130,37 @@ impl Shared {
             .compare_exchange(prev, tick, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
         {
+            pp.wakeup_asked.store(now, Ordering::Relaxed);
+            pp.wakeup_retries.store(0, Ordering::Relaxed);
             self.counters.preempt_wakeup.fetch_add(1, Ordering::Relaxed);
             self.preempt_p(p, true);
         }
         None
+    }
+
+    /// sysmon, while a woken goroutine waits: P `p` was asked in its
+    /// current slice and still runs it. Repeats the request once the
+    /// backoff since the last one has passed; returns when to look again.
+    fn wakeup_retry(&self, p: usize, now: u64, ns_per_unit: f64) -> Option<Duration> {
+        let pp = &self.ps[p];
+        let n = pp.wakeup_retries.load(Ordering::Relaxed);
+        let wait = WAKEUP_RETRY
+            .saturating_mul(1 << n.min(16))
+            .min(WAKEUP_RETRY_MAX);
+        let asked = pp.wakeup_asked.load(Ordering::Relaxed);
+        let since = Duration::from_nanos((now.saturating_sub(asked) as f64 * ns_per_unit) as u64);
+        if since < wait {
+            return Some(wait - since);
+        }
+        pp.wakeup_asked.store(now, Ordering::Relaxed);
+        pp.wakeup_retries
+            .store(n.saturating_add(1), Ordering::Relaxed);
+        self.preempt_p(p, true);
+        Some(
+            WAKEUP_RETRY
+                .saturating_mul(1 << n.saturating_add(1).min(16))
+                .min(WAKEUP_RETRY_MAX),
+        )
     }
 
     /// Does a woken goroutine wait for a P while every P is busy (sysmon
