@@ -1,0 +1,118 @@
+//! The scheduler's side of the driver: how an idle M parks in the poller
+//! and is woken from it, and how goroutines a poll woke become runnable
+//! (Go's netpoll, netpollBreak and injectglist).
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::poll_bound;
+use crate::sched::g::GRef;
+use crate::sched::{Shared, M};
+
+/// The scheduler's side of the seam.
+impl Shared {
+    /// Wakes M `m` from `stopm`: its note, and the poller if it is the
+    /// sleeper (step 2 of "Who waits in the poller").
+    ///
+    /// The sleeper blocks in the poller, never on its note's futex (it
+    /// leaves the role before it can wait there, and `Note::wait` returns
+    /// at once on a set note), so it gets the poller break instead of a
+    /// futex wake: one system call, not two.
+    pub(crate) fn wake_m(&self, m: &M) {
+        let was_clear = m.note.set();
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if std::ptr::eq(self.timer_m.load(Ordering::SeqCst), m) {
+            self.driver.os.wake();
+        } else if was_clear {
+            m.note.wake_futex();
+        }
+    }
+
+    /// The sleeper's wait (step 1): until its note is set, `timeout` or I/O
+    /// readiness. Returns whether the note was set and the goroutines the
+    /// poll woke (the caller makes them runnable, e.g. with `inject`).
+    pub(crate) fn park_in_driver(&self, m: &M, timeout: Option<Duration>) -> (bool, Vec<GRef>) {
+        // Dekker with `wake_m`: our role (`timer_m`, set by the caller)
+        // before our look at the note; its note before its look at the
+        // role.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if m.note.take() {
+            return (true, Vec::new());
+        }
+        self.driver.blocked.store(true, Ordering::Relaxed);
+        let woken = self.driver.poll(timeout);
+        self.driver.blocked.store(false, Ordering::Relaxed);
+        self.driver
+            .last_poll
+            .store(self.nanotime(), Ordering::Relaxed);
+        (m.note.take(), woken)
+    }
+
+    /// A non-blocking poll (find_runnable, sysmon): makes the goroutines it
+    /// wakes runnable; returns how many. Never inlined: it keeps the poll's
+    /// event buffer and code out of `find_runnable`, whose common path only
+    /// loads `should_poll`'s counter.
+    #[inline(never)]
+    pub(crate) fn netpoll_now(&self) -> usize {
+        let woken = self.driver.poll(Some(Duration::ZERO));
+        self.driver
+            .last_poll
+            .store(self.nanotime(), Ordering::Relaxed);
+        let n = woken.len();
+        self.inject(woken, true);
+        n
+    }
+
+    /// sysmon's poll while Ps are busy (step 4): polls if goroutines wait
+    /// and the last poll is older than `poll_bound`. Returns how long
+    /// sysmon may sleep before it should look again (None: no bound).
+    ///
+    /// The bound holds while any descriptor is registered, not only while
+    /// a goroutine waits: a goroutine that parks right after sysmon looked
+    /// does not wake sysmon (that would add a futex wake to every park on
+    /// I/O), so sysmon must look again within the bound anyway. (It used
+    /// to sleep its idle period, 10 ms, whenever it found no waiter, so
+    /// a reader served beside busy Ps waited ~10 ms per message.)
+    pub(crate) fn sysmon_netpoll(&self) -> Option<Duration> {
+        if self.driver.registered.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let bound = poll_bound(self.cfg.quantum);
+        // Nobody waits, or an M blocks in the poller and gets every event
+        // itself: nothing to poll now.
+        if self.driver.should_poll() {
+            self.netpoll_if_older(bound);
+        }
+        Some(bound)
+    }
+
+    /// Polls without blocking if the last poll is older than `bound`;
+    /// returns how many goroutines it made runnable.
+    pub(crate) fn netpoll_if_older(&self, bound: Duration) -> usize {
+        let last = self.driver.last_poll.load(Ordering::Relaxed);
+        if self.nanotime().saturating_sub(last) >= bound.as_nanos() as u64 {
+            self.netpoll_now()
+        } else {
+            0
+        }
+    }
+
+    /// Makes goroutines claimed by a poll runnable, as one batch: onto the
+    /// queue of woken goroutines (ahead of preempted CPU hogs, see
+    /// `Shared::woken`), then (if `wake`) one `wakep` (Go's injectglist)
+    /// and, if every P is busy, a wake-up preemption (`sched::wakeup`).
+    pub(crate) fn inject(&self, gs: Vec<GRef>, wake: bool) {
+        if gs.is_empty() {
+            return;
+        }
+        for g in gs {
+            self.woken.push(g);
+        }
+        if wake {
+            // Dekker with the spinning protocol (see `wakep`).
+            std::sync::atomic::fence(Ordering::SeqCst);
+            self.wakep();
+            let _ = self.wakeup_preempt(false);
+        }
+    }
+}
