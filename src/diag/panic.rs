@@ -98,7 +98,13 @@ fn report(info: &PanicHookInfo<'_>, id: u64, name: Option<&str>) {
     if let Some(at) = info.location() {
         out.push_str(&format!(" at {at}"));
     }
-    let msg = info.payload_as_str().unwrap_or("Box<dyn Any>");
+    // std's rule (`PanicHookInfo::payload_as_str` is newer than our MSRV).
+    let p = info.payload();
+    let msg = p
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| p.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("Box<dyn Any>");
     out.push_str(&format!(":\n{msg}\n"));
     match std::env::var("RUST_BACKTRACE").as_deref() {
         Err(_) | Ok("0") => {
