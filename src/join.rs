@@ -144,8 +144,18 @@ where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
+    spawn_named(sh, f, None)
+}
+
+/// `spawn_on` with a name for the goroutine (`GoroutineBuilder::name`).
+#[track_caller]
+pub(crate) fn spawn_named<F, R>(sh: &Shared, f: F, name: Option<Box<str>>) -> JoinHandle<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
     let task = Arc::new(Task::new(f));
-    let id = sh.spawn_raw(task.clone(), Some(std::panic::Location::caller()));
+    let id = sh.spawn_named(task.clone(), Some(std::panic::Location::caller()), name);
     JoinHandle { task, id }
 }
 

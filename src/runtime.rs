@@ -122,6 +122,7 @@ impl Runtime {
             crate::preempt::install();
         }
         let shared = Shared::new(cfg)?;
+        crate::diag::panic::install();
         if shared.cfg.sigquit_dump {
             crate::diag::sigquit::register(&shared);
         }

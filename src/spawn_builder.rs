@@ -1,24 +1,26 @@
 //! `GoroutineBuilder`: per-goroutine settings in `std::thread::Builder`'s
 //! shape (the name `Builder` is the runtime's).
 //!
-//! The name is kept in a goroutine-local slot (`crate::local`), set by a
-//! wrapper around the body before the body runs, so it needs no field in
-//! the G and costs nothing for goroutines spawned without one.
-//! [`current_name`] reads it.
+//! The name is kept in the G itself (`G::name`, one source for every
+//! reader): set by `spawn_raw` before the goroutine is first made runnable,
+//! read by [`current_name`] and the panic hook on the goroutine, and by the
+//! deadlock report, schedtrace's per-G lines and the SIGQUIT goroutine dump
+//! on other threads (see `G::name` for why that does not race). Goroutines
+//! without a name take no lock and allocate nothing for it.
+//!
+//! A panicking goroutine is reported by name (`goroutine 17 "worker-1"
+//! panicked at ...`) by the panic hook of `crate::diag::panic`, which
+//! documents how it chains with hooks the program installs.
 
 use std::io;
 
 use crate::sched::Shared;
 use crate::{JoinHandle, Runtime};
 
-crate::local! {
-    /// The running goroutine's name, if its builder gave one.
-    static NAME: std::cell::RefCell<Option<String>> = std::cell::RefCell::new(None);
-}
-
 /// Settings for one goroutine, in `std::thread::Builder`'s shape: a name
-/// ([`current_name`] returns it inside the goroutine) and the stack it
-/// needs. Bad settings are an `Err` naming the value, never a panic.
+/// ([`current_name`] returns it inside the goroutine; panic messages, the
+/// deadlock report, `GOSCHED_SCHEDDETAIL`'s per-G lines and the
+/// `GOSCHED_SIGQUITDUMP` dump show it) and the stack it needs. Bad settings are an `Err` naming the value, never a panic.
 ///
 /// Stacks are fixed-size slots of the runtime ([`crate::Builder::stack_size`],
 /// 1 MiB by default), so `stack_size` states a requirement: spawning fails
@@ -180,13 +182,11 @@ impl GoroutineBuilder {
                 ));
             }
         }
-        Ok(match self.name {
-            None => crate::join::spawn_on(sh, f),
-            Some(name) => crate::join::spawn_on(sh, move || {
-                NAME.with(|n| *n.borrow_mut() = Some(name));
-                f()
-            }),
-        })
+        Ok(crate::join::spawn_named(
+            sh,
+            f,
+            self.name.map(String::into_boxed_str),
+        ))
     }
 }
 
@@ -201,5 +201,7 @@ impl GoroutineBuilder {
 /// assert_eq!(rt.block_on(gosched::current_name), None); // unnamed
 /// ```
 pub fn current_name() -> Option<String> {
-    NAME.try_with(|n| n.borrow().clone()).ok().flatten()
+    let g = crate::sched::current_g()?;
+    // SAFETY: we are that goroutine (see `G::name`).
+    unsafe { g.name() }.map(str::to_owned)
 }

@@ -64,10 +64,14 @@ fn child(scenario: &str) {
             rt.block_on(|| {
                 let (tx1, rx1) = chan::channel::<u32>(0);
                 let (tx2, rx2) = chan::channel::<u32>(0);
-                let a = gosched::spawn(move || {
-                    let _keep = tx2;
-                    rx1.recv()
-                });
+                // Named: the report shows the name.
+                let a = gosched::GoroutineBuilder::new()
+                    .name("cycle-a".into())
+                    .spawn(move || {
+                        let _keep = tx2;
+                        rx1.recv()
+                    })
+                    .unwrap();
                 let _b = gosched::spawn(move || {
                     let _keep = tx1;
                     rx2.recv()
@@ -243,9 +247,13 @@ fn cycle_reports_every_blocked_goroutine() -> Result<(), String> {
     let receivers = o.stderr.matches("[chan receive]:").count();
     let joins = o.stderr.matches("[join]:").count();
     let spawned_here = o.stderr.matches("spawned at tests/deadlock.rs:").count();
-    if receivers != 2 || joins != 1 || spawned_here != 2 {
+    // Only the goroutine spawned with a name shows one.
+    let named = o.stderr.matches(" \"cycle-a\" [chan receive]:").count();
+    let quoted = o.stderr.matches('"').count();
+    if receivers != 2 || joins != 1 || spawned_here != 2 || named != 1 || quoted != 2 {
         return Err(format!(
-            "want 2 receivers, 1 joiner, 2 spawn sites; got {receivers}, {joins}, {spawned_here}:\n{}",
+            "want 2 receivers, 1 joiner, 2 spawn sites, 1 named \"cycle-a\" and no other name; \
+             got {receivers}, {joins}, {spawned_here}, {named}, {quoted} quotes:\n{}",
             o.stderr
         ));
     }

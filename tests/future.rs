@@ -214,3 +214,46 @@ fn the_waker_is_send_and_sync() {
     rt.block_on(|| gosched::sleep(Duration::from_millis(1)));
     assert!(t.elapsed() < Duration::from_secs(10));
 }
+
+/// A timer future of a real async crate (`futures-timer`, whose own thread
+/// fires the wakers): goroutines parked on it in `block_on_future` wake
+/// after the delay, and while they wait the only P runs another goroutine
+/// to its end; a plain thread blocks on it the same way.
+#[test]
+fn a_futures_timer_delay_parks_goroutines_until_it_fires() {
+    let _w = common::watchdog();
+    // Long enough that ten yields end first even on a loaded machine.
+    let delay = Duration::from_millis(300);
+    let rt = Builder::new().procs(1).build().unwrap();
+    let (woke, ticker_done, t0) = rt.block_on(move || {
+        let t0 = Instant::now();
+        let sleepers: Vec<_> = (0..8)
+            .map(|_| {
+                gosched::spawn(move || {
+                    gosched::block_on_future(futures_timer::Delay::new(delay));
+                    Instant::now()
+                })
+            })
+            .collect();
+        // Spawned last, so it runs after every sleeper started waiting:
+        // with one P it ends before they wake only if they parked.
+        let ticker = gosched::spawn(|| {
+            for _ in 0..10 {
+                gosched::yield_now();
+            }
+            Instant::now()
+        });
+        let woke: Vec<Instant> = sleepers.into_iter().map(|h| h.join().unwrap()).collect();
+        (woke, ticker.join().unwrap(), t0)
+    });
+    for w in woke {
+        assert!(w >= t0 + delay, "woke after {:?}, before the delay", w - t0);
+        assert!(
+            w > ticker_done,
+            "the ticker ran only after a sleeper woke: block_on_future blocked the thread"
+        );
+    }
+    let t0 = Instant::now();
+    gosched::block_on_future(futures_timer::Delay::new(delay));
+    assert!(t0.elapsed() >= delay);
+}

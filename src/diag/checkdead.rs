@@ -94,7 +94,7 @@ impl Shared {
     }
 
     /// Every live goroutine, Go's traceback header style: `goroutine N
-    /// [state]:` and where it was spawned. The state comes from atomics
+    /// [state]:` (with its name, if it has one) and where it was spawned. The state comes from atomics
     /// only (a parked goroutine's wait reason is its own `Cell`, written
     /// while it runs: the deadlock report reads it only when every
     /// goroutine is parked).
@@ -124,13 +124,16 @@ impl Shared {
     }
 }
 
-/// One goroutine of a report: `goroutine N [state]:` and where it was
-/// spawned.
+/// One goroutine of a report: `goroutine N [state]:` (`goroutine N
+/// "name" [state]:` for a named one) and where it was spawned. Call it
+/// while holding `allg` (for the name: see `G::name`).
 fn push_goroutine(out: &mut String, g: &crate::sched::g::GRef, state: &str) {
-    out.push_str(&format!(
-        "\ngoroutine {} [{state}]:\n",
-        g.id.load(Ordering::Relaxed)
-    ));
+    out.push_str(&format!("\ngoroutine {}", g.id.load(Ordering::Relaxed)));
+    // SAFETY: our callers hold the `allg` lock that lists `g`.
+    if let Some(name) = unsafe { g.name() } {
+        out.push_str(&format!(" {name:?}"));
+    }
+    out.push_str(&format!(" [{state}]:\n"));
     // SAFETY: null or a `&'static Location` stored by `spawn_raw`.
     match unsafe { g.spawned_at.load(Ordering::Relaxed).as_ref() } {
         Some(at) => out.push_str(&format!(

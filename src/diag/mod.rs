@@ -6,10 +6,12 @@
 //!   could wake one), Go's deadlock report, thread exhaustion, the goroutine
 //!   dump.
 //! - `sigquit`: Go's SIGQUIT behaviour (dump every goroutine, exit 2).
+//! - `panic`: the panic hook that names the panicking goroutine.
 //!
 //! `Stats` (`crate::runtime`) is the programmatic view of the same counters.
 
 mod checkdead;
+pub(crate) mod panic;
 mod schedtrace;
 pub(crate) mod sigquit;
 pub(crate) mod stats;

@@ -40,7 +40,8 @@ impl Shared {
     /// M and live G. Statuses use Go's numbers (P: 0 idle, 1 running,
     /// 2 syscall; G: 1 runnable, 2 running, 4 waiting); an id of none is
     /// -1. Fields gosched has no counterpart for, or that only their owner
-    /// may read, are left out.
+    /// may read, are left out; a named goroutine's line ends with
+    /// `name="..."` (not in Go's, which has no goroutine names).
     fn scheddetail(&self) -> String {
         let mut out = String::new();
         let ms: Vec<(usize, *mut crate::sched::g::G, bool)> = self
@@ -104,6 +105,10 @@ impl Shared {
                 "\n  G{}: status={status} m={m}",
                 g.id.load(Ordering::Relaxed)
             ));
+            // SAFETY: we hold the `allg` lock that lists `g` (G::name).
+            if let Some(name) = unsafe { g.name() } {
+                out.push_str(&format!(" name={name:?}"));
+            }
         }
         out
     }

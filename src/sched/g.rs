@@ -131,6 +131,12 @@ pub(crate) struct G {
     /// Goroutine-local values (`crate::local`), indexed by key (owner;
     /// emptied when the goroutine's body ends).
     pub(crate) locals: crate::local::Slots,
+    /// The name given by `GoroutineBuilder::name`, read through
+    /// [`G::name`]. Written only by `Shared::spawn_raw` while the G is free
+    /// (before it is published), and only while holding the `allg` lock of
+    /// the runtime whose `allg` lists the G; the previous goroutine's name
+    /// stays until then (a free G is never shown), so exiting costs nothing.
+    pub(crate) name: UnsafeCell<Option<Box<str>>>,
 }
 
 // SAFETY: the Cell/UnsafeCell fields are accessed only under the ownership
@@ -138,7 +144,8 @@ pub(crate) struct G {
 // Release/Acquire through the run queues), or, for `wait_reason`, under
 // the park handshake described at the field; what other threads read
 // without owning the G (`id`, `spawned_at`, the park state, the stack
-// bounds) is atomic.
+// bounds) is atomic, except `name`, which is written only under the `allg`
+// lock those readers hold (see `G::name`).
 unsafe impl Sync for G {}
 // SAFETY: as above.
 unsafe impl Send for G {}
@@ -168,7 +175,22 @@ impl G {
             wakes: Cell::new(0),
             runnable_at: Cell::new(0),
             run_origin: Cell::new(0),
+            name: UnsafeCell::new(None),
         }
+    }
+
+    /// The goroutine's name, if it was spawned with one.
+    ///
+    /// # Safety
+    ///
+    /// The caller is the goroutine itself (its spawn wrote the name before
+    /// publishing it, and the next write needs it to exit first), or the
+    /// spawner that owns the G while it is free (the only writer), or holds
+    /// the `allg` lock of the runtime whose `allg` lists this G (every write
+    /// holds that lock) for as long as it uses the result.
+    pub(crate) unsafe fn name(&self) -> Option<&str> {
+        // SAFETY: no write can happen meanwhile (see the contract above).
+        unsafe { (*self.name.get()).as_deref() }
     }
 }
 

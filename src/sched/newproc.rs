@@ -31,9 +31,37 @@ impl Shared {
         body: Arc<dyn crate::sched::g::Body>,
         at: Option<&'static std::panic::Location<'static>>,
     ) -> u64 {
+        self.spawn_named(body, at, None)
+    }
+
+    /// `spawn_raw` with a name (`GoroutineBuilder::name`; see `G::name`).
+    pub(crate) fn spawn_named(
+        &self,
+        body: Arc<dyn crate::sched::g::Body>,
+        at: Option<&'static std::panic::Location<'static>>,
+        name: Option<Box<str>>,
+    ) -> u64 {
         crate::os::fork::check();
         let _np = NoPreempt::enter();
-        let init = |g: GRef, id: u64, body: Arc<dyn crate::sched::g::Body>| {
+        let mut name = Some(name);
+        let mut init = |g: GRef, id: u64, body: Arc<dyn crate::sched::g::Body>| {
+            let name = name.take().expect("a G initialised once");
+            // SAFETY: we own the free G, so nobody writes its name; readers
+            // on other threads only read.
+            if name.is_some() || unsafe { g.name() }.is_some() {
+                // Readers on other threads (the deadlock report, schedtrace,
+                // the goroutine dump) hold `allg` while they read the name
+                // of any G it lists, this one included: writing under the
+                // same lock is what keeps them from reading a name being
+                // replaced or freed. Unnamed goroutines after unnamed ones
+                // (the common case) skip the lock.
+                let old = {
+                    let _allg = self.allg.rt_lock();
+                    // SAFETY: we own the free G and hold `allg` (G::name).
+                    std::mem::replace(unsafe { &mut *g.name.get() }, name)
+                };
+                drop(old);
+            }
             g.id.store(id, Ordering::Relaxed);
             g.spawned_at.store(
                 at.map_or(ptr::null_mut(), |l| ptr::from_ref(l).cast_mut()),
