@@ -37,9 +37,7 @@ impl G0<'_> {
             // Goroutines woken from outside any P first (see `Shared::woken`).
             if !self.sh.woken.is_empty() {
                 if let Some(g) = steal_one(|| self.sh.woken.steal()) {
-                    if !self.leave_for_home(g) {
-                        return Some((g, false));
-                    }
+                    return Some((g, false));
                 }
             }
             let p = self.p();
@@ -116,29 +114,6 @@ impl G0<'_> {
                 return None;
             }
         }
-    }
-
-    /// (Experiment, issue 9: rarer migration.) `g`, just taken from
-    /// `Shared::woken`, last ran on another M that holds a P and is on g0
-    /// right now (looking for work, so it checks `woken` first): put it
-    /// back for that M, once, and go on with our own sources. Returns
-    /// whether it did.
-    fn leave_for_home(&self, g: GRef) -> bool {
-        let home = g.home_m.load(Ordering::Relaxed);
-        if g.left.replace(false) || home == 0 || home == self.m.id as u64 + 1 {
-            return false;
-        }
-        let sched = ((home - 1) << 8) | P_SCHED;
-        let n = self.sh.procs();
-        if !self.sh.ps[..n]
-            .iter()
-            .any(|p| p.status.load(Ordering::Relaxed) == sched)
-        {
-            return false;
-        }
-        g.left.set(true);
-        self.sh.woken.push(g);
-        true
     }
 
     /// Go's stealWork: up to 4 passes over the other Ps in random order.

@@ -128,14 +128,6 @@ pub(crate) struct G {
     /// queue's tail like a time-sliced one (`G0::after`). Owner (the M
     /// switching it out; handed over through the run queues).
     pub(crate) run_origin: Cell<u64>,
-    /// The id + 1 of the M that last ran it (0: none). Written by that M
-    /// in `execute`; read by the M that takes it from `Shared::woken`
-    /// (Relaxed: a hint, see `G0::leave_for_home`).
-    pub(crate) home_m: AtomicU64,
-    /// Left in `Shared::woken` once for its home M: the next M to take it
-    /// runs it (bounds the delay to one round). Handed over through the
-    /// queue like the G itself.
-    pub(crate) left: Cell<bool>,
     /// Goroutine-local values (`crate::local`), indexed by key (owner;
     /// emptied when the goroutine's body ends).
     pub(crate) locals: crate::local::Slots,
@@ -176,8 +168,6 @@ impl G {
             wakes: Cell::new(0),
             runnable_at: Cell::new(0),
             run_origin: Cell::new(0),
-            home_m: AtomicU64::new(0),
-            left: Cell::new(false),
         }
     }
 }

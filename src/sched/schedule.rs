@@ -192,7 +192,6 @@ impl G0<'_> {
         note_running(self.sh, p, g);
         g.preempt.store(false, Ordering::Relaxed);
         self.m.curg.store(g.as_ptr(), Ordering::Relaxed);
-        g.home_m.store(self.m.id as u64 + 1, Ordering::Relaxed);
         let mine = pstatus(self.m, P_SCHED);
         // Release: our writes to P-local data happen-before a retake.
         p.status.store(pstatus(self.m, P_USER), Ordering::Release);
