@@ -161,7 +161,8 @@ fn mutex(secs: f64) -> (Tally, f64) {
                 for _ in 0..16 {
                     x = black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
                 }
-                *g = g.wrapping_add(1) ^ (x & 0);
+                black_box(x);
+                *g = g.wrapping_add(1);
                 drop(g);
                 t.ops += 1;
             }
@@ -297,7 +298,15 @@ fn main() {
     println!("load average at start: {}", loadavg());
     println!(
         "{:<9} {:<26} {:<8} {:>11} {:>9} {:>10} {:>12} {:>8} {:>8}",
-        "workload", "what", "mode", "resumptions", "migrated", "% migrated", "ops/s", "threads", "steals"
+        "workload",
+        "what",
+        "mode",
+        "resumptions",
+        "migrated",
+        "% migrated",
+        "ops/s",
+        "threads",
+        "steals"
     );
     for (mode_name, mode) in &modes {
         let rt = runtime(*mode);

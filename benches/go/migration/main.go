@@ -116,7 +116,8 @@ func mutexW(secs float64) (tally, float64) {
 			for k := 0; k < 16; k++ {
 				x = x*6364136223846793005 + 1
 			}
-			counter = counter + 1 + (x & 0)
+			sink = x
+			counter++
 			mu.Unlock()
 			t.ops++
 		}
