@@ -1,0 +1,3 @@
+module gosched/benches/go/migration
+
+go 1.19
