@@ -5,7 +5,7 @@
 //!
 //! # The trampoline
 //!
-//! The signal handler (crate::preempt) rewrites the interrupted context:
+//! The signal handler (`crate::preempt::sigurg::handler`) rewrites the interrupted context:
 //! it stores the interrupted rip just below the 128-byte red zone, points rsp
 //! at it and sets rip to the trampoline. On return from the handler the
 //! thread runs the trampoline as if the interrupted instruction had called

@@ -54,7 +54,6 @@
 //!
 //! It calls nothing that is not async-signal-safe: atomics, thread-local
 //! accesses, and the application's handler.
-//!
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -71,6 +70,8 @@ const SCHED_CALL_ROOM: usize = 4096;
 const MAX_RANGES: usize = 16;
 static TEXT: [AtomicUsize; 2 * MAX_RANGES] = [const { AtomicUsize::new(0) }; 2 * MAX_RANGES];
 
+/// Records the main executable's code ranges (rule 4), once, before the
+/// handler is installed.
 pub(super) fn read_text_ranges() {
     unsafe extern "C" fn each(
         info: *mut libc::dl_phdr_info,

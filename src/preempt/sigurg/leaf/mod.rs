@@ -4,7 +4,7 @@
 //!
 //! # Why
 //!
-//! Safe-point rule 4 (see `crate::preempt`) refuses every pc outside the
+//! Safe-point rule 4 (see `super::handler`) refuses every pc outside the
 //! main executable: preempting inside `malloc` or `printf` would park a
 //! goroutine while it holds a libc lock or per-thread cache. But a
 //! goroutine that spends its time in glibc's `memcpy` (a large
