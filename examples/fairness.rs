@@ -777,6 +777,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        not(feature = "preempt-signal"),
+        ignore = "needs asynchronous preemption (the preempt-signal feature)"
+    )]
     fn csv_has_a_row_per_loop_and_stable_columns() {
         let o = parse(&["--loops", "2", "--duration", "100ms", "--no-progress"])
             .unwrap()

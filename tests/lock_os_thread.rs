@@ -221,8 +221,11 @@ fn goroutine_exiting_while_locked_leaves_the_runtime_working() {
 /// cost a thread each (1,000+ Ms for 2,000 hogs at a 50 µs quantum). The
 /// scheduler resumes pinned ones first once 64 wait (8 per P on larger
 /// machines), so the number of Ms stays near that.
-#[cfg(feature = "preempt-signal")]
 #[test]
+#[cfg_attr(
+    not(feature = "preempt-signal"),
+    ignore = "needs asynchronous preemption (the preempt-signal feature)"
+)]
 fn many_preempted_affine_hogs_need_few_threads() {
     let _w = common::watchdog();
     let rt = Builder::new()

@@ -251,6 +251,10 @@ fn accept_beside_a_hog(mode: gosched::PreemptMode) -> (Duration, gosched::Stats)
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "preempt-signal"),
+    ignore = "needs asynchronous preemption (the preempt-signal feature)"
+)]
 fn accept_beside_a_no_call_hog_on_one_proc_is_prompt() {
     let _w = watchdog();
     // ThreadAffine: the preempted hog keeps its thread, so another M
@@ -264,6 +268,10 @@ fn accept_beside_a_no_call_hog_on_one_proc_is_prompt() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "preempt-signal"),
+    ignore = "needs asynchronous preemption (the preempt-signal feature)"
+)]
 fn accept_beside_a_no_call_hog_is_prompt_when_only_sysmon_polls() {
     let _w = watchdog();
     // Migrate: one M runs everything, so no idle M blocks in the poller;

@@ -2,7 +2,6 @@
 //! (asynchronous preemption), cooperative preemption at `preempt_point`,
 //! fair CPU sharing among hogs, `no_preempt` regions, and `println!` from
 //! goroutines preempted every ~100 µs.
-#![cfg(feature = "preempt-signal")]
 
 mod common_preempt;
 
@@ -128,11 +127,19 @@ fn sleeper_not_starved_by_no_call_hog(mode: PreemptMode) {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "preempt-signal"),
+    ignore = "needs asynchronous preemption (the preempt-signal feature)"
+)]
 fn no_call_hog_does_not_starve_sleeper_thread_affine() {
     sleeper_not_starved_by_no_call_hog(PreemptMode::ThreadAffine);
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "preempt-signal"),
+    ignore = "needs asynchronous preemption (the preempt-signal feature)"
+)]
 fn no_call_hog_does_not_starve_sleeper_migrate() {
     sleeper_not_starved_by_no_call_hog(PreemptMode::Migrate);
 }
@@ -233,11 +240,19 @@ fn hogs_share_cpu_fairly(mode: PreemptMode, quantum: Duration) {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "preempt-signal"),
+    ignore = "needs asynchronous preemption (the preempt-signal feature)"
+)]
 fn eight_hogs_on_two_procs_share_fairly_thread_affine() {
     hogs_share_cpu_fairly(PreemptMode::ThreadAffine, Duration::from_millis(10));
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "preempt-signal"),
+    ignore = "needs asynchronous preemption (the preempt-signal feature)"
+)]
 fn eight_hogs_on_two_procs_share_fairly_migrate() {
     hogs_share_cpu_fairly(PreemptMode::Migrate, Duration::from_millis(2));
 }
@@ -262,6 +277,10 @@ fn no_call_spin(d: Duration) {
 /// P, a ticker cannot run while the region spins; it runs before (control)
 /// and after it, and sysmon's attempts inside it are refused.
 #[test]
+#[cfg_attr(
+    not(feature = "preempt-signal"),
+    ignore = "needs asynchronous preemption (the preempt-signal feature)"
+)]
 fn no_preempt_region_is_never_preempted_asynchronously() {
     let _s = serial();
     let rt = Builder::new()
@@ -377,6 +396,10 @@ fn println_child() {
 /// line arrives intact and the program does not deadlock on stdout's
 /// reentrant lock (ThreadAffine resumes a preempted holder on its thread).
 #[test]
+#[cfg_attr(
+    not(feature = "preempt-signal"),
+    ignore = "needs asynchronous preemption (the preempt-signal feature)"
+)]
 fn println_from_preempted_goroutines_is_intact() {
     if child_role().as_deref() == Some("println") {
         return println_child();
@@ -431,6 +454,10 @@ fn println_from_preempted_goroutines_is_intact() {
 /// yield between two goroutines parks the yielder in the P's `yielded`
 /// slot, not its run queue, and sysmon must count it as waiting).
 #[test]
+#[cfg_attr(
+    not(feature = "preempt-signal"),
+    ignore = "needs asynchronous preemption (the preempt-signal feature)"
+)]
 fn goroutine_that_yielded_to_a_no_call_hog_runs_again() {
     let _s = serial();
     for mode in [PreemptMode::ThreadAffine, PreemptMode::Migrate] {
@@ -503,6 +530,10 @@ fn affinity(tid: libc::pid_t) -> Vec<usize> {
 /// thread while that CPU idles); the woken thread must widen its affinity
 /// again. After hundreds of hand-offs no worker may be left pinned.
 #[test]
+#[cfg_attr(
+    not(feature = "preempt-signal"),
+    ignore = "needs asynchronous preemption (the preempt-signal feature)"
+)]
 fn thread_affine_hand_offs_leave_no_worker_pinned() {
     let _s = serial();
     let rt = Builder::new()

@@ -1,7 +1,6 @@
 //! Blocked-M detection: a goroutine asleep in the kernel on a lock held by
 //! a preempted goroutine must not keep the only P, or the holder can never
 //! run again to release the lock (a deadlock the runtime itself causes).
-#![cfg(feature = "preempt-signal")]
 
 mod common_preempt;
 
@@ -141,6 +140,10 @@ fn blocked_child() {
 /// keeps running throughout. Runs in a child so a deadlock fails the test
 /// after 20 s instead of hanging the suite.
 #[test]
+#[cfg_attr(
+    not(feature = "preempt-signal"),
+    ignore = "needs asynchronous preemption (the preempt-signal feature)"
+)]
 fn goroutine_blocked_in_kernel_on_lock_of_preempted_holder_does_not_deadlock() {
     if child_role().as_deref() == Some("blocked") {
         return blocked_child();
@@ -292,6 +295,10 @@ fn lost_p_child() {
 /// thread asleep: a hang first seen under load in tests/sleep.rs). In a
 /// child, so a hang fails after 20 s.
 #[test]
+#[cfg_attr(
+    not(feature = "preempt-signal"),
+    ignore = "needs asynchronous preemption (the preempt-signal feature)"
+)]
 fn goroutine_that_lost_its_p_and_yields_is_not_lost() {
     if child_role().as_deref() == Some("lost_p") {
         return lost_p_child();

@@ -49,6 +49,10 @@ fn set_procs_rejects_zero_and_above_the_maximum() {
 /// ping-pong pairs run. CPU use follows the count; every goroutine finishes
 /// and every checksum holds.
 #[test]
+#[cfg_attr(
+    not(feature = "preempt-signal"),
+    ignore = "needs asynchronous preemption (the preempt-signal feature)"
+)]
 fn shrink_and_grow_under_hogs_and_ping_pong() {
     let _s = serial();
     let _w = watchdog();
@@ -402,6 +406,10 @@ fn exceeding_max_threads_is_a_fatal_error_with_a_dump() {
 /// hog on 1 P, woken sleepers wait for the hog's preemption (about a
 /// quantum); alone, they run at once. Readable from inside a goroutine.
 #[test]
+#[cfg_attr(
+    not(feature = "preempt-signal"),
+    ignore = "needs asynchronous preemption (the preempt-signal feature)"
+)]
 fn sched_latency_histogram_shows_time_spent_runnable() {
     let _s = serial();
     let _w = watchdog();

@@ -1,5 +1,9 @@
 //! Wake-up preemption: a goroutine woken while every P runs a CPU hog gets
 //! a P at once, and the hogs keep their share.
+//!
+//! Every test here runs loops that make no runtime call: they need
+//! asynchronous preemption.
+#![cfg(feature = "preempt-signal")]
 
 mod common;
 

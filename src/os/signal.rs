@@ -130,6 +130,7 @@ impl SigBuf {
 /// a full XSAVE image (about 3.5 KiB with AVX-512) plus our handlers.
 const ALTSTACK_SIZE: usize = 64 << 10;
 
+#[cfg(feature = "preempt-signal")]
 thread_local! {
     /// This thread's `AltStack` as (ss_sp, ss_size), or (0, 0). Written by
     /// `AltStack::install`/drop on the owning thread; read by its SIGURG
@@ -139,7 +140,9 @@ thread_local! {
 }
 
 /// The calling thread's gosched alternate signal stack as (ss_sp, ss_size);
-/// (0, 0) when it has none. Async-signal-safe.
+/// (0, 0) when it has none. Async-signal-safe. Read by the SIGURG
+/// handler's signal-frame scan (safe-point rule 5).
+#[cfg(feature = "preempt-signal")]
 pub(crate) fn this_altstack() -> (usize, usize) {
     THIS_ALTSTACK.with(|a| a.get())
 }
@@ -184,6 +187,7 @@ impl AltStack {
             };
             let mut old: libc::stack_t = core::mem::zeroed();
             libc::sigaltstack(&ss, &mut old);
+            #[cfg(feature = "preempt-signal")]
             THIS_ALTSTACK.with(|a| a.set((ss.ss_sp as usize, ALTSTACK_SIZE)));
             AltStack { base, len, old }
         }
@@ -192,6 +196,7 @@ impl AltStack {
 
 impl Drop for AltStack {
     fn drop(&mut self) {
+        #[cfg(feature = "preempt-signal")]
         THIS_ALTSTACK.with(|a| a.set((0, 0)));
         // SAFETY: restores the thread's previous signal stack (dropped on the
         // same thread that installed it, outside any handler), then unmaps

@@ -1,104 +1,73 @@
-//! Asynchronous preemption: the SIGURG handler, the safe-point rules, and
-//! the context rewrite.
+//! Preemption: how a goroutine that has run too long is made to yield.
 //!
-//! # Why a signal, and why inject a call
+//! # Cooperative (always built)
 //!
-//! Cooperative preemption (a flag checked at every runtime call and
-//! `preempt_point`) cannot stop a loop that makes no calls. So sysmon also
-//! sends the goroutine's thread SIGURG (`tgkill`), at most one in flight per
-//! M. SIGURG, as Go argues (preempt.go, design 24543): debuggers pass it
-//! through, libc does not use it, a spurious one is harmless, and it is not
-//! a real-time signal.
+//! sysmon (`sysmon.rs`, policy in the `gosched-sysmon` crate) watches each
+//! P's time slice; when one runs past its quantum while others wait, it
+//! sets the running goroutine's `preempt` flag (`Shared::preempt_p`). The
+//! goroutine yields at its next cooperative point: every runtime call
+//! (channel and sync operations, `spawn`, `sleep`, `yield_now`, I/O) and
+//! `gosched::preempt_point()` check the flag (`nopreempt.rs`, which also
+//! holds the no-preempt regions the runtime's internals run in). Wake-up
+//! preemption (`sched::wakeup`) asks through the same flag. A loop that
+//! makes no runtime call is never stopped this way.
 //!
-//! The handler does not run the scheduler itself: a signal handler may not
-//! allocate or take locks, and the scheduler does both. Instead it rewrites
-//! the interrupted context so that, when the handler returns, the thread
-//! *calls* the trampoline in `arch` as if the interrupted instruction had:
-//! the trampoline saves every register and the extended state on the
-//! goroutine's own stack, switches to the scheduler like any yield, and on
-//! resume restores everything and returns to the exact instruction.
+//! # Asynchronous (the `preempt-signal` feature, default on)
 //!
-//! # Safe-point rules (all must hold, or the handler leaves the context alone)
+//! `sigurg/` adds the signal: sysmon also sends the goroutine's thread
+//! SIGURG, whose handler checks the safe-point rules and rewrites the
+//! interrupted context to call the trampoline in `crate::arch`, which
+//! yields; see `sigurg/mod.rs` (why a signal, who owns SIGURG) and
+//! `sigurg/handler.rs` (the safe-point rules, the handler step by step).
 //!
-//! 1. The thread is an M running a goroutine of a runtime with asynchronous
-//!    preemption on, and that goroutine's preemption was requested.
-//! 2. The goroutine's no-preempt count is zero (runtime internals and
-//!    `no_preempt` raise it; every switch raises it first, so a signal that
-//!    lands mid-switch, with the stack pointer between two stacks, is
-//!    refused).
-//! 3. The interrupted stack pointer lies inside the goroutine's stack with room for
-//!    the red zone, the trampoline frame, the XSAVE area and the scheduler
-//!    call.
-//! 4. The interrupted pc lies in the main executable's code, not in libc,
-//!    the loader, the vDSO or another shared object (preempting inside
-//!    malloc would hand its locks and per-thread caches to another thread).
-//!    The one exception: libc's memory and string routines and libm, which
-//!    hold no lock and no thread state, when called from the main
-//!    executable (`leaf` finds their address ranges at
-//!    start-up and checks the caller; `GOSCHED_LEAFPREEMPTOFF=1` turns the
-//!    exception off).
-//! 5. Not inside a signal handler. A user handler that runs on the
-//!    goroutine's stack (any handler installed without `SA_ONSTACK`; one
-//!    with it runs on the M's alternate stack and fails rule 3) must not be
-//!    preempted: it would resume, and `sigreturn`, on whatever thread runs
-//!    the goroutine next (installing the first thread's alternate signal
-//!    stack there), and a ThreadAffine goroutine would hold its handler
-//!    open while others run. Two checks: the interrupted signal mask is the
-//!    M's normal one (a handler normally blocks at least its own signal),
-//!    and no kernel signal frame lies between the interrupted sp and the
-//!    stack top (an `SA_NODEFER` handler with an empty `sa_mask` changes no
-//!    mask; `arch::signal_frame_above` finds its frame by the thread's
-//!    alternate-stack words the kernel saves in it).
+//! # What building without `preempt-signal` removes
 //!
-//! A refused attempt is counted by reason; the cooperative flag stays set
-//! and sysmon retries at its next deadline.
+//! `--no-default-features` builds none of the following (`cooperative.rs`
+//! supplies the four entry points the rest of the crate calls, doing
+//! nothing):
 //!
-//! # The handler, step by step (`on_sigurg`)
+//! - the SIGURG handler, its safe-point rules, context rewrite and
+//!   forwarding to the application's handler (`sigurg/handler.rs`);
+//! - installing SIGURG, unblocking it on each M, `tgkill` from sysmon, the
+//!   shutdown and wake-up preemption signals, and sysmon's watch that
+//!   re-installs the handler when an application replaced it
+//!   (`sigurg/mod.rs`, `signal_m`, `HandlerWatch`);
+//! - the libc/libm leaf-routine table (`sigurg/leaf/`);
+//! - the trampoline assembly, the XSAVE size, the ucontext accessors, the
+//!   kernel signal-frame scan used against `SA_NODEFER` handlers, and the
+//!   DWARF numbers (`arch/x86_64/preempt.rs`), and the thread's
+//!   alternate-stack record that scan reads (`os::signal`);
+//! - `M::signal_pending` and `sched::async_preempted`.
 //!
-//! 1. If this thread is inside step 5 already (an application handler we
-//!    forward to chained back to the action it replaced, which is ours),
-//!    return at once instead of recursing.
-//! 2. Find this thread's M (a thread-local read); none: skip to step 5.
-//! 3. Check rules 1-5; if all hold, clear the request and `push_call` the
-//!    trampoline into the ucontext; else count the refusal (in the M's
-//!    `refused`, which sysmon reads, unless nothing was requested).
-//! 4. Acknowledge: clear the M's signal-pending flag, so sysmon may signal
-//!    again.
-//! 5. Forward the signal to the application's SIGURG action (the one
-//!    installed before ours, or one installed over ours later, see below),
-//!    so an application's own SIGURG handler keeps receiving every SIGURG;
-//!    a thread-local flag marks the call for step 1.
-//!
-//! It calls nothing that is not async-signal-safe: atomics, thread-local
-//! accesses, and the application's handler.
-//!
-//! # Who owns SIGURG
-//!
-//! While any runtime with asynchronous preemption exists, gosched's handler
-//! must be the installed SIGURG action; it forwards every SIGURG to the
-//! application's handler. Install your own SIGURG handler *before* building
-//! the first runtime and it is chained from the start. One installed
-//! *after* replaces ours and would silently stop asynchronous preemption (a
-//! no-call loop then starves its P): sysmon checks the installed action
-//! every `HANDLER_CHECK` (10 ms) while busy, and when it finds another one it
-//! re-installs ours, makes that handler the forward target (it still
-//! receives every SIGURG) and prints one warning on stderr. Setting SIGURG
-//! to `SIG_IGN`/`SIG_DFL` is undone the same way.
+//! Kept in both builds: the cooperative flag and its checks, time slicing
+//! at cooperative points, wake-up preemption's flag requests, sysmon itself
+//! (it also hands off Ps blocked in system calls, polls the netpoller and
+//! fires timers), the SIGSEGV stack-overflow report (with the per-M
+//! alternate signal stack it runs on), the SIGQUIT dump and fork handling.
+//! The public API is the same: `Builder::async_preempt(true)` fails to
+//! build a runtime with an error naming the feature, `Stats` reports
+//! `async_preempt: false` and its asynchronous-preemption counters read 0.
 
-pub(crate) mod leaf;
 pub(crate) mod nopreempt;
 pub(crate) mod sysmon;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Once;
+#[cfg(not(feature = "preempt-signal"))]
+mod cooperative;
+#[cfg(feature = "preempt-signal")]
+mod sigurg;
 
-use crate::arch;
-use crate::os::signal;
+#[cfg(not(feature = "preempt-signal"))]
+pub(crate) use cooperative::{install, on_m_start, signal_m, HandlerWatch};
+#[cfg(feature = "preempt-signal")]
+pub(crate) use sigurg::{async_preempt_yield, install, on_m_start, signal_m, HandlerWatch};
 
 /// Number of refusal reasons (indices into the refusal counters).
 pub(crate) const REFUSAL_REASONS: usize = 6;
 
 /// Why an asynchronous preemption was refused.
+// Without the feature nothing refuses (the handler is not built): the
+// counters read 0 and only the names and the starvation reasons are used.
+#[cfg_attr(not(feature = "preempt-signal"), allow(dead_code))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(usize)]
 pub(crate) enum Refusal {
@@ -140,446 +109,3 @@ pub(crate) const REFUSAL_HELP: [&str; REFUSAL_REASONS] = [
     "inside a signal handler",
     "asynchronous preemption is off for this runtime",
 ];
-
-/// Stack the scheduler call below the trampoline may use (the Rust frames of
-/// `async_preempt_yield` and the switch to g0).
-const SCHED_CALL_ROOM: usize = 4096;
-
-/// Executable ranges of the main program: [start, end) pairs, written once
-/// before the handler is installed.
-const MAX_RANGES: usize = 16;
-static TEXT: [AtomicUsize; 2 * MAX_RANGES] = [const { AtomicUsize::new(0) }; 2 * MAX_RANGES];
-
-/// The SIGURG handler `on_sigurg` forwards to, as its `sa_sigaction` word
-/// and `sa_flags`: the action installed before ours (written by `install`
-/// before our handler can run), or one an application installed over ours
-/// later (written by `reclaim_sigurg`). Writers store the handler SIG_DFL,
-/// then the flags, then the handler (Release); the handler loads the
-/// handler (Acquire), then the flags, so it never pairs a new handler with
-/// old flags.
-static FORWARD_HANDLER: AtomicUsize = AtomicUsize::new(libc::SIG_DFL);
-static FORWARD_FLAGS: AtomicUsize = AtomicUsize::new(0);
-
-fn set_forward(prev: &libc::sigaction) {
-    let h = if prev.sa_sigaction == on_sigurg as *const () as usize {
-        libc::SIG_DFL // never forward to ourselves
-    } else {
-        prev.sa_sigaction
-    };
-    FORWARD_HANDLER.store(libc::SIG_DFL, Ordering::Relaxed);
-    FORWARD_FLAGS.store(prev.sa_flags as usize, Ordering::Release);
-    // Pairs with the Acquire load in `on_sigurg`.
-    FORWARD_HANDLER.store(h, Ordering::Release);
-}
-
-/// Our SIGURG action.
-fn our_action() -> libc::sigaction {
-    signal::action(on_sigurg, libc::SA_ONSTACK | libc::SA_RESTART)
-}
-
-static INSTALL: Once = Once::new();
-
-/// Installs the SIGURG handler (once per process) and reads the main
-/// executable's code ranges and the XSAVE size it needs.
-pub(crate) fn install() {
-    INSTALL.call_once(|| {
-        arch::init_extended_state();
-        read_text_ranges();
-        leaf::init();
-        let _g = RECLAIM.lock().unwrap_or_else(|e| e.into_inner());
-        // Read the current action and record it as the forward target,
-        // then install ours; whatever it replaced (the same action unless
-        // another thread raced us) becomes the target, so no SIGURG misses
-        // the application's handler.
-        let mut prev = signal::current_action(libc::SIGURG);
-        set_forward(&prev);
-        // SAFETY: `prev` is ours to write; `on_sigurg` is async-signal-safe.
-        unsafe { signal::swap_action(libc::SIGURG, Some(&our_action()), &mut prev) };
-        set_forward(&prev);
-    });
-}
-
-/// Serialises `install` and `reclaim_sigurg` (sysmon threads of several
-/// runtimes may notice a replaced handler at once).
-static RECLAIM: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Times `reclaim_sigurg` re-installed our handler (a generation: each
-/// runtime's sysmon clears the stale `signal_pending` of its Ms when it
-/// changes, since the signals they wait on went to the other handler).
-static RECLAIMS: AtomicUsize = AtomicUsize::new(0);
-
-/// Printed once per process.
-static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Checks that our SIGURG handler is still installed; if the application
-/// replaced it (after the first runtime was built), re-installs ours,
-/// forwarding every SIGURG to the application's handler from then on, and
-/// warns once on stderr. Returns the reclaim generation (see `RECLAIMS`).
-/// Called by sysmon every `HANDLER_CHECK`; not from a signal handler.
-pub(crate) fn reclaim_sigurg() -> usize {
-    if !INSTALL.is_completed() {
-        return 0;
-    }
-    let ours = on_sigurg as *const () as usize;
-    if signal::current_action(libc::SIGURG).sa_sigaction == ours {
-        return RECLAIMS.load(Ordering::Acquire);
-    }
-    let _g = RECLAIM.lock().unwrap_or_else(|e| e.into_inner());
-    // `theirs` receives the application's action, recorded as the forward
-    // target right after (until then we forward to the previous target,
-    // which is harmless).
-    let mut theirs = signal::current_action(libc::SIGURG);
-    // SAFETY: as in `install`.
-    unsafe { signal::swap_action(libc::SIGURG, Some(&our_action()), &mut theirs) };
-    if theirs.sa_sigaction != ours {
-        set_forward(&theirs);
-        if !WARNED.swap(true, Ordering::Relaxed) {
-            eprintln!(
-                "gosched: warning: the SIGURG handler was replaced after the runtime started \
-                 (handler {:#x}); asynchronous preemption needs SIGURG: gosched re-installed its \
-                 handler and forwards every SIGURG to the application's. Install SIGURG handlers \
-                 before building the first runtime.",
-                theirs.sa_sigaction
-            );
-        }
-        RECLAIMS.fetch_add(1, Ordering::AcqRel);
-    }
-    RECLAIMS.load(Ordering::Acquire)
-}
-
-/// Called by every M when it starts: SIGURG must never be blocked on an M.
-pub(crate) fn on_m_start() {
-    // SAFETY: unblocking one signal in this thread's mask.
-    unsafe {
-        let mut set: libc::sigset_t = core::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGURG);
-        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, core::ptr::null_mut());
-    }
-}
-
-fn read_text_ranges() {
-    unsafe extern "C" fn each(
-        info: *mut libc::dl_phdr_info,
-        _size: usize,
-        data: *mut libc::c_void,
-    ) -> libc::c_int {
-        // SAFETY: dl_iterate_phdr passes a valid info for each object; the
-        // first object is the main program.
-        let info = unsafe { &*info };
-        let n = data.cast::<usize>();
-        for i in 0..info.dlpi_phnum as usize {
-            // SAFETY: dlpi_phdr has dlpi_phnum entries.
-            let ph = unsafe { &*info.dlpi_phdr.add(i) };
-            if ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_X != 0 {
-                // SAFETY: `data` is the counter passed below.
-                let k = unsafe { *n };
-                if k < MAX_RANGES {
-                    let start = info.dlpi_addr as usize + ph.p_vaddr as usize;
-                    TEXT[2 * k].store(start, Ordering::Relaxed);
-                    TEXT[2 * k + 1].store(start + ph.p_memsz as usize, Ordering::Relaxed);
-                    // SAFETY: as above.
-                    unsafe { *n = k + 1 };
-                }
-            }
-        }
-        1 // the main program is first: stop after it
-    }
-    let mut n = 0usize;
-    // SAFETY: the callback only reads the headers it is given.
-    unsafe { libc::dl_iterate_phdr(Some(each), (&mut n as *mut usize).cast()) };
-}
-
-fn in_main_text(pc: usize) -> bool {
-    (0..MAX_RANGES).any(|k| {
-        let s = TEXT[2 * k].load(Ordering::Relaxed);
-        s != 0 && pc >= s && pc < TEXT[2 * k + 1].load(Ordering::Relaxed)
-    })
-}
-
-/// Step 3 of the handler: checks the rules; on success rewrites `ctx`.
-fn try_preempt(m: &crate::sched::M, ctx: &mut arch::SigContext) -> Result<(), Refusal> {
-    let sh = m.shared_ref();
-    if !sh.cfg.async_preempt {
-        return Err(Refusal::AsyncOff);
-    }
-    // Rule 1.
-    let g = m.curg.load(Ordering::Relaxed);
-    if g.is_null() {
-        return Err(Refusal::NotRequested);
-    }
-    // SAFETY: a non-null curg is the live G running on this thread.
-    let g = unsafe { &*g };
-    if !g.preempt.load(Ordering::Relaxed) {
-        return Err(Refusal::NotRequested);
-    }
-    // Rule 2.
-    if g.no_preempt.load(Ordering::Relaxed) != 0 {
-        return Err(Refusal::NoPreempt);
-    }
-    // Rule 3.
-    let xsave = arch::extended_state_size();
-    // SAFETY: owner access from this thread: the G runs here, and the stack
-    // field changes only on g0 of this M.
-    let stack = unsafe { (*g.stack.get()).as_ref() };
-    let need = arch::RED_ZONE + arch::PREEMPT_FRAME + xsave + SCHED_CALL_ROOM;
-    let sp = ctx.sp();
-    match stack {
-        Some(s) if xsave != 0 && sp <= s.top && sp >= s.bottom + need => {}
-        _ => return Err(Refusal::Stack),
-    }
-    // Rule 4, and its exception for leaf routines called from the main
-    // executable.
-    let stack_top = stack.map_or(0, |s| s.top);
-    let leaf = || {
-        // SAFETY: rule 3 checked bottom <= sp <= top: [sp, top) is the
-        // live part of the goroutine's stack.
-        unsafe { leaf::admits(ctx.pc(), sp, stack_top, in_main_text) }
-    };
-    if !in_main_text(ctx.pc()) && !leaf() {
-        return Err(Refusal::ForeignCode);
-    }
-    // Rule 5: compare the kernel's 64-bit mask (the rest of glibc's
-    // sigset_t is padding the kernel does not write).
-    // SAFETY: both are valid sigset_t values; we read their first 8 bytes.
-    let (now, normal) = unsafe {
-        (
-            (ctx.sigmask() as *const libc::sigset_t)
-                .cast::<u64>()
-                .read_unaligned(),
-            m.sigmask.get().cast::<u64>().read_unaligned(),
-        )
-    };
-    if now != normal {
-        return Err(Refusal::SigMask);
-    }
-    // Rule 5, second half: a handler that changed no mask (SA_NODEFER,
-    // empty sa_mask) is recognised by the kernel's signal frame it runs
-    // above. Scanned last: it reads the goroutine's live stack.
-    let (alt_sp, alt_size) = crate::os::signal::this_altstack();
-    let top = stack.map_or(0, |s| s.top);
-    // SAFETY: rule 3 checked bottom <= sp <= top: [sp, top) is the live
-    // part of the goroutine's stack, mapped and ours (this thread runs it
-    // and is stopped in this handler).
-    if unsafe { arch::signal_frame_above(sp, top, alt_sp, alt_size) } {
-        return Err(Refusal::SigMask);
-    }
-    g.preempt.store(false, Ordering::Relaxed);
-    #[cfg(test)]
-    fp_walk::on_inject(ctx.pc(), ctx.fp());
-    // SAFETY: rule 3 checked that the red zone and the trampoline frame
-    // below sp are inside the goroutine's stack.
-    unsafe { ctx.push_call(arch::async_preempt_trampoline()) };
-    Ok(())
-}
-
-thread_local! {
-    /// Set while this thread's `on_sigurg` forwards to the application's
-    /// handler: an application handler that itself chains to the action it
-    /// replaced (ours) re-enters `on_sigurg`, which then returns at once
-    /// instead of forwarding back to it forever. Const-initialised, no
-    /// destructor: a plain TLS access, async-signal-safe.
-    static FORWARDING: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
-}
-
-/// The SIGURG handler; see the module docs for its steps.
-extern "C" fn on_sigurg(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
-    // Step 1.
-    if FORWARDING.with(|f| f.get()) {
-        return;
-    }
-    let m = crate::sched::signal_safe_current_m();
-    if !m.is_null() {
-        // SAFETY: this thread's live M.
-        let m = unsafe { &*m };
-        // SAFETY: `uc` is this handler's ucontext.
-        let mut ctx = unsafe { arch::SigContext::new(uc) };
-        if let Err(why) = try_preempt(m, &mut ctx) {
-            // sysmon reads this as "the goroutine it asked to yield is at
-            // an unsafe point" (blocked-M evidence, refusal backoff); a
-            // signal that found no request (the goroutine already switched)
-            // says nothing about it.
-            if why != Refusal::NotRequested {
-                m.refused.fetch_add(1, Ordering::Relaxed);
-            }
-            m.shared_ref().counters.refused[why as usize].fetch_add(1, Ordering::Relaxed);
-        }
-        // Step 4; pairs with sysmon's CAS before tgkill.
-        m.signal_pending.store(false, Ordering::Release);
-    }
-    // Step 5; pairs with the Release store in `set_forward`.
-    let handler = FORWARD_HANDLER.load(Ordering::Acquire);
-    let flags = FORWARD_FLAGS.load(Ordering::Relaxed) as libc::c_int;
-    FORWARDING.with(|f| f.set(true));
-    crate::os::signal::forward(handler, flags, sig, info, uc);
-    FORWARDING.with(|f| f.set(false));
-}
-
-/// Called by the trampoline on the goroutine's stack, with every register
-/// saved: yield to the scheduler; return when resumed. `frame` is the
-/// trampoline's frame pointer (only the frame-walk test looks at it).
-pub(crate) extern "C" fn async_preempt_yield(frame: usize) {
-    #[cfg(test)]
-    fp_walk::on_park(frame);
-    #[cfg(not(test))]
-    let _ = frame;
-    crate::sched::async_preempted();
-}
-
-/// Test hook: what a profiler sampling a preempted goroutine would see. The
-/// handler records the interrupted pc and frame pointer (thread-local: the
-/// trampoline runs next on the same thread); `async_preempt_yield` of the armed
-/// goroutine records the trampoline frame's links and a DWARF backtrace.
-#[cfg(test)]
-pub(crate) mod fp_walk {
-    use std::cell::Cell;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::Mutex;
-
-    thread_local! {
-        static INJECTED: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
-    }
-
-    /// The goroutine whose next preemption is recorded (0: none).
-    pub(crate) static ARMED_GID: AtomicU64 = AtomicU64::new(0);
-
-    /// What one preemption of the armed goroutine looked like.
-    pub(crate) struct Walk {
-        /// The interrupted pc and rbp, from the signal context.
-        pub(crate) pc: usize,
-        pub(crate) fp: usize,
-        /// `[frame + 8]` and `[frame]`: the return address and the caller's
-        /// frame pointer a frame-pointer unwinder reads.
-        pub(crate) ret_at_fp: usize,
-        pub(crate) link_at_fp: usize,
-        /// A DWARF (CFI) backtrace taken in `async_preempt_yield`.
-        pub(crate) backtrace: std::backtrace::Backtrace,
-    }
-
-    pub(crate) static RESULT: Mutex<Option<Walk>> = Mutex::new(None);
-
-    pub(super) fn on_inject(pc: usize, fp: usize) {
-        INJECTED.with(|c| c.set((pc, fp)));
-    }
-
-    pub(super) fn on_park(frame: usize) {
-        let gid = crate::sched::signal_safe_current_gid();
-        if gid == 0
-            || ARMED_GID
-                .compare_exchange(gid, 0, Ordering::AcqRel, Ordering::Relaxed)
-                .is_err()
-        {
-            return;
-        }
-        let (pc, fp) = INJECTED.with(|c| c.get());
-        // SAFETY: `frame` is the trampoline's rbp, which points at its
-        // saved-rbp slot with the resume rip above it, on this stack.
-        let (ret_at_fp, link_at_fp) = unsafe {
-            (
-                ((frame + 8) as *const usize).read(),
-                (frame as *const usize).read(),
-            )
-        };
-        let backtrace = std::backtrace::Backtrace::force_capture();
-        *RESULT.lock().unwrap() = Some(Walk {
-            pc,
-            fp,
-            ret_at_fp,
-            link_at_fp,
-            backtrace,
-        });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::fp_walk::{ARMED_GID, RESULT};
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-    use std::time::{Duration, Instant};
-
-    /// A loop without calls into the runtime (debug builds may call
-    /// `black_box`/`load`, which are in this executable too).
-    #[inline(never)]
-    fn fp_walk_hog(stop: &AtomicBool) -> u64 {
-        let mut x = 1u64;
-        while !stop.load(Ordering::Relaxed) {
-            for _ in 0..64 {
-                x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
-            }
-        }
-        x
-    }
-
-    /// A goroutine preempted asynchronously, seen from inside the
-    /// scheduler as a sampling profiler would: the trampoline's frame links
-    /// to the interrupted pc and rbp (`[rbp + 8]`, `[rbp]`), and a DWARF
-    /// backtrace goes through the trampoline into the interrupted function.
-    #[test]
-    #[cfg_attr(
-        not(feature = "preempt-signal"),
-        ignore = "needs asynchronous preemption (the preempt-signal feature)"
-    )]
-    fn frame_pointer_and_dwarf_walks_see_the_interrupted_pc() {
-        let rt = crate::Builder::new()
-            .procs(1)
-            .preempt_quantum(Duration::from_millis(1))
-            .build()
-            .unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        rt.block_on(move || {
-            let s2 = s.clone();
-            let h = crate::spawn(move || {
-                ARMED_GID.store(crate::current_id().unwrap(), Ordering::Release);
-                fp_walk_hog(&s2)
-            });
-            let t = Instant::now();
-            while RESULT.lock().unwrap().is_none() && t.elapsed() < Duration::from_secs(20) {
-                crate::sleep(Duration::from_millis(2));
-            }
-            s.store(true, Ordering::Relaxed);
-            h.join().unwrap();
-        });
-        let walk = RESULT
-            .lock()
-            .unwrap()
-            .take()
-            .expect("the hog was never preempted asynchronously");
-        assert_eq!(
-            walk.ret_at_fp, walk.pc,
-            "[rbp + 8] of the trampoline frame is not the interrupted pc"
-        );
-        assert_eq!(
-            walk.link_at_fp, walk.fp,
-            "[rbp] of the trampoline frame is not the interrupted rbp"
-        );
-        let bt = walk.backtrace.to_string();
-        let park = bt.find("async_preempt_yield").expect(&bt);
-        let hog = bt
-            .find("fp_walk_hog")
-            .unwrap_or_else(|| panic!("no hog frame:\n{bt}"));
-        assert!(park < hog, "{bt}");
-    }
-}
-
-/// Sends the preemption signal to `m` unless one is already in flight (Go's
-/// preemptM with signalPending). Returns whether a signal was sent.
-pub(crate) fn signal_m(m: &crate::sched::M) -> bool {
-    // Pairs with the handler's Release store of false.
-    if m.signal_pending
-        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
-        .is_err()
-    {
-        return false;
-    }
-    let tid = m.tid.load(Ordering::Acquire);
-    // SAFETY: tgkill to a thread of our own process; a stale tid at worst
-    // signals a thread that has exited (ESRCH).
-    let r = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, libc::SIGURG) };
-    if r != 0 {
-        m.signal_pending.store(false, Ordering::Release);
-        return false;
-    }
-    true
-}

@@ -12,7 +12,7 @@ use std::time::Duration;
 use gosched_sysmon::{Config as PolicyConfig, Monitor, PStatus, PView, Preempt, Sleep, Target};
 
 use crate::sched::timer::nanos;
-use crate::sched::{RuntimeLock, Shared};
+use crate::sched::Shared;
 
 /// sysmon's view of the runtime.
 struct RuntimeTarget<'a> {
@@ -197,7 +197,7 @@ fn run(sh: &Shared) {
     let warned_starved = Cell::new(false);
     let trace = sh.cfg.schedtrace;
     let mut next_trace = trace.map(|t| sh.nanotime().saturating_add(nanos(t)));
-    let mut handler = HandlerWatch::default();
+    let mut handler = crate::preempt::HandlerWatch::new();
     while !sh.shutdown.load(Ordering::Acquire) {
         let now = sh.nanotime();
         handler.check(sh, now);
@@ -264,42 +264,6 @@ fn run(sh: &Shared) {
         };
         if woken {
             mon.woken();
-        }
-    }
-}
-
-/// How often sysmon checks that gosched's SIGURG handler is still installed
-/// (one `sigaction` query; a replaced handler starves no-call loops until
-/// the next check).
-const HANDLER_CHECK: Duration = Duration::from_millis(10);
-
-/// sysmon's watch over the SIGURG handler (see `preempt::reclaim_sigurg`).
-#[derive(Default)]
-struct HandlerWatch {
-    /// When to check next (ns since the epoch).
-    next: u64,
-    /// The reclaim generation this runtime has caught up with.
-    seen: usize,
-}
-
-impl HandlerWatch {
-    /// Every `HANDLER_CHECK` while asynchronous preemption is on: re-install
-    /// our handler if the application replaced it, and after any re-install
-    /// clear every M's `signal_pending` (the signals it waited on went to
-    /// the other handler, which never acknowledges them, so `signal_m`
-    /// would otherwise never signal that M again).
-    fn check(&mut self, sh: &Shared, now: u64) {
-        if !sh.cfg.async_preempt || now < self.next {
-            return;
-        }
-        self.next = now.saturating_add(HANDLER_CHECK.as_nanos() as u64);
-        let generation = crate::preempt::reclaim_sigurg();
-        if generation != self.seen {
-            self.seen = generation;
-            for m in sh.allm.rt_lock().iter() {
-                // Pairs with `signal_m`'s CAS, as the handler's store does.
-                m.signal_pending.store(false, Ordering::Release);
-            }
         }
     }
 }

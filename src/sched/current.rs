@@ -130,6 +130,7 @@ pub(crate) fn signal_safe_current_gid() -> u64 {
 }
 
 /// The M of the calling thread, for the signal handler.
+#[cfg(feature = "preempt-signal")]
 pub(crate) fn signal_safe_current_m() -> *const M {
     CUR_M.with(|c| c.get())
 }

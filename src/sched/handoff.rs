@@ -159,6 +159,7 @@ impl Shared {
             new_p: Cell::new(false),
             yield_p: Cell::new(ptr::null()),
             reason: Cell::new(Reason::None),
+            #[cfg(feature = "preempt-signal")]
             signal_pending: AtomicBool::new(false),
             claiming: AtomicBool::new(false),
             pinned: AtomicBool::new(false),

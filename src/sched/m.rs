@@ -67,6 +67,7 @@ pub(crate) struct M {
     pub(crate) reason: Cell<Reason>,
     /// 1 while a preemption signal is in flight (Go's signalPending): set
     /// by sysmon's CAS before tgkill, cleared by the handler.
+    #[cfg(feature = "preempt-signal")]
     pub(crate) signal_pending: AtomicBool,
     /// Asynchronous preemption attempts the handler refused on this M.
     pub(crate) refused: AtomicU64,

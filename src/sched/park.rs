@@ -47,6 +47,7 @@ pub(crate) fn goyield(g: GRef) {
 }
 
 /// Called by the preemption trampoline on the goroutine's stack.
+#[cfg(feature = "preempt-signal")]
 pub(crate) fn async_preempted() {
     let g = current_g().expect("async preemption outside a goroutine");
     g.preempt.store(false, Ordering::Relaxed);

@@ -1,0 +1,218 @@
+//! Asynchronous preemption by signal (the `preempt-signal` feature): the
+//! SIGURG handler, its safe-point rules and context rewrite (`handler`),
+//! the libc/libm leaf routines it may also interrupt (`leaf`), and here
+//! the ownership of SIGURG: installing the handler, forwarding to the
+//! application's, re-installing it when replaced, and sending the signal.
+//!
+//! # Why a signal, and why inject a call
+//!
+//! Cooperative preemption (a flag checked at every runtime call and
+//! `preempt_point`) cannot stop a loop that makes no calls. So sysmon also
+//! sends the goroutine's thread SIGURG (`tgkill`), at most one in flight per
+//! M. SIGURG, as Go argues (preempt.go, design 24543): debuggers pass it
+//! through, libc does not use it, a spurious one is harmless, and it is not
+//! a real-time signal.
+//!
+//! The handler does not run the scheduler itself: a signal handler may not
+//! allocate or take locks, and the scheduler does both. Instead it rewrites
+//! the interrupted context so that, when the handler returns, the thread
+//! *calls* the trampoline in `arch` as if the interrupted instruction had:
+//! the trampoline saves every register and the extended state on the
+//! goroutine's own stack, switches to the scheduler like any yield, and on
+//! resume restores everything and returns to the exact instruction.
+//!
+//! # Who owns SIGURG
+//!
+//! While any runtime with asynchronous preemption exists, gosched's handler
+//! must be the installed SIGURG action; it forwards every SIGURG to the
+//! application's handler. Install your own SIGURG handler *before* building
+//! the first runtime and it is chained from the start. One installed
+//! *after* replaces ours and would silently stop asynchronous preemption (a
+//! no-call loop then starves its P): sysmon checks the installed action
+//! every `HANDLER_CHECK` (10 ms) while busy, and when it finds another one it
+//! re-installs ours, makes that handler the forward target (it still
+//! receives every SIGURG) and prints one warning on stderr. Setting SIGURG
+//! to `SIG_IGN`/`SIG_DFL` is undone the same way.
+
+mod handler;
+mod leaf;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Once;
+use std::time::Duration;
+
+use crate::arch;
+use crate::os::signal;
+use crate::sched::{RuntimeLock, Shared, M};
+
+pub(crate) use handler::async_preempt_yield;
+use handler::{on_sigurg, read_text_ranges};
+
+/// The SIGURG handler `on_sigurg` forwards to, as its `sa_sigaction` word
+/// and `sa_flags`: the action installed before ours (written by `install`
+/// before our handler can run), or one an application installed over ours
+/// later (written by `reclaim_sigurg`). Writers store the handler SIG_DFL,
+/// then the flags, then the handler (Release); the handler loads the
+/// handler (Acquire), then the flags, so it never pairs a new handler with
+/// old flags.
+static FORWARD_HANDLER: AtomicUsize = AtomicUsize::new(libc::SIG_DFL);
+static FORWARD_FLAGS: AtomicUsize = AtomicUsize::new(0);
+
+fn set_forward(prev: &libc::sigaction) {
+    let h = if prev.sa_sigaction == on_sigurg as *const () as usize {
+        libc::SIG_DFL // never forward to ourselves
+    } else {
+        prev.sa_sigaction
+    };
+    FORWARD_HANDLER.store(libc::SIG_DFL, Ordering::Relaxed);
+    FORWARD_FLAGS.store(prev.sa_flags as usize, Ordering::Release);
+    // Pairs with the Acquire load in `on_sigurg`.
+    FORWARD_HANDLER.store(h, Ordering::Release);
+}
+
+/// Our SIGURG action.
+fn our_action() -> libc::sigaction {
+    signal::action(on_sigurg, libc::SA_ONSTACK | libc::SA_RESTART)
+}
+
+static INSTALL: Once = Once::new();
+
+/// Installs the SIGURG handler (once per process) and reads the main
+/// executable's code ranges and the XSAVE size it needs.
+pub(crate) fn install() {
+    INSTALL.call_once(|| {
+        arch::init_extended_state();
+        read_text_ranges();
+        leaf::init();
+        let _g = RECLAIM.lock().unwrap_or_else(|e| e.into_inner());
+        // Read the current action and record it as the forward target,
+        // then install ours; whatever it replaced (the same action unless
+        // another thread raced us) becomes the target, so no SIGURG misses
+        // the application's handler.
+        let mut prev = signal::current_action(libc::SIGURG);
+        set_forward(&prev);
+        // SAFETY: `prev` is ours to write; `on_sigurg` is async-signal-safe.
+        unsafe { signal::swap_action(libc::SIGURG, Some(&our_action()), &mut prev) };
+        set_forward(&prev);
+    });
+}
+
+/// Serialises `install` and `reclaim_sigurg` (sysmon threads of several
+/// runtimes may notice a replaced handler at once).
+static RECLAIM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Times `reclaim_sigurg` re-installed our handler (a generation: each
+/// runtime's sysmon clears the stale `signal_pending` of its Ms when it
+/// changes, since the signals they wait on went to the other handler).
+static RECLAIMS: AtomicUsize = AtomicUsize::new(0);
+
+/// Printed once per process.
+static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Checks that our SIGURG handler is still installed; if the application
+/// replaced it (after the first runtime was built), re-installs ours,
+/// forwarding every SIGURG to the application's handler from then on, and
+/// warns once on stderr. Returns the reclaim generation (see `RECLAIMS`).
+/// Called by sysmon every `HANDLER_CHECK`; not from a signal handler.
+pub(crate) fn reclaim_sigurg() -> usize {
+    if !INSTALL.is_completed() {
+        return 0;
+    }
+    let ours = on_sigurg as *const () as usize;
+    if signal::current_action(libc::SIGURG).sa_sigaction == ours {
+        return RECLAIMS.load(Ordering::Acquire);
+    }
+    let _g = RECLAIM.lock().unwrap_or_else(|e| e.into_inner());
+    // `theirs` receives the application's action, recorded as the forward
+    // target right after (until then we forward to the previous target,
+    // which is harmless).
+    let mut theirs = signal::current_action(libc::SIGURG);
+    // SAFETY: as in `install`.
+    unsafe { signal::swap_action(libc::SIGURG, Some(&our_action()), &mut theirs) };
+    if theirs.sa_sigaction != ours {
+        set_forward(&theirs);
+        if !WARNED.swap(true, Ordering::Relaxed) {
+            eprintln!(
+                "gosched: warning: the SIGURG handler was replaced after the runtime started \
+                 (handler {:#x}); asynchronous preemption needs SIGURG: gosched re-installed its \
+                 handler and forwards every SIGURG to the application's. Install SIGURG handlers \
+                 before building the first runtime.",
+                theirs.sa_sigaction
+            );
+        }
+        RECLAIMS.fetch_add(1, Ordering::AcqRel);
+    }
+    RECLAIMS.load(Ordering::Acquire)
+}
+
+/// Called by every M when it starts: SIGURG must never be blocked on an M.
+pub(crate) fn on_m_start() {
+    // SAFETY: unblocking one signal in this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = core::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGURG);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, core::ptr::null_mut());
+    }
+}
+
+/// Sends the preemption signal to `m` unless one is already in flight (Go's
+/// preemptM with signalPending). Returns whether a signal was sent.
+pub(crate) fn signal_m(m: &M) -> bool {
+    // Pairs with the handler's Release store of false.
+    if m.signal_pending
+        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+        .is_err()
+    {
+        return false;
+    }
+    let tid = m.tid.load(Ordering::Acquire);
+    // SAFETY: tgkill to a thread of our own process; a stale tid at worst
+    // signals a thread that has exited (ESRCH).
+    let r = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, libc::SIGURG) };
+    if r != 0 {
+        m.signal_pending.store(false, Ordering::Release);
+        return false;
+    }
+    true
+}
+
+/// How often sysmon checks that gosched's SIGURG handler is still installed
+/// (one `sigaction` query; a replaced handler starves no-call loops until
+/// the next check).
+const HANDLER_CHECK: Duration = Duration::from_millis(10);
+
+/// sysmon's watch over the SIGURG handler (see `reclaim_sigurg`).
+#[derive(Default)]
+pub(crate) struct HandlerWatch {
+    /// When to check next (ns since the epoch).
+    next: u64,
+    /// The reclaim generation this runtime has caught up with.
+    seen: usize,
+}
+
+impl HandlerWatch {
+    pub(crate) fn new() -> HandlerWatch {
+        HandlerWatch::default()
+    }
+
+    /// Every `HANDLER_CHECK` while asynchronous preemption is on: re-install
+    /// our handler if the application replaced it, and after any re-install
+    /// clear every M's `signal_pending` (the signals it waited on went to
+    /// the other handler, which never acknowledges them, so `signal_m`
+    /// would otherwise never signal that M again).
+    pub(crate) fn check(&mut self, sh: &Shared, now: u64) {
+        if !sh.cfg.async_preempt || now < self.next {
+            return;
+        }
+        self.next = now.saturating_add(HANDLER_CHECK.as_nanos() as u64);
+        let generation = reclaim_sigurg();
+        if generation != self.seen {
+            self.seen = generation;
+            for m in sh.allm.rt_lock().iter() {
+                // Pairs with `signal_m`'s CAS, as the handler's store does.
+                m.signal_pending.store(false, Ordering::Release);
+            }
+        }
+    }
+}
