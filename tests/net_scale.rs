@@ -107,6 +107,23 @@ struct Sample {
     maps: usize,
 }
 
+/// The bounds each side checks: fewer than 20 OS threads and under half
+/// of `vm.max_map_count`, at the peak (and at the end with `check_end`).
+fn check_bounds(who: &str, peak: Sample, end: Sample, stats: &gosched::Stats) {
+    let mut checks = vec![("at the peak", peak)];
+    if check_end() {
+        checks.push(("at the end", end));
+    }
+    for (when, s) in checks {
+        assert!(
+            s.threads < MAX_THREADS,
+            "{who}: {} OS threads {when} with {CONNS} connections: {s:?} {stats:?}",
+            s.threads
+        );
+        assert!(s.maps < max_map_count() / 2, "{who}: {s:?}");
+    }
+}
+
 impl Sample {
     fn now() -> Sample {
         Sample {
@@ -268,18 +285,7 @@ fn ten_k_server(test: &str) {
         "only {} fds open at the peak: {sample:?}",
         sample.fds
     );
-    let mut checks = vec![("at the peak", sample)];
-    if check_end() {
-        checks.push(("at the end", end));
-    }
-    for (when, s) in checks {
-        assert!(
-            s.threads < MAX_THREADS,
-            "server: {} OS threads {when} with {CONNS} connections: {s:?} {stats:?}",
-            s.threads
-        );
-        assert!(s.maps < max_map_count() / 2, "server: {s:?}");
-    }
+    check_bounds("server", sample, end, &stats);
     assert!(stats.poll_waits > 0 && stats.poll_wakeups > 0, "{stats:?}");
 }
 
@@ -338,18 +344,7 @@ fn ten_k_client() {
         start.elapsed(),
         stats.threads
     );
-    let mut checks = vec![("at the peak", sample)];
-    if check_end() {
-        checks.push(("at the end", end));
-    }
-    for (when, s) in checks {
-        assert!(
-            s.threads < MAX_THREADS,
-            "client: {} OS threads {when} with {CONNS} connections: {s:?} {stats:?}",
-            s.threads
-        );
-        assert!(s.maps < max_map_count() / 2, "client: {s:?}");
-    }
+    check_bounds("client", sample, end, &stats);
 }
 
 // ---------------------------------------------------------------------
