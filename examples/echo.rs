@@ -13,7 +13,8 @@
 //!
 //! Each client connection sends a message of `--size` bytes, waits for
 //! the whole echo, checks it, and records the round trip; repeat until
-//! `--duration` is up.
+//! `--duration` is up. The clock starts once every connection is up and
+//! has had one echo (the time that took is printed as "up in").
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -86,9 +87,20 @@ fn serve(l: TcpListener) {
     }
 }
 
-/// One client connection's loop; returns its round trips.
-fn client(addr: SocketAddr, size: usize, until: Instant, id: usize) -> Histogram<u64> {
+/// One client connection: connects, makes one untimed round trip (it
+/// waits for the server to accept, which with 1,000 connections can take
+/// a second), reports in on `up`, waits for `go` (the measured period's
+/// end), then measures round trips until then.
+fn client(
+    addr: SocketAddr,
+    size: usize,
+    id: usize,
+    up: gosched::chan::Sender<()>,
+    go: gosched::chan::Receiver<Instant>,
+) -> Histogram<u64> {
     let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram");
+    let msg: Vec<u8> = (0..size).map(|i| (i + id) as u8).collect();
+    let mut back = vec![0u8; size];
     let mut c = match TcpStream::connect(addr) {
         Ok(c) => c,
         Err(e) => {
@@ -97,32 +109,48 @@ fn client(addr: SocketAddr, size: usize, until: Instant, id: usize) -> Histogram
         }
     };
     let _ = c.set_nodelay(true);
-    let msg: Vec<u8> = (0..size).map(|i| (i + id) as u8).collect();
-    let mut back = vec![0u8; size];
+    let mut round_trip = |c: &mut TcpStream| {
+        let ok = c.write_all(&msg).and_then(|_| c.read_exact(&mut back));
+        assert!(ok.is_err() || back == msg, "connection {id}: echo differs");
+        ok
+    };
+    if let Err(e) = round_trip(&mut c) {
+        eprintln!("connection {id}: first round trip: {e}");
+        return h;
+    }
+    drop(up);
+    let Some(until) = go.recv() else { return h };
     while Instant::now() < until {
         let t = Instant::now();
-        if c.write_all(&msg)
-            .and_then(|_| c.read_exact(&mut back))
-            .is_err()
-        {
-            eprintln!("connection {id}: I/O error");
+        if let Err(e) = round_trip(&mut c) {
+            eprintln!("connection {id}: {e}");
             break;
         }
         h.saturating_record(t.elapsed().as_nanos() as u64);
-        assert_eq!(back, msg, "connection {id}: echo differs");
     }
     h
 }
 
 fn load(addr: SocketAddr, o: &Opts) {
-    let until = Instant::now() + o.duration;
+    // Every connection up and echoing before the clock starts: the
+    // numbers are the steady state, not the connection burst.
+    let (up_tx, up_rx) = gosched::chan::channel::<()>(0);
+    let (go_tx, go_rx) = gosched::chan::channel::<Instant>(o.connections);
     let t = Instant::now();
     let hs: Vec<_> = (0..o.connections)
         .map(|id| {
-            let size = o.size;
-            gosched::spawn(move || client(addr, size, until, id))
+            let (size, up, go) = (o.size, up_tx.clone(), go_rx.clone());
+            gosched::spawn(move || client(addr, size, id, up, go))
         })
         .collect();
+    drop(up_tx);
+    assert!(up_rx.recv().is_none());
+    let setup = t.elapsed();
+    let t = Instant::now();
+    let until = t + o.duration;
+    for _ in 0..o.connections {
+        go_tx.send(until).expect("clients wait");
+    }
     let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram");
     for h in hs {
         all.add(h.join().expect("client panicked"))
@@ -132,8 +160,9 @@ fn load(addr: SocketAddr, o: &Opts) {
     let n = all.len();
     let us = |q: f64| all.value_at_quantile(q) as f64 / 1e3;
     println!(
-        "{} connections x {} B for {:.1} s: {} round trips, {:.0} req/s, {:.1} MB/s each way",
+        "{} connections (up in {:.2} s) x {} B for {:.1} s: {} round trips, {:.0} req/s, {:.1} MB/s each way",
         o.connections,
+        setup.as_secs_f64(),
         o.size,
         secs,
         n,

@@ -1,13 +1,15 @@
 //! gosched::net and the netpoller: goroutines park on sockets, not threads.
 //! All traffic is on 127.0.0.1. Tests that count process-wide things
-//! (threads, fds) or could hang run in a child process.
+//! (threads, fds) or could hang run in a child process. The tests at the
+//! issue's full sizes (10,000 connections, 100,000 cycles) are in
+//! `net_scale.rs`.
 
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::Shutdown;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,95 +30,8 @@ fn in_child(test: &str, body: fn()) {
     }
 }
 
-/// An echo server on 127.0.0.1: one goroutine per connection, echoing
-/// until EOF. Returns its address. Call from a goroutine.
-fn echo_server() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    gosched::spawn(move || {
-        for s in l.incoming() {
-            let mut s = match s {
-                Ok(s) => s,
-                Err(_) => continue,
-            };
-            gosched::spawn(move || {
-                let mut buf = [0u8; 4096];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-/// The issue asks for 10,000 connections; with both ends in this process
-/// that is 20,000 fds, the whole descriptor limit here, so the test uses
-/// 4,000 (8,000 sockets, 8,000 goroutines).
-const CONNS: usize = 4_000;
-
-#[test]
-fn thousands_of_connections_echo_every_byte_on_few_threads() {
-    in_child(
-        "thousands_of_connections_echo_every_byte_on_few_threads",
-        || {
-            let _w = watchdog();
-            let rt = Builder::new().procs(2).build().unwrap();
-            let peak = rt.block_on(|| {
-                let addr = echo_server();
-                let echoed = Arc::new(AtomicUsize::new(0));
-                let (release_tx, release_rx) = gosched::chan::channel::<()>(0);
-                let mut hs = Vec::new();
-                for i in 0..CONNS {
-                    let echoed = echoed.clone();
-                    let release = release_rx.clone();
-                    hs.push(gosched::spawn(move || {
-                        let mut c = TcpStream::connect(addr).unwrap();
-                        let msg: Vec<u8> = (0..64).map(|k| (i * 31 + k) as u8).collect();
-                        c.write_all(&msg).unwrap();
-                        let mut back = vec![0u8; msg.len()];
-                        c.read_exact(&mut back).unwrap();
-                        assert_eq!(back, msg, "connection {i} got another's bytes");
-                        echoed.fetch_add(1, Ordering::SeqCst);
-                        // Stay connected until every connection is up.
-                        assert!(release.recv().is_none());
-                        c.write_all(b"bye").unwrap();
-                        let mut b = [0u8; 3];
-                        c.read_exact(&mut b).unwrap();
-                        assert_eq!(&b, b"bye");
-                    }));
-                }
-                let t = Instant::now();
-                while echoed.load(Ordering::SeqCst) < CONNS {
-                    assert!(t.elapsed() < Duration::from_secs(50), "echoes stalled");
-                    gosched::sleep(Duration::from_millis(5));
-                }
-                let peak = common::os_thread_count();
-                drop(release_tx);
-                for h in hs {
-                    h.join().unwrap();
-                }
-                peak
-            });
-            assert!(
-                peak < 20,
-                "{peak} OS threads for {CONNS} connections (want < 20)"
-            );
-            let s = rt.stats();
-            assert!(s.poll_waits > 0 && s.poll_wakeups > 0, "{s:?}");
-        },
-    );
 }
 
 #[test]
@@ -180,34 +95,6 @@ fn shutdown_from_another_goroutine_wakes_a_parked_reader() {
     });
     // The issue asks for 10 ms; the bound is generous for a loaded CI box.
     assert!(late < Duration::from_millis(250), "woke after {late:?}");
-}
-
-#[test]
-fn connect_echo_close_cycles_reuse_fds_without_lost_or_crossed_wakeups() {
-    let _w = watchdog();
-    const WORKERS: usize = 8;
-    const CYCLES: usize = 2_500; // 20,000 connections in all
-    let rt = Builder::new().procs(2).build().unwrap();
-    rt.block_on(|| {
-        let addr = echo_server();
-        let hs: Vec<_> = (0..WORKERS)
-            .map(|w| {
-                gosched::spawn(move || {
-                    for i in 0..CYCLES {
-                        let mut c = TcpStream::connect(addr).unwrap();
-                        let tag = format!("{w}:{i};");
-                        c.write_all(tag.as_bytes()).unwrap();
-                        let mut back = vec![0u8; tag.len()];
-                        c.read_exact(&mut back).unwrap();
-                        assert_eq!(back, tag.as_bytes(), "crossed wake-up or data");
-                    }
-                })
-            })
-            .collect();
-        for h in hs {
-            h.join().unwrap();
-        }
-    });
 }
 
 /// A goroutine blocked in `accept` beside a goroutine that spins without

@@ -76,6 +76,14 @@ pub fn run_child(test: &str, role: &str, envs: &[(&str, &str)]) -> ChildOutput {
     }
 }
 
+/// The command [`run_child`] would start for `test` in role `role`, for a
+/// test that must run the child itself (e.g. concurrently with its own
+/// work, talking to it over a socket). The caller adds variables, pipes
+/// and waits.
+pub fn child_command(test: &str, role: &str) -> std::process::Command {
+    child::child_command(test, CHILD_ENV, role)
+}
+
 /// How long a test may block on a runtime before [`watchdog`] ends the
 /// process: far beyond what any test here needs, even on a loaded machine.
 pub const HANG_LIMIT: Duration = Duration::from_secs(60);
