@@ -217,7 +217,7 @@ fn main() {
     });
     let s = rt.stats();
     eprintln!(
-        "threads {}, poll waits {}, poll wake-ups {}",
-        s.threads, s.poll_waits, s.poll_wakeups
+        "threads {}, poll waits {}, poll wake-ups {}, preemptions: wake-up requests {}, cooperative {}, by signal {}",
+        s.threads, s.poll_waits, s.poll_wakeups, s.preempt_wakeup, s.preempt_coop, s.preempt_async
     );
 }

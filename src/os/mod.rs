@@ -1,9 +1,10 @@
 //! The operating system: futex notes, asymmetric fences, fork detection,
 //! signal plumbing (alternate stacks, chaining to a previous handler,
-//! async-signal-safe output) and CPU affinity. Linux only; nothing here knows
+//! async-signal-safe output), CPU affinity and other threads' CPU time. Linux only; nothing here knows
 //! about goroutines.
 
 pub(crate) mod affinity;
+pub(crate) mod cputime;
 pub(crate) mod fork;
 pub(crate) mod membarrier;
 pub(crate) mod note;

@@ -217,13 +217,20 @@ fn run(sh: &Shared) {
             }
         }
         let mut trace_cap = next_trace.map(|at| Duration::from_nanos(at.saturating_sub(now)));
+        // Not watching, until the check below says otherwise (see
+        // `Shared::sysmon_wakeup_look`).
+        sh.sysmon_wakeup_look.store(u64::MAX, Ordering::SeqCst);
         if sh.wakeup_waiting() {
             // A woken goroutine waits while every P is busy: a request the
             // granularity put off is made when a goroutine reaches it (see
             // `sched::wakeup`).
             if let Some(retry) = sh.wakeup_preempt(true) {
                 trace_cap = Some(trace_cap.map_or(retry, |c| c.min(retry)));
+                sh.sysmon_wakeup_look
+                    .store(now.saturating_add(nanos(retry)), Ordering::SeqCst);
             }
+        } else {
+            sh.wakeup_deferrals.store(0, Ordering::Relaxed);
         }
         let woken = match sleep {
             Sleep::For(d) => sh

@@ -34,13 +34,27 @@ impl G0<'_> {
                 continue;
             }
             self.sh.fire_timers();
+            let p = self.p();
+            let q = self.runq();
+            // A goroutine preempted to make room for a woken one resumes
+            // once that one has had its turn, before further woken
+            // goroutines (`sched::wakeup`, step 3): in ThreadAffine mode its
+            // thread waits for it, and behind a burst of wake-ups every
+            // further preemption would park one more thread.
+            if self
+                .local()
+                .resume_kept(p.schedtick.load(Ordering::Relaxed))
+            {
+                if let Some(g) = q.take_next() {
+                    return Some((g, true));
+                }
+            }
             // Goroutines woken from outside any P first (see `Shared::woken`).
             if !self.sh.woken.is_empty() {
                 if let Some(g) = steal_one(|| self.sh.woken.steal()) {
                     return Some((g, false));
                 }
             }
-            let p = self.p();
             let global_turn = p
                 .schedtick
                 .load(Ordering::Relaxed)
@@ -60,8 +74,8 @@ impl G0<'_> {
                     return Some((g, false));
                 }
             }
-            let q = self.runq();
             if let Some(g) = q.take_next() {
+                self.local().clear_kept();
                 return Some((g, true));
             }
             if affine_full && !global_turn {

@@ -82,6 +82,10 @@ pub(crate) struct P {
     /// request (the `wakeup_tick` CAS or sysmon), read by sysmon.
     pub(crate) wakeup_asked: AtomicU64,
     pub(crate) wakeup_retries: AtomicU32,
+    /// ThreadAffine: the CPU time (ns) the P's thread had used when sysmon
+    /// last looked at an outstanding request (`wakeup::NO_SAMPLE`: not yet
+    /// since the request). sysmon only.
+    pub(crate) wakeup_cpu: AtomicU64,
     /// Blocking calls entered; written by the goroutine in `blocking`.
     pub(crate) syscalltick: AtomicU64,
     pub(crate) syscall_start: AtomicU64,
@@ -99,9 +103,37 @@ pub(crate) struct PLocal {
     /// Next goroutine id of this P's batch, and the batch end.
     pub(crate) goid_next: u64,
     pub(crate) goid_end: u64,
+    /// The `schedtick` of the slice whose goroutine was preempted for a
+    /// wake-up and kept in `runnext` (`wakeup::NO_WAKEUP`: none), so that
+    /// it resumes as soon as one woken goroutine has had its turn (see
+    /// `sched::wakeup`, step 3).
+    pub(crate) kept_for_wakeup: u64,
 }
 
 impl PLocal {
+    /// `runnext` now holds the goroutine preempted for a wake-up in slice
+    /// `tick`.
+    pub(crate) fn keep_for_wakeup(&mut self, tick: u64) {
+        self.kept_for_wakeup = tick;
+    }
+
+    /// Should `runnext` go before the woken goroutines now? Yes once a
+    /// slice has started since the kept goroutine was preempted (the woken
+    /// goroutine it made room for has had its turn); the mark is cleared.
+    pub(crate) fn resume_kept(&mut self, schedtick: u64) -> bool {
+        let tick = self.kept_for_wakeup;
+        if tick == super::wakeup::NO_WAKEUP || tick == schedtick {
+            return false;
+        }
+        self.kept_for_wakeup = super::wakeup::NO_WAKEUP;
+        true
+    }
+
+    /// `runnext` was taken in the ordinary order: nothing is kept.
+    pub(crate) fn clear_kept(&mut self) {
+        self.kept_for_wakeup = super::wakeup::NO_WAKEUP;
+    }
+
     /// The next number of this P's random sequence (steal order).
     pub(crate) fn rand(&mut self) -> u64 {
         super::rand::next(&mut self.rng)

@@ -84,6 +84,16 @@ pub(crate) struct Shared {
     /// sysmon sleeps because every P is idle. Written by sysmon; read by
     /// `note_busy` (SeqCst, a Dekker pair with the idle check).
     pub(crate) sysmon_idle_until: AtomicU64,
+    /// While a woken goroutine waits for a busy P: the time (ns since the
+    /// epoch) by which sysmon looks at wake-up preemption again; u64::MAX
+    /// when it is not watching. sysmon stores u64::MAX before it checks
+    /// `wakeup_waiting` (SeqCst, a Dekker pair with `ready`'s push and
+    /// fence), so a waker that reads any other value can leave the next
+    /// look to sysmon instead of waking it (`Shared::sysmon_looks_within`).
+    pub(crate) sysmon_wakeup_look: AtomicU64,
+    /// sysmon's looks in a row that found every P's slice younger than the
+    /// wake-up granularity (its backoff; see `Shared::wakeup_preempt`).
+    pub(crate) wakeup_deferrals: AtomicU32,
     /// Goroutines blocked in `blocking()` right now.
     pub(crate) in_blocking: AtomicUsize,
     /// Ms parked with a goroutine that was preempted asynchronously in
@@ -121,6 +131,7 @@ impl Shared {
                 wakeup_tick: AtomicU64::new(wakeup::NO_WAKEUP),
                 wakeup_asked: AtomicU64::new(0),
                 wakeup_retries: AtomicU32::new(0),
+                wakeup_cpu: AtomicU64::new(wakeup::NO_SAMPLE),
                 slice_start: AtomicU64::new(0),
                 syscalltick: AtomicU64::new(0),
                 syscall_start: AtomicU64::new(0),
@@ -132,6 +143,7 @@ impl Shared {
                     rng: super::rand::seed(),
                     goid_next: 0,
                     goid_end: 0,
+                    kept_for_wakeup: wakeup::NO_WAKEUP,
                 }),
             });
         }
@@ -163,6 +175,8 @@ impl Shared {
             counters: GlobalCounters::default(),
             sysmon_note: Note::new(),
             sysmon_idle_until: AtomicU64::new(0),
+            sysmon_wakeup_look: AtomicU64::new(u64::MAX),
+            wakeup_deferrals: AtomicU32::new(0),
             in_blocking: AtomicUsize::new(0),
             affine_parked: AtomicUsize::new(0),
             counters_spawned_outside: AtomicU64::new(0),

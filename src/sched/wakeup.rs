@@ -20,12 +20,28 @@
 //!    and, with asynchronous preemption, SIGURG. At most one request is
 //!    outstanding per P and slice (`P::wakeup_tick` holds the `schedtick`
 //!    it was made in), so a storm of wake-ups sends one signal per P.
+//!    In ThreadAffine mode the signal comes second: the request sets the
+//!    flag and wakes sysmon, which sends SIGURG only if the goroutine is
+//!    still in that slice `WAKEUP_RETRY` (50 µs) later. A goroutine
+//!    preempted by signal keeps its thread parked until it resumes, while a
+//!    goroutine that yields at a runtime call keeps nothing; goroutines that
+//!    make runtime calls (I/O handlers, channel users: the common case
+//!    behind a burst of wake-ups) reach one within microseconds, so only
+//!    call-free loops pay a thread hand-off. Before, a burst of 10,000
+//!    wake-ups (10,000 connections closing at once) preempted dozens of
+//!    such goroutines by signal and grew the runtime from 3 to 14-51
+//!    threads.
 //! 3. **No penalty for the preempted.** A goroutine preempted on such a
 //!    request goes to its P's `runnext`, not to the tail of the global queue
 //!    (`G0::after`): it resumes as soon as the woken goroutine blocks or
 //!    its own slice ends, instead of waiting behind every queued goroutine.
 //!    In ThreadAffine mode it stays locked to its thread, and its P is handed
 //!    to another thread for the woken goroutine, as for any preemption.
+//!    It resumes as soon as that woken goroutine blocks or ends its slice,
+//!    before further woken goroutines (`PLocal::kept_for_wakeup`): behind a
+//!    stream of wake-ups it would otherwise wait for the whole stream, its
+//!    thread parked, and the next wake-up preemption on that P would push it
+//!    out of `runnext` and park one more thread.
 //!
 //! A request put off because no goroutine has run for the granularity yet
 //! is made again by sysmon when one has (`wakeup_preempt` returns when).
@@ -56,6 +72,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::*;
+use crate::builder::PreemptMode;
 
 /// A goroutine is preempted for a wake-up only after it ran this long in
 /// its slice: Linux's CFS wake-up granularity is 1 ms scaled by CPU count;
@@ -68,8 +85,15 @@ pub(crate) const WAKEUP_GRANULARITY: Duration = Duration::from_micros(100);
 const WAKEUP_RETRY: Duration = Duration::from_micros(50);
 const WAKEUP_RETRY_MAX: Duration = Duration::from_millis(2);
 
+/// The longest sysmon waits between looks while a woken goroutine waits
+/// but every P keeps switching goroutines (see `wakeup_preempt`).
+const WAKEUP_LOOK_MAX: Duration = Duration::from_millis(1);
+
 /// `P::wakeup_tick` when no request is outstanding.
 pub(crate) const NO_WAKEUP: u64 = u64::MAX;
+
+/// `P::wakeup_cpu` before sysmon's first look at a request.
+pub(crate) const NO_SAMPLE: u64 = u64::MAX;
 
 impl Shared {
     /// Step 2 of the module docs. Called by `ready` (and the netpoller's
@@ -117,12 +141,28 @@ impl Shared {
         let gran = WAKEUP_GRANULARITY.as_nanos() as u64;
         if ran < gran {
             // Too early to interrupt anyone: ask again when the goroutine
-            // that has run longest reaches the granularity.
-            if !from_sysmon {
+            // that has run longest reaches the granularity. Every P began
+            // its slice less than the granularity ago, so the Ps are
+            // switching goroutines and will take the woken one at their
+            // next switch; while that goes on (a busy server, whose woken
+            // queue is never empty) sysmon looks less and less often, up to
+            // `WAKEUP_LOOK_MAX`, instead of every 100 µs: each look takes a
+            // CPU from a worker.
+            let wait = Duration::from_nanos(gran - ran);
+            if from_sysmon {
+                let n = self.wakeup_deferrals.fetch_add(1, Ordering::Relaxed);
+                let backoff = WAKEUP_GRANULARITY
+                    .saturating_mul(1 << n.min(16))
+                    .min(WAKEUP_LOOK_MAX);
+                return Some(wait.max(backoff));
+            }
+            if self.sysmon_wakeup_look.load(Ordering::SeqCst) == u64::MAX {
+                // Not watching: see `Shared::sysmon_wakeup_look`.
                 self.sysmon_note.wake();
             }
-            return Some(Duration::from_nanos(gran - ran));
+            return Some(wait);
         }
+        self.wakeup_deferrals.store(0, Ordering::Relaxed);
         let pp = &self.ps[p];
         let prev = pp.wakeup_tick.load(Ordering::Relaxed);
         if pp
@@ -132,7 +172,17 @@ impl Shared {
         {
             pp.wakeup_asked.store(now, Ordering::Relaxed);
             pp.wakeup_retries.store(0, Ordering::Relaxed);
+            pp.wakeup_cpu.store(NO_SAMPLE, Ordering::Relaxed);
             self.counters.preempt_wakeup.fetch_add(1, Ordering::Relaxed);
+            if self.cfg.mode == PreemptMode::ThreadAffine {
+                // Cooperatively first (step 2): sysmon sends the signal if
+                // the goroutine is still in this slice `WAKEUP_RETRY` later.
+                self.preempt_p(p, false);
+                if !from_sysmon && !self.sysmon_looks_within(WAKEUP_RETRY) {
+                    self.sysmon_note.wake();
+                }
+                return Some(WAKEUP_RETRY);
+            }
             self.preempt_p(p, true);
         }
         None
@@ -141,8 +191,20 @@ impl Shared {
     /// sysmon, while a woken goroutine waits: P `p` was asked in its
     /// current slice and still runs it. Repeats the request once the
     /// backoff since the last one has passed; returns when to look again.
+    ///
+    /// In ThreadAffine mode the repeat is the signal after a cooperative
+    /// first request (step 2), and it is sent only if the P's thread has
+    /// used at least half the backoff in CPU time since sysmon's previous
+    /// look: a thread the kernel left waiting for a CPU (two busy runtimes
+    /// on two CPUs, a loaded host) has had no chance to reach its next
+    /// runtime call, and a signal would pin it for nothing.
     fn wakeup_retry(&self, p: usize, now: u64, ns_per_unit: f64) -> Option<Duration> {
         let pp = &self.ps[p];
+        let affine = self.cfg.mode == PreemptMode::ThreadAffine;
+        if affine && pp.wakeup_cpu.load(Ordering::Relaxed) == NO_SAMPLE {
+            pp.wakeup_cpu
+                .store(self.p_thread_cpu(p).unwrap_or(0), Ordering::Relaxed);
+        }
         let n = pp.wakeup_retries.load(Ordering::Relaxed);
         let wait = WAKEUP_RETRY
             .saturating_mul(1 << n.min(16))
@@ -151,6 +213,16 @@ impl Shared {
         let since = Duration::from_nanos((now.saturating_sub(asked) as f64 * ns_per_unit) as u64);
         if since < wait {
             return Some(wait - since);
+        }
+        if affine {
+            if let Some(cpu) = self.p_thread_cpu(p) {
+                let ran = cpu.saturating_sub(pp.wakeup_cpu.swap(cpu, Ordering::Relaxed));
+                if ran < (wait / 2).as_nanos() as u64 {
+                    // Not a refusal: look again after the same backoff.
+                    pp.wakeup_asked.store(now, Ordering::Relaxed);
+                    return Some(wait);
+                }
+            }
         }
         pp.wakeup_asked.store(now, Ordering::Relaxed);
         pp.wakeup_retries
@@ -161,6 +233,29 @@ impl Shared {
                 .saturating_mul(1 << n.saturating_add(1).min(16))
                 .min(WAKEUP_RETRY_MAX),
         )
+    }
+
+    /// Will sysmon look at wake-up preemption again within `d` anyway (see
+    /// `Shared::sysmon_wakeup_look`)? Then a waker need not wake it: in a
+    /// busy server every poll and every wake-up from outside a P would
+    /// otherwise wake sysmon, tens of thousands of times a second, and on
+    /// two CPUs each wake-up takes one from a worker.
+    fn sysmon_looks_within(&self, d: Duration) -> bool {
+        // After the caller's push to `woken` and SeqCst fence (`ready`,
+        // `inject`): see the field's docs.
+        let look = self.sysmon_wakeup_look.load(Ordering::SeqCst);
+        look != u64::MAX && look <= self.nanotime().saturating_add(d.as_nanos() as u64)
+    }
+
+    /// CPU time used by the thread that runs P `p` now, in ns.
+    fn p_thread_cpu(&self, p: usize) -> Option<u64> {
+        let mp = self.ps[p].m.load(Ordering::Acquire);
+        if mp.is_null() {
+            return None;
+        }
+        // SAFETY: Ms live as long as Shared.
+        let tid = unsafe { (*mp).tid.load(Ordering::Acquire) };
+        crate::os::cputime::thread_cpu_ns(tid)
     }
 
     /// Does a woken goroutine wait for a P while every P is busy (sysmon
