@@ -150,3 +150,82 @@ fn a_reader_beside_busy_goroutines_is_served_every_round_within_the_poll_bound()
         rt.stats()
     );
 }
+
+/// Two Ps kept busy by goroutines that yield in a loop, a request/reply
+/// ping-pong between two goroutines over loopback TCP, and a spare M (the
+/// thread of a `blocking` call, which finds no idle P when the call
+/// returns). Every P always has work, so no worker should sleep:
+/// readiness is found by the Ps' own polls. Before, the spare M, parking
+/// while goroutines waited for I/O, took the poller-sleeper role: it woke
+/// for each event, found no idle P, queued the goroutines and blocked
+/// again, about one thread sleep per round trip; in a server on two CPUs
+/// each of those wake-ups took a CPU from a worker.
+#[test]
+fn no_worker_sleeps_in_the_poller_while_every_p_has_work() {
+    let _w = watchdog();
+    let rt = Builder::new().procs(2).build().unwrap();
+    const ROUNDS: u64 = 2_000;
+    let (switches, ms) = rt.block_on(|| {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let rounds = Arc::new(AtomicU64::new(0));
+        let yielders: Vec<_> = (0..2)
+            .map(|_| {
+                let stop = stop.clone();
+                gosched::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        gosched::yield_now();
+                    }
+                })
+            })
+            .collect();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        c.set_nodelay(true).unwrap();
+        s.set_nodelay(true).unwrap();
+        let echo = gosched::spawn(move || {
+            let mut b = [0u8; 1];
+            while s.read(&mut b).unwrap() == 1 {
+                s.write_all(&b).unwrap();
+            }
+        });
+        let (stop2, rounds2) = (stop.clone(), rounds.clone());
+        let client = gosched::spawn(move || {
+            let mut b = [0u8; 1];
+            let mut i = 0u64;
+            while !stop2.load(Ordering::Relaxed) {
+                c.write_all(&[i as u8]).unwrap();
+                c.read_exact(&mut b).unwrap();
+                assert_eq!(b[0], i as u8);
+                i += 1;
+                rounds2.store(i, Ordering::Relaxed);
+            }
+        });
+        // Long enough for sysmon to hand our P to another thread; when it
+        // returns, every P is busy and our thread parks.
+        gosched::blocking(|| std::thread::sleep(Duration::from_millis(30)));
+        gosched::sleep(Duration::from_millis(5));
+        let before = common::voluntary_switches("gosched-m");
+        let start = rounds.load(Ordering::Relaxed);
+        while rounds.load(Ordering::Relaxed) < start + ROUNDS {
+            gosched::sleep(Duration::from_millis(1));
+        }
+        let switches = common::voluntary_switches("gosched-m") - before;
+        stop.store(true, Ordering::Relaxed);
+        client.join().unwrap();
+        echo.join().unwrap();
+        for y in yielders {
+            y.join().unwrap();
+        }
+        (switches, gosched::stats().map(|s| s.threads).unwrap_or(0))
+    });
+    eprintln!("{switches} worker sleeps in {ROUNDS} round trips, {ms} Ms");
+    assert!(
+        ms >= 3,
+        "no spare M was made ({ms} Ms): the test proves nothing"
+    );
+    assert!(
+        switches < ROUNDS / 32,
+        "workers slept {switches} times in {ROUNDS} round trips while every P had work"
+    );
+}

@@ -94,10 +94,7 @@ const PROCS: usize = 2;
 const MAX_THREADS: usize = 20;
 
 const TEN_K: &str = "ten_thousand_concurrent_connections_echo_every_byte_on_few_threads";
-const TEN_K_END: &str = "ten_thousand_connections_closing_at_once_add_no_threads";
 const ADDR_ENV: &str = "NET_SCALE_SERVER_ADDR";
-/// "1": also check the thread bound after all connections closed.
-const CHECK_END_ENV: &str = "NET_SCALE_CHECK_END";
 
 /// Process-wide counts taken at one moment.
 #[derive(Debug, Clone, Copy)]
@@ -108,13 +105,12 @@ struct Sample {
 }
 
 /// The bounds each side checks: fewer than 20 OS threads and under half
-/// of `vm.max_map_count`, at the peak (and at the end with `check_end`).
+/// of `vm.max_map_count`, at the peak and at the end (after all 10,000
+/// goroutines of each side woke at once to close: a burst of wake-ups
+/// while every P is busy, which used to park a thread per goroutine
+/// preempted for a wake-up, 14-51 Ms in the server).
 fn check_bounds(who: &str, peak: Sample, end: Sample, stats: &gosched::Stats) {
-    let mut checks = vec![("at the peak", peak)];
-    if check_end() {
-        checks.push(("at the end", end));
-    }
-    for (when, s) in checks {
+    for (when, s) in [("at the peak", peak), ("at the end", end)] {
         assert!(
             s.threads < MAX_THREADS,
             "{who}: {} OS threads {when} with {CONNS} connections: {s:?} {stats:?}",
@@ -155,31 +151,16 @@ impl Drop for KillOnDrop {
 /// the server counts open connections (its peak must be 10,000) and
 /// samples its threads, fds and maps when the 10,000th arrives; the
 /// client samples when its 10,000th echo arrives. Both must have fewer
-/// than 20 OS threads then. (After the peak, when all 10,000 wake at once
-/// to close, see `ten_thousand_connections_closing_at_once_add_no_threads`.)
+/// than 20 OS threads then, and again once all 10,000 have closed (all
+/// woken at once).
 #[test]
 fn ten_thousand_concurrent_connections_echo_every_byte_on_few_threads() {
-    ten_k(TEN_K, false);
-}
-
-/// The same run, also asserting the thread bound after the teardown: the
-/// second round wakes all 10,000 goroutines of each side at once. It
-/// fails today (14-51 Ms in the server, 9-20 in the client, depending on
-/// load): wake-up preemption of goroutines that appear to have run past
-/// the 100 µs granularity (their threads were descheduled by the OS, two
-/// runtimes on two CPUs), and in ThreadAffine mode each goroutine
-/// preempted asynchronously keeps its M while another M takes the P.
-/// With `wakeup_preempt(false)` the server stays at 2-3 Ms.
-#[test]
-#[ignore = "fails today: wake-up preemption in ThreadAffine mode adds an M per preempted goroutine"]
-fn ten_thousand_connections_closing_at_once_add_no_threads() {
-    ten_k(TEN_K_END, true);
+    ten_k(TEN_K);
 }
 
 /// Runs role `server` of `test` in a child (the server starts the
-/// client); with `check_end`, both also assert the thread bound once
-/// every connection has closed.
-fn ten_k(test: &str, check_end: bool) {
+/// client).
+fn ten_k(test: &str) {
     match child_role().as_deref() {
         Some("server") => ten_k_server(test),
         Some("client") => ten_k_client(),
@@ -187,17 +168,12 @@ fn ten_k(test: &str, check_end: bool) {
         None => {
             let _s = serial();
             let t = Instant::now();
-            let end = if check_end { "1" } else { "0" };
-            let out = run_child(test, "server", &[(CHECK_END_ENV, end)]);
+            let out = run_child(test, "server", &[]);
             assert!(out.status.success(), "{}", out.describe());
             // The numbers, for whoever runs this with --nocapture.
             println!("{}in {:?}", out.stdout, t.elapsed());
         }
     }
-}
-
-fn check_end() -> bool {
-    std::env::var(CHECK_END_ENV).as_deref() == Ok("1")
 }
 
 fn ten_k_server(test: &str) {
@@ -209,7 +185,6 @@ fn ten_k_server(test: &str) {
 
     let mut cmd = common::child_command(test, "client");
     cmd.env(ADDR_ENV, addr.to_string())
-        .env(CHECK_END_ENV, if check_end() { "1" } else { "0" })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     // SAFETY: runs in the forked child before exec and calls only

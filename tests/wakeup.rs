@@ -339,3 +339,65 @@ fn a_refused_wakeup_request_is_retried_within_the_slice() {
         rt.stats()
     );
 }
+
+/// A busy server's shape: 64 goroutines, each woken from a plain thread
+/// (through a channel) to do 20 µs of work, on 2 Ps; the woken queue is
+/// never empty, but every P switches goroutines every 20 µs, so nobody
+/// needs to be preempted. sysmon used to look again every time the
+/// longest-running goroutine would reach the 100 µs granularity (and was
+/// woken by the wakers in between): ~4,000-10,000 sleeps a second, each
+/// taking a CPU from a worker on a 2-CPU machine. Now its looks back off to
+/// 1 ms while the Ps keep switching.
+#[test]
+fn sysmon_backs_off_while_every_p_keeps_switching() {
+    let _w = watchdog();
+    let _s = serial();
+    let rt = Builder::new().procs(2).build().unwrap();
+    const N: usize = 64;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (txs, handles): (Vec<_>, Vec<_>) = (0..N)
+        .map(|_| {
+            let (tx, rx) = gosched::chan::channel::<()>(1);
+            let h = rt.spawn(move || {
+                while rx.recv().is_some() {
+                    let t = Instant::now();
+                    while t.elapsed() < Duration::from_micros(20) {
+                        std::hint::spin_loop();
+                    }
+                }
+            });
+            (tx, h)
+        })
+        .unzip();
+    let stop2 = stop.clone();
+    let feeder = std::thread::spawn(move || {
+        let mut sent = 0u64;
+        while !stop2.load(Ordering::Relaxed) {
+            for tx in &txs {
+                tx.send(()).unwrap();
+                sent += 1;
+            }
+        }
+        sent
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let before = common::voluntary_switches("gosched-sysmon");
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_millis(500));
+    let looks = common::voluntary_switches("gosched-sysmon") - before;
+    let per_sec = looks as f64 / t.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let sent = feeder.join().unwrap();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let stats = rt.stats();
+    eprintln!("sysmon slept {per_sec:.0} times/s; {sent} wake-ups; {stats:?}");
+    assert!(sent > 1_000, "the goroutines barely ran: {sent} wake-ups");
+    // 1 ms looks: ~1,000/s plus its other duties; generous for a loaded
+    // machine, and well below the ~4,000+ of a look per granularity.
+    assert!(
+        per_sec < 2_500.0,
+        "sysmon slept {per_sec:.0} times a second while every P kept switching"
+    );
+}

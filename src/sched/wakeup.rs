@@ -22,7 +22,10 @@
 //!    it was made in), so a storm of wake-ups sends one signal per P.
 //!    In ThreadAffine mode the signal comes second: the request sets the
 //!    flag and wakes sysmon, which sends SIGURG only if the goroutine is
-//!    still in that slice `WAKEUP_RETRY` (50 µs) later. A goroutine
+//!    still in that slice `WAKEUP_RETRY` (50 µs) later and its thread used
+//!    at least half of that in CPU time meanwhile (a thread the kernel left
+//!    waiting for a CPU has had no chance to reach a runtime call; sysmon
+//!    then looks again with a doubled backoff). A goroutine
 //!    preempted by signal keeps its thread parked until it resumes, while a
 //!    goroutine that yields at a runtime call keeps nothing; goroutines that
 //!    make runtime calls (I/O handlers, channel users: the common case
@@ -45,6 +48,13 @@
 //!
 //! A request put off because no goroutine has run for the granularity yet
 //! is made again by sysmon when one has (`wakeup_preempt` returns when).
+//! While every P keeps switching goroutines (a busy server: its woken
+//! queue is never empty, but every P takes from it within microseconds)
+//! sysmon's looks back off from the granularity to `WAKEUP_LOOK_MAX`
+//! (1 ms), and a waker wakes sysmon only when it is not already watching
+//! (`Shared::sysmon_wakeup_look`): a look every 100 µs, plus one per
+//! wake-up, cost a CPU switch each, 7,000-8,000 a second with 64
+//! goroutines woken from a plain thread on 2 Ps; now ~1,400-1,600.
 //! One request is outstanding per P and slice. If the goroutine refuses it
 //! (the signal landed in libc or a signal handler: safe-point rule 4) it is
 //! still running that slice when sysmon looks again, and sysmon repeats
@@ -218,9 +228,12 @@ impl Shared {
             if let Some(cpu) = self.p_thread_cpu(p) {
                 let ran = cpu.saturating_sub(pp.wakeup_cpu.swap(cpu, Ordering::Relaxed));
                 if ran < (wait / 2).as_nanos() as u64 {
-                    // Not a refusal: look again after the same backoff.
+                    // Not a refusal, but the machine is busy: look again
+                    // after a doubled backoff (each look takes a CPU too).
                     pp.wakeup_asked.store(now, Ordering::Relaxed);
-                    return Some(wait);
+                    pp.wakeup_retries
+                        .store(n.saturating_add(1), Ordering::Relaxed);
+                    return Some(wait.saturating_mul(2).min(WAKEUP_RETRY_MAX));
                 }
             }
         }

@@ -131,6 +131,34 @@ pub fn process_cpu_time() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+/// Voluntary context switches (sleeps: futex, epoll, ...) made so far by
+/// the threads of this process whose name starts with `prefix`
+/// (`gosched-m`: the workers; `gosched-sysmon`).
+pub fn voluntary_switches(prefix: &str) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir("/proc/self/task")
+        .expect("read /proc/self/task")
+        .flatten()
+    {
+        let dir = e.path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue;
+        };
+        if !comm.starts_with(prefix) {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(dir.join("status")) else {
+            continue;
+        };
+        total += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    total
+}
+
 /// OS threads of this process now (entries of `/proc/self/task`).
 pub fn os_thread_count() -> usize {
     std::fs::read_dir("/proc/self/task")
