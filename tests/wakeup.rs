@@ -384,7 +384,7 @@ fn sysmon_backs_off_while_every_p_keeps_switching() {
     let before = common::voluntary_switches("gosched-sysmon");
     let t = Instant::now();
     std::thread::sleep(Duration::from_millis(500));
-    let looks = common::voluntary_switches("gosched-sysmon") - before;
+    let looks = common::switches_since(&before, &common::voluntary_switches("gosched-sysmon"));
     let per_sec = looks as f64 / t.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let sent = feeder.join().unwrap();

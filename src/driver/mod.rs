@@ -32,11 +32,13 @@
 //!
 //! # Who waits in the poller (the seam with the scheduler)
 //!
-//! 1. An M with nothing to run parks in `stopm`. If timers are pending or
-//!    goroutines wait for I/O, the first such M takes the *sleeper* role
-//!    (`Shared::timer_m`, a CAS: only one M blocks in the poller at a
-//!    time) and waits in the poller until the next timer; every other M
-//!    sleeps on its note.
+//! 1. An M with nothing to run parks in `stopm`. If a P is idle and timers
+//!    are pending or goroutines wait for I/O, the first such M takes the
+//!    *sleeper* role (`Shared::timer_m`, a CAS: only one M blocks in the
+//!    poller at a time) and waits in the poller until the next timer;
+//!    every other M sleeps on its note. With every P busy nobody takes
+//!    the role (the Ps poll, sysmon fires timers): a spare M would only be
+//!    woken by each event to find no P. The M that idles a P takes it.
 //! 2. Waking an M is `Shared::wake_m`: set its note, then, if it is the
 //!    sleeper, break the poller. The sleeper checks its note after taking
 //!    the role and before waiting (a Dekker pair on `timer_m` and the
@@ -50,7 +52,10 @@
 //!    wake-up).
 //! 4. While Ps run, nobody blocks in the poller; it is polled without
 //!    blocking (each skipped with one load when no goroutine waits):
-//!    - by `find_runnable` before it steals (Go's findRunnable);
+//!    - by `find_runnable` before it steals (Go's findRunnable): the
+//!      first goroutine it finds is run by that M at once, and only the
+//!      rest go to the woken queue with a `wakep` (`netpoll_take`), so a
+//!      request/reply exchange stays on one thread;
 //!    - by `find_runnable` on every `GLOBAL_CHECK`-th slice if the last
 //!      poll is older than [`TICK_POLL_BOUND`], so readiness is seen within
 //!      tens of microseconds while every P switches among runnable

@@ -88,8 +88,10 @@ impl G0<'_> {
             }
             // Ready I/O before stealing (Go's findRunnable step 6); one
             // Relaxed load when no goroutine waits on the poller.
-            if self.sh.driver.should_poll() && self.sh.netpoll_now() > 0 {
-                continue;
+            if self.sh.driver.should_poll() {
+                if let Some(g) = self.sh.netpoll_take() {
+                    return Some((g, false));
+                }
             }
             let busy = self
                 .sh

@@ -132,15 +132,19 @@ pub fn process_cpu_time() -> Duration {
 }
 
 /// Voluntary context switches (sleeps: futex, epoll, ...) made so far by
-/// the threads of this process whose name starts with `prefix`
-/// (`gosched-m`: the workers; `gosched-sysmon`).
-pub fn voluntary_switches(prefix: &str) -> u64 {
-    let mut total = 0;
+/// each thread of this process whose name starts with `prefix`
+/// (`gosched-m`: the workers; `gosched-sysmon`), by thread id. Subtract
+/// two samples with `switches_since`.
+pub fn voluntary_switches(prefix: &str) -> std::collections::HashMap<u32, u64> {
+    let mut out = std::collections::HashMap::new();
     for e in std::fs::read_dir("/proc/self/task")
         .expect("read /proc/self/task")
         .flatten()
     {
         let dir = e.path();
+        let Some(tid) = e.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else {
+            continue;
+        };
         let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
             continue;
         };
@@ -150,13 +154,27 @@ pub fn voluntary_switches(prefix: &str) -> u64 {
         let Ok(status) = std::fs::read_to_string(dir.join("status")) else {
             continue;
         };
-        total += status
+        if let Some(n) = status
             .lines()
             .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
             .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0);
+        {
+            out.insert(tid, n);
+        }
     }
-    total
+    out
+}
+
+/// Switches between two `voluntary_switches` samples, over the threads in
+/// the later one (a thread new since `before` counts from zero).
+pub fn switches_since(
+    before: &std::collections::HashMap<u32, u64>,
+    after: &std::collections::HashMap<u32, u64>,
+) -> u64 {
+    after
+        .iter()
+        .map(|(tid, n)| n.saturating_sub(before.get(tid).copied().unwrap_or(0)))
+        .sum()
 }
 
 /// OS threads of this process now (entries of `/proc/self/task`).
