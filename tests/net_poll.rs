@@ -279,7 +279,6 @@ fn a_request_reply_pair_is_carried_by_one_thread() {
             round(i);
         }
         let switches = common::switches_since(&before, &common::voluntary_switches("gosched-m"));
-        drop(round);
         drop(c);
         echo.join().unwrap();
         switches
