@@ -97,6 +97,107 @@ fn shutdown_from_another_goroutine_wakes_a_parked_reader() {
     assert!(late < Duration::from_millis(250), "woke after {late:?}");
 }
 
+/// After a short read a goroutine's next read goes to the poller before it
+/// tries the socket (one system call less per message). Nothing may be
+/// lost that way: data a plain thread writes at arbitrary moments (before,
+/// during and after the reader parks) all arrives, in order; a read
+/// timeout still fires; a `shutdown` from another goroutine still gives
+/// EOF at once.
+#[test]
+fn reads_after_a_short_read_miss_no_data_timeout_or_shutdown() {
+    let _w = watchdog();
+    let rt = Builder::new().procs(1).build().unwrap();
+    let l = rt.block_on(|| TcpListener::bind("127.0.0.1:0").unwrap());
+    let addr = l.local_addr().unwrap();
+    const TOTAL: usize = 200_000;
+    let writer = std::thread::spawn(move || {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_nodelay(true).unwrap();
+        let mut rng = common::XorShift::new(7);
+        let mut sent = 0;
+        while sent < TOTAL {
+            let n = (1 + rng.below(300) as usize).min(TOTAL - sent);
+            let chunk: Vec<u8> = (sent..sent + n).map(|i| (i % 251) as u8).collect();
+            c.write_all(&chunk).unwrap();
+            sent += n;
+            if rng.below(4) == 0 {
+                std::thread::sleep(Duration::from_micros(rng.below(200)));
+            }
+        }
+        c
+    });
+    rt.block_on(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = [0u8; 1024];
+        let mut got = 0;
+        while got < TOTAL {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "EOF after {got} of {TOTAL} bytes");
+            for (k, b) in buf[..n].iter().enumerate() {
+                assert_eq!(*b, ((got + k) % 251) as u8, "byte {} wrong", got + k);
+            }
+            got += n;
+        }
+        let mut c = writer.join().unwrap();
+        // A short read, then a read that must time out.
+        c.write_all(b"abc").unwrap();
+        assert_eq!(s.read(&mut buf).unwrap(), 3);
+        let to = Duration::from_millis(30);
+        s.set_read_timeout(Some(to)).unwrap();
+        let t = Instant::now();
+        assert_eq!(s.read(&mut buf).unwrap_err().kind(), ErrorKind::TimedOut);
+        assert!(t.elapsed() >= to, "timed out early: {:?}", t.elapsed());
+        s.set_read_timeout(None).unwrap();
+        // A short read, then a read that a shutdown from another goroutine
+        // must end with EOF.
+        c.write_all(b"de").unwrap();
+        assert_eq!(s.read(&mut buf).unwrap(), 2);
+        let s2 = s.try_clone().unwrap();
+        let h = gosched::spawn(move || {
+            gosched::sleep(Duration::from_millis(20));
+            s2.shutdown(Shutdown::Read).unwrap();
+            Instant::now()
+        });
+        assert_eq!(s.read(&mut buf).unwrap(), 0, "a shut-down reader sees EOF");
+        let late = Instant::now().duration_since(h.join().unwrap());
+        assert!(
+            late < Duration::from_millis(250),
+            "EOF {late:?} after the shutdown"
+        );
+        drop(c);
+    });
+}
+
+/// The exception to the rule above: data and the peer's FIN often come in
+/// one event, and after the short read that takes the data the EOF raises
+/// no further event. The next read must return 0, not park for ever (it
+/// did, before reads checked whether the peer had closed).
+#[test]
+fn a_short_read_followed_by_the_peers_close_returns_eof() {
+    let _w = watchdog();
+    let rt = Builder::new().procs(1).build().unwrap();
+    rt.block_on(|| {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        for i in 0..50u64 {
+            let peer = std::thread::spawn(move || {
+                let mut c = std::net::TcpStream::connect(addr).unwrap();
+                // Let the reader park first, then data and FIN together.
+                std::thread::sleep(Duration::from_micros(200 + 50 * (i % 5)));
+                c.write_all(b"xyz").unwrap();
+                c.shutdown(Shutdown::Write).unwrap();
+                c
+            });
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 64];
+            assert_eq!(s.read(&mut buf).unwrap(), 3, "round {i}");
+            assert_eq!(&buf[..3], b"xyz");
+            assert_eq!(s.read(&mut buf).unwrap(), 0, "round {i}: EOF");
+            drop(peer.join().unwrap());
+        }
+    });
+}
+
 /// A goroutine blocked in `accept` beside a goroutine that spins without
 /// calls on the only P: how long after the connect it accepted, and the
 /// runtime's stats.

@@ -36,6 +36,8 @@ pub(super) const READABLE: u32 =
 
 /// Readiness for writing: room, hang-up or an error.
 pub(super) const WRITABLE: u32 = (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+/// The peer closed (its writing side or all) or the connection failed.
+pub(super) const HUP: u32 = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
 
 /// One runtime's epoll instance and break eventfd.
 pub(super) struct OsPoller {

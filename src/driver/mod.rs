@@ -123,7 +123,7 @@ use crate::sched::g::GRef;
 use crate::sched::RuntimeLock;
 
 pub(crate) use epoll::shut_down;
-use epoll::{OsPoller, MAX_EVENTS, READABLE, WRITABLE};
+use epoll::{OsPoller, HUP, MAX_EVENTS, READABLE, WRITABLE};
 
 /// Direction of a wait: index of the slot in `Desc::slots`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -227,6 +227,11 @@ pub(crate) struct Desc {
     in_use: AtomicBool,
     /// The runtime closed the fd at shutdown; handles must not touch it.
     dead: AtomicBool,
+    /// An event since registration said the peer closed its side or the
+    /// connection failed (`EPOLLRDHUP`, `EPOLLHUP`, `EPOLLERR`): a read
+    /// may return EOF or an error without any further event, so
+    /// `net::Io::io_stream` must not wait before trying it.
+    hup: AtomicBool,
 }
 
 impl Desc {
@@ -239,6 +244,7 @@ impl Desc {
             inside: AtomicU32::new(0),
             in_use: AtomicBool::new(false),
             dead: AtomicBool::new(false),
+            hup: AtomicBool::new(false),
         }
     }
 
@@ -252,6 +258,11 @@ impl Desc {
     /// The runtime closed this fd at shutdown.
     pub(crate) fn is_dead(&self) -> bool {
         self.dead.load(Ordering::Acquire)
+    }
+
+    /// See `Desc::hup`.
+    pub(crate) fn peer_closed(&self) -> bool {
+        self.hup.load(Ordering::Acquire)
     }
 }
 
@@ -345,6 +356,7 @@ impl Driver {
             };
             d.fd.store(fd, Ordering::Relaxed);
             d.in_use.store(true, Ordering::Relaxed);
+            d.hup.store(false, Ordering::Relaxed);
             self.registered.fetch_add(1, Ordering::Relaxed);
             d
         };
@@ -491,6 +503,11 @@ impl Driver {
             if desc.gen.load(Ordering::Acquire) & TAG_MASK != data >> ADDR_BITS {
                 // For an fd closed since (golang/go#59545).
                 continue;
+            }
+            if bits & HUP != 0 {
+                // Before the notifications below, which publish it to the
+                // goroutines they wake (or leave READY for).
+                desc.hup.store(true, Ordering::Release);
             }
             for (dir, mask) in [(Dir::Read, READABLE), (Dir::Write, WRITABLE)] {
                 if bits & mask != 0 {

@@ -84,7 +84,7 @@ pub use udp::UdpSocket;
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -103,6 +103,8 @@ pub(crate) struct Io<T: AsFd> {
     init: std::sync::Mutex<()>,
     /// Per-call timeouts in ns; `NO_TIMEOUT` when none.
     timeouts: [AtomicU64; 2],
+    /// Per direction: the last stream transfer was short (see `io_stream`).
+    short: [AtomicBool; 2],
 }
 
 const NO_TIMEOUT: u64 = u64::MAX;
@@ -119,6 +121,7 @@ impl<T: AsFd> Io<T> {
             reg: OnceLock::new(),
             init: std::sync::Mutex::new(()),
             timeouts: [AtomicU64::new(NO_TIMEOUT), AtomicU64::new(NO_TIMEOUT)],
+            short: [AtomicBool::new(false), AtomicBool::new(false)],
         }
     }
 
@@ -167,6 +170,53 @@ impl<T: AsFd> Io<T> {
             .timeout(dir)
             .and_then(|t| Instant::now().checked_add(t));
         self.io_until(dir, deadline, f)
+    }
+
+    /// `io` for a read or write of `len` bytes on a stream socket.
+    ///
+    /// A short transfer (0 < n < `len`) means the socket had no more data
+    /// (read) or no more send-buffer room (write) at that moment, so the
+    /// next call on a goroutine goes to the poller first instead of making
+    /// a system call that would most likely fail with `WouldBlock` (tokio
+    /// clears readiness after a short read for the same reason). Nothing
+    /// is missed: data or room that comes later raises a new
+    /// edge-triggered event, which wakes the waiter or leaves the slot
+    /// READY for it; a local `shutdown` leaves it READY too. The exception
+    /// is a peer that closed: its FIN may have come with the data just read
+    /// (one event for both), and the EOF behind it raises no further
+    /// event, so once an event said the peer closed (`Desc::peer_closed`)
+    /// every call tries the socket first. In a
+    /// request/reply exchange this saves one system call per message.
+    pub(crate) fn io_stream(
+        &self,
+        dir: Dir,
+        len: usize,
+        f: impl FnMut(&T) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        let deadline = self
+            .timeout(dir)
+            .and_then(|t| Instant::now().checked_add(t));
+        let short = &self.short[dir as usize];
+        if short.load(Ordering::Relaxed) {
+            short.store(false, Ordering::Relaxed);
+            let waitable = self.reg.get().is_some_and(|r| !r.desc.peer_closed());
+            if waitable && crate::sched::g::parkable_g().is_some() {
+                self.wait(dir, deadline)?;
+            }
+        }
+        let r = self.io_until(dir, deadline, f);
+        if let Ok(n) = r {
+            if n > 0 && n < len {
+                short.store(true, Ordering::Relaxed);
+            }
+        }
+        r
+    }
+
+    /// The next `io_stream` call in `dir` tries the socket first (a `peek`
+    /// just saw data).
+    pub(crate) fn forget_short(&self, dir: Dir) {
+        self.short[dir as usize].store(false, Ordering::Relaxed);
     }
 
     /// `io` with an absolute deadline (None: none).

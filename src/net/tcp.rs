@@ -270,7 +270,10 @@ impl TcpStream {
     /// assert_eq!(&buf, b"abc");
     /// ```
     pub fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.io(Dir::Read, |s| s.peek(buf))
+        let n = self.inner.io(Dir::Read, |s| s.peek(buf))?;
+        // The data is there: the next read must not wait for an event.
+        self.inner.forget_short(Dir::Read);
+        Ok(n)
     }
 
     /// Shuts down one or both halves (as std), and wakes goroutines parked
@@ -450,21 +453,27 @@ impl TcpStream {
 
 impl Read for &TcpStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.io(Dir::Read, |mut s| s.read(buf))
+        let len = buf.len();
+        self.inner.io_stream(Dir::Read, len, |mut s| s.read(buf))
     }
 
     fn read_vectored(&mut self, bufs: &mut [io::IoSliceMut<'_>]) -> io::Result<usize> {
-        self.inner.io(Dir::Read, |mut s| s.read_vectored(bufs))
+        let len = bufs.iter().map(|b| b.len()).sum();
+        self.inner
+            .io_stream(Dir::Read, len, |mut s| s.read_vectored(bufs))
     }
 }
 
 impl Write for &TcpStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.inner.io(Dir::Write, |mut s| s.write(buf))
+        self.inner
+            .io_stream(Dir::Write, buf.len(), |mut s| s.write(buf))
     }
 
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        self.inner.io(Dir::Write, |mut s| s.write_vectored(bufs))
+        let len = bufs.iter().map(|b| b.len()).sum();
+        self.inner
+            .io_stream(Dir::Write, len, |mut s| s.write_vectored(bufs))
     }
 
     fn flush(&mut self) -> io::Result<()> {
