@@ -18,7 +18,7 @@
 //! Rejected: comparing `getpid()` with the pid at startup (a system call on
 //! every check: glibc no longer caches the pid).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Once;
 
 /// Set in a child of `fork` (by the atfork child handler), never cleared.
@@ -46,6 +46,24 @@ pub(crate) fn install() {
         // Only ENOMEM is possible; then forks go undetected (as before).
         debug_assert_eq!(r, 0, "pthread_atfork failed");
     });
+}
+
+/// This process's id, read once: glibc no longer caches it, and `tgkill`
+/// needs it for every preemption signal (a `getpid` system call each).
+/// A forked child reads its own afresh (never the parent's, which would
+/// aim its signals at the parent's threads).
+pub(crate) fn pid() -> i32 {
+    static PID: AtomicI32 = AtomicI32::new(0);
+    let cached = PID.load(Ordering::Relaxed);
+    if cached != 0 && !forked() {
+        return cached;
+    }
+    // SAFETY: getpid has no preconditions and cannot fail.
+    let pid = unsafe { libc::getpid() };
+    if !forked() {
+        PID.store(pid, Ordering::Relaxed);
+    }
+    pid
 }
 
 /// Whether this process is a forked child of one that installed the
@@ -90,4 +108,14 @@ pub(crate) fn check() {
 #[track_caller]
 fn forked_panic() -> ! {
     panic!("{FORKED_MSG}")
+}
+
+#[cfg(test)]
+mod pid_tests {
+    /// The cached pid is this process's, on every call.
+    #[test]
+    fn pid_is_this_process() {
+        assert_eq!(super::pid() as u32, std::process::id());
+        assert_eq!(super::pid() as u32, std::process::id());
+    }
 }

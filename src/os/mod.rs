@@ -9,3 +9,4 @@ pub(crate) mod fork;
 pub(crate) mod membarrier;
 pub(crate) mod note;
 pub(crate) mod signal;
+pub(crate) mod slice;

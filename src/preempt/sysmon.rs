@@ -172,6 +172,10 @@ fn thread_sleeping(tid: i32) -> bool {
     matches!(state, Some('S') | Some('D'))
 }
 
+/// sysmon's requested time slice: the kernel's minimum (it runs for
+/// microseconds at a time).
+const SYSMON_SLICE: Duration = Duration::from_micros(100);
+
 /// Starts the sysmon thread of a runtime.
 pub(crate) fn start(sh: Arc<Shared>) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
@@ -184,6 +188,9 @@ fn run(sh: &Shared) {
     // SAFETY: prctl(PR_SET_TIMERSLACK) changes only this thread's slack:
     // sysmon's deadlines are the quantum's and timers', so wake on time.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
+    // And get the CPU when it wakes, even when every CPU runs a goroutine
+    // (see `os::slice`).
+    crate::os::slice::request_slice(SYSMON_SLICE);
     let cfg = PolicyConfig {
         quantum: sh.cfg.quantum,
         async_preempt: sh.cfg.async_preempt,

@@ -169,7 +169,7 @@ pub(crate) fn signal_m(m: &M) -> bool {
     let tid = m.tid.load(Ordering::Acquire);
     // SAFETY: tgkill to a thread of our own process; a stale tid at worst
     // signals a thread that has exited (ESRCH).
-    let r = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, libc::SIGURG) };
+    let r = unsafe { libc::syscall(libc::SYS_tgkill, crate::os::fork::pid(), tid, libc::SIGURG) };
     if r != 0 {
         m.signal_pending.store(false, Ordering::Release);
         return false;
