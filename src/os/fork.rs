@@ -18,7 +18,7 @@
 //! Rejected: comparing `getpid()` with the pid at startup (a system call on
 //! every check: glibc no longer caches the pid).
 
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Once;
 
 /// Set in a child of `fork` (by the atfork child handler), never cleared.
@@ -52,7 +52,9 @@ pub(crate) fn install() {
 /// needs it for every preemption signal (a `getpid` system call each).
 /// A forked child reads its own afresh (never the parent's, which would
 /// aim its signals at the parent's threads).
+#[cfg(feature = "preempt-signal")]
 pub(crate) fn pid() -> i32 {
+    use std::sync::atomic::AtomicI32;
     static PID: AtomicI32 = AtomicI32::new(0);
     let cached = PID.load(Ordering::Relaxed);
     if cached != 0 && !forked() {
@@ -110,7 +112,7 @@ fn forked_panic() -> ! {
     panic!("{FORKED_MSG}")
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "preempt-signal"))]
 mod pid_tests {
     /// The cached pid is this process's, on every call.
     #[test]
