@@ -180,6 +180,21 @@ fn child(scenario: &str) {
         }
         // A true deadlock beside a plain thread parked forever on a runtime
         // object: still reported.
+        "plain_thread_parks_late" => {
+            // The main goroutine parks at once; the plain thread it waits
+            // on parks only 300 ms later, after sysmon's first look.
+            let (tx, rx) = chan::channel::<u32>(0);
+            let (tx2, rx2) = chan::channel::<u32>(0);
+            let _t = std::thread::spawn(move || {
+                let _keep = tx;
+                std::thread::sleep(Duration::from_millis(300));
+                rx2.recv()
+            });
+            rt.block_on(move || {
+                let _keep = tx2;
+                rx.recv()
+            });
+        }
         "plain_thread_parked_forever" => {
             let (tx, rx) = chan::channel::<u32>(0);
             let (tx2, rx2) = chan::channel::<u32>(0);
@@ -338,12 +353,19 @@ fn plain_thread_parked_forever_is_part_of_a_deadlock() -> Result<(), String> {
     reported_in_chan_receive("plain_thread_parked_forever")
 }
 
+/// sysmon looked while the plain thread was still sleeping (not a
+/// deadlock then) and used to sleep for ever: nothing wakes it when a plain
+/// thread parks, so the child hung until the 30 s kill.
+fn plain_thread_parking_late_is_part_of_a_deadlock() -> Result<(), String> {
+    reported_in_chan_receive("plain_thread_parks_late")
+}
+
 fn main() {
     if let Ok(s) = std::env::var(ROLE) {
         child(&s);
         return;
     }
-    let tests: [(&str, Check); 12] = [
+    let tests: [(&str, Check); 13] = [
         (
             "timed_channel_waits_on_main_are_not_a_deadlock",
             timed_channel_waits_on_main_are_not_a_deadlock,
@@ -372,6 +394,10 @@ fn main() {
         (
             "timed_thread_beside_a_parked_thread_is_not_a_deadlock",
             timed_thread_beside_a_parked_thread_is_not_a_deadlock,
+        ),
+        (
+            "plain_thread_parking_late_is_part_of_a_deadlock",
+            plain_thread_parking_late_is_part_of_a_deadlock,
         ),
         (
             "plain_thread_parked_forever_is_part_of_a_deadlock",

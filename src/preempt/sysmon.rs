@@ -205,6 +205,7 @@ fn run(sh: &Shared) {
     let trace = sh.cfg.schedtrace;
     let mut next_trace = trace.map(|t| sh.nanotime().saturating_add(nanos(t)));
     let mut handler = crate::preempt::HandlerWatch::new();
+    let mut deadlock_look = DEADLOCK_LOOK_MIN;
     while !sh.shutdown.load(Ordering::Acquire) {
         let now = sh.nanotime();
         handler.check(sh, now);
@@ -252,6 +253,19 @@ fn run(sh: &Shared) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
+                // Goroutines live but are not deadlocked now: a plain thread
+                // they wait on may be about to park, and a plain thread's
+                // park wakes nobody. Look again, less and less often, rather
+                // than sleep for ever (a plain thread that parked after our
+                // look went unreported: the process hung).
+                let timeout = match timeout {
+                    None if deadline.is_none() && sh.goroutines() > 0 => {
+                        let t = deadlock_look;
+                        deadlock_look = t.saturating_mul(2).min(DEADLOCK_LOOK_MAX);
+                        Some(t)
+                    }
+                    t => t,
+                };
                 let until = match (deadline, timeout) {
                     (None, _) if sh.deadlocked() => now.saturating_add(nanos(DEADLOCK_RECHECK)),
                     (_, Some(t)) => now.saturating_add(nanos(t)),
@@ -276,11 +290,20 @@ fn run(sh: &Shared) {
                 woken
             }
         };
+        if woken || matches!(sleep, Sleep::For(_)) {
+            deadlock_look = DEADLOCK_LOOK_MIN;
+        }
         if woken {
             mon.woken();
         }
     }
 }
+
+/// sysmon's looks for a deadlock while every P is idle and goroutines are
+/// parked but some thread is not yet accounted for: 100 ms, doubling to
+/// 2 s (a plain thread parking does not wake sysmon).
+const DEADLOCK_LOOK_MIN: Duration = Duration::from_millis(100);
+const DEADLOCK_LOOK_MAX: Duration = Duration::from_secs(2);
 
 /// Pause between the two looks of the deadlock check.
 const DEADLOCK_RECHECK: Duration = Duration::from_millis(100);
