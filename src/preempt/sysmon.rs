@@ -259,7 +259,11 @@ fn run(sh: &Shared) {
                 // than sleep for ever (a plain thread that parked after our
                 // look went unreported: the process hung).
                 let timeout = match timeout {
-                    None if deadline.is_none() && sh.goroutines() > 0 => {
+                    // (A goroutine waiting for I/O rules a deadlock out.)
+                    None if deadline.is_none()
+                        && sh.goroutines() > 0
+                        && sh.driver.waiters() == 0 =>
+                    {
                         let t = deadlock_look;
                         deadlock_look = t.saturating_mul(2).min(DEADLOCK_LOOK_MAX);
                         Some(t)
