@@ -172,11 +172,21 @@ impl G0<'_> {
             Some(p) if self.sh.p_dropped(p) => {}
             _ => return false,
         }
-        if self.m.spinning.swap(false, Ordering::Relaxed) {
+        let was_spinning = self.m.spinning.swap(false, Ordering::Relaxed);
+        if was_spinning {
             self.sh.nmspinning.fetch_sub(1, Ordering::SeqCst);
         }
         let p = self.releasep();
         self.sh.destroyp(p);
+        if was_spinning {
+            // Submitters skipped `wakep` while we spun, counting on us to
+            // find their work; we stop without looking (Go's rule for the
+            // last spinning M: re-check, or wake another).
+            fence(Ordering::SeqCst);
+            if self.sh.any_work() {
+                self.sh.wakep();
+            }
+        }
         true
     }
 
