@@ -124,6 +124,10 @@ impl Shared {
     /// touch it (to retake it). So the goroutine claims it for the duration
     /// of `f` (`claim_p`; a retake waits for the claim to end). On g0 the P
     /// is in SCHED(m) already.
+    ///
+    /// `#[inline]`: small, and on every wake-up (`park::ready`, another
+    /// module and so another codegen unit, where it would stay a call).
+    #[inline]
     pub(crate) fn with_local<R>(
         &self,
         f: impl FnOnce(&P, Owner<'_>, &mut PLocal) -> R,
