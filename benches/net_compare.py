@@ -10,7 +10,9 @@ them in turn, round after round (gosched, Go, tokio, gosched, ...), so a
 drift of the machine's speed hits all of them alike. Prints each round's
 numbers, then per contender the median over rounds of: the 64-byte echo
 round trip on one connection (p50, p99) and the 64-connection pipelined
-throughput, with ratios to gosched's. Go is skipped with a note if `go` is
+throughput, with ratios to gosched's. gosched and Go run twice: with every
+CPU, and on one P (`NET_PROCS=1`, `GOMAXPROCS=1`: one thread runs
+goroutines, as tokio's current_thread runtime). Go is skipped with a note if `go` is
 not installed.
 """
 
@@ -42,12 +44,16 @@ def build():
             exe = m.group(1)
     if exe is None:
         sys.exit("net_compare: cargo did not report the bench executable")
-    runners = {"gosched": [exe, "--bench"]}
+    # (argv, extra environment). The "1P" rows run on one P / GOMAXPROCS=1:
+    # the resources of tokio's current_thread runtime (one thread).
+    runners = {"gosched": ([exe, "--bench"], {}),
+               "gosched 1P": ([exe, "--bench"], {"NET_PROCS": "1"})}
     if shutil.which("go"):
         go_exe = os.path.join(TARGET, "net-go")
         subprocess.run(["go", "build", "-o", go_exe, "."],
                        cwd=os.path.join(ROOT, "benches", "go", "net"), check=True)
-        runners["go"] = [go_exe]
+        runners["go"] = ([go_exe], {})
+        runners["go 1P"] = ([go_exe], {"GOMAXPROCS": "1"})
     else:
         print("net_compare: `go` not found (apt-get install -y golang-go): Go skipped")
     subprocess.run(
@@ -56,7 +62,7 @@ def build():
          "--target-dir", os.path.join(TARGET, "tokio-net")],
         cwd=ROOT, check=True,
     )
-    runners["tokio"] = [os.path.join(TARGET, "tokio-net", "release", "gosched-tokio-net-twin")]
+    runners["tokio"] = ([os.path.join(TARGET, "tokio-net", "release", "gosched-tokio-net-twin")], {})
     return runners
 
 
@@ -91,8 +97,9 @@ def main():
     for r in range(args.rounds):
         load = open("/proc/loadavg").read().split()[0]
         print(f"round {r + 1}/{args.rounds} (load {load})")
-        for name, argv in runners.items():
-            out = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+        for name, (argv, env) in runners.items():
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=600,
+                                 env={**os.environ, **env})
             if out.returncode != 0:
                 sys.exit(f"net_compare: {name} failed:\n{out.stdout}{out.stderr}")
             for label, p50, p99, thr in parse(name, out.stdout):
