@@ -510,3 +510,44 @@ fn sigquit_dumps_goroutines_only_when_asked() {
     assert_eq!(off.signal(), Some(libc::SIGQUIT), "{}", off.describe());
     assert!(!off.stderr.contains("SIGQUIT: quit"), "{}", off.describe());
 }
+
+/// Goroutines queued while a resize retires the Ps of spinning Ms all run,
+/// with no later resize or spawn to rescue them: an M that stopped spinning
+/// to retire its P used to go idle without looking again, and a goroutine
+/// queued meanwhile (its submitter skipped waking an M because one was
+/// spinning) stayed queued with every M idle (a hang; the watchdog fails it).
+#[test]
+fn work_queued_while_spinning_ms_retire_is_never_stranded() {
+    let _w = watchdog();
+    let rt = Builder::new().procs(4).build().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut rounds = 0;
+    while Instant::now() < deadline {
+        let ran = Arc::new(AtomicUsize::new(0));
+        let (rt2, ran2) = (&rt, ran.clone());
+        std::thread::scope(|s| {
+            let spawner = s.spawn(move || {
+                rt2.block_on(move || {
+                    let wg = WaitGroup::new();
+                    for i in 0..64 {
+                        wg.add(1);
+                        let (wg, ran2) = (wg.clone(), ran2.clone());
+                        gosched::spawn(move || {
+                            if i % 3 == 0 {
+                                gosched::yield_now();
+                            }
+                            ran2.fetch_add(1, Ordering::Relaxed);
+                            wg.done();
+                        });
+                    }
+                    wg.wait();
+                })
+            });
+            rt2.set_procs([1, 4, 2, 3][rounds % 4]).unwrap();
+            spawner.join().unwrap();
+        });
+        assert_eq!(ran.load(Ordering::Relaxed), 64, "round {rounds}");
+        rounds += 1;
+    }
+    assert!(rounds > 10, "only {rounds} rounds in 3 s");
+}
