@@ -9,6 +9,11 @@
 //!   *blocking* wait reads it back (a non-blocking poll by sysmon or
 //!   `find_runnable` may see it too, and must leave it for the M it is meant
 //!   to wake, as Go's netpoll does).
+//! - sysmon *watches* the poller without taking its events (`watch`): a
+//!   `ppoll` on the epoll fd (readable while its ready list is not empty)
+//!   and a second eventfd of its own, which `unwatch` writes. Watching
+//!   consumes nothing, so it cannot steal a break or an event from an M
+//!   blocked in `wait`.
 //! - Waits use `epoll_pwait2` (nanosecond timeout: a 1 ms sleep must not
 //!   round to 2 ms). Where the kernel lacks it (ENOSYS, before 5.11), they
 //!   fall back to `epoll_wait` with the timeout rounded *up* to whole
@@ -47,6 +52,9 @@ pub(super) struct OsPoller {
     epfd: AtomicI32,
     /// The eventfd that breaks a blocking wait.
     efd: AtomicI32,
+    /// The eventfd that ends sysmon's `watch` (nonblocking; only sysmon
+    /// reads it).
+    watch_efd: AtomicI32,
     /// Held (shared) around `epoll_ctl`, (exclusive) by `close`: a
     /// registration dropped on a plain thread while the runtime shuts down
     /// never calls `epoll_ctl` on a closed, possibly reused, fd number.
@@ -81,6 +89,19 @@ impl OsPoller {
                 return Err(e);
             }
         };
+        // SAFETY: eventfd takes no pointers.
+        let watch_efd =
+            match cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) }) {
+                Ok(fd) => fd,
+                Err(e) => {
+                    // SAFETY: we own both fds and close each once.
+                    unsafe {
+                        libc::close(efd);
+                        libc::close(epfd);
+                    }
+                    return Err(e);
+                }
+            };
         let mut ev = libc::epoll_event {
             events: libc::EPOLLIN as u32,
             u64: BREAK_TOKEN,
@@ -89,6 +110,7 @@ impl OsPoller {
         if let Err(e) = cvt(unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, efd, &mut ev) }) {
             // SAFETY: we own both fds and nothing else refers to them.
             unsafe {
+                libc::close(watch_efd);
                 libc::close(efd);
                 libc::close(epfd);
             }
@@ -97,6 +119,7 @@ impl OsPoller {
         Ok(OsPoller {
             epfd: AtomicI32::new(epfd),
             efd: AtomicI32::new(efd),
+            watch_efd: AtomicI32::new(watch_efd),
             ctl: RwLock::new(false),
             wake_pending: AtomicBool::new(false),
             no_pwait2: AtomicBool::new(false),
@@ -243,6 +266,63 @@ impl OsPoller {
         r.max(0) as usize
     }
 
+    /// sysmon's watch: blocks until the epoll set has events (without
+    /// taking them), `unwatch`, a signal or `timeout`. Returns whether the
+    /// set has events (or may have: a pending break makes it readable too,
+    /// which is why the caller does not watch while one is pending).
+    pub(super) fn watch(&self, timeout: Duration) -> bool {
+        let epfd = self.epfd.load(Ordering::Relaxed);
+        let wfd = self.watch_efd.load(Ordering::Relaxed);
+        if epfd < 0 || wfd < 0 {
+            return false;
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd: epfd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: wfd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let ts = crate::os::note::timespec(timeout);
+        // SAFETY: `fds` holds two pollfds and `ts` a timespec, both live
+        // across the call; a null sigmask leaves the mask alone.
+        let r = unsafe { libc::ppoll(fds.as_mut_ptr(), 2, &ts, std::ptr::null()) };
+        if r <= 0 {
+            return false;
+        }
+        if fds[1].revents != 0 {
+            let mut buf = [0u8; 8];
+            // SAFETY: reads 8 bytes into `buf` from our nonblocking eventfd.
+            unsafe { libc::read(wfd, buf.as_mut_ptr().cast(), 8) };
+        }
+        fds[0].revents & libc::POLLIN != 0
+    }
+
+    /// Ends the current or next `watch` early.
+    pub(super) fn unwatch(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from `one` to our eventfd (a full counter
+        // fails with EAGAIN, which still leaves it readable).
+        unsafe {
+            libc::write(
+                self.watch_efd.load(Ordering::Relaxed),
+                one.as_ptr().cast(),
+                8,
+            )
+        };
+    }
+
+    /// A break is written and not read yet (the epoll set is readable for
+    /// it until a blocking wait reads it).
+    pub(super) fn break_pending(&self) -> bool {
+        self.wake_pending.load(Ordering::Acquire)
+    }
+
     /// Closes the epoll fd and the eventfd (runtime drop, after every M and
     /// sysmon stopped). Later `register`s fail; `deregister`s do nothing.
     pub(super) fn close(&self) {
@@ -251,7 +331,7 @@ impl OsPoller {
             return;
         }
         *closed = true;
-        for fd in [&self.epfd, &self.efd] {
+        for fd in [&self.epfd, &self.efd, &self.watch_efd] {
             let fd = fd.swap(-1, Ordering::Relaxed);
             // SAFETY: we own these fds; after the swap nothing uses them.
             unsafe { libc::close(fd) };

@@ -25,6 +25,10 @@
 //! 4. `wake()`: make the current or next blocking `wait` return; cheap
 //!    when repeated (netpollBreak).
 //! 5. `close()`: release the OS objects; later registrations fail.
+//! 6. `watch(timeout) -> bool`: for sysmon, block until events are pending
+//!    *without taking them* (so an M blocked in `wait` still gets them and
+//!    its breaks), `unwatch()` or the timeout; `break_pending()`: a `wake`
+//!    is not consumed yet (a watch would return at once).
 //!
 //! Everything else is generic and lives here: which M waits, the
 //! per-descriptor state, deadlines, and handing woken goroutines to the
@@ -65,6 +69,17 @@
 //!      goroutine that makes no calls (Go's bound is 10 ms). While any
 //!      descriptor is registered sysmon never sleeps longer than that
 //!      bound with Ps busy: a goroutine parking on I/O does not wake it.
+//! 5. And when no M has polled for [`SYSMON_WATCH_AFTER`] while every P is
+//!    busy and goroutines wait for I/O (each P runs a goroutine that makes
+//!    no calls: a long request, a CPU hog), sysmon does not sleep on its
+//!    note but *watches* the poller (contract item 6) until its next tick:
+//!    an event wakes it at once, and it polls, so the woken goroutine is
+//!    runnable (and a wake-up preemption asked for) within microseconds of
+//!    the packet instead of within the poll bound (a goroutine reading a
+//!    socket beside a CPU hog on 1 P was woken 0.5 ms late at p50, 1 ms
+//!    at p99). Not while Ps poll on their own: in a busy server every
+//!    packet would wake sysmon, a thread switch each. Whoever wakes sysmon
+//!    uses `Shared::wake_sysmon`, which ends a watch as it wakes a note.
 //!
 //! # Descriptors (Go's pollDesc)
 //!
@@ -152,6 +167,12 @@ pub(crate) fn poll_bound(quantum: Duration) -> Duration {
 /// call (~0.5 µs): at most one per 50 µs per P keeps its cost near 1 % of
 /// a P even when goroutines switch every 100 ns.
 pub(crate) const TICK_POLL_BOUND: Duration = Duration::from_micros(50);
+
+/// sysmon watches the poller itself (step 5 of "Who waits in the poller")
+/// once no M has polled for this long: Ps that switch goroutines poll at
+/// least every [`TICK_POLL_BOUND`], so four of those without a poll mean
+/// every P is inside one goroutine.
+pub(crate) const SYSMON_WATCH_AFTER: Duration = Duration::from_micros(200);
 
 /// One direction of a descriptor: EMPTY, READY or a waiting G's address.
 struct Slot(AtomicUsize);
@@ -287,6 +308,17 @@ pub(crate) struct Driver {
     /// When the poller was last looked at, in ns since the runtime's
     /// epoch (for sysmon).
     last_poll: AtomicU64,
+    /// `last_poll` as sysmon's own last poll left it: while the two are
+    /// equal no M has polled since (sysmon only).
+    sysmon_last_poll: AtomicU64,
+    /// sysmon is in (or about to enter) `OsPoller::watch`: a waker of
+    /// sysmon must `unwatch` rather than wake its note's futex (SeqCst, a
+    /// Dekker pair with the note; see `Shared::wake_sysmon`).
+    sysmon_watching: AtomicBool,
+    /// sysmon's next note sleep while Ps poll on their own and goroutines
+    /// wait for I/O, in ns (0: from `SYSMON_WATCH_AFTER`); see
+    /// `Shared::sysmon_wait` (sysmon only).
+    sysmon_backoff: AtomicU64,
     table: Mutex<Table>,
     /// Descriptors registered now (sysmon keeps its poll period while any
     /// is). Written under `table`'s lock, read Relaxed.
@@ -312,6 +344,9 @@ impl Driver {
             waiters: AtomicUsize::new(0),
             blocked: AtomicBool::new(false),
             last_poll: AtomicU64::new(0),
+            sysmon_last_poll: AtomicU64::new(u64::MAX),
+            sysmon_watching: AtomicBool::new(false),
+            sysmon_backoff: AtomicU64::new(0),
             table: Mutex::new(Table::default()),
             registered: AtomicUsize::new(0),
             closed: AtomicBool::new(false),

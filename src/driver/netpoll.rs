@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::poll_bound;
+use super::{poll_bound, SYSMON_WATCH_AFTER};
 use crate::sched::g::GRef;
 use crate::sched::{Shared, M};
 
@@ -106,10 +106,84 @@ impl Shared {
         let bound = poll_bound(self.cfg.quantum);
         // Nobody waits, or an M blocks in the poller and gets every event
         // itself: nothing to poll now.
-        if self.driver.should_poll() {
-            self.netpoll_if_older(bound);
+        if self.driver.should_poll() && self.netpoll_if_older(bound) > 0 {
+            self.note_sysmon_poll();
         }
         Some(bound)
+    }
+
+    /// Remembers that sysmon's poll wrote `last_poll` (see `sysmon_wait`).
+    fn note_sysmon_poll(&self) {
+        let d = &self.driver;
+        d.sysmon_last_poll
+            .store(d.last_poll.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// Wakes sysmon: its note, and its watch of the poller if it is in one
+    /// (step 5 of "Who waits in the poller"). Every waker of sysmon calls
+    /// this, never `sysmon_note.wake` directly.
+    pub(crate) fn wake_sysmon(&self) {
+        if !self.sysmon_note.set() {
+            return; // Already set: whoever set it woke sysmon.
+        }
+        // Dekker with `sysmon_wait`: our note before our look at the
+        // watch flag; its flag before its look at the note.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.driver.sysmon_watching.load(Ordering::SeqCst) {
+            self.driver.os.unwatch();
+        } else {
+            self.sysmon_note.wake_futex();
+        }
+    }
+
+    /// sysmon's sleep while every P is busy: `timeout`, or less if it is
+    /// woken (returns true) or, while it watches the poller, if I/O gets
+    /// ready (it polls, and returns true). It watches when goroutines wait
+    /// for I/O, no M blocks in the poller and no M has polled for
+    /// `SYSMON_WATCH_AFTER` (step 5 of "Who waits in the poller").
+    ///
+    /// Otherwise it sleeps on its note, at most `poll_cap` (sysmon_netpoll's
+    /// bound) and, while goroutines wait for I/O, only until the Ps' polls
+    /// would be stale, backing off from there to `poll_cap` while they go
+    /// on polling: a P that leaves a switching phase for one long goroutine
+    /// is noticed within ~`SYSMON_WATCH_AFTER` of its last poll (sleeping
+    /// the whole bound left replies waiting up to 1 ms after every
+    /// quantum-end poll beside a hog), and in a busy server, whose Ps poll
+    /// all the time, sysmon still wakes no more than about once per bound.
+    pub(crate) fn sysmon_wait(&self, timeout: Duration, poll_cap: Option<Duration>) -> bool {
+        let d = &self.driver;
+        let watch_after = SYSMON_WATCH_AFTER.as_nanos() as u64;
+        let last = d.last_poll.load(Ordering::Relaxed);
+        let age = self.nanotime().saturating_sub(last);
+        let stale = last == d.sysmon_last_poll.load(Ordering::Relaxed) || age >= watch_after;
+        if !stale || !d.should_poll() || d.os.break_pending() {
+            let mut t = poll_cap.map_or(timeout, |c| c.min(timeout));
+            if d.should_poll() && !stale {
+                let cap = poll_bound(self.cfg.quantum).as_nanos() as u64;
+                let backoff = d
+                    .sysmon_backoff
+                    .load(Ordering::Relaxed)
+                    .clamp(watch_after, cap.max(watch_after));
+                d.sysmon_backoff
+                    .store(backoff.saturating_mul(2), Ordering::Relaxed);
+                let until_stale = Duration::from_nanos((watch_after - age).max(backoff));
+                t = t.min(until_stale);
+            }
+            return self.sysmon_note.wait(Some(t));
+        }
+        d.sysmon_backoff.store(0, Ordering::Relaxed);
+        d.sysmon_watching.store(true, Ordering::SeqCst);
+        if self.sysmon_note.take() {
+            d.sysmon_watching.store(false, Ordering::Relaxed);
+            return true;
+        }
+        let ready = d.os.watch(timeout);
+        d.sysmon_watching.store(false, Ordering::SeqCst);
+        if ready && d.should_poll() {
+            self.netpoll_now();
+            self.note_sysmon_poll();
+        }
+        self.sysmon_note.take() || ready
     }
 
     /// Polls without blocking if the last poll is older than `bound`;

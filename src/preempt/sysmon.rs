@@ -241,9 +241,7 @@ fn run(sh: &Shared) {
             sh.wakeup_deferrals.store(0, Ordering::Relaxed);
         }
         let woken = match sleep {
-            Sleep::For(d) => sh
-                .sysmon_note
-                .wait(Some(min_opt(min_opt(d, trace_cap), poll_cap))),
+            Sleep::For(d) => sh.sysmon_wait(min_opt(d, trace_cap), poll_cap),
             Sleep::Idle(deadline) => {
                 // Publish that we sleep, then re-check (Dekker with
                 // `Shared::note_busy`): either a P that just got busy sees the

@@ -37,16 +37,14 @@ impl G0<'_> {
             let p = self.p();
             let q = self.runq();
             // A goroutine preempted to make room for a woken one resumes
-            // once that one has had its turn, before further woken
-            // goroutines (`sched::wakeup`, step 3): in ThreadAffine mode its
-            // thread waits for it, and behind a burst of wake-ups every
-            // further preemption would park one more thread.
-            if self
-                .local()
-                .resume_kept(p.schedtick.load(Ordering::Relaxed))
-            {
-                if let Some(g) = q.take_next() {
-                    return Some((g, true));
+            // once the woken goroutines have had their turn: when none is
+            // left, or after `WAKEUP_GRANULARITY` (`sched::wakeup`, step 3).
+            if let Some(at) = self.local().kept_since(p.schedtick.load(Ordering::Relaxed)) {
+                if self.sh.woken.is_empty() || self.sh.kept_turn_over(at) {
+                    self.local().clear_kept();
+                    if let Some(g) = q.take_next() {
+                        return Some((g, true));
+                    }
                 }
             }
             // Goroutines woken from outside any P first (see `Shared::woken`).

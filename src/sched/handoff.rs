@@ -281,7 +281,7 @@ impl Shared {
             .nanotime()
             .saturating_add(crate::sched::timer::nanos(self.cfg.quantum));
         if until != 0 && until > slice_end {
-            self.sysmon_note.wake();
+            self.wake_sysmon();
         }
     }
 

@@ -100,7 +100,7 @@ impl G0<'_> {
             // may be asleep for a quantum: tell it someone waits now.
             self.wake_for_io(io_ready, 0);
             if self.sh.fire_timers() + io_ready > 0 {
-                self.sh.sysmon_note.wake();
+                self.sh.wake_sysmon();
             }
         }
     }

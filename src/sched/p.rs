@@ -104,29 +104,27 @@ pub(crate) struct PLocal {
     pub(crate) goid_next: u64,
     pub(crate) goid_end: u64,
     /// The `schedtick` of the slice whose goroutine was preempted for a
-    /// wake-up and kept in `runnext` (`wakeup::NO_WAKEUP`: none), so that
-    /// it resumes as soon as one woken goroutine has had its turn (see
-    /// `sched::wakeup`, step 3).
+    /// wake-up and kept in `runnext` (`wakeup::NO_WAKEUP`: none), and when
+    /// (`Shared::slice_clock`), so that it resumes once the woken
+    /// goroutines have had their turn (see `sched::wakeup`, step 3).
     pub(crate) kept_for_wakeup: u64,
+    pub(crate) kept_at: u64,
 }
 
 impl PLocal {
     /// `runnext` now holds the goroutine preempted for a wake-up in slice
-    /// `tick`.
-    pub(crate) fn keep_for_wakeup(&mut self, tick: u64) {
+    /// `tick`, at `now`.
+    pub(crate) fn keep_for_wakeup(&mut self, tick: u64, now: u64) {
         self.kept_for_wakeup = tick;
+        self.kept_at = now;
     }
 
-    /// Should `runnext` go before the woken goroutines now? Yes once a
-    /// slice has started since the kept goroutine was preempted (the woken
-    /// goroutine it made room for has had its turn); the mark is cleared.
-    pub(crate) fn resume_kept(&mut self, schedtick: u64) -> bool {
+    /// Is a goroutine kept in `runnext` that may resume (a slice has
+    /// started since it was preempted: a woken goroutine has had a turn)?
+    /// Returns when it was kept.
+    pub(crate) fn kept_since(&self, schedtick: u64) -> Option<u64> {
         let tick = self.kept_for_wakeup;
-        if tick == super::wakeup::NO_WAKEUP || tick == schedtick {
-            return false;
-        }
-        self.kept_for_wakeup = super::wakeup::NO_WAKEUP;
-        true
+        (tick != super::wakeup::NO_WAKEUP && tick != schedtick).then_some(self.kept_at)
     }
 
     /// `runnext` was taken in the ordinary order: nothing is kept.

@@ -130,7 +130,7 @@ impl Shared {
         }
         self.resizing.store(false, Ordering::Release);
         // sysmon sizes its view from `gomaxprocs` on its next tick.
-        self.sysmon_note.wake();
+        self.wake_sysmon();
         Ok(old)
     }
 

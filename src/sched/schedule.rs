@@ -325,7 +325,7 @@ impl G0<'_> {
         g.run_origin.set(origin.max(1));
         self.runq().put_next(g);
         let tick = pp.schedtick.load(Ordering::Relaxed);
-        self.local().keep_for_wakeup(tick);
+        self.local().keep_for_wakeup(tick, now);
         true
     }
 

@@ -144,6 +144,7 @@ impl Shared {
                     goid_next: 0,
                     goid_end: 0,
                     kept_for_wakeup: wakeup::NO_WAKEUP,
+                    kept_at: 0,
                 }),
             });
         }

@@ -18,7 +18,7 @@ impl Shared {
     /// Stops every M and waits for them (Runtime drop).
     pub(crate) fn shutdown(&self) {
         self.shutdown.store(true, Ordering::SeqCst);
-        self.sysmon_note.wake();
+        self.wake_sysmon();
         loop {
             // Wake parked Ms; ask running goroutines to yield (and signal
             // their threads, so a loop without calls stops too).

@@ -202,7 +202,7 @@ impl crate::sched::Shared {
             } else {
                 // Every P is busy: sysmon fires timers for them; make it
                 // recompute its sleep with this deadline.
-                self.sysmon_note.wake();
+                self.wake_sysmon();
             }
         }
         id

@@ -40,11 +40,16 @@
 //!    its own slice ends, instead of waiting behind every queued goroutine.
 //!    In ThreadAffine mode it stays locked to its thread, and its P is handed
 //!    to another thread for the woken goroutine, as for any preemption.
-//!    It resumes as soon as that woken goroutine blocks or ends its slice,
-//!    before further woken goroutines (`PLocal::kept_for_wakeup`): behind a
-//!    stream of wake-ups it would otherwise wait for the whole stream, its
-//!    thread parked, and the next wake-up preemption on that P would push it
-//!    out of `runnext` and park one more thread.
+//!    It resumes once the woken goroutines have had their turn: when none
+//!    is left, or after `WAKEUP_GRANULARITY` of theirs
+//!    (`PLocal::kept_for_wakeup`, `Shared::kept_turn_over`). Not before
+//!    further woken goroutines, but not after the whole stream either: a
+//!    burst woken together (a timer tick, a poll that found many sockets)
+//!    used to get one goroutine per wake-up preemption, the others waiting
+//!    100 µs of hog time each (the last of 16 ran ~5 ms late); behind an
+//!    endless stream the hog's thread would wait parked, and the next
+//!    wake-up preemption on that P would push it out of `runnext` and park
+//!    one more thread.
 //!
 //! A request put off because no goroutine has run for the granularity yet
 //! is made again by sysmon when one has (`wakeup_preempt` returns when).
@@ -168,7 +173,7 @@ impl Shared {
             }
             if self.sysmon_wakeup_look.load(Ordering::SeqCst) == u64::MAX {
                 // Not watching: see `Shared::sysmon_wakeup_look`.
-                self.sysmon_note.wake();
+                self.wake_sysmon();
             }
             return Some(wait);
         }
@@ -189,7 +194,7 @@ impl Shared {
                 // the goroutine is still in this slice `WAKEUP_RETRY` later.
                 self.preempt_p(p, false);
                 if !from_sysmon && !self.sysmon_looks_within(WAKEUP_RETRY) {
-                    self.sysmon_note.wake();
+                    self.wake_sysmon();
                 }
                 return Some(WAKEUP_RETRY);
             }
@@ -283,6 +288,13 @@ impl Shared {
         self.cfg.wakeup_preempt
             && self.npidle.load(Ordering::SeqCst) == 0
             && self.nmspinning.load(Ordering::SeqCst) == 0
+    }
+
+    /// Have the goroutines woken since a goroutine was kept for a wake-up at
+    /// `kept_at` (slice clock) had their turn (step 3)?
+    pub(crate) fn kept_turn_over(&self, kept_at: u64) -> bool {
+        let ran = self.slice_clock().saturating_sub(kept_at) as f64 * self.ns_per_clock_unit();
+        ran >= WAKEUP_GRANULARITY.as_nanos() as f64
     }
 
     /// Was the goroutine that P `p` ran in its current slice asked to yield
