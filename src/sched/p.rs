@@ -122,6 +122,7 @@ impl PLocal {
     /// Is a goroutine kept in `runnext` that may resume (a slice has
     /// started since it was preempted: a woken goroutine has had a turn)?
     /// Returns when it was kept.
+    #[inline]
     pub(crate) fn kept_since(&self, schedtick: u64) -> Option<u64> {
         let tick = self.kept_for_wakeup;
         (tick != super::wakeup::NO_WAKEUP && tick != schedtick).then_some(self.kept_at)
