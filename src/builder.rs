@@ -99,6 +99,8 @@ pub(crate) struct Config {
     pub(crate) max_threads: usize,
     pub(crate) sigquit_dump: bool,
     pub(crate) wakeup_preempt: bool,
+    /// sysmon runs `SCHED_FIFO` (checked at `build`: it may).
+    pub(crate) sysmon_realtime: bool,
 }
 
 /// Default cap on the threads of one runtime: 10,000, Go's `maxmcount`.
@@ -146,6 +148,7 @@ pub struct Builder {
     max_threads: Option<usize>,
     sigquit_dump: Option<bool>,
     wakeup_preempt: Option<bool>,
+    sysmon_realtime: Option<bool>,
 }
 
 fn invalid(msg: String) -> io::Error {
@@ -407,6 +410,41 @@ impl Builder {
         self
     }
 
+    /// Run sysmon, the thread that preempts goroutines and watches the
+    /// poller while every P is busy, at real-time priority (`SCHED_FIFO` 1,
+    /// the lowest; not inherited by threads it starts), so that it gets a
+    /// CPU the moment it wakes. Default off, or `$GOSCHED_SYSMONRT=1`.
+    ///
+    /// Why: Linux's fair scheduler does not always run a waking thread
+    /// promptly beside CPU-bound threads on its CPU. Measured on Linux 6.18
+    /// (2-vCPU VM), a thread waking every 50 µs beside two CPU-bound
+    /// threads waited 4-9 ms for the CPU every ~25 ms, whatever its nice
+    /// value or slice; a `SCHED_FIFO` one never waited more than ~0.1 ms.
+    /// When goroutines hog every CPU, each such wait delays sysmon's
+    /// preemptions and its poll: the bimodal benchmark's short requests
+    /// (one P, a server pinned to one CPU) waited up to a tick or two for
+    /// sysmon. sysmon sleeps between checks that take microseconds, so
+    /// the CPU it takes from others stays small.
+    ///
+    /// Needs `CAP_SYS_NICE` or an `RLIMIT_RTPRIO` of at least 1 (root has
+    /// the capability). Asked for with this method and refused, `build`
+    /// fails; asked for with the environment variable and refused, a
+    /// warning goes to stderr and sysmon stays `SCHED_OTHER`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// match gosched::Builder::new().sysmon_realtime(true).build() {
+    ///     Ok(rt) => assert!(rt.stats().sysmon_realtime),
+    ///     // Not permitted here: the error says what is missing.
+    ///     Err(e) => assert!(e.to_string().contains("RLIMIT_RTPRIO")),
+    /// }
+    /// ```
+    pub fn sysmon_realtime(mut self, on: bool) -> Builder {
+        self.sysmon_realtime = Some(on);
+        self
+    }
+
     /// Validates the settings and starts the runtime (its threads start
     /// lazily, when there is work).
     ///
@@ -418,7 +456,9 @@ impl Builder {
     /// `async_preempt(true)` without the `preempt-signal` feature,
     /// `preempt_mode(Migrate)` without the `unsafe`
     /// [`allow_migrate`](Builder::allow_migrate), or a malformed `GOSCHED_*`
-    /// variable. Any OS error reserving the stacks.
+    /// variable. Any OS error reserving the stacks. `PermissionDenied` for
+    /// [`sysmon_realtime(true)`](Builder::sysmon_realtime) where the
+    /// process may not use real-time priorities.
     ///
     /// # Examples
     ///
@@ -538,6 +578,26 @@ impl Builder {
             Some(on) => on,
             None => env_flag("GOSCHED_WAKEUPPREEMPTOFF")?.map_or(feature, |off| feature && !off),
         };
+        let sysmon_realtime = match self.sysmon_realtime {
+            Some(false) => false,
+            Some(true) => match crate::os::slice::realtime_allowed() {
+                Ok(()) => true,
+                Err(e) => return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("sysmon_realtime(true): SCHED_FIFO refused ({e}): needs CAP_SYS_NICE or an RLIMIT_RTPRIO of at least 1"),
+                )),
+            },
+            None => match env_flag("GOSCHED_SYSMONRT")? {
+                Some(true) => match crate::os::slice::realtime_allowed() {
+                    Ok(()) => true,
+                    Err(e) => {
+                        eprintln!("gosched: GOSCHED_SYSMONRT=1 ignored: SCHED_FIFO refused ({e}): needs CAP_SYS_NICE or an RLIMIT_RTPRIO of at least 1");
+                        false
+                    }
+                },
+                _ => false,
+            },
+        };
         let max_threads = match self.max_threads {
             Some(n) if n < 2 => {
                 return Err(invalid(format!(
@@ -568,6 +628,7 @@ impl Builder {
             max_threads,
             sigquit_dump,
             wakeup_preempt,
+            sysmon_realtime,
         })
     }
 }

@@ -3,7 +3,7 @@
 //! only CPU is busy with a long one?
 //!
 //! ```text
-//! cargo bench --bench bimodal                          # the 7 contenders, saturation + 9 loads x 3 s (~5 min)
+//! cargo bench --bench bimodal                          # the 8 contenders, saturation + 9 loads x 3 s (~5 min)
 //! BIMODAL_SECS=5 cargo bench --bench bimodal           # longer load points
 //! BIMODAL_ONLY=gosched,go cargo bench --bench bimodal  # some contenders
 //! BIMODAL_QUICK=1 cargo bench --bench bimodal          # CI smoke run (~3 s, no Go, no tokio)
@@ -26,6 +26,9 @@
 //!
 //! - `gosched-10ms`: gosched, 1 P, default 10 ms quantum, wake-up
 //!   preemption on (the default);
+//! - `gosched-10ms-rt`: the same with sysmon at real-time priority
+//!   (`GOSCHED_SYSMONRT=1`; needs root or an `RLIMIT_RTPRIO`, else the
+//!   server warns and runs as `gosched-10ms`);
 //! - `gosched-10ms-nowake`: the same with wake-up preemption off;
 //! - `gosched-1ms`, `gosched-100us`: shorter quanta, wake-up preemption on;
 //! - `go`: the Go 1.19 twin, `benches/go/bimodal`, GOMAXPROCS=1;
@@ -86,6 +89,8 @@ enum Kind {
         quantum: Duration,
         wakeup: bool,
         migrate: bool,
+        /// sysmon at real-time priority (`GOSCHED_SYSMONRT=1`).
+        rt: bool,
     },
     Go,
     Tokio,
@@ -99,15 +104,27 @@ struct Contender {
 
 /// The contenders run by default; the ones after them only when named in
 /// `BIMODAL_ONLY`.
-const DEFAULT_CONTENDERS: usize = 7;
+const DEFAULT_CONTENDERS: usize = 8;
 
-const CONTENDERS: [Contender; 8] = [
+const CONTENDERS: [Contender; 9] = [
     Contender {
         name: "gosched-10ms",
         kind: Kind::Gosched {
             quantum: Duration::from_millis(10),
             wakeup: true,
             migrate: false,
+            rt: false,
+        },
+    },
+    // The same with sysmon at real-time priority (needs root or an
+    // RLIMIT_RTPRIO; otherwise the server warns and runs as gosched-10ms).
+    Contender {
+        name: "gosched-10ms-rt",
+        kind: Kind::Gosched {
+            quantum: Duration::from_millis(10),
+            wakeup: true,
+            migrate: false,
+            rt: true,
         },
     },
     Contender {
@@ -116,6 +133,7 @@ const CONTENDERS: [Contender; 8] = [
             quantum: Duration::from_millis(10),
             wakeup: false,
             migrate: false,
+            rt: false,
         },
     },
     Contender {
@@ -124,6 +142,7 @@ const CONTENDERS: [Contender; 8] = [
             quantum: Duration::from_millis(1),
             wakeup: true,
             migrate: false,
+            rt: false,
         },
     },
     Contender {
@@ -132,6 +151,7 @@ const CONTENDERS: [Contender; 8] = [
             quantum: Duration::from_micros(100),
             wakeup: true,
             migrate: false,
+            rt: false,
         },
     },
     Contender {
@@ -154,6 +174,7 @@ const CONTENDERS: [Contender; 8] = [
             quantum: Duration::from_millis(10),
             wakeup: true,
             migrate: true,
+            rt: false,
         },
     },
 ];
@@ -499,7 +520,9 @@ fn start(cfg: &Config, kind: Kind, program: &Path) -> io::Result<Server> {
             quantum,
             wakeup,
             migrate,
+            rt,
         } => {
+            cmd.env("GOSCHED_SYSMONRT", if rt { "1" } else { "0" });
             cmd.args(["serve", "gosched"])
                 .arg(quantum.as_micros().to_string())
                 .arg(if wakeup { "1" } else { "0" })
@@ -691,8 +714,20 @@ fn summary(cfg: &Config, rows: &[Row], saturation: &[(&str, f64)]) {
             .map_or("-".into(), |s| format!("{:.0} req/s", s.1));
         println!("  {n:<20} p99@50% {at50:>9}   crosses 1 ms at {c:>7}   saturation {sat}");
     }
-    // The issue's targets, for gosched at its defaults.
-    let me = "gosched-10ms";
+    // The issue's targets, for gosched at its defaults and with sysmon at
+    // real-time priority.
+    for me in ["gosched-10ms", "gosched-10ms-rt"] {
+        targets(me, &names, last, &p99_at, &cross);
+    }
+}
+
+fn targets(
+    me: &str,
+    names: &[&str],
+    last: u32,
+    p99_at: &dyn Fn(&str, u32) -> Option<f64>,
+    cross: &dyn Fn(&str) -> Option<f64>,
+) {
     let Some(mine) = p99_at(me, 50) else { return };
     println!("\ntargets (issue 11), {me}:");
     for (twin, factor) in [("go", 10.0), ("tokio", 10.0), ("std", 1.0)] {

@@ -90,6 +90,9 @@ pub struct Stats {
     pub quantum: Duration,
     /// Whether wake-up preemption is on ([`Builder::wakeup_preempt`](crate::Builder::wakeup_preempt)).
     pub wakeup_preempt: bool,
+    /// Whether sysmon runs at real-time priority
+    /// ([`Builder::sysmon_realtime`](crate::Builder::sysmon_realtime)).
+    pub sysmon_realtime: bool,
     /// Wake-up preemption requests made (each asks one busy P to yield).
     pub preempt_wakeup: u64,
     /// Whether asynchronous preemption is on.
@@ -198,6 +201,7 @@ impl Shared {
             quantum: self.cfg.quantum,
             async_preempt: self.cfg.async_preempt,
             wakeup_preempt: self.cfg.wakeup_preempt,
+            sysmon_realtime: self.cfg.sysmon_realtime,
             preempt_wakeup: self.counters.preempt_wakeup.load(Ordering::Relaxed),
             mode: self.cfg.mode,
             timers: self.timers.pending(),

@@ -191,6 +191,11 @@ fn run(sh: &Shared) {
     // And get the CPU when it wakes, even when every CPU runs a goroutine
     // (see `os::slice`).
     crate::os::slice::request_slice(SYSMON_SLICE);
+    if sh.cfg.sysmon_realtime {
+        // `build` checked that the process may: failing now (the limit was
+        // lowered meanwhile) leaves sysmon as it was.
+        let _ = crate::os::slice::request_realtime();
+    }
     let cfg = PolicyConfig {
         quantum: sh.cfg.quantum,
         async_preempt: sh.cfg.async_preempt,
