@@ -174,6 +174,13 @@ pub(crate) const TICK_POLL_BOUND: Duration = Duration::from_micros(50);
 /// every P is inside one goroutine.
 pub(crate) const SYSMON_WATCH_AFTER: Duration = Duration::from_micros(200);
 
+/// The longest sysmon sleeps while Ps poll on their own and goroutines wait
+/// for I/O (see `Shared::sysmon_wait`): how late a goroutine that stops
+/// polling (a long request) is noticed, at worst, beyond
+/// [`SYSMON_WATCH_AFTER`]. Each of sysmon's looks costs a few microseconds
+/// of some CPU: at most ~2,500 per second while Ps are busy.
+pub(crate) const SYSMON_BACKOFF_CAP: Duration = Duration::from_micros(400);
+
 /// One direction of a descriptor: EMPTY, READY or a waiting G's address.
 struct Slot(AtomicUsize);
 

@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::{poll_bound, SYSMON_WATCH_AFTER};
+use super::{poll_bound, SYSMON_BACKOFF_CAP, SYSMON_WATCH_AFTER};
 use crate::sched::g::GRef;
 use crate::sched::{Shared, M};
 
@@ -149,7 +149,13 @@ impl Shared {
     /// is noticed within ~`SYSMON_WATCH_AFTER` of its last poll (sleeping
     /// the whole bound left replies waiting up to 1 ms after every
     /// quantum-end poll beside a hog), and in a busy server, whose Ps poll
-    /// all the time, sysmon still wakes no more than about once per bound.
+    /// all the time, sysmon still wakes no more than about once per
+    /// `SYSMON_BACKOFF_CAP`. (With a cap of `poll_cap`, 1 ms at the default
+    /// quantum, and a backoff that outlived idle periods, a long request
+    /// that began right after a poll went unnoticed for up to 1 ms while
+    /// replies to short ones queued: the bimodal benchmark's short-request
+    /// p99 at 50 % load was ~1.6-2.0 ms.) A wake-up of sysmon (a P got
+    /// busy, a timer, a wake-up preemption) resets the backoff.
     pub(crate) fn sysmon_wait(&self, timeout: Duration, poll_cap: Option<Duration>) -> bool {
         let d = &self.driver;
         let watch_after = SYSMON_WATCH_AFTER.as_nanos() as u64;
@@ -159,7 +165,8 @@ impl Shared {
         if !stale || !d.should_poll() || d.os.break_pending() {
             let mut t = poll_cap.map_or(timeout, |c| c.min(timeout));
             if d.should_poll() && !stale {
-                let cap = poll_bound(self.cfg.quantum).as_nanos() as u64;
+                let cap = (poll_bound(self.cfg.quantum).as_nanos() as u64)
+                    .min(SYSMON_BACKOFF_CAP.as_nanos() as u64);
                 let backoff = d
                     .sysmon_backoff
                     .load(Ordering::Relaxed)
@@ -169,7 +176,13 @@ impl Shared {
                 let until_stale = Duration::from_nanos((watch_after - age).max(backoff));
                 t = t.min(until_stale);
             }
-            return self.sysmon_note.wait(Some(t));
+            let r = self.sysmon_note.wait(Some(t));
+            if r {
+                // Woken: a P got busy, a timer or a wake-up needs us; the
+                // Ps' polling may have stopped: look again soon.
+                self.sysmon_backoff_reset();
+            }
+            return r;
         }
         d.sysmon_backoff.store(0, Ordering::Relaxed);
         d.sysmon_watching.store(true, Ordering::SeqCst);
@@ -184,6 +197,12 @@ impl Shared {
             self.note_sysmon_poll();
         }
         self.sysmon_note.take() || ready
+    }
+
+    /// sysmon goes idle (every P is): when Ps get busy again, it starts
+    /// over from `SYSMON_WATCH_AFTER` (see `sysmon_wait`).
+    pub(crate) fn sysmon_backoff_reset(&self) {
+        self.driver.sysmon_backoff.store(0, Ordering::Relaxed);
     }
 
     /// Polls without blocking if the last poll is older than `bound`;

@@ -244,10 +244,22 @@ fn run(sh: &Shared) {
             }
         } else {
             sh.wakeup_deferrals.store(0, Ordering::Relaxed);
+            if sh.cfg.wakeup_preempt && !sh.woken.is_empty() {
+                // A woken goroutine waits, but no request can be made now:
+                // a P was idle or an M spinning a moment ago (one handing
+                // its P to a kept goroutine's thread, say), and may not
+                // take it after all. Look again within the granularity
+                // rather than sleep until the next slice end (traced in the
+                // bimodal benchmark: short requests left in `woken` for
+                // most of a 10 ms slice).
+                let g = crate::sched::WAKEUP_GRANULARITY;
+                trace_cap = Some(trace_cap.map_or(g, |c| c.min(g)));
+            }
         }
         let woken = match sleep {
             Sleep::For(d) => sh.sysmon_wait(min_opt(d, trace_cap), poll_cap),
             Sleep::Idle(deadline) => {
+                sh.sysmon_backoff_reset();
                 // Publish that we sleep, then re-check (Dekker with
                 // `Shared::note_busy`): either a P that just got busy sees the
                 // flag and wakes us, or we see it busy here.

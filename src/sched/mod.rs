@@ -139,4 +139,5 @@ pub(crate) use self::newproc::*;
 pub(crate) use self::p::*;
 pub(crate) use self::park::*;
 pub(crate) use self::shared::*;
+pub(crate) use self::wakeup::WAKEUP_GRANULARITY;
 pub(crate) use crate::preempt::nopreempt::*;

@@ -22,7 +22,7 @@
 //!    it was made in), so a storm of wake-ups sends one signal per P.
 //!    In ThreadAffine mode the signal comes second: the request sets the
 //!    flag and wakes sysmon, which sends SIGURG only if the goroutine is
-//!    still in that slice `WAKEUP_RETRY` (50 µs) later and its thread used
+//!    still in that slice `WAKEUP_RETRY` (20 µs) later and its thread used
 //!    at least half of that in CPU time meanwhile (a thread the kernel left
 //!    waiting for a CPU has had no chance to reach a runtime call; sysmon
 //!    then looks again with a doubled backoff). A goroutine
@@ -96,8 +96,12 @@ use crate::builder::PreemptMode;
 pub(crate) const WAKEUP_GRANULARITY: Duration = Duration::from_micros(100);
 
 /// First repeat of a wake-up request the goroutine refused; doubles per
-/// repeat up to `WAKEUP_RETRY_MAX`.
-const WAKEUP_RETRY: Duration = Duration::from_micros(50);
+/// repeat up to `WAKEUP_RETRY_MAX`. In ThreadAffine mode it is also how
+/// long a goroutine that makes no runtime calls keeps its P after a
+/// cooperative request, before the signal: every wake-up beside a long
+/// request pays it. 50 µs gave the bimodal benchmark (sysmon real-time) a
+/// short-request p99 at 50 % load of 1.55-1.57 ms; 20 µs, 0.9-1.0 ms.
+const WAKEUP_RETRY: Duration = Duration::from_micros(20);
 const WAKEUP_RETRY_MAX: Duration = Duration::from_millis(2);
 
 /// The longest sysmon waits between looks while a woken goroutine waits
