@@ -468,19 +468,31 @@ fn a_burst_of_wakeups_is_served_in_one_turn_beside_a_hog() {
     });
     stop.store(true, Ordering::Relaxed);
     hog.join().unwrap();
+    check_burst_spans(
+        &rt,
+        &spans,
+        &format!("last of {SLEEPERS} sleepers"),
+        Duration::from_millis(2),
+    );
+}
+
+/// Prints the per-round spans of a burst test (sorted) and checks that
+/// wake-up preemption was used and the median round stayed under `bound`.
+fn check_burst_spans(rt: &gosched::Runtime, spans: &[Duration], what: &str, bound: Duration) {
+    let n = spans.len();
     let s = rt.stats();
     eprintln!(
-        "last of {SLEEPERS} sleepers per round: p50 {:?} p90 {:?} max {:?} ({} wake-up preemptions)",
-        spans[ROUNDS / 2],
-        spans[ROUNDS * 9 / 10],
-        spans[ROUNDS - 1],
+        "{what} per round: p50 {:?} p90 {:?} max {:?} ({} wake-up preemptions)",
+        spans[n / 2],
+        spans[n * 9 / 10],
+        spans[n - 1],
         s.preempt_wakeup
     );
     assert!(s.preempt_wakeup > 0, "{s:?}");
     assert!(
-        spans[ROUNDS / 2] < Duration::from_millis(2),
-        "the last sleeper of a burst ran {:?} late at p50",
-        spans[ROUNDS / 2]
+        spans[n / 2] < bound,
+        "{what} started {:?} late at p50",
+        spans[n / 2]
     );
 }
 
@@ -570,19 +582,11 @@ fn the_rest_of_a_long_burst_is_served_in_the_next_turns() {
     hog.join().unwrap();
     let mut spans = last.to_vec();
     spans.sort();
-    let s = rt.stats();
-    eprintln!(
-        "last of {READERS} readers (80 µs each) per round: p50 {:?} p90 {:?} max {:?} ({} wake-up preemptions)",
-        spans[ROUNDS / 2],
-        spans[ROUNDS * 9 / 10],
-        spans[ROUNDS - 1],
-        s.preempt_wakeup
-    );
-    assert!(s.preempt_wakeup > 0, "{s:?}");
     // Served in a few turns: ~1-2 ms. Left for the slice end: ~10 ms.
-    assert!(
-        spans[ROUNDS / 2] < Duration::from_millis(5),
-        "the last reader of a long burst started {:?} late at p50",
-        spans[ROUNDS / 2]
+    check_burst_spans(
+        &rt,
+        &spans,
+        &format!("last of {READERS} readers (80 µs each)"),
+        Duration::from_millis(5),
     );
 }
