@@ -99,7 +99,7 @@ impl G0<'_> {
             // spinning on it. sysmon preempts only while someone waits, and
             // may be asleep for a quantum: tell it someone waits now.
             self.wake_for_io(io_ready, 0);
-            if self.sh.fire_timers() + io_ready > 0 {
+            if self.sh.fire_timers_wait() + io_ready > 0 {
                 self.sh.wake_sysmon();
             }
         }

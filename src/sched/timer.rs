@@ -145,9 +145,30 @@ impl Timers {
         if self.next.load(Ordering::Relaxed) > now {
             return 0;
         }
+        self.fire_locked(self.heap.rt_lock(), now)
+    }
+
+    /// Like `fire`, but returns 0 at once if another thread holds the heap:
+    /// it is firing the due timers itself, or adding or cancelling one, and
+    /// then the caller's next look (every schedule, every sysmon tick)
+    /// fires them. Ps and sysmon notice the same deadline together; waiting
+    /// for the lock put the loser to sleep on its futex (a worker slept
+    /// once per 1 ms timer beside busy Ps, `tests/net_poll.rs`).
+    pub(crate) fn try_fire(&self, now: u64) -> usize {
+        if self.next.load(Ordering::Relaxed) > now {
+            return 0;
+        }
+        match self.heap.try_lock() {
+            Ok(h) => self.fire_locked(h, now),
+            Err(std::sync::TryLockError::Poisoned(e)) => self.fire_locked(e.into_inner(), now),
+            Err(std::sync::TryLockError::WouldBlock) => 0,
+        }
+    }
+
+    fn fire_locked(&self, h: std::sync::MutexGuard<'_, Heap>, now: u64) -> usize {
         let mut due = Vec::new();
         {
-            let mut h = self.heap.rt_lock();
+            let mut h = h;
             while let Some(&Reverse((when, id))) = h.order.peek() {
                 if when > now {
                     break;
@@ -208,10 +229,22 @@ impl crate::sched::Shared {
         id
     }
 
-    /// Fires due timers; returns how many.
+    /// Fires due timers unless another thread holds the timer heap (see
+    /// `Timers::try_fire`); returns how many. For callers that look again
+    /// soon: a P's schedule, sysmon's tick.
     pub(crate) fn fire_timers(&self) -> usize {
         // One atomic load when nothing is pending; one clock read otherwise
-        // (`Timers::fire` re-checks the earliest deadline itself).
+        // (`Timers::try_fire` re-checks the earliest deadline itself).
+        match self.timers.next() {
+            Some(_) => self.timers.try_fire(self.nanotime()),
+            None => 0,
+        }
+    }
+
+    /// Fires due timers, waiting for the heap's lock; returns how many.
+    /// For an idle M about to sleep until the next deadline, which must
+    /// move on.
+    pub(crate) fn fire_timers_wait(&self) -> usize {
         match self.timers.next() {
             Some(_) => self.timers.fire(self.nanotime()),
             None => 0,
