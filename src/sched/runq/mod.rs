@@ -172,6 +172,12 @@ impl Owner<'_> {
         }
     }
 
+    /// Does `next` hold a goroutine?
+    #[inline]
+    pub(crate) fn has_next(self) -> bool {
+        !self.q.next.load(Ordering::Relaxed).is_null()
+    }
+
     /// Takes `next`, the goroutine that inherits the time slice.
     #[inline]
     pub(crate) fn take_next(self) -> Option<GRef> {
