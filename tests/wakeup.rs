@@ -591,23 +591,24 @@ fn the_rest_of_a_long_burst_is_served_in_the_next_turns() {
     );
 }
 
-/// Rounds of `spin_rounds` per millisecond of CPU, measured on this thread.
-fn rounds_per_ms() -> u64 {
-    (0..5)
-        .map(|_| {
-            let t = Instant::now();
-            spin_rounds(5_000);
-            (5_000.0 / t.elapsed().as_secs_f64() / 1000.0) as u64
-        })
-        .max()
-        .unwrap()
-}
-
-/// `n` rounds of 4,096 additions: CPU work with no runtime call.
-#[inline(never)]
-fn spin_rounds(n: u64) {
+/// Spins until this thread has used `d` more of CPU time, calling nothing
+/// of the runtime (ThreadAffine: an asynchronously preempted goroutine
+/// resumes on its thread, so the thread's clock is the goroutine's). The
+/// clock is read every 4,096 rounds (a system call, where preemption is
+/// refused).
+fn spin_cpu(d: Duration) {
+    let cpu = || {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid timespec and clock id.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+        Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+    };
+    let end = cpu() + d;
     let mut x = 0u64;
-    for _ in 0..n {
+    while cpu() < end {
         for _ in 0..4096 {
             x = std::hint::black_box(x + 1);
         }
@@ -616,7 +617,7 @@ fn spin_rounds(n: u64) {
 
 /// Two long requests on one P, each preempted in turn for a stream of
 /// wake-ups, finish in the order they began, as under any fair policy (the
-/// first has less left to do). Each one preempted for a wake-up used to
+/// first has less left to do) and as long as no time slice ends. Each one preempted for a wake-up used to
 /// push the one kept before it out of `runnext` to the run queue's tail,
 /// behind every later arrival: the oldest long request waited for all the
 /// newer ones (the bimodal benchmark's long-request p99 at 50 % load was
@@ -625,8 +626,14 @@ fn spin_rounds(n: u64) {
 fn long_requests_preempted_for_wakeups_finish_in_order() {
     let _s = serial();
     let _w = watchdog();
-    let rt = Builder::new().procs(1).build().unwrap();
-    let work = 30 * rounds_per_ms(); // 30 ms of CPU
+    // A quantum far longer than the run: only wake-up preemption moves
+    // the two requests (time-slicing sends a goroutine to the global
+    // queue, a round robin of its own).
+    let rt = Builder::new()
+        .procs(1)
+        .preempt_quantum(Duration::from_secs(1))
+        .build()
+        .unwrap();
     let (first, second) = rt.block_on(|| {
         let t0 = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
@@ -639,12 +646,12 @@ fn long_requests_preempted_for_wakeups_finish_in_order() {
             })
         };
         let a = gosched::spawn(move || {
-            spin_rounds(work);
+            spin_cpu(Duration::from_millis(20));
             t0.elapsed()
         });
         let b = gosched::spawn(move || {
-            gosched::sleep(Duration::from_millis(5));
-            spin_rounds(work);
+            gosched::sleep(Duration::from_millis(3));
+            spin_cpu(Duration::from_millis(20));
             t0.elapsed()
         });
         let (a, b) = (a.join().unwrap(), b.join().unwrap());
@@ -652,7 +659,7 @@ fn long_requests_preempted_for_wakeups_finish_in_order() {
         ticker.join().unwrap();
         (a, b)
     });
-    eprintln!("first finished at {first:?}, second at {second:?} ({work} rounds each)");
+    eprintln!("first finished at {first:?}, second at {second:?}");
     assert!(
         first < second,
         "the request that began first finished at {first:?}, after the second ({second:?})"
