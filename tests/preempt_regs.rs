@@ -425,3 +425,195 @@ fn mxcsr_rounding_mode_survives_preemption_thread_affine() {
 fn mxcsr_rounding_mode_survives_preemption_migrate() {
     mxcsr_survives_preemption(PreemptMode::Migrate);
 }
+
+/// Bytes `avx512_hold` writes: zmm16-31 (64 each), then k1-k7 (2 each).
+const AVX512_OUT: usize = 16 * 64 + 7 * 2;
+
+/// Loads zmm16-zmm31 and k1-k7 (registers nothing else here touches)
+/// with values derived from `seed`, spins `n` rounds of `dec; jnz` with
+/// them live (a preemption lands in the loop), then stores them to `out`.
+///
+/// # Safety
+///
+/// The CPU must have AVX-512F.
+#[target_feature(enable = "avx512f")]
+unsafe fn avx512_hold(seed: u64, n: u64, out: &mut [u8; AVX512_OUT]) {
+    // SAFETY: (caller) AVX-512F is present; `out` is valid for
+    // AVX512_OUT bytes; every register written is declared clobbered.
+    unsafe {
+        std::arch::asm!(
+        "vpbroadcastq zmm16, {s}",
+        "add {s}, {step}",
+        "vpbroadcastq zmm17, {s}",
+        "add {s}, {step}",
+        "vpbroadcastq zmm18, {s}",
+        "add {s}, {step}",
+        "vpbroadcastq zmm19, {s}",
+        "add {s}, {step}",
+        "vpbroadcastq zmm20, {s}",
+        "add {s}, {step}",
+        "vpbroadcastq zmm21, {s}",
+        "add {s}, {step}",
+        "vpbroadcastq zmm22, {s}",
+        "add {s}, {step}",
+        "vpbroadcastq zmm23, {s}",
+        "add {s}, {step}",
+        "vpbroadcastq zmm24, {s}",
+        "add {s}, {step}",
+        "vpbroadcastq zmm25, {s}",
+        "add {s}, {step}",
+        "vpbroadcastq zmm26, {s}",
+        "add {s}, {step}",
+        "vpbroadcastq zmm27, {s}",
+        "add {s}, {step}",
+        "vpbroadcastq zmm28, {s}",
+        "add {s}, {step}",
+        "vpbroadcastq zmm29, {s}",
+        "add {s}, {step}",
+        "vpbroadcastq zmm30, {s}",
+        "add {s}, {step}",
+        "vpbroadcastq zmm31, {s}",
+        "add {s}, {step}",
+        "kmovw k1, {s:e}",
+        "add {s}, {step}",
+        "kmovw k2, {s:e}",
+        "add {s}, {step}",
+        "kmovw k3, {s:e}",
+        "add {s}, {step}",
+        "kmovw k4, {s:e}",
+        "add {s}, {step}",
+        "kmovw k5, {s:e}",
+        "add {s}, {step}",
+        "kmovw k6, {s:e}",
+        "add {s}, {step}",
+        "kmovw k7, {s:e}",
+        "add {s}, {step}",
+        "2:",
+        "dec {n}",
+        "jnz 2b",
+        "vmovdqu64 [{out} + 0], zmm16",
+        "vmovdqu64 [{out} + 64], zmm17",
+        "vmovdqu64 [{out} + 128], zmm18",
+        "vmovdqu64 [{out} + 192], zmm19",
+        "vmovdqu64 [{out} + 256], zmm20",
+        "vmovdqu64 [{out} + 320], zmm21",
+        "vmovdqu64 [{out} + 384], zmm22",
+        "vmovdqu64 [{out} + 448], zmm23",
+        "vmovdqu64 [{out} + 512], zmm24",
+        "vmovdqu64 [{out} + 576], zmm25",
+        "vmovdqu64 [{out} + 640], zmm26",
+        "vmovdqu64 [{out} + 704], zmm27",
+        "vmovdqu64 [{out} + 768], zmm28",
+        "vmovdqu64 [{out} + 832], zmm29",
+        "vmovdqu64 [{out} + 896], zmm30",
+        "vmovdqu64 [{out} + 960], zmm31",
+        "kmovw [{out} + 1024], k1",
+        "kmovw [{out} + 1026], k2",
+        "kmovw [{out} + 1028], k3",
+        "kmovw [{out} + 1030], k4",
+        "kmovw [{out} + 1032], k5",
+        "kmovw [{out} + 1034], k6",
+        "kmovw [{out} + 1036], k7",
+        s = inout(reg) seed => _,
+        step = in(reg) 0x0101_0101_0101_0101u64,
+        n = inout(reg) n.max(1) => _,
+        out = in(reg) out.as_mut_ptr(),
+        out("zmm16") _, out("zmm17") _, out("zmm18") _, out("zmm19") _, out("zmm20") _, out("zmm21") _, out("zmm22") _, out("zmm23") _, out("zmm24") _, out("zmm25") _, out("zmm26") _, out("zmm27") _, out("zmm28") _, out("zmm29") _, out("zmm30") _, out("zmm31") _, out("k1") _, out("k2") _, out("k3") _, out("k4") _, out("k5") _, out("k6") _, out("k7") _,
+        options(nostack),
+        );
+    }
+}
+
+/// What `avx512_hold(seed, ..)` must store.
+fn avx512_expected(seed: u64) -> [u8; AVX512_OUT] {
+    let mut want = [0u8; AVX512_OUT];
+    let mut s = seed;
+    for r in 0..16 {
+        for lane in 0..8 {
+            want[r * 64 + lane * 8..][..8].copy_from_slice(&s.to_le_bytes());
+        }
+        s = s.wrapping_add(0x0101_0101_0101_0101);
+    }
+    for k in 0..7 {
+        want[1024 + k * 2..][..2].copy_from_slice(&(s as u16).to_le_bytes());
+        s = s.wrapping_add(0x0101_0101_0101_0101);
+    }
+    want
+}
+
+/// The AVX-512 state (zmm16-31, whose upper halves and high registers
+/// only XSAVE's AVX-512 components hold, and the mask registers) survives
+/// preemption, whichever XSAVE format the trampoline uses (the compacted
+/// one leaves out components in their initial state: a wrong mask would
+/// lose these). Two goroutines on one P, each holding its own values
+/// through ~30 ms loops at a 100 µs quantum.
+fn avx512_registers_survive_preemption(mode: PreemptMode) {
+    if !std::arch::is_x86_feature_detected!("avx512f") {
+        eprintln!("note: skipping: this CPU lacks AVX-512F");
+        return;
+    }
+    let _s = serial();
+    // ~30 ms of `dec; jnz` at ~1 round per cycle.
+    let n = calibrate(Duration::from_millis(30), |n| {
+        let mut out = [0u8; AVX512_OUT];
+        // SAFETY: AVX-512F checked above.
+        unsafe { avx512_hold(1, n, &mut out) };
+    });
+    let b = Builder::new()
+        .procs(1)
+        .preempt_quantum(Duration::from_micros(100))
+        .preempt_mode(mode);
+    // SAFETY: the goroutines hold registers and write their own buffers:
+    // no thread-locals, no stdout.
+    let rt = unsafe { b.allow_migrate() }.build().unwrap();
+    let seeds: Vec<u64> = (0..4)
+        .map(|i| 0x1111_2222_3333_4444u64.wrapping_mul(i + 3))
+        .collect();
+    let got: Vec<Vec<[u8; AVX512_OUT]>> = rt.block_on(|| {
+        let hs: Vec<_> = seeds
+            .iter()
+            .map(|&seed| {
+                gosched::spawn(move || {
+                    (0..3)
+                        .map(|_| {
+                            let mut out = [0u8; AVX512_OUT];
+                            // SAFETY: AVX-512F checked above.
+                            unsafe { avx512_hold(seed, n, &mut out) };
+                            out
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let st = rt.stats();
+    eprintln!(
+        "{mode:?}: AVX-512 holders, preempt_async={}",
+        st.preempt_async
+    );
+    for (seed, outs) in seeds.iter().zip(&got) {
+        let want = avx512_expected(*seed);
+        for out in outs {
+            assert!(
+                out[..] == want[..],
+                "{mode:?}: AVX-512 registers of seed {seed:#x} changed across preemption"
+            );
+        }
+    }
+    assert!(
+        st.preempt_async > 20,
+        "{mode:?}: too few asynchronous preemptions to prove anything: {}",
+        st.preempt_async
+    );
+}
+
+#[test]
+fn avx512_registers_survive_preemption_thread_affine() {
+    avx512_registers_survive_preemption(PreemptMode::ThreadAffine);
+}
+
+#[test]
+fn avx512_registers_survive_preemption_migrate() {
+    avx512_registers_survive_preemption(PreemptMode::Migrate);
+}
