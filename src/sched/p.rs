@@ -128,6 +128,12 @@ impl PLocal {
         (tick != super::wakeup::NO_WAKEUP && tick != schedtick).then_some(self.kept_at)
     }
 
+    /// Is the goroutine in `runnext` one preempted for a wake-up?
+    #[inline]
+    pub(crate) fn keeps_for_wakeup(&self) -> bool {
+        self.kept_for_wakeup != super::wakeup::NO_WAKEUP
+    }
+
     /// `runnext` was taken in the ordinary order: nothing is kept.
     pub(crate) fn clear_kept(&mut self) {
         self.kept_for_wakeup = super::wakeup::NO_WAKEUP;

@@ -67,8 +67,19 @@ pub(crate) fn ready(g: GRef) {
     if wakes.is_multiple_of(SCHED_LATENCY_SAMPLE) {
         g.runnable_at.set(sh.slice_clock().max(1));
     }
-    let local = sh.with_local(|_, q, _| q.put_next(g));
-    if local.is_none() {
+    // Into our P's `runnext`, unless it holds a goroutine preempted for a
+    // wake-up (`sched::wakeup`, step 3): displaced to the tail, it would
+    // wait behind everything queued since (a timer fired by this P pushed a
+    // kept long request behind the request that had preempted it). `g`
+    // then waits among the woken goroutines, which run before the kept one.
+    let local = sh.with_local(|_, q, l| {
+        if l.keeps_for_wakeup() && q.has_next() {
+            return false;
+        }
+        q.put_next(g);
+        true
+    });
+    if local != Some(true) {
         sh.woken.push(g);
         fence(Ordering::SeqCst);
         sh.wakep();
