@@ -665,3 +665,45 @@ fn long_requests_preempted_for_wakeups_finish_in_order() {
         "the request that began first finished at {first:?}, after the second ({second:?})"
     );
 }
+
+/// The same with the second request spawned by a woken goroutine (an
+/// accept loop starting a handler) while the first one is kept aside: the
+/// new goroutine queues behind the kept one instead of taking its place.
+#[test]
+fn a_goroutine_spawned_during_a_wakeup_turn_queues_behind_the_kept_one() {
+    let _s = serial();
+    let _w = watchdog();
+    let rt = Builder::new()
+        .procs(1)
+        .preempt_quantum(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let (first, second) = rt.block_on(|| {
+        let t0 = Instant::now();
+        let a = gosched::spawn(move || {
+            spin_cpu(Duration::from_millis(20));
+            t0.elapsed()
+        });
+        // Woken every 300 µs beside the first request; the tenth time it
+        // starts the second one.
+        let spawner = gosched::spawn(move || {
+            for _ in 0..10 {
+                gosched::sleep(Duration::from_micros(300));
+            }
+            let b = gosched::spawn(move || {
+                spin_cpu(Duration::from_millis(20));
+                t0.elapsed()
+            });
+            for _ in 0..200 {
+                gosched::sleep(Duration::from_micros(300));
+            }
+            b.join().unwrap()
+        });
+        (a.join().unwrap(), spawner.join().unwrap())
+    });
+    eprintln!("first finished at {first:?}, second at {second:?}");
+    assert!(
+        first < second,
+        "the request that began first finished at {first:?}, after the second ({second:?})"
+    );
+}

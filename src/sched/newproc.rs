@@ -91,7 +91,13 @@ impl Shared {
             l.goid_next += 1;
             init(g, id, body.take().expect("body taken once"));
             bump(&p.counters.spawned);
-            q.put_next(g);
+            if l.keeps_for_wakeup() && q.has_next() {
+                // Not in front of a goroutine preempted for a wake-up
+                // (`sched::wakeup`, step 3): it would go to the tail.
+                q.put_tail(g);
+            } else {
+                q.put_next(g);
+            }
             id
         });
         let id = match local {
