@@ -615,9 +615,29 @@ fn spin_cpu(d: Duration) {
     }
 }
 
+/// One P and a quantum far longer than the tests below: only wake-up
+/// preemption moves their requests (time-slicing sends a goroutine to the
+/// global queue, a round robin of its own).
+fn one_p_no_time_slicing() -> gosched::Runtime {
+    Builder::new()
+        .procs(1)
+        .preempt_quantum(Duration::from_secs(1))
+        .build()
+        .unwrap()
+}
+
+/// The request that began first finished first.
+fn assert_in_order(first: Duration, second: Duration) {
+    eprintln!("first finished at {first:?}, second at {second:?}");
+    assert!(
+        first < second,
+        "the request that began first finished at {first:?}, after the second ({second:?})"
+    );
+}
+
 /// Two long requests on one P, each preempted in turn for a stream of
 /// wake-ups, finish in the order they began, as under any fair policy (the
-/// first has less left to do) and as long as no time slice ends. Each one preempted for a wake-up used to
+/// first has less left to do). Each one preempted for a wake-up used to
 /// push the one kept before it out of `runnext` to the run queue's tail,
 /// behind every later arrival: the oldest long request waited for all the
 /// newer ones (the bimodal benchmark's long-request p99 at 50 % load was
@@ -626,14 +646,7 @@ fn spin_cpu(d: Duration) {
 fn long_requests_preempted_for_wakeups_finish_in_order() {
     let _s = serial();
     let _w = watchdog();
-    // A quantum far longer than the run: only wake-up preemption moves
-    // the two requests (time-slicing sends a goroutine to the global
-    // queue, a round robin of its own).
-    let rt = Builder::new()
-        .procs(1)
-        .preempt_quantum(Duration::from_secs(1))
-        .build()
-        .unwrap();
+    let rt = one_p_no_time_slicing();
     let (first, second) = rt.block_on(|| {
         let t0 = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
@@ -659,11 +672,7 @@ fn long_requests_preempted_for_wakeups_finish_in_order() {
         ticker.join().unwrap();
         (a, b)
     });
-    eprintln!("first finished at {first:?}, second at {second:?}");
-    assert!(
-        first < second,
-        "the request that began first finished at {first:?}, after the second ({second:?})"
-    );
+    assert_in_order(first, second);
 }
 
 /// The same with the second request spawned by a woken goroutine (an
@@ -673,11 +682,7 @@ fn long_requests_preempted_for_wakeups_finish_in_order() {
 fn a_goroutine_spawned_during_a_wakeup_turn_queues_behind_the_kept_one() {
     let _s = serial();
     let _w = watchdog();
-    let rt = Builder::new()
-        .procs(1)
-        .preempt_quantum(Duration::from_secs(1))
-        .build()
-        .unwrap();
+    let rt = one_p_no_time_slicing();
     let (first, second) = rt.block_on(|| {
         let t0 = Instant::now();
         let a = gosched::spawn(move || {
@@ -701,9 +706,5 @@ fn a_goroutine_spawned_during_a_wakeup_turn_queues_behind_the_kept_one() {
         });
         (a.join().unwrap(), spawner.join().unwrap())
     });
-    eprintln!("first finished at {first:?}, second at {second:?}");
-    assert!(
-        first < second,
-        "the request that began first finished at {first:?}, after the second ({second:?})"
-    );
+    assert_in_order(first, second);
 }
