@@ -578,26 +578,29 @@ impl Builder {
             Some(on) => on,
             None => env_flag("GOSCHED_WAKEUPPREEMPTOFF")?.map_or(feature, |off| feature && !off),
         };
-        let sysmon_realtime = match self.sysmon_realtime {
-            Some(false) => false,
-            Some(true) => match crate::os::slice::realtime_allowed() {
-                Ok(()) => true,
-                Err(e) => return Err(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!("sysmon_realtime(true): SCHED_FIFO refused ({e}): needs CAP_SYS_NICE or an RLIMIT_RTPRIO of at least 1"),
-                )),
-            },
-            None => match env_flag("GOSCHED_SYSMONRT")? {
-                Some(true) => match crate::os::slice::realtime_allowed() {
-                    Ok(()) => true,
-                    Err(e) => {
-                        eprintln!("gosched: GOSCHED_SYSMONRT=1 ignored: SCHED_FIFO refused ({e}): needs CAP_SYS_NICE or an RLIMIT_RTPRIO of at least 1");
-                        false
-                    }
-                },
-                _ => false,
-            },
+        // Refused by the kernel: an error if asked for here, a warning if
+        // asked for by the environment.
+        let (want_realtime, explicit) = match self.sysmon_realtime {
+            Some(on) => (on, true),
+            None => (env_flag("GOSCHED_SYSMONRT")?.unwrap_or(false), false),
         };
+        let sysmon_realtime = want_realtime
+            && match crate::os::slice::realtime_allowed() {
+                Ok(()) => true,
+                Err(e) => {
+                    let why = format!(
+                        "SCHED_FIFO refused ({e}): needs CAP_SYS_NICE or an RLIMIT_RTPRIO of at least 1"
+                    );
+                    if explicit {
+                        return Err(io::Error::new(
+                            io::ErrorKind::PermissionDenied,
+                            format!("sysmon_realtime(true): {why}"),
+                        ));
+                    }
+                    eprintln!("gosched: GOSCHED_SYSMONRT=1 ignored: {why}");
+                    false
+                }
+            };
         let max_threads = match self.max_threads {
             Some(n) if n < 2 => {
                 return Err(invalid(format!(

@@ -517,16 +517,8 @@ fn the_rest_of_a_long_burst_is_served_in_the_next_turns() {
     let hog = {
         let stop = stop.clone();
         rt.spawn(move || {
-            let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                // (The clock is read rarely: preemption is refused in the
-                // vDSO, outside the executable.)
-                let t = Instant::now();
-                while t.elapsed() < Duration::from_millis(4) {
-                    for _ in 0..4096 {
-                        n = std::hint::black_box(n + 1);
-                    }
-                }
+                spin_cpu(Duration::from_millis(4));
                 gosched::yield_now();
             }
         })
@@ -626,6 +618,13 @@ fn one_p_no_time_slicing() -> gosched::Runtime {
         .unwrap()
 }
 
+/// A long request: 20 ms of CPU with no runtime call; returns when it
+/// finished, measured from `t0`.
+fn long_request(t0: Instant) -> Duration {
+    spin_cpu(Duration::from_millis(20));
+    t0.elapsed()
+}
+
 /// The request that began first finished first.
 fn assert_in_order(first: Duration, second: Duration) {
     eprintln!("first finished at {first:?}, second at {second:?}");
@@ -658,14 +657,10 @@ fn long_requests_preempted_for_wakeups_finish_in_order() {
                 }
             })
         };
-        let a = gosched::spawn(move || {
-            spin_cpu(Duration::from_millis(20));
-            t0.elapsed()
-        });
+        let a = gosched::spawn(move || long_request(t0));
         let b = gosched::spawn(move || {
             gosched::sleep(Duration::from_millis(3));
-            spin_cpu(Duration::from_millis(20));
-            t0.elapsed()
+            long_request(t0)
         });
         let (a, b) = (a.join().unwrap(), b.join().unwrap());
         stop.store(true, Ordering::Relaxed);
@@ -685,20 +680,14 @@ fn a_goroutine_spawned_during_a_wakeup_turn_queues_behind_the_kept_one() {
     let rt = one_p_no_time_slicing();
     let (first, second) = rt.block_on(|| {
         let t0 = Instant::now();
-        let a = gosched::spawn(move || {
-            spin_cpu(Duration::from_millis(20));
-            t0.elapsed()
-        });
+        let a = gosched::spawn(move || long_request(t0));
         // Woken every 300 µs beside the first request; the tenth time it
         // starts the second one.
         let spawner = gosched::spawn(move || {
             for _ in 0..10 {
                 gosched::sleep(Duration::from_micros(300));
             }
-            let b = gosched::spawn(move || {
-                spin_cpu(Duration::from_millis(20));
-                t0.elapsed()
-            });
+            let b = gosched::spawn(move || long_request(t0));
             for _ in 0..200 {
                 gosched::sleep(Duration::from_micros(300));
             }

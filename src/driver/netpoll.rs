@@ -184,7 +184,7 @@ impl Shared {
             }
             return r;
         }
-        d.sysmon_backoff.store(0, Ordering::Relaxed);
+        self.sysmon_backoff_reset();
         d.sysmon_watching.store(true, Ordering::SeqCst);
         if self.sysmon_note.take() {
             d.sysmon_watching.store(false, Ordering::Relaxed);
@@ -199,8 +199,9 @@ impl Shared {
         self.sysmon_note.take() || ready
     }
 
-    /// sysmon goes idle (every P is): when Ps get busy again, it starts
-    /// over from `SYSMON_WATCH_AFTER` (see `sysmon_wait`).
+    /// sysmon was woken, goes idle or watches the poller: its next sleep
+    /// while Ps poll on their own starts over from `SYSMON_WATCH_AFTER`
+    /// (see `sysmon_wait`).
     pub(crate) fn sysmon_backoff_reset(&self) {
         self.driver.sysmon_backoff.store(0, Ordering::Relaxed);
     }

@@ -96,14 +96,6 @@ pub(crate) fn realtime_allowed() -> std::io::Result<()> {
 }
 
 #[cfg(test)]
-/// The calling thread's scheduling policy (`SCHED_OTHER`, `SCHED_FIFO`,
-/// ...), without the reset-on-fork flag.
-pub(crate) fn policy() -> libc::c_int {
-    // SAFETY: no arguments but the calling thread's pid 0.
-    unsafe { libc::sched_getscheduler(0) & !SCHED_RESET_ON_FORK }
-}
-
-#[cfg(test)]
 mod tests {
     /// Where the kernel supports it (6.6+, as on the development
     /// machine), the request sticks: sched_getattr reads it back.
@@ -132,6 +124,13 @@ mod tests {
         }
     }
 
+    /// The calling thread's scheduling policy (`SCHED_OTHER`, `SCHED_FIFO`,
+    /// ...), without the reset-on-fork flag.
+    fn policy() -> libc::c_int {
+        // SAFETY: no arguments but the calling thread's pid 0.
+        unsafe { libc::sched_getscheduler(0) & !super::SCHED_RESET_ON_FORK }
+    }
+
     /// A real-time request succeeds where the process may (root here) and
     /// then holds for the thread alone: a thread it creates is
     /// `SCHED_OTHER` (reset on fork), and so is the caller of the probe.
@@ -142,13 +141,13 @@ mod tests {
         }
         let (mine, child) = std::thread::spawn(|| {
             super::request_realtime().unwrap();
-            let child = std::thread::spawn(super::policy).join().unwrap();
-            (super::policy(), child)
+            let child = std::thread::spawn(policy).join().unwrap();
+            (policy(), child)
         })
         .join()
         .unwrap();
         assert_eq!(mine, libc::SCHED_FIFO);
         assert_eq!(child, libc::SCHED_OTHER);
-        assert_eq!(super::policy(), libc::SCHED_OTHER);
+        assert_eq!(policy(), libc::SCHED_OTHER);
     }
 }

@@ -165,22 +165,22 @@ impl Timers {
         }
     }
 
-    fn fire_locked(&self, h: std::sync::MutexGuard<'_, Heap>, now: u64) -> usize {
+    /// Takes the due timers out of the heap, unlocks it, then runs them (a
+    /// timer's callback may add a timer).
+    fn fire_locked(&self, mut h: std::sync::MutexGuard<'_, Heap>, now: u64) -> usize {
         let mut due = Vec::new();
-        {
-            let mut h = h;
-            while let Some(&Reverse((when, id))) = h.order.peek() {
-                if when > now {
-                    break;
-                }
-                h.order.pop();
-                if let Some(t) = h.tasks.remove(&id) {
-                    due.push(t);
-                }
+        while let Some(&Reverse((when, id))) = h.order.peek() {
+            if when > now {
+                break;
             }
-            let next = h.order.peek().map_or(u64::MAX, |r| r.0 .0);
-            self.next.store(next, Ordering::Relaxed);
+            h.order.pop();
+            if let Some(t) = h.tasks.remove(&id) {
+                due.push(t);
+            }
         }
+        let next = h.order.peek().map_or(u64::MAX, |r| r.0 .0);
+        self.next.store(next, Ordering::Relaxed);
+        drop(h);
         let n = due.len();
         for t in due {
             t();
