@@ -101,7 +101,19 @@ pub(crate) struct Config {
     pub(crate) wakeup_preempt: bool,
     /// sysmon runs `SCHED_FIFO` (checked at `build`: it may).
     pub(crate) sysmon_realtime: bool,
+    /// The nice value sysmon asks for (-20 ..= 0; 0: none).
+    pub(crate) sysmon_nice: i32,
 }
+
+/// The nice value sysmon asks for by default (see
+/// [`Builder::sysmon_nice`]).
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(gosched::DEFAULT_SYSMON_NICE, -20);
+/// ```
+pub const DEFAULT_SYSMON_NICE: i32 = -20;
 
 /// Default cap on the threads of one runtime: 10,000, Go's `maxmcount`.
 ///
@@ -149,6 +161,7 @@ pub struct Builder {
     sigquit_dump: Option<bool>,
     wakeup_preempt: Option<bool>,
     sysmon_realtime: Option<bool>,
+    sysmon_nice: Option<i32>,
 }
 
 fn invalid(msg: String) -> io::Error {
@@ -418,8 +431,10 @@ impl Builder {
     /// Why: Linux's fair scheduler does not always run a waking thread
     /// promptly beside CPU-bound threads on its CPU. Measured on Linux 6.18
     /// (2-vCPU VM), a thread waking every 50 µs beside two CPU-bound
-    /// threads waited 4-9 ms for the CPU every ~25 ms, whatever its nice
-    /// value or slice; a `SCHED_FIFO` one never waited more than ~0.1 ms.
+    /// threads waited 4-9 ms for the CPU every ~25 ms at nice 0 (42 waits
+    /// over 1 ms in 3 s), rarely at nice -20 (1-2; the default
+    /// [`sysmon_nice`](Builder::sysmon_nice)); a `SCHED_FIFO` one never
+    /// waited more than ~0.1 ms.
     /// When goroutines hog every CPU, each such wait delays sysmon's
     /// preemptions and its poll: the bimodal benchmark's short requests
     /// (one P, a server pinned to one CPU) waited up to a tick or two for
@@ -445,6 +460,52 @@ impl Builder {
         self
     }
 
+    /// The nice value sysmon asks for, -20 ..= 0 (0: it asks for nothing).
+    /// Default [`DEFAULT_SYSMON_NICE`] (-20), or `$GOSCHED_SYSMONNICE`.
+    /// Best effort: where the process may not lower a nice value (it needs
+    /// `CAP_SYS_NICE`, which root has, or an `RLIMIT_NICE` above 20),
+    /// sysmon takes the lowest value `RLIMIT_NICE` allows, often 0, and
+    /// nothing fails; [`Stats::sysmon_nice`](crate::Stats::sysmon_nice)
+    /// says what it got. Threads sysmon starts begin at nice 0.
+    ///
+    /// Why: when goroutines hog every CPU, sysmon's wake-ups (to preempt
+    /// a goroutine for one that was woken, to poll for I/O) compete with
+    /// the hogs' threads, and Linux's fair scheduler (EEVDF) lets a waking
+    /// thread in at once only while it is owed CPU time. sysmon wakes
+    /// thousands of times a second and each run leaves it slightly in
+    /// debt, so at an equal weight it was regularly left waiting for the
+    /// next scheduler tick (4 ms at 250 Hz): in the bimodal benchmark (one
+    /// CPU, 0.5 % of requests 5 ms long) ~27 of its 40 µs waits a second
+    /// took 3-4.7 ms, and the short requests behind them had a p99 of
+    /// 3.3-3.9 ms. At nice -20 (weight 88,761 against 1,024) its debt is
+    /// negligible: 3 such waits in 4 s, p99 0.69 ms. sysmon sleeps between
+    /// checks that take microseconds, so the CPU it takes stays small (a
+    /// few percent of one CPU in a busy server), but a higher weight means
+    /// a busy sysmon would get its way: set 0 to keep it at the process's
+    /// own nice value. [`sysmon_realtime`](Builder::sysmon_realtime) goes
+    /// further (a real-time policy; nice values do not apply to it).
+    ///
+    /// # Errors
+    ///
+    /// [`build`](Builder::build) returns `InvalidInput` for a value outside
+    /// -20 ..= 0.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// // Keep sysmon at the process's nice value.
+    /// let rt = gosched::Builder::new().sysmon_nice(0).build().unwrap();
+    /// assert_eq!(rt.block_on(|| 1), 1);
+    /// assert_eq!(rt.stats().sysmon_nice, 0);
+    ///
+    /// let err = gosched::Builder::new().sysmon_nice(5).build().unwrap_err();
+    /// assert!(err.to_string().contains("sysmon_nice(5)"));
+    /// ```
+    pub fn sysmon_nice(mut self, nice: i32) -> Builder {
+        self.sysmon_nice = Some(nice);
+        self
+    }
+
     /// Validates the settings and starts the runtime (its threads start
     /// lazily, when there is work).
     ///
@@ -458,7 +519,8 @@ impl Builder {
     /// [`allow_migrate`](Builder::allow_migrate), or a malformed `GOSCHED_*`
     /// variable. Any OS error reserving the stacks. `PermissionDenied` for
     /// [`sysmon_realtime(true)`](Builder::sysmon_realtime) where the
-    /// process may not use real-time priorities.
+    /// process may not use real-time priorities. `InvalidInput` for a
+    /// [`sysmon_nice`](Builder::sysmon_nice) outside -20 ..= 0.
     ///
     /// # Examples
     ///
@@ -601,6 +663,25 @@ impl Builder {
                     false
                 }
             };
+        let sysmon_nice = match self.sysmon_nice {
+            Some(n) if !(-20..=0).contains(&n) => {
+                return Err(invalid(format!(
+                    "sysmon_nice({n}): expected -20 ..= 0 (0: sysmon asks for nothing)"
+                )))
+            }
+            Some(n) => n,
+            None => match env("GOSCHED_SYSMONNICE")? {
+                Some(v) if !v.trim().is_empty() => match v.trim().parse::<i32>() {
+                    Ok(n) if (-20..=0).contains(&n) => n,
+                    _ => {
+                        return Err(invalid(format!(
+                            "GOSCHED_SYSMONNICE={v:?}: expected an integer in -20 ..= 0"
+                        )))
+                    }
+                },
+                _ => DEFAULT_SYSMON_NICE,
+            },
+        };
         let max_threads = match self.max_threads {
             Some(n) if n < 2 => {
                 return Err(invalid(format!(
@@ -632,6 +713,7 @@ impl Builder {
             sigquit_dump,
             wakeup_preempt,
             sysmon_realtime,
+            sysmon_nice,
         })
     }
 }

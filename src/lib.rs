@@ -144,7 +144,8 @@ pub use crate::chan::select;
 use std::time::{Duration, Instant};
 
 pub use crate::builder::{
-    Builder, PreemptMode, DEFAULT_MAX_THREADS, DEFAULT_QUANTUM, MAX_PROCS, MIN_QUANTUM,
+    Builder, PreemptMode, DEFAULT_MAX_THREADS, DEFAULT_QUANTUM, DEFAULT_SYSMON_NICE, MAX_PROCS,
+    MIN_QUANTUM,
 };
 pub use crate::diag::stats::Stats;
 pub use crate::future::block_on_future;

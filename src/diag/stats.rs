@@ -93,6 +93,10 @@ pub struct Stats {
     /// Whether sysmon runs at real-time priority
     /// ([`Builder::sysmon_realtime`](crate::Builder::sysmon_realtime)).
     pub sysmon_realtime: bool,
+    /// sysmon's nice value: what it got of
+    /// [`Builder::sysmon_nice`](crate::Builder::sysmon_nice) (0 before
+    /// sysmon starts, or where lowering it is not permitted).
+    pub sysmon_nice: i32,
     /// Wake-up preemption requests made (each asks one busy P to yield).
     pub preempt_wakeup: u64,
     /// Whether asynchronous preemption is on.
@@ -202,6 +206,7 @@ impl Shared {
             async_preempt: self.cfg.async_preempt,
             wakeup_preempt: self.cfg.wakeup_preempt,
             sysmon_realtime: self.cfg.sysmon_realtime,
+            sysmon_nice: self.sysmon_nice.load(Ordering::Relaxed),
             preempt_wakeup: self.counters.preempt_wakeup.load(Ordering::Relaxed),
             mode: self.cfg.mode,
             timers: self.timers.pending(),

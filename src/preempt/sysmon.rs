@@ -191,6 +191,9 @@ fn run(sh: &Shared) {
     // And get the CPU when it wakes, even when every CPU runs a goroutine
     // (see `os::slice`).
     crate::os::slice::request_slice(SYSMON_SLICE);
+    // A slice is not enough: see `Builder::sysmon_nice`.
+    let nice = crate::os::slice::request_nice(sh.cfg.sysmon_nice);
+    sh.sysmon_nice.store(nice, Ordering::Relaxed);
     if sh.cfg.sysmon_realtime {
         // `build` checked that the process may: failing now (the limit was
         // lowered meanwhile) leaves sysmon as it was.

@@ -3,7 +3,7 @@
 
 use std::cell::UnsafeCell;
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle as ThreadHandle;
 use std::time::Instant;
@@ -91,6 +91,8 @@ pub(crate) struct Shared {
     /// fence), so a waker that reads any other value can leave the next
     /// look to sysmon instead of waking it (`Shared::sysmon_looks_within`).
     pub(crate) sysmon_wakeup_look: AtomicU64,
+    /// The nice value sysmon got (`Stats::sysmon_nice`).
+    pub(crate) sysmon_nice: AtomicI32,
     /// sysmon's looks in a row that found every P's slice younger than the
     /// wake-up granularity (its backoff; see `Shared::wakeup_preempt`).
     pub(crate) wakeup_deferrals: AtomicU32,
@@ -177,6 +179,7 @@ impl Shared {
             sysmon_note: Note::new(),
             sysmon_idle_until: AtomicU64::new(0),
             sysmon_wakeup_look: AtomicU64::new(u64::MAX),
+            sysmon_nice: AtomicI32::new(0),
             wakeup_deferrals: AtomicU32::new(0),
             in_blocking: AtomicUsize::new(0),
             affine_parked: AtomicUsize::new(0),
