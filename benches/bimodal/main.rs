@@ -37,7 +37,11 @@
 //! - `std`: a thread per connection, std::net: the kernel's scheduler;
 //! - `gosched-10ms-migrate` (only when named in `BIMODAL_ONLY`): like
 //!   `gosched-10ms` in Migrate mode, so a preempted request resumes on any
-//!   thread and a wake-up preemption needs no thread hand-off.
+//!   thread and a wake-up preemption needs no thread hand-off;
+//! - `gosched-10ms-nice0` (only when named in `BIMODAL_ONLY`): like
+//!   `gosched-10ms` with sysmon at nice 0 (`GOSCHED_SYSMONNICE=0`; by
+//!   default it asks for -20, which a process without `CAP_SYS_NICE` does
+//!   not get: this is what such a process sees).
 //!
 //! This binary is the driver and the client, and re-executes itself as the
 //! gosched and std servers (`bimodal serve gosched QUANTUM_US WAKEUP` /
@@ -91,6 +95,8 @@ enum Kind {
         migrate: bool,
         /// sysmon at real-time priority (`GOSCHED_SYSMONRT=1`).
         rt: bool,
+        /// sysmon at nice 0 (`GOSCHED_SYSMONNICE=0`), as before 0.x.
+        nice0: bool,
     },
     Go,
     Tokio,
@@ -106,7 +112,7 @@ struct Contender {
 /// `BIMODAL_ONLY`.
 const DEFAULT_CONTENDERS: usize = 8;
 
-const CONTENDERS: [Contender; 9] = [
+const CONTENDERS: [Contender; 10] = [
     Contender {
         name: "gosched-10ms",
         kind: Kind::Gosched {
@@ -114,6 +120,7 @@ const CONTENDERS: [Contender; 9] = [
             wakeup: true,
             migrate: false,
             rt: false,
+            nice0: false,
         },
     },
     // The same with sysmon at real-time priority (needs root or an
@@ -125,6 +132,7 @@ const CONTENDERS: [Contender; 9] = [
             wakeup: true,
             migrate: false,
             rt: true,
+            nice0: false,
         },
     },
     Contender {
@@ -134,6 +142,7 @@ const CONTENDERS: [Contender; 9] = [
             wakeup: false,
             migrate: false,
             rt: false,
+            nice0: false,
         },
     },
     Contender {
@@ -143,6 +152,7 @@ const CONTENDERS: [Contender; 9] = [
             wakeup: true,
             migrate: false,
             rt: false,
+            nice0: false,
         },
     },
     Contender {
@@ -152,6 +162,7 @@ const CONTENDERS: [Contender; 9] = [
             wakeup: true,
             migrate: false,
             rt: false,
+            nice0: false,
         },
     },
     Contender {
@@ -175,6 +186,19 @@ const CONTENDERS: [Contender; 9] = [
             wakeup: true,
             migrate: true,
             rt: false,
+            nice0: false,
+        },
+    },
+    // Not in the list: sysmon at nice 0 (where the process may not
+    // lower a nice value, or with GOSCHED_SYSMONNICE=0), for comparison.
+    Contender {
+        name: "gosched-10ms-nice0",
+        kind: Kind::Gosched {
+            quantum: Duration::from_millis(10),
+            wakeup: true,
+            migrate: false,
+            rt: false,
+            nice0: true,
         },
     },
 ];
@@ -521,8 +545,10 @@ fn start(cfg: &Config, kind: Kind, program: &Path) -> io::Result<Server> {
             wakeup,
             migrate,
             rt,
+            nice0,
         } => {
             cmd.env("GOSCHED_SYSMONRT", if rt { "1" } else { "0" });
+            cmd.env("GOSCHED_SYSMONNICE", if nice0 { "0" } else { "-20" });
             cmd.args(["serve", "gosched"])
                 .arg(quantum.as_micros().to_string())
                 .arg(if wakeup { "1" } else { "0" })
