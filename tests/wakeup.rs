@@ -697,3 +697,92 @@ fn a_goroutine_spawned_during_a_wakeup_turn_queues_behind_the_kept_one() {
     });
     assert_in_order(first, second);
 }
+
+/// One signal per wake-up: a hog on every P and a 1 ms ticker; each
+/// wake-up preempts one hog, not both (with the signal sent at once,
+/// sysmon's next look used to come while the asked P was being handed to
+/// another thread, and it asked the other P too: ~1.3 preemptions per
+/// wake-up).
+#[test]
+fn one_wakeup_preempts_one_hog() {
+    let _s = serial();
+    let _w = watchdog();
+    let n = 500;
+    let (late, _, s) = ticker_beside_hogs(2, 2, true, n, Duration::from_millis(1));
+    eprintln!(
+        "{} wake-up requests, {} async preemptions for {n} wake-ups; p50 {:?}",
+        s.preempt_wakeup,
+        s.preempt_async,
+        late[n / 2]
+    );
+    // A few quantum-end preemptions come on top (each hog runs ~0.6 s,
+    // so at most ~120 at 10 ms; only when someone waits, so far fewer).
+    let bound = n as u64 + n as u64 / 10 + 20;
+    assert!(
+        s.preempt_async <= bound,
+        "{} asynchronous preemptions for {n} wake-ups (bound {bound})",
+        s.preempt_async
+    );
+}
+
+/// ThreadAffine: a goroutine that did not yield at a runtime call when
+/// asked to make room for a woken goroutine is signalled at once the next
+/// time, instead of after another `WAKEUP_RETRY` (20 µs) of cooperative
+/// grace. Paired, so that the machine's speed cancels out: beside each of
+/// many fresh hogs on one P, a goroutine sleeps twice; its first wake-up
+/// pays the grace (the hog is asked cooperatively first), its second no
+/// longer does. Before, both took as long. Time slicing is off (1 s
+/// quantum), so that no quantum-end preemption serves a wake-up early.
+#[test]
+fn a_hog_that_ignored_a_request_is_signalled_at_once_next_time() {
+    let _s = serial();
+    let _w = watchdog();
+    let rt = Builder::new()
+        .procs(1)
+        .preempt_quantum(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let d = Duration::from_micros(300);
+    let pairs = rt.block_on(move || {
+        (0..300)
+            .map(|_| {
+                let stop = Arc::new(AtomicBool::new(false));
+                let hog = {
+                    let stop = stop.clone();
+                    gosched::spawn(move || {
+                        let mut n = 0u64;
+                        while !stop.load(Ordering::Relaxed) {
+                            n = std::hint::black_box(n + 1);
+                        }
+                    })
+                };
+                let mut late = [Duration::ZERO; 2];
+                for l in &mut late {
+                    let t = Instant::now();
+                    gosched::sleep(d);
+                    *l = t.elapsed().saturating_sub(d);
+                }
+                stop.store(true, Ordering::Relaxed);
+                hog.join().unwrap();
+                late
+            })
+            .collect::<Vec<_>>()
+    });
+    let median = |i: usize| {
+        let mut v: Vec<_> = pairs.iter().map(|p| p[i]).collect();
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (first, second) = (median(0), median(1));
+    let faster = pairs.iter().filter(|p| p[1] < p[0]).count();
+    eprintln!(
+        "median lateness: first wake-up beside a hog {first:?}, second {second:?}; second faster in {faster} of {}",
+        pairs.len()
+    );
+    // The grace is 20 µs; half of it must show, and in most pairs.
+    assert!(
+        second + Duration::from_micros(10) < first,
+        "first {first:?}, second {second:?}"
+    );
+    assert!(faster * 3 >= pairs.len() * 2, "{faster} of {}", pairs.len());
+}

@@ -77,6 +77,13 @@ pub(crate) struct G {
     /// Cooperative preemption request. Set by sysmon (Relaxed), checked and
     /// cleared by the goroutine at its next runtime call or preempt point.
     pub(crate) preempt: AtomicBool,
+    /// In ThreadAffine mode, its last wake-up preemption request needed the
+    /// signal (it made no runtime call within `WAKEUP_RETRY`): the next
+    /// one signals at once (`sched::wakeup`, step 2). Set by sysmon,
+    /// cleared when the goroutine yields at a runtime call for a request
+    /// and when the G is reused (Relaxed: a hint; a stale value costs one
+    /// thread hand-off or one 20 µs wait).
+    pub(crate) wakeup_signal: AtomicBool,
     /// Nesting depth of no-preempt regions. Written by the goroutine; read by
     /// the SIGURG handler on the same thread, so Relaxed plus the handler's
     /// signal fence suffice. Runtime internals and `no_preempt` raise it; a
@@ -175,6 +182,7 @@ impl G {
             wakes: Cell::new(0),
             runnable_at: Cell::new(0),
             run_origin: Cell::new(0),
+            wakeup_signal: AtomicBool::new(false),
             name: UnsafeCell::new(None),
         }
     }

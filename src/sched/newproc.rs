@@ -73,6 +73,7 @@ impl Shared {
             g.park.store(EMPTY, Ordering::Relaxed);
             g.no_preempt.store(1, Ordering::Relaxed);
             g.preempt.store(false, Ordering::Relaxed);
+            g.wakeup_signal.store(false, Ordering::Relaxed);
         };
         let mut body = Some(body);
         // From a goroutine (or g0) of this runtime: Go's newproc, all on the

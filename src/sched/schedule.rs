@@ -237,6 +237,9 @@ impl G0<'_> {
                     .counters
                     .preempt_coop
                     .fetch_add(1, Ordering::Relaxed);
+                // It answers requests at runtime calls: the next wake-up
+                // request tries that first again (`sched::wakeup`).
+                g.wakeup_signal.store(false, Ordering::Relaxed);
                 if !self.requeue_preempted_for_wakeup(g, origin) {
                     self.globrunqput(g, false);
                 }

@@ -30,7 +30,12 @@
 //!    goroutine that yields at a runtime call keeps nothing; goroutines that
 //!    make runtime calls (I/O handlers, channel users: the common case
 //!    behind a burst of wake-ups) reach one within microseconds, so only
-//!    call-free loops pay a thread hand-off. Before, a burst of 10,000
+//!    call-free loops pay a thread hand-off. A goroutine that did not
+//!    answer its last cooperative request (`G::wakeup_signal`, cleared when
+//!    it yields at a runtime call) gets the signal at once, as in Migrate
+//!    mode: a long request or a CPU hog would otherwise cost every wake-up
+//!    beside it the 20 µs wait plus one more sysmon wake-up, the thread
+//!    switch that puts sysmon on the hog's CPU. Before, a burst of 10,000
 //!    wake-ups (10,000 connections closing at once) preempted dozens of
 //!    such goroutines by signal and grew the runtime from 3 to 14-51
 //!    threads.
@@ -141,18 +146,27 @@ impl Shared {
         let ns_per_unit = self.ns_per_clock_unit();
         let mut best: Option<(usize, u64, u64)> = None; // (p, ran ns, schedtick)
         for (i, p) in self.ps[..self.procs()].iter().enumerate() {
-            if pstate(p.status.load(Ordering::Acquire)) != P_USER {
-                continue;
-            }
+            let state = pstate(p.status.load(Ordering::Acquire));
             let tick = p.schedtick.load(Ordering::Acquire);
-            if p.wakeup_tick.load(Ordering::Relaxed) == tick {
+            if p.wakeup_tick.load(Ordering::Relaxed) == tick
+                && matches!(state, P_USER | P_SCHED | P_HANDOFF)
+            {
                 // Already asked in this slice: it is on its way to g0,
-                // which takes the woken goroutine first, or it refused.
+                // which takes the woken goroutine first, or there (its
+                // goroutine switched out, its new one not started yet), or
+                // it refused. Not asking another P while it switches: with
+                // a signal sent at once, sysmon's next look often came
+                // while the asked P was handed to another thread, and it
+                // preempted a second hog for the same wake-up (fairness
+                // example, one hog per P: ~1.3 preemptions per wake-up).
                 return if from_sysmon {
                     self.wakeup_retry(i, now, ns_per_unit)
                 } else {
                     None
                 };
+            }
+            if state != P_USER {
+                continue;
             }
             let start = p.slice_start.load(Ordering::Relaxed);
             if start == UNSTAMPED {
@@ -201,7 +215,13 @@ impl Shared {
             pp.wakeup_retries.store(0, Ordering::Relaxed);
             pp.wakeup_cpu.store(NO_SAMPLE, Ordering::Relaxed);
             self.counters.preempt_wakeup.fetch_add(1, Ordering::Relaxed);
-            if self.cfg.mode == PreemptMode::ThreadAffine {
+            // A goroutine that did not answer its last cooperative request
+            // gets the signal at once, as in Migrate mode.
+            let coop_first = self.cfg.mode == PreemptMode::ThreadAffine
+                && !self
+                    .p_goroutine(p)
+                    .is_some_and(|g| g.wakeup_signal.load(Ordering::Relaxed));
+            if coop_first {
                 // Cooperatively first (step 2): sysmon sends the signal if
                 // the goroutine is still in this slice `WAKEUP_RETRY` later.
                 self.preempt_p(p, false);
@@ -227,6 +247,12 @@ impl Shared {
     /// runtime call, and a signal would pin it for nothing.
     fn wakeup_retry(&self, p: usize, now: u64, ns_per_unit: f64) -> Option<Duration> {
         let pp = &self.ps[p];
+        if pstate(pp.status.load(Ordering::Acquire)) != P_USER {
+            // Switching: it takes the woken goroutine next (or, handed to
+            // a thread whose goroutine is locked to it, runs that one
+            // first): look again soon.
+            return Some(WAKEUP_RETRY);
+        }
         let affine = self.cfg.mode == PreemptMode::ThreadAffine;
         if affine && pp.wakeup_cpu.load(Ordering::Relaxed) == NO_SAMPLE {
             pp.wakeup_cpu
@@ -257,6 +283,13 @@ impl Shared {
         pp.wakeup_asked.store(now, Ordering::Relaxed);
         pp.wakeup_retries
             .store(n.saturating_add(1), Ordering::Relaxed);
+        if affine && n == 0 {
+            // It did not answer the cooperative request: signal it at once
+            // next time (step 2).
+            if let Some(g) = self.p_goroutine(p) {
+                g.wakeup_signal.store(true, Ordering::Relaxed);
+            }
+        }
         self.preempt_p(p, true);
         Some(
             WAKEUP_RETRY
@@ -275,6 +308,20 @@ impl Shared {
         // `inject`): see the field's docs.
         let look = self.sysmon_wakeup_look.load(Ordering::SeqCst);
         look != u64::MAX && look <= self.nanotime().saturating_add(d.as_nanos() as u64)
+    }
+
+    /// The goroutine P `p` runs now, if any (it may change at any moment:
+    /// for hints only).
+    fn p_goroutine(&self, p: usize) -> Option<&g::G> {
+        let mp = self.ps[p].m.load(Ordering::Acquire);
+        if mp.is_null() {
+            return None;
+        }
+        // SAFETY: Ms live as long as Shared.
+        let g = unsafe { (*mp).curg.load(Ordering::Acquire) };
+        // SAFETY: G structs are never freed while the runtime runs (see
+        // `preempt_p`); we only touch its atomics.
+        unsafe { g.as_ref() }
     }
 
     /// CPU time used by the thread that runs P `p` now, in ns.
