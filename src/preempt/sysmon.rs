@@ -259,6 +259,13 @@ fn run(sh: &Shared) {
                 trace_cap = Some(trace_cap.map_or(g, |c| c.min(g)));
             }
         }
+        // A goroutine kept aside for a wake-up waits behind one that has had
+        // its turn (see `sched::wakeup`, step 3).
+        if let Some(d) = sh.kept_turn_preempt() {
+            trace_cap = Some(trace_cap.map_or(d, |c| c.min(d)));
+            let look = now.saturating_add(nanos(d));
+            let _ = sh.sysmon_wakeup_look.fetch_min(look, Ordering::SeqCst);
+        }
         let woken = match sleep {
             Sleep::For(d) => sh.sysmon_wait(min_opt(d, trace_cap), poll_cap),
             Sleep::Idle(deadline) => {

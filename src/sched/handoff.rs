@@ -161,6 +161,8 @@ impl Shared {
             reason: Cell::new(Reason::None),
             #[cfg(feature = "preempt-signal")]
             signal_pending: AtomicBool::new(false),
+            #[cfg(feature = "preempt-signal")]
+            preempting: AtomicBool::new(false),
             claiming: AtomicBool::new(false),
             pinned: AtomicBool::new(false),
             cpu_mask: Cell::new(None),
@@ -288,6 +290,26 @@ impl Shared {
     /// Sysmon's preemption request for P `p` (Go's preemptone): sets the
     /// running goroutine's cooperative flag and, if asked, signals its M.
     pub(crate) fn preempt_p(&self, p: usize, send_signal: bool) -> gosched_sysmon::Preempt {
+        self.preempt_slice(p, None, send_signal)
+    }
+
+    /// `preempt_p`, only if P `p` still runs slice `tick` (its `schedtick`)
+    /// when its goroutine is looked up: a wake-up request's repeat must not
+    /// land in a later slice. (It did: with the request's first signal sent
+    /// at once, sysmon's repeat 20 µs later sometimes found the P between
+    /// the slices, and its flag and signal went to the goroutine that ran
+    /// next, often the same long request resumed: preempted outside a
+    /// wake-up request, it went to the global queue's tail, behind a newer
+    /// long request; tests/wakeup.rs
+    /// `long_requests_preempted_for_wakeups_finish_in_order` failed 1 run
+    /// in 20.) The window left, between the check and the flag, is
+    /// nanoseconds, as in Go's preemptone.
+    pub(crate) fn preempt_slice(
+        &self,
+        p: usize,
+        tick: Option<u64>,
+        send_signal: bool,
+    ) -> gosched_sysmon::Preempt {
         use gosched_sysmon::Preempt;
         let pp = &self.ps[p];
         let st = pp.status.load(Ordering::Acquire);
@@ -301,7 +323,7 @@ impl Shared {
         // SAFETY: Ms live as long as Shared.
         let m = unsafe { &*mp };
         let g = m.curg.load(Ordering::Acquire);
-        if g.is_null() {
+        if g.is_null() || tick.is_some_and(|t| pp.schedtick.load(Ordering::Acquire) != t) {
             return Preempt::NotRunning;
         }
         // SAFETY: a running G is live (G structs are never freed while the

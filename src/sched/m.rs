@@ -69,6 +69,15 @@ pub(crate) struct M {
     /// by sysmon's CAS before tgkill, cleared by the handler.
     #[cfg(feature = "preempt-signal")]
     pub(crate) signal_pending: AtomicBool,
+    /// Set by the SIGURG handler when it sends the goroutine to the
+    /// trampoline, cleared by g0 once the goroutine has switched out
+    /// (`G0::after`): a second signal in between (a request repeated by
+    /// sysmon after the handler cleared the first) is refused (safe-point
+    /// rule 2). Accepted, it nested a second trampoline call: the goroutine,
+    /// resumed, finished the first one and was preempted again at once,
+    /// outside any request. Only this thread reads or writes it.
+    #[cfg(feature = "preempt-signal")]
+    pub(crate) preempting: AtomicBool,
     /// Asynchronous preemption attempts the handler refused on this M.
     pub(crate) refused: AtomicU64,
     /// The signal mask this M runs goroutines with (safe-point rule 5).

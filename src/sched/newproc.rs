@@ -104,8 +104,13 @@ impl Shared {
         let id = match local {
             Some(id) => id,
             None => {
-                // From a plain thread (or a goroutine that lost its P): the
-                // global queue.
+                // From a plain thread (or a goroutine that lost its P):
+                // with the goroutines woken from outside any P, which every
+                // P takes first, and with a wake-up preemption if every P is
+                // busy (`sched::wakeup`). In the global queue it waited for
+                // a P to reach a scheduling point: beside a CPU hog on every
+                // P, `block_on`'s goroutine started a quantum late (never,
+                // with time slicing turned off by a huge quantum).
                 let mut spare = Vec::new();
                 let g = self.gget_global(&mut spare);
                 self.gfree.rt_lock().extend(spare);
@@ -113,8 +118,11 @@ impl Shared {
                 init(g, id, body.take().expect("body taken once"));
                 self.counters_spawned_outside
                     .fetch_add(1, Ordering::Relaxed);
-                self.injector.push(g);
-                id
+                self.woken.push(g);
+                fence(Ordering::SeqCst);
+                self.wakep();
+                let _ = self.wakeup_preempt(false);
+                return id;
             }
         };
         fence(Ordering::SeqCst);

@@ -86,6 +86,11 @@ pub(crate) struct P {
     /// last looked at an outstanding request (`wakeup::NO_SAMPLE`: not yet
     /// since the request). sysmon only.
     pub(crate) wakeup_cpu: AtomicU64,
+    /// `PLocal::kept_for_wakeup` for sysmon: the `schedtick` in which a
+    /// goroutine was kept in `runnext` for a wake-up (`wakeup::NO_WAKEUP`:
+    /// none). Owner writes (`G0::keep_for_wakeup`, `G0::clear_kept`),
+    /// sysmon reads (`Shared::kept_turn_preempt`).
+    pub(crate) kept_tick: AtomicU64,
     /// Blocking calls entered; written by the goroutine in `blocking`.
     pub(crate) syscalltick: AtomicU64,
     pub(crate) syscall_start: AtomicU64,

@@ -245,6 +245,8 @@ impl G0<'_> {
                 }
             }
             Reason::AsyncPreempt => {
+                #[cfg(feature = "preempt-signal")]
+                self.m.preempting.store(false, Ordering::Relaxed);
                 self.sh
                     .counters
                     .preempt_async
@@ -338,7 +340,19 @@ impl G0<'_> {
             self.runq().put_next(g);
         }
         self.local().keep_for_wakeup(tick, now);
+        pp.kept_tick.store(tick, Ordering::Relaxed);
+        // sysmon applies the turn rule to whatever runs next.
+        self.sh.look_at_kept_soon();
         true
+    }
+
+    /// `runnext` was taken in the ordinary order: nothing is kept.
+    pub(super) fn clear_kept(&self) {
+        self.local().clear_kept();
+        let p = self.m.p.get().expect("clear_kept without a P");
+        self.sh.ps[p]
+            .kept_tick
+            .store(wakeup::NO_WAKEUP, Ordering::Relaxed);
     }
 
     /// Ends `g`'s lock to this M unless something still holds it there:

@@ -41,7 +41,8 @@ pub(crate) struct Shared {
     pub(crate) tsc_epoch: Option<u64>,
     pub(crate) injector: Injector<GRef>,
     /// Goroutines woken from outside any P (a timer fired by sysmon or an
-    /// idle M, a plain thread's send, a goroutine in `blocking`): Go puts
+    /// idle M, a plain thread's send, a goroutine in `blocking`), and those
+    /// spawned from outside (`Runtime::block_on`, `Runtime::spawn`): Go puts
     /// them in the waker's `runnext`, where they run before the queued
     /// crowd; with no P to hold them, this queue is checked first by every
     /// P instead (see `find_runnable`), so a woken goroutine never waits
@@ -131,6 +132,7 @@ impl Shared {
                 runq: super::runq::RunQueue::new(),
                 schedtick: AtomicU64::new(0),
                 wakeup_tick: AtomicU64::new(wakeup::NO_WAKEUP),
+                kept_tick: AtomicU64::new(wakeup::NO_WAKEUP),
                 wakeup_asked: AtomicU64::new(0),
                 wakeup_retries: AtomicU32::new(0),
                 wakeup_cpu: AtomicU64::new(wakeup::NO_SAMPLE),

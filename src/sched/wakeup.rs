@@ -204,6 +204,14 @@ impl Shared {
             return Some(wait);
         }
         self.wakeup_deferrals.store(0, Ordering::Relaxed);
+        self.ask(p, tick, now, from_sysmon)
+    }
+
+    /// Asks P `p`, in slice `tick`, to yield for a woken (or kept)
+    /// goroutine: at most once per slice (the `wakeup_tick` CAS);
+    /// cooperatively first in ThreadAffine mode, with the signal at once
+    /// otherwise. Returns when sysmon should look again.
+    fn ask(&self, p: usize, tick: u64, now: u64, from_sysmon: bool) -> Option<Duration> {
         let pp = &self.ps[p];
         let prev = pp.wakeup_tick.load(Ordering::Relaxed);
         if pp
@@ -224,15 +232,76 @@ impl Shared {
             if coop_first {
                 // Cooperatively first (step 2): sysmon sends the signal if
                 // the goroutine is still in this slice `WAKEUP_RETRY` later.
-                self.preempt_p(p, false);
+                self.preempt_slice(p, Some(tick), false);
                 if !from_sysmon && !self.sysmon_looks_within(WAKEUP_RETRY) {
                     self.wake_sysmon();
                 }
                 return Some(WAKEUP_RETRY);
             }
-            self.preempt_p(p, true);
+            self.preempt_slice(p, Some(tick), true);
         }
         None
+    }
+
+    /// sysmon: a goroutine kept aside for a wake-up (step 3) waits in a P's
+    /// `runnext` while a goroutine that started after it (the woken one)
+    /// has had its turn (`WAKEUP_GRANULARITY`) and still runs: ask that P
+    /// to yield, as for a wake-up. The turn rule used to be applied only at
+    /// the P's next scheduling point, so a woken goroutine that makes no
+    /// call (a second long request) held the P until its quantum ended,
+    /// with time slicing off until it finished, and the kept one, older,
+    /// waited for all of it (tests/wakeup.rs
+    /// `a_kept_goroutine_resumes_after_the_woken_ones_turn`). Returns when
+    /// to look again (None: no P keeps a goroutine).
+    pub(crate) fn kept_turn_preempt(&self) -> Option<Duration> {
+        if !self.cfg.wakeup_preempt {
+            return None;
+        }
+        let now = self.slice_clock();
+        let ns_per_unit = self.ns_per_clock_unit();
+        let gran = WAKEUP_GRANULARITY.as_nanos() as u64;
+        let mut next: Option<Duration> = None;
+        let mut soonest = |d: Option<Duration>| {
+            if let Some(d) = d {
+                next = Some(next.map_or(d, |n| n.min(d)));
+            }
+        };
+        for (i, p) in self.ps[..self.procs()].iter().enumerate() {
+            let kept = p.kept_tick.load(Ordering::Relaxed);
+            if kept == NO_WAKEUP || pstate(p.status.load(Ordering::Acquire)) != P_USER {
+                continue;
+            }
+            let tick = p.schedtick.load(Ordering::Acquire);
+            if tick == kept {
+                // Kept in this very slice: no turn has begun yet.
+                soonest(Some(WAKEUP_GRANULARITY));
+                continue;
+            }
+            if p.wakeup_tick.load(Ordering::Relaxed) == tick {
+                soonest(self.wakeup_retry(i, now, ns_per_unit));
+                continue;
+            }
+            let start = p.slice_start.load(Ordering::Relaxed);
+            if start == UNSTAMPED {
+                soonest(Some(WAKEUP_GRANULARITY));
+                continue;
+            }
+            let ran = (now.saturating_sub(start) as f64 * ns_per_unit) as u64;
+            if ran < gran {
+                soonest(Some(Duration::from_nanos(gran - ran)));
+                continue;
+            }
+            soonest(Some(self.ask(i, tick, now, true).unwrap_or(WAKEUP_RETRY)));
+        }
+        next
+    }
+
+    /// A goroutine was just kept aside: make sure sysmon looks within the
+    /// granularity (`kept_turn_preempt`), waking it unless it will anyway.
+    pub(crate) fn look_at_kept_soon(&self) {
+        if !self.sysmon_looks_within(WAKEUP_GRANULARITY) {
+            self.wake_sysmon();
+        }
     }
 
     /// sysmon, while a woken goroutine waits: P `p` was asked in its
@@ -290,7 +359,7 @@ impl Shared {
                 g.wakeup_signal.store(true, Ordering::Relaxed);
             }
         }
-        self.preempt_p(p, true);
+        self.preempt_slice(p, Some(pp.wakeup_tick.load(Ordering::Relaxed)), true);
         Some(
             WAKEUP_RETRY
                 .saturating_mul(1 << n.saturating_add(1).min(16))

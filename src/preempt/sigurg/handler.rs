@@ -8,7 +8,10 @@
 //! 2. The goroutine's no-preempt count is zero (runtime internals and
 //!    `no_preempt` raise it; every switch raises it first, so a signal that
 //!    lands mid-switch, with the stack pointer between two stacks, is
-//!    refused).
+//!    refused), and it is not on its way to the trampoline already (the
+//!    M's `preempting`, set here, cleared by g0 after the switch): a second
+//!    accepted signal in that window nested a second trampoline call, and
+//!    the goroutine was preempted again as soon as it resumed.
 //! 3. The interrupted stack pointer lies inside the goroutine's stack with room for
 //!    the red zone, the trampoline frame, the XSAVE area and the scheduler
 //!    call.
@@ -127,8 +130,8 @@ fn try_preempt(m: &crate::sched::M, ctx: &mut arch::SigContext) -> Result<(), Re
     if !g.preempt.load(Ordering::Relaxed) {
         return Err(Refusal::NotRequested);
     }
-    // Rule 2.
-    if g.no_preempt.load(Ordering::Relaxed) != 0 {
+    // Rule 2, and a goroutine already on its way to the trampoline.
+    if g.no_preempt.load(Ordering::Relaxed) != 0 || m.preempting.load(Ordering::Relaxed) {
         return Err(Refusal::NoPreempt);
     }
     // Rule 3.
@@ -179,6 +182,7 @@ fn try_preempt(m: &crate::sched::M, ctx: &mut arch::SigContext) -> Result<(), Re
         return Err(Refusal::SigMask);
     }
     g.preempt.store(false, Ordering::Relaxed);
+    m.preempting.store(true, Ordering::Relaxed);
     #[cfg(test)]
     fp_walk::on_inject(ctx.pc(), ctx.fp());
     // SAFETY: rule 3 checked that the red zone and the trampoline frame
