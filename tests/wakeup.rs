@@ -647,7 +647,6 @@ fn long_requests_preempted_for_wakeups_finish_in_order() {
     let _w = watchdog();
     let rt = one_p_no_time_slicing();
     let (first, second) = rt.block_on(|| {
-        let t0 = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = {
             let stop = stop.clone();
@@ -657,17 +656,24 @@ fn long_requests_preempted_for_wakeups_finish_in_order() {
                 }
             })
         };
-        let a = gosched::spawn(move || long_request(t0));
-        let b = gosched::spawn(move || {
-            gosched::sleep(Duration::from_millis(3));
-            long_request(t0)
-        });
-        let (a, b) = (a.join().unwrap(), b.join().unwrap());
+        let done = a_long_request_then_a_woken_one();
         stop.store(true, Ordering::Relaxed);
         ticker.join().unwrap();
-        (a, b)
+        done
     });
     assert_in_order(first, second);
+}
+
+/// Starts a long request, and another one woken 3 ms later; returns when
+/// each finished.
+fn a_long_request_then_a_woken_one() -> (Duration, Duration) {
+    let t0 = Instant::now();
+    let a = gosched::spawn(move || long_request(t0));
+    let b = gosched::spawn(move || {
+        gosched::sleep(Duration::from_millis(3));
+        long_request(t0)
+    });
+    (a.join().unwrap(), b.join().unwrap())
 }
 
 /// The same with the second request spawned by a woken goroutine (an
@@ -854,15 +860,7 @@ fn a_kept_goroutine_resumes_after_the_woken_ones_turn() {
     let _s = serial();
     let _w = watchdog();
     let rt = one_p_no_time_slicing();
-    let (first, second) = rt.block_on(|| {
-        let t0 = Instant::now();
-        let a = gosched::spawn(move || long_request(t0));
-        let b = gosched::spawn(move || {
-            gosched::sleep(Duration::from_millis(3));
-            long_request(t0)
-        });
-        (a.join().unwrap(), b.join().unwrap())
-    });
+    let (first, second) = rt.block_on(a_long_request_then_a_woken_one);
     assert_in_order(first, second);
     assert!(rt.stats().preempt_wakeup >= 2, "{:?}", rt.stats());
 }
