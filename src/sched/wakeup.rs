@@ -268,7 +268,10 @@ impl Shared {
         };
         for (i, p) in self.ps[..self.procs()].iter().enumerate() {
             let kept = p.kept_tick.load(Ordering::Relaxed);
-            if kept == NO_WAKEUP || pstate(p.status.load(Ordering::Acquire)) != P_USER {
+            if kept == NO_WAKEUP
+                || pstate(p.status.load(Ordering::Acquire)) != P_USER
+                || !p.runq.next_is_set()
+            {
                 continue;
             }
             let tick = p.schedtick.load(Ordering::Acquire);

@@ -93,6 +93,12 @@ impl RunQueue {
         !self.stealer.is_empty() || !self.next.load(Ordering::Acquire).is_null()
     }
 
+    /// Is `runnext` filled? A racy snapshot (sysmon: a kept goroutine a
+    /// thief took is no longer waiting there).
+    pub(crate) fn next_is_set(&self) -> bool {
+        !self.next.load(Ordering::Acquire).is_null()
+    }
+
     /// Goroutines queued: a racy snapshot for diagnostics.
     pub(crate) fn len(&self) -> usize {
         self.stealer.len()
