@@ -26,12 +26,7 @@ impl Shared {
         let head = format!(
             "SCHED {ms}ms: gomaxprocs={procs} idleprocs={idle} threads={threads} spinningthreads={spinning} needspinning={needspinning} idlethreads={idlethreads} runqueue={runqueue}"
         );
-        let mut pollwait = self.driver.waiters().to_string();
-        // Only when it happened (see `preempt::sysmon`).
-        let lost = self.counters.idle_wakeps.load(Ordering::Relaxed);
-        if lost > 0 {
-            pollwait += &format!(" idlewakeps={lost}");
-        }
+        let pollwait = self.driver.waiters();
         if self.cfg.scheddetail {
             return format!("{head} pollwait={pollwait}") + &self.scheddetail();
         }

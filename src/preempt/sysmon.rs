@@ -270,18 +270,6 @@ fn run(sh: &Shared) {
             Sleep::For(d) => sh.sysmon_wait(min_opt(d, trace_cap), poll_cap),
             Sleep::Idle(deadline) => {
                 sh.sysmon_backoff_reset();
-                // Runnable goroutines in the global queues while every P is
-                // idle and no M looks for work: a wake-up was lost on the
-                // way (a stress test that resizes the Ps while goroutines are
-                // spawned and queued, 2-7 % of 3 s runs under load, left one
-                // goroutine queued with every M asleep: a hang; its cause
-                // is not found yet). Start an M for it: sysmon looks within
-                // `DEADLOCK_LOOK_MIN` of the runtime going idle, so such a
-                // goroutine waits at most ~100 ms instead of for ever.
-                if sh.all_idle() && sh.nmspinning.load(Ordering::SeqCst) == 0 && sh.any_work() {
-                    sh.counters.idle_wakeps.fetch_add(1, Ordering::Relaxed);
-                    sh.wakep();
-                }
                 // Publish that we sleep, then re-check (Dekker with
                 // `Shared::note_busy`): either a P that just got busy sees the
                 // flag and wakes us, or we see it busy here.

@@ -22,11 +22,6 @@ use crate::stack::StackPool;
 #[derive(Default)]
 pub(crate) struct GlobalCounters {
     pub(crate) preempt_coop: AtomicU64,
-    /// Times sysmon found runnable goroutines queued with every P idle and
-    /// no M spinning, and started an M (a lost wake-up, or one it saw a
-    /// moment before the waker's own `wakep`; see `preempt::sysmon`);
-    /// shown by `GOSCHED_SCHEDTRACE` as `idlewakeps=` when not 0.
-    pub(crate) idle_wakeps: AtomicU64,
     pub(crate) preempt_async: AtomicU64,
     pub(crate) refused: [AtomicU64; crate::preempt::REFUSAL_REASONS],
     pub(crate) retakes: AtomicU64,
