@@ -241,7 +241,7 @@ fn run(sh: &Shared) {
             // granularity put off is made when a goroutine reaches it (see
             // `sched::wakeup`).
             if let Some(retry) = sh.wakeup_preempt(true) {
-                trace_cap = Some(trace_cap.map_or(retry, |c| c.min(retry)));
+                lower_to(&mut trace_cap, retry);
                 sh.sysmon_wakeup_look
                     .store(now.saturating_add(nanos(retry)), Ordering::SeqCst);
             }
@@ -256,13 +256,13 @@ fn run(sh: &Shared) {
                 // bimodal benchmark: short requests left in `woken` for
                 // most of a 10 ms slice).
                 let g = crate::sched::WAKEUP_GRANULARITY;
-                trace_cap = Some(trace_cap.map_or(g, |c| c.min(g)));
+                lower_to(&mut trace_cap, g);
             }
         }
         // A goroutine kept aside for a wake-up waits behind one that has had
         // its turn (see `sched::wakeup`, step 3).
         if let Some(d) = sh.kept_turn_preempt() {
-            trace_cap = Some(trace_cap.map_or(d, |c| c.min(d)));
+            lower_to(&mut trace_cap, d);
             let look = now.saturating_add(nanos(d));
             let _ = sh.sysmon_wakeup_look.fetch_min(look, Ordering::SeqCst);
         }
@@ -336,6 +336,11 @@ const DEADLOCK_LOOK_MAX: Duration = Duration::from_secs(2);
 
 /// Pause between the two looks of the deadlock check.
 const DEADLOCK_RECHECK: Duration = Duration::from_millis(100);
+
+/// Lowers the optional bound `cap` to `d`.
+fn lower_to(cap: &mut Option<Duration>, d: Duration) {
+    *cap = Some(cap.map_or(d, |c| c.min(d)));
+}
 
 fn min_opt(d: Duration, cap: Option<Duration>) -> Duration {
     cap.map_or(d, |c| d.min(c))

@@ -39,9 +39,9 @@ impl G0<'_> {
             // A goroutine preempted to make room for a woken one resumes
             // once the woken goroutines have had their turn: when none is
             // left, or after `WAKEUP_GRANULARITY` (`sched::wakeup`, step 3).
-            if let Some(at) = self.local().kept_since(p.schedtick.load(Ordering::Relaxed)) {
+            if let Some(at) = p.kept_since(p.schedtick.load(Ordering::Relaxed)) {
                 if self.sh.woken.is_empty() || self.sh.kept_turn_over(at) {
-                    self.clear_kept();
+                    p.clear_kept();
                     if let Some(g) = q.take_next() {
                         return Some((g, true));
                     }
@@ -73,7 +73,7 @@ impl G0<'_> {
                 }
             }
             if let Some(g) = q.take_next() {
-                self.clear_kept();
+                p.clear_kept();
                 return Some((g, true));
             }
             if affine_full && !global_turn {

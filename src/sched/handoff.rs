@@ -294,16 +294,12 @@ impl Shared {
     }
 
     /// `preempt_p`, only if P `p` still runs slice `tick` (its `schedtick`)
-    /// when its goroutine is looked up: a wake-up request's repeat must not
-    /// land in a later slice. (It did: with the request's first signal sent
-    /// at once, sysmon's repeat 20 µs later sometimes found the P between
-    /// the slices, and its flag and signal went to the goroutine that ran
-    /// next, often the same long request resumed: preempted outside a
-    /// wake-up request, it went to the global queue's tail, behind a newer
-    /// long request; tests/wakeup.rs
-    /// `long_requests_preempted_for_wakeups_finish_in_order` failed 1 run
-    /// in 20.) The window left, between the check and the flag, is
-    /// nanoseconds, as in Go's preemptone.
+    /// when its goroutine is looked up: a wake-up request (or its repeat)
+    /// must not land in a later slice, where its flag and signal would
+    /// preempt the goroutine that runs next outside any request (it then
+    /// goes to the global queue's tail, as if time-sliced). The window
+    /// left, between the check and the flag, is nanoseconds, as in Go's
+    /// preemptone.
     pub(crate) fn preempt_slice(
         &self,
         p: usize,

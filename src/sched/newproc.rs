@@ -92,7 +92,7 @@ impl Shared {
             l.goid_next += 1;
             init(g, id, body.take().expect("body taken once"));
             bump(&p.counters.spawned);
-            if l.keeps_for_wakeup() && q.has_next() {
+            if p.keeps_for_wakeup() && q.has_next() {
                 // Not in front of a goroutine preempted for a wake-up
                 // (`sched::wakeup`, step 3): it would go to the tail.
                 q.put_tail(g);
@@ -118,10 +118,7 @@ impl Shared {
                 init(g, id, body.take().expect("body taken once"));
                 self.counters_spawned_outside
                     .fetch_add(1, Ordering::Relaxed);
-                self.woken.push(g);
-                fence(Ordering::SeqCst);
-                self.wakep();
-                let _ = self.wakeup_preempt(false);
+                self.ready_woken(g);
                 return id;
             }
         };

@@ -86,11 +86,14 @@ pub(crate) struct P {
     /// last looked at an outstanding request (`wakeup::NO_SAMPLE`: not yet
     /// since the request). sysmon only.
     pub(crate) wakeup_cpu: AtomicU64,
-    /// `PLocal::kept_for_wakeup` for sysmon: the `schedtick` in which a
-    /// goroutine was kept in `runnext` for a wake-up (`wakeup::NO_WAKEUP`:
-    /// none). Owner writes (`G0::keep_for_wakeup`, `G0::clear_kept`),
-    /// sysmon reads (`Shared::kept_turn_preempt`).
+    /// The `schedtick` of the slice whose goroutine was preempted for a
+    /// wake-up and kept in `runnext` (`wakeup::NO_WAKEUP`: none), and when
+    /// (`Shared::slice_clock`), so that it resumes once the woken
+    /// goroutines have had their turn (see `sched::wakeup`, step 3). The
+    /// owner writes both (`P::keep_for_wakeup`, `P::clear_kept`); sysmon
+    /// reads `kept_tick` (`Shared::kept_turn_preempt`).
     pub(crate) kept_tick: AtomicU64,
+    pub(crate) kept_at: AtomicU64,
     /// Blocking calls entered; written by the goroutine in `blocking`.
     pub(crate) syscalltick: AtomicU64,
     pub(crate) syscall_start: AtomicU64,
@@ -108,20 +111,15 @@ pub(crate) struct PLocal {
     /// Next goroutine id of this P's batch, and the batch end.
     pub(crate) goid_next: u64,
     pub(crate) goid_end: u64,
-    /// The `schedtick` of the slice whose goroutine was preempted for a
-    /// wake-up and kept in `runnext` (`wakeup::NO_WAKEUP`: none), and when
-    /// (`Shared::slice_clock`), so that it resumes once the woken
-    /// goroutines have had their turn (see `sched::wakeup`, step 3).
-    pub(crate) kept_for_wakeup: u64,
-    pub(crate) kept_at: u64,
 }
 
-impl PLocal {
+/// The goroutine kept for a wake-up (owner only, but for sysmon's reads).
+impl P {
     /// `runnext` now holds the goroutine preempted for a wake-up in slice
     /// `tick`, at `now`.
-    pub(crate) fn keep_for_wakeup(&mut self, tick: u64, now: u64) {
-        self.kept_for_wakeup = tick;
-        self.kept_at = now;
+    pub(crate) fn keep_for_wakeup(&self, tick: u64, now: u64) {
+        self.kept_at.store(now, Ordering::Relaxed);
+        self.kept_tick.store(tick, Ordering::Relaxed);
     }
 
     /// Is a goroutine kept in `runnext` that may resume (a slice has
@@ -129,21 +127,25 @@ impl PLocal {
     /// Returns when it was kept.
     #[inline]
     pub(crate) fn kept_since(&self, schedtick: u64) -> Option<u64> {
-        let tick = self.kept_for_wakeup;
-        (tick != super::wakeup::NO_WAKEUP && tick != schedtick).then_some(self.kept_at)
+        let tick = self.kept_tick.load(Ordering::Relaxed);
+        (tick != super::wakeup::NO_WAKEUP && tick != schedtick)
+            .then(|| self.kept_at.load(Ordering::Relaxed))
     }
 
     /// Is the goroutine in `runnext` one preempted for a wake-up?
     #[inline]
     pub(crate) fn keeps_for_wakeup(&self) -> bool {
-        self.kept_for_wakeup != super::wakeup::NO_WAKEUP
+        self.kept_tick.load(Ordering::Relaxed) != super::wakeup::NO_WAKEUP
     }
 
     /// `runnext` was taken in the ordinary order: nothing is kept.
-    pub(crate) fn clear_kept(&mut self) {
-        self.kept_for_wakeup = super::wakeup::NO_WAKEUP;
+    pub(crate) fn clear_kept(&self) {
+        self.kept_tick
+            .store(super::wakeup::NO_WAKEUP, Ordering::Relaxed);
     }
+}
 
+impl PLocal {
     /// The next number of this P's random sequence (steal order).
     pub(crate) fn rand(&mut self) -> u64 {
         super::rand::next(&mut self.rng)

@@ -72,22 +72,32 @@ pub(crate) fn ready(g: GRef) {
     // wait behind everything queued since (a timer fired by this P pushed a
     // kept long request behind the request that had preempted it). `g`
     // then waits among the woken goroutines, which run before the kept one.
-    let local = sh.with_local(|_, q, l| {
-        if l.keeps_for_wakeup() && q.has_next() {
+    let local = sh.with_local(|p, q, _| {
+        if p.keeps_for_wakeup() && q.has_next() {
             return false;
         }
         q.put_next(g);
         true
     });
     if local != Some(true) {
-        sh.woken.push(g);
-        fence(Ordering::SeqCst);
-        sh.wakep();
-        let _ = sh.wakeup_preempt(false);
+        sh.ready_woken(g);
         return;
     }
     fence(Ordering::SeqCst);
     sh.wakep();
+}
+
+impl Shared {
+    /// Makes `g` runnable from outside any P (or beside a kept goroutine):
+    /// among the woken goroutines, which every P takes first, then `wakep`
+    /// and, if every P is busy, a wake-up preemption (`sched::wakeup`).
+    pub(crate) fn ready_woken(&self, g: GRef) {
+        self.woken.push(g);
+        // Dekker with the spinning protocol (see `wakep`).
+        fence(Ordering::SeqCst);
+        self.wakep();
+        let _ = self.wakeup_preempt(false);
+    }
 }
 
 /// The first function of every goroutine (see `arch::init_stack`).

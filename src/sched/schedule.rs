@@ -329,7 +329,7 @@ impl G0<'_> {
         }
         g.run_origin.set(origin.max(1));
         let tick = pp.schedtick.load(Ordering::Relaxed);
-        if self.local().kept_since(tick).is_some() && self.runq().has_next() {
+        if pp.kept_since(tick).is_some() && self.runq().has_next() {
             // One preempted for an earlier wake-up is kept already: it
             // resumes first, and `g` queues behind it. Displacing it to the
             // tail would make the oldest of several long goroutines wait
@@ -339,20 +339,10 @@ impl G0<'_> {
         } else {
             self.runq().put_next(g);
         }
-        self.local().keep_for_wakeup(tick, now);
-        pp.kept_tick.store(tick, Ordering::Relaxed);
+        pp.keep_for_wakeup(tick, now);
         // sysmon applies the turn rule to whatever runs next.
         self.sh.look_at_kept_soon();
         true
-    }
-
-    /// `runnext` was taken in the ordinary order: nothing is kept.
-    pub(super) fn clear_kept(&self) {
-        self.local().clear_kept();
-        let p = self.m.p.get().expect("clear_kept without a P");
-        self.sh.ps[p]
-            .kept_tick
-            .store(wakeup::NO_WAKEUP, Ordering::Relaxed);
     }
 
     /// Ends `g`'s lock to this M unless something still holds it there:

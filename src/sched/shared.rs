@@ -133,6 +133,7 @@ impl Shared {
                 schedtick: AtomicU64::new(0),
                 wakeup_tick: AtomicU64::new(wakeup::NO_WAKEUP),
                 kept_tick: AtomicU64::new(wakeup::NO_WAKEUP),
+                kept_at: AtomicU64::new(0),
                 wakeup_asked: AtomicU64::new(0),
                 wakeup_retries: AtomicU32::new(0),
                 wakeup_cpu: AtomicU64::new(wakeup::NO_SAMPLE),
@@ -147,8 +148,6 @@ impl Shared {
                     rng: super::rand::seed(),
                     goid_next: 0,
                     goid_end: 0,
-                    kept_for_wakeup: wakeup::NO_WAKEUP,
-                    kept_at: 0,
                 }),
             });
         }

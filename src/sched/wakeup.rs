@@ -47,7 +47,7 @@
 //!    to another thread for the woken goroutine, as for any preemption.
 //!    It resumes once the woken goroutines have had their turn: when none
 //!    is left, or after `WAKEUP_GRANULARITY` of theirs
-//!    (`PLocal::kept_for_wakeup`, `Shared::kept_turn_over`; a woken
+//!    (`P::keep_for_wakeup`, `Shared::kept_turn_over`; a woken
 //!    goroutine that makes no call is asked to yield then, by sysmon, as
 //!    for a wake-up: `Shared::kept_turn_preempt`). Not before
 //!    further woken goroutines, but not after the whole stream either: a

@@ -181,7 +181,7 @@ impl Owner<'_> {
     /// Does `next` hold a goroutine?
     #[inline]
     pub(crate) fn has_next(self) -> bool {
-        !self.q.next.load(Ordering::Relaxed).is_null()
+        self.q.next_is_set()
     }
 
     /// Takes `next`, the goroutine that inherits the time slice.
