@@ -234,24 +234,7 @@ fn many_preempted_affine_hogs_need_few_threads() {
         .build()
         .unwrap();
     let hogs = 1000;
-    rt.block_on(move || {
-        let hs: Vec<_> = (0..hogs)
-            .map(|_| {
-                gosched::spawn(|| {
-                    // About a millisecond of work with no calls at all, so
-                    // every preemption lands in preemptible code.
-                    let mut x = 0u64;
-                    for i in 0..300_000u64 {
-                        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
-                    }
-                    x
-                })
-            })
-            .collect();
-        for h in hs {
-            h.join().unwrap();
-        }
-    });
+    run_hogs(&rt, hogs, 300_000);
     let s = rt.stats();
     eprintln!("{} Ms, {} async preemptions", s.threads, s.preempt_async);
     assert!(s.preempt_async > 0, "no asynchronous preemption: {s:?}");
@@ -264,4 +247,119 @@ fn many_preempted_affine_hogs_need_few_threads() {
         s.threads,
         s.preempt_async
     );
+}
+
+/// Work with no calls at all, so every preemption lands in preemptible
+/// code.
+fn spin(iters: u64) -> u64 {
+    let mut x = 0u64;
+    for i in 0..iters {
+        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+    }
+    x
+}
+
+/// Spawns `hogs` goroutines that each `spin(iters)`, and joins them.
+fn run_hogs(rt: &gosched::Runtime, hogs: usize, iters: u64) {
+    rt.block_on(move || {
+        let hs: Vec<_> = (0..hogs)
+            .map(|_| gosched::spawn(move || spin(iters)))
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+    });
+}
+
+/// Past the cap, queued goroutines used to get a fixed turn (every 61st
+/// slice), each one started pinning one more thread while a pinned one
+/// frees its thread only when done: hogs that need more slices than that
+/// drove the count up to one thread per hog (about 600 Ms for 600 hogs of
+/// ~300 slices). The turn now grows rarer as the count grows.
+#[test]
+#[cfg_attr(
+    not(feature = "preempt-signal"),
+    ignore = "needs asynchronous preemption (the preempt-signal feature)"
+)]
+fn affine_hogs_longer_than_the_queue_turn_still_need_few_threads() {
+    let _w = common::watchdog();
+    let quantum = gosched::MIN_QUANTUM.max(Duration::from_micros(50));
+    // About 300 quanta of work per hog, calibrated here (debug and release
+    // builds differ threefold).
+    let t = std::time::Instant::now();
+    spin(1_000_000);
+    let per_iter = t.elapsed().as_secs_f64() / 1e6;
+    let iters = (300.0 * quantum.as_secs_f64() / per_iter) as u64;
+    let rt = Builder::new()
+        .procs(2)
+        .preempt_quantum(quantum)
+        .build()
+        .unwrap();
+    let hogs = 600;
+    run_hogs(&rt, hogs, iters);
+    let s = rt.stats();
+    eprintln!("{} Ms, {} async preemptions", s.threads, s.preempt_async);
+    assert!(
+        s.preempt_async > (hogs * 20) as u64,
+        "too few asynchronous preemptions for the test to mean anything: {s:?}"
+    );
+    // Where the turn (61 * k³ slices, k = parked / 64) matches ~300
+    // slices per hog: k ≈ 1.7, so about 110, and what the walk, idle Ms
+    // and a loaded machine add (113-199 seen). Without
+    // the shrinking turn: about one per hog.
+    assert!(
+        s.threads < 300,
+        "{} Ms for {hogs} long hogs on 2 Ps ({} async preemptions)",
+        s.threads,
+        s.preempt_async
+    );
+}
+
+/// Past the cap, pinned goroutines come first, but a goroutine queued
+/// behind call-free hogs that never finish still starts: the local queue's
+/// turn grows rarer, it never stops.
+#[test]
+#[cfg_attr(
+    not(feature = "preempt-signal"),
+    ignore = "needs asynchronous preemption (the preempt-signal feature)"
+)]
+fn a_goroutine_queued_behind_endless_pinned_hogs_still_starts() {
+    let _w = common::watchdog();
+    let rt = Builder::new()
+        .procs(2)
+        .preempt_quantum(gosched::MIN_QUANTUM.max(Duration::from_micros(50)))
+        .build()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let waited = rt.block_on({
+        let stop = stop.clone();
+        move || {
+            for _ in 0..200 {
+                let stop = stop.clone();
+                gosched::spawn(move || {
+                    let mut x = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
+                    }
+                    x
+                });
+            }
+            // Let them fill the cap and pin their threads.
+            gosched::sleep(Duration::from_millis(300));
+            let t = std::time::Instant::now();
+            gosched::spawn(|| ()).join().unwrap();
+            t.elapsed()
+        }
+    });
+    stop.store(true, Ordering::Relaxed);
+    let s = rt.stats();
+    eprintln!(
+        "started after {waited:?}; {} Ms, {} async preemptions",
+        s.threads, s.preempt_async
+    );
+    assert!(
+        s.preempt_async > 1000,
+        "the hogs were hardly preempted: {s:?}"
+    );
+    assert!(waited < Duration::from_secs(20), "waited {waited:?}");
 }

@@ -12,16 +12,16 @@ use crate::sched::g::GRef;
 impl G0<'_> {
     /// Go's findRunnable. Returns None only at shutdown.
     ///
-    /// One departure from Go, for ThreadAffine mode: when
+    /// One departure from Go, for ThreadAffine mode: while
     /// `affine_parked_cap()` Ms are parked with asynchronously preempted
-    /// goroutines, the global queue (where those goroutines wait)
-    /// comes right after `runnext`, before the local queue, and the local
-    /// queue gets the every-61st-slice turn instead.
-    /// Each such goroutine pins its thread until it resumes, so starting
-    /// fresh goroutines from the local queue, which get preempted in turn,
-    /// would add a thread per goroutine (1,000+ threads with 2,000 hogs at a
-    /// 50 µs quantum); resuming the oldest parked ones first keeps the count
-    /// near the cap.
+    /// goroutines, each pinning its thread until it resumes, starting
+    /// fresh goroutines (which get preempted in turn) would add a thread
+    /// per goroutine (1,000+ threads with 2,000 hogs at a 50 µs quantum).
+    /// So goroutines preempted then wait in `Shared::sliced`, served right
+    /// after `runnext`; the global queue comes next, and the local queue
+    /// last. Everything but `sliced` also gets a turn that grows rarer as
+    /// the count grows (`Shared::affine_turns`). Rotating the goroutines
+    /// already running keeps the count near the cap.
     pub(super) fn find_runnable(&self) -> Option<(GRef, bool)> {
         loop {
             if self.sh.shutdown.load(Ordering::Acquire) {
@@ -53,12 +53,14 @@ impl G0<'_> {
                     return Some((g, false));
                 }
             }
-            let global_turn = p
-                .schedtick
-                .load(Ordering::Relaxed)
-                .is_multiple_of(GLOBAL_CHECK);
-            let affine_full =
-                self.sh.affine_parked.load(Ordering::Relaxed) >= self.sh.affine_parked_cap();
+            let tick = p.schedtick.load(Ordering::Relaxed);
+            let global_turn = tick.is_multiple_of(GLOBAL_CHECK);
+            let (affine_full, local_turn) = self.sh.affine_turns(tick);
+            // The turn is for everything outside `sliced` (our queue, then
+            // the global one), taken only if there is something: the
+            // tick stands still while we look, and an empty turn would
+            // skip `sliced` forever.
+            let local_turn = local_turn && (p.runq.has_work() || !self.sh.injector.is_empty());
             // The periodic poll (see `crate::driver`, "Who waits in the
             // poller"): what it wakes goes to `woken`, served next round.
             if global_turn
@@ -76,7 +78,13 @@ impl G0<'_> {
                 p.clear_kept();
                 return Some((g, true));
             }
-            if affine_full && !global_turn {
+            // At the cap, goroutines already running take turns first.
+            if !local_turn && !self.sh.sliced.is_empty() {
+                if let Some(g) = steal_one(|| self.sh.sliced.steal()) {
+                    return Some((g, false));
+                }
+            }
+            if affine_full && !local_turn {
                 if let Some(g) = steal_one(|| self.sh.injector.steal()) {
                     return Some((g, false));
                 }
@@ -220,6 +228,39 @@ impl Shared {
     /// See `AFFINE_PARKED_PER_P`.
     pub(super) fn affine_parked_cap(&self) -> usize {
         (AFFINE_PARKED_PER_P * self.procs()).max(AFFINE_PARKED_MIN)
+    }
+
+    /// Are `affine_parked_cap()` Ms parked with preempted ThreadAffine
+    /// goroutines?
+    pub(super) fn affine_full(&self) -> bool {
+        self.affine_parked.load(Ordering::Relaxed) >= self.affine_parked_cap()
+    }
+
+    /// For the P at slice `tick`: (at the cap?, the local queue's turn at
+    /// the cap?). With `k` = parked Ms / cap (≥ 1, a fraction), the local
+    /// queue gets every `GLOBAL_CHECK * k³`-th slice.
+    ///
+    /// Each goroutine started on that turn may pin one more thread, while
+    /// a pinned one frees its thread after the slices it still needs: at
+    /// a fixed turn (every 61st) the count drifts up without bound once
+    /// goroutines need more than 61 slices to finish, and wanders near
+    /// that (85-347 Ms for 1,000 hogs of ~50 slices each in a debug build;
+    /// one CI run failed at 347; with fresh goroutines spilled into the
+    /// global queue started at every slice at the cap, as they were). A turn that grows rarer as the count grows settles
+    /// where goroutines need about `61 * k³` slices, and still starts
+    /// every queued goroutine eventually, so none starves behind pinned
+    /// CPU hogs that never finish (only the thread count grows then, as
+    /// the fourth root of the slices run).
+    pub(super) fn affine_turns(&self, tick: u64) -> (bool, bool) {
+        let parked = self.affine_parked.load(Ordering::Relaxed);
+        let cap = self.affine_parked_cap();
+        if parked < cap {
+            return (false, false);
+        }
+        let (parked, cap) = (parked as u64, cap as u64);
+        let cube = |x: u64| x.saturating_mul(x).saturating_mul(x);
+        let period = GLOBAL_CHECK.saturating_mul(cube(parked)) / cube(cap);
+        (true, tick.is_multiple_of(period.max(1)))
     }
 }
 

@@ -253,15 +253,14 @@ impl Shared {
         true
     }
 
-    /// Does the global run queue, or the queue of woken goroutines, hold
-    /// work?
+    /// Does a global queue (`injector`, `woken`, `sliced`) hold work?
     pub(crate) fn global_has_work(&self) -> bool {
-        !self.woken.is_empty() || !self.injector.is_empty()
+        !self.woken.is_empty() || !self.injector.is_empty() || !self.sliced.is_empty()
     }
 
     /// Goroutines in the global queues (for diagnostics).
     pub(crate) fn global_queue_len(&self) -> usize {
-        self.woken.len() + self.injector.len()
+        self.woken.len() + self.injector.len() + self.sliced.len()
     }
 
     /// Is every P idle (on the idle list)?

@@ -14,6 +14,7 @@ use crate::builder::PreemptMode;
 use crate::os::affinity::thread_cpu_mask;
 use crate::sched::g::{GRef, EMPTY, PARKED};
 use crate::stack::Stack;
+use crossbeam_deque::Injector;
 
 /// Body of every M thread.
 pub(super) fn mstart(sh: Arc<Shared>, m: Arc<M>) {
@@ -241,7 +242,7 @@ impl G0<'_> {
                 // request tries that first again (`sched::wakeup`).
                 g.wakeup_signal.store(false, Ordering::Relaxed);
                 if !self.requeue_preempted_for_wakeup(g, origin) {
-                    self.globrunqput(g, false);
+                    self.queue_sliced(g, false);
                 }
             }
             Reason::AsyncPreempt => {
@@ -261,7 +262,7 @@ impl G0<'_> {
                 // follows it: `stoplockedm` hands the P on, and `handoffp`
                 // sees the goroutine in the global queue (or our runnext).
                 if !self.requeue_preempted_for_wakeup(g, origin) {
-                    self.globrunqput(g, self.m.locked_g.get().is_none());
+                    self.queue_sliced(g, self.m.locked_g.get().is_none());
                 }
             }
             Reason::Park => {
@@ -400,7 +401,24 @@ impl G0<'_> {
     /// look: the goroutine was lost (a hang found under load in
     /// tests/sleep.rs: every M parked, one goroutine in the global queue).
     pub(super) fn globrunqput(&self, g: GRef, wake: bool) {
-        self.sh.injector.push(g);
+        self.queue_global(&self.sh.injector, g, wake);
+    }
+
+    /// `globrunqput` for a time-sliced goroutine: past the ThreadAffine
+    /// cap, onto `Shared::sliced`, which `find_runnable` serves before
+    /// anything that could pin another thread.
+    pub(super) fn queue_sliced(&self, g: GRef, wake: bool) {
+        let q = if self.sh.affine_full() {
+            &self.sh.sliced
+        } else {
+            &self.sh.injector
+        };
+        self.queue_global(q, g, wake);
+    }
+
+    /// `globrunqput` onto one of the global queues.
+    pub(super) fn queue_global(&self, q: &Injector<GRef>, g: GRef, wake: bool) {
+        q.push(g);
         if wake || self.m.p.get().is_none() {
             // Dekker with the spinning protocol (see `wakep`).
             fence(Ordering::SeqCst);

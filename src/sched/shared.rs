@@ -40,6 +40,12 @@ pub(crate) struct Shared {
     /// TSC reading at `epoch`, when the TSC is invariant (see `slice_clock`).
     pub(crate) tsc_epoch: Option<u64>,
     pub(crate) injector: Injector<GRef>,
+    /// Goroutines time-sliced while `affine_parked_cap()` Ms were parked
+    /// with preempted ThreadAffine goroutines: those pin their thread, and
+    /// none of them is new, so `find_runnable` rotates them before it
+    /// starts anything that could pin another thread. (Below the cap they
+    /// queue in `injector`, in Go's order.)
+    pub(crate) sliced: Injector<GRef>,
     /// Goroutines woken from outside any P (a timer fired by sysmon or an
     /// idle M, a plain thread's send, a goroutine in `blocking`), and those
     /// spawned from outside (`Runtime::block_on`, `Runtime::spawn`): Go puts
@@ -158,6 +164,7 @@ impl Shared {
             tsc_epoch: arch::ticks_are_time().then(arch::ticks),
             epoch: Instant::now(),
             injector: Injector::new(),
+            sliced: Injector::new(),
             woken: Injector::new(),
             ps: ps.into_boxed_slice(),
             gomaxprocs: AtomicUsize::new(procs),
