@@ -228,11 +228,7 @@ fn goroutine_exiting_while_locked_leaves_the_runtime_working() {
 )]
 fn many_preempted_affine_hogs_need_few_threads() {
     let _w = common::watchdog();
-    let rt = Builder::new()
-        .procs(2)
-        .preempt_quantum(gosched::MIN_QUANTUM.max(Duration::from_micros(50)))
-        .build()
-        .unwrap();
+    let rt = affine_rt(quantum_50us());
     let hogs = 1000;
     run_hogs(&rt, hogs, 300_000);
     let s = rt.stats();
@@ -283,18 +279,14 @@ fn run_hogs(rt: &gosched::Runtime, hogs: usize, iters: u64) {
 )]
 fn affine_hogs_longer_than_the_queue_turn_still_need_few_threads() {
     let _w = common::watchdog();
-    let quantum = gosched::MIN_QUANTUM.max(Duration::from_micros(50));
+    let quantum = quantum_50us();
     // About 300 quanta of work per hog, calibrated here (debug and release
     // builds differ threefold).
     let t = std::time::Instant::now();
     spin(1_000_000);
     let per_iter = t.elapsed().as_secs_f64() / 1e6;
     let iters = (300.0 * quantum.as_secs_f64() / per_iter) as u64;
-    let rt = Builder::new()
-        .procs(2)
-        .preempt_quantum(quantum)
-        .build()
-        .unwrap();
+    let rt = affine_rt(quantum);
     let hogs = 600;
     run_hogs(&rt, hogs, iters);
     let s = rt.stats();
@@ -315,7 +307,7 @@ fn affine_hogs_longer_than_the_queue_turn_still_need_few_threads() {
     );
 }
 
-/// Past the cap, pinned goroutines come first, but a goroutine queued
+/// Past the cap, time-sliced goroutines come first, but a goroutine queued
 /// behind call-free hogs that never finish still starts: the local queue's
 /// turn grows rarer, it never stops.
 #[test]
@@ -325,11 +317,7 @@ fn affine_hogs_longer_than_the_queue_turn_still_need_few_threads() {
 )]
 fn a_goroutine_queued_behind_endless_pinned_hogs_still_starts() {
     let _w = common::watchdog();
-    let rt = Builder::new()
-        .procs(2)
-        .preempt_quantum(gosched::MIN_QUANTUM.max(Duration::from_micros(50)))
-        .build()
-        .unwrap();
+    let rt = affine_rt(quantum_50us());
     let stop = Arc::new(AtomicBool::new(false));
     let waited = rt.block_on({
         let stop = stop.clone();
@@ -362,4 +350,17 @@ fn a_goroutine_queued_behind_endless_pinned_hogs_still_starts() {
         "the hogs were hardly preempted: {s:?}"
     );
     assert!(waited < Duration::from_secs(20), "waited {waited:?}");
+}
+
+fn quantum_50us() -> Duration {
+    gosched::MIN_QUANTUM.max(Duration::from_micros(50))
+}
+
+/// A ThreadAffine (default mode) runtime on 2 Ps.
+fn affine_rt(quantum: Duration) -> gosched::Runtime {
+    Builder::new()
+        .procs(2)
+        .preempt_quantum(quantum)
+        .build()
+        .unwrap()
 }
