@@ -297,8 +297,8 @@ fn affine_hogs_longer_than_the_queue_turn_still_need_few_threads() {
     );
     // Where the turn (61 * k³ slices, k = parked / 64) matches ~300
     // slices per hog: k ≈ 1.7, so about 110, and what the walk, idle Ms
-    // and a loaded machine add (113-199 seen). Without
-    // the shrinking turn: about one per hog.
+    // and a loaded machine add (113-199 seen). Without the shrinking
+    // turn: about one per hog.
     assert!(
         s.threads < 300,
         "{} Ms for {hogs} long hogs on 2 Ps ({} async preemptions)",
@@ -308,8 +308,8 @@ fn affine_hogs_longer_than_the_queue_turn_still_need_few_threads() {
 }
 
 /// Past the cap, time-sliced goroutines come first, but a goroutine queued
-/// behind call-free hogs that never finish still starts: the local queue's
-/// turn grows rarer, it never stops.
+/// behind call-free hogs that never finish still starts: the turn of
+/// everything else grows rarer, it never stops.
 #[test]
 #[cfg_attr(
     not(feature = "preempt-signal"),
@@ -318,13 +318,16 @@ fn affine_hogs_longer_than_the_queue_turn_still_need_few_threads() {
 fn a_goroutine_queued_behind_endless_pinned_hogs_still_starts() {
     let _w = common::watchdog();
     let rt = affine_rt(quantum_50us());
+    let hogs = 120; // Nearly twice the cap (64).
     let stop = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(AtomicU64::new(0));
     let waited = rt.block_on({
-        let stop = stop.clone();
+        let (stop, started) = (stop.clone(), started.clone());
         move || {
-            for _ in 0..200 {
-                let stop = stop.clone();
+            for _ in 0..hogs {
+                let (stop, started) = (stop.clone(), started.clone());
                 gosched::spawn(move || {
+                    started.fetch_add(1, Ordering::Relaxed);
                     let mut x = 0u64;
                     while !stop.load(Ordering::Relaxed) {
                         x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
@@ -332,18 +335,33 @@ fn a_goroutine_queued_behind_endless_pinned_hogs_still_starts() {
                     x
                 });
             }
-            // Let them fill the cap and pin their threads.
-            gosched::sleep(Duration::from_millis(300));
+            // Every hog starts (those past the cap on the turn), pinning
+            // its thread; then nothing else is queued.
             let t = std::time::Instant::now();
-            gosched::spawn(|| ()).join().unwrap();
-            t.elapsed()
+            while started.load(Ordering::Relaxed) < hogs && t.elapsed() < Duration::from_secs(20) {
+                gosched::sleep(Duration::from_millis(5));
+            }
+            let t = std::time::Instant::now();
+            // The second spawn takes `runnext` and pushes the first to the
+            // local queue, which only the turn serves at the cap.
+            let first = gosched::spawn(|| ());
+            let second = gosched::spawn(|| ());
+            first.join().unwrap();
+            let waited = t.elapsed();
+            second.join().unwrap();
+            waited
         }
     });
     stop.store(true, Ordering::Relaxed);
     let s = rt.stats();
+    let started = started.load(Ordering::Relaxed);
     eprintln!(
-        "started after {waited:?}; {} Ms, {} async preemptions",
+        "{started} hogs started; the queued one after {waited:?}; {} Ms, {} async preemptions",
         s.threads, s.preempt_async
+    );
+    assert_eq!(
+        started, hogs,
+        "hogs queued behind pinned ones never started"
     );
     assert!(
         s.preempt_async > 1000,

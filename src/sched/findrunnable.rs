@@ -236,17 +236,18 @@ impl Shared {
         self.affine_parked.load(Ordering::Relaxed) >= self.affine_parked_cap()
     }
 
-    /// For the P at slice `tick`: (at the cap?, the local queue's turn at
-    /// the cap?). With `k` = parked Ms / cap (≥ 1, a fraction), the local
-    /// queue gets every `GLOBAL_CHECK * k³`-th slice.
+    /// For the P at slice `tick`: (at the cap?, the turn of everything
+    /// but `sliced`?). With `k` = parked Ms / cap (≥ 1, a fraction), that
+    /// turn is every `GLOBAL_CHECK * k³`-th slice.
     ///
     /// Each goroutine started on that turn may pin one more thread, while
     /// a pinned one frees its thread after the slices it still needs: at
     /// a fixed turn (every 61st) the count drifts up without bound once
     /// goroutines need more than 61 slices to finish, and wanders near
-    /// that (85-347 Ms for 1,000 hogs of ~50 slices each in a debug build;
-    /// one CI run failed at 347; with fresh goroutines spilled into the
-    /// global queue started at every slice at the cap, as they were). A turn that grows rarer as the count grows settles
+    /// that (85-347 Ms for 1,000 hogs of ~50 slices each in a debug
+    /// build, one CI run failing at 347, when fresh goroutines in the
+    /// global queue were also started at every slice at the cap). A turn
+    /// that grows rarer as the count grows settles
     /// where goroutines need about `61 * k³` slices, and still starts
     /// every queued goroutine eventually, so none starves behind pinned
     /// CPU hogs that never finish (only the thread count grows then, as
