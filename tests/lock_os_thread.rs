@@ -382,3 +382,99 @@ fn affine_rt(quantum: Duration) -> gosched::Runtime {
         .build()
         .unwrap()
 }
+
+/// Voluntary context switches so far of this process's worker threads
+/// (`gosched-m*`): each is an M parking in the kernel.
+fn worker_thread_parks() -> u64 {
+    let mut n = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("gosched-m") {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        n += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    n
+}
+
+/// A goroutine preempted in ThreadAffine mode waits for its own thread, so
+/// two hogs on one P trade the P between two threads at every preemption.
+/// The preempted hog's thread hands the P straight to the thread the next
+/// goroutine needs: one thread parks per preemption. (Handed first to an
+/// idle M, which then passed it on, two did: a third of the P's time lost
+/// at a 100 µs quantum.) In a child process: the count covers every worker
+/// thread, so no other test's runtime may run beside it.
+#[test]
+#[cfg_attr(
+    not(feature = "preempt-signal"),
+    ignore = "needs asynchronous preemption (the preempt-signal feature)"
+)]
+fn an_affine_preemption_hands_the_p_to_the_next_thread_directly() {
+    const TEST: &str = "an_affine_preemption_hands_the_p_to_the_next_thread_directly";
+    if common::child_role().as_deref() == Some("count") {
+        let rt = Builder::new()
+            .procs(1)
+            .preempt_quantum(Duration::from_micros(500))
+            .build()
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let before = worker_thread_parks();
+        rt.block_on({
+            let stop = stop.clone();
+            move || {
+                let hogs: Vec<_> = (0..2)
+                    .map(|_| {
+                        let stop = stop.clone();
+                        gosched::spawn(move || {
+                            let mut x = 0u64;
+                            while !stop.load(Ordering::Relaxed) {
+                                x = std::hint::black_box(spin(1000).wrapping_add(x));
+                            }
+                            x
+                        })
+                    })
+                    .collect();
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(400));
+                    stop.store(true, Ordering::Relaxed);
+                });
+                for h in hogs {
+                    h.join().unwrap();
+                }
+            }
+        });
+        let parks = worker_thread_parks() - before;
+        println!("parks={parks} preempted={}", rt.stats().preempt_async);
+        return;
+    }
+    let _w = common::watchdog();
+    let out = common::run_child(TEST, "count", &[]);
+    assert!(out.status.success(), "{}", out.describe());
+    let field = |k: &str| -> u64 {
+        out.stdout
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {k} in the child's output\n{}", out.describe()))
+    };
+    let (parks, preempted) = (field("parks="), field("preempted="));
+    eprintln!("{parks} thread parks for {preempted} asynchronous preemptions");
+    // About 800 preemptions in 0.4 s; fewer on a loaded machine, but always
+    // some: 0.4 s is 800 quanta.
+    assert!(
+        preempted >= 20,
+        "only {preempted} preemptions\n{}",
+        out.describe()
+    );
+    // One park per preemption, plus a few at start and end; two per
+    // preemption before the direct hand-off.
+    assert!(
+        parks <= preempted + preempted / 4 + 20,
+        "{parks} thread parks for {preempted} preemptions (one each expected)"
+    );
+}

@@ -33,6 +33,59 @@ impl G0<'_> {
                 }
                 continue;
             }
+            // A goroutine handed to us with our P (`M::nextg`): every
+            // `stopm` that gave us a P comes back through here.
+            if let Some(g) = self.m.take_nextg() {
+                return Some((g, false));
+            }
+            if let Some(x) = self.take_ready() {
+                return Some(x);
+            }
+            let busy = self
+                .sh
+                .procs()
+                .saturating_sub(self.sh.npidle.load(Ordering::SeqCst));
+            if self.m.spinning.load(Ordering::Relaxed)
+                || 2 * self.sh.nmspinning.load(Ordering::SeqCst) < busy
+            {
+                if !self.m.spinning.load(Ordering::Relaxed) {
+                    self.m.spinning.store(true, Ordering::Relaxed);
+                    self.sh.nmspinning.fetch_add(1, Ordering::SeqCst);
+                }
+                if let Some(g) = self.steal_work() {
+                    return Some((g, false));
+                }
+            }
+            // Nothing: give up the P (step 5 of the module docs).
+            let was_spinning = self.m.spinning.swap(false, Ordering::Relaxed);
+            let pi = self.releasep();
+            self.sh.pidleput(pi);
+            if was_spinning {
+                self.sh.nmspinning.fetch_sub(1, Ordering::SeqCst);
+            }
+            fence(Ordering::SeqCst);
+            if self.sh.any_work() {
+                if let Some(pi) = self.sh.pidleget() {
+                    self.acquirep(pi);
+                    if was_spinning {
+                        self.m.spinning.store(true, Ordering::Relaxed);
+                        self.sh.nmspinning.fetch_add(1, Ordering::SeqCst);
+                    }
+                    continue;
+                }
+            }
+            if !self.stopm() {
+                return None;
+            }
+        }
+    }
+
+    /// The sources `find_runnable` takes from while holding the P, in its
+    /// order, without stealing from other Ps or giving the P up: what this
+    /// P runs next if it can run something at once. `stoplockedm` uses it
+    /// to hand the P straight to the thread that goroutine needs.
+    pub(super) fn take_ready(&self) -> Option<(GRef, bool)> {
+        loop {
             self.sh.fire_timers();
             let p = self.p();
             let q = self.runq();
@@ -99,42 +152,7 @@ impl G0<'_> {
                     return Some((g, false));
                 }
             }
-            let busy = self
-                .sh
-                .procs()
-                .saturating_sub(self.sh.npidle.load(Ordering::SeqCst));
-            if self.m.spinning.load(Ordering::Relaxed)
-                || 2 * self.sh.nmspinning.load(Ordering::SeqCst) < busy
-            {
-                if !self.m.spinning.load(Ordering::Relaxed) {
-                    self.m.spinning.store(true, Ordering::Relaxed);
-                    self.sh.nmspinning.fetch_add(1, Ordering::SeqCst);
-                }
-                if let Some(g) = self.steal_work() {
-                    return Some((g, false));
-                }
-            }
-            // Nothing: give up the P (step 5 of the module docs).
-            let was_spinning = self.m.spinning.swap(false, Ordering::Relaxed);
-            let pi = self.releasep();
-            self.sh.pidleput(pi);
-            if was_spinning {
-                self.sh.nmspinning.fetch_sub(1, Ordering::SeqCst);
-            }
-            fence(Ordering::SeqCst);
-            if self.sh.any_work() {
-                if let Some(pi) = self.sh.pidleget() {
-                    self.acquirep(pi);
-                    if was_spinning {
-                        self.m.spinning.store(true, Ordering::Relaxed);
-                        self.sh.nmspinning.fetch_add(1, Ordering::SeqCst);
-                    }
-                    continue;
-                }
-            }
-            if !self.stopm() {
-                return None;
-            }
+            return None;
         }
     }
 

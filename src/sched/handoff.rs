@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::os::note::Note;
+use crate::sched::g::{GRef, G};
 use crate::sched::RuntimeLock;
 
 impl Shared {
@@ -57,36 +58,44 @@ impl Shared {
     /// Go's startm: run some M with P `p` (or an idle P). `pin`: the
     /// caller parks right after; see `pin_to_this_cpu`.
     pub(crate) fn startm(&self, p: Option<usize>, spinning: bool, pin: bool) {
-        if self.shutdown.load(Ordering::Acquire) {
-            if spinning {
-                self.nmspinning.fetch_sub(1, Ordering::SeqCst);
-            }
+        self.startm_with(p, None, spinning, pin);
+    }
+
+    /// `startm`, and the M runs `g` first (`M::nextg`): a goroutine the
+    /// caller took off `p` to look at. At shutdown `g` goes to the global
+    /// queue with the rest.
+    pub(crate) fn startm_with(&self, p: Option<usize>, g: Option<GRef>, spinning: bool, pin: bool) {
+        let g = g.map_or(ptr::null_mut(), GRef::as_ptr);
+        let p = if self.shutdown.load(Ordering::Acquire) {
             if let Some(p) = p {
                 self.pidleput(p);
             }
-            return;
-        }
-        let p = match p.or_else(|| self.pidleget()) {
-            Some(p) => p,
-            None => {
-                if spinning {
-                    self.nmspinning.fetch_sub(1, Ordering::SeqCst);
-                }
-                return;
+            None
+        } else {
+            p.or_else(|| self.pidleget())
+        };
+        let Some(p) = p else {
+            if spinning {
+                self.nmspinning.fetch_sub(1, Ordering::SeqCst);
             }
+            if let Some(g) = NonNull::new(g) {
+                self.injector.push(GRef(g));
+            }
+            return;
         };
         self.ps[p].status.store(P_HANDOFF, Ordering::Relaxed);
         let m = self.midle.rt_lock().pop();
         match m {
             Some(m) => {
                 m.spinning.store(spinning, Ordering::Relaxed);
+                m.nextg.store(g, Ordering::Relaxed);
                 m.nextp.store(p + 1, Ordering::Release);
                 if pin {
                     self.pin_to_this_cpu(&m);
                 }
                 self.wake_m(&m);
             }
-            None => self.newm(p, spinning),
+            None => self.newm(p, g, spinning),
         }
     }
 
@@ -138,7 +147,7 @@ impl Shared {
         }
     }
 
-    pub(crate) fn newm(&self, p: usize, spinning: bool) {
+    pub(crate) fn newm(&self, p: usize, g: *mut G, spinning: bool) {
         let mut all = self.allm.rt_lock();
         // Go's checkmcount: the new M plus sysmon must fit the limit.
         if all.len() + 2 > self.cfg.max_threads {
@@ -151,6 +160,7 @@ impl Shared {
             tid: AtomicI32::new(0),
             note: Note::new(),
             nextp: AtomicUsize::new(p + 1),
+            nextg: AtomicPtr::new(g),
             spinning: AtomicBool::new(spinning),
             curg: AtomicPtr::new(ptr::null_mut()),
             locked_g: Cell::new(None),

@@ -137,10 +137,31 @@ impl G0<'_> {
             if self.m.spinning.swap(false, Ordering::Relaxed) {
                 self.sh.nmspinning.fetch_sub(1, Ordering::SeqCst);
             }
-            self.m.p.set(None);
-            self.sh.ps[p].status.store(P_HANDOFF, Ordering::Release);
-            // We park right below: hand over our CPU with the P.
-            self.sh.handoffp(p, true);
+            // What our P runs next decides who gets it: handed to an idle
+            // M, the P went to whatever thread that goroutine needed in a
+            // second hand-off (a goroutine asynchronously preempted in
+            // ThreadAffine mode waits for its own thread): two thread
+            // switches per preemption where one will do. Only a P that
+            // `set_procs` dropped skips the look (`handoffp` retires it).
+            let next = if self.sh.p_dropped(p) {
+                None
+            } else {
+                self.take_ready()
+            };
+            match next.map(|(g, _)| (g, g.locked_m.get())) {
+                // Our own goroutine is next: run it, with our P.
+                Some((_, Some(lm))) if ptr::eq(lm.as_ptr(), Arc::as_ptr(self.m)) => return true,
+                // We park right below: hand over our CPU with the P.
+                Some((_, Some(lm))) => self.startlockedm(lm),
+                Some((g, None)) => {
+                    let p = self.releasep();
+                    self.sh.startm_with(Some(p), Some(g), false, true);
+                }
+                None => {
+                    let p = self.releasep();
+                    self.sh.handoffp(p, true);
+                }
+            }
         }
         loop {
             self.m.note.wait(None);

@@ -31,6 +31,11 @@ pub(crate) struct M {
     /// hands it off before `note.wake()` (Release via the note), taken by
     /// this M after waking.
     pub(crate) nextp: AtomicUsize,
+    /// A goroutine handed to this M with `nextp`, to run first (null =
+    /// none): `stoplockedm` took it off the P to see which thread it needs
+    /// (`Shared::startm_with`). Written with `nextp`, before it; taken by
+    /// this M after it took the P.
+    pub(crate) nextg: AtomicPtr<G>,
     /// Started as a spinning M (set with `nextp`, read after waking).
     pub(crate) spinning: AtomicBool,
     /// Another M restricted this M's thread to one CPU for a hand-off
@@ -102,5 +107,14 @@ impl M {
             0 => None,
             n => Some(n - 1),
         }
+    }
+
+    /// The goroutine handed over with our P, if any (after `take_nextp`,
+    /// whose Acquire orders this read after the hand-off's writes).
+    pub(super) fn take_nextg(&self) -> Option<GRef> {
+        if self.nextg.load(Ordering::Relaxed).is_null() {
+            return None;
+        }
+        std::ptr::NonNull::new(self.nextg.swap(std::ptr::null_mut(), Ordering::Relaxed)).map(GRef)
     }
 }
