@@ -364,3 +364,129 @@ fn a_reader_beside_a_no_call_hog_is_woken_within_microseconds() {
         "median wake-up {p50:?}: readiness waited for sysmon's poll"
     );
 }
+
+/// How many times this process's sysmon thread has run so far (the third
+/// field of its schedstat: timeslices it got).
+fn sysmon_runs() -> u64 {
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() == "gosched-sysmon" {
+            let sched = std::fs::read_to_string(task.path().join("schedstat")).unwrap();
+            return sched.split_whitespace().nth(2).unwrap().parse().unwrap();
+        }
+    }
+    panic!("no gosched-sysmon thread");
+}
+
+/// A server at saturation, as in the bimodal benchmark: one P, 8
+/// connections with requests always queued, so handlers rarely park, and
+/// a parked accept loop (so sysmon watches the poller: no M polls while
+/// handlers work). Each request arriving for a handler that is still
+/// working is an edge that ends sysmon's watch, and its poll then wakes
+/// nobody. sysmon pauses after such an empty poll instead of watching
+/// again at once: before, it ran for nearly every request, on the
+/// server's own CPU (the bimodal server saturated at 0.83x Go's
+/// throughput; 0.95x after). In a child process: sysmon's runs are read
+/// from /proc.
+#[test]
+fn sysmon_does_not_run_for_every_request_to_a_busy_server() {
+    use std::sync::atomic::AtomicBool;
+    const TEST: &str = "sysmon_does_not_run_for_every_request_to_a_busy_server";
+    const CONNS: usize = 8;
+    if common::child_role().as_deref() != Some("busy") {
+        let _w = watchdog();
+        let out = common::run_child(TEST, "busy", &[]);
+        assert!(out.status.success(), "{}", out.describe());
+        let field = |k: &str| -> u64 {
+            out.stdout
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {k} in the child's output\n{}", out.describe()))
+        };
+        let (runs, requests) = (field("sysmon_runs="), field("requests="));
+        eprintln!("sysmon ran {runs} times for {requests} requests in 300 ms");
+        assert!(
+            requests >= 1000,
+            "only {requests} requests\n{}",
+            out.describe()
+        );
+        // Pauses of 200-400 µs: ~750 watches in 300 ms (1,500 at most),
+        // whatever the arrivals; 3,600-3,700 before, about one per three
+        // requests.
+        assert!(
+            runs <= 1600,
+            "sysmon ran {runs} times for {requests} requests to a busy server"
+        );
+        return;
+    }
+    let rt = Builder::new().procs(1).build().unwrap();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    // Open loop: each connection gets a request every ~50-100 µs (a
+    // sleep) whatever the replies, 8 of them: more than the server's
+    // ~40,000 a second, so its handlers always have one queued.
+    let clients: Vec<_> = (0..CONNS)
+        .flat_map(|_| {
+            let s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_nodelay(true).unwrap();
+            let mut r = s.try_clone().unwrap();
+            let mut w = s;
+            let stop = stop.clone();
+            let writer = std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if w.write_all(&[7u8; 16]).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+                let _ = w.shutdown(std::net::Shutdown::Write);
+            });
+            let reader = std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while matches!(r.read(&mut buf), Ok(n) if n > 0) {}
+            });
+            [writer, reader]
+        })
+        .collect();
+    let _server = {
+        let served = served.clone();
+        rt.spawn(move || {
+            let l = TcpListener::from_std(l).unwrap();
+            for s in l.incoming() {
+                let mut s = s.unwrap();
+                s.set_nodelay(true).unwrap();
+                let served = served.clone();
+                gosched::spawn(move || {
+                    let mut req = [0u8; 16];
+                    while s.read_exact(&mut req).is_ok() {
+                        // ~20 µs of work that calls nothing.
+                        let t = Instant::now();
+                        while t.elapsed() < Duration::from_micros(20) {
+                            std::hint::spin_loop();
+                        }
+                        served.fetch_add(1, Ordering::Relaxed);
+                        if s.write_all(&[1u8; 8]).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let (runs0, served0) = (sysmon_runs(), served.load(Ordering::Relaxed));
+    std::thread::sleep(Duration::from_millis(300));
+    let (runs, requests) = (
+        sysmon_runs() - runs0,
+        served.load(Ordering::Relaxed) - served0,
+    );
+    println!("sysmon_runs={runs} requests={requests}");
+    // The runtime, its handlers and the client threads go with the
+    // process.
+    stop.store(true, Ordering::Relaxed);
+    drop(clients);
+    std::process::exit(0);
+}

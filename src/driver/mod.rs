@@ -78,8 +78,15 @@
 //!    the packet instead of within the poll bound (a goroutine reading a
 //!    socket beside a CPU hog on 1 P was woken 0.5 ms late at p50, 1 ms
 //!    at p99). Not while Ps poll on their own: in a busy server every
-//!    packet would wake sysmon, a thread switch each. Whoever wakes sysmon
-//!    uses `Shared::wake_sysmon`, which ends a watch as it wakes a note.
+//!    packet would wake sysmon, a thread switch each. Nor right after a
+//!    watch whose poll woke nobody: its events were for goroutines that
+//!    are working, not parked (a server at saturation, requests queued on
+//!    every connection), and sysmon pauses `SYSMON_WATCH_AFTER`, doubling
+//!    up to [`SYSMON_BACKOFF_CAP`], before it watches again (it ran for
+//!    almost every request before: 3,600 times in 300 ms in
+//!    `tests/net_poll.rs`, ~5 % of the bimodal server's CPU). Whoever
+//!    wakes sysmon uses `Shared::wake_sysmon`, which ends a watch as it
+//!    wakes a note, and ends a pause too.
 //!
 //! # Descriptors (Go's pollDesc)
 //!
@@ -326,6 +333,16 @@ pub(crate) struct Driver {
     /// wait for I/O, in ns (0: from `SYSMON_WATCH_AFTER`); see
     /// `Shared::sysmon_wait` (sysmon only).
     sysmon_backoff: AtomicU64,
+    /// After a watch whose poll woke nobody (its events were for
+    /// descriptors no goroutine waits on: a busy server's connections
+    /// whose handlers are still working), sysmon does not watch again
+    /// before this time, in ns since the runtime's epoch (0: none); see
+    /// `Shared::sysmon_wait` (sysmon only).
+    sysmon_quiet_until: AtomicU64,
+    /// The next such pause, in ns (0: from `SYSMON_WATCH_AFTER`), doubled
+    /// by each empty poll up to `SYSMON_BACKOFF_CAP`, reset by a poll that
+    /// wakes a goroutine and by a wake-up of sysmon (sysmon only).
+    sysmon_quiet_backoff: AtomicU64,
     table: Mutex<Table>,
     /// Descriptors registered now (sysmon keeps its poll period while any
     /// is). Written under `table`'s lock, read Relaxed.
@@ -354,6 +371,8 @@ impl Driver {
             sysmon_last_poll: AtomicU64::new(u64::MAX),
             sysmon_watching: AtomicBool::new(false),
             sysmon_backoff: AtomicU64::new(0),
+            sysmon_quiet_until: AtomicU64::new(0),
+            sysmon_quiet_backoff: AtomicU64::new(0),
             table: Mutex::new(Table::default()),
             registered: AtomicUsize::new(0),
             closed: AtomicBool::new(false),

@@ -160,11 +160,20 @@ impl Shared {
         let d = &self.driver;
         let watch_after = SYSMON_WATCH_AFTER.as_nanos() as u64;
         let last = d.last_poll.load(Ordering::Relaxed);
-        let age = self.nanotime().saturating_sub(last);
-        let stale = last == d.sysmon_last_poll.load(Ordering::Relaxed) || age >= watch_after;
+        let now = self.nanotime();
+        let age = now.saturating_sub(last);
+        let quiet = d
+            .sysmon_quiet_until
+            .load(Ordering::Relaxed)
+            .saturating_sub(now);
+        let stale = quiet == 0
+            && (last == d.sysmon_last_poll.load(Ordering::Relaxed) || age >= watch_after);
         if !stale || !d.should_poll() || d.os.break_pending() {
             let mut t = poll_cap.map_or(timeout, |c| c.min(timeout));
-            if d.should_poll() && !stale {
+            if quiet > 0 {
+                t = t.min(Duration::from_nanos(quiet));
+            }
+            if d.should_poll() && !stale && quiet == 0 {
                 let cap = (poll_bound(self.cfg.quantum).as_nanos() as u64)
                     .min(SYSMON_BACKOFF_CAP.as_nanos() as u64);
                 let backoff = d
@@ -181,6 +190,7 @@ impl Shared {
                 // Woken: a P got busy, a timer or a wake-up needs us; the
                 // Ps' polling may have stopped: look again soon.
                 self.sysmon_backoff_reset();
+                self.sysmon_quiet_reset();
             }
             return r;
         }
@@ -193,10 +203,44 @@ impl Shared {
         let ready = d.os.watch(timeout);
         d.sysmon_watching.store(false, Ordering::SeqCst);
         if ready && d.should_poll() {
-            self.netpoll_now();
+            if self.netpoll_now() == 0 {
+                self.sysmon_quiet(watch_after);
+            } else {
+                self.sysmon_quiet_reset();
+            }
             self.note_sysmon_poll();
         }
         self.sysmon_note.take() || ready
+    }
+
+    /// sysmon's watch woke nobody: its events were edges on descriptors
+    /// whose goroutines are busy, not parked (a server at saturation: each
+    /// request arriving on a connection whose handler still works). Watching
+    /// again at once made sysmon run for every such edge, thousands of
+    /// times a second on the server's own CPU; it pauses instead, for
+    /// `SYSMON_WATCH_AFTER`, doubling with each empty poll in a row up to
+    /// `SYSMON_BACKOFF_CAP`. A goroutine that parks meanwhile is found by
+    /// its own M's poll before that M idles (`find_runnable`); only one
+    /// whose I/O gets ready while every P runs something else waits up to
+    /// the pause, as it would for the Ps' polls.
+    fn sysmon_quiet(&self, watch_after: u64) {
+        let d = &self.driver;
+        let cap = SYSMON_BACKOFF_CAP.as_nanos() as u64;
+        let pause = d
+            .sysmon_quiet_backoff
+            .load(Ordering::Relaxed)
+            .clamp(watch_after, cap.max(watch_after));
+        d.sysmon_quiet_backoff
+            .store(pause.saturating_mul(2), Ordering::Relaxed);
+        d.sysmon_quiet_until
+            .store(self.nanotime().saturating_add(pause), Ordering::Relaxed);
+    }
+
+    /// Ends `sysmon_quiet`'s pause and its doubling.
+    fn sysmon_quiet_reset(&self) {
+        let d = &self.driver;
+        d.sysmon_quiet_until.store(0, Ordering::Relaxed);
+        d.sysmon_quiet_backoff.store(0, Ordering::Relaxed);
     }
 
     /// sysmon was woken, goes idle or watches the poller: its next sleep
