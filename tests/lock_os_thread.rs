@@ -465,14 +465,7 @@ fn an_affine_preemption_hands_the_p_to_the_next_thread_directly() {
     let _w = common::watchdog();
     let out = common::run_child(TEST, "count", &[]);
     assert!(out.status.success(), "{}", out.describe());
-    let field = |k: &str| -> u64 {
-        out.stdout
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(k))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {k} in the child's output\n{}", out.describe()))
-    };
-    let (parks, preempted) = (field("parks="), field("preempted="));
+    let (parks, preempted) = (out.stdout_u64("parks="), out.stdout_u64("preempted="));
     eprintln!("{parks} thread parks for {preempted} asynchronous preemptions");
     // About 800 preemptions in 0.4 s; fewer on a loaded machine, but always
     // some: 0.4 s is 800 quanta.

@@ -397,14 +397,7 @@ fn sysmon_does_not_run_for_every_request_to_a_busy_server() {
         let _w = watchdog();
         let out = common::run_child(TEST, "busy", &[]);
         assert!(out.status.success(), "{}", out.describe());
-        let field = |k: &str| -> u64 {
-            out.stdout
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix(k))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("no {k} in the child's output\n{}", out.describe()))
-        };
-        let (runs, requests) = (field("sysmon_runs="), field("requests="));
+        let (runs, requests) = (out.stdout_u64("sysmon_runs="), out.stdout_u64("requests="));
         eprintln!("sysmon ran {runs} times for {requests} requests in 300 ms");
         assert!(
             requests >= 1000,

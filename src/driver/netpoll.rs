@@ -2,7 +2,7 @@
 //! and is woken from it, and how goroutines a poll woke become runnable
 //! (Go's netpoll, netpollBreak and injectglist).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::{poll_bound, SYSMON_BACKOFF_CAP, SYSMON_WATCH_AFTER};
@@ -176,12 +176,7 @@ impl Shared {
             if d.should_poll() && !stale && quiet == 0 {
                 let cap = (poll_bound(self.cfg.quantum).as_nanos() as u64)
                     .min(SYSMON_BACKOFF_CAP.as_nanos() as u64);
-                let backoff = d
-                    .sysmon_backoff
-                    .load(Ordering::Relaxed)
-                    .clamp(watch_after, cap.max(watch_after));
-                d.sysmon_backoff
-                    .store(backoff.saturating_mul(2), Ordering::Relaxed);
+                let backoff = next_backoff(&d.sysmon_backoff, watch_after, cap);
                 let until_stale = Duration::from_nanos((watch_after - age).max(backoff));
                 t = t.min(until_stale);
             }
@@ -226,12 +221,7 @@ impl Shared {
     fn sysmon_quiet(&self, watch_after: u64) {
         let d = &self.driver;
         let cap = SYSMON_BACKOFF_CAP.as_nanos() as u64;
-        let pause = d
-            .sysmon_quiet_backoff
-            .load(Ordering::Relaxed)
-            .clamp(watch_after, cap.max(watch_after));
-        d.sysmon_quiet_backoff
-            .store(pause.saturating_mul(2), Ordering::Relaxed);
+        let pause = next_backoff(&d.sysmon_quiet_backoff, watch_after, cap);
         d.sysmon_quiet_until
             .store(self.nanotime().saturating_add(pause), Ordering::Relaxed);
     }
@@ -279,4 +269,12 @@ impl Shared {
             let _ = self.wakeup_preempt(false);
         }
     }
+}
+
+/// A doubling backoff kept in `slot` (ns; 0 = start over): returns this
+/// step, clamped to `min ..= max(cap, min)`, and stores twice it.
+fn next_backoff(slot: &AtomicU64, min: u64, cap: u64) -> u64 {
+    let step = slot.load(Ordering::Relaxed).clamp(min, cap.max(min));
+    slot.store(step.saturating_mul(2), Ordering::Relaxed);
+    step
 }

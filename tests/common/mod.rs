@@ -40,6 +40,16 @@ impl ChildOutput {
         self.status.signal()
     }
 
+    /// The number after `key` (e.g. `"parks="`) in the child's stdout,
+    /// where the child printed `key<number>`; fails the test if absent.
+    pub fn stdout_u64(&self, key: &str) -> u64 {
+        self.stdout
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in the child's output\n{}", self.describe()))
+    }
+
     /// Everything about the child, for assertion messages.
     pub fn describe(&self) -> String {
         format!(
