@@ -22,6 +22,7 @@ use gosched::{Builder, PreemptMode};
 /// last poll is 50 µs old: tens of microseconds.
 #[test]
 fn ready_io_is_seen_within_microseconds_while_the_only_p_keeps_switching() {
+    let _s = common::serial();
     let _w = watchdog();
     let b = Builder::new()
         .procs(1)
@@ -85,6 +86,7 @@ fn ready_io_is_seen_within_microseconds_while_the_only_p_keeps_switching() {
 /// the reader parks again right after each poll.
 #[test]
 fn a_reader_beside_busy_goroutines_is_served_every_round_within_the_poll_bound() {
+    let _s = common::serial();
     let _w = watchdog();
     let b = Builder::new().procs(1).preempt_mode(PreemptMode::Migrate);
     // SAFETY: the goroutines here use no thread-locals and hold no
@@ -162,6 +164,7 @@ fn a_reader_beside_busy_goroutines_is_served_every_round_within_the_poll_bound()
 /// each of those wake-ups took a CPU from a worker.
 #[test]
 fn no_worker_sleeps_in_the_poller_while_every_p_has_work() {
+    let _s = common::serial();
     let _w = watchdog();
     let rt = Builder::new().procs(2).build().unwrap();
     const ROUNDS: u64 = 2_000;
@@ -245,6 +248,7 @@ fn no_worker_sleeps_in_the_poller_while_every_p_has_work() {
 /// takes 19 µs.
 #[test]
 fn a_request_reply_pair_is_carried_by_one_thread() {
+    let _s = common::serial();
     let _w = watchdog();
     let rt = Builder::new().procs(2).build().unwrap();
     const ROUNDS: u64 = 2_000;
@@ -301,6 +305,7 @@ fn a_request_reply_pair_is_carried_by_one_thread() {
 #[test]
 fn a_reader_beside_a_no_call_hog_is_woken_within_microseconds() {
     use std::sync::atomic::AtomicBool;
+    let _s = common::serial();
     let _w = watchdog();
     let b = Builder::new().procs(1).preempt_mode(PreemptMode::Migrate);
     // SAFETY: the goroutines here use no thread-locals and hold no
@@ -394,6 +399,7 @@ fn sysmon_does_not_run_for_every_request_to_a_busy_server() {
     const TEST: &str = "sysmon_does_not_run_for_every_request_to_a_busy_server";
     const CONNS: usize = 8;
     if common::child_role().as_deref() != Some("busy") {
+        let _s = common::serial();
         let _w = watchdog();
         let out = common::run_child(TEST, "busy", &[]);
         assert!(out.status.success(), "{}", out.describe());

@@ -21,6 +21,14 @@ pub const CHILD_ENV: &str = "GOSCHED_TEST_CHILD";
 /// How long a child may run before the parent kills it and fails.
 pub const CHILD_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Serialises the timing-sensitive tests of one test binary: they measure
+/// how soon something happens, which a concurrent test keeping both cores
+/// of the CI machine busy would distort.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The role this process was started with by [`run_child`], or `None` in
 /// the parent (a normal test run).
 pub fn child_role() -> Option<String> {
