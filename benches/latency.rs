@@ -28,6 +28,9 @@
 //!    from one hog to the other, so every moment of the hogs' window in
 //!    which neither ran (TSC) is the cost of preempting; per preemption,
 //!    next to the floor.
+//!    **Three hogs on two Ps** beside the ticker, 100 µs, both modes
+//!    (issue 11's tail scenario, `fairness --procs 2 --loops 3`): ticker
+//!    p99 and both Ps' throughput, on vs off.
 //!    **The floor**, measured right after: the same hog on a plain thread
 //!    (no runtime) while another thread sends it a signal with an empty
 //!    handler every `FLOOR_PERIOD` (SIGUSR2: SIGURG is gosched's), vs no
@@ -176,6 +179,14 @@ const TWO_P: Setup = Setup {
     name: "2p_2hogs",
     procs: 2,
     hogs: 2,
+    ticker: true,
+};
+/// Issue 11's tail scenario (`fairness --procs 2 --loops 3`): three hogs
+/// time-sliced on two Ps beside the ticker.
+const TWO_P_THREE: Setup = Setup {
+    name: "2p_3hogs",
+    procs: 2,
+    hogs: 3,
     ticker: true,
 };
 /// Issue 11's measure of what one preemption costs: two loops on one P and
@@ -912,6 +923,34 @@ fn main() {
         got: fmt_ns(p99_2p),
         met: p99_2p <= 300_000,
     });
+    // Issue 11's tail scenario, both modes: three hogs time-sliced on two
+    // Ps beside the ticker (off: async preemption off at the same quantum,
+    // one hog starves; throughput is both Ps' iterations per second).
+    for mode in MODES {
+        let (off, on) = cell_pair(TWO_P_THREE, q, q, mode, cell, pause);
+        print_pair(TWO_P_THREE, [q, q], mode, (&off, &on), hz, &mut csv);
+        files.record(write_cell(TWO_P_THREE, [q, q], mode, (&off, &on)));
+        let thr = (on.iters as f64 / on.window) / (off.iters as f64 / off.window);
+        let p99 = on.late.value_at_quantile(0.99);
+        let name = mode_name(mode);
+        println!(
+            "   2 Ps, 3 hogs, {name}: {} preemptions, throughput on/off {thr:.3}, ticker p99 {}",
+            on.preempt_async,
+            fmt_ns(p99)
+        );
+        targets.push(Target {
+            what: format!("ticker p99, 2 Ps, 3 hogs, 100us {name}"),
+            goal: "<= 300 µs".into(),
+            got: fmt_ns(p99),
+            met: p99 <= 300_000,
+        });
+        targets.push(Target {
+            what: format!("throughput on/off, 2 Ps, 3 hogs, 100us {name}"),
+            goal: ">= 0.90".into(),
+            got: format!("{thr:.3}"),
+            met: thr >= 0.90,
+        });
+    }
     targets.push(Target {
         what: "one async preemption, Migrate (lost throughput / count)".into(),
         goal: "<= 10 µs".into(),
