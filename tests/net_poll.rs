@@ -370,15 +370,25 @@ fn a_reader_beside_a_no_call_hog_is_woken_within_microseconds() {
     );
 }
 
-/// How many times this process's sysmon thread has run so far (the third
-/// field of its schedstat: timeslices it got).
+/// How many times this process's sysmon thread has run so far: the third
+/// field of its schedstat (timeslices it got), or, on a kernel without
+/// schedstat, its context switches (each run of a thread that sleeps ends
+/// in one).
 fn sysmon_runs() -> u64 {
     for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if comm.trim() == "gosched-sysmon" {
-            let sched = std::fs::read_to_string(task.path().join("schedstat")).unwrap();
+        if comm.trim() != "gosched-sysmon" {
+            continue;
+        }
+        if let Ok(sched) = std::fs::read_to_string(task.path().join("schedstat")) {
             return sched.split_whitespace().nth(2).unwrap().parse().unwrap();
         }
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap();
+        return status
+            .lines()
+            .filter(|l| l.contains("_ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
     }
     panic!("no gosched-sysmon thread");
 }
