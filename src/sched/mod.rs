@@ -26,7 +26,7 @@
 //! | `newproc`, `gfget`, `gfput`, goid cache | `Shared::spawn_raw`, `gget_global`, `PLocal::put_free` | `newproc.rs`, `p.rs` |
 //! | `schedule`, `execute`, `mstart` | `G0::run`, `G0::execute`, `mstart` | `schedule.rs` |
 //! | `findRunnable`, `stealWork` | `G0::find_runnable`, `G0::steal_work` | `findrunnable.rs` |
-//! | `stopm`, `stoplockedm`, `startlockedm` | the same, on `G0` | `idle.rs` |
+//! | `stopm`, `stoplockedm`, `startlockedm` | the same, on `G0` (`stoplockedm` hands its P straight to the thread the P's next goroutine needs, or with that goroutine to an idle M: `G0::take_ready`, `M::nextg`; Go hands it to any M) | `idle.rs` |
 //! | `gopark`, `goready`, `Gosched`, `mcall` | `gopark`, `ready`, `goyield`, `switch_to_g0` | `park.rs` |
 //! | (none: Go's `Gosched` always enters the scheduler) | `yield_direct` | `direct_yield.rs` |
 //! | `wakep`, `startm`, `handoffp`, `pidleget`/`pidleput`, `retake` | the same, on `Shared` | `handoff.rs` |
