@@ -253,6 +253,12 @@ impl Acc {
         1.0 - self.paused_ticks as f64 / hz / self.hog_secs
     }
 
+    /// Iterations per second of the hogs' windows, all hogs together: the
+    /// throughput of the Ps they share.
+    fn window_rate(&self) -> f64 {
+        self.iters as f64 / self.window
+    }
+
     /// Seconds of the hogs' windows in which no hog ran: on one P, the
     /// time the P spent on anything but the hogs (their seconds minus their
     /// pauses is the time some hog ran).
@@ -865,8 +871,7 @@ fn main() {
         let (off, on) = cell_pair(ONE_P_TWO, q, q, mode, cell, pause);
         print_pair(ONE_P_TWO, [q, q], mode, (&off, &on), hz, &mut csv);
         let n = on.preempt_async.max(1) as f64;
-        // One P: iterations per second of the window, all hogs together.
-        let thr = (on.iters as f64 / on.window) / (off.iters as f64 / off.window);
+        let thr = on.window_rate() / off.window_rate();
         let tsc = (on.idle_secs(hz) - off.idle_secs(hz) * on.window / off.window) / n;
         let name = mode_name(mode);
         println!(
@@ -930,7 +935,7 @@ fn main() {
         let (off, on) = cell_pair(TWO_P_THREE, q, q, mode, cell, pause);
         print_pair(TWO_P_THREE, [q, q], mode, (&off, &on), hz, &mut csv);
         files.record(write_cell(TWO_P_THREE, [q, q], mode, (&off, &on)));
-        let thr = (on.iters as f64 / on.window) / (off.iters as f64 / off.window);
+        let thr = on.window_rate() / off.window_rate();
         let p99 = on.late.value_at_quantile(0.99);
         let name = mode_name(mode);
         println!(

@@ -65,7 +65,6 @@ impl Shared {
     /// caller took off `p` to look at. At shutdown `g` goes to the global
     /// queue with the rest.
     pub(crate) fn startm_with(&self, p: Option<usize>, g: Option<GRef>, spinning: bool, pin: bool) {
-        let g = g.map_or(ptr::null_mut(), GRef::as_ptr);
         let p = if self.shutdown.load(Ordering::Acquire) {
             if let Some(p) = p {
                 self.pidleput(p);
@@ -78,8 +77,8 @@ impl Shared {
             if spinning {
                 self.nmspinning.fetch_sub(1, Ordering::SeqCst);
             }
-            if let Some(g) = NonNull::new(g) {
-                self.injector.push(GRef(g));
+            if let Some(g) = g {
+                self.injector.push(g);
             }
             return;
         };
@@ -88,7 +87,7 @@ impl Shared {
         match m {
             Some(m) => {
                 m.spinning.store(spinning, Ordering::Relaxed);
-                m.nextg.store(g, Ordering::Relaxed);
+                m.nextg.store(nextg_ptr(g), Ordering::Relaxed);
                 m.nextp.store(p + 1, Ordering::Release);
                 if pin {
                     self.pin_to_this_cpu(&m);
@@ -147,7 +146,7 @@ impl Shared {
         }
     }
 
-    pub(crate) fn newm(&self, p: usize, g: *mut G, spinning: bool) {
+    pub(crate) fn newm(&self, p: usize, g: Option<GRef>, spinning: bool) {
         let mut all = self.allm.rt_lock();
         // Go's checkmcount: the new M plus sysmon must fit the limit.
         if all.len() + 2 > self.cfg.max_threads {
@@ -160,7 +159,7 @@ impl Shared {
             tid: AtomicI32::new(0),
             note: Note::new(),
             nextp: AtomicUsize::new(p + 1),
-            nextg: AtomicPtr::new(g),
+            nextg: AtomicPtr::new(nextg_ptr(g)),
             spinning: AtomicBool::new(spinning),
             curg: AtomicPtr::new(ptr::null_mut()),
             locked_g: Cell::new(None),
@@ -352,4 +351,9 @@ impl Shared {
                 .iter()
                 .any(|p| p.runq.has_stealable_work())
     }
+}
+
+/// `M::nextg`'s value for a handed goroutine (null: none).
+fn nextg_ptr(g: Option<GRef>) -> *mut G {
+    g.map_or(ptr::null_mut(), GRef::as_ptr)
 }
