@@ -399,11 +399,22 @@ fn sysmon_backs_off_while_every_p_keeps_switching() {
         sent
     });
     std::thread::sleep(Duration::from_millis(100));
-    let before = common::voluntary_switches("gosched-sysmon");
-    let t = Instant::now();
-    std::thread::sleep(Duration::from_millis(500));
-    let looks = common::switches_since(&before, &common::voluntary_switches("gosched-sysmon"));
-    let per_sec = looks as f64 / t.elapsed().as_secs_f64();
+    // Up to three 500 ms windows, the quietest counts: a moment in which
+    // the kernel kept a worker off its CPU (so its P stopped switching)
+    // raised one window to 2,718 once in a full CI run (1,660-2,180
+    // alone), while the behaviour this guards against gives 4,000+ in
+    // every window.
+    let mut per_sec = f64::INFINITY;
+    for _ in 0..3 {
+        let before = common::voluntary_switches("gosched-sysmon");
+        let t = Instant::now();
+        std::thread::sleep(Duration::from_millis(500));
+        let looks = common::switches_since(&before, &common::voluntary_switches("gosched-sysmon"));
+        per_sec = per_sec.min(looks as f64 / t.elapsed().as_secs_f64());
+        if per_sec < 2_500.0 {
+            break;
+        }
+    }
     stop.store(true, Ordering::Relaxed);
     let sent = feeder.join().unwrap();
     for h in handles {
