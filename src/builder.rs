@@ -107,6 +107,10 @@ pub(crate) struct Config {
     pub(crate) sysmon_realtime: bool,
     /// The nice value sysmon asks for (-20 ..= 0; 0: none).
     pub(crate) sysmon_nice: i32,
+    /// Ms time the slices of goroutines that ran a whole quantum with a
+    /// timer of their own (`preempt::slice_timer`); off with
+    /// `GOSCHED_SLICETIMEROFF=1`.
+    pub(crate) slice_timer: bool,
 }
 
 /// The nice value sysmon asks for by default (see
@@ -646,6 +650,9 @@ impl Builder {
         };
         // Refused by the kernel: an error if asked for here, a warning if
         // asked for by the environment.
+        let slice_timer = async_preempt
+            && quantum != Duration::MAX
+            && !env_flag("GOSCHED_SLICETIMEROFF")?.unwrap_or(false);
         let (want_realtime, explicit) = match self.sysmon_realtime {
             Some(on) => (on, true),
             None => (env_flag("GOSCHED_SYSMONRT")?.unwrap_or(false), false),
@@ -718,6 +725,7 @@ impl Builder {
             wakeup_preempt,
             sysmon_realtime,
             sysmon_nice,
+            slice_timer,
         })
     }
 }

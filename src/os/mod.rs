@@ -10,3 +10,5 @@ pub(crate) mod membarrier;
 pub(crate) mod note;
 pub(crate) mod signal;
 pub(crate) mod slice;
+#[cfg(feature = "preempt-signal")]
+pub(crate) mod timer;

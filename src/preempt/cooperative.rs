@@ -30,3 +30,9 @@ impl HandlerWatch {
     /// Does nothing.
     pub(crate) fn check(&mut self, _sh: &Shared, _now: u64) {}
 }
+
+/// No slice timers: `Config::slice_timer` is always false here.
+pub(crate) fn arm_slice_timer(_m: &M, _p: usize, _tick: u64) {}
+
+/// No slice timer to delete.
+pub(crate) fn release_slice_timer(_m: &M) {}

@@ -57,9 +57,14 @@ mod cooperative;
 mod sigurg;
 
 #[cfg(not(feature = "preempt-signal"))]
-pub(crate) use cooperative::{install, on_m_start, signal_m, HandlerWatch};
+pub(crate) use cooperative::{
+    arm_slice_timer, install, on_m_start, release_slice_timer, signal_m, HandlerWatch,
+};
 #[cfg(feature = "preempt-signal")]
-pub(crate) use sigurg::{async_preempt_yield, install, on_m_start, signal_m, HandlerWatch};
+pub(crate) use sigurg::{
+    arm_slice_timer, async_preempt_yield, install, on_m_start, release_slice_timer, signal_m,
+    HandlerWatch, NO_SLICE_TIMER,
+};
 
 /// Number of refusal reasons (indices into the refusal counters).
 pub(crate) const REFUSAL_REASONS: usize = 6;

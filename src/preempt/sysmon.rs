@@ -77,6 +77,7 @@ impl Target for RuntimeTarget<'_> {
             syscall_start: Duration::from_nanos(pp.syscall_start.load(Ordering::Relaxed)),
             runq_nonempty: self.sh.ps[p].runq.has_work(),
             refused,
+            timed: pp.timed_tick.load(Ordering::Relaxed) == schedtick,
         }
     }
 

@@ -94,6 +94,10 @@ pub(crate) struct G {
     /// Locked to its M after an asynchronous preemption in ThreadAffine
     /// mode, until its next cooperative scheduling point (owner).
     pub(crate) affine: Cell<bool>,
+    /// Its last slice ended in a time-slice preemption (it ran a quantum
+    /// without blocking): its next fresh slice is timed by its M's slice
+    /// timer (`preempt::slice_timer`). Owner.
+    pub(crate) hog: Cell<bool>,
     /// Locked to its M because it was panicking (unwinding, or inside the
     /// panic hook) when it last switched out: std keeps that state per OS
     /// thread, so no other goroutine may run on the thread until the panic
@@ -171,6 +175,7 @@ impl G {
             no_preempt: AtomicU32::new(1),
             lock_count: Cell::new(0),
             affine: Cell::new(false),
+            hog: Cell::new(false),
             unwinding: Cell::new(false),
             locked_m: Cell::new(None),
             wait_reason: Cell::new(""),

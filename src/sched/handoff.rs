@@ -172,6 +172,12 @@ impl Shared {
             signal_pending: AtomicBool::new(false),
             #[cfg(feature = "preempt-signal")]
             preempting: AtomicBool::new(false),
+            #[cfg(feature = "preempt-signal")]
+            timer_id: AtomicI32::new(crate::preempt::NO_SLICE_TIMER),
+            #[cfg(feature = "preempt-signal")]
+            timer_p: AtomicUsize::new(0),
+            #[cfg(feature = "preempt-signal")]
+            timer_tick: AtomicU64::new(crate::sched::NO_TIMER),
             claiming: AtomicBool::new(false),
             pinned: AtomicBool::new(false),
             cpu_mask: Cell::new(None),
@@ -341,6 +347,13 @@ impl Shared {
         } else {
             Preempt::AlreadyPending
         }
+    }
+
+    /// Does any goroutine wait for a P (a local queue, the yield slot or a
+    /// global queue)? Atomic loads only: the signal handler asks it
+    /// (`preempt::slice_timer`).
+    pub(crate) fn runnable_waiting(&self) -> bool {
+        self.global_has_work() || self.ps[..self.procs()].iter().any(|p| p.runq.has_work())
     }
 
     /// Is there a runnable G an idle M could take (the last spinning M's

@@ -83,6 +83,18 @@ pub(crate) struct M {
     /// outside any request. Only this thread reads or writes it.
     #[cfg(feature = "preempt-signal")]
     pub(crate) preempting: AtomicBool,
+    /// The kernel id of this M's slice timer (`preempt::slice_timer`),
+    /// created the first time this M times a slice and deleted when its
+    /// thread ends; negative: none (see `slice_timer`). Written by the
+    /// owner thread, read by its signal handler.
+    #[cfg(feature = "preempt-signal")]
+    pub(crate) timer_id: AtomicI32,
+    /// The P and `schedtick` of the slice the timer was last armed for,
+    /// written before it is armed, read by this thread's signal handler.
+    #[cfg(feature = "preempt-signal")]
+    pub(crate) timer_p: AtomicUsize,
+    #[cfg(feature = "preempt-signal")]
+    pub(crate) timer_tick: AtomicU64,
     /// Asynchronous preemption attempts the handler refused on this M.
     pub(crate) refused: AtomicU64,
     /// The signal mask this M runs goroutines with (safe-point rule 5).

@@ -72,6 +72,10 @@ pub(crate) struct P {
     /// sysmon reads and converts (`Shared::slice_start_ns`).
     /// `UNSTAMPED` after a direct yield (see `yield_direct`).
     pub(crate) slice_start: AtomicU64,
+    /// The `schedtick` of the last slice its M timed with a slice timer
+    /// (`preempt::slice_timer`; `NO_TIMER`: none). Owner writes, sysmon
+    /// reads: a timed slice needs no deadline of sysmon's.
+    pub(crate) timed_tick: AtomicU64,
     /// The `schedtick` of the slice whose goroutine was asked to yield for a
     /// wake-up (`wakeup::NO_WAKEUP`: none). Written by `wakeup_preempt`
     /// (any thread, CAS), read by the owner in `G0::after`.

@@ -51,6 +51,7 @@ pub(super) fn mstart(sh: Arc<Shared>, m: Arc<M>) {
         g0.acquirep(p);
         g0.run();
     }
+    crate::preempt::release_slice_timer(&m);
     set_cur_m(ptr::null());
     // Cannot fail: the same call succeeded above.
     let _ = arch::set_thread_base(0);
@@ -176,8 +177,11 @@ impl G0<'_> {
             self.m.new_p.set(false);
             p.slice_start
                 .store(self.sh.slice_clock(), Ordering::Relaxed);
-            p.schedtick
-                .store(p.schedtick.load(Ordering::Relaxed) + 1, Ordering::Release);
+            let tick = p.schedtick.load(Ordering::Relaxed) + 1;
+            p.schedtick.store(tick, Ordering::Release);
+            if g.hog.get() && self.sh.cfg.slice_timer {
+                crate::preempt::arm_slice_timer(self.m, p.id, tick);
+            }
         }
         bump(&p.counters.switches);
         // SAFETY: owner access to a runnable G: we dequeued it.
@@ -223,6 +227,10 @@ impl G0<'_> {
         let reason = self.m.reason.replace(Reason::None);
         // Kept only by a wake-up preemption (see `requeue_preempted_for_wakeup`).
         let origin = g.run_origin.replace(0);
+        // Its next fresh slice is timed if this one was cut short by
+        // time-slice preemption (`preempt::slice_timer`).
+        g.hog
+            .set(matches!(reason, Reason::AsyncPreempt | Reason::CoopPreempt));
         if reason != Reason::AsyncPreempt && g.affine.get() {
             // A cooperative scheduling point ends ThreadAffine pinning.
             g.affine.set(false);

@@ -28,6 +28,9 @@ pub(crate) struct GlobalCounters {
     pub(crate) blocked_handoffs: AtomicU64,
     /// Wake-up preemption requests (`wakeup_preempt`).
     pub(crate) preempt_wakeup: AtomicU64,
+    /// Preemption requests made by slice timers (`preempt::slice_timer`),
+    /// not by sysmon; written by the signal handler.
+    pub(crate) preempt_timer: AtomicU64,
     /// Slices sysmon reported starved (every preemption refused for
     /// `starved_quanta` quanta); written by sysmon.
     pub(crate) starved: AtomicU64,
@@ -144,6 +147,7 @@ impl Shared {
                 wakeup_retries: AtomicU32::new(0),
                 wakeup_cpu: AtomicU64::new(wakeup::NO_SAMPLE),
                 slice_start: AtomicU64::new(0),
+                timed_tick: AtomicU64::new(NO_TIMER),
                 syscalltick: AtomicU64::new(0),
                 syscall_start: AtomicU64::new(0),
                 m: AtomicPtr::new(ptr::null_mut()),
@@ -289,3 +293,6 @@ fn record_sched_latency(sh: &Shared, p: &P, runnable_at: u64) {
 /// that way). A slice so dated may run up to one sysmon sleep longer than
 /// the quantum before it is preempted.
 pub(crate) const UNSTAMPED: u64 = u64::MAX;
+
+/// `P::timed_tick` before any slice of the P was timed.
+pub(crate) const NO_TIMER: u64 = u64::MAX;

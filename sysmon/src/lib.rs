@@ -218,7 +218,8 @@ mod tests;
 /// `Config::default()` is: quantum 10 ms, syscall retake 20 µs, max sleep
 /// 10 ms, min sleep 20 µs, 2 blocked refusals, asynchronous preemption on,
 /// refused retries backing off to 2 ms, starvation reported after 100
-/// quanta (and at least 100 ms) of refusals.
+/// quanta (and at least 100 ms) of refusals, timed slices looked at 1 ms
+/// after their quantum.
 /// Setting `quantum` or `syscall_retake` to [`Duration::MAX`] disables the
 /// deadline it controls.
 ///
@@ -238,6 +239,7 @@ mod tests;
 /// assert_eq!(cfg.max_refused_retry, Duration::from_millis(2));
 /// assert_eq!(cfg.starved_quanta, 100);
 /// assert_eq!(cfg.starved_min, Duration::from_millis(100));
+/// assert_eq!(cfg.timer_grace, Duration::from_millis(1));
 ///
 /// let coarse = Config { quantum: Duration::from_millis(50), ..Config::default() };
 /// assert_eq!(coarse.quantum, Duration::from_millis(50));
@@ -287,6 +289,13 @@ pub struct Config {
     /// quanta are only 10 ms: a loaded machine or a long runtime call
     /// can refuse that long without anything being wrong).
     pub starved_min: Duration,
+    /// How long after its quantum a *timed* slice ([`PView::timed`]: the
+    /// runtime armed a timer that requests its preemption without sysmon)
+    /// is first looked at; the retry interval (`max(min_sleep, quantum /
+    /// 4)`) if that is longer. Sysmon is then only the timer's backstop:
+    /// a refused or lost timer preemption is retried from there as any
+    /// other, and sysmon does not wake for every slice end.
+    pub timer_grace: Duration,
 }
 
 impl Default for Config {
@@ -303,6 +312,7 @@ impl Default for Config {
             max_refused_retry: Duration::from_millis(2),
             starved_quanta: 100,
             starved_min: Duration::from_millis(100),
+            timer_grace: Duration::from_millis(1),
         }
     }
 }
@@ -362,6 +372,10 @@ pub struct PView {
     /// Cumulative count of refused asynchronous preemption attempts on this
     /// P's current M.
     pub refused: u64,
+    /// The current slice is timed: the runtime armed a timer that requests
+    /// its preemption at the end of its quantum without sysmon, which
+    /// looks at it only [`Config::timer_grace`] later.
+    pub timed: bool,
 }
 
 impl PView {
@@ -383,6 +397,7 @@ impl PView {
         syscall_start: Duration::ZERO,
         runq_nonempty: false,
         refused: 0,
+        timed: false,
     };
 
     /// A running P whose slice number `schedtick` began at `slice_start`;

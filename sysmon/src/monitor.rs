@@ -265,7 +265,13 @@ impl Monitor {
         now: Duration,
         waiting: &mut Option<bool>,
     ) -> Option<Duration> {
-        let Some(deadline) = after(view.slice_start, self.cfg.quantum) else {
+        let limit = if view.timed {
+            let grace = self.cfg.timer_grace.max(self.retry_interval(0));
+            self.cfg.quantum.saturating_add(grace)
+        } else {
+            self.cfg.quantum
+        };
+        let Some(deadline) = after(view.slice_start, limit) else {
             // Preemption disabled.
             self.ps[p].strikes = 0;
             return None;

@@ -45,6 +45,8 @@
 //!    forward to chained back to the action it replaced, which is ours),
 //!    return at once instead of recursing.
 //! 2. Find this thread's M (a thread-local read); none: skip to step 5.
+//!    If the signal is this M's slice timer (`slice_timer`), make the
+//!    preemption request sysmon would have made for the slice it timed.
 //! 3. Check rules 1-5; if all hold, clear the request and `push_call` the
 //!    trampoline into the ucontext; else count the refusal (in the M's
 //!    `refused`, which sysmon reads, unless nothing was requested).
@@ -60,7 +62,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{leaf, FORWARD_FLAGS, FORWARD_HANDLER};
+use super::{leaf, slice_timer, FORWARD_FLAGS, FORWARD_HANDLER};
 use crate::arch;
 use crate::preempt::Refusal;
 
@@ -214,6 +216,10 @@ pub(super) extern "C" fn on_sigurg(
     if !m.is_null() {
         // SAFETY: this thread's live M.
         let m = unsafe { &*m };
+        // Step 2, second half.
+        if slice_timer::is_ours(m, info) {
+            slice_timer::request(m);
+        }
         // SAFETY: `uc` is this handler's ucontext.
         let mut ctx = unsafe { arch::SigContext::new(uc) };
         if let Err(why) = try_preempt(m, &mut ctx) {

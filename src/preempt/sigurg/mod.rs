@@ -36,6 +36,7 @@
 
 mod handler;
 mod leaf;
+mod slice_timer;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Once;
@@ -47,6 +48,9 @@ use crate::sched::{RuntimeLock, Shared, M};
 
 pub(crate) use handler::async_preempt_yield;
 use handler::{on_sigurg, read_text_ranges};
+pub(crate) use slice_timer::{
+    arm as arm_slice_timer, release as release_slice_timer, NO_SLICE_TIMER,
+};
 
 /// The SIGURG handler `on_sigurg` forwards to, as its `sa_sigaction` word
 /// and `sa_flags`: the action installed before ours (written by `install`

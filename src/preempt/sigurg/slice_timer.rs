@@ -1,0 +1,134 @@
+//! Slice timers: a goroutine that has shown it runs whole quanta is
+//! preempted by a timer of its own thread's, not by sysmon.
+//!
+//! # Why
+//!
+//! sysmon ends a slice by waking at its deadline and signalling the M.
+//! When every CPU runs a goroutine, each of those wake-ups takes a CPU
+//! from one of them: two context switches and sysmon's own run, per slice
+//! end. At a 100 µs quantum with 3 CPU-bound goroutines on 2 Ps that was
+//! ~30,000 sysmon wake-ups a second, 10-15 % of the goroutines' CPU, and
+//! in ThreadAffine mode worse: the Ms there sleep and wake at every
+//! hand-off, a freshly woken M is protected from wake-up preemption by the
+//! kernel for its first slice, and sysmon, woken on that CPU, waited for
+//! the next scheduler tick (4 ms) 100-200 times a second, so no slice
+//! ended and no timer fired on that P meanwhile (ticker p99 1.6-4.5 ms).
+//!
+//! A POSIX timer created with `SIGEV_THREAD_ID` is different: the kernel's
+//! high-resolution timer interrupt queues SIGURG to the M itself, on the
+//! CPU it runs on, and no other thread has to be scheduled.
+//!
+//! # The rule
+//!
+//! * Only goroutines whose previous slice ended in a time-slice
+//!   preemption (`G::hog`) are timed, when their next *fresh* slice starts
+//!   (`G0::execute`): one `timer_settime` per such slice, none on the
+//!   scheduler's hot path (a goroutine that blocks or yields before its
+//!   quantum is never timed; the "timer per slice" design the sysmon
+//!   crate rejects armed one in every `execute`). The first slice of a
+//!   hog is still ended by sysmon.
+//! * The M records the P and `schedtick` it armed for (`M::timer_p`,
+//!   `M::timer_tick`) and the P records that its slice is timed
+//!   (`P::timed_tick`), then arms the M's one-shot timer for the quantum.
+//! * When the timer's SIGURG arrives (`si_code == SI_TIMER`, `sival_ptr`
+//!   this M), the handler makes the request sysmon would have made, if the
+//!   P is still this M's, still in that slice and running a goroutine;
+//!   then the usual safe-point rules decide. If no goroutine waits for a
+//!   P, it makes none and re-arms the timer for another quantum instead
+//!   (sysmon's `only_when_contended`: preempting would only reschedule the
+//!   goroutine). A timer whose slice ended early (the goroutine blocked)
+//!   finds a later `schedtick` and does nothing: one spurious signal, at
+//!   most one per timed slice.
+//! * sysmon leaves a timed slice to its timer and only looks at it
+//!   `Config::timer_grace` after its quantum (the sysmon crate's rule 2):
+//!   a refused preemption is retried from there as any other, and the
+//!   backoff, blocked-M and starvation rules are unchanged.
+//! * Like sysmon's, the timer's SIGURG is forwarded to the application's
+//!   SIGURG handler (every SIGURG is; see `sigurg`).
+//!
+//! `GOSCHED_SLICETIMEROFF=1` leaves every slice to sysmon (to compare).
+
+use std::sync::atomic::Ordering;
+
+use crate::os::timer::{self, SI_TIMER};
+use crate::sched::M;
+
+/// `M::timer_id` of an M that has not needed a timer yet.
+pub(crate) const NO_SLICE_TIMER: i32 = -1;
+/// `M::timer_id` of an M whose timer the kernel refused: its slices are
+/// left to sysmon (not asked again).
+const REFUSED: i32 = -2;
+
+/// Times P `p`'s fresh slice `tick`, which `m` (the calling thread's M,
+/// on its scheduler stack) is about to start for a goroutine that used its
+/// whole previous slice. Best effort: without a timer sysmon ends the
+/// slice.
+pub(crate) fn arm(m: &M, p: usize, tick: u64) {
+    let sh = m.shared_ref();
+    let mut id = m.timer_id.load(Ordering::Relaxed);
+    if id == NO_SLICE_TIMER {
+        let tid = m.tid.load(Ordering::Relaxed);
+        id = timer::create(tid, libc::SIGURG, token(m)).unwrap_or(REFUSED);
+        m.timer_id.store(id, Ordering::Relaxed);
+    }
+    if id < 0 {
+        return;
+    }
+    // The handler reads these after the signal, on this thread.
+    m.timer_p.store(p, Ordering::Relaxed);
+    m.timer_tick.store(tick, Ordering::Relaxed);
+    sh.ps[p].timed_tick.store(tick, Ordering::Relaxed);
+    timer::arm(id, sh.cfg.quantum);
+}
+
+/// Deletes `m`'s timer (the calling thread's M, whose thread is ending).
+pub(crate) fn release(m: &M) {
+    let id = m.timer_id.swap(NO_SLICE_TIMER, Ordering::Relaxed);
+    if id >= 0 {
+        timer::delete(id);
+    }
+}
+
+/// The value our timers carry to the handler: the M they belong to.
+fn token(m: &M) -> usize {
+    m as *const M as usize
+}
+
+/// Is this signal `m`'s slice timer? Async-signal-safe.
+pub(super) fn is_ours(m: &M, info: *const libc::siginfo_t) -> bool {
+    if info.is_null() {
+        return false;
+    }
+    // SAFETY: the kernel's siginfo for this signal; for SI_TIMER its value
+    // union holds the timer's `sigev_value`.
+    unsafe { (*info).si_code == SI_TIMER && (*info).si_value().sival_ptr as usize == token(m) }
+}
+
+/// The handler's half: request the preemption of the slice the timer was
+/// armed for, as sysmon would. Async-signal-safe: atomics and one
+/// `timer_settime`.
+pub(super) fn request(m: &M) {
+    let sh = m.shared_ref();
+    let p = m.timer_p.load(Ordering::Relaxed);
+    let tick = m.timer_tick.load(Ordering::Relaxed);
+    let Some(pp) = sh.ps.get(p) else {
+        return;
+    };
+    if !std::ptr::eq(pp.m.load(Ordering::Acquire), m)
+        || pp.schedtick.load(Ordering::Acquire) != tick
+    {
+        // The slice it timed is over.
+        return;
+    }
+    if !sh.runnable_waiting() {
+        // Nobody to make room for: look again a quantum later.
+        let id = m.timer_id.load(Ordering::Relaxed);
+        if id >= 0 {
+            timer::arm(id, sh.cfg.quantum);
+        }
+        return;
+    }
+    if sh.preempt_slice(p, Some(tick), false) == gosched_sysmon::Preempt::FlagOnly {
+        sh.counters.preempt_timer.fetch_add(1, Ordering::Relaxed);
+    }
+}
