@@ -944,7 +944,7 @@ fn hogs_on_every_p_are_time_sliced_by_their_own_timers() {
     let hs: Vec<_> = (0..3).map(|_| counting_hog(&rt, &stop, &work)).collect();
     std::thread::sleep(Duration::from_millis(50));
     let before = common::voluntary_switches("gosched-sysmon");
-    let async0 = rt.stats().preempt_async;
+    let (async0, timer0) = (rt.stats().preempt_async, rt.stats().preempt_timer);
     let late = rt.block_on(|| {
         let d = Duration::from_millis(1);
         let mut late = Vec::with_capacity(400);
@@ -956,7 +956,9 @@ fn hogs_on_every_p_are_time_sliced_by_their_own_timers() {
         late
     });
     let looks = common::switches_since(&before, &common::voluntary_switches("gosched-sysmon"));
-    let preemptions = rt.stats().preempt_async - async0;
+    let stats = rt.stats();
+    let preemptions = stats.preempt_async - async0;
+    let by_timer = stats.preempt_timer - timer0;
     stop.store(true, Ordering::Relaxed);
     for h in hs {
         h.join().unwrap();

@@ -99,6 +99,10 @@ pub struct Stats {
     pub sysmon_nice: i32,
     /// Wake-up preemption requests made (each asks one busy P to yield).
     pub preempt_wakeup: u64,
+    /// Preemption requests made by slice timers rather than by sysmon: a
+    /// goroutine that used its whole previous slice has its next one ended
+    /// by a timer of its own thread's (`GOSCHED_SLICETIMEROFF=1`: none).
+    pub preempt_timer: u64,
     /// Whether asynchronous preemption is on.
     pub async_preempt: bool,
     /// Where asynchronously preempted goroutines resume.
@@ -208,6 +212,7 @@ impl Shared {
             sysmon_realtime: self.cfg.sysmon_realtime,
             sysmon_nice: self.sysmon_nice.load(Ordering::Relaxed),
             preempt_wakeup: self.counters.preempt_wakeup.load(Ordering::Relaxed),
+            preempt_timer: self.counters.preempt_timer.load(Ordering::Relaxed),
             mode: self.cfg.mode,
             timers: self.timers.pending(),
         }

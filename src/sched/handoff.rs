@@ -352,6 +352,7 @@ impl Shared {
     /// Does any goroutine wait for a P (a local queue, the yield slot or a
     /// global queue)? Atomic loads only: the signal handler asks it
     /// (`preempt::slice_timer`).
+    #[cfg(feature = "preempt-signal")]
     pub(crate) fn runnable_waiting(&self) -> bool {
         self.global_has_work() || self.ps[..self.procs()].iter().any(|p| p.runq.has_work())
     }
