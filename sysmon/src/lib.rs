@@ -73,6 +73,15 @@
 //!    is repeated on later ticks; the runtime keeps at most one signal
 //!    pending per M, so repeats are cheap.
 //!
+//!    *Timed slices.* A slice the runtime has armed a timer for
+//!    ([`PView::timed`]: the timer makes the request itself, in the
+//!    runtime's signal handler) is first looked at
+//!    [`Config::timer_grace`] (or `quantum / 4`, if longer) after its
+//!    quantum, and from then on like any other. sysmon is the timer's
+//!    backstop (a refused or lost timer request is retried from there), and
+//!    does not wake for every slice end of goroutines that always use their
+//!    whole quantum.
+//!
 //!    *Refusal backoff.* A retry whose previous signal was refused
 //!    ([`PView::refused`] grew since the previous tick) doubles the retry
 //!    interval, from `max(min_sleep, quantum / 4)` up to
@@ -160,11 +169,13 @@
 //! * **Taking the minimum of the polling backoff and the deadline.** That
 //!   brings the 20 µs polling back without improving precision. The backoff
 //!   is used only when no deadline is known.
-//! * **A timer per slice** (arm a per-thread CPU timer in `execute`). That
-//!   costs a system call on the scheduler's hot path for every slice, most
-//!   of which end long before the quantum, and POSIX timer signals are
-//!   delivered to whichever thread the kernel chooses unless each thread
-//!   gets its own timer, which multiplies kernel resources.
+//! * **A timer for every slice** (arm a per-thread timer in `execute`).
+//!   That costs a system call on the scheduler's hot path for every slice,
+//!   most of which end long before the quantum. The runtime arms one (a
+//!   per-thread timer, one per M) only for a slice whose goroutine used
+//!   its whole previous slice, and sysmon leaves such *timed* slices to it
+//!   (see rule 2): a CPU-bound goroutine is time-sliced without sysmon
+//!   taking a CPU from it at every slice end.
 //! * **Retaking a P on the first sighting of a blocking call.** Most calls
 //!   return within microseconds; a hand-off wakes or creates an M and
 //!   migrates the run queue. Like Go, we require the same call on two ticks.

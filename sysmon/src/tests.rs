@@ -65,6 +65,56 @@ fn only_when_contended_skips_a_lone_overrunning_goroutine() {
     assert_eq!(preempts(&t.take_calls()), 2);
 }
 
+/// A timed slice is the runtime's timer's to end: sysmon sleeps past its
+/// quantum and only asks `timer_grace` later (the timer's backstop), then
+/// retries as for any slice.
+#[test]
+fn a_timed_slice_is_left_to_its_timer_until_the_grace_ends() {
+    let timed = PView {
+        timed: true,
+        ..PView::running(1, ms(0))
+    };
+    let mut t = FakeTarget::new(vec![timed, PView::running(1, ms(0))]);
+    let mut m = Monitor::new(Config::default(), 2);
+    // P 1 (untimed) is due at 10 ms; P 0 at 10 + 2.5 (quantum / 4 is
+    // longer than the 1 ms grace).
+    assert_eq!(sleep_for(m.tick(&mut t, ms(0))), ms(10));
+    m.tick(&mut t, ms(10));
+    assert_eq!(t.take_calls(), vec![Call::Preempt { p: 1, signal: true }]);
+    m.tick(&mut t, us(12_499));
+    assert_eq!(count(&t.take_calls(), Call::Preempt { p: 0, signal: true }), 0);
+    m.tick(&mut t, us(12_500));
+    assert_eq!(count(&t.take_calls(), Call::Preempt { p: 0, signal: true }), 1);
+}
+
+/// At a short quantum the grace is `timer_grace`, and a new timed slice
+/// sets the next look a quantum plus the grace after its start: sysmon
+/// does not wake for every slice end.
+#[test]
+fn timed_slices_at_a_short_quantum_wake_sysmon_once_per_grace() {
+    let cfg = Config {
+        quantum: us(100),
+        ..Config::default()
+    };
+    let mut t = FakeTarget::new(vec![PView {
+        timed: true,
+        ..PView::running(1, us(0))
+    }]);
+    let mut m = Monitor::new(cfg, 1);
+    assert_eq!(sleep_for(m.tick(&mut t, us(0))), us(1_100));
+    // The timer ended slice 1 at 100 µs; slice 2, timed too, began at
+    // 150 µs: sysmon, waking at 1,100 µs, sleeps until 1,250 µs.
+    t.ps[0] = PView {
+        timed: true,
+        ..PView::running(2, us(150))
+    };
+    assert_eq!(sleep_for(m.tick(&mut t, us(1_100))), us(150));
+    assert!(t.take_calls().is_empty());
+    // Untimed, the same slice is sysmon's at its quantum.
+    t.ps[0].timed = false;
+    assert_eq!(sleep_for(m.tick(&mut t, us(200))), us(50));
+}
+
 #[test]
 fn go_semantics_preempt_even_when_nothing_waits() {
     let mut t = FakeTarget::new(vec![PView::running(1, ms(0))]);
