@@ -19,6 +19,10 @@
 //! interrupted context to call the trampoline in `crate::arch`, which
 //! yields; see `sigurg/mod.rs` (why a signal, who owns SIGURG) and
 //! `sigurg/handler.rs` (the safe-point rules, the handler step by step).
+//! A goroutine that used its whole previous slice gets its next one ended
+//! without sysmon: its M arms a one-shot timer that sends the M itself
+//! SIGURG at the quantum, and the handler makes sysmon's request
+//! (`sigurg/slice_timer.rs`).
 //!
 //! # What building without `preempt-signal` removes
 //!
@@ -37,6 +41,8 @@
 //!   kernel signal-frame scan used against `SA_NODEFER` handlers, and the
 //!   DWARF numbers (`arch/x86_64/preempt.rs`), and the thread's
 //!   alternate-stack record that scan reads (`os::signal`);
+//! - slice timers (`sigurg/slice_timer.rs`, `os::timer`; `arm_slice_timer`
+//!   and `release_slice_timer` do nothing here);
 //! - `M::signal_pending` and `sched::async_preempted`.
 //!
 //! Kept in both builds: the cooperative flag and its checks, time slicing

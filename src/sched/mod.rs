@@ -35,6 +35,7 @@
 //! | timers (time.go) | `Timers`, `Shared::add_timer` | `timer.rs` |
 //! | `cheaprand` | `rand::next`, `fastrand_below` | `rand.rs` |
 //! | (none: golang/go#51071) | wake-up preemption | `wakeup.rs` |
+//! | (none: only `sysmon` ends slices) | slice timers, armed in `G0::execute` for a goroutine that used its whole previous slice (`G::hog`) | `schedule.rs`, `crate::preempt` |
 //! | runtime teardown | `Shared::shutdown`, `abandon_goroutines` | `teardown.rs` |
 //!
 //! Elsewhere: preemption (`preemptone`, the signal handler, `sysmon`) is in
