@@ -861,3 +861,61 @@ fn sysmon_backs_off_when_preemption_keeps_being_refused() {
         .count();
     assert_eq!(warnings, 1, "{}", out.stderr);
 }
+
+/// A goroutine that was time-sliced (so its next slice is ended by its
+/// thread's slice timer) and then enters a blocking call at once: the
+/// timer must not interrupt that call. `poll` returns EINTR after any
+/// signal handler, `SA_RESTART` or not; without disarming the timer in
+/// `blocking`, every call here failed with EINTR when the quantum ran out
+/// mid-call.
+#[test]
+fn a_time_sliced_goroutine_entering_a_blocking_call_is_not_interrupted() {
+    let _s = serial();
+    let rt = Builder::new()
+        .procs(1)
+        .preempt_quantum(Duration::from_millis(1))
+        .build()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let other = {
+        let stop = stop.clone();
+        rt.spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        })
+    };
+    let (interrupted, calls) = rt.block_on(|| {
+        let h = gosched::spawn(|| {
+            let (mut interrupted, mut calls) = (0, 0);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while calls < 12 && Instant::now() < deadline {
+                // Spin until a gap shows we were preempted and resumed:
+                // this slice is fresh, and timed.
+                let mut last = Instant::now();
+                loop {
+                    let now = Instant::now();
+                    if now - last > Duration::from_micros(500) {
+                        break;
+                    }
+                    last = now;
+                }
+                calls += 1;
+                // SAFETY: poll with no descriptors only sleeps.
+                let r = gosched::blocking(|| unsafe { libc::poll(std::ptr::null_mut(), 0, 5) });
+                if r < 0 {
+                    interrupted += 1;
+                }
+            }
+            (interrupted, calls)
+        });
+        h.join().unwrap()
+    });
+    stop.store(true, Ordering::Relaxed);
+    other.join().unwrap();
+    let st = rt.stats();
+    eprintln!("{interrupted} of {calls} polls interrupted; {st:?}");
+    assert!(calls >= 12, "only {calls} preemptions seen");
+    assert!(st.preempt_timer > 0, "no slice was timed: {st:?}");
+    assert_eq!(interrupted, 0, "{interrupted} of {calls} polls failed with EINTR");
+}

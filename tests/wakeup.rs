@@ -966,13 +966,17 @@ fn hogs_on_every_p_are_time_sliced_by_their_own_timers() {
     let mut late = late;
     late.sort();
     eprintln!(
-        "ticker p50 {:?} p99 {:?}; {preemptions} asynchronous preemptions, sysmon slept {looks} times",
+        "ticker p50 {:?} p99 {:?}; {preemptions} asynchronous preemptions ({by_timer} asked by slice timers), sysmon slept {looks} times",
         late[late.len() / 2],
         p99(&late)
     );
     assert!(
         preemptions > 1_000,
         "the hogs were barely preempted: {preemptions}"
+    );
+    assert!(
+        by_timer * 2 > preemptions,
+        "{by_timer} of {preemptions} preemptions were asked by slice timers"
     );
     // 1.8-3.4 sysmon sleeps per preemption before (it also retried slices
     // whose thread waited for a CPU); 0.17-0.51 now (the ticker's timer

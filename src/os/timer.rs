@@ -70,6 +70,31 @@ pub(crate) fn arm(id: i32, after: Duration) {
     };
 }
 
+/// Disarms timer `id` (a pending expiry is cancelled; a signal already
+/// sent is not).
+pub(crate) fn disarm(id: i32) {
+    let zero = libc::itimerspec {
+        it_interval: libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+        it_value: libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        },
+    };
+    // SAFETY: as in `arm`; an all-zero value disarms.
+    unsafe {
+        libc::syscall(
+            libc::SYS_timer_settime,
+            id,
+            0,
+            &zero as *const libc::itimerspec,
+            std::ptr::null_mut::<libc::itimerspec>(),
+        )
+    };
+}
+
 /// Deletes timer `id` (a pending expiry is cancelled).
 pub(crate) fn delete(id: i32) {
     // SAFETY: deleting a timer id of ours; a stale id fails with EINVAL.

@@ -34,5 +34,8 @@ impl HandlerWatch {
 /// No slice timers: `Config::slice_timer` is always false here.
 pub(crate) fn arm_slice_timer(_m: &M, _p: usize, _tick: u64) {}
 
+/// No slice timer to disarm.
+pub(crate) fn disarm_slice_timer(_m: &M) {}
+
 /// No slice timer to delete.
 pub(crate) fn release_slice_timer(_m: &M) {}

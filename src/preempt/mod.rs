@@ -41,8 +41,8 @@
 //!   kernel signal-frame scan used against `SA_NODEFER` handlers, and the
 //!   DWARF numbers (`arch/x86_64/preempt.rs`), and the thread's
 //!   alternate-stack record that scan reads (`os::signal`);
-//! - slice timers (`sigurg/slice_timer.rs`, `os::timer`; `arm_slice_timer`
-//!   and `release_slice_timer` do nothing here);
+//! - slice timers (`sigurg/slice_timer.rs`, `os::timer`; `arm_slice_timer`,
+//!   `disarm_slice_timer` and `release_slice_timer` do nothing here);
 //! - `M::signal_pending` and `sched::async_preempted`.
 //!
 //! Kept in both builds: the cooperative flag and its checks, time slicing
@@ -64,12 +64,13 @@ mod sigurg;
 
 #[cfg(not(feature = "preempt-signal"))]
 pub(crate) use cooperative::{
-    arm_slice_timer, install, on_m_start, release_slice_timer, signal_m, HandlerWatch,
+    arm_slice_timer, disarm_slice_timer, install, on_m_start, release_slice_timer, signal_m,
+    HandlerWatch,
 };
 #[cfg(feature = "preempt-signal")]
 pub(crate) use sigurg::{
-    arm_slice_timer, async_preempt_yield, install, on_m_start, release_slice_timer, signal_m,
-    HandlerWatch, NO_SLICE_TIMER,
+    arm_slice_timer, async_preempt_yield, disarm_slice_timer, install, on_m_start,
+    release_slice_timer, signal_m, HandlerWatch, NO_SLICE_TIMER,
 };
 
 /// Number of refusal reasons (indices into the refusal counters).

@@ -178,6 +178,8 @@ impl Shared {
             timer_p: AtomicUsize::new(0),
             #[cfg(feature = "preempt-signal")]
             timer_tick: AtomicU64::new(crate::sched::NO_TIMER),
+            #[cfg(feature = "preempt-signal")]
+            timer_armed: AtomicBool::new(false),
             claiming: AtomicBool::new(false),
             pinned: AtomicBool::new(false),
             cpu_mask: Cell::new(None),

@@ -95,6 +95,10 @@ pub(crate) struct M {
     pub(crate) timer_p: AtomicUsize,
     #[cfg(feature = "preempt-signal")]
     pub(crate) timer_tick: AtomicU64,
+    /// The timer is armed and has not fired (set by the owner when it
+    /// arms it, cleared by the handler and by `disarm`).
+    #[cfg(feature = "preempt-signal")]
+    pub(crate) timer_armed: AtomicBool,
     /// Asynchronous preemption attempts the handler refused on this M.
     pub(crate) refused: AtomicU64,
     /// The signal mask this M runs goroutines with (safe-point rule 5).

@@ -227,8 +227,9 @@ impl G0<'_> {
         let reason = self.m.reason.replace(Reason::None);
         // Kept only by a wake-up preemption (see `requeue_preempted_for_wakeup`).
         let origin = g.run_origin.replace(0);
-        // Its next fresh slice is timed if this one was cut short by
-        // time-slice preemption (`preempt::slice_timer`).
+        // Its next fresh slice is timed if this one was time-sliced
+        // (`preempt::slice_timer`; one kept for a wake-up is not, see
+        // `requeue_preempted_for_wakeup`).
         g.hog
             .set(matches!(reason, Reason::AsyncPreempt | Reason::CoopPreempt));
         if reason != Reason::AsyncPreempt && g.affine.get() {
@@ -337,6 +338,9 @@ impl G0<'_> {
             return false;
         }
         g.run_origin.set(origin.max(1));
+        // Preempted early, for a wake-up: not a goroutine that uses whole
+        // quanta (its next slice is not timed).
+        g.hog.set(false);
         let tick = pp.schedtick.load(Ordering::Relaxed);
         if pp.kept_since(tick).is_some() && self.runq().has_next() {
             // One preempted for an earlier wake-up is kept already: it

@@ -42,6 +42,8 @@ pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
     }
     sh.in_blocking.fetch_add(1, Ordering::SeqCst);
     g.in_blocking.set(true);
+    // Its slice timer's signal would interrupt the call.
+    crate::preempt::disarm_slice_timer(m);
     sh.note_busy();
     struct Exit<'a> {
         g: GRef,

@@ -82,9 +82,15 @@ fn a_timed_slice_is_left_to_its_timer_until_the_grace_ends() {
     m.tick(&mut t, ms(10));
     assert_eq!(t.take_calls(), vec![Call::Preempt { p: 1, signal: true }]);
     m.tick(&mut t, us(12_499));
-    assert_eq!(count(&t.take_calls(), Call::Preempt { p: 0, signal: true }), 0);
+    assert_eq!(
+        count(&t.take_calls(), Call::Preempt { p: 0, signal: true }),
+        0
+    );
     m.tick(&mut t, us(12_500));
-    assert_eq!(count(&t.take_calls(), Call::Preempt { p: 0, signal: true }), 1);
+    assert_eq!(
+        count(&t.take_calls(), Call::Preempt { p: 0, signal: true }),
+        1
+    );
 }
 
 /// At a short quantum the grace is `timer_grace`, and a new timed slice

@@ -49,7 +49,8 @@ use crate::sched::{RuntimeLock, Shared, M};
 pub(crate) use handler::async_preempt_yield;
 use handler::{on_sigurg, read_text_ranges};
 pub(crate) use slice_timer::{
-    arm as arm_slice_timer, release as release_slice_timer, NO_SLICE_TIMER,
+    arm as arm_slice_timer, disarm as disarm_slice_timer, release as release_slice_timer,
+    NO_SLICE_TIMER,
 };
 
 /// The SIGURG handler `on_sigurg` forwards to, as its `sa_sigaction` word

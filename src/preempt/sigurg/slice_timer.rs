@@ -38,7 +38,8 @@
 //!   (sysmon's `only_when_contended`: preempting would only reschedule the
 //!   goroutine). A timer whose slice ended early (the goroutine blocked)
 //!   finds a later `schedtick` and does nothing: one spurious signal, at
-//!   most one per timed slice.
+//!   most one per timed slice. (A goroutine that enters a blocking call
+//!   disarms it first: see `disarm`.)
 //! * sysmon leaves a timed slice to its timer and only looks at it
 //!   `Config::timer_grace` after its quantum (the sysmon crate's rule 2):
 //!   a refused preemption is retried from there as any other, and the
@@ -77,8 +78,25 @@ pub(crate) fn arm(m: &M, p: usize, tick: u64) {
     // The handler reads these after the signal, on this thread.
     m.timer_p.store(p, Ordering::Relaxed);
     m.timer_tick.store(tick, Ordering::Relaxed);
+    m.timer_armed.store(true, Ordering::Relaxed);
     sh.ps[p].timed_tick.store(tick, Ordering::Relaxed);
     timer::arm(id, sh.cfg.quantum);
+}
+
+/// Disarms `m`'s timer if it has not fired yet (`m` is the calling
+/// thread's M): its goroutine enters a blocking call (`sched::blocking`),
+/// whose system call the signal would interrupt; calls that do not restart
+/// after a handler (`poll`, `epoll_wait`, `nanosleep`, reads with a
+/// timeout) would return EINTR to the goroutine. One system call, only for
+/// a timed slice.
+pub(crate) fn disarm(m: &M) {
+    if !m.timer_armed.swap(false, Ordering::Relaxed) {
+        return;
+    }
+    let id = m.timer_id.load(Ordering::Relaxed);
+    if id >= 0 {
+        timer::disarm(id);
+    }
 }
 
 /// Deletes `m`'s timer (the calling thread's M, whose thread is ending).
@@ -108,6 +126,7 @@ pub(super) fn is_ours(m: &M, info: *const libc::siginfo_t) -> bool {
 /// armed for, as sysmon would. Async-signal-safe: atomics and one
 /// `timer_settime`.
 pub(super) fn request(m: &M) {
+    m.timer_armed.store(false, Ordering::Relaxed);
     let sh = m.shared_ref();
     let p = m.timer_p.load(Ordering::Relaxed);
     let tick = m.timer_tick.load(Ordering::Relaxed);
@@ -124,6 +143,7 @@ pub(super) fn request(m: &M) {
         // Nobody to make room for: look again a quantum later.
         let id = m.timer_id.load(Ordering::Relaxed);
         if id >= 0 {
+            m.timer_armed.store(true, Ordering::Relaxed);
             timer::arm(id, sh.cfg.quantum);
         }
         return;
