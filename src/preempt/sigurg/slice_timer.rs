@@ -52,7 +52,7 @@
 use std::sync::atomic::Ordering;
 
 use crate::os::timer::{self, SI_TIMER};
-use crate::sched::M;
+use crate::sched::{pstate, M, P_USER};
 
 /// `M::timer_id` of an M that has not needed a timer yet.
 pub(crate) const NO_SLICE_TIMER: i32 = -1;
@@ -135,8 +135,10 @@ pub(super) fn request(m: &M) {
     };
     if !std::ptr::eq(pp.m.load(Ordering::Acquire), m)
         || pp.schedtick.load(Ordering::Acquire) != tick
+        || pstate(pp.status.load(Ordering::Acquire)) != P_USER
     {
-        // The slice it timed is over.
+        // The slice it timed is over, or its goroutine is in a blocking
+        // call (a signal sent just before `disarm`): nothing to re-arm.
         return;
     }
     if !sh.runnable_waiting() {
