@@ -551,3 +551,48 @@ fn work_queued_while_spinning_ms_retire_is_never_stranded() {
     }
     assert!(rounds > 10, "only {rounds} rounds in 3 s");
 }
+
+/// A no-call loop on a P that a shrink drops is preempted by the resizer's
+/// signal and, in ThreadAffine mode, stays locked to its thread, which
+/// queues it on the global queue and hands its P on: the P is destroyed
+/// instead, and the loop must still get a live P while every live P is
+/// idle (it waited with every M asleep until the next resize woke one).
+#[test]
+#[cfg_attr(
+    not(feature = "preempt-signal"),
+    ignore = "needs asynchronous preemption (the preempt-signal feature)"
+)]
+fn a_loop_preempted_off_a_dropped_p_runs_on_while_the_other_ps_idle() {
+    let _s = serial();
+    let _w = watchdog();
+    let rt = Builder::new().procs(4).build().unwrap();
+    for round in 0..40 {
+        let spins = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let h = {
+            let (spins, stop) = (spins.clone(), stop.clone());
+            rt.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    spins.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        };
+        while spins.load(Ordering::Relaxed) == 0 {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        rt.set_procs(1).unwrap();
+        // Every dropped P is dead now: if the loop ran on one, it waits in
+        // the global queue for the one live P, idle until then.
+        let (seen, t) = (spins.load(Ordering::Relaxed), Instant::now());
+        while spins.load(Ordering::Relaxed) == seen {
+            assert!(
+                t.elapsed() < Duration::from_secs(2),
+                "round {round}: the loop stopped running after set_procs(1)"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        stop.store(true, Ordering::Relaxed);
+        h.join().unwrap();
+        rt.set_procs(4).unwrap();
+    }
+}

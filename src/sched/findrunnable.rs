@@ -200,21 +200,26 @@ impl G0<'_> {
         if was_spinning {
             self.sh.nmspinning.fetch_sub(1, Ordering::SeqCst);
         }
-        let p = self.releasep();
-        self.sh.destroyp(p);
+        // A goroutine handed to us with the P (`M::nextg`) runs elsewhere:
+        // kept here, it waited for this M to get a P again, maybe for ever
+        // (`shrink_and_grow_under_hogs_and_ping_pong` hung in 1 of 4 runs:
+        // a ping-pong goroutine runnable, every P running hogs, none
+        // looking for it). Queued before the P is destroyed, so that the
+        // destroyer's re-check sees it.
+        if let Some(g) = self.m.take_nextg() {
+            self.sh.injector.push(g);
+        }
         // We stop without looking, but two kinds of work count on us to:
         // submitters that skipped `wakep` while we spun, and a goroutine we
         // put on the global queue ourselves just before (`globrunqput(g,
-        // false)` after a preemption: "we hold a P, we will look"). Go's
-        // rule for the last spinning M: re-check, or wake another. (Only
-        // after spinning, it left such a goroutine queued with every M
-        // asleep: `work_queued_while_spinning_ms_retire_is_never_stranded`
-        // hung in 1 of 40 runs, 4 of 60 under load; found with an event
-        // ring: the M retired its P right after queueing the goroutine.)
-        fence(Ordering::SeqCst);
-        if self.sh.any_work() {
-            self.sh.wakep();
-        }
+        // false)` after a preemption: "we hold a P, we will look").
+        // `destroyp` re-checks every queue and wakes an M (Go's rule for
+        // the last spinning M). (Without it, a goroutine queued just before
+        // waited with every M asleep:
+        // `work_queued_while_spinning_ms_retire_is_never_stranded` hung in
+        // 1 of 40 runs, 4 of 60 under load; found with an event ring.)
+        let p = self.releasep();
+        self.sh.destroyp(p);
         true
     }
 

@@ -204,7 +204,9 @@ impl Shared {
     /// for the P takes over this CPU too (`pin_to_this_cpu`).
     pub(crate) fn handoffp(&self, p: usize, then_park: bool) {
         if self.p_dropped(p) {
-            // `set_procs` dropped it: its work goes to the global queue.
+            // `set_procs` dropped it: its work goes to the global queue,
+            // and `destroyp` wakes an M for any work waiting anywhere (the
+            // global work we would have started an M for below).
             return self.destroyp(p);
         }
         if self.ps[p].runq.has_work() || self.global_has_work() {

@@ -23,7 +23,10 @@
 //! 3. Destroying (`destroyp`, by whoever owns the P): its `runnext`, yield
 //!    slot and local queue go to the global queue in that order (the order
 //!    they would have run in), its caches of free Gs and stacks to the
-//!    global ones; it becomes `P_DEAD`.
+//!    global ones; it becomes `P_DEAD`. Then, as wherever an M gives up a
+//!    P (`handoffp`, the last spinning M), if any work waits anywhere, it
+//!    wakes an M: its owner's M may have queued a goroutine counting on
+//!    looking at the queues again with this P.
 //!
 //! The resize returns when every dropped P is dead, so when `set_procs(n)`
 //! returns at most `n` Ps run goroutines. Timers are global, not per P:
@@ -42,7 +45,6 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::builder::MAX_PROCS;
-use crate::sched::g::GRef;
 use crate::sched::RuntimeLock;
 
 /// How long a dropped P's goroutine may go on running after it was asked to
@@ -71,8 +73,10 @@ impl Shared {
     }
 
     /// Go's `(*p).destroy`: empties P `p` into the global queues and marks
-    /// it dead. The caller owns `p` (took it off the idle list, or holds it
-    /// in `P_HANDOFF` by its own hand).
+    /// it dead, then wakes an M if any work waits. The caller owns `p`
+    /// (took it off the idle list, or holds it in `P_HANDOFF` by its own
+    /// hand) and, if it was spinning, has stopped (`nmspinning` no longer
+    /// counts it).
     pub(crate) fn destroyp(&self, p: usize) {
         let pp = &self.ps[p];
         debug_assert!(self.p_dropped(p), "destroying live P {p}");
@@ -80,13 +84,8 @@ impl Shared {
         // local data. Thieves only steal through `stealer`, which the
         // `Worker` tolerates, and CAS `runnext`, which the swap tolerates.
         let l = unsafe { &mut *pp.local.get() };
-        let mut moved = false;
-        let mut put = |g: GRef| {
-            self.injector.push(g);
-            moved = true;
-        };
         // SAFETY: as above.
-        unsafe { pp.runq.owner() }.drain(&mut put);
+        unsafe { pp.runq.owner() }.drain(|g| self.injector.push(g));
         if !l.gfree.is_empty() {
             self.gfree.rt_lock().append(&mut l.gfree);
         }
@@ -99,9 +98,28 @@ impl Shared {
         pp.m.store(ptr::null_mut(), Ordering::Relaxed);
         // Release: our writes to the local data happen-before a revival.
         pp.status.store(P_DEAD, Ordering::Release);
-        if moved {
-            // Dekker with the spinning protocol (see `wakep`).
-            fence(Ordering::SeqCst);
+        // Whoever destroys a P stops looking at the run queues with it, yet
+        // more than the goroutines just moved may count on it to look (Go
+        // re-checks wherever an M gives up a P: `handoffp` starts an M for
+        // global work, the last spinning M re-checks every queue):
+        // - a goroutine its M queued on the global queue just before without
+        //   waking anyone, because "we hold a P, we will look"
+        //   (`queue_global(.., false)`): the goroutine of a ThreadAffine M,
+        //   preempted by this very shrink's signal, whose `stoplockedm`
+        //   then hands the P to `handoffp`, which destroys it; or a
+        //   goroutine queued by `after` just before `retire_p`;
+        // - submitters that skipped `wakep` while the owner spun.
+        // Without this re-check (only moved goroutines woke an M), the
+        // first kind waited with every live P idle and every M asleep until
+        // the next resize (in tests/procs.rs,
+        // `work_queued_while_spinning_ms_retire_is_never_stranded` hung in
+        // 1 of 20-40 runs, and the no-call loop of
+        // `a_loop_preempted_off_a_dropped_p_runs_on_while_the_other_ps_idle`
+        // stopped in every run). Dekker with the submitters' `wakep` (see
+        // the spinning protocol). Resizes are rare: the look at every queue
+        // costs nothing that matters.
+        fence(Ordering::SeqCst);
+        if self.any_work() {
             self.wakep();
         }
     }
