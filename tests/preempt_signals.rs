@@ -917,5 +917,8 @@ fn a_time_sliced_goroutine_entering_a_blocking_call_is_not_interrupted() {
     eprintln!("{interrupted} of {calls} polls interrupted; {st:?}");
     assert!(calls >= 12, "only {calls} preemptions seen");
     assert!(st.preempt_timer > 0, "no slice was timed: {st:?}");
-    assert_eq!(interrupted, 0, "{interrupted} of {calls} polls failed with EINTR");
+    assert_eq!(
+        interrupted, 0,
+        "{interrupted} of {calls} polls failed with EINTR"
+    );
 }
