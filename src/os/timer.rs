@@ -46,7 +46,17 @@ pub(crate) fn create(tid: libc::pid_t, sig: libc::c_int, token: usize) -> Option
 /// expiry (a zero `after` is rounded up to 1 ns: zero would disarm it).
 /// Async-signal-safe: one system call.
 pub(crate) fn arm(id: i32, after: Duration) {
-    let ns = after.as_nanos().clamp(1, i64::MAX as u128) as i64;
+    settime(id, after.as_nanos().clamp(1, i64::MAX as u128) as i64);
+}
+
+/// Disarms timer `id` (a pending expiry is cancelled; a signal already
+/// sent is not).
+pub(crate) fn disarm(id: i32) {
+    settime(id, 0);
+}
+
+/// `timer_settime` of a one-shot expiry `ns` from now (0: disarmed).
+fn settime(id: i32, ns: i64) {
     let spec = libc::itimerspec {
         it_interval: libc::timespec {
             tv_sec: 0,
@@ -65,31 +75,6 @@ pub(crate) fn arm(id: i32, after: Duration) {
             id,
             0,
             &spec as *const libc::itimerspec,
-            std::ptr::null_mut::<libc::itimerspec>(),
-        )
-    };
-}
-
-/// Disarms timer `id` (a pending expiry is cancelled; a signal already
-/// sent is not).
-pub(crate) fn disarm(id: i32) {
-    let zero = libc::itimerspec {
-        it_interval: libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        },
-        it_value: libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        },
-    };
-    // SAFETY: as in `arm`; an all-zero value disarms.
-    unsafe {
-        libc::syscall(
-            libc::SYS_timer_settime,
-            id,
-            0,
-            &zero as *const libc::itimerspec,
             std::ptr::null_mut::<libc::itimerspec>(),
         )
     };
