@@ -82,6 +82,13 @@
 //!    does not wake for every slice end of goroutines that always use their
 //!    whole quantum.
 //!
+//!    *Pending-signal backoff.* A request that finds the previous signal
+//!    to the M still undelivered ([`Preempt::AlreadyPending`]: the thread
+//!    waits for a CPU that another process holds) sends nothing; from the
+//!    second such request in a row the retry interval doubles as for
+//!    refusals, so that sysmon does not take CPU every quarter quantum from
+//!    a machine that has none to spare. A delivered signal restarts it.
+//!
 //!    *Refusal backoff.* A retry whose previous signal was refused
 //!    ([`PView::refused`] grew since the previous tick) doubles the retry
 //!    interval, from `max(min_sleep, quantum / 4)` up to

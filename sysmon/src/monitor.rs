@@ -36,6 +36,11 @@ struct PRecord {
     last_request: Duration,
     /// [`Target::starved`] was already called for the current slice.
     starved: bool,
+    /// Consecutive requests of the current slice that found the previous
+    /// signal still undelivered ([`Preempt::AlreadyPending`]): the thread
+    /// is not running (the kernel gave its CPU to another) and will take
+    /// the pending signal as soon as it runs.
+    pending_streak: u32,
 }
 
 impl PRecord {
@@ -50,6 +55,7 @@ impl PRecord {
         self.refused_streak = 0;
         self.refusing_since = None;
         self.starved = false;
+        self.pending_streak = 0;
     }
 }
 
@@ -312,19 +318,35 @@ impl Monitor {
         // A thread found asleep in the kernel is refused because it sleeps:
         // the remedy is rule 3's hand-off, which the backoff would delay.
         let streak = if self.ps[p].strikes > 0 { 0 } else { streak };
-        let retry = after(now, self.retry_interval(streak));
         if handed_off {
             // The P may already run another goroutine: do not preempt it.
-            return retry;
+            return after(now, self.retry_interval(streak));
         }
         let outcome = target.preempt(p, self.cfg.async_preempt);
         self.counters.preempt_requests += 1;
         if outcome == Preempt::Signalled {
             self.counters.signals += 1;
         }
-        self.ps[p].requested = true;
-        self.ps[p].last_request = now;
-        retry
+        let rec = &mut self.ps[p];
+        rec.requested = true;
+        rec.last_request = now;
+        // The previous signal still waits for its thread to run: looking
+        // again every quarter quantum only takes CPU from the goroutines
+        // that have it (the pending-signal backoff, as for refusals).
+        rec.pending_streak = if outcome == Preempt::AlreadyPending {
+            rec.pending_streak.saturating_add(1)
+        } else {
+            0
+        };
+        // (The first such request may only have raced the handler; and a
+        // thread asleep in the kernel is rule 3's, as above.)
+        let pending = if rec.strikes > 0 {
+            0
+        } else {
+            rec.pending_streak.saturating_sub(1)
+        };
+        let streak = streak.max(pending);
+        after(now, self.retry_interval(streak))
     }
 
     /// Rule 3 for an overrunning slice: count a strike if the evidence holds

@@ -281,6 +281,34 @@ fn overrun_slice_is_retried_after_a_quarter_quantum() {
     assert_eq!(m.tick(&mut t, ms(1)), Sleep::For(cfg.min_sleep));
 }
 
+/// A signal that stays undelivered (its thread waits for a CPU) is not
+/// followed by a request every quarter quantum: from the second request
+/// that finds it pending, the retry interval doubles up to
+/// `max_refused_retry`; a delivered signal restarts it.
+#[test]
+fn retries_back_off_while_the_signal_stays_pending() {
+    let cfg = Config {
+        quantum: ms(1),
+        ..Config::default()
+    };
+    let mut t = FakeTarget::new(vec![PView::running(1, ms(0))]);
+    let mut m = Monitor::new(cfg, 1);
+    let mut now = ms(1);
+    let mut sleeps = Vec::new();
+    for _ in 0..6 {
+        let d = sleep_for(m.tick(&mut t, now));
+        sleeps.push(d);
+        now += d;
+    }
+    // Signalled, pending once (a race with the handler), then backing off
+    // to the 2 ms cap.
+    assert_eq!(sleeps, vec![us(250), us(250), us(500), ms(1), ms(2), ms(2)]);
+    assert_eq!(count(&t.calls(), Call::Preempt { p: 0, signal: true }), 6);
+    // The handler ran: back to a quarter quantum.
+    t.signal_pending[0] = false;
+    assert_eq!(sleep_for(m.tick(&mut t, now)), us(250));
+}
+
 #[test]
 fn all_idle_parks_until_next_timer() {
     let mut t = FakeTarget::new(vec![PView::IDLE; 3]);
