@@ -871,20 +871,25 @@ fn sysmon_backs_off_when_preemption_keeps_being_refused() {
 #[test]
 fn a_time_sliced_goroutine_entering_a_blocking_call_is_not_interrupted() {
     let _s = serial();
+    // Slices are timed only while every CPU runs a P: a P per CPU, and a
+    // loop on each beside the goroutine under test.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let rt = Builder::new()
-        .procs(1)
+        .procs(cpus)
         .preempt_quantum(Duration::from_millis(1))
         .build()
         .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let other = {
-        let stop = stop.clone();
-        rt.spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                std::hint::spin_loop();
-            }
+    let others: Vec<_> = (0..cpus)
+        .map(|_| {
+            let stop = stop.clone();
+            rt.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
         })
-    };
+        .collect();
     let (interrupted, calls) = rt.block_on(|| {
         let h = gosched::spawn(|| {
             let (mut interrupted, mut calls) = (0, 0);
@@ -912,7 +917,9 @@ fn a_time_sliced_goroutine_entering_a_blocking_call_is_not_interrupted() {
         h.join().unwrap()
     });
     stop.store(true, Ordering::Relaxed);
-    other.join().unwrap();
+    for h in others {
+        h.join().unwrap();
+    }
     let st = rt.stats();
     eprintln!("{interrupted} of {calls} polls interrupted; {st:?}");
     assert!(calls >= 12, "only {calls} preemptions seen");

@@ -42,6 +42,12 @@ pub(crate) struct Shared {
     pub(crate) epoch: Instant,
     /// TSC reading at `epoch`, when the TSC is invariant (see `slice_clock`).
     pub(crate) tsc_epoch: Option<u64>,
+    /// CPUs this process may run on, when the runtime was built
+    /// (`available_parallelism`: affinity and cgroup quota): with fewer
+    /// busy Ps, sysmon has a CPU of its own and slice timers are not used
+    /// (`preempt::slice_timer`).
+    #[cfg(feature = "preempt-signal")]
+    pub(crate) cpus: usize,
     pub(crate) injector: Injector<GRef>,
     /// Goroutines time-sliced while `affine_parked_cap()` Ms were parked
     /// with preempted ThreadAffine goroutines: those pin their thread, and
@@ -166,6 +172,8 @@ impl Shared {
         Ok(Arc::new_cyclic(|me| Shared {
             cfg,
             tsc_epoch: arch::ticks_are_time().then(arch::ticks),
+            #[cfg(feature = "preempt-signal")]
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             epoch: Instant::now(),
             injector: Injector::new(),
             sliced: Injector::new(),
