@@ -883,11 +883,7 @@ fn a_time_sliced_goroutine_entering_a_blocking_call_is_not_interrupted() {
     let others: Vec<_> = (0..cpus)
         .map(|_| {
             let stop = stop.clone();
-            rt.spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::hint::spin_loop();
-                }
-            })
+            rt.spawn(move || hog(&stop))
         })
         .collect();
     let (interrupted, calls) = rt.block_on(|| {

@@ -316,11 +316,11 @@ impl Monitor {
         }
         let handed_off = self.blocked(target, p, view, now);
         // A thread found asleep in the kernel is refused because it sleeps:
-        // the remedy is rule 3's hand-off, which the backoff would delay.
-        let streak = if self.ps[p].strikes > 0 { 0 } else { streak };
+        // the remedy is rule 3's hand-off, which a backoff would delay.
+        let asleep = self.ps[p].strikes > 0;
         if handed_off {
             // The P may already run another goroutine: do not preempt it.
-            return after(now, self.retry_interval(streak));
+            return after(now, self.retry_interval(if asleep { 0 } else { streak }));
         }
         let outcome = target.preempt(p, self.cfg.async_preempt);
         self.counters.preempt_requests += 1;
@@ -332,21 +332,18 @@ impl Monitor {
         rec.last_request = now;
         // The previous signal still waits for its thread to run: looking
         // again every quarter quantum only takes CPU from the goroutines
-        // that have it (the pending-signal backoff, as for refusals).
+        // that have it (the pending-signal backoff, as for refusals; the
+        // first such request may only have raced the handler).
         rec.pending_streak = if outcome == Preempt::AlreadyPending {
             rec.pending_streak.saturating_add(1)
         } else {
             0
         };
-        // (The first such request may only have raced the handler; and a
-        // thread asleep in the kernel is rule 3's, as above.)
-        let pending = if rec.strikes > 0 {
-            0
-        } else {
-            rec.pending_streak.saturating_sub(1)
-        };
-        let streak = streak.max(pending);
-        after(now, self.retry_interval(streak))
+        let pending = rec.pending_streak.saturating_sub(1);
+        after(
+            now,
+            self.retry_interval(if asleep { 0 } else { streak.max(pending) }),
+        )
     }
 
     /// Rule 3 for an overrunning slice: count a strike if the evidence holds
