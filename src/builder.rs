@@ -648,11 +648,11 @@ impl Builder {
             Some(on) => on,
             None => env_flag("GOSCHED_WAKEUPPREEMPTOFF")?.map_or(feature, |off| feature && !off),
         };
+        // Parsed whether or not it matters, so that a typo is an error.
+        let slice_timer_off = env_flag("GOSCHED_SLICETIMEROFF")?.unwrap_or(false);
+        let slice_timer = async_preempt && quantum != Duration::MAX && !slice_timer_off;
         // Refused by the kernel: an error if asked for here, a warning if
         // asked for by the environment.
-        let slice_timer = async_preempt
-            && quantum != Duration::MAX
-            && !env_flag("GOSCHED_SLICETIMEROFF")?.unwrap_or(false);
         let (want_realtime, explicit) = match self.sysmon_realtime {
             Some(on) => (on, true),
             None => (env_flag("GOSCHED_SYSMONRT")?.unwrap_or(false), false),

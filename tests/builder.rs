@@ -90,19 +90,40 @@ fn malformed_environment_variables_are_errors_naming_them() {
     if child_role().is_some() {
         return report_build(Builder::new());
     }
-    let cases = [
-        ("GOSCHED_MAXPROCS", "abc"),
-        ("GOSCHED_MAXPROCS", "0"),
-        ("GOSCHED_MAXPROCS", "-1"),
-        ("GOSCHED_QUANTUM", "fast"),
-        ("GOSCHED_ASYNCPREEMPTOFF", "yes"),
-        ("GOSCHED_SCHEDTRACE", "x"),
+    // Each malformed variable, alone and beside settings that make it moot
+    // (a flag that only matters with asynchronous preemption on is still
+    // checked with it off: a typo is never silently ignored).
+    let cases: [(&str, &str, &[(&str, &str)]); 10] = [
+        ("GOSCHED_MAXPROCS", "abc", &[]),
+        ("GOSCHED_MAXPROCS", "0", &[]),
+        ("GOSCHED_MAXPROCS", "-1", &[]),
+        ("GOSCHED_QUANTUM", "fast", &[]),
+        ("GOSCHED_ASYNCPREEMPTOFF", "yes", &[]),
+        ("GOSCHED_SCHEDTRACE", "x", &[]),
+        ("GOSCHED_SLICETIMEROFF", "yes", &[]),
+        (
+            "GOSCHED_SLICETIMEROFF",
+            "yes",
+            &[("GOSCHED_ASYNCPREEMPTOFF", "1")],
+        ),
+        (
+            "GOSCHED_SLICETIMEROFF",
+            "2",
+            &[("GOSCHED_WAKEUPPREEMPTOFF", "1")],
+        ),
+        (
+            "GOSCHED_WAKEUPPREEMPTOFF",
+            "on",
+            &[("GOSCHED_ASYNCPREEMPTOFF", "1")],
+        ),
     ];
-    for (var, value) in cases {
+    for (var, value, beside) in cases {
+        let mut vars = vec![(var, value)];
+        vars.extend_from_slice(beside);
         let out = run_child(
             "malformed_environment_variables_are_errors_naming_them",
             "env",
-            &[(var, value)],
+            &vars,
         );
         for prefix in ["BUILD-", "NEW-"] {
             let l = line(&out, prefix);
