@@ -93,7 +93,8 @@ fn malformed_environment_variables_are_errors_naming_them() {
     // Each malformed variable, alone and beside settings that make it moot
     // (a flag that only matters with asynchronous preemption on is still
     // checked with it off: a typo is never silently ignored).
-    let cases: [(&str, &str, &[(&str, &str)]); 10] = [
+    type Beside = &'static [(&'static str, &'static str)];
+    let cases: [(&str, &str, Beside); 10] = [
         ("GOSCHED_MAXPROCS", "abc", &[]),
         ("GOSCHED_MAXPROCS", "0", &[]),
         ("GOSCHED_MAXPROCS", "-1", &[]),
