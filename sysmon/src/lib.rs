@@ -89,6 +89,13 @@
 //!    refusals, so that sysmon does not take CPU every quarter quantum from
 //!    a machine that has none to spare. A delivered signal restarts it.
 //!
+//!    *Flag-only backoff.* With asynchronous preemption off a request can
+//!    only set the goroutine's flag ([`Preempt::FlagOnly`]), which stays
+//!    set until the slice ends: from the second such request of a slice
+//!    the retry interval doubles as for refusals (a loop that never looks
+//!    at the flag cost a sysmon wake-up every `quantum / 4`: 28,000 a
+//!    second at a 100 µs quantum). A new slice restarts it.
+//!
 //!    *Refusal backoff.* A retry whose previous signal was refused
 //!    ([`PView::refused`] grew since the previous tick) doubles the retry
 //!    interval, from `max(min_sleep, quantum / 4)` up to

@@ -41,6 +41,10 @@ struct PRecord {
     /// is not running (the kernel gave its CPU to another) and will take
     /// the pending signal as soon as it runs.
     pending_streak: u32,
+    /// Consecutive requests of the current slice that could only set the
+    /// goroutine's flag ([`Preempt::FlagOnly`]: asynchronous preemption
+    /// off): the first set it, and it stays set until the slice ends.
+    flag_streak: u32,
 }
 
 impl PRecord {
@@ -56,6 +60,7 @@ impl PRecord {
         self.refusing_since = None;
         self.starved = false;
         self.pending_streak = 0;
+        self.flag_streak = 0;
     }
 }
 
@@ -340,9 +345,25 @@ impl Monitor {
             0
         };
         let pending = rec.pending_streak.saturating_sub(1);
+        // Asynchronous preemption off: the flag is set and stays set; a
+        // repeat changes nothing, and a goroutine that has not looked at
+        // it by now may not for a long while (a loop without calls). Back
+        // off as for refusals (at a 100 µs quantum sysmon woke 28,000
+        // times a second beside one such loop); rule 3 still looks at the
+        // thread on every retry, and a thread found asleep restarts it.
+        rec.flag_streak = if outcome == Preempt::FlagOnly {
+            rec.flag_streak.saturating_add(1)
+        } else {
+            0
+        };
+        let flagged = rec.flag_streak.saturating_sub(1);
         after(
             now,
-            self.retry_interval(if asleep { 0 } else { streak.max(pending) }),
+            self.retry_interval(if asleep {
+                0
+            } else {
+                streak.max(pending).max(flagged)
+            }),
         )
     }
 
