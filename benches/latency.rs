@@ -37,6 +37,13 @@
 //!    signals, interleaved the same way. What a signal alone costs a
 //!    spinning thread on this machine (a VM: 6-17 µs seen) is the floor a
 //!    preemption cannot beat; the target is at most 1.5× it.
+//!    **ThreadAffine's floor besides**: a ThreadAffine preemption also
+//!    switches OS threads (the preempted goroutine keeps its thread, which
+//!    runs nothing else meanwhile), so two plain threads hand one CPU back
+//!    and forth as its hand-offs do (pin the woken thread to the CPU, futex
+//!    wake and wait, the woken one unpins itself), and, for comparison,
+//!    while both stay pinned (the bare switch): signal + hand-off is what
+//!    that mode cannot beat.
 //! 3. **The Go twin** (`benches/go/latency`, one P, Go's fixed 10 ms
 //!    quantum), run side by side when `go` is installed (`LATENCY_GO=0`
 //!    skips it; quick runs skip it unless `LATENCY_GO=1`).
@@ -55,7 +62,7 @@
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -708,6 +715,116 @@ fn signal_floor(cell: Duration, pause: u64, hz: f64) -> (f64, f64, u64) {
     ((1.0 - thr) * on.1 / n, lost_tsc / n, sent)
 }
 
+/// Futex wait on `key` while it is 0, then consume it.
+fn futex_wait(key: &AtomicU32) {
+    while key.swap(0, Ordering::Acquire) == 0 {
+        // SAFETY: FUTEX_WAIT on a live, aligned u32; it only reads it.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                key.as_ptr(),
+                libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                0,
+                std::ptr::null::<libc::timespec>(),
+            )
+        };
+    }
+}
+
+/// Set `key` and wake its waiter.
+fn futex_wake(key: &AtomicU32) {
+    key.store(1, Ordering::Release);
+    // SAFETY: FUTEX_WAKE on a live u32 touches no memory.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            key.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            1,
+        )
+    };
+}
+
+/// Restricts thread `tid` (0: the caller) to `cpus`.
+fn set_affinity(tid: libc::pid_t, cpus: &[usize]) {
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it (CPU
+    // numbers come from the kernel); sched_setaffinity only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// ThreadAffine's own floor: µs per thread switch when two plain threads
+/// hand one CPU back and forth as a ThreadAffine preemption does (the one
+/// leaving pins the other to its CPU and wakes it with a futex, then
+/// waits; the woken one widens its affinity again), and, for comparison,
+/// when both stay pinned to that CPU (the bare switch, no affinity calls).
+fn handoff_floor() -> (f64, f64) {
+    const SWITCHES: u32 = 20_000;
+    let all: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| {
+            // SAFETY: cpu_set_t is plain data, filled by the kernel.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
+                libc::CPU_ISSET(c, &set)
+            }
+        })
+        .collect();
+    let run = |pin_each: bool| -> f64 {
+        let keys = Arc::new([AtomicU32::new(0), AtomicU32::new(0)]);
+        let tids = Arc::new([AtomicI32::new(0), AtomicI32::new(0)]);
+        // SAFETY: sched_getcpu has no preconditions.
+        let cpu = unsafe { libc::sched_getcpu() }.max(0) as usize;
+        let start = Instant::now();
+        let threads: Vec<_> = (0..2usize)
+            .map(|me| {
+                let (keys, tids, all) = (keys.clone(), tids.clone(), all.clone());
+                std::thread::spawn(move || {
+                    // SAFETY: gettid has no preconditions.
+                    tids[me].store(unsafe { libc::gettid() }, Relaxed);
+                    set_affinity(0, &[cpu]);
+                    while tids[1 - me].load(Relaxed) == 0 {
+                        std::thread::yield_now();
+                    }
+                    if me == 1 {
+                        futex_wait(&keys[1]);
+                    }
+                    for _ in 0..SWITCHES / 2 {
+                        if pin_each {
+                            // SAFETY: sched_getcpu has no preconditions.
+                            let here = unsafe { libc::sched_getcpu() }.max(0) as usize;
+                            set_affinity(tids[1 - me].load(Relaxed), &[here]);
+                        }
+                        futex_wake(&keys[1 - me]);
+                        futex_wait(&keys[me]);
+                        if pin_each {
+                            set_affinity(0, &all);
+                        }
+                    }
+                    if me == 0 {
+                        futex_wake(&keys[1]);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("hand-off thread panicked");
+        }
+        start.elapsed().as_secs_f64() / f64::from(SWITCHES)
+    };
+    let (mut handoff, mut bare) = (f64::MAX, f64::MAX);
+    for _ in 0..3 {
+        handoff = handoff.min(run(true));
+        bare = bare.min(run(false));
+    }
+    (handoff, bare)
+}
+
 fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
     let quick = std::env::var("LATENCY_QUICK").is_ok_and(|v| v == "1") || !bench;
@@ -864,6 +981,14 @@ fn main() {
         "   floor: an empty SIGUSR2 handler every {FLOOR_PERIOD:?} to the same hog on a plain thread ({floor_n} signals): {:.1} µs; TSC: {:.1} µs per signal",
         us(floor_thr),
         us(floor_tsc)
+    );
+    let (handoff, bare) = handoff_floor();
+    println!(
+        "   ThreadAffine's floor besides: a thread hand-off on one CPU as its preemptions make it (pin the woken thread, futex wake and wait, it unpins itself): {:.1} µs per switch (bare switch, both pinned: {:.1} µs); signal + hand-off {:.1} µs = {:.2}x the signal floor",
+        us(handoff),
+        us(bare),
+        us(floor_tsc + handoff),
+        (floor_tsc + handoff) / floor_tsc
     );
     // Issue 11's measure: two loops on one P and nothing else (every
     // preemption switches hogs; every moment neither runs is overhead).
