@@ -281,6 +281,25 @@ fn overrun_slice_is_retried_after_a_quarter_quantum() {
     assert_eq!(m.tick(&mut t, ms(1)), Sleep::For(cfg.min_sleep));
 }
 
+/// One P running a slice that started at 0, its quantum (1 ms in the
+/// callers) over at 1 ms.
+fn one_overrunning_p(cfg: Config) -> (FakeTarget, Monitor, Duration) {
+    let t = FakeTarget::new(vec![PView::running(1, ms(0))]);
+    (t, Monitor::new(cfg, 1), ms(1))
+}
+
+/// `n` ticks, each at the time the previous one asked to be woken; their
+/// sleeps.
+fn tick_sleeps(m: &mut Monitor, t: &mut FakeTarget, now: &mut Duration, n: usize) -> Vec<Duration> {
+    (0..n)
+        .map(|_| {
+            let d = sleep_for(m.tick(t, *now));
+            *now += d;
+            d
+        })
+        .collect()
+}
+
 /// A signal that stays undelivered (its thread waits for a CPU) is not
 /// followed by a request every quarter quantum: from the second request
 /// that finds it pending, the retry interval doubles up to
@@ -291,15 +310,8 @@ fn retries_back_off_while_the_signal_stays_pending() {
         quantum: ms(1),
         ..Config::default()
     };
-    let mut t = FakeTarget::new(vec![PView::running(1, ms(0))]);
-    let mut m = Monitor::new(cfg, 1);
-    let mut now = ms(1);
-    let mut sleeps = Vec::new();
-    for _ in 0..6 {
-        let d = sleep_for(m.tick(&mut t, now));
-        sleeps.push(d);
-        now += d;
-    }
+    let (mut t, mut m, mut now) = one_overrunning_p(cfg);
+    let sleeps = tick_sleeps(&mut m, &mut t, &mut now, 6);
     // Signalled, pending once (a race with the handler), then backing off
     // to the 2 ms cap.
     assert_eq!(sleeps, vec![us(250), us(250), us(500), ms(1), ms(2), ms(2)]);
@@ -316,15 +328,8 @@ fn flag_only_retries_back_off_with_async_preemption_off() {
         async_preempt: false,
         ..Config::default()
     };
-    let mut t = FakeTarget::new(vec![PView::running(1, ms(0))]);
-    let mut m = Monitor::new(cfg, 1);
-    let mut now = ms(1);
-    let mut sleeps = Vec::new();
-    for _ in 0..6 {
-        let d = sleep_for(m.tick(&mut t, now));
-        sleeps.push(d);
-        now += d;
-    }
+    let (mut t, mut m, mut now) = one_overrunning_p(cfg);
+    let sleeps = tick_sleeps(&mut m, &mut t, &mut now, 6);
     // The first request sets the flag; the repeats back off to the cap.
     assert_eq!(sleeps, vec![us(250), us(500), ms(1), ms(2), ms(2), ms(2)]);
     assert_eq!(
