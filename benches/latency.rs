@@ -43,7 +43,10 @@
 //!    and forth as its hand-offs do (pin the woken thread to the CPU, futex
 //!    wake and wait, the woken one unpins itself), and, for comparison,
 //!    while both stay pinned (the bare switch): signal + hand-off is what
-//!    that mode cannot beat.
+//!    that mode cannot beat. With more threads than CPUs, before the
+//!    "2 Ps, 3 hogs" rows: three plain threads take turns on two CPUs
+//!    every 100 µs with that hand-off and no signal; the share of the CPUs'
+//!    time they run bounds ThreadAffine's throughput there.
 //! 3. **The Go twin** (`benches/go/latency`, one P, Go's fixed 10 ms
 //!    quantum), run side by side when `go` is installed (`LATENCY_GO=0`
 //!    skips it; quick runs skip it unless `LATENCY_GO=1`).
@@ -758,6 +761,99 @@ fn set_affinity(tid: libc::pid_t, cpus: &[usize]) {
     }
 }
 
+/// The CPUs this thread may run on.
+fn own_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data, filled by the kernel.
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
+        set
+    };
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: CPU_ISSET reads bit `c` of the set, inside it.
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect()
+}
+
+/// The CPU the calling thread runs on.
+fn this_cpu() -> usize {
+    // SAFETY: sched_getcpu has no preconditions.
+    unsafe { libc::sched_getcpu() }.max(0) as usize
+}
+
+/// ThreadAffine's floor with more threads than CPUs, without signals: three
+/// plain threads take turns on two CPUs, each running `slice` then handing
+/// its CPU to the thread that waited longest as a ThreadAffine preemption
+/// does (pin it to this CPU, futex wake, futex wait; the woken one widens
+/// its affinity again). Returns the share of the two CPUs' time spent in
+/// the threads' slices (1.0: hand-offs cost nothing), or None with fewer
+/// than two CPUs.
+fn rotation_floor(slice: Duration, secs: Duration) -> Option<f64> {
+    const THREADS: usize = 3;
+    let all = own_cpus();
+    if all.len() < 2 {
+        return None;
+    }
+    let keys: Arc<[AtomicU32; THREADS]> = Arc::new(Default::default());
+    let tids: Arc<[AtomicI32; THREADS]> = Arc::new(Default::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let slices = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Who waits for a CPU, longest first: the last thread, to begin with.
+    let waiting = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from([
+        THREADS - 1,
+    ])));
+    let start = Instant::now();
+    let threads: Vec<_> = (0..THREADS)
+        .map(|me| {
+            let (keys, tids, stop, slices, waiting, all) = (
+                keys.clone(),
+                tids.clone(),
+                stop.clone(),
+                slices.clone(),
+                waiting.clone(),
+                all.clone(),
+            );
+            std::thread::spawn(move || {
+                // SAFETY: gettid has no preconditions.
+                tids[me].store(unsafe { libc::gettid() }, Relaxed);
+                if me == THREADS - 1 {
+                    futex_wait(&keys[me]);
+                }
+                while !stop.load(Relaxed) {
+                    let t = Instant::now();
+                    while t.elapsed() < slice {
+                        std::hint::spin_loop();
+                    }
+                    slices.fetch_add(1, Relaxed);
+                    let next = {
+                        let mut q = waiting.lock().expect("rotation queue");
+                        q.push_back(me);
+                        q.pop_front().expect("a thread waits")
+                    };
+                    while tids[next].load(Relaxed) == 0 {
+                        std::thread::yield_now();
+                    }
+                    set_affinity(tids[next].load(Relaxed), &[this_cpu()]);
+                    futex_wake(&keys[next]);
+                    futex_wait(&keys[me]);
+                    set_affinity(0, &all);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(secs);
+    stop.store(true, Relaxed);
+    let elapsed = start.elapsed();
+    for k in keys.iter() {
+        futex_wake(k);
+    }
+    for t in threads {
+        t.join().expect("rotation thread panicked");
+    }
+    let ran = slices.load(Relaxed) as f64 * slice.as_secs_f64();
+    Some(ran / (2.0 * elapsed.as_secs_f64()))
+}
+
 /// ThreadAffine's own floor: µs per thread switch when two plain threads
 /// hand one CPU back and forth as a ThreadAffine preemption does (the one
 /// leaving pins the other to its CPU and wakes it with a futex, then
@@ -765,21 +861,11 @@ fn set_affinity(tid: libc::pid_t, cpus: &[usize]) {
 /// when both stay pinned to that CPU (the bare switch, no affinity calls).
 fn handoff_floor() -> (f64, f64) {
     const SWITCHES: u32 = 20_000;
-    let all: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
-        .filter(|&c| {
-            // SAFETY: cpu_set_t is plain data, filled by the kernel.
-            unsafe {
-                let mut set: libc::cpu_set_t = std::mem::zeroed();
-                libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
-                libc::CPU_ISSET(c, &set)
-            }
-        })
-        .collect();
+    let all = own_cpus();
     let run = |pin_each: bool| -> f64 {
         let keys = Arc::new([AtomicU32::new(0), AtomicU32::new(0)]);
         let tids = Arc::new([AtomicI32::new(0), AtomicI32::new(0)]);
-        // SAFETY: sched_getcpu has no preconditions.
-        let cpu = unsafe { libc::sched_getcpu() }.max(0) as usize;
+        let cpu = this_cpu();
         let start = Instant::now();
         let threads: Vec<_> = (0..2usize)
             .map(|me| {
@@ -796,9 +882,7 @@ fn handoff_floor() -> (f64, f64) {
                     }
                     for _ in 0..SWITCHES / 2 {
                         if pin_each {
-                            // SAFETY: sched_getcpu has no preconditions.
-                            let here = unsafe { libc::sched_getcpu() }.max(0) as usize;
-                            set_affinity(tids[1 - me].load(Relaxed), &[here]);
+                            set_affinity(tids[1 - me].load(Relaxed), &[this_cpu()]);
                         }
                         futex_wake(&keys[1 - me]);
                         futex_wait(&keys[me]);
@@ -1053,6 +1137,12 @@ fn main() {
         got: fmt_ns(p99_2p),
         met: p99_2p <= 300_000,
     });
+    // ThreadAffine's floor for the rows below (no signals, no runtime).
+    if let Some(share) = rotation_floor(q, cell) {
+        println!(
+            "   ThreadAffine's 2-P floor besides: 3 plain threads taking turns on 2 CPUs every {q:?} with its hand-off (pin, futex wake and wait, unpin) run {share:.3} of the CPUs' time"
+        );
+    }
     // Issue 11's tail scenario, both modes: three hogs time-sliced on two
     // Ps beside the ticker (off: async preemption off at the same quantum,
     // one hog starves; throughput is both Ps' iterations per second).
