@@ -365,8 +365,31 @@ fn cell_pair(
     cell: Duration,
     pause: u64,
 ) -> (Acc, Acc) {
+    cell_pair_with(setup, [off_quantum, quantum], mode, cell, pause, None)
+}
+
+/// `cell`'s segments: how many, and how long each.
+fn segments(cell: Duration) -> (u32, Duration) {
     let n = ((cell.as_secs_f64() / SEGMENT.as_secs_f64()).round() as u32).max(1);
-    let seg = cell / n;
+    (n, cell / n)
+}
+
+/// `cell_pair` with quanta [off, on]; with `floor`, each round of segments
+/// also runs a floor segment pair first (floor off, floor on, cell off,
+/// cell on; the next round in reverse), so that a ratio of the two sees
+/// the same machine.
+fn cell_pair_with(
+    setup: Setup,
+    [off_quantum, quantum]: [Duration; 2],
+    mode: PreemptMode,
+    cell: Duration,
+    pause: u64,
+    mut floor: Option<&mut FloorAcc>,
+) -> (Acc, Acc) {
+    if floor.is_some() {
+        install_floor_handler();
+    }
+    let (n, seg) = segments(cell);
     let (mut off, mut on) = (Acc::new(), Acc::new());
     for k in 0..n {
         // off, on, on, off, off, on, ...: neither side always goes first.
@@ -375,6 +398,11 @@ fn cell_pair(
         } else {
             [true, false]
         };
+        if let Some(floor) = floor.as_deref_mut() {
+            for signal in order {
+                floor.segment(signal, seg, pause);
+            }
+        }
         for async_on in order {
             let acc = if async_on { &mut on } else { &mut off };
             let q = if async_on { quantum } else { off_quantum };
@@ -735,46 +763,13 @@ impl FloorAcc {
 /// from throughput and from the hog's own pause time (TSC); and the count.
 fn signal_floor(cell: Duration, pause: u64, hz: f64) -> (f64, f64, u64) {
     install_floor_handler();
-    let nseg = ((cell.as_secs_f64() / SEGMENT.as_secs_f64()).round() as u32).max(1);
-    let seg = cell / nseg;
+    let (nseg, seg) = segments(cell);
     let mut acc = FloorAcc::default();
     for i in 0..nseg * 2 {
         // off, on, on, off, ...: drift hits both sides alike.
         acc.segment((i % 4 == 1) || (i % 4 == 2), seg, pause);
     }
     acc.result(hz)
-}
-
-/// `cell_pair` with the floor measured in between, segment by segment
-/// (floor off, floor on, cell off, cell on; the next round in reverse), so
-/// that the ratio of the two sees the same machine.
-fn cell_pair_beside_floor(
-    setup: Setup,
-    quantum: Duration,
-    mode: PreemptMode,
-    cell: Duration,
-    pause: u64,
-    floor: &mut FloorAcc,
-) -> (Acc, Acc) {
-    install_floor_handler();
-    let n = ((cell.as_secs_f64() / SEGMENT.as_secs_f64()).round() as u32).max(1);
-    let seg = cell / n;
-    let (mut off, mut on) = (Acc::new(), Acc::new());
-    for k in 0..n {
-        let order = if k % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
-        for signal in order {
-            floor.segment(signal, seg, pause);
-        }
-        for async_on in order {
-            let acc = if async_on { &mut on } else { &mut off };
-            segment(setup, quantum, mode, async_on, seg, pause, acc);
-        }
-    }
-    (off, on)
 }
 
 /// Futex wait on `key` while it is 0, then consume it.
@@ -994,11 +989,10 @@ fn main() {
     };
     let hz = tsc_hz();
     let pause = (PAUSE.as_secs_f64() * hz) as u64;
-    let nseg = ((cell.as_secs_f64() / SEGMENT.as_secs_f64()).round() as u32).max(1);
+    let (nseg, seg) = segments(cell);
     println!(
         "gosched preemption latency: a no-call hog beside a {TICK:?} sleep ticker, {cell:?} per cell \
-         ({nseg} segment(s) of {:?}, async off/on interleaved); load average {}",
-        cell / nseg,
+         ({nseg} segment(s) of {seg:?}, async off/on interleaved); load average {}",
         loadavg()
     );
     println!(
@@ -1139,7 +1133,7 @@ fn main() {
     // segments: the VM's floor moves by a third from one minute to the next.
     for mode in MODES {
         let mut beside = FloorAcc::default();
-        let (off, on) = cell_pair_beside_floor(ONE_P_TWO, q, mode, cell, pause, &mut beside);
+        let (off, on) = cell_pair_with(ONE_P_TWO, [q, q], mode, cell, pause, Some(&mut beside));
         let (_, floor_tsc, _) = beside.result(hz);
         print_pair(ONE_P_TWO, [q, q], mode, (&off, &on), hz, &mut csv);
         let n = on.preempt_async.max(1) as f64;
