@@ -1173,8 +1173,12 @@ fn main() {
             let thr = on.rate() / off.rate();
             let run = on.running(hz) / off.running(hz);
             let name = format!("{} {}", fmt_quantum(q), mode_name(mode));
+            // At 10 ms, issue 11's targets for wake-up preemption (the
+            // ticker preempts the hog at every tick: ~1,000 preemptions a
+            // second where the first round's <= 11 ms and >= 0.99 were
+            // set for ~100, one per quantum).
             let lat_goal = match q.as_micros() {
-                10_000 => Some(Duration::from_millis(11)),
+                10_000 => Some(Duration::from_micros(200)),
                 1_000 => Some(Duration::from_micros(1500)),
                 100 if mode == PreemptMode::Migrate => Some(Duration::from_micros(250)),
                 _ => None,
@@ -1188,7 +1192,7 @@ fn main() {
                 });
             }
             let thr_goal = match q.as_micros() {
-                10_000 => Some(0.99),
+                10_000 => Some(0.97),
                 100 => Some(0.90),
                 _ => None,
             };
