@@ -207,6 +207,54 @@ fn shrink_with_pending_timers_loses_none_and_fires_none_early() {
     assert_eq!(early.load(Ordering::Relaxed), 0);
 }
 
+/// `set_procs` called from inside `blocking()` returns whichever P the
+/// caller had. The shrink skipped "its own" P (the one its M last held),
+/// leaving it to the caller's next park, and a goroutine in `blocking()`
+/// never parks: whenever that P was among the dropped ones (in `P_SYSCALL`,
+/// or already handed to another M by sysmon), the call polled for ever.
+#[test]
+fn set_procs_from_inside_blocking_returns() {
+    const ROUNDS: usize = 20;
+    if common::child_role().is_some() {
+        let rt = Arc::new(Builder::new().procs(4).build().unwrap());
+        let r = rt.clone();
+        let resized = rt.block_on(move || {
+            let mut resized = 0;
+            for _ in 0..ROUNDS {
+                // Spread over the Ps (idle Ps steal them), each one resizes
+                // from inside `blocking()`.
+                let hs: Vec<_> = (0..4)
+                    .map(|_| {
+                        let r = r.clone();
+                        gosched::spawn(move || {
+                            gosched::blocking(|| {
+                                r.set_procs(1).unwrap();
+                                r.set_procs(4).unwrap();
+                            })
+                        })
+                    })
+                    .collect();
+                for h in hs {
+                    h.join().unwrap();
+                    resized += 1;
+                }
+            }
+            resized
+        });
+        assert_eq!(rt.procs(), 4);
+        println!("resized={resized}");
+        return;
+    }
+    let out = common::run_child("set_procs_from_inside_blocking_returns", "resize", &[]);
+    assert!(out.status.success(), "{}", out.describe());
+    assert_eq!(
+        out.stdout_u64("resized="),
+        4 * ROUNDS as u64,
+        "{}",
+        out.describe()
+    );
+}
+
 /// A goroutine locked to its thread and one in `blocking()` keep working
 /// across a shrink that drops their Ps.
 #[test]

@@ -210,7 +210,8 @@ impl Shared {
                 }
                 pending = true;
                 if me == Some(p) {
-                    // Our own P: our next park (below) retires it.
+                    // Our own P, running us: our next park (below) retires
+                    // it.
                     continue;
                 }
                 let _np = NoPreempt::enter();
@@ -237,7 +238,14 @@ impl Shared {
 }
 
 impl Shared {
-    /// The P of the calling goroutine's M, if it runs on this runtime.
+    /// The P the calling goroutine runs on, if it runs on this runtime and
+    /// holds its P: that P's status is `P_USER` owned by this M. Not the P
+    /// of a goroutine inside `blocking()` (`P_SYSCALL`, or already taken
+    /// by sysmon for another M while `M::p` still names it): such a
+    /// goroutine does not park at `crate::sleep` (a plain thread sleep
+    /// there), so the shrink must take that P like any other. It skipped
+    /// "its own" P and waited for ever (`set_procs` from inside
+    /// `blocking()` while on a dropped P).
     fn my_p(&self) -> Option<usize> {
         let _np = NoPreempt::enter();
         let m = cur_m();
@@ -247,6 +255,7 @@ impl Shared {
         // SAFETY: non-null `m` is this thread's live M; in a no-preempt
         // region we cannot move to another thread.
         let m = unsafe { &*m };
-        ptr::eq(m.shared, self).then(|| m.p.get()).flatten()
+        let p = ptr::eq(m.shared, self).then(|| m.p.get()).flatten()?;
+        (self.ps[p].status.load(Ordering::Acquire) == pstatus(m, P_USER)).then_some(p)
     }
 }
