@@ -15,9 +15,15 @@
 //!   consumes nothing, so it cannot steal a break or an event from an M
 //!   blocked in `wait`.
 //! - Waits use `epoll_pwait2` (nanosecond timeout: a 1 ms sleep must not
-//!   round to 2 ms). Where the kernel lacks it (ENOSYS, before 5.11), they
-//!   fall back to `epoll_wait` with the timeout rounded *up* to whole
-//!   milliseconds, so a timer is never fired early.
+//!   round to 2 ms). Where it cannot be used, they fall back to
+//!   `epoll_wait` with the timeout rounded *up* to whole milliseconds, so a
+//!   timer is never fired early: on ENOSYS (kernels before 5.11) and on
+//!   any other error but EINTR (a seccomp profile that answers unknown
+//!   system calls with EPERM, as some container runtimes' do). The
+//!   decision is made once for the process (`NO_PWAIT2`), and the failed
+//!   wait is retried with `epoll_wait` at once: treating the error as "no
+//!   events" left every wait returning immediately, no event delivered
+//!   and the polling thread spinning at 100 % CPU.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -63,8 +69,21 @@ pub(super) struct OsPoller {
     /// A break is written and not yet read (Go's netpollWakeSig): repeated
     /// `wake`s cost one write.
     wake_pending: AtomicBool,
-    /// `epoll_pwait2` returned ENOSYS once: use `epoll_wait`.
-    no_pwait2: AtomicBool,
+}
+
+/// `epoll_pwait2` failed once with an error that says it cannot be used
+/// (see `pwait2_unusable`): every runtime of the process uses
+/// `epoll_wait` from then on.
+static NO_PWAIT2: AtomicBool = AtomicBool::new(false);
+
+/// What an `epoll_pwait2` failure with `errno` means: false for EINTR (a
+/// signal: no events this time), true for anything else. ENOSYS is a
+/// kernel without it; EPERM (or another errno) is typically a seccomp
+/// filter refusing a system call it does not know; either way the call
+/// will never work, and returning "no events" for it would turn every
+/// blocking wait into a spin that never sees an event.
+fn pwait2_unusable(errno: Option<i32>) -> bool {
+    errno != Some(libc::EINTR)
 }
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
@@ -122,7 +141,6 @@ impl OsPoller {
             watch_efd: AtomicI32::new(watch_efd),
             ctl: RwLock::new(false),
             wake_pending: AtomicBool::new(false),
-            no_pwait2: AtomicBool::new(false),
         })
     }
 
@@ -227,43 +245,14 @@ impl OsPoller {
         out: &mut [libc::epoll_event; MAX_EVENTS],
         timeout: Option<Duration>,
     ) -> usize {
-        if !self.no_pwait2.load(Ordering::Relaxed) {
-            let ts = timeout.map(crate::os::note::timespec);
-            let tsp = ts
-                .as_ref()
-                .map_or(std::ptr::null(), |t| t as *const libc::timespec);
-            // SAFETY: `out` has room for MAX_EVENTS events; `tsp` is null or
-            // points at `ts`; a null sigmask leaves the mask alone.
-            let r = unsafe {
-                libc::syscall(
-                    libc::SYS_epoll_pwait2,
-                    epfd,
-                    out.as_mut_ptr(),
-                    MAX_EVENTS as libc::c_int,
-                    tsp,
-                    std::ptr::null::<libc::sigset_t>(),
-                    0usize,
-                )
-            };
-            if r >= 0 {
-                return r as usize;
+        if !NO_PWAIT2.load(Ordering::Relaxed) {
+            match epoll_pwait2(epfd, out, timeout) {
+                Ok(n) => return n,
+                Err(errno) if !pwait2_unusable(errno) => return 0,
+                Err(_) => NO_PWAIT2.store(true, Ordering::Relaxed),
             }
-            if io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS) {
-                return 0;
-            }
-            self.no_pwait2.store(true, Ordering::Relaxed);
         }
-        let ms = match timeout {
-            None => -1,
-            Some(t) => {
-                // Round up: never wake before a timer's deadline.
-                let ms = t.as_nanos().div_ceil(1_000_000);
-                ms.min(i32::MAX as u128) as libc::c_int
-            }
-        };
-        // SAFETY: `out` has room for MAX_EVENTS events.
-        let r = unsafe { libc::epoll_wait(epfd, out.as_mut_ptr(), MAX_EVENTS as libc::c_int, ms) };
-        r.max(0) as usize
+        epoll_wait_ms(epfd, out, timeout)
     }
 
     /// sysmon's watch: blocks until the epoll set has events (without
@@ -345,7 +334,99 @@ impl Drop for OsPoller {
     }
 }
 
+/// One `epoll_pwait2` (nanosecond timeout): the number of events, or the
+/// errno of its failure.
+fn epoll_pwait2(
+    epfd: RawFd,
+    out: &mut [libc::epoll_event; MAX_EVENTS],
+    timeout: Option<Duration>,
+) -> Result<usize, Option<i32>> {
+    let ts = timeout.map(crate::os::note::timespec);
+    let tsp = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: `out` has room for MAX_EVENTS events; `tsp` is null or
+    // points at `ts`; a null sigmask leaves the mask alone.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_epoll_pwait2,
+            epfd,
+            out.as_mut_ptr(),
+            MAX_EVENTS as libc::c_int,
+            tsp,
+            std::ptr::null::<libc::sigset_t>(),
+            0usize,
+        )
+    };
+    if r >= 0 {
+        Ok(r as usize)
+    } else {
+        Err(io::Error::last_os_error().raw_os_error())
+    }
+}
+
+/// `epoll_wait`, the fallback: the timeout rounded *up* to whole
+/// milliseconds (never wake before a timer's deadline). An error (EINTR)
+/// is no events.
+fn epoll_wait_ms(
+    epfd: RawFd,
+    out: &mut [libc::epoll_event; MAX_EVENTS],
+    timeout: Option<Duration>,
+) -> usize {
+    let ms = match timeout {
+        None => -1,
+        Some(t) => {
+            let ms = t.as_nanos().div_ceil(1_000_000);
+            ms.min(i32::MAX as u128) as libc::c_int
+        }
+    };
+    // SAFETY: `out` has room for MAX_EVENTS events.
+    let r = unsafe { libc::epoll_wait(epfd, out.as_mut_ptr(), MAX_EVENTS as libc::c_int, ms) };
+    r.max(0) as usize
+}
+
 /// The error of a registration with a runtime that has shut down.
 pub(crate) fn shut_down() -> io::Error {
     io::Error::other("gosched: the runtime this socket is registered with has shut down")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only EINTR keeps `epoll_pwait2`; ENOSYS, EPERM (seccomp) and any
+    /// other failure switch to `epoll_wait` (they used to return "no
+    /// events" for ever: a spinning poller).
+    #[test]
+    fn only_eintr_keeps_epoll_pwait2() {
+        assert!(!pwait2_unusable(Some(libc::EINTR)));
+        for errno in [libc::ENOSYS, libc::EPERM, libc::EACCES, libc::EINVAL] {
+            assert!(pwait2_unusable(Some(errno)), "errno {errno}");
+        }
+        assert!(pwait2_unusable(None));
+    }
+
+    /// The fallback delivers events and blocks for its (rounded-up)
+    /// timeout when there are none.
+    #[test]
+    fn the_epoll_wait_fallback_blocks_and_delivers() {
+        let p = OsPoller::new().unwrap();
+        let epfd = p.epfd.load(Ordering::Relaxed);
+        let mut out = [libc::epoll_event { events: 0, u64: 0 }; MAX_EVENTS];
+        let t = std::time::Instant::now();
+        assert_eq!(
+            epoll_wait_ms(epfd, &mut out, Some(Duration::from_micros(20_100))),
+            0
+        );
+        assert!(
+            t.elapsed() >= Duration::from_millis(21),
+            "woke early: {:?}",
+            t.elapsed()
+        );
+        p.wake();
+        let n = epoll_wait_ms(epfd, &mut out, Some(Duration::from_secs(10)));
+        assert_eq!(n, 1);
+        let token = out[0].u64; // packed: copy before comparing
+        assert_eq!(token, BREAK_TOKEN);
+    }
 }
