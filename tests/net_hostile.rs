@@ -7,10 +7,12 @@
 
 mod common;
 
+use std::io::{Read, Write};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gosched::net::UdpSocket;
-use gosched::Builder;
+use gosched::net::{TcpListener, UdpSocket};
+use gosched::{Builder, Runtime};
 
 // ---------------------------------------------------------------------------
 // epoll_pwait2 refused by a seccomp profile
@@ -135,4 +137,150 @@ fn a_seccomp_refused_epoll_pwait2_falls_back_to_epoll_wait() {
     if out.stdout.contains("SKIP:") {
         eprintln!("seccomp filters unavailable here: the fallback was not exercised");
     }
+}
+
+// ---------------------------------------------------------------------------
+// A socket used from goroutines of two runtimes
+
+/// Connects to `addr` from a plain thread after `delay`, keeping the
+/// connection open for a while (the accepting side may read it).
+fn connect_later(addr: std::net::SocketAddr, delay: Duration) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        std::thread::sleep(delay);
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.write_all(b"x").unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    })
+}
+
+/// A listener registered with runtime A (its goroutine waited on it), then
+/// accepted on by a goroutine of runtime B while A is idle: B's goroutine
+/// must get the connection without any help from A. It used to park on
+/// A's poller, which nobody polled: it hung for ever. B's goroutine never
+/// parks on A's poller (A's poll counters do not move), and a read timeout
+/// of B's on a socket registered with A still holds.
+#[test]
+fn a_goroutine_of_another_runtime_accepts_while_the_first_runtime_idles() {
+    const TEST: &str = "a_goroutine_of_another_runtime_accepts_while_the_first_runtime_idles";
+    if common::child_role().as_deref() == Some("idle") {
+        let l = Arc::new(TcpListener::bind("127.0.0.1:0").unwrap());
+        let addr = l.local_addr().unwrap();
+        let a = Runtime::new().unwrap();
+        let b = Runtime::new().unwrap();
+        let c1 = connect_later(addr, Duration::from_millis(100));
+        let la = l.clone();
+        a.block_on(move || la.accept().unwrap());
+        c1.join().unwrap();
+        // A UDP socket registered with A too.
+        let u = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+        let ua = u.clone();
+        let to = u.local_addr().unwrap();
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .send_to(b"a", to)
+            .unwrap();
+        a.block_on(move || ua.recv(&mut [0u8; 8]).unwrap());
+        let before = a.stats();
+        let c2 = connect_later(addr, Duration::from_millis(300));
+        let lb = l.clone();
+        let (mut s, _) = b.block_on(move || lb.accept().unwrap());
+        let mut byte = [0u8; 1];
+        s.read_exact(&mut byte).unwrap();
+        c2.join().unwrap();
+        let ub = u.clone();
+        let (e, took) = b.block_on(move || {
+            ub.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let t = Instant::now();
+            let e = ub.recv(&mut [0u8; 8]).unwrap_err();
+            (e.kind(), t.elapsed())
+        });
+        assert_eq!(e, std::io::ErrorKind::TimedOut);
+        assert!(
+            took >= Duration::from_millis(200) && took < Duration::from_secs(10),
+            "{took:?}"
+        );
+        let after = a.stats();
+        assert_eq!(
+            (after.poll_waits, after.poll_wakeups),
+            (before.poll_waits, before.poll_wakeups),
+            "goroutines of runtime B parked on runtime A's poller"
+        );
+        println!("done");
+        return;
+    }
+    let out = common::run_child(TEST, "idle", &[]);
+    assert!(
+        out.status.success() && out.stdout.contains("done"),
+        "{}",
+        out.describe()
+    );
+}
+
+/// As above, but runtime A is busy polling: one of its goroutines waits
+/// on another socket, so an M of A sleeps in A's poller. B's goroutine
+/// must get its connection from its own wait and resume as a goroutine of
+/// B: A's poller used to wake it and hand it to A's run queues, where an
+/// M of A ran it (and, had it exited there, cached B's goroutine and
+/// stack in A: memory B unmaps when it drops).
+#[test]
+fn a_goroutine_of_another_runtime_is_never_run_by_the_busy_first_runtime() {
+    const TEST: &str = "a_goroutine_of_another_runtime_is_never_run_by_the_busy_first_runtime";
+    if common::child_role().as_deref() == Some("busy") {
+        let l = Arc::new(TcpListener::bind("127.0.0.1:0").unwrap());
+        let addr = l.local_addr().unwrap();
+        let a = Runtime::new().unwrap();
+        let b = Runtime::new().unwrap();
+        let c1 = connect_later(addr, Duration::from_millis(100));
+        let la = l.clone();
+        a.block_on(move || la.accept().unwrap());
+        c1.join().unwrap();
+        // A goroutine of A parked on another socket for the whole test.
+        let other = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let other_addr = other.local_addr().unwrap();
+        let a_waiter = a.spawn(move || {
+            let mut buf = [0u8; 8];
+            other.recv(&mut buf).unwrap()
+        });
+        assert!(common::wait_until(Duration::from_secs(10), || a
+            .stats()
+            .poll_waits
+            >= 2));
+        let before = a.stats();
+        for round in 0..3 {
+            let c = connect_later(addr, Duration::from_millis(200));
+            let lb = l.clone();
+            let (id_before, id_after, goroutines) = b.block_on(move || {
+                let id = gosched::current_id();
+                let (mut s, _) = lb.accept().unwrap();
+                let mut byte = [0u8; 1];
+                s.read_exact(&mut byte).unwrap();
+                (id, gosched::current_id(), gosched::num_goroutines())
+            });
+            c.join().unwrap();
+            assert_eq!(id_before, id_after, "round {round}");
+            assert_eq!(goroutines, 1, "round {round}: B's goroutine count");
+        }
+        let after = a.stats();
+        assert_eq!(
+            (after.poll_waits, after.poll_wakeups),
+            (before.poll_waits, before.poll_wakeups),
+            "goroutines of runtime B parked on (or were woken by) runtime A's poller"
+        );
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .send_to(b"end", other_addr)
+            .unwrap();
+        assert_eq!(a_waiter.join().unwrap(), 3);
+        drop(b);
+        drop(a);
+        println!("done");
+        return;
+    }
+    let out = common::run_child(TEST, "busy", &[]);
+    assert!(
+        out.status.success() && out.stdout.contains("done"),
+        "{}",
+        out.describe()
+    );
 }

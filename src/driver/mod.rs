@@ -128,9 +128,19 @@
 //! the fd of every descriptor that a goroutine was inside `wait` on and
 //! marks it dead: surviving handles (clones held elsewhere) then fail with
 //! an error instead of touching the fd number again. Not covered: a plain
-//! thread inside a call on such a clone at the very moment of the drop
-//! (its check of `dead` and its system call are not atomic with the
-//! close; Go's fdMutex, a per-call use count, would cover it).
+//! thread, or a goroutine of another runtime, inside a call on such a
+//! clone at the very moment of the drop (its check of `dead` and its
+//! system call are not atomic with the close; Go's fdMutex, a per-call use
+//! count, would cover it).
+//!
+//! # One runtime per descriptor
+//!
+//! A descriptor's waiters are goroutines of the driver's own runtime only:
+//! a poll hands the goroutines it wakes to the polling runtime's queues
+//! (`Shared::inject`, `netpoll_take`), and an idle runtime polls nobody
+//! else's sockets. A goroutine of another runtime that must wait on a
+//! socket registered here waits in `poll(2)` inside `blocking` instead
+//! (`net::Io::wait`); so does every goroutine once this runtime shut down.
 
 mod epoll;
 mod netpoll;
@@ -472,7 +482,9 @@ impl Driver {
     /// Parks the calling goroutine until `desc` may be ready in direction
     /// `dir`, or `deadline` (steps 1, 2, 4 and 5 in the module docs). May
     /// return spuriously; the caller retries its I/O and checks its
-    /// deadline. Call it from a goroutine that can park.
+    /// deadline. Call it from a goroutine of this driver's runtime that can
+    /// park: the goroutines a poll wakes are made runnable on the polling
+    /// runtime's queues.
     pub(crate) fn wait(
         self: &Arc<Driver>,
         desc: &'static Desc,
@@ -599,11 +611,9 @@ impl Driver {
                 if !d.in_use.load(Ordering::Relaxed) {
                     continue;
                 }
-                // Waiters of other runtimes (which may use this fd) must
-                // not sleep forever on a poller nobody polls: wake them
-                // (ours are abandoned; their wake-up goes nowhere).
-                self.notify(d, Dir::Read);
-                self.notify(d, Dir::Write);
+                // Only our own goroutines ever wait here (`net::Io::wait`
+                // sends a goroutine of another runtime to `poll(2)`), and
+                // they are abandoned: nobody to wake.
                 if d.inside.load(Ordering::Relaxed) > 0 {
                     d.dead.store(true, Ordering::Release);
                     let fd = d.fd.swap(-1, Ordering::Relaxed);

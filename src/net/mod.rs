@@ -9,7 +9,12 @@
 //!   on the first such call) and parks the goroutine until the fd is ready;
 //!   its thread runs other goroutines meanwhile (Go's netpoller);
 //! - on a plain thread (or inside [`blocking`](crate::blocking)), waits in
-//!   `poll(2)`, like std.
+//!   `poll(2)`, like std;
+//! - in a goroutine of another runtime than the one the socket is
+//!   registered with (a socket shared between runtimes), or of any runtime
+//!   once that one has shut down, waits in `poll(2)` inside
+//!   [`blocking`](crate::blocking): its P is released meanwhile, and it is
+//!   never handed to the other runtime's threads.
 //!
 //! Timeouts (`set_read_timeout`, `set_write_timeout`, `connect_timeout`)
 //! bound each call, like std's, but are implemented as Go's deadlines are
@@ -114,6 +119,18 @@ struct Reg {
     desc: &'static Desc,
 }
 
+impl Reg {
+    /// Can the calling goroutine park on this registration: is it
+    /// registered with that goroutine's own runtime, which still runs?
+    /// Only a runtime's own goroutines may wait on its poller: the
+    /// goroutines a poll wakes go onto the polling runtime's queues.
+    fn parks_here(&self) -> bool {
+        !self.driver.is_closed()
+            && crate::sched::with_current_shared(|sh| Arc::ptr_eq(&sh.driver, &self.driver))
+                .unwrap_or(false)
+    }
+}
+
 impl<T: AsFd> Io<T> {
     pub(crate) fn new(io: T) -> Io<T> {
         Io {
@@ -199,7 +216,10 @@ impl<T: AsFd> Io<T> {
         let short = &self.short[dir as usize];
         if short.load(Ordering::Relaxed) {
             short.store(false, Ordering::Relaxed);
-            let waitable = self.reg.get().is_some_and(|r| !r.desc.peer_closed());
+            let waitable = self
+                .reg
+                .get()
+                .is_some_and(|r| !r.desc.peer_closed() && r.parks_here());
             if waitable && crate::sched::g::parkable_g().is_some() {
                 self.wait(dir, deadline)?;
             }
@@ -247,9 +267,11 @@ impl<T: AsFd> Io<T> {
             return sys::poll_fd(self.fd(), dir, deadline);
         }
         let reg = self.registration()?;
-        if reg.driver.is_closed() {
-            // Registered with a runtime that has shut down (we run on
-            // another): wait like a blocking call.
+        if !reg.parks_here() {
+            // Registered with another runtime (or one that has shut down):
+            // wait like a blocking call, our P released. Parked on that
+            // runtime's poller we would be woken onto its run queues and
+            // run by its Ms (or never woken, if it is idle).
             let fd = self.fd();
             return crate::blocking(|| sys::poll_fd(fd, dir, deadline));
         }
