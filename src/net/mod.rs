@@ -117,6 +117,10 @@ const NO_TIMEOUT: u64 = u64::MAX;
 struct Reg {
     driver: Arc<Driver>,
     desc: &'static Desc,
+    /// Per direction: the descriptor's readiness count as the last wait
+    /// returned it (see `Driver::wait`): a wait returns at once if it
+    /// moved since.
+    seen: [AtomicU64; 2],
 }
 
 impl Reg {
@@ -275,7 +279,11 @@ impl<T: AsFd> Io<T> {
             let fd = self.fd();
             return crate::blocking(|| sys::poll_fd(fd, dir, deadline));
         }
-        reg.driver.wait(reg.desc, dir, deadline);
+        let seen = &reg.seen[dir as usize];
+        let now = reg
+            .driver
+            .wait(reg.desc, dir, seen.load(Ordering::Relaxed), deadline);
+        seen.fetch_max(now, Ordering::Relaxed);
         Ok(())
     }
 
@@ -292,8 +300,12 @@ impl<T: AsFd> Io<T> {
         }
         let driver = crate::sched::with_current_shared(|sh| sh.driver.clone())
             .ok_or_else(|| io::Error::other("gosched: registering a socket outside a goroutine"))?;
-        let desc = driver.register(self.fd())?;
-        Ok(self.reg.get_or_init(|| Reg { driver, desc }))
+        let (desc, [r, w]) = driver.register(self.fd())?;
+        Ok(self.reg.get_or_init(|| Reg {
+            driver,
+            desc,
+            seen: [AtomicU64::new(r), AtomicU64::new(w)],
+        }))
     }
 
     /// Deregisters and returns the object (Registration::into_inner).
