@@ -164,9 +164,12 @@ impl Runtime {
         // SAFETY: we erase the lifetime of `f`'s borrows. This call does not
         // return before the body has run to completion (we wait on the task
         // below, and waiting cannot unwind), so everything `f` borrows
-        // outlives its use; the goroutine drops its count on the task before
-        // it completes the join. If the process exits meanwhile (deadlock
-        // report), nothing runs afterwards.
+        // outlives its use. The body takes `f` out of the task and consumes
+        // it (captures dropped) before it completes the join, and we move
+        // the result out; the goroutine's count on the task may be dropped
+        // after we return, but by then the task holds neither `f` nor a
+        // result: its drop touches nothing `f` borrowed. If the process
+        // exits meanwhile (deadlock report), nothing runs afterwards.
         let body: Arc<dyn Body + 'static> = unsafe { std::mem::transmute(body) };
         self.shared.spawn_raw(body, None);
         let inner = &task.inner;

@@ -521,3 +521,31 @@ fn selects_timing_out_while_values_arrive_neither_lose_nor_duplicate_any() {
     });
     assert_eq!(sent, received);
 }
+
+/// The engine the macro calls (public but hidden) refuses one case passed
+/// twice with a panic before it touches a channel: registering the case
+/// twice queued its entry twice, and in a release build the channel's
+/// wait queue then linked that entry to itself (the next operation on the
+/// channel read a dead stack slot or looped for ever).
+#[test]
+fn the_select_engine_refuses_a_case_passed_twice() {
+    let rt = rt(1);
+    rt.block_on(|| {
+        let (tx, rx) = channel::<u32>(0);
+        let case = gosched::chan::select::RecvCase::new(&rx);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            gosched::chan::select::run(&[&case, &case], false)
+        }));
+        let err = r.expect_err("a case passed twice must be refused");
+        let msg = err
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| err.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        assert!(msg.contains("the same case twice (arms 0 and 1)"), "{msg}");
+        // Nothing was queued: the channel works as before.
+        drop(case);
+        gosched::spawn(move || tx.send(7).unwrap());
+        assert_eq!(rx.recv(), Some(7));
+    });
+}

@@ -294,6 +294,17 @@ fn select(cases: &[&dyn Case], wait: Wait) -> usize {
         n <= MAX_ARMS,
         "gosched::select!: too many arms ({n}; at most {MAX_ARMS})"
     );
+    // Also only reachable by hand (the macro makes one case per arm): one
+    // case passed twice would queue its entry twice, and a queue whose
+    // entry links to itself is memory corruption, not a panic.
+    for i in 1..n {
+        for j in 0..i {
+            assert!(
+                !std::ptr::addr_eq(cases[i], cases[j]),
+                "gosched::select!: the same case twice (arms {j} and {i})"
+            );
+        }
+    }
     if n == 0 {
         crate::sched::preempt_check();
         match wait {
