@@ -93,6 +93,28 @@ impl Shared {
         die(&out)
     }
 
+    /// Go's `newosproc` throw ("runtime: failed to create new OS thread"):
+    /// the OS refused the thread of a new M (`err`, from
+    /// `std::thread::Builder::spawn`). Unwinding instead would leave the P
+    /// the new M was to run in hand-off and the spinning count raised (no
+    /// M would ever be started again), kill sysmon when it was the caller,
+    /// and let `block_on` return while its goroutine, which borrows from
+    /// the caller's stack, is still queued. Prints the error, the likely
+    /// limit, and every goroutine, and exits with status 2. Called without
+    /// runtime locks held.
+    pub(crate) fn die_thread_create_failed(&self, err: &std::io::Error) -> ! {
+        let ms = self.allm.rt_lock().len();
+        let mut out = format!(
+            "gosched: failed to create new OS thread (have {} worker threads of this runtime and {} threads \
+             in the process already): {err}\ngosched: {}\nfatal error: newosproc\n",
+            ms.saturating_sub(1),
+            process_threads(),
+            thread_limit_hint(err),
+        );
+        out.push_str(&self.goroutine_dump());
+        die(&out)
+    }
+
     /// Every live goroutine, Go's traceback header style: `goroutine N
     /// [state]:` (with its name, if it has one) and where it was spawned. The state comes from atomics
     /// only (a parked goroutine's wait reason is its own `Cell`, written
@@ -144,6 +166,30 @@ fn push_goroutine(out: &mut String, g: &crate::sched::g::GRef, state: &str) {
         )),
         None => out.push_str("\tthe main goroutine (Runtime::block_on)\n"),
     }
+}
+
+/// What to change when the OS refuses a thread with `err` (for
+/// `die_thread_create_failed` and the sysmon start in `Builder::build`).
+/// glibc reports a thread stack it cannot map as EAGAIN too, so only
+/// ENOMEM rules the task limits out.
+pub(crate) fn thread_limit_hint(err: &std::io::Error) -> String {
+    const TASKS: &str = "the process may be at its task limit (the pids cgroup's pids.max, \
+                         RLIMIT_NPROC (ulimit -u), or kernel.threads-max)";
+    const MEMORY: &str = "the thread's stack may not fit in the address space or memory \
+                          (RLIMIT_AS (ulimit -v), vm.overcommit_memory=2, or vm.max_map_count)";
+    let cause = match err.raw_os_error() {
+        Some(libc::ENOMEM) => MEMORY.to_owned(),
+        _ => format!("{TASKS}, or {MEMORY}"),
+    };
+    format!(
+        "the OS refused a thread: {cause}. Raise that limit, or keep fewer goroutines in \
+         gosched::blocking or locked to their threads at once"
+    )
+}
+
+/// Threads of the process now (`/proc/self/task`; 0 if unreadable).
+fn process_threads() -> usize {
+    std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
 }
 
 /// Writes `msg` to stderr in one piece and exits with status 2 (Go's exit

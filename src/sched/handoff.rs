@@ -146,6 +146,9 @@ impl Shared {
         }
     }
 
+    /// Go's newm: a new M (OS thread) to run P `p`, `g` first. The only
+    /// place an M is created. Exceeding `max_threads`, or the OS refusing
+    /// the thread, is a fatal error (exit status 2), as in Go.
     pub(crate) fn newm(&self, p: usize, g: Option<GRef>, spinning: bool) {
         let mut all = self.allm.rt_lock();
         // Go's checkmcount: the new M plus sysmon must fit the limit.
@@ -192,11 +195,17 @@ impl Shared {
         all.push(m.clone());
         drop(all);
         let sh = self.me.upgrade().expect("runtime alive");
-        let t = std::thread::Builder::new()
+        let started = std::thread::Builder::new()
             .name(format!("gosched-m{}", m.id))
-            .spawn(move || schedule::mstart(sh, m))
-            .expect("gosched: cannot start a worker thread");
-        self.threads.rt_lock().push(t);
+            .spawn(move || schedule::mstart(sh, m));
+        match started {
+            Ok(t) => self.threads.rt_lock().push(t),
+            // Go's newosproc throw. Not a panic: the caller (a spawn, a
+            // wake-up, sysmon's retake) has taken P `p` and maybe counted
+            // a spinning M, which nobody would undo, and `block_on` would
+            // unwind while its goroutine stays queued.
+            Err(e) => self.die_thread_create_failed(&e),
+        }
     }
 
     /// Go's handoffp: give P away, starting an M for it only if it is

@@ -1,0 +1,127 @@
+//! What the runtime does when the OS refuses it something: a thread, the
+//! stack reservation, a stack. Go's answer is a fatal error (exit status 2,
+//! a message naming the limit, the goroutine dump) or, at build time, an
+//! error; never an unwinding panic that leaves the scheduler wedged.
+//!
+//! The refusals are real: a child process lowers its own address-space
+//! limit (RLIMIT_AS) to just above what it uses, so the next thread stack
+//! (or reservation) cannot be mapped. The tests run as root, which
+//! RLIMIT_NPROC does not bind; RLIMIT_AS binds everyone.
+
+mod common;
+
+use std::time::Duration;
+
+use gosched::Builder;
+
+/// The process's address-space size now (`VmSize` of /proc/self/status).
+fn vm_size() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSize:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmSize in /proc/self/status");
+    kb * 1024
+}
+
+/// Sets the soft RLIMIT_AS of this process to `bytes` (the hard limit is
+/// left alone, so `unlimit_address_space` can raise it back).
+fn limit_address_space(bytes: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the plain struct we own.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_AS, &mut lim), 0, "getrlimit");
+        lim.rlim_cur = bytes.min(lim.rlim_max);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_AS, &lim), 0, "setrlimit");
+    }
+}
+
+/// Lowers RLIMIT_AS to `slack` bytes above the current size: small
+/// allocations still fit, a new thread's stack (2 MiB by default) does not.
+/// Waits first until every thread of the process has started (a thread
+/// still starting maps its signal stack, and aborts the process if it
+/// cannot).
+fn limit_address_space_near_current(slack: u64) {
+    wait_for_threads_started();
+    limit_address_space(vm_size() + slack);
+}
+
+/// Waits until every thread of the process has been asleep in the kernel
+/// at once (a just-built runtime's sysmon has then finished starting).
+fn wait_for_threads_started() {
+    let me = common::os_tid();
+    let settled = common::wait_until(Duration::from_secs(20), || {
+        std::fs::read_dir("/proc/self/task")
+            .expect("read /proc/self/task")
+            .flatten()
+            .filter(|e| e.file_name().to_str() != Some(&me.to_string()))
+            .all(|e| {
+                let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+                let state = stat
+                    .rfind(')')
+                    .and_then(|i| stat[i + 1..].trim_start().chars().next());
+                matches!(state, Some('S') | Some('D'))
+            })
+    });
+    assert!(settled, "the process's threads never all slept");
+    // The sysmon of a just-built runtime may sleep once before its loop
+    // (setting its priority); its loop allocates nothing big.
+    std::thread::sleep(Duration::from_millis(100));
+}
+
+/// The OS refusing a worker thread is a fatal error (Go's "failed to
+/// create new OS thread"), on every path that starts an M: `block_on`'s
+/// spawn waking an M (which used to panic out of `block_on` while its
+/// goroutine, borrowing from the caller, stayed queued) and sysmon handing
+/// off the P of a thread blocked in the kernel (which used to kill sysmon
+/// and leave the P in hand-off for good: a hang).
+#[test]
+fn refused_worker_thread_is_a_fatal_error() {
+    if let Some(role) = common::child_role() {
+        let rt = Builder::new().procs(1).build().unwrap();
+        let v = [1u64, 2, 3];
+        match role.as_str() {
+            // No M exists yet: block_on's spawn must start one.
+            "block_on" => {
+                limit_address_space_near_current(1 << 20);
+                let n = rt.block_on(|| v.iter().sum::<u64>());
+                println!("UNEXPECTED: block_on returned {n}");
+            }
+            // The only M sleeps in the kernel with a goroutine waiting for
+            // its P: sysmon hands the P off, to a new M.
+            _ => {
+                let n = rt.block_on(|| {
+                    limit_address_space_near_current(1 << 20);
+                    let h = gosched::spawn(|| 1u64);
+                    std::thread::sleep(Duration::from_secs(3));
+                    h.join().unwrap() + v.iter().sum::<u64>()
+                });
+                println!("UNEXPECTED: block_on returned {n}");
+            }
+        }
+        return;
+    }
+    for role in ["block_on", "sysmon"] {
+        let out = common::run_child("refused_worker_thread_is_a_fatal_error", role, &[]);
+        let what = format!("role {role}: {}", out.describe());
+        assert_eq!(out.status.code(), Some(2), "{what}");
+        for needle in [
+            "gosched: failed to create new OS thread",
+            "Resource temporarily unavailable",
+            "pids.max",
+            "RLIMIT_NPROC",
+            "RLIMIT_AS",
+            "fatal error: newosproc",
+            "goroutine 1 [",
+            "the main goroutine (Runtime::block_on)",
+        ] {
+            assert!(out.stderr.contains(needle), "no {needle:?}; {what}");
+        }
+        assert!(!out.stderr.contains("panicked"), "{what}");
+        assert!(!out.stdout.contains("UNEXPECTED"), "{what}");
+    }
+}
