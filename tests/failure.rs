@@ -40,18 +40,22 @@ fn limit_address_space(bytes: u64) {
     }
 }
 
+/// Raises the soft RLIMIT_AS back to the hard limit.
+fn unlimit_address_space() {
+    limit_address_space(u64::MAX);
+}
+
 /// Lowers RLIMIT_AS to `slack` bytes above the current size: small
 /// allocations still fit, a new thread's stack (2 MiB by default) does not.
-/// Waits first until every thread of the process has started (a thread
-/// still starting maps its signal stack, and aborts the process if it
-/// cannot).
+/// Call `wait_for_threads_started` first: a thread still starting maps its
+/// signal stack, and aborts the process if it cannot.
 fn limit_address_space_near_current(slack: u64) {
-    wait_for_threads_started();
     limit_address_space(vm_size() + slack);
 }
 
-/// Waits until every thread of the process has been asleep in the kernel
-/// at once (a just-built runtime's sysmon has then finished starting).
+/// Waits until every other thread of the process has been asleep in the
+/// kernel at once (a just-built runtime's sysmon has then finished
+/// starting).
 fn wait_for_threads_started() {
     let me = common::os_tid();
     let settled = common::wait_until(Duration::from_secs(20), || {
@@ -83,6 +87,7 @@ fn wait_for_threads_started() {
 fn refused_worker_thread_is_a_fatal_error() {
     if let Some(role) = common::child_role() {
         let rt = Builder::new().procs(1).build().unwrap();
+        wait_for_threads_started();
         let v = [1u64, 2, 3];
         match role.as_str() {
             // No M exists yet: block_on's spawn must start one.
@@ -92,7 +97,9 @@ fn refused_worker_thread_is_a_fatal_error() {
                 println!("UNEXPECTED: block_on returned {n}");
             }
             // The only M sleeps in the kernel with a goroutine waiting for
-            // its P: sysmon hands the P off, to a new M.
+            // its P: sysmon hands the P off, to a new M. (The goroutine
+            // must not sleep in the kernel before: sysmon would hand off
+            // its P to a spinning M then, which would stay idle, ready.)
             _ => {
                 let n = rt.block_on(|| {
                     limit_address_space_near_current(1 << 20);
@@ -124,4 +131,48 @@ fn refused_worker_thread_is_a_fatal_error() {
         assert!(!out.stderr.contains("panicked"), "{what}");
         assert!(!out.stdout.contains("UNEXPECTED"), "{what}");
     }
+}
+
+/// Under an address-space limit (`ulimit -v`) the stack reservation fails;
+/// the error says what was reserved, why it may fail and what to change,
+/// not just "Cannot allocate memory". Lifting the limit lets a runtime
+/// build again.
+#[test]
+fn refused_stack_reservation_names_the_reservation_and_the_limit() {
+    if common::child_role().is_some() {
+        wait_for_threads_started();
+        // Half the reservation (256 GiB) above what the process uses.
+        limit_address_space_near_current(128 << 30);
+        match Builder::new().procs(1).build() {
+            Ok(_) => println!("UNEXPECTED: built under the limit"),
+            Err(e) => println!("ERR: {e} (kind {:?})", e.kind()),
+        }
+        unlimit_address_space();
+        let rt = Builder::new().procs(1).build().unwrap();
+        println!("AFTER: {}", rt.block_on(|| 7));
+        return;
+    }
+    let out = common::run_child(
+        "refused_stack_reservation_names_the_reservation_and_the_limit",
+        "child",
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", out.describe());
+    // libtest's "test ... " may precede the line (--nocapture).
+    let err = out
+        .stdout
+        .lines()
+        .find_map(|l| l.split_once("ERR: ").map(|(_, e)| e))
+        .unwrap_or_else(|| panic!("build did not fail: {}", out.describe()));
+    for needle in [
+        "cannot reserve 256 GiB of address space for goroutine stacks",
+        "Cannot allocate memory",
+        "RLIMIT_AS (ulimit -v; now ",
+        "vm.overcommit_memory=2",
+        "kind OutOfMemory",
+        "ulimit -v unlimited",
+    ] {
+        assert!(err.contains(needle), "no {needle:?} in {err:?}");
+    }
+    assert!(out.stdout.contains("AFTER: 7"), "{}", out.describe());
 }

@@ -142,7 +142,8 @@ impl StackPool {
         let map = MmapOptions::new()
             .len(RESERVATION)
             .no_reserve_swap()
-            .map_anon()?;
+            .map_anon()
+            .map_err(reservation_error)?;
         let nslots = RESERVATION / slot;
         let base = map.as_ptr() as usize;
         let registration = overflow::register_stacks(base, nslots * slot, slot, guard);
@@ -298,6 +299,38 @@ impl Drop for StackPool {
     fn drop(&mut self) {
         self.unmap();
     }
+}
+
+/// The error of a refused reservation: the bare "Cannot allocate memory"
+/// of `mmap` says neither what was asked for nor which limit refused it.
+fn reservation_error(e: io::Error) -> io::Error {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the plain struct we own.
+    let as_limit = if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) } != 0 {
+        "unknown".to_owned()
+    } else if lim.rlim_cur == libc::RLIM_INFINITY {
+        "unlimited".to_owned()
+    } else {
+        format!("{} MiB", lim.rlim_cur >> 20)
+    };
+    let overcommit = std::fs::read_to_string("/proc/sys/vm/overcommit_memory")
+        .map_or_else(|_| "unknown".to_owned(), |s| s.trim().to_owned());
+    io::Error::new(
+        e.kind(),
+        format!(
+            "gosched: cannot reserve {} GiB of address space for goroutine stacks: {e}. The reservation \
+             is virtual (MAP_NORESERVE: nothing is committed until a stack uses it) and its size is fixed \
+             (Builder::stack_size does not change it); what refuses it is a limit on address space: \
+             RLIMIT_AS (ulimit -v; now {as_limit}) must allow {} GiB more than the process uses, and \
+             strict overcommit accounting (vm.overcommit_memory=2; now {overcommit}) counts it in full. \
+             Lift the limit (ulimit -v unlimited) or use overcommit mode 0 or 1",
+            RESERVATION >> 30,
+            RESERVATION >> 30,
+        ),
+    )
 }
 
 fn max_map_count() -> usize {
