@@ -93,7 +93,7 @@ impl Runtime {
     /// # Errors
     ///
     /// As [`Builder::build`] (a malformed `GOSCHED_*` variable, or the OS
-    /// refusing the stack reservation).
+    /// refusing the stack reservation or the sysmon thread).
     ///
     /// # Examples
     ///
@@ -127,8 +127,29 @@ impl Runtime {
             crate::diag::sigquit::register(&shared);
         }
         crate::sched::LIVE_RUNTIMES.fetch_add(1, Ordering::SeqCst);
-        let sysmon = Some(crate::preempt::sysmon::start(shared.clone()));
-        Ok(Runtime { shared, sysmon })
+        let mut rt = Runtime {
+            shared,
+            sysmon: None,
+        };
+        match crate::preempt::sysmon::start(rt.shared.clone()) {
+            Ok(t) => rt.sysmon = Some(t),
+            Err(e) => {
+                // Undo everything: dropping the runtime (no M has started,
+                // no goroutine exists) unmaps the stacks, closes the
+                // poller and uncounts it (the deadlock check needs an exact
+                // count of live runtimes). The refused thread's closure,
+                // with its reference to `Shared`, is gone already.
+                drop(rt);
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "gosched: cannot start the runtime's sysmon thread: {e}; {}",
+                        Shared::thread_limit_hint(&e)
+                    ),
+                ));
+            }
+        }
+        Ok(rt)
     }
 
     /// Runs `f` as the main goroutine and blocks the calling thread until it

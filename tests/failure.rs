@@ -176,3 +176,124 @@ fn refused_stack_reservation_names_the_reservation_and_the_limit() {
     }
     assert!(out.stdout.contains("AFTER: 7"), "{}", out.describe());
 }
+
+/// The role of a child whose scenario runs before libtest's `main` (see
+/// `pre_main`).
+const PRE_MAIN_SYSMON: &str = "pre-main: sysmon refused";
+
+/// Runs a child scenario that needs the process to itself: the deadlock
+/// report holds back while any thread exists that could still wake a
+/// goroutine, and libtest runs each test on a thread of its own while its
+/// main thread waits. Entries of `.init_array` run before `main`, when the
+/// process has one thread; the scenario exits the process.
+#[used]
+#[link_section = ".init_array"]
+static PRE_MAIN: extern "C" fn() = pre_main;
+
+extern "C" fn pre_main() {
+    if std::env::var(common::CHILD_ENV).as_deref() != Ok(PRE_MAIN_SYSMON) {
+        return;
+    }
+    // No unwinding out of an `extern "C"` function: a panic is exit 101.
+    let r = std::panic::catch_unwind(sysmon_refused_scenario);
+    std::process::exit(if r.is_ok() { 0 } else { 101 });
+}
+
+/// The child of `refused_sysmon_thread_is_a_build_error_and_undone`.
+fn sysmon_refused_scenario() {
+    // The parent sets RUST_MIN_STACK to 128 MiB: the reservation and the
+    // runtime's allocations fit in the limit, the sysmon thread's stack
+    // does not.
+    let before = vm_size();
+    limit_address_space(before + (256 << 30) + (32 << 20));
+    let built = Builder::new().procs(1).build();
+    unlimit_address_space();
+    match built {
+        Ok(_) => eprintln!("UNEXPECTED: built under the limit"),
+        Err(e) => eprintln!("BUILD ERR: {e} (kind {:?})", e.kind()),
+    }
+    // The stack reservation was unmapped.
+    let after = vm_size();
+    assert!(
+        after < before + (1 << 30),
+        "the failed build left {} MiB mapped",
+        (after - before) >> 20
+    );
+    // The failed build left nothing counted: this runtime, the only one,
+    // reports its deadlock (exit status 2).
+    let rt = Builder::new().procs(1).build().unwrap();
+    rt.block_on(|| {
+        let (tx, rx) = gosched::chan::channel::<u32>(0);
+        let _keep = tx;
+        rx.recv();
+    });
+    eprintln!("UNEXPECTED: the receive returned");
+}
+
+/// The OS refusing the sysmon thread makes `Builder::build` return an
+/// error naming it (it used to panic), and undoes what the build set up:
+/// a later runtime, alone in the process, still reports a deadlock (the
+/// failed build used to stay counted as a live runtime, which silenced the
+/// report for the life of the process).
+#[test]
+fn refused_sysmon_thread_is_a_build_error_and_undone() {
+    let mut cmd = common::child_command(
+        "refused_sysmon_thread_is_a_build_error_and_undone",
+        PRE_MAIN_SYSMON,
+    );
+    cmd.env("RUST_MIN_STACK", (128u32 << 20).to_string());
+    let (status, stderr) = run_with_timeout(cmd, common::CHILD_TIMEOUT);
+    let what = format!("{status:?}\n--- stderr ---\n{stderr}");
+    let err = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("BUILD ERR: "))
+        .unwrap_or_else(|| panic!("build did not fail: {what}"));
+    for needle in [
+        "cannot start the runtime's sysmon thread",
+        "Resource temporarily unavailable",
+        "RLIMIT_NPROC",
+        "RLIMIT_AS",
+        "kind WouldBlock",
+    ] {
+        assert!(err.contains(needle), "no {needle:?} in {err:?}");
+    }
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{what}");
+    assert!(
+        stderr.contains("fatal error: all goroutines are asleep - deadlock!"),
+        "{what}"
+    );
+}
+
+/// Runs `cmd` (stdout discarded) and returns its exit status, or `None` if
+/// it ran past `timeout` (it is killed then), and its stderr. For children
+/// that libtest does not run (`common::run_child` checks that it did).
+fn run_with_timeout(
+    mut cmd: std::process::Command,
+    timeout: Duration,
+) -> (Option<std::process::ExitStatus>, String) {
+    use std::io::Read;
+    use std::process::Stdio;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn the child process");
+    let mut pipe = child.stderr.take().expect("child stderr");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = pipe.read_to_string(&mut s);
+        s
+    });
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait for the child") {
+            break Some(st);
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    (status, reader.join().unwrap())
+}

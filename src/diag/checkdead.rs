@@ -109,10 +109,30 @@ impl Shared {
              in the process already): {err}\ngosched: {}\nfatal error: newosproc\n",
             ms.saturating_sub(1),
             process_threads(),
-            thread_limit_hint(err),
+            Self::thread_limit_hint(err),
         );
         out.push_str(&self.goroutine_dump());
         die(&out)
+    }
+
+    /// What to change when the OS refuses a thread with `err` (for
+    /// `die_thread_create_failed` and the sysmon start in `Builder::build`;
+    /// an associated function because `diag::checkdead` is private).
+    /// glibc reports a thread stack it cannot map as EAGAIN too, so only
+    /// ENOMEM rules the task limits out.
+    pub(crate) fn thread_limit_hint(err: &std::io::Error) -> String {
+        const TASKS: &str = "the process may be at its task limit (the pids cgroup's pids.max, \
+                             RLIMIT_NPROC (ulimit -u), or kernel.threads-max)";
+        const MEMORY: &str = "the thread's stack may not fit in the address space or memory \
+                              (RLIMIT_AS (ulimit -v), vm.overcommit_memory=2, or vm.max_map_count)";
+        let cause = match err.raw_os_error() {
+            Some(libc::ENOMEM) => MEMORY.to_owned(),
+            _ => format!("{TASKS}, or {MEMORY}"),
+        };
+        format!(
+            "the OS refused a thread: {cause}. Raise that limit, or keep fewer goroutines in \
+             gosched::blocking or locked to their threads at once"
+        )
     }
 
     /// Every live goroutine, Go's traceback header style: `goroutine N
@@ -166,25 +186,6 @@ fn push_goroutine(out: &mut String, g: &crate::sched::g::GRef, state: &str) {
         )),
         None => out.push_str("\tthe main goroutine (Runtime::block_on)\n"),
     }
-}
-
-/// What to change when the OS refuses a thread with `err` (for
-/// `die_thread_create_failed` and the sysmon start in `Builder::build`).
-/// glibc reports a thread stack it cannot map as EAGAIN too, so only
-/// ENOMEM rules the task limits out.
-pub(crate) fn thread_limit_hint(err: &std::io::Error) -> String {
-    const TASKS: &str = "the process may be at its task limit (the pids cgroup's pids.max, \
-                         RLIMIT_NPROC (ulimit -u), or kernel.threads-max)";
-    const MEMORY: &str = "the thread's stack may not fit in the address space or memory \
-                          (RLIMIT_AS (ulimit -v), vm.overcommit_memory=2, or vm.max_map_count)";
-    let cause = match err.raw_os_error() {
-        Some(libc::ENOMEM) => MEMORY.to_owned(),
-        _ => format!("{TASKS}, or {MEMORY}"),
-    };
-    format!(
-        "the OS refused a thread: {cause}. Raise that limit, or keep fewer goroutines in \
-         gosched::blocking or locked to their threads at once"
-    )
 }
 
 /// Threads of the process now (`/proc/self/task`; 0 if unreadable).

@@ -177,12 +177,12 @@ fn thread_sleeping(tid: i32) -> bool {
 /// microseconds at a time).
 const SYSMON_SLICE: Duration = Duration::from_micros(100);
 
-/// Starts the sysmon thread of a runtime.
-pub(crate) fn start(sh: Arc<Shared>) -> std::thread::JoinHandle<()> {
+/// Starts the sysmon thread of a runtime; the OS may refuse the thread
+/// (`Builder::build` then returns the error).
+pub(crate) fn start(sh: Arc<Shared>) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("gosched-sysmon".into())
         .spawn(move || run(&sh))
-        .expect("gosched: cannot start the sysmon thread")
 }
 
 fn run(sh: &Shared) {
