@@ -51,11 +51,15 @@
 //!
 //! ## What asynchronous preemption may interrupt, and what it never does
 //!
-//! It interrupts only code of the main executable (your crate, std, other
-//! statically linked Rust) running on a goroutine that sysmon asked to yield,
-//! outside any [`no_preempt`] region and outside the runtime. It never
-//! interrupts libc (malloc, stdio), the vDSO or other shared objects, a
-//! signal handler, or the scheduler. In [`PreemptMode::ThreadAffine`] (the
+//! It interrupts only Rust code of the main executable (your crate, std,
+//! other statically linked Rust) running on a goroutine that sysmon asked to
+//! yield, outside any [`no_preempt`] region and outside the runtime. It
+//! never interrupts libc (malloc, stdio), the vDSO or other shared objects,
+//! C, C++ or assembly linked into the executable (a C `#[global_allocator]`
+//! such as mimalloc or jemalloc, a static musl), the methods of a
+//! `GlobalAlloc` implementation, a signal handler, or the scheduler. (Rust
+//! code is told apart by its symbol names, from the executable's symbol
+//! table; a stripped executable is taken to be all Rust.) In [`PreemptMode::ThreadAffine`] (the
 //! default) a preempted goroutine resumes on the same OS thread, which runs
 //! nothing else meanwhile, so thread-locals and std's reentrant locks stay
 //! sound. In [`PreemptMode::Migrate`] it may resume anywhere (Go's
@@ -308,6 +312,15 @@ pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
 /// `runtime.LockOSThread`): until a matching [`unlock_os_thread`] it runs
 /// only on this thread, and this thread runs nothing else. Calls nest.
 /// No-op on a plain thread.
+///
+/// A goroutine that exits while still locked (more calls than
+/// [`unlock_os_thread`]s) takes its thread with it, as in Go: the thread
+/// exits instead of running other goroutines, and its P passes to another
+/// thread. So a goroutine that changes its thread's state (a network
+/// namespace with `setns`/`unshare`, the CPU affinity, the signal mask,
+/// scheduling policy, credentials) should lock, make the change, and exit
+/// without unlocking; a thread unlocked after such a change goes back to
+/// the pool as it is.
 ///
 /// # Examples
 ///

@@ -15,9 +15,12 @@
 //! 3. The interrupted stack pointer lies inside the goroutine's stack with room for
 //!    the red zone, the trampoline frame, the XSAVE area and the scheduler
 //!    call.
-//! 4. The interrupted pc lies in the main executable's code, not in libc,
-//!    the loader, the vDSO or another shared object (preempting inside
-//!    malloc would hand its locks and per-thread caches to another thread).
+//! 4. The interrupted pc lies in a Rust function of the main executable
+//!    (`rust_code`: not C, C++ or assembly linked into it, not an
+//!    allocator's `GlobalAlloc` methods), not in libc, the loader, the vDSO
+//!    or another shared object (preempting inside malloc would leave its
+//!    locks and per-thread caches half-updated while the scheduler, on the
+//!    same thread, allocates).
 //!    The one exception: libc's memory and string routines and libm, which
 //!    hold no lock and no thread state, when called from the main
 //!    executable (`leaf` finds their address ranges at
@@ -62,7 +65,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{leaf, slice_timer, FORWARD_FLAGS, FORWARD_HANDLER};
+use super::{leaf, rust_code, slice_timer, FORWARD_FLAGS, FORWARD_HANDLER};
 use crate::arch;
 use crate::preempt::Refusal;
 
@@ -76,8 +79,8 @@ const MAX_RANGES: usize = 16;
 static TEXT: [AtomicUsize; 2 * MAX_RANGES] = [const { AtomicUsize::new(0) }; 2 * MAX_RANGES];
 
 /// Records the main executable's code ranges (rule 4), once, before the
-/// handler is installed.
-pub(super) fn read_text_ranges() {
+/// handler is installed; returns its load address (0 if not found).
+pub(super) fn read_text_ranges() -> usize {
     unsafe extern "C" fn each(
         info: *mut libc::dl_phdr_info,
         _size: usize,
@@ -86,7 +89,11 @@ pub(super) fn read_text_ranges() {
         // SAFETY: dl_iterate_phdr passes a valid info for each object; the
         // first object is the main program.
         let info = unsafe { &*info };
-        let n = data.cast::<usize>();
+        let out = data.cast::<[usize; 2]>();
+        // SAFETY: `data` is the [count, load address] pair passed below.
+        unsafe { (*out)[1] = info.dlpi_addr as usize };
+        // SAFETY: as above; the count is its first word.
+        let n = unsafe { core::ptr::addr_of_mut!((*out)[0]) };
         for i in 0..info.dlpi_phnum as usize {
             // SAFETY: dlpi_phdr has dlpi_phnum entries.
             let ph = unsafe { &*info.dlpi_phdr.add(i) };
@@ -104,9 +111,11 @@ pub(super) fn read_text_ranges() {
         }
         1 // the main program is first: stop after it
     }
-    let mut n = 0usize;
-    // SAFETY: the callback only reads the headers it is given.
-    unsafe { libc::dl_iterate_phdr(Some(each), (&mut n as *mut usize).cast()) };
+    let mut out = [0usize; 2];
+    // SAFETY: the callback only reads the headers it is given and writes
+    // `out`, which outlives the call.
+    unsafe { libc::dl_iterate_phdr(Some(each), (&mut out as *mut [usize; 2]).cast()) };
+    out[1]
 }
 
 fn in_main_text(pc: usize) -> bool {
@@ -114,6 +123,13 @@ fn in_main_text(pc: usize) -> bool {
         let s = TEXT[2 * k].load(Ordering::Relaxed);
         s != 0 && pc >= s && pc < TEXT[2 * k + 1].load(Ordering::Relaxed)
     })
+}
+
+/// Rule 4 inside the main executable: its code, and there a Rust function
+/// that is not an allocator's (`rust_code`; the whole text when the
+/// executable has no symbol table).
+fn preemptible_main(pc: usize) -> bool {
+    in_main_text(pc) && rust_code::admits(pc).unwrap_or(true)
 }
 
 /// Step 3 of the handler: checks the rules; on success rewrites `ctx`.
@@ -153,9 +169,9 @@ fn try_preempt(m: &crate::sched::M, ctx: &mut arch::SigContext) -> Result<(), Re
     let leaf = || {
         // SAFETY: rule 3 checked bottom <= sp <= top: [sp, top) is the
         // live part of the goroutine's stack.
-        unsafe { leaf::admits(ctx.pc(), sp, stack_top, in_main_text) }
+        unsafe { leaf::admits(ctx.pc(), sp, stack_top, preemptible_main) }
     };
-    if !in_main_text(ctx.pc()) && !leaf() {
+    if !preemptible_main(ctx.pc()) && (in_main_text(ctx.pc()) || !leaf()) {
         return Err(Refusal::ForeignCode);
     }
     // Rule 5: compare the kernel's 64-bit mask (the rest of glibc's

@@ -36,6 +36,7 @@
 
 mod handler;
 mod leaf;
+mod rust_code;
 mod slice_timer;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -87,7 +88,8 @@ static INSTALL: Once = Once::new();
 pub(crate) fn install() {
     INSTALL.call_once(|| {
         arch::init_extended_state();
-        read_text_ranges();
+        let load = read_text_ranges();
+        rust_code::init(load);
         leaf::init();
         let _g = RECLAIM.lock().unwrap_or_else(|e| e.into_inner());
         // Read the current action and record it as the forward target,

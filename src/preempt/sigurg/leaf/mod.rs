@@ -34,7 +34,8 @@
 //! 2. Its caller is the main executable: unwinding from the interrupted
 //!    rsp through admitted frames only (at most `MAX_DEPTH`, using each
 //!    frame's CFA offset at its pc), the first return address outside
-//!    them lies in the main executable's code. This matters: libc itself
+//!    them lies in code rule 4 admits there (a Rust function, see
+//!    `super::rust_code`: not a C allocator's `memcpy` call). This matters: libc itself
 //!    calls `memcpy` from `realloc` with the arena locked and from
 //!    `fwrite` with the `FILE` locked; preempting there would let the
 //!    scheduler, on the same thread, call `malloc` into that arena and
