@@ -34,10 +34,11 @@
 //!
 //! The executable's `.symtab`, read once from `/proc/self/exe` at start-up
 //! (outside the handler): section headers, the symbol table and its string
-//! table. Function symbols (`STT_FUNC`, non-zero size) that pass the rule
-//! become `[start, end)` ranges (relocated by the executable's load
-//! address), sorted and merged where adjacent; the handler binary-searches
-//! the leaked table (no allocation, no lock, no call).
+//! table. Function symbols (`STT_FUNC`, non-zero size), relocated by the
+//! executable's load address and sorted, give runs of admitted functions
+//! with no refused one between them; each run is one `[start, end)` range
+//! (a few hundred for a large program, not one per function); the handler
+//! binary-searches the leaked table (no allocation, no lock, no call).
 //!
 //! A stripped executable (`strip = "symbols"`, or `strip` run on it) has
 //! no `.symtab`: then every pc of its code is admitted, as before. With a
@@ -169,7 +170,8 @@ fn rust_functions(f: &File, load: usize) -> Option<Vec<(usize, usize)>> {
     let strtab = section(usize::try_from(link?).ok()?)?;
     let syms = read_section(f, symtab)?;
     let strs = read_section(f, strtab)?;
-    let mut ranges: Vec<(usize, usize)> = syms
+    // Every function, admitted or not: (start, end, admitted).
+    let mut funcs: Vec<(usize, usize, bool)> = syms
         .chunks_exact(SYM)
         .filter_map(|s| {
             let (name, info) = (u32_at(s, 0)?, s[4]);
@@ -179,23 +181,42 @@ fn rust_functions(f: &File, load: usize) -> Option<Vec<(usize, usize)>> {
             }
             let name = strs.get(usize::try_from(name).ok()?..)?;
             let name = &name[..name.iter().position(|&c| c == 0)?];
-            if !admitted_name(name) {
-                return None;
-            }
             let start = load.checked_add(usize::try_from(value).ok()?)?;
-            Some((start, start.checked_add(usize::try_from(size).ok()?)?))
+            let end = start.checked_add(usize::try_from(size).ok()?)?;
+            Some((start, end, admitted_name(name)))
         })
         .collect();
-    ranges.sort_unstable();
-    // Merge adjacent and overlapping functions (aliases, and the long runs
-    // of Rust functions one codegen unit lays out back to back).
-    let mut merged: Vec<(usize, usize)> = Vec::with_capacity(ranges.len());
-    for (s, e) in ranges {
-        match merged.last_mut() {
-            Some(last) if s <= last.1 => last.1 = last.1.max(e),
-            _ => merged.push((s, e)),
+    // By start; at one start the admitted first, so that a refused alias
+    // of the same code cuts it out (refusal wins).
+    funcs.sort_unstable_by_key(|&(start, end, ok)| (start, !ok, end));
+    // Merge runs of admitted functions with nothing refused between them
+    // (only alignment padding, never executed): the table stays small
+    // (tens of ranges, not one per function) and the handler's search
+    // touches few cache lines. A refused function (or an alias of one)
+    // ends the run and is cut out of any admitted range overlapping it.
+    let mut merged: Vec<(usize, usize)> = Vec::new();
+    let mut run: Option<(usize, usize)> = None;
+    for (start, end, ok) in funcs {
+        match (ok, run.as_mut()) {
+            (true, Some(r)) => r.1 = r.1.max(end),
+            (true, None) => run = Some((start, end)),
+            (false, Some(r)) => {
+                let (s, e) = (r.0, r.1.min(start));
+                if s < e {
+                    merged.push((s, e));
+                }
+                run = None;
+            }
+            (false, None) => {
+                // An admitted range already closed may overlap this one.
+                if let Some(last) = merged.last_mut() {
+                    last.1 = last.1.min(start).max(last.0);
+                }
+            }
         }
     }
+    merged.extend(run);
+    merged.retain(|&(s, e)| s < e);
     merged.shrink_to_fit();
     Some(merged)
 }
@@ -263,7 +284,10 @@ mod tests {
     fn rust_functions_are_admitted_and_c_and_allocators_are_not() {
         assert!(!table().is_empty());
         assert_eq!(admits(a_rust_function as *const () as usize), Some(true));
-        assert_eq!(admits(a_rust_function as *const () as usize + 1), Some(true));
+        assert_eq!(
+            admits(a_rust_function as *const () as usize + 1),
+            Some(true)
+        );
         assert_eq!(
             admits(gosched_test_unmangled_function as *const () as usize),
             Some(false),
