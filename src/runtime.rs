@@ -27,7 +27,9 @@ use crate::sched::{self, Shared};
 ///   values their closures captured (for a goroutine that never started,
 ///   the whole closure) are leaked. So a lock such a goroutine holds stays
 ///   held, a `Sender` it holds keeps its channel open, a file it owns
-///   stays open.
+///   stays open. That includes std's own locks: a goroutine abandoned in
+///   the middle of a `println!` (preempted there) keeps stdout's lock, and
+///   every later `println!` of the process blocks.
 /// - The stack of an abandoned goroutine that had started stays mapped
 ///   (leaked, with the pages it touched) for the life of the process:
 ///   other threads may still reach into it (a parked goroutine's waiter
@@ -41,7 +43,10 @@ use crate::sched::{self, Shared};
 /// Join the goroutines whose work or cleanup matters (or wait on a
 /// [`sync::WaitGroup`](crate::sync::WaitGroup)) before dropping the
 /// runtime. A goroutine spinning without ever reaching a scheduling point
-/// keeps the drop waiting unless asynchronous preemption is on.
+/// keeps the drop waiting unless asynchronous preemption is on, and one
+/// inside [`blocking`](crate::blocking) keeps it waiting until its call
+/// returns (a thread blocked in the kernel cannot be stopped; a read of a
+/// terminal or a socket with no timeout may never return).
 ///
 /// # Fork
 ///
