@@ -24,7 +24,9 @@ pub(crate) enum Reason {
 pub(crate) struct M {
     pub(crate) id: usize,
     pub(crate) shared: *const Shared,
-    /// Kernel thread id, for tgkill and /proc. Written once at start.
+    /// Kernel thread id, for tgkill and /proc. Written at start (0
+    /// until then), and set to [`TID_EXITED`] when the thread ends (see
+    /// [`M::exited`]).
     pub(crate) tid: AtomicI32,
     pub(crate) note: Note,
     /// A P handed to this M (index + 1; 0 = none). Written by the M that
@@ -111,7 +113,23 @@ unsafe impl Sync for M {}
 // SAFETY: as above.
 unsafe impl Send for M {}
 
+/// `M::tid` of an M whose thread has ended: the runtime shut down, or a
+/// goroutine exited while locked to it (`G0::exit_locked`). The M struct
+/// stays in `Shared::allm` (Ms live as long as Shared: other threads may
+/// still hold a pointer to it), but no thread runs it any more. A
+/// tgkill, `sched_setaffinity` or /proc look-up with it fails harmlessly.
+pub(crate) const TID_EXITED: i32 = -1;
+
 impl M {
+    /// Has this M's thread ended (`TID_EXITED`)? Counts of threads (the
+    /// deadlock check, the thread limit) must skip such Ms: their thread no
+    /// longer exists.
+    // For those counts (`Shared::deadlocked`, `Shared::newm`'s limit).
+    #[allow(dead_code)]
+    pub(crate) fn exited(&self) -> bool {
+        self.tid.load(Ordering::Acquire) == TID_EXITED
+    }
+
     /// The runtime of this M (async-signal-safe: a plain read).
     pub(crate) fn shared_ref(&self) -> &Shared {
         // SAFETY: Shared outlives every M (the M threads hold an Arc).

@@ -1,6 +1,23 @@
 //! The M side of the scheduler: the loop each worker thread runs on its own
 //! stack (g0): `schedule`, `execute`, `find_runnable`, stealing, parking and
 //! the LockOSThread hand-offs. See the parent module for the protocol.
+//!
+//! # A goroutine that exits locked
+//!
+//! A goroutine that ends while still locked to its thread (more
+//! `lock_os_thread` calls than unlocks) takes the thread with it, as in Go
+//! (`goexit0` returning to `mstart`, then `mexit`): it may have locked the
+//! thread precisely to change its state (a network namespace entered with
+//! `setns`/`unshare`, its CPU affinity, its signal mask, scheduling policy,
+//! credentials), and a pooled thread would hand that state to whatever
+//! goroutine runs there next. A changed signal mask would also make the
+//! SIGURG handler refuse every asynchronous preemption on that thread
+//! (safe-point rule 5 compares the interrupted mask with `M::sigmask`).
+//! So `G0::exit_locked` hands the M's P on as any M leaving does
+//! (`handoffp`: an M is woken or started for it if work waits), the thread
+//! returns from `mstart` (no `pthread_exit` through Rust frames), and the M
+//! is marked `TID_EXITED`. Its struct stays in `allm`; its join handle is
+//! reaped by the next M that exits this way, or by `Runtime` drop.
 
 use crate::sched::RuntimeLock;
 use std::ptr::{self, NonNull};
@@ -55,6 +72,10 @@ pub(super) fn mstart(sh: Arc<Shared>, m: Arc<M>) {
     set_cur_m(ptr::null());
     // Cannot fail: the same call succeeded above.
     let _ = arch::set_thread_base(0);
+    // Last: from here on this M's thread counts as gone (`M::exited`).
+    // The thread itself lingers a moment longer, which only makes the
+    // deadlock check (threads == Ms + ...) hold back one look.
+    m.tid.store(TID_EXITED, Ordering::Release);
 }
 
 /// An M's scheduler context: the code that runs on the M's own thread
@@ -111,7 +132,9 @@ impl G0<'_> {
         p
     }
 
-    /// The scheduler loop (Go's schedule): runs until shutdown.
+    /// The scheduler loop (Go's schedule): runs until shutdown, or until a
+    /// goroutine exits locked to this M (see the module docs): then the
+    /// caller, `mstart`, ends the thread.
     pub(super) fn run(&self) {
         let mut next: Option<(GRef, bool)> = None;
         loop {
@@ -159,6 +182,13 @@ impl G0<'_> {
                 continue;
             }
             let back = self.execute(g, inherit);
+            if back.lock_count.get() > 0 && self.m.reason.get() == Reason::Exit {
+                // Go's goexit0 on a locked M: the G is freed, the thread
+                // is not reused.
+                let _ = self.after(back);
+                self.exit_locked();
+                return;
+            }
             next = self.after(back);
         }
         if let Some(p) = self.m.p.get() {
@@ -435,6 +465,48 @@ impl G0<'_> {
             // Dekker with the spinning protocol (see `wakep`).
             fence(Ordering::SeqCst);
             self.sh.wakep();
+        }
+    }
+
+    /// Go's mexit for an M whose goroutine exited locked to it (see the
+    /// module docs): give up the P as any M leaving does, and reap the
+    /// threads of Ms that ended before. The caller returns to `mstart`,
+    /// which ends the thread.
+    fn exit_locked(&self) {
+        debug_assert!(self.m.locked_g.get().is_none());
+        // A thread this one creates now (`handoffp` may start an M)
+        // inherits its signal mask and CPU affinity: put back the ones the
+        // M started with. Namespaces and credentials cannot be put back
+        // (Go starts such Ms from a clean template thread instead; gosched
+        // does not, yet).
+        // SAFETY: `sigmask` is this M's own mask, written at start by this
+        // thread (owner-only); pthread_sigmask changes only the calling
+        // thread's mask, and sched_setaffinity with pid 0 only the calling
+        // thread's affinity, from a mask read from this thread at start.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, self.m.sigmask.get(), ptr::null_mut());
+            if let Some(mask) = self.m.cpu_mask.get() {
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mask);
+            }
+        }
+        if self.m.p.get().is_some() {
+            let p = self.releasep();
+            self.sh.handoffp(p, false);
+        }
+        // The handles of threads that ended so far (their joins return at
+        // once); ours is reaped by the next M that exits, or by `shutdown`.
+        // Without this a program that ends locked goroutines all day would
+        // keep one handle per ended thread until the runtime drops.
+        let done = {
+            let mut threads = self.sh.threads.rt_lock();
+            let (done, running): (Vec<_>, Vec<_>) = std::mem::take(&mut *threads)
+                .into_iter()
+                .partition(|t| t.is_finished());
+            *threads = running;
+            done
+        };
+        for t in done {
+            let _ = t.join();
         }
     }
 

@@ -1,0 +1,392 @@
+//! The state of OS threads, as goroutines and signals see it: a goroutine
+//! that exits while locked to its thread takes the thread with it (its
+//! signal mask and CPU affinity never reach a later goroutine).
+//!
+//! Deadlock reports need a process whose every thread the deadlock check
+//! can account for, which a libtest child is not (its main thread waits for
+//! the test thread on a channel): those scenarios run in a single-threaded
+//! copy of the child, made with `fork` before any runtime exists
+//! (`in_single_threaded_copy`).
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::os_tid;
+use gosched::Builder;
+
+/// Is SIGUSR2 blocked on the calling thread?
+fn sigusr2_blocked() -> bool {
+    // SAFETY: sigset_t is plain data; a null new set only reads this
+    // thread's mask into `old`.
+    unsafe {
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        assert_eq!(
+            libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut old),
+            0
+        );
+        libc::sigismember(&old, libc::SIGUSR2) == 1
+    }
+}
+
+/// Blocks SIGUSR2 on the calling thread.
+fn block_sigusr2() {
+    // SAFETY: builds a one-signal set and adds it to this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGUSR2);
+        assert_eq!(
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()),
+            0
+        );
+    }
+}
+
+/// The calling thread's CPU affinity.
+fn affinity() -> libc::cpu_set_t {
+    // SAFETY: cpu_set_t is plain data, filled by the kernel; 0 = this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set),
+            0
+        );
+        set
+    }
+}
+
+/// The CPUs in `set`.
+fn cpus_of(set: &libc::cpu_set_t) -> Vec<usize> {
+    (0..8 * std::mem::size_of::<libc::cpu_set_t>())
+        // SAFETY: `c` is inside the set.
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, set) })
+        .collect()
+}
+
+/// Restricts the calling thread to CPU `cpu`.
+fn pin_to(cpu: usize) {
+    // SAFETY: builds a one-CPU set (cpu < CPU_SETSIZE: it came from
+    // `cpus_of`) and applies it to this thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+}
+
+/// Does thread `tid` of this process still exist?
+fn thread_alive(tid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/self/task/{tid}")).exists()
+}
+
+/// A goroutine that blocks SIGUSR2 and narrows its CPU affinity, then exits
+/// while still locked: the goroutines that run afterwards (on one P, so on
+/// whatever thread the runtime has) never see that mask or affinity. Before
+/// the fix the thread went back to the pool as the goroutine left it, and
+/// every later goroutine on it ran with SIGUSR2 blocked.
+///
+/// One P: the exiting goroutine's own wake-up of its joiner then starts no
+/// thread (no P is idle), so the only thread started after the change is
+/// the one the exit hands the P to.
+#[test]
+fn a_goroutine_exiting_locked_leaves_its_signal_mask_and_affinity_to_nobody() {
+    let _wd = common::watchdog();
+    // The Ms inherit this thread's affinity.
+    let start = affinity();
+    let cpus = cpus_of(&start);
+    assert!(!sigusr2_blocked(), "the test thread blocks SIGUSR2 itself");
+    let rt = Builder::new().procs(1).build().unwrap();
+    let bad = rt.block_on(move || {
+        let mut bad = Vec::new();
+        for round in 0..3usize {
+            let narrow = cpus.len() > 1;
+            let cpu = cpus[round % cpus.len()];
+            let tid = gosched::spawn(move || {
+                gosched::lock_os_thread();
+                block_sigusr2();
+                if narrow {
+                    pin_to(cpu);
+                }
+                assert!(sigusr2_blocked());
+                os_tid()
+            })
+            .join()
+            .unwrap();
+            let later: Vec<_> = (0..100usize)
+                .map(|i| {
+                    gosched::spawn(move || {
+                        let mut bad = Vec::new();
+                        for k in 0..3 {
+                            let here = os_tid();
+                            if sigusr2_blocked() {
+                                bad.push(format!(
+                                    "round {round}, goroutine {i}: SIGUSR2 blocked on thread {here} \
+                                     (the locked goroutine ran on {tid})"
+                                ));
+                            }
+                            // SAFETY: both are valid sets.
+                            if !unsafe { libc::CPU_EQUAL(&affinity(), &start) } {
+                                bad.push(format!(
+                                    "round {round}, goroutine {i}: affinity {:?} on thread {here}, \
+                                     not the process's {:?} (the locked goroutine ran on {tid})",
+                                    cpus_of(&affinity()),
+                                    cpus_of(&start)
+                                ));
+                            }
+                            if (i + k) % 2 == 0 {
+                                gosched::yield_now();
+                            } else {
+                                gosched::sleep(Duration::from_micros(100));
+                            }
+                        }
+                        bad
+                    })
+                })
+                .collect();
+            for h in later {
+                bad.extend(h.join().unwrap());
+            }
+        }
+        bad
+    });
+    assert!(
+        bad.is_empty(),
+        "{} observations of a dead goroutine's thread state, first ones:\n{}",
+        bad.len(),
+        bad[..bad.len().min(10)].join("\n")
+    );
+}
+
+/// With asynchronous preemption: after a goroutine blocked SIGUSR2 and
+/// exited locked, a loop without calls on the only P is still preempted
+/// (a goroutine sleeping 1 ms beside it keeps waking). Before the fix the
+/// loop ran on the exited goroutine's thread, whose changed mask made the
+/// SIGURG handler refuse every preemption there (safe-point rule 5): the
+/// sleeper never ran again, and the child hung until its own watchdog.
+#[test]
+#[cfg_attr(
+    not(feature = "preempt-signal"),
+    ignore = "needs asynchronous preemption (the preempt-signal feature)"
+)]
+fn after_a_locked_exit_a_loop_without_calls_is_still_preempted() {
+    const TEST: &str = "after_a_locked_exit_a_loop_without_calls_is_still_preempted";
+    if common::child_role().as_deref() == Some("hog") {
+        std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_secs(30));
+            eprintln!("TIMEOUT: the sleeper beside the loop did not wake 20 times in 30 s");
+            std::process::exit(3);
+        });
+        let rt = Builder::new().procs(1).build().unwrap();
+        let worst = rt.block_on(|| {
+            gosched::spawn(|| {
+                gosched::lock_os_thread();
+                block_sigusr2();
+            })
+            .join()
+            .unwrap();
+            let stop = Arc::new(AtomicBool::new(false));
+            let hog = gosched::spawn({
+                let stop = stop.clone();
+                move || {
+                    let mut x = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
+                    }
+                    x
+                }
+            });
+            let mut worst = Duration::ZERO;
+            for _ in 0..20 {
+                let t = Instant::now();
+                gosched::sleep(Duration::from_millis(1));
+                worst = worst.max(t.elapsed());
+            }
+            stop.store(true, Ordering::Relaxed);
+            hog.join().unwrap();
+            worst
+        });
+        println!(
+            "worst_us={} preempt_async={}",
+            worst.as_micros(),
+            rt.stats().preempt_async
+        );
+        return;
+    }
+    let _wd = common::watchdog();
+    let out = common::run_child(TEST, "hog", &[]);
+    assert!(out.status.success(), "{}", out.describe());
+    assert!(out.stdout_u64("preempt_async=") > 0, "{}", out.describe());
+    // A quantum (10 ms) and sysmon's look, on a loaded machine: 5 s is
+    // generous.
+    assert!(
+        out.stdout_u64("worst_us=") < 5_000_000,
+        "the sleeper waited too long\n{}",
+        out.describe()
+    );
+}
+
+/// The thread of a goroutine that exits locked really ends (its tid leaves
+/// /proc/self/task), also for the main goroutine of `block_on` and for a
+/// goroutine locked twice; one that unlocked first keeps its thread in the
+/// pool. The runtime goes on running work from inside and outside, and its
+/// drop (which joins every thread, an ended one exactly once) completes.
+#[test]
+fn a_goroutine_exiting_locked_ends_its_thread() {
+    let _wd = common::watchdog();
+    let rt = Builder::new().procs(2).build().unwrap();
+    for round in 0..6u64 {
+        let tid = if round % 3 == 2 {
+            // The main goroutine itself exits locked.
+            rt.block_on(|| {
+                gosched::lock_os_thread();
+                os_tid()
+            })
+        } else {
+            rt.block_on(move || {
+                gosched::spawn(move || {
+                    gosched::lock_os_thread();
+                    if round % 3 == 1 {
+                        gosched::lock_os_thread();
+                        gosched::unlock_os_thread();
+                        gosched::lock_os_thread();
+                    }
+                    gosched::yield_now();
+                    gosched::sleep(Duration::from_millis(1));
+                    os_tid()
+                })
+                .join()
+                .unwrap()
+            })
+        };
+        assert!(
+            common::wait_until(Duration::from_secs(20), || !thread_alive(tid)),
+            "round {round}: thread {tid} of a goroutine that exited locked still runs"
+        );
+        let sum: u64 = rt.block_on(move || {
+            let hs: Vec<_> = (0..100u64).map(|i| gosched::spawn(move || i)).collect();
+            hs.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(sum, 99 * 100 / 2, "round {round}");
+        assert_eq!(rt.spawn(move || round).join().unwrap(), round);
+    }
+    // Unlocked before it exits: the thread stays.
+    let tid = rt.block_on(|| {
+        gosched::spawn(|| {
+            gosched::lock_os_thread();
+            gosched::unlock_os_thread();
+            os_tid()
+        })
+        .join()
+        .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        thread_alive(tid),
+        "thread {tid} ended after an unlocked exit"
+    );
+    let t = Instant::now();
+    drop(rt);
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "Runtime drop took {:?}",
+        t.elapsed()
+    );
+}
+
+/// Runs `scenario` in a copy of this process made with `fork`, in which
+/// only the calling thread exists, and waits for the copy: its exit code,
+/// or `None` if it was killed after `limit` (a missed deadlock report hangs
+/// it) or died of a signal. Call it in a child process (`run_child`) before
+/// anything of gosched runs there. The copy shares our stdout and stderr.
+fn in_single_threaded_copy(limit: Duration, scenario: impl FnOnce()) -> Option<i32> {
+    // SAFETY: fork has no preconditions. The copy runs only this thread:
+    // libtest's main thread, the only other one, waits on a channel and
+    // holds no lock the scenario takes (glibc makes malloc usable in a
+    // forked child), and no runtime exists yet whose state could be
+    // copied mid-use.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        scenario();
+        // SAFETY: ends the copy without running the test harness on.
+        unsafe { libc::_exit(0) };
+    }
+    let deadline = Instant::now() + limit;
+    let mut status = 0;
+    loop {
+        // SAFETY: waits for our own child, writing its status to `status`.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            break;
+        }
+        if Instant::now() > deadline {
+            // SAFETY: our own child, still running.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            eprintln!("the single-threaded copy ran past {limit:?}: killed");
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status))
+}
+
+/// The deadlock report's first line (tests/deadlock.rs).
+const DEADLOCK: &str = "fatal error: all goroutines are asleep - deadlock!";
+
+/// Runs a program that deadlocks in a single-threaded copy of a child
+/// process with the environment `envs`, after `before` ran inside its main
+/// goroutine, and checks that the copy reports the deadlock (exit status 2,
+/// Go's report naming the main goroutine's receive).
+fn check_deadlock_reported(test: &str, envs: &[(&str, &str)], before: fn()) {
+    if common::child_role().as_deref() == Some("deadlock") {
+        let code = in_single_threaded_copy(Duration::from_secs(30), move || {
+            let rt = Builder::new().procs(2).build().unwrap();
+            rt.block_on(move || {
+                before();
+                let (tx, rx) = gosched::chan::channel::<u32>(0);
+                let _keep = tx;
+                rx.recv();
+            });
+            eprintln!("UNEXPECTED: the deadlocked program went on");
+        });
+        println!("copy_exit={}", code.map_or(-1, |c| c as i64));
+        return;
+    }
+    let _wd = common::watchdog();
+    let out = common::run_child(test, "deadlock", envs);
+    assert!(out.status.success(), "{}", out.describe());
+    assert!(
+        out.stdout.contains("copy_exit=2") && out.stderr.contains(DEADLOCK),
+        "no deadlock report\n{}",
+        out.describe()
+    );
+    assert!(out.stderr.contains("[chan receive]"), "{}", out.describe());
+}
+
+/// A deadlock after a goroutine exited locked is still reported: the
+/// check counts the Ms whose thread runs, not every M ever started.
+#[test]
+#[ignore = "needs Shared::deadlocked (src/diag/checkdead.rs) to count only Ms whose thread runs (!M::exited())"]
+fn a_deadlock_after_a_locked_exit_is_reported() {
+    check_deadlock_reported("a_deadlock_after_a_locked_exit_is_reported", &[], || {
+        let tid = gosched::spawn(|| {
+            gosched::lock_os_thread();
+            os_tid()
+        })
+        .join()
+        .unwrap();
+        let t = Instant::now();
+        while thread_alive(tid) && t.elapsed() < Duration::from_secs(10) {
+            gosched::sleep(Duration::from_millis(1));
+        }
+    });
+}
