@@ -297,3 +297,56 @@ fn run_with_timeout(
     };
     (status, reader.join().unwrap())
 }
+
+/// Running out of goroutine stacks is a fatal error naming the stack size,
+/// the goroutine count and the knob: 1 GiB stacks fill the 256 GiB
+/// reservation after 255 goroutines. It used to be a panic on g0, which
+/// killed the M and left its P and the goroutine stranded: a hang.
+#[test]
+fn running_out_of_stacks_is_a_fatal_error() {
+    if common::child_role().is_some() {
+        let rt = Builder::new().stack_size(1 << 30).procs(1).build().unwrap();
+        rt.block_on(|| {
+            let (tx, rx) = gosched::chan::channel::<()>(0);
+            let _hs: Vec<_> = (0..300)
+                .map(|_| {
+                    let rx = rx.clone();
+                    gosched::spawn(move || rx.recv())
+                })
+                .collect();
+            // They start (and park) while we sleep.
+            gosched::sleep(Duration::from_secs(30));
+            drop(tx);
+        });
+        println!("UNEXPECTED: 300 goroutines with 1 GiB stacks ran");
+        return;
+    }
+    let out = common::run_child("running_out_of_stacks_is_a_fatal_error", "child", &[]);
+    let what = out.describe();
+    assert_eq!(out.status.code(), Some(2), "{what}");
+    for needle in [
+        "gosched: cannot allocate a goroutine stack of 1073741824 bytes (1 GiB; ",
+        " live goroutines, 255 stacks made so far",
+        "all 255 stacks of the fixed 256 GiB stack reservation are in use",
+        "Builder::stack_size",
+        "fatal error: out of memory",
+        "the main goroutine (Runtime::block_on)",
+        "[waiting]",
+    ] {
+        assert!(out.stderr.contains(needle), "no {needle:?}; {what}");
+    }
+    // The main goroutine and the 255 started ones at least (all 301 unless
+    // the main goroutine was preempted while it spawned).
+    let live: usize = out
+        .stderr
+        .split(" live goroutines")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no goroutine count; {what}"));
+    assert!(
+        (256..=301).contains(&live),
+        "{live} live goroutines; {what}"
+    );
+    assert!(!out.stderr.contains("panicked"), "{what}");
+}

@@ -135,6 +135,42 @@ impl Shared {
         )
     }
 
+    /// Go's "fatal error: out of memory" for a goroutine stack of
+    /// `stack_size` bytes (`StackPool::get`): `what` failed, `fix` says
+    /// what to change; `stacks` were carved so far. `sh`, the runtime of
+    /// the pool when the caller is one of its Ms (g0, no runtime locks
+    /// held), adds the live goroutine count and the goroutine dump.
+    /// Exits with status 2.
+    pub(crate) fn die_out_of_stacks(
+        sh: Option<&Shared>,
+        stack_size: usize,
+        stacks: usize,
+        what: &str,
+        fix: &str,
+    ) -> ! {
+        let count = match sh {
+            Some(sh) => {
+                let live = sh
+                    .allg
+                    .rt_lock()
+                    .iter()
+                    .filter(|g| g.live.load(Ordering::Relaxed))
+                    .count();
+                format!("{live} live goroutines, {stacks} stacks made so far")
+            }
+            None => format!("{stacks} stacks made so far"),
+        };
+        let mut out = format!(
+            "gosched: cannot allocate a goroutine stack of {stack_size} bytes ({}; {count}): {what}. \
+             {fix}\nfatal error: out of memory\n",
+            human_size(stack_size),
+        );
+        if let Some(sh) = sh {
+            out.push_str(&sh.goroutine_dump());
+        }
+        die(&out)
+    }
+
     /// Every live goroutine, Go's traceback header style: `goroutine N
     /// [state]:` (with its name, if it has one) and where it was spawned. The state comes from atomics
     /// only (a parked goroutine's wait reason is its own `Cell`, written
@@ -186,6 +222,16 @@ fn push_goroutine(out: &mut String, g: &crate::sched::g::GRef, state: &str) {
         )),
         None => out.push_str("\tthe main goroutine (Runtime::block_on)\n"),
     }
+}
+
+/// `bytes` in the largest binary unit that divides it (`1 GiB`, `64 KiB`).
+fn human_size(bytes: usize) -> String {
+    for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+            return format!("{} {unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes} B")
 }
 
 /// Threads of the process now (`/proc/self/task`; 0 if unreadable).

@@ -174,21 +174,27 @@ impl StackPool {
     }
 
     /// Takes a stack from the pool, carving a new slot when none is free.
-    /// Panics when the reservation is exhausted (like Go's out-of-memory
-    /// throw, but with the numbers in the message).
+    /// When the reservation is exhausted, or the guard of a new slot cannot
+    /// be installed, this is a fatal error (Go's out-of-memory throw, with
+    /// the numbers and what to change; see `die_out_of_stacks`).
     pub(crate) fn get(&self) -> Stack {
         let mut free = self.free.rt_lock();
         if let Some(s) = free.pop() {
             return s;
         }
         let i = self.carved.load(Ordering::Relaxed);
-        assert!(
-            i < self.nslots,
-            "gosched: out of goroutine stacks: {} live stacks of {} bytes fill the {} GiB reservation",
-            i,
-            self.stack_size(),
-            RESERVATION >> 30
-        );
+        if i >= self.nslots {
+            drop(free);
+            self.die_out_of_stacks(
+                &format!(
+                    "all {} stacks of the fixed {} GiB stack reservation are in use",
+                    self.nslots,
+                    RESERVATION >> 30
+                ),
+                "Lower Builder::stack_size (every goroutine reserves that much address space), \
+                 or keep fewer goroutines alive at once",
+            );
+        }
         self.carved.store(i + 1, Ordering::Relaxed);
         drop(free);
         let lo = self.base + i * self.slot;
@@ -278,13 +284,22 @@ impl StackPool {
         }
         // SAFETY: as above; PROT_NONE on our own page.
         let r = unsafe { libc::mprotect(lo as *mut _, self.guard, libc::PROT_NONE) };
-        assert_eq!(
-            r,
-            0,
-            "gosched: mprotect of a stack guard failed: {}",
-            io::Error::last_os_error()
-        );
+        // Before anything else can overwrite errno.
+        let err = (r != 0).then(io::Error::last_os_error);
         let limit = max_map_count();
+        if let Some(err) = err {
+            // ENOMEM: splitting the mapping would exceed vm.max_map_count.
+            drop(mode);
+            self.die_out_of_stacks(
+                &format!(
+                    "mprotect of the guard page of stack {carved} failed: {err}; this kernel lacks \
+                     MADV_GUARD_INSTALL, so every stack costs 2 of the process's \
+                     vm.max_map_count={limit} memory mappings"
+                ),
+                "Raise vm.max_map_count (sysctl -w vm.max_map_count=N, about 2 per goroutine plus \
+                 the program's own mappings), or keep fewer goroutines alive at once",
+            );
+        }
         if carved * 2 + 1000 > limit && !self.warned.swap(true, Ordering::Relaxed) {
             eprintln!(
                 "gosched: warning: {carved} stacks with mprotect guards use ~{} of vm.max_map_count={limit} \
@@ -292,6 +307,23 @@ impl StackPool {
                 carved * 2
             );
         }
+    }
+
+    /// Go's "fatal error: out of memory" for a stack: `what` failed, `fix`
+    /// says what to change. Never a panic: this runs on g0 (in `execute`),
+    /// where unwinding killed the M and left its P, and the goroutine
+    /// being started, stranded (the runtime hung). On an M of the runtime
+    /// that owns this pool the report has the live goroutine count and the
+    /// goroutine dump.
+    #[cold]
+    fn die_out_of_stacks(&self, what: &str, fix: &str) -> ! {
+        let m = crate::sched::cur_m();
+        // SAFETY: a non-null `cur_m` is the calling thread's M, alive while
+        // the thread runs, and an M's `shared` outlives it.
+        let sh = unsafe { m.as_ref().map(|m| &*m.shared) };
+        let sh = sh.filter(|sh| std::ptr::eq(&sh.stacks, self));
+        let carved = self.carved.load(Ordering::Relaxed);
+        crate::sched::Shared::die_out_of_stacks(sh, self.stack_size(), carved, what, fix)
     }
 }
 
