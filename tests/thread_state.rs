@@ -1,6 +1,7 @@
 //! The state of OS threads, as goroutines and signals see it: a goroutine
 //! that exits while locked to its thread takes the thread with it (its
-//! signal mask and CPU affinity never reach a later goroutine).
+//! signal mask and CPU affinity never reach a later goroutine), and a
+//! locked goroutine's own CPU affinity survives the scheduler's pinning.
 //!
 //! Deadlock reports need a process whose every thread the deadlock check
 //! can account for, which a libtest child is not (its main thread waits for
@@ -296,6 +297,78 @@ fn a_goroutine_exiting_locked_ends_its_thread() {
         t.elapsed() < Duration::from_secs(20),
         "Runtime drop took {:?}",
         t.elapsed()
+    );
+}
+
+/// A locked goroutine keeps itself to one CPU (`sched_setaffinity`) and
+/// waits on a channel that other goroutines feed, 200 times: after every
+/// wake-up its affinity is still that one CPU, and it runs there. The M
+/// that hands the goroutine's thread its P pins that thread to its own CPU
+/// for the hand-off (ThreadAffine's `startlockedm`); before the fix the
+/// woken thread undid the pin by restoring the mask it had when the M
+/// started (every CPU), so the goroutine's own affinity was gone after its
+/// first wake-up by another thread.
+#[test]
+fn a_locked_goroutines_own_cpu_affinity_survives_its_wake_ups() {
+    let _wd = common::watchdog();
+    let cpus = cpus_of(&affinity());
+    if cpus.len() < 2 {
+        eprintln!(
+            "skipped: this process may run on one CPU only ({cpus:?}), nothing to pin away from"
+        );
+        return;
+    }
+    let cpu = cpus[cpus.len() - 1];
+    let rt = Builder::new().procs(2).build().unwrap();
+    let bad = rt.block_on(move || {
+        let (tx, rx) = gosched::chan::channel::<u32>(0);
+        let locked = gosched::spawn(move || {
+            gosched::lock_os_thread();
+            pin_to(cpu);
+            let mut bad = Vec::new();
+            for i in 0..200 {
+                if rx.recv().is_none() {
+                    bad.push(format!("the feeders stopped after {i} values"));
+                    break;
+                }
+                let now = cpus_of(&affinity());
+                // SAFETY: sched_getcpu has no preconditions.
+                let on = unsafe { libc::sched_getcpu() };
+                if now != [cpu] || on != cpu as i32 {
+                    bad.push(format!(
+                        "wake-up {i}: affinity {now:?}, running on CPU {on}; set to CPU {cpu} only"
+                    ));
+                }
+            }
+            // Exits locked: the thread, narrowed, ends with it.
+            bad
+        });
+        let feeders: Vec<_> = (0..4u32)
+            .map(|f| {
+                let tx = tx.clone();
+                gosched::spawn(move || {
+                    for k in 0..50u32 {
+                        tx.send(k).unwrap();
+                        match (f + k) % 3 {
+                            0 => gosched::yield_now(),
+                            1 => gosched::sleep(Duration::from_micros(50)),
+                            _ => {}
+                        }
+                    }
+                })
+            })
+            .collect();
+        drop(tx);
+        for f in feeders {
+            f.join().unwrap();
+        }
+        locked.join().unwrap()
+    });
+    assert!(
+        bad.is_empty(),
+        "{} of 200 wake-ups off the goroutine's own CPU, first ones:\n{}",
+        bad.len(),
+        bad[..bad.len().min(10)].join("\n")
     );
 }
 

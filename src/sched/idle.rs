@@ -1,6 +1,15 @@
 //! Idle Ms (Go's stopm, stoplockedm, startlockedm): parking an M without
 //! a P, the one sleeper that waits in the driver for timers and I/O, and
 //! the hand-offs of a goroutine locked to its thread.
+//!
+//! A parked M may be pinned to its waker's CPU for the hand-off
+//! (`Shared::pin_to_this_cpu`) and undoes that as soon as it wakes: an idle
+//! M back to the affinity it started with (`Shared::unpin`, no system call
+//! unless it was pinned), an M whose goroutine is locked to it with
+//! `lock_os_thread` back to the affinity its thread had when that goroutine
+//! last switched out (`G0::unpin_locked`): the goroutine may have set it
+//! itself (`sched_setaffinity` to keep to one CPU), and a pin must not widen
+//! it again.
 
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{fence, Ordering};
@@ -116,8 +125,9 @@ impl G0<'_> {
     }
 
     /// Go's stoplockedm: our locked G is not running; give our P away and
-    /// sleep until someone hands us a P to run it with.
-    pub(super) fn stoplockedm(&self) -> bool {
+    /// sleep until someone hands us a P to run it with. `own_mask`: the
+    /// affinity to restore if we are pinned meanwhile (see `unpin_locked`).
+    pub(super) fn stoplockedm(&self, own_mask: Option<&libc::cpu_set_t>) -> bool {
         // Our locked G waits in a run queue after an asynchronous
         // preemption (ThreadAffine): count us until it resumes (see
         // `find_runnable`).
@@ -125,14 +135,14 @@ impl G0<'_> {
         if affine {
             self.sh.affine_parked.fetch_add(1, Ordering::Relaxed);
         }
-        let ok = self.stoplockedm_wait();
+        let ok = self.stoplockedm_wait(own_mask);
         if affine {
             self.sh.affine_parked.fetch_sub(1, Ordering::Relaxed);
         }
         ok
     }
 
-    pub(super) fn stoplockedm_wait(&self) -> bool {
+    pub(super) fn stoplockedm_wait(&self, own_mask: Option<&libc::cpu_set_t>) -> bool {
         if let Some(p) = self.m.p.get() {
             if self.m.spinning.swap(false, Ordering::Relaxed) {
                 self.sh.nmspinning.fetch_sub(1, Ordering::SeqCst);
@@ -165,7 +175,7 @@ impl G0<'_> {
         }
         loop {
             self.m.note.wait(None);
-            self.sh.unpin(self.m);
+            self.unpin_locked(own_mask);
             if self.sh.shutdown.load(Ordering::Acquire) {
                 return false;
             }
@@ -174,6 +184,25 @@ impl G0<'_> {
                 return true;
             }
         }
+    }
+
+    /// `Shared::unpin` for an M parked with its locked goroutine: back to
+    /// `own_mask`, the affinity the thread had when a goroutine locked with
+    /// `lock_os_thread` last switched out (read then by `run`), not to the
+    /// one the M started with, which would undo the goroutine's own
+    /// `sched_setaffinity`. None (the goroutine is locked only for
+    /// ThreadAffine preemption or a panic, or the read failed): `unpin`.
+    pub(super) fn unpin_locked(&self, own_mask: Option<&libc::cpu_set_t>) {
+        let Some(mask) = own_mask else {
+            return self.sh.unpin(self.m);
+        };
+        // A plain load first, as in `unpin`.
+        if !self.m.pinned.load(Ordering::Relaxed) || !self.m.pinned.swap(false, Ordering::Acquire) {
+            return;
+        }
+        // SAFETY: `mask` is this thread's own earlier affinity, read by
+        // sched_getaffinity; pid 0 changes only the calling thread.
+        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), mask) };
     }
 
     /// Go's startlockedm: the goroutine we dequeued may run only on `lm`

@@ -44,7 +44,10 @@ pub(crate) struct M {
     /// (`Shared::pin_to_this_cpu`); this M undoes it when it wakes.
     pub(crate) pinned: AtomicBool,
     /// This M's own CPU affinity, read when it started (owner thread); the
-    /// mask `unpin` restores. None if it could not be read.
+    /// mask `unpin` restores (an M parked with a goroutine locked by
+    /// `lock_os_thread` restores the one its thread had when the goroutine
+    /// switched out instead: `G0::unpin_locked`). None if it could not be
+    /// read.
     pub(crate) cpu_mask: Cell<Option<libc::cpu_set_t>>,
     /// `cpu_mask` is known, so pinning this M can be undone (set once at
     /// start, read by the M that pins it).

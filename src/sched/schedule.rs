@@ -137,6 +137,11 @@ impl G0<'_> {
     /// caller, `mstart`, ends the thread.
     pub(super) fn run(&self) {
         let mut next: Option<(GRef, bool)> = None;
+        // The CPU affinity of this thread when its explicitly locked
+        // goroutine last switched out, read before `after` publishes the
+        // goroutine (from then on a waker may pin us): what `stoplockedm`
+        // puts back after a pin (see `G0::unpin_locked`). None otherwise.
+        let mut own_mask: Option<libc::cpu_set_t> = None;
         loop {
             if self.sh.shutdown.load(Ordering::Acquire) {
                 break;
@@ -146,7 +151,7 @@ impl G0<'_> {
                 None => match self.m.locked_g.get() {
                     // A locked M runs only its G (Go's stoplockedm).
                     Some(lg) => {
-                        if !self.stoplockedm() {
+                        if !self.stoplockedm(own_mask.as_ref()) {
                             break;
                         }
                         (lg, false)
@@ -189,6 +194,11 @@ impl G0<'_> {
                 self.exit_locked();
                 return;
             }
+            own_mask = if back.lock_count.get() > 0 {
+                thread_cpu_mask()
+            } else {
+                None
+            };
             next = self.after(back);
         }
         if let Some(p) = self.m.p.get() {
