@@ -377,6 +377,11 @@ impl Builder {
     /// goroutines stuck in [`blocking`](crate::blocking) calls at once) dies
     /// as Go's does: `fatal error: thread exhaustion`, a line naming the
     /// limit and this knob, every goroutine, and exit status 2.
+    /// [`PreemptMode::ThreadAffine`] preemption never gets it there: it
+    /// parks one thread per preempted goroutine, and keeps at most half of
+    /// the threads left beside one per P and sysmon parked that way; past
+    /// that, call-free loops run on until their next runtime call (counted
+    /// as `threads` refusals in [`Stats`](crate::Stats)).
     ///
     /// # Examples
     ///

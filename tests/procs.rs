@@ -450,6 +450,75 @@ fn exceeding_max_threads_is_a_fatal_error_with_a_dump() {
     );
 }
 
+/// ThreadAffine preemption parks a thread with each preempted goroutine;
+/// with a modest `max_threads` it must stop there instead of killing the
+/// program. 100 no-call loops on 2 Ps with `max_threads(64)` died of
+/// "thread exhaustion" (exit 2) in every run: the parked-thread soft cap
+/// was 64 whatever the limit.
+#[test]
+#[cfg_attr(
+    not(feature = "preempt-signal"),
+    ignore = "needs asynchronous preemption (the preempt-signal feature)"
+)]
+fn affine_preemption_stays_within_max_threads() {
+    if common::child_role().is_some() {
+        let rt = Builder::new()
+            .procs(2)
+            .max_threads(64)
+            .preempt_quantum(Duration::from_millis(1))
+            .build()
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopper = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(2));
+                stop.store(true, Ordering::Relaxed);
+            })
+        };
+        let peak = rt.block_on(|| {
+            let hs: Vec<_> = (0..100)
+                .map(|_| {
+                    let stop = stop.clone();
+                    gosched::spawn(move || {
+                        let mut x = 1u64;
+                        while !stop.load(Ordering::Relaxed) {
+                            x = std::hint::black_box(x).wrapping_mul(3).wrapping_add(1);
+                        }
+                        x
+                    })
+                })
+                .collect();
+            let mut peak = 0;
+            while !stop.load(Ordering::Relaxed) {
+                peak = peak.max(common::os_thread_count());
+                gosched::sleep(Duration::from_millis(20));
+            }
+            for h in hs {
+                h.join().unwrap();
+            }
+            peak
+        });
+        stopper.join().unwrap();
+        println!("peak_threads={peak} refused={}", rt.stats().preempt_refused);
+        return;
+    }
+    let out = common::run_child("affine_preemption_stays_within_max_threads", "loops", &[]);
+    assert!(out.status.success(), "{}", out.describe());
+    assert!(
+        !out.stderr.contains("thread exhaustion"),
+        "{}",
+        out.describe()
+    );
+    // The process's threads: the runtime's (<= 64) plus the test harness's
+    // and the stopper.
+    assert!(
+        out.stdout_u64("peak_threads=") <= 64 + 4,
+        "{}",
+        out.describe()
+    );
+}
+
 /// The scheduling-latency histogram sees real waiting: beside a no-call
 /// hog on 1 P, woken sleepers wait for the hog's preemption (about a
 /// quantum); alone, they run at once. Readable from inside a goroutine.

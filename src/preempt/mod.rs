@@ -74,7 +74,7 @@ pub(crate) use sigurg::{
 };
 
 /// Number of refusal reasons (indices into the refusal counters).
-pub(crate) const REFUSAL_REASONS: usize = 6;
+pub(crate) const REFUSAL_REASONS: usize = 7;
 
 /// Why an asynchronous preemption was refused.
 // Without the feature nothing refuses (the handler is not built): the
@@ -99,6 +99,10 @@ pub(crate) enum Refusal {
     /// signal that reached it anyway (another runtime's, or an application's
     /// SIGURG) only gets forwarded.
     AsyncOff = 5,
+    /// ThreadAffine mode with as many Ms parked holding preempted
+    /// goroutines as `max_threads` allows (`Shared::affine_parked_limit`):
+    /// one more would need a thread the limit leaves to blocking calls.
+    Threads = 6,
 }
 
 /// Names of the refusal reasons, by index.
@@ -109,6 +113,7 @@ pub(crate) const REFUSAL_NAMES: [&str; REFUSAL_REASONS] = [
     "foreign_code",
     "sigmask",
     "async_off",
+    "threads",
 ];
 
 /// What each refusal reason means for a user, by index (the starvation
@@ -117,7 +122,8 @@ pub(crate) const REFUSAL_HELP: [&str; REFUSAL_REASONS] = [
     "no preemption was requested",
     "inside a no_preempt region or runtime code",
     "too close to the end of the goroutine stack",
-    "inside code outside the main executable (libc other than its memory and string routines, the loader, the vDSO, another shared object)",
+    "inside code that is not Rust code of the main executable (libc other than its memory and string routines, C, C++ or an allocator linked into the executable, the loader, the vDSO, another shared object)",
     "inside a signal handler",
     "asynchronous preemption is off for this runtime",
+    "ThreadAffine mode keeps as many preempted goroutines' threads parked as max_threads allows (raise max_threads)",
 ];

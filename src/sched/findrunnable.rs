@@ -248,9 +248,26 @@ const AFFINE_PARKED_PER_P: usize = 8;
 const AFFINE_PARKED_MIN: usize = 64;
 
 impl Shared {
-    /// See `AFFINE_PARKED_PER_P`.
+    /// See `AFFINE_PARKED_PER_P`; at most half of `affine_parked_limit`,
+    /// so that the slow growth past the cap has room before the limit.
     pub(super) fn affine_parked_cap(&self) -> usize {
-        (AFFINE_PARKED_PER_P * self.procs()).max(AFFINE_PARKED_MIN)
+        (AFFINE_PARKED_PER_P * self.procs())
+            .max(AFFINE_PARKED_MIN)
+            .min(self.affine_parked_limit() / 2)
+            .max(1)
+    }
+
+    /// The most Ms ThreadAffine preemption may keep parked: half of the
+    /// threads `max_threads` leaves beside one M per P and sysmon (the
+    /// other half stays for blocking calls, locked goroutines and idle
+    /// Ms). At the limit the SIGURG handler refuses to preempt in
+    /// ThreadAffine mode (`Refusal::Threads`): the goroutine runs on until
+    /// its next runtime call, as without asynchronous preemption, instead
+    /// of the runtime dying of thread exhaustion (100 no-call loops on 2 Ps
+    /// with `max_threads(64)` did, every run: the soft cap was 64 parked
+    /// Ms).
+    pub(crate) fn affine_parked_limit(&self) -> usize {
+        (self.cfg.max_threads.saturating_sub(self.procs() + 1) / 2).max(1)
     }
 
     /// Are `affine_parked_cap()` Ms parked with preempted ThreadAffine

@@ -39,6 +39,12 @@
 //!    mask; `arch::signal_frame_above` finds its frame by the thread's
 //!    alternate-stack words the kernel saves in it).
 //!
+//! 6. In ThreadAffine mode, fewer Ms are parked holding preempted
+//!    goroutines than `max_threads` leaves for them
+//!    (`Shared::affine_parked_limit`, half the threads beside one per P
+//!    and sysmon): each such preemption parks one more thread, and past
+//!    the limit the runtime would die of thread exhaustion.
+//!
 //! A refused attempt is counted by reason; the cooperative flag stays set
 //! and sysmon retries at its next deadline.
 //!
@@ -50,7 +56,7 @@
 //! 2. Find this thread's M (a thread-local read); none: skip to step 5.
 //!    If the signal is this M's slice timer (`slice_timer`), make the
 //!    preemption request sysmon would have made for the slice it timed.
-//! 3. Check rules 1-5; if all hold, clear the request and `push_call` the
+//! 3. Check rules 1-6; if all hold, clear the request and `push_call` the
 //!    trampoline into the ucontext; else count the refusal (in the M's
 //!    `refused`, which sysmon reads, unless nothing was requested).
 //! 4. Acknowledge: clear the M's signal-pending flag, so sysmon may signal
@@ -151,6 +157,13 @@ fn try_preempt(m: &crate::sched::M, ctx: &mut arch::SigContext) -> Result<(), Re
     // Rule 2, and a goroutine already on its way to the trampoline.
     if g.no_preempt.load(Ordering::Relaxed) != 0 || m.preempting.load(Ordering::Relaxed) {
         return Err(Refusal::NoPreempt);
+    }
+    // Rule 6: a ThreadAffine preemption parks this thread with the
+    // goroutine; not past the threads `max_threads` leaves for that.
+    if sh.cfg.mode == crate::builder::PreemptMode::ThreadAffine
+        && sh.affine_parked.load(Ordering::Relaxed) >= sh.affine_parked_limit()
+    {
+        return Err(Refusal::Threads);
     }
     // Rule 3.
     let xsave = arch::extended_state_size();
