@@ -2,6 +2,8 @@
 //! that exits while locked to its thread takes the thread with it (its
 //! signal mask and CPU affinity never reach a later goroutine), and a
 //! locked goroutine's own CPU affinity survives the scheduler's pinning.
+//! And SIGQUIT with the goroutine dump on (`GOSCHED_SIGQUITDUMP=1`): the
+//! action it replaced is honoured, and a forked child's SIGQUIT is its own.
 //!
 //! Deadlock reports need a process whose every thread the deadlock check
 //! can account for, which a libtest child is not (its main thread waits for
@@ -370,6 +372,139 @@ fn a_locked_goroutines_own_cpu_affinity_survives_its_wake_ups() {
         bad.len(),
         bad[..bad.len().min(10)].join("\n")
     );
+}
+
+/// The SIGQUIT handler of the tests below, installed before gosched's: says
+/// so on stderr (write(2) only: async-signal-safe).
+extern "C" fn user_sigquit_handler(_sig: libc::c_int) {
+    let msg = b"user SIGQUIT handler ran\n";
+    // SAFETY: write(2) of a static buffer to stderr.
+    unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+}
+
+/// Sets SIGQUIT's action to `handler` (a function, SIG_IGN or SIG_DFL).
+fn set_sigquit(handler: libc::sighandler_t) {
+    // SAFETY: signal(2) with a valid disposition; the function one is
+    // async-signal-safe.
+    let old = unsafe { libc::signal(libc::SIGQUIT, handler) };
+    assert_ne!(old, libc::SIG_ERR);
+}
+
+/// Raises SIGQUIT from a goroutine of a runtime built by `builder`, then
+/// waits: prints `alive` if the process is still there after 300 ms.
+fn raise_sigquit_in(builder: Builder) {
+    let rt = builder.procs(2).build().unwrap();
+    rt.block_on(|| {
+        let (_tx, rx) = gosched::chan::channel::<()>(0);
+        let _waiter = gosched::spawn(move || rx.recv());
+        gosched::sleep(Duration::from_millis(50));
+        // SAFETY: raise has no preconditions.
+        unsafe { libc::raise(libc::SIGQUIT) };
+        gosched::sleep(Duration::from_millis(300));
+    });
+    println!("alive");
+}
+
+/// A SIGQUIT handler the application installed before the dump was turned
+/// on still runs (first), and the dump follows. Before the fix the action
+/// replaced was read and dropped: the application's handler never ran.
+#[test]
+fn sigquit_runs_the_handler_it_replaced_then_dumps() {
+    const TEST: &str = "sigquit_runs_the_handler_it_replaced_then_dumps";
+    if common::child_role().as_deref() == Some("user") {
+        set_sigquit(user_sigquit_handler as *const () as libc::sighandler_t);
+        raise_sigquit_in(Builder::new());
+        return;
+    }
+    let _wd = common::watchdog();
+    let out = common::run_child(TEST, "user", &[("GOSCHED_SIGQUITDUMP", "1")]);
+    assert_eq!(out.status.code(), Some(2), "{}", out.describe());
+    let (user, dump) = (
+        out.stderr.find("user SIGQUIT handler ran"),
+        out.stderr.find("SIGQUIT: quit"),
+    );
+    assert!(
+        user.is_some() && dump.is_some() && user < dump,
+        "want the application's handler, then the dump\n{}",
+        out.describe()
+    );
+    assert!(out.stderr.contains("[waiting]"), "{}", out.describe());
+}
+
+/// SIGQUIT ignored before the runtime was built (a launcher's `SIG_IGN`)
+/// stays ignored although the program turns the dump on in its code; only
+/// `GOSCHED_SIGQUITDUMP=1` in the environment asks for the dump anyway.
+/// Before the fix the ignored SIGQUIT dumped and exited the process with
+/// status 2.
+#[test]
+fn an_ignored_sigquit_stays_ignored_unless_the_environment_asks() {
+    const TEST: &str = "an_ignored_sigquit_stays_ignored_unless_the_environment_asks";
+    if common::child_role().as_deref() == Some("ignored") {
+        set_sigquit(libc::SIG_IGN);
+        raise_sigquit_in(Builder::new().dump_on_sigquit(true));
+        return;
+    }
+    let _wd = common::watchdog();
+    let out = common::run_child(TEST, "ignored", &[]);
+    assert!(out.status.success(), "{}", out.describe());
+    assert!(out.stdout.contains("alive"), "{}", out.describe());
+    assert!(!out.stderr.contains("SIGQUIT: quit"), "{}", out.describe());
+    let asked = common::run_child(TEST, "ignored", &[("GOSCHED_SIGQUITDUMP", "1")]);
+    assert_eq!(asked.status.code(), Some(2), "{}", asked.describe());
+    assert!(
+        asked.stderr.starts_with("SIGQUIT: quit"),
+        "{}",
+        asked.describe()
+    );
+}
+
+/// A child forked (without exec) from a process with the dump on inherits
+/// the handler, but its SIGQUIT is its own: the child dies of it (the
+/// default action, as if gosched were not there), and the parent neither
+/// dumps nor exits. Before the fix the child's handler wrote to the
+/// parent's pipe: the parent printed its dump and exited with status 2,
+/// and the child carried on.
+#[test]
+fn a_forked_childs_sigquit_is_its_own() {
+    const TEST: &str = "a_forked_childs_sigquit_is_its_own";
+    if common::child_role().as_deref() == Some("fork") {
+        let rt = Builder::new().procs(2).build().unwrap();
+        // SAFETY: fork has no preconditions; the copy calls only
+        // async-signal-safe functions (raise, _exit) before it ends.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: as above.
+            unsafe {
+                libc::raise(libc::SIGQUIT);
+                libc::_exit(0);
+            }
+        }
+        assert!(pid > 0, "fork: {}", std::io::Error::last_os_error());
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        if libc::WIFSIGNALED(status) {
+            println!("copy_signal={}", libc::WTERMSIG(status));
+        } else {
+            println!("copy_exit={}", libc::WEXITSTATUS(status));
+        }
+        // A dump the copy's signal set off would have ended us by now.
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(rt.block_on(|| 7), 7);
+        println!("parent_alive");
+        return;
+    }
+    let _wd = common::watchdog();
+    let out = common::run_child(TEST, "fork", &[("GOSCHED_SIGQUITDUMP", "1")]);
+    assert!(out.status.success(), "{}", out.describe());
+    assert!(!out.stderr.contains("SIGQUIT: quit"), "{}", out.describe());
+    assert_eq!(
+        out.stdout_u64("copy_signal="),
+        libc::SIGQUIT as u64,
+        "{}",
+        out.describe()
+    );
+    assert!(out.stdout.contains("parent_alive"), "{}", out.describe());
 }
 
 /// Runs `scenario` in a copy of this process made with `fork`, in which
