@@ -3,7 +3,8 @@
 //! signal mask and CPU affinity never reach a later goroutine), and a
 //! locked goroutine's own CPU affinity survives the scheduler's pinning.
 //! And SIGQUIT with the goroutine dump on (`GOSCHED_SIGQUITDUMP=1`): the
-//! action it replaced is honoured, and a forked child's SIGQUIT is its own.
+//! action it replaced is honoured, a forked child's SIGQUIT is its own, and
+//! a deadlock is still reported.
 //!
 //! Deadlock reports need a process whose every thread the deadlock check
 //! can account for, which a libtest child is not (its main thread waits for
@@ -597,4 +598,18 @@ fn a_deadlock_after_a_locked_exit_is_reported() {
             gosched::sleep(Duration::from_millis(1));
         }
     });
+}
+
+/// With the SIGQUIT dump on, a deadlock is still reported: the deadlock
+/// check accounts for every thread, and the `gosched-sigquit` thread, which
+/// can never wake a goroutine, counts as parked for good. Before the fix it
+/// was an unknown thread, so the check held back for ever and the program
+/// hung (the copy is killed after 30 s).
+#[test]
+fn a_deadlock_with_the_sigquit_dump_on_is_reported() {
+    check_deadlock_reported(
+        "a_deadlock_with_the_sigquit_dump_on_is_reported",
+        &[("GOSCHED_SIGQUITDUMP", "1")],
+        || {},
+    );
 }

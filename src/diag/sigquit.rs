@@ -42,6 +42,14 @@
 //! the parent and exit it) and acts as if gosched were not there: it calls
 //! the previous handler, ignores the signal if it was ignored, or restores
 //! `SIG_DFL` and raises the signal again, so the child dies of SIGQUIT.
+//!
+//! # The deadlock check
+//!
+//! The deadlock check accounts for every thread of the process
+//! (`Shared::deadlocked`). `gosched-sigquit` is counted among the threads
+//! parked for good (`THREADS_PARKED`) for as long as it waits: blocked on a
+//! pipe that only a signal writes to, it can never wake a goroutine, and
+//! when it wakes it ends the process.
 
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Mutex, Once, Weak};
@@ -117,10 +125,14 @@ fn install() {
             libc::fcntl(w, libc::F_SETFL, fl | libc::O_NONBLOCK);
         }
     }
+    // Counted before it exists: a deadlock check in between sees one thread
+    // fewer than it expects and holds back that look.
+    crate::sched::g::THREADS_PARKED.fetch_add(1, Ordering::SeqCst);
     let started = std::thread::Builder::new()
         .name("gosched-sigquit".into())
         .spawn(move || wait_and_dump(r));
     if started.is_err() {
+        crate::sched::g::THREADS_PARKED.fetch_sub(1, Ordering::SeqCst);
         // SAFETY: our own descriptors, used by nobody.
         unsafe {
             libc::close(r);
@@ -193,7 +205,9 @@ fn wait_and_dump(r: libc::c_int) {
         let interrupted =
             n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted;
         if !interrupted {
-            // End of file or an error: no dump will ever come.
+            // End of file or an error: no dump will ever come; this thread
+            // is no longer parked for good.
+            crate::sched::g::THREADS_PARKED.fetch_sub(1, Ordering::SeqCst);
             return;
         }
     }

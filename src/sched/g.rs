@@ -296,10 +296,12 @@ impl Waiter {
 }
 
 /// Plain threads parked in `park` right now, with no deadline (the deadlock
-/// check accounts for every thread of the process). A thread in
-/// `park_until` is not counted: it wakes by itself, so, like a thread doing
-/// anything else, it may still wake a goroutine (Go's checkdead counts only
-/// Ms that can never run again).
+/// check accounts for every thread of the process), and the
+/// `gosched-sigquit` thread while it waits (`crate::diag::sigquit`: it can
+/// never wake a goroutine either). A thread in `park_until` is not counted:
+/// it wakes by itself, so, like a thread doing anything else, it may still
+/// wake a goroutine (Go's checkdead counts only Ms that can never run
+/// again).
 pub(crate) static THREADS_PARKED: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(0);
 
