@@ -584,7 +584,6 @@ fn check_deadlock_reported(test: &str, envs: &[(&str, &str)], before: fn()) {
 /// A deadlock after a goroutine exited locked is still reported: the
 /// check counts the Ms whose thread runs, not every M ever started.
 #[test]
-#[ignore = "needs Shared::deadlocked (src/diag/checkdead.rs) to count only Ms whose thread runs (!M::exited())"]
 fn a_deadlock_after_a_locked_exit_is_reported() {
     check_deadlock_reported("a_deadlock_after_a_locked_exit_is_reported", &[], || {
         let tid = gosched::spawn(|| {
@@ -612,4 +611,27 @@ fn a_deadlock_with_the_sigquit_dump_on_is_reported() {
         &[("GOSCHED_SIGQUITDUMP", "1")],
         || {},
     );
+}
+
+/// Threads ended by locked exits do not count against `max_threads`: the
+/// limit counted every M ever started, so with `max_threads(6)` the fifth
+/// locked exit died of "thread exhaustion".
+#[test]
+fn locked_exits_do_not_use_up_max_threads() {
+    if common::child_role().is_some() {
+        let rt = Builder::new().procs(1).max_threads(6).build().unwrap();
+        let n = rt.block_on(|| {
+            let mut n = 0;
+            for _ in 0..20 {
+                gosched::spawn(gosched::lock_os_thread).join().unwrap();
+                n += 1;
+            }
+            n
+        });
+        println!("exits={n}");
+        return;
+    }
+    let out = common::run_child("locked_exits_do_not_use_up_max_threads", "exits", &[]);
+    assert!(out.status.success(), "{}", out.describe());
+    assert_eq!(out.stdout_u64("exits="), 20, "{}", out.describe());
 }

@@ -37,7 +37,9 @@ impl Shared {
             if ms.iter().any(|m| !m.curg.load(Ordering::SeqCst).is_null()) {
                 return false;
             }
-            ms.len()
+            // Ms whose thread ended (a goroutine exited locked) are not
+            // threads any more.
+            ms.iter().filter(|m| !m.exited()).count()
         };
         let (mut live, mut parked) = (0, 0);
         for g in self.allg.rt_lock().iter() {

@@ -127,8 +127,6 @@ impl M {
     /// Has this M's thread ended (`TID_EXITED`)? Counts of threads (the
     /// deadlock check, the thread limit) must skip such Ms: their thread no
     /// longer exists.
-    // For those counts (`Shared::deadlocked`, `Shared::newm`'s limit).
-    #[allow(dead_code)]
     pub(crate) fn exited(&self) -> bool {
         self.tid.load(Ordering::Acquire) == TID_EXITED
     }
