@@ -80,6 +80,17 @@ pub(super) fn init(load: usize) {
     else {
         return;
     };
+    // Self-check: this very function is Rust. If the table does not admit
+    // it, the names are mangled in a way `admitted_name` does not know
+    // (a future scheme, a linker that renames): admit the whole text, as
+    // without a symbol table, rather than refuse every preemption (a
+    // release build whose symbols carry LLVM's `.llvm.<n>` suffix was
+    // refused everywhere until the suffix was understood).
+    let me = init as *const () as usize;
+    let i = ranges.partition_point(|&(start, _)| start <= me);
+    if i == 0 || me >= ranges[i - 1].1 {
+        return;
+    }
     let table = Box::into_raw(Box::new(Table { ranges }));
     // Pairs with the Acquire in `admits`. `install` calls us inside its
     // `Once`: a single writer. Leaked: the handler reads it until exit.
@@ -122,18 +133,27 @@ fn admitted_name(name: &[u8]) -> bool {
 }
 
 /// `_ZN` ... `17h` + 16 lowercase hex digits + `E`: the legacy Rust
-/// mangling, whose hash suffix C++ names do not have.
+/// mangling, whose hash suffix C++ names do not have; LLVM may append
+/// `.llvm.<digits>` (a symbol promoted across codegen units) or `.cold`
+/// (a split-off cold part) after it.
 fn is_legacy_rust(name: &[u8]) -> bool {
-    const TAIL: usize = 3 + 16 + 1;
-    if !name.starts_with(b"_ZN") || name.len() < 3 + TAIL {
+    const HASH: usize = 3 + 16 + 1;
+    if !name.starts_with(b"_ZN") {
         return false;
     }
-    let tail = &name[name.len() - TAIL..];
-    tail.starts_with(b"17h")
-        && tail[TAIL - 1] == b'E'
-        && tail[3..TAIL - 1]
-            .iter()
-            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+    // The hash ends the mangled name proper: at the end, or before the
+    // first '.' that follows an `E` (mangled paths spell `::` as `..`, so
+    // search from the right for a hash that ends at the end or at a '.').
+    (3..name.len()).rev().any(|i| {
+        let end = i + HASH;
+        end <= name.len()
+            && name[i..].starts_with(b"17h")
+            && name[end - 1] == b'E'
+            && (end == name.len() || name[end] == b'.')
+            && name[i + 3..end - 1]
+                .iter()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+    })
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -322,6 +342,12 @@ mod tests {
             b"_ZN4core3ptr13drop_in_place17h0123456789abcdefE"
         ));
         assert!(admitted_name(b"_RNvCs1234_7mycrate4main"));
+        // LLVM's suffixes after the hash (ThinLTO promotion, cold splits).
+        assert!(admitted_name(
+            b"_ZN76_$LT$gosched..join..Task$LT$F$C$R$GT$$u20$as$u20$gosched..sched..g..Body$GT$3run17h4db76539f09d1ccdE.llvm.14220034456478276340"
+        ));
+        assert!(admitted_name(b"_ZN3foo3bar17h0123456789abcdefE.cold"));
+        assert!(admitted_name(b"_RNvCs1234_7mycrate4main.llvm.42"));
         // C++: `_ZN` without Rust's hash.
         assert!(!admitted_name(b"_ZN7rocksdb2DB4OpenEv"));
         assert!(!admitted_name(b"_ZN4core3ptr4drop17h0123456789abcdeE"));
