@@ -90,30 +90,26 @@
 //!
 //! # Descriptors (Go's pollDesc)
 //!
-//! A registered fd has a `Desc`: a reader slot and a writer slot, so a
-//! reader and a writer of one socket park independently. A slot holds a
-//! readiness *count* (bumped by every event in its direction) and the
-//! goroutines parked on it. Readiness is never "taken" by one goroutine
-//! from the others: each waiter compares the count with its own earlier
-//! reading.
+//! A registered fd has a `Desc`: a reader slot and a writer slot, each
+//! `EMPTY | READY | waiting(G)` (Go's pdNil, pdReady, G pointer), so a
+//! reader and a writer of one socket park independently.
 //!
-//! 1. A waiter reads the count (`Desc::seq`) before the I/O it may wait
-//!    after; on EAGAIN it calls `wait` with that reading. A count that
-//!    moved since means readiness arrived since: `wait` returns at once
-//!    and the caller retries its I/O.
-//! 2. Otherwise it queues itself on the slot, looks at the count again
-//!    and parks only if it has still not moved (a Dekker pair with the
-//!    poller, which bumps the count, then looks for waiters: no lost
-//!    wake-up under edge triggering).
-//! 3. An event bumps the count and wakes *every* goroutine parked in its
-//!    direction; each retries its I/O, and those that find nothing park
-//!    again. (Waking only one could strand the others: one edge may stand
-//!    for several datagrams or connections, and the woken goroutine
-//!    takes only one.)
-//! 4. A deadline is a runtime timer per waiter that takes its goroutine
-//!    out of the slot and wakes it; exactly one of the timer and the
-//!    poller gets a goroutine out. Any number of goroutines wait in one
-//!    direction, each with its own deadline.
+//! 1. A goroutine tries its I/O; on EAGAIN it calls `wait`. A slot that is
+//!    READY is consumed and `wait` returns at once (readiness arrived since
+//!    the last wait; the caller retries its I/O).
+//! 2. Otherwise it CASes `EMPTY -> G` and parks. The CAS closes the race
+//!    with the poller: an event that arrives between the EAGAIN and the
+//!    CAS left READY there, so the CAS fails and the goroutine retries
+//!    instead of sleeping through it (no lost wake-up under edge
+//!    triggering).
+//! 3. An event moves a slot from G to EMPTY and wakes G (it will retry its
+//!    I/O, which consumes the readiness), or from EMPTY to READY.
+//! 4. A deadline is a runtime timer that CASes `G -> EMPTY` and wakes G;
+//!    exactly one of the timer and the poller gets G out of the slot.
+//! 5. One goroutine waits per slot: a second waiter on the same direction
+//!    queues on the slot's `turn` mutex and, once it gets it, returns for
+//!    a retry (the readiness it waited for may have been consumed by the
+//!    first).
 //!
 //! Descriptors are allocated by the driver and never freed while it lives
 //! (Go's pollCache is type-stable memory too): an event may name a
@@ -121,8 +117,8 @@
 //! generation tag beside the address, and deregistering bumps the
 //! generation: an event for a closed fd, read after the descriptor was
 //! reused for a new fd, is dropped (golang/go#59545). An event that passed
-//! the check just before the reuse can still bump the new registration's
-//! count or wake its waiters once; that is a spurious wake-up, which every
+//! the check just before the reuse can still mark the new registration
+//! READY or wake its waiter once; that is a spurious wake-up, which every
 //! waiter tolerates (it retries its I/O).
 //!
 //! # Shutdown
@@ -157,7 +153,6 @@ use std::time::{Duration, Instant};
 
 use crate::sched::g::GRef;
 use crate::sched::RuntimeLock;
-use crate::sync::spin::SpinLock;
 
 pub(crate) use epoll::shut_down;
 use epoll::{OsPoller, HUP, MAX_EVENTS, READABLE, WRITABLE};
@@ -168,6 +163,10 @@ pub(crate) enum Dir {
     Read = 0,
     Write = 1,
 }
+
+/// Slot states (besides a waiting G's address).
+const EMPTY: usize = 0;
+const READY: usize = 1;
 
 /// Bits of a token that hold the descriptor's address (x86-64 user space
 /// is below 2^47); the generation tag sits above.
@@ -199,77 +198,56 @@ pub(crate) const SYSMON_WATCH_AFTER: Duration = Duration::from_micros(200);
 /// of some CPU: at most ~2,500 per second while Ps are busy.
 pub(crate) const SYSMON_BACKOFF_CAP: Duration = Duration::from_micros(400);
 
-/// One direction of a descriptor: its readiness count and the goroutines
-/// parked on it (steps 1-4 of "Descriptors").
-struct Slot {
-    /// Readiness events in this direction since the descriptor was
-    /// allocated (poller events and local `notify`s). A waiter parks only
-    /// while it still holds the value it saw before it got `WouldBlock`.
-    seq: AtomicU64,
-    /// `waiting.len()`, for the poller to skip the lock (SeqCst: a Dekker
-    /// pair with `seq`, see `Driver::wait`).
-    nwait: AtomicUsize,
-    /// The parked goroutines.
-    waiting: SpinLock<Vec<GRef>>,
-}
+/// One direction of a descriptor: EMPTY, READY or a waiting G's address.
+struct Slot(AtomicUsize);
 
 impl Slot {
-    fn new() -> Slot {
-        Slot {
-            seq: AtomicU64::new(0),
-            nwait: AtomicUsize::new(0),
-            waiting: SpinLock::new(Vec::new()),
-        }
+    /// Consumes a READY (step 1 of the protocol).
+    fn take_ready(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == READY
+            && self
+                .0
+                .compare_exchange(READY, EMPTY, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
     }
 
-    /// The readiness count now.
-    fn seq(&self) -> u64 {
-        self.seq.load(Ordering::SeqCst)
-    }
-
-    /// Readiness (step 3): counts it and moves every parked goroutine to
-    /// `woken`; the caller must unpark each.
-    fn notify(&self, woken: &mut Vec<GRef>) {
-        // SeqCst: our count before our look at `nwait`; the waiter's
-        // `nwait` before its look at the count.
-        self.seq.fetch_add(1, Ordering::SeqCst);
-        if self.nwait.load(Ordering::SeqCst) == 0 {
-            return;
-        }
-        let _np = crate::sched::NoPreempt::enter();
-        let mut w = self.waiting.lock();
-        woken.append(&mut w);
-        self.nwait.store(0, Ordering::SeqCst);
-    }
-
-    /// Queues `g` (step 2).
-    fn enqueue(&self, g: GRef) {
-        let _np = crate::sched::NoPreempt::enter();
-        let mut w = self.waiting.lock();
-        w.push(g);
-        self.nwait.store(w.len(), Ordering::SeqCst);
-    }
-
-    /// Takes `g` out if it is still queued (a deadline, step 4, or a
-    /// waiter that saw readiness right after queueing): true if it was.
-    /// Exactly one of `notify` and `remove` gets a goroutine out.
-    fn remove(&self, g: GRef) -> bool {
-        let _np = crate::sched::NoPreempt::enter();
-        let mut w = self.waiting.lock();
-        match w.iter().position(|&x| x == g) {
-            Some(i) => {
-                w.swap_remove(i);
-                self.nwait.store(w.len(), Ordering::SeqCst);
-                true
+    /// Readiness (step 3): returns the waiting G to wake, if any.
+    fn notify(&self) -> Option<GRef> {
+        let mut cur = self.0.load(Ordering::Acquire);
+        loop {
+            let next = if cur > READY { EMPTY } else { READY };
+            if cur == next {
+                return None;
             }
-            None => false,
+            // AcqRel: pairs with the waiter's CAS that published its G
+            // (and what it wrote before parking).
+            match self
+                .0
+                .compare_exchange(cur, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) if cur > READY => {
+                    // SAFETY: only a live G's address is stored in a slot
+                    // (G structs are never freed).
+                    return Some(GRef(unsafe {
+                        std::ptr::NonNull::new_unchecked(cur as *mut crate::sched::g::G)
+                    }));
+                }
+                Ok(_) => return None,
+                Err(now) => cur = now,
+            }
         }
     }
 
-    /// Is `g` still queued?
-    fn holds(&self, g: GRef) -> bool {
-        let _np = crate::sched::NoPreempt::enter();
-        self.waiting.lock().contains(&g)
+    /// A deadline (step 4): takes `g` out of the slot if it still waits.
+    fn expire(&self, g: GRef) -> bool {
+        self.0
+            .compare_exchange(
+                g.as_ptr() as usize,
+                EMPTY,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
     }
 }
 
@@ -285,6 +263,8 @@ pub(crate) struct Desc {
     fd: AtomicI32,
     /// Reader and writer slots.
     slots: [Slot; 2],
+    /// Serialises waiters of one direction (step 5).
+    turn: [crate::sync::Mutex<()>; 2],
     /// Goroutines inside `wait` on this descriptor (parked, or woken and
     /// not yet resumed): the ones a runtime drop abandons.
     inside: AtomicU32,
@@ -304,7 +284,8 @@ impl Desc {
         Desc {
             gen: AtomicU64::new(0),
             fd: AtomicI32::new(-1),
-            slots: [Slot::new(), Slot::new()],
+            slots: [Slot(AtomicUsize::new(EMPTY)), Slot(AtomicUsize::new(EMPTY))],
+            turn: [crate::sync::Mutex::new(()), crate::sync::Mutex::new(())],
             inside: AtomicU32::new(0),
             in_use: AtomicBool::new(false),
             dead: AtomicBool::new(false),
@@ -327,12 +308,6 @@ impl Desc {
     /// See `Desc::hup`.
     pub(crate) fn peer_closed(&self) -> bool {
         self.hup.load(Ordering::Acquire)
-    }
-
-    /// The readiness count of direction `dir` now: what a waiter passes
-    /// to `Driver::wait` (see "Descriptors").
-    pub(crate) fn seq(&self, dir: Dir) -> u64 {
-        self.slots[dir as usize].seq()
     }
 }
 
@@ -434,10 +409,8 @@ impl Driver {
 
     /// Registers `fd` (Go's poll_runtime_pollOpen). The descriptor lives
     /// as long as the driver (not really `'static`): callers keep an
-    /// `Arc<Driver>` beside it. Returns it with its readiness counts
-    /// (read, write) from before the registration: a first `wait` passes
-    /// them (the fd's readiness at registration comes as an event).
-    pub(crate) fn register(&self, fd: RawFd) -> io::Result<(&'static Desc, [u64; 2])> {
+    /// `Arc<Driver>` beside it.
+    pub(crate) fn register(&self, fd: RawFd) -> io::Result<&'static Desc> {
         let _np = crate::sched::NoPreempt::enter();
         let desc = {
             let mut t = self.table.rt_lock();
@@ -458,12 +431,11 @@ impl Driver {
             self.registered.fetch_add(1, Ordering::Relaxed);
             d
         };
-        let seqs = [desc.seq(Dir::Read), desc.seq(Dir::Write)];
         if let Err(e) = self.os.register(fd, desc.token()) {
             self.release(desc);
             return Err(e);
         }
-        Ok((desc, seqs))
+        Ok(desc)
     }
 
     /// Deregisters `desc` (Go's poll_runtime_pollClose). Returns false if
@@ -490,9 +462,9 @@ impl Driver {
         desc.in_use.store(false, Ordering::Relaxed);
         desc.fd.store(-1, Ordering::Relaxed);
         self.registered.fetch_sub(1, Ordering::Relaxed);
-        // The slots keep their counts (a count only ever grows; waiters
-        // compare it with their own earlier reading) and are empty: a
-        // parked goroutine holds a handle, so none is parked now.
+        for s in &desc.slots {
+            s.0.store(EMPTY, Ordering::Relaxed);
+        }
         t.free.push(desc);
         true
     }
@@ -501,74 +473,83 @@ impl Driver {
     /// the kernel's event follows, but the waiter should not depend on a
     /// poll happening).
     pub(crate) fn notify(&self, desc: &Desc, dir: Dir) {
-        let mut woken = Vec::new();
-        desc.slots[dir as usize].notify(&mut woken);
-        self.wakeups
-            .fetch_add(woken.len() as u64, Ordering::Relaxed);
-        for g in woken {
+        if let Some(g) = desc.slots[dir as usize].notify() {
+            self.wakeups.fetch_add(1, Ordering::Relaxed);
             g.unpark();
         }
     }
 
-    /// Parks the calling goroutine until the readiness count of `desc`
-    /// in direction `dir` is no longer `seen`, or `deadline` (steps 1, 2
-    /// and 4 in the module docs); returns the count then. May return
-    /// spuriously; the caller retries its I/O and checks its deadline.
-    /// Call it from a goroutine of this driver's runtime that can park:
-    /// the goroutines a poll wakes are made runnable on the polling
+    /// Parks the calling goroutine until `desc` may be ready in direction
+    /// `dir`, or `deadline` (steps 1, 2, 4 and 5 in the module docs). May
+    /// return spuriously; the caller retries its I/O and checks its
+    /// deadline. Call it from a goroutine of this driver's runtime that can
+    /// park: the goroutines a poll wakes are made runnable on the polling
     /// runtime's queues.
     pub(crate) fn wait(
         self: &Arc<Driver>,
         desc: &'static Desc,
         dir: Dir,
-        seen: u64,
         deadline: Option<Instant>,
-    ) -> u64 {
+    ) {
         let slot = &desc.slots[dir as usize];
-        let now = slot.seq();
-        if now != seen || deadline.is_some_and(|d| Instant::now() >= d) {
-            return now;
+        if slot.take_ready() {
+            return;
         }
-        let Some(g) = crate::sched::current_g() else {
-            return now; // Not a goroutine (callers check): a spurious return.
+        let turn = &desc.turn[dir as usize];
+        let _turn = match turn.try_lock() {
+            Some(t) => t,
+            None => {
+                // Another goroutine waits in this direction: wait for our
+                // turn, then retry (step 5).
+                drop(turn.lock());
+                return;
+            }
         };
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return;
+        }
+        let g = crate::sched::current_g().expect("Driver::wait outside a goroutine");
         self.waiters.fetch_add(1, Ordering::SeqCst);
         desc.inside.fetch_add(1, Ordering::Relaxed);
         self.waits.fetch_add(1, Ordering::Relaxed);
-        slot.enqueue(g);
-        // Step 2: our `nwait` before our look at the count; the poller's
-        // count before its look at `nwait` (both SeqCst). Either it sees
-        // us queued and wakes us, or we see its readiness and do not park.
-        if slot.seq() != seen {
-            // Ours to take out, or `notify` took us and unparks us: then
-            // the wake-up is left as a token, which our next park consumes
-            // (every parker tolerates a spurious return).
-            slot.remove(g);
-        } else {
-            let timer = deadline.and_then(|d| {
-                let drv = self.clone();
-                crate::sched::timer::add_current(
-                    d,
-                    Box::new(move || {
-                        if desc.slots[dir as usize].remove(g) {
-                            g.unpark();
-                        }
-                        drop(drv);
-                    }),
-                )
-            });
-            // A wake-up meant for an earlier wait of this goroutine (a
-            // token) leaves us queued: park again.
-            while slot.holds(g) {
-                crate::sched::gopark("IO wait");
+        // Step 2. AcqRel: pairs with `notify`'s CAS.
+        match slot.0.compare_exchange(
+            EMPTY,
+            g.as_ptr() as usize,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => {
+                let timer = deadline.and_then(|d| {
+                    let drv = self.clone();
+                    crate::sched::timer::add_current(
+                        d,
+                        Box::new(move || {
+                            if desc.slots[dir as usize].expire(g) {
+                                g.unpark();
+                            }
+                            drop(drv);
+                        }),
+                    )
+                });
+                // A wake-up meant for an earlier wait of this goroutine
+                // (a token) leaves the slot holding us: park again.
+                while slot.0.load(Ordering::Acquire) == g.as_ptr() as usize {
+                    crate::sched::gopark("IO wait");
+                }
+                if let Some(t) = timer {
+                    crate::sched::timer::cancel_current(t);
+                }
             }
-            if let Some(t) = timer {
-                crate::sched::timer::cancel_current(t);
+            Err(READY) => {
+                slot.take_ready();
+            }
+            Err(other) => {
+                unreachable!("two goroutines in one slot ({other:#x}) despite the turn lock")
             }
         }
         desc.inside.fetch_sub(1, Ordering::Relaxed);
         self.waiters.fetch_sub(1, Ordering::SeqCst);
-        slot.seq()
     }
 
     /// Polls the OS poller and claims the goroutines its events wake (Go's
@@ -584,7 +565,6 @@ impl Driver {
     /// The second half of `poll`: applies events to their descriptors'
     /// slots, dropping those whose generation tag is stale.
     fn dispatch(&self, events: &[libc::epoll_event]) -> Vec<GRef> {
-        let mut claimed = Vec::new();
         let mut woken = Vec::new();
         for ev in events {
             let (data, bits) = (ev.u64, ev.events);
@@ -604,13 +584,14 @@ impl Driver {
             }
             for (dir, mask) in [(Dir::Read, READABLE), (Dir::Write, WRITABLE)] {
                 if bits & mask != 0 {
-                    desc.slots[dir as usize].notify(&mut claimed);
+                    if let Some(g) = desc.slots[dir as usize].notify() {
+                        if g.unpark_deferred() {
+                            woken.push(g);
+                        }
+                    }
                 }
             }
         }
-        // A goroutine still running (queued, then it saw the count move)
-        // keeps the wake-up as a token; only parked ones are ours to run.
-        woken.extend(claimed.into_iter().filter(|g| g.unpark_deferred()));
         if !woken.is_empty() {
             self.wakeups
                 .fetch_add(woken.len() as u64, Ordering::Relaxed);

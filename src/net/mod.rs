@@ -89,7 +89,7 @@ pub use udp::UdpSocket;
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -108,36 +108,15 @@ pub(crate) struct Io<T: AsFd> {
     init: std::sync::Mutex<()>,
     /// Per-call timeouts in ns; `NO_TIMEOUT` when none.
     timeouts: [AtomicU64; 2],
-    /// Per direction: the last stream transfer was short (see
-    /// `io_stream`): the readiness count read before it, or `NOT_SHORT`.
-    short: [AtomicU64; 2],
+    /// Per direction: the last stream transfer was short (see `io_stream`).
+    short: [AtomicBool; 2],
 }
 
 const NO_TIMEOUT: u64 = u64::MAX;
 
-/// `Io::short` when the last transfer was not short.
-const NOT_SHORT: u64 = u64::MAX;
-
-/// What a wait compares the descriptor's readiness count with (see
-/// "Descriptors" in `crate::driver`).
-#[derive(Clone, Copy)]
-enum Seen {
-    /// The count read before the caller's own I/O that returned
-    /// `WouldBlock` (None: the fd was not registered yet): readiness that
-    /// arrived after it is never lost, whoever else waits.
-    Before(Option<u64>),
-    /// The count the last wait on this object returned (a wait with no
-    /// I/O of ours before it: `Registration::wait_readable`), which is
-    /// edge-triggered readiness shared by all such waiters.
-    LastWait,
-}
-
 struct Reg {
     driver: Arc<Driver>,
     desc: &'static Desc,
-    /// Per direction: the descriptor's readiness count as the last wait
-    /// returned it (see `Seen::LastWait`).
-    seen: [AtomicU64; 2],
 }
 
 impl Reg {
@@ -159,7 +138,7 @@ impl<T: AsFd> Io<T> {
             reg: OnceLock::new(),
             init: std::sync::Mutex::new(()),
             timeouts: [AtomicU64::new(NO_TIMEOUT), AtomicU64::new(NO_TIMEOUT)],
-            short: [AtomicU64::new(NOT_SHORT), AtomicU64::new(NOT_SHORT)],
+            short: [AtomicBool::new(false), AtomicBool::new(false)],
         }
     }
 
@@ -217,10 +196,9 @@ impl<T: AsFd> Io<T> {
     /// next call on a goroutine goes to the poller first instead of making
     /// a system call that would most likely fail with `WouldBlock` (tokio
     /// clears readiness after a short read for the same reason). Nothing
-    /// is missed: that wait compares the readiness count with its value
-    /// before the short transfer, and data or room that came later raised
-    /// a new edge-triggered event, which moved the count (so does a local
-    /// `shutdown`). The exception
+    /// is missed: data or room that comes later raises a new
+    /// edge-triggered event, which wakes the waiter or leaves the slot
+    /// READY for it; a local `shutdown` leaves it READY too. The exception
     /// is a peer that closed: its FIN may have come with the data just read
     /// (one event for both), and the EOF behind it raises no further
     /// event, so once an event said the peer closed (`Desc::peer_closed`)
@@ -236,39 +214,29 @@ impl<T: AsFd> Io<T> {
             .timeout(dir)
             .and_then(|t| Instant::now().checked_add(t));
         let short = &self.short[dir as usize];
-        let before = short.swap(NOT_SHORT, Ordering::Relaxed);
-        if before != NOT_SHORT {
+        if short.load(Ordering::Relaxed) {
+            short.store(false, Ordering::Relaxed);
             let waitable = self
                 .reg
                 .get()
                 .is_some_and(|r| !r.desc.peer_closed() && r.parks_here());
             if waitable && crate::sched::g::parkable_g().is_some() {
-                self.wait_for(dir, deadline, Seen::Before(Some(before)))?;
+                self.wait(dir, deadline)?;
             }
         }
-        let mut f = f;
-        let mut seq = None;
-        let r = self.io_until(dir, deadline, |t| {
-            seq = self.seq(dir);
-            f(t)
-        });
-        if let (Ok(n), Some(seq)) = (&r, seq) {
-            if *n > 0 && *n < len {
-                short.store(seq, Ordering::Relaxed);
+        let r = self.io_until(dir, deadline, f);
+        if let Ok(n) = r {
+            if n > 0 && n < len {
+                short.store(true, Ordering::Relaxed);
             }
         }
         r
     }
 
-    /// The readiness count of `dir` now (None: not registered).
-    fn seq(&self, dir: Dir) -> Option<u64> {
-        self.reg.get().map(|r| r.desc.seq(dir))
-    }
-
     /// The next `io_stream` call in `dir` tries the socket first (a `peek`
     /// just saw data).
     pub(crate) fn forget_short(&self, dir: Dir) {
-        self.short[dir as usize].store(NOT_SHORT, Ordering::Relaxed);
+        self.short[dir as usize].store(false, Ordering::Relaxed);
     }
 
     /// `io` with an absolute deadline (None: none).
@@ -279,9 +247,6 @@ impl<T: AsFd> Io<T> {
         mut f: impl FnMut(&T) -> io::Result<R>,
     ) -> io::Result<R> {
         loop {
-            // Before the I/O: readiness that comes after its `WouldBlock`
-            // moves the count past this (see `Seen::Before`).
-            let seen = Seen::Before(self.seq(dir));
             match f(self.get()?) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -290,24 +255,18 @@ impl<T: AsFd> Io<T> {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(timed_out());
             }
-            self.wait_for(dir, deadline, seen)?;
+            self.wait(dir, deadline)?;
         }
     }
 
-    /// Waits until the fd may be ready for `dir` or `deadline` (for a
-    /// caller whose own I/O this object did not see: `Seen::LastWait`).
+    /// Waits until the fd may be ready for `dir` or `deadline`: parks a
+    /// goroutine on the netpoller, blocks a plain thread in poll(2). May
+    /// return early; callers retry their I/O.
     pub(crate) fn wait(&self, dir: Dir, deadline: Option<Instant>) -> io::Result<()> {
-        self.wait_for(dir, deadline, Seen::LastWait)
-    }
-
-    /// Waits until the fd may be ready for `dir` (readiness since `seen`)
-    /// or `deadline`: parks a goroutine on the netpoller, blocks a plain
-    /// thread in poll(2). May return early; callers retry their I/O.
-    fn wait_for(&self, dir: Dir, deadline: Option<Instant>, seen: Seen) -> io::Result<()> {
         if crate::sched::g::parkable_g().is_none() {
             return sys::poll_fd(self.fd(), dir, deadline);
         }
-        let (reg, registered) = self.registration()?;
+        let reg = self.registration()?;
         if !reg.parks_here() {
             // Registered with another runtime (or one that has shut down):
             // wait like a blocking call, our P released. Parked on that
@@ -316,44 +275,25 @@ impl<T: AsFd> Io<T> {
             let fd = self.fd();
             return crate::blocking(|| sys::poll_fd(fd, dir, deadline));
         }
-        let last = &reg.seen[dir as usize];
-        let from = match (seen, registered) {
-            (Seen::Before(Some(s)), _) => s,
-            // Our I/O came before the registration, which we made just now:
-            // its counts from before the fd joined the poller (readiness
-            // at that moment comes as an event).
-            (Seen::Before(None), Some(counts)) => counts[dir as usize],
-            // Registered by another goroutine after our I/O: we cannot
-            // tell what came since. Retry.
-            (Seen::Before(None), None) => return Ok(()),
-            (Seen::LastWait, _) => last.load(Ordering::Relaxed),
-        };
-        let now = reg.driver.wait(reg.desc, dir, from, deadline);
-        last.fetch_max(now, Ordering::Relaxed);
+        reg.driver.wait(reg.desc, dir, deadline);
         Ok(())
     }
 
     /// The registration, made now with the calling goroutine's runtime if
-    /// there is none yet; then also its readiness counts from before the
-    /// fd joined the poller.
-    fn registration(&self) -> io::Result<(&Reg, Option<[u64; 2]>)> {
+    /// there is none yet.
+    fn registration(&self) -> io::Result<&Reg> {
         if let Some(r) = self.reg.get() {
-            return Ok((r, None));
+            return Ok(r);
         }
         let _np = crate::sched::NoPreempt::enter();
         let _init = self.init.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(r) = self.reg.get() {
-            return Ok((r, None));
+            return Ok(r);
         }
         let driver = crate::sched::with_current_shared(|sh| sh.driver.clone())
             .ok_or_else(|| io::Error::other("gosched: registering a socket outside a goroutine"))?;
-        let (desc, counts) = driver.register(self.fd())?;
-        let reg = self.reg.get_or_init(|| Reg {
-            driver,
-            desc,
-            seen: counts.map(AtomicU64::new),
-        });
-        Ok((reg, Some(counts)))
+        let desc = driver.register(self.fd())?;
+        Ok(self.reg.get_or_init(|| Reg { driver, desc }))
     }
 
     /// Deregisters and returns the object (Registration::into_inner).

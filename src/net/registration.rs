@@ -18,15 +18,6 @@ use crate::driver::Dir;
 /// [`write_with`](Registration::write_with) do exactly that). A wait may
 /// return without the fd being ready; retry the I/O.
 ///
-/// Several goroutines may wait at once, each within its own timeout. The
-/// helpers never lose readiness for one another: each compares the fd's
-/// readiness with what it was before its own I/O. The bare waits
-/// ([`wait_readable`](Registration::wait_readable),
-/// [`wait_writable`](Registration::wait_writable)) cannot know when your
-/// I/O ran: a wait returns at once if the fd got ready since the last wait
-/// returned, so several goroutines doing their own I/O and bare waits share
-/// one edge-triggered readiness (one may take the event another needed).
-///
 /// The fd is registered with the calling goroutine's runtime on the first
 /// wait, and deregistered when the `Registration` drops (which then drops
 /// the object, closing the fd) or in [`into_inner`](Registration::into_inner).

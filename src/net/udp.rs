@@ -9,9 +9,7 @@ use crate::driver::Dir;
 
 /// A UDP socket: `std::net::UdpSocket` whose sends and receives park the
 /// calling goroutine instead of its thread. Several goroutines may receive
-/// on one socket (share it with an `Arc`), each within its own timeout: a
-/// datagram wakes every waiting receiver, one of them gets it and the
-/// others wait on.
+/// on one socket (share it with an `Arc`); they take turns waiting.
 ///
 /// # Examples
 ///
