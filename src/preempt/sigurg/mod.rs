@@ -81,6 +81,28 @@ fn our_action() -> libc::sigaction {
     signal::action(on_sigurg, libc::SA_ONSTACK | libc::SA_RESTART)
 }
 
+/// Publishes a table the SIGURG handler reads: leaks `table` into `slot`
+/// (Release; the handler loads it with Acquire) unless one is there
+/// already. Called from `install`, inside its `Once`, before the handler
+/// is installed; a published table is never changed or freed (the handler
+/// may read it until the process exits).
+fn publish_once<T>(slot: &std::sync::atomic::AtomicPtr<T>, table: T) {
+    let table = Box::into_raw(Box::new(table));
+    if slot
+        .compare_exchange(
+            core::ptr::null_mut(),
+            table,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+        .is_err()
+    {
+        // SAFETY: `table` came from Box::into_raw above and was not
+        // published.
+        drop(unsafe { Box::from_raw(table) });
+    }
+}
+
 static INSTALL: Once = Once::new();
 
 /// Installs the SIGURG handler (once per process) and reads the main

@@ -91,21 +91,8 @@ pub(super) fn init(load: usize) {
     if i == 0 || me >= ranges[i - 1].1 {
         return;
     }
-    let table = Box::into_raw(Box::new(Table { ranges }));
-    // Pairs with the Acquire in `admits`. `install` calls us inside its
-    // `Once`: a single writer. Leaked: the handler reads it until exit.
-    if TABLE
-        .compare_exchange(
-            core::ptr::null_mut(),
-            table,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        )
-        .is_err()
-    {
-        // SAFETY: `table` came from Box::into_raw above, unpublished.
-        drop(unsafe { Box::from_raw(table) });
-    }
+    // Pairs with the Acquire in `admits`.
+    super::publish_once(&TABLE, Table { ranges });
 }
 
 /// Rule 4 for a pc of the main executable: `Some(true)` if it lies in an

@@ -137,23 +137,8 @@ pub(crate) fn init() {
     }
     let off = std::env::var(OFF_ENV).is_ok_and(|v| v == "1");
     let rows = if off { Vec::new() } else { collect() };
-    let table = Box::into_raw(Box::new(Table { rows }));
-    // Pairs with the Acquire load in `rows`. `install` calls us inside its
-    // `Once`, so there is a single writer; the table is leaked on purpose
-    // (the handler may read it until the process exits).
-    if TABLE
-        .compare_exchange(
-            core::ptr::null_mut(),
-            table,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        )
-        .is_err()
-    {
-        // SAFETY: `table` came from Box::into_raw above and was not
-        // published.
-        drop(unsafe { Box::from_raw(table) });
-    }
+    // Pairs with the Acquire load in `rows`.
+    super::publish_once(&TABLE, Table { rows });
 }
 
 /// The admitted rows (empty before `init` or when disabled).
