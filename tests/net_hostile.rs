@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gosched::net::{TcpListener, UdpSocket};
+use gosched::net::{Registration, TcpListener, TcpStream, UdpSocket};
 use gosched::{Builder, Runtime};
 
 // ---------------------------------------------------------------------------
@@ -282,5 +282,135 @@ fn a_goroutine_of_another_runtime_is_never_run_by_the_busy_first_runtime() {
         out.status.success() && out.stdout.contains("done"),
         "{}",
         out.describe()
+    );
+}
+// ---------------------------------------------------------------------------
+// Several goroutines waiting in one direction of one socket
+
+/// Runs `f` on a new thread and waits at most `limit` for it: a scenario
+/// that hangs fails the test with `what` instead of stalling the suite
+/// (the hung thread is left behind; it ends with the test process).
+fn within<R: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> R {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(r) => r,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("hung for {limit:?}: {what}"),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            panic!("the scenario panicked: {what}")
+        }
+    }
+}
+
+/// How long the second waiter's timeout is, and how late it may be on a
+/// loaded machine.
+const SECOND_TIMEOUT: Duration = Duration::from_millis(100);
+const LATE: Duration = Duration::from_secs(10);
+
+/// Checks a second waiter's outcome: `kind` after at least
+/// `SECOND_TIMEOUT` and well before `LATE`.
+fn assert_timed_out(r: (std::io::ErrorKind, Duration), kind: std::io::ErrorKind) {
+    assert_eq!(r.0, kind);
+    assert!(
+        r.1 >= SECOND_TIMEOUT && r.1 < LATE,
+        "returned after {:?}",
+        r.1
+    );
+}
+
+/// A goroutine receives on a UDP socket (no timeout); a second one, with
+/// a read timeout, receives on the same socket: it gets `TimedOut` in
+/// time, and the first still gets the next datagram. The second waiter
+/// used to queue behind the first on a lock with no deadline: it hung
+/// until the first got a datagram.
+#[test]
+fn a_second_udp_receiver_gets_its_own_timeout() {
+    let _w = common::watchdog();
+    within(Duration::from_secs(30), "a second UDP receiver", || {
+        let rt = Builder::new().procs(2).build().unwrap();
+        rt.block_on(|| {
+            let s = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+            let to = s.local_addr().unwrap();
+            let s2 = s.clone();
+            let first = gosched::spawn(move || {
+                let mut buf = [0u8; 64];
+                let n = s2.recv(&mut buf).unwrap();
+                buf[..n].to_vec()
+            });
+            gosched::sleep(Duration::from_millis(20)); // let it park
+            s.set_read_timeout(Some(SECOND_TIMEOUT)).unwrap();
+            let t = Instant::now();
+            let e = s.recv(&mut [0u8; 64]).unwrap_err();
+            assert_timed_out((e.kind(), t.elapsed()), std::io::ErrorKind::TimedOut);
+            let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            c.send_to(b"first", to).unwrap();
+            assert_eq!(first.join().unwrap(), b"first");
+        });
+    });
+}
+
+/// The same with two handles of one TCP stream (`try_clone`).
+#[test]
+fn a_second_tcp_reader_gets_its_own_timeout() {
+    let _w = common::watchdog();
+    within(Duration::from_secs(30), "a second TCP reader", || {
+        let rt = Builder::new().procs(2).build().unwrap();
+        rt.block_on(|| {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let mut peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (s, _) = l.accept().unwrap();
+            let s2 = s.try_clone().unwrap();
+            let first = gosched::spawn(move || {
+                let mut buf = [0u8; 5];
+                (&s2).read_exact(&mut buf).unwrap();
+                buf
+            });
+            gosched::sleep(Duration::from_millis(20));
+            s.set_read_timeout(Some(SECOND_TIMEOUT)).unwrap();
+            let t = Instant::now();
+            let e = (&s).read(&mut [0u8; 8]).unwrap_err();
+            assert_timed_out((e.kind(), t.elapsed()), std::io::ErrorKind::TimedOut);
+            peer.write_all(b"first").unwrap();
+            assert_eq!(&first.join().unwrap(), b"first");
+        });
+    });
+}
+
+/// The same with `Registration::wait_readable(Some(t))` beside a
+/// goroutine in `read_with`.
+#[test]
+fn a_second_registration_wait_gets_its_own_timeout() {
+    let _w = common::watchdog();
+    within(
+        Duration::from_secs(30),
+        "a second Registration wait",
+        || {
+            let rt = Builder::new().procs(2).build().unwrap();
+            rt.block_on(|| {
+                let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                s.set_nonblocking(true).unwrap();
+                let to = s.local_addr().unwrap();
+                let r = Arc::new(Registration::new(s).unwrap());
+                let r2 = r.clone();
+                let first = gosched::spawn(move || {
+                    let mut buf = [0u8; 64];
+                    let n = r2.read_with(|s| s.recv(&mut buf)).unwrap();
+                    buf[..n].to_vec()
+                });
+                gosched::sleep(Duration::from_millis(20));
+                let t = Instant::now();
+                let e = r.wait_readable(Some(SECOND_TIMEOUT)).unwrap_err();
+                assert_timed_out((e.kind(), t.elapsed()), std::io::ErrorKind::TimedOut);
+                let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                c.send_to(b"first", to).unwrap();
+                assert_eq!(first.join().unwrap(), b"first");
+            });
+        },
     );
 }

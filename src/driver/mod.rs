@@ -109,7 +109,13 @@
 //! 5. One goroutine waits per slot: a second waiter on the same direction
 //!    queues on the slot's `turn` mutex and, once it gets it, returns for
 //!    a retry (the readiness it waited for may have been consumed by the
-//!    first).
+//!    first). One with a deadline looks at the turn after pauses of 50 µs
+//!    doubling to 1 ms instead, and gives up at its deadline (it used to
+//!    wait for the turn without one, until the first waiter got data).
+//!    Known gap: the first waiter may consume readiness that a second
+//!    receiver, whose `WouldBlock` came before the data, needed; with two
+//!    datagrams behind one edge the second may then wait for the next
+//!    event (Go serialises readers with its fdMutex instead).
 //!
 //! Descriptors are allocated by the driver and never freed while it lives
 //! (Go's pollCache is type-stable memory too): an event may name a
@@ -197,6 +203,11 @@ pub(crate) const SYSMON_WATCH_AFTER: Duration = Duration::from_micros(200);
 /// [`SYSMON_WATCH_AFTER`]. Each of sysmon's looks costs a few microseconds
 /// of some CPU: at most ~2,500 per second while Ps are busy.
 pub(crate) const SYSMON_BACKOFF_CAP: Duration = Duration::from_micros(400);
+
+/// A second waiter's pauses between looks at the turn when it has a
+/// deadline (step 5).
+const TURN_PAUSE_MIN: Duration = Duration::from_micros(50);
+const TURN_PAUSE_MAX: Duration = Duration::from_millis(1);
 
 /// One direction of a descriptor: EMPTY, READY or a waiting G's address.
 struct Slot(AtomicUsize);
@@ -500,8 +511,22 @@ impl Driver {
             Some(t) => t,
             None => {
                 // Another goroutine waits in this direction: wait for our
-                // turn, then retry (step 5).
-                drop(turn.lock());
+                // turn, then retry (step 5); with a deadline, only until
+                // then (the mutex has no timed lock: look again after a
+                // pause that doubles from 50 µs to 1 ms).
+                match deadline {
+                    None => drop(turn.lock()),
+                    Some(d) => {
+                        let mut pause = TURN_PAUSE_MIN;
+                        while let Some(left) = d.checked_duration_since(Instant::now()) {
+                            if turn.try_lock().is_some() {
+                                break;
+                            }
+                            crate::sleep(pause.min(left));
+                            pause = (pause * 2).min(TURN_PAUSE_MAX);
+                        }
+                    }
+                }
                 return;
             }
         };
