@@ -314,13 +314,14 @@ pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
 /// No-op on a plain thread.
 ///
 /// A goroutine that exits while still locked (more calls than
-/// [`unlock_os_thread`]s) takes its thread with it, as in Go: the thread
-/// exits instead of running other goroutines, and its P passes to another
-/// thread. So a goroutine that changes its thread's state (a network
-/// namespace with `setns`/`unshare`, the CPU affinity, the signal mask,
-/// scheduling policy, credentials) should lock, make the change, and exit
-/// without unlocking; a thread unlocked after such a change goes back to
-/// the pool as it is.
+/// [`unlock_os_thread`]s) leaves its thread to the pool with the signal
+/// mask and CPU affinity the thread had when the runtime started it. Go
+/// ends such a thread instead; gosched does not (a goroutine that ran on
+/// it before may still hold the address of its thread-locals, see
+/// "Soundness" above), so a network namespace (`setns`/`unshare`),
+/// credentials or a scheduling policy changed there are *not* put back:
+/// do such changes on a plain `std::thread`, not on a goroutine's thread.
+/// A thread unlocked after a change goes back to the pool as it is.
 ///
 /// # Examples
 ///

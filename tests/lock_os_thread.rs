@@ -1,6 +1,7 @@
 //! `lock_os_thread`: a locked goroutine stays on its thread, that thread
 //! runs nothing else, calls nest, and a goroutine may exit while locked
-//! (the thread then ends with it: tests/thread_state.rs).
+//! (its thread's signal mask and affinity are put back:
+//! tests/thread_state.rs).
 
 mod common;
 

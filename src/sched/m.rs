@@ -116,11 +116,11 @@ unsafe impl Sync for M {}
 // SAFETY: as above.
 unsafe impl Send for M {}
 
-/// `M::tid` of an M whose thread has ended: the runtime shut down, or a
-/// goroutine exited while locked to it (`G0::exit_locked`). The M struct
-/// stays in `Shared::allm` (Ms live as long as Shared: other threads may
-/// still hold a pointer to it), but no thread runs it any more. A
-/// tgkill, `sched_setaffinity` or /proc look-up with it fails harmlessly.
+/// `M::tid` of an M whose thread has ended (the runtime shut down). The
+/// M struct stays in `Shared::allm` (Ms live as long as Shared: other
+/// threads may still hold a pointer to it), but no thread runs it any
+/// more. A tgkill, `sched_setaffinity` or /proc look-up with it fails
+/// harmlessly.
 pub(crate) const TID_EXITED: i32 = -1;
 
 impl M {

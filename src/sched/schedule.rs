@@ -4,20 +4,26 @@
 //!
 //! # A goroutine that exits locked
 //!
-//! A goroutine that ends while still locked to its thread (more
-//! `lock_os_thread` calls than unlocks) takes the thread with it, as in Go
-//! (`goexit0` returning to `mstart`, then `mexit`): it may have locked the
-//! thread precisely to change its state (a network namespace entered with
-//! `setns`/`unshare`, its CPU affinity, its signal mask, scheduling policy,
-//! credentials), and a pooled thread would hand that state to whatever
-//! goroutine runs there next. A changed signal mask would also make the
-//! SIGURG handler refuse every asynchronous preemption on that thread
-//! (safe-point rule 5 compares the interrupted mask with `M::sigmask`).
-//! So `G0::exit_locked` hands the M's P on as any M leaving does
-//! (`handoffp`: an M is woken or started for it if work waits), the thread
-//! returns from `mstart` (no `pthread_exit` through Rust frames), and the M
-//! is marked `TID_EXITED`. Its struct stays in `allm`; its join handle is
-//! reaped by the next M that exits this way, or by `Runtime` drop.
+//! Go ends the thread of a goroutine that exits while still locked to it
+//! (`goexit0` returning to `mstart`, then `mexit`): the goroutine may have
+//! locked the thread precisely to change its state. gosched keeps the
+//! thread and puts back what it can: the signal mask and the CPU affinity
+//! the M started with (`G0::reset_thread_state`), so neither leaks to the
+//! next goroutine on that thread (a changed mask also made the SIGURG
+//! handler refuse every asynchronous preemption there: safe-point rule 5
+//! compares the interrupted mask with `M::sigmask`). A network namespace,
+//! credentials or a scheduling policy are not put back (documented on
+//! `lock_os_thread`).
+//!
+//! Why not end the thread: a goroutine that ran on it earlier and moved to
+//! another thread at a cooperative point may still use, in compiled code,
+//! the address of this thread's thread-locals (LLVM computes a
+//! thread-local's address once per function; see "Soundness" in the crate
+//! docs). While the thread lives that is a stale value; once it ended it
+//! is a read of freed memory. Ending it was tried: in release builds the
+//! main goroutine's `gosched::spawn` after a `join` on a goroutine that
+//! exited locked read the ended thread's thread-locals and found no
+//! runtime (tests/thread_state.rs, tests/lock_os_thread.rs).
 
 use crate::sched::RuntimeLock;
 use std::ptr::{self, NonNull};
@@ -132,9 +138,7 @@ impl G0<'_> {
         p
     }
 
-    /// The scheduler loop (Go's schedule): runs until shutdown, or until a
-    /// goroutine exits locked to this M (see the module docs): then the
-    /// caller, `mstart`, ends the thread.
+    /// The scheduler loop (Go's schedule): runs until shutdown.
     pub(super) fn run(&self) {
         let mut next: Option<(GRef, bool)> = None;
         // The CPU affinity of this thread when its explicitly locked
@@ -188,11 +192,9 @@ impl G0<'_> {
             }
             let back = self.execute(g, inherit);
             if back.lock_count.get() > 0 && self.m.reason.get() == Reason::Exit {
-                // Go's goexit0 on a locked M: the G is freed, the thread
-                // is not reused.
-                let _ = self.after(back);
-                self.exit_locked();
-                return;
+                // Exited locked (module docs): the thread stays, with the
+                // state the M started with.
+                self.reset_thread_state();
             }
             own_mask = if back.lock_count.get() > 0 {
                 thread_cpu_mask()
@@ -478,17 +480,9 @@ impl G0<'_> {
         }
     }
 
-    /// Go's mexit for an M whose goroutine exited locked to it (see the
-    /// module docs): give up the P as any M leaving does, and reap the
-    /// threads of Ms that ended before. The caller returns to `mstart`,
-    /// which ends the thread.
-    fn exit_locked(&self) {
-        debug_assert!(self.m.locked_g.get().is_none());
-        // A thread this one creates now (`handoffp` may start an M)
-        // inherits its signal mask and CPU affinity: put back the ones the
-        // M started with. Namespaces and credentials cannot be put back
-        // (Go starts such Ms from a clean template thread instead; gosched
-        // does not, yet).
+    /// Puts back the signal mask and CPU affinity this M started with,
+    /// after a goroutine exited locked to it (see the module docs).
+    fn reset_thread_state(&self) {
         // SAFETY: `sigmask` is this M's own mask, written at start by this
         // thread (owner-only); pthread_sigmask changes only the calling
         // thread's mask, and sched_setaffinity with pid 0 only the calling
@@ -498,25 +492,6 @@ impl G0<'_> {
             if let Some(mask) = self.m.cpu_mask.get() {
                 libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mask);
             }
-        }
-        if self.m.p.get().is_some() {
-            let p = self.releasep();
-            self.sh.handoffp(p, false);
-        }
-        // The handles of threads that ended so far (their joins return at
-        // once); ours is reaped by the next M that exits, or by `shutdown`.
-        // Without this a program that ends locked goroutines all day would
-        // keep one handle per ended thread until the runtime drops.
-        let done = {
-            let mut threads = self.sh.threads.rt_lock();
-            let (done, running): (Vec<_>, Vec<_>) = std::mem::take(&mut *threads)
-                .into_iter()
-                .partition(|t| t.is_finished());
-            *threads = running;
-            done
-        };
-        for t in done {
-            let _ = t.join();
         }
     }
 
