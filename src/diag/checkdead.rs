@@ -37,9 +37,7 @@ impl Shared {
             if ms.iter().any(|m| !m.curg.load(Ordering::SeqCst).is_null()) {
                 return false;
             }
-            // Ms whose thread ended (a goroutine exited locked) are not
-            // threads any more.
-            ms.iter().filter(|m| !m.exited()).count()
+            ms.len()
         };
         let (mut live, mut parked) = (0, 0);
         for g in self.allg.rt_lock().iter() {

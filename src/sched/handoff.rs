@@ -152,8 +152,7 @@ impl Shared {
     pub(crate) fn newm(&self, p: usize, g: Option<GRef>, spinning: bool) {
         let mut all = self.allm.rt_lock();
         // Go's checkmcount: the new M plus sysmon must fit the limit.
-        // Ms whose thread ended (a goroutine exited locked) do not count.
-        if all.iter().filter(|m| !m.exited()).count() + 2 > self.cfg.max_threads {
+        if all.len() + 2 > self.cfg.max_threads {
             drop(all);
             self.die_thread_exhaustion();
         }

@@ -24,9 +24,7 @@ pub(crate) enum Reason {
 pub(crate) struct M {
     pub(crate) id: usize,
     pub(crate) shared: *const Shared,
-    /// Kernel thread id, for tgkill and /proc. Written at start (0
-    /// until then), and set to [`TID_EXITED`] when the thread ends (see
-    /// [`M::exited`]).
+    /// Kernel thread id, for tgkill and /proc. Written once at start.
     pub(crate) tid: AtomicI32,
     pub(crate) note: Note,
     /// A P handed to this M (index + 1; 0 = none). Written by the M that
@@ -116,21 +114,7 @@ unsafe impl Sync for M {}
 // SAFETY: as above.
 unsafe impl Send for M {}
 
-/// `M::tid` of an M whose thread has ended (the runtime shut down). The
-/// M struct stays in `Shared::allm` (Ms live as long as Shared: other
-/// threads may still hold a pointer to it), but no thread runs it any
-/// more. A tgkill, `sched_setaffinity` or /proc look-up with it fails
-/// harmlessly.
-pub(crate) const TID_EXITED: i32 = -1;
-
 impl M {
-    /// Has this M's thread ended (`TID_EXITED`)? Counts of threads (the
-    /// deadlock check, the thread limit) must skip such Ms: their thread no
-    /// longer exists.
-    pub(crate) fn exited(&self) -> bool {
-        self.tid.load(Ordering::Acquire) == TID_EXITED
-    }
-
     /// The runtime of this M (async-signal-safe: a plain read).
     pub(crate) fn shared_ref(&self) -> &Shared {
         // SAFETY: Shared outlives every M (the M threads hold an Arc).

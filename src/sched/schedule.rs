@@ -78,10 +78,6 @@ pub(super) fn mstart(sh: Arc<Shared>, m: Arc<M>) {
     set_cur_m(ptr::null());
     // Cannot fail: the same call succeeded above.
     let _ = arch::set_thread_base(0);
-    // Last: from here on this M's thread counts as gone (`M::exited`).
-    // The thread itself lingers a moment longer, which only makes the
-    // deadlock check (threads == Ms + ...) hold back one look.
-    m.tid.store(TID_EXITED, Ordering::Release);
 }
 
 /// An M's scheduler context: the code that runs on the M's own thread
