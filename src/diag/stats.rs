@@ -169,10 +169,14 @@ impl Shared {
             .zip(self.counters.refused.iter())
             .map(|(n, c)| (*n, c.load(Ordering::Relaxed)))
             .collect();
+        // One lock at a time, each released here (a guard in the literal
+        // below would live until the end of the function, two at once).
+        let threads = self.allm.rt_lock().len();
+        let idle_threads = self.midle.rt_lock().len();
         Stats {
             goroutines: self.goroutines(),
             spawned: self.spawned(),
-            threads: self.allm.rt_lock().len(),
+            threads,
             switches: sum(|c| &c.switches),
             steals: sum(|c| &c.steals),
             parks: sum(|c| &c.parks),
@@ -184,7 +188,7 @@ impl Shared {
             retakes: self.counters.retakes.load(Ordering::Relaxed),
             blocked_handoffs: self.counters.blocked_handoffs.load(Ordering::Relaxed),
             spinning_threads: self.nmspinning.load(Ordering::Relaxed),
-            idle_threads: self.midle.rt_lock().len(),
+            idle_threads,
             in_syscall: self.in_blocking.load(Ordering::Relaxed),
             global_runqueue: self.global_queue_len(),
             local_runqueues: (0..self.procs()).map(|p| self.ps[p].runq.len()).collect(),

@@ -7,7 +7,7 @@
 //! the next one) and is simpler. The earliest deadline is mirrored in an
 //! atomic so the scheduler's check costs one load when nothing is due.
 
-use crate::sched::RuntimeLock;
+use crate::sched::{RtGuard, RuntimeLock};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -158,16 +158,15 @@ impl Timers {
         if self.next.load(Ordering::Relaxed) > now {
             return 0;
         }
-        match self.heap.try_lock() {
-            Ok(h) => self.fire_locked(h, now),
-            Err(std::sync::TryLockError::Poisoned(e)) => self.fire_locked(e.into_inner(), now),
-            Err(std::sync::TryLockError::WouldBlock) => 0,
+        match self.heap.rt_try_lock() {
+            Some(h) => self.fire_locked(h, now),
+            None => 0,
         }
     }
 
     /// Takes the due timers out of the heap, unlocks it, then runs them (a
     /// timer's callback may add a timer).
-    fn fire_locked(&self, mut h: std::sync::MutexGuard<'_, Heap>, now: u64) -> usize {
+    fn fire_locked(&self, mut h: RtGuard<'_, Heap>, now: u64) -> usize {
         let mut due = Vec::new();
         while let Some(&Reverse((when, id))) = h.order.peek() {
             if when > now {

@@ -513,7 +513,7 @@ impl Sema {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, SemaInner> {
+    fn lock(&self) -> crate::sched::RtGuard<'_, SemaInner> {
         // No user code runs under this lock; poisoning is impossible in
         // practice and harmless to ignore.
         self.inner.rt_lock()
