@@ -6,6 +6,7 @@
 mod common;
 
 use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
@@ -421,4 +422,47 @@ fn oncelock_set_and_plain_thread_waiters() {
     let seen = cell.get_or_init(|| String::from("thread"));
     assert_eq!(seen, &init.join().unwrap());
     assert_eq!(cell.set(String::from("late")), Err(String::from("late")));
+}
+
+/// A waiter woken by a panicking initialiser that finds the cell RUNNING
+/// again (a retry won the CAS before it ran) must wait for that retry too:
+/// it used to park again without re-registering, so the retry's success
+/// never woke it (deadlock report, or a hang).
+#[test]
+fn oncelock_waiter_woken_by_a_panic_waits_for_the_retry() {
+    let _w = common::watchdog();
+    for _ in 0..3 {
+        let cell: Arc<OnceLock<u32>> = Arc::new(OnceLock::new());
+        // One P, no wake-up preemption: the woken waiter runs only after
+        // the panicking caller's retry has started (it sleeps).
+        let rt = Builder::new()
+            .procs(1)
+            .wakeup_preempt(false)
+            .build()
+            .unwrap();
+        let c = cell.clone();
+        let v = rt.block_on(move || {
+            let cw = c.clone();
+            let waiter = gosched::spawn(move || *cw.get_or_init(|| 1));
+            let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                c.get_or_init(|| {
+                    // The waiter runs now, finds RUNNING and registers.
+                    gosched::sleep(Duration::from_millis(20));
+                    panic!("first initialiser fails")
+                })
+            }));
+            assert!(r.is_err());
+            // Retry at once: RUNNING again before the woken waiter runs.
+            assert_eq!(
+                *c.get_or_init(|| {
+                    gosched::sleep(Duration::from_millis(20));
+                    7
+                }),
+                7
+            );
+            waiter.join().unwrap()
+        });
+        assert_eq!(v, 7);
+        assert_eq!(cell.get(), Some(&7));
+    }
 }

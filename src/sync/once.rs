@@ -7,17 +7,26 @@
 //! `state` goes INCOMPLETE -> RUNNING (the one caller whose CAS wins runs
 //! the initialiser) -> COMPLETE (value written before, Release). Callers
 //! that find RUNNING register under the waiter lock after re-checking that
-//! it is still RUNNING, then park until it is not. The initialiser's end
-//! stores the new state *before* it takes the waiter lock to wake the list,
-//! so a waiter either registered in time (and is woken) or re-checks under
-//! the lock and sees the new state: no lost wake-up. If the initialiser
-//! panics, the state goes back to INCOMPLETE and the waiters wake up; the
-//! first to retry runs its own initialiser (std's `OnceLock` does the same).
+//! it is still RUNNING, noting the current `generation`, then park until
+//! the generation has passed. The initialiser's end stores the new state
+//! *before* it takes the waiter lock, and under that lock bumps the
+//! generation and takes the whole list to wake it, so a waiter either
+//! registered in time (and is woken) or re-checks under the lock and sees
+//! the new state: no lost wake-up. If the initialiser panics, the state
+//! goes back to INCOMPLETE and the waiters wake up; the first to retry runs
+//! its own initialiser (std's `OnceLock` does the same).
+//!
+//! A woken waiter is no longer on the list, so it must not park again on
+//! the state alone: another caller may have won the CAS for a retry before
+//! the waiter ran, and that retry's end wakes only the waiters registered
+//! with it. Hence the generation: once it has passed, the waiter goes back
+//! to `get_or_init`'s loop, which returns the value, runs the initialiser,
+//! or registers again.
 
 use std::cell::UnsafeCell;
 use std::fmt;
 use std::mem::MaybeUninit;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use crate::sched::g::Waiter;
 use crate::sched::{NoPreempt, RuntimeLock};
@@ -66,6 +75,10 @@ pub struct OnceLock<T> {
     state: AtomicU8,
     /// Who waits for a running initialiser.
     waiters: std::sync::Mutex<Vec<Waiter>>,
+    /// Bumped (under `waiters`' lock, Release) each time an initialiser
+    /// ends and the list is taken; a waiter parks until it differs from
+    /// the value it registered with (module docs). Wraps.
+    generation: AtomicUsize,
     value: UnsafeCell<MaybeUninit<T>>,
 }
 
@@ -90,6 +103,7 @@ impl<T> OnceLock<T> {
         OnceLock {
             state: AtomicU8::new(INCOMPLETE),
             waiters: std::sync::Mutex::new(Vec::new()),
+            generation: AtomicUsize::new(0),
             value: UnsafeCell::new(MaybeUninit::uninit()),
         }
     }
@@ -218,17 +232,22 @@ impl<T> OnceLock<T> {
         Some(unsafe { self.value.get_mut().assume_init_read() })
     }
 
-    /// Parks until the running initialiser has finished (either way).
+    /// Parks until the initialiser running now has finished (either way);
+    /// the caller then re-checks the state (module docs: another one may
+    /// be running by then).
     fn wait_while_running(&self) {
-        {
+        let registered = {
             let _np = NoPreempt::enter();
             let mut w = self.waiters.rt_lock();
             if self.state.load(Ordering::Acquire) != RUNNING {
                 return;
             }
             w.push(Waiter::current());
-        }
-        while self.state.load(Ordering::Acquire) == RUNNING {
+            self.generation.load(Ordering::Relaxed)
+        };
+        // Acquire: pairs with the Release bump in `finish` (which follows
+        // its store of the state).
+        while self.generation.load(Ordering::Acquire) == registered {
             crate::sched::g::park("sync.OnceLock");
         }
     }
@@ -241,7 +260,13 @@ impl<T> OnceLock<T> {
         self.state.store(to, Ordering::Release);
         let ws = {
             let _np = NoPreempt::enter();
-            std::mem::take(&mut *self.waiters.rt_lock())
+            let mut w = self.waiters.rt_lock();
+            // Release: pairs with the waiters' Acquire loads.
+            self.generation.fetch_add(1, Ordering::Release);
+            // The guard is a local, dropped before `_np` (a guard made in
+            // the block's tail expression would outlive `_np` in edition
+            // 2021, holding the lock outside the no-preempt region).
+            std::mem::take(&mut *w)
         };
         for w in ws {
             w.unpark();
