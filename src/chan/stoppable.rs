@@ -10,7 +10,7 @@
 //! `Stop` or `Reset` returns, no value prepared before the call is ever
 //! received. Here the same holds, with two pieces:
 //!
-//! 1. Every arming carries a sequence number (`State::seq`); `stop` and
+//! 1. Every arming carries a sequence number (`Inner::seq`); `stop` and
 //!    `reset` bump it under the state lock, and a firing task delivers only
 //!    while holding that lock and seeing its own number. A task that was
 //!    already taken off the heap when `stop` ran (so `cancel` could not
@@ -25,7 +25,18 @@
 //! Lock order: the state lock, then the channel lock (deliver, drain) or a
 //! timer heap's lock (arm, cancel). Heaps run tasks after releasing their
 //! lock, so a task taking the state lock cannot invert it.
+//!
+//! # Outliving the runtime
+//!
+//! A runtime's heap drops its pending tasks unrun when the runtime goes.
+//! A task dropped unrun while its arming is still current (see `Pending`)
+//! re-arms itself on the helper thread, so a `Timer` or `Ticker` made in a
+//! goroutine still fires after its runtime is dropped. A task cancelled by
+//! `stop` or `reset` is dropped too, but after the bump of the sequence
+//! number, with the state lock held: the drop reads the number from an
+//! atomic and, seeing it stale, does nothing (and takes no lock).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -106,6 +117,12 @@ struct Inner {
     /// The channel's sender (one-value buffer); the handle owns the
     /// receiver.
     tx: Sender<Instant>,
+    /// The current arming's sequence number: bumped by every stop and
+    /// reset, so a task armed under an older number delivers nothing
+    /// (module docs, step 1). Written only with the state lock held; read
+    /// under it, and without it by a task's drop (`Pending`), which may
+    /// run while `stop_and` holds the lock.
+    seq: AtomicU64,
     /// Taken by the handle's stop/reset and by the firing task (on a
     /// scheduler thread, sysmon or the fallback thread); always inside a
     /// no-preempt region when on a goroutine.
@@ -113,9 +130,6 @@ struct Inner {
 }
 
 struct State {
-    /// Bumped by every stop and reset: a task armed under an older number
-    /// delivers nothing (module docs, step 1).
-    seq: u64,
     /// The pending task, if any.
     slot: Option<Slot>,
     /// `Some` for a ticker: the task re-arms itself.
@@ -159,11 +173,8 @@ impl Inner {
         let inner = Arc::new(Inner {
             home: Home::current(),
             tx,
-            state: Mutex::new(State {
-                seq: 0,
-                slot: None,
-                period,
-            }),
+            seq: AtomicU64::new(0),
+            state: Mutex::new(State { slot: None, period }),
         });
         {
             let _np = NoPreempt::enter();
@@ -174,10 +185,14 @@ impl Inner {
     }
 
     /// Arms a task for `when` under the current sequence number.
+    /// The caller holds the state lock (`st`).
     fn arm(self: &Arc<Inner>, st: &mut State, when: Instant) {
-        let seq = st.seq;
-        let me = self.clone();
-        let task: Task = Box::new(move || me.fire(seq, when));
+        let pending = Pending {
+            inner: Some(self.clone()),
+            seq: self.seq.load(Ordering::SeqCst),
+            when,
+        };
+        let task: Task = Box::new(move || pending.run());
         st.slot = Some(self.home.add(when, task));
     }
 
@@ -185,7 +200,7 @@ impl Inner {
     /// stopped or reset since (module docs, step 1); a ticker re-arms.
     fn fire(self: &Arc<Inner>, seq: u64, when: Instant) {
         let mut st = self.state.rt_lock();
-        if st.seq != seq {
+        if self.seq.load(Ordering::SeqCst) != seq {
             return;
         }
         st.slot = None;
@@ -209,7 +224,9 @@ impl Inner {
     ) -> bool {
         let _np = NoPreempt::enter();
         let mut st = self.state.rt_lock();
-        st.seq += 1;
+        // Before the cancel: the cancelled task's drop sees the new number
+        // and does not re-arm (see `Pending`).
+        self.seq.fetch_add(1, Ordering::SeqCst);
         let pending = st.slot.take().is_some_and(Slot::cancel);
         let drained = rx.try_recv().is_ok();
         if let Some((when, period)) = then {
@@ -217,6 +234,49 @@ impl Inner {
             self.arm(&mut st, when);
         }
         pending || drained
+    }
+}
+
+/// A task as armed under `seq` for `when`, in a runtime's heap or the
+/// helper thread's. Run, it fires (`Inner::fire`). Dropped unrun while
+/// still the current arming, it re-arms for `when` where `Home::add` sends
+/// it now: its runtime dropped its heap, and with it this task, so the
+/// helper thread takes the timer over (module docs, "Outliving the
+/// runtime"). Stopped or reset, it is stale and its drop does nothing.
+struct Pending {
+    /// `None` once run.
+    inner: Option<Arc<Inner>>,
+    seq: u64,
+    when: Instant,
+}
+
+impl Pending {
+    fn run(mut self) {
+        if let Some(inner) = self.inner.take() {
+            inner.fire(self.seq, self.when);
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let Some(inner) = self.inner.take() else {
+            return;
+        };
+        // Without the lock first: a cancelled task is dropped while
+        // `stop_and` holds it (and has bumped the number already). Nor
+        // while unwinding: a task dropped by a panic inside `arm` (the
+        // helper thread could not start) would take the lock its caller
+        // holds.
+        if inner.seq.load(Ordering::SeqCst) != self.seq || std::thread::panicking() {
+            return;
+        }
+        let _np = NoPreempt::enter();
+        let mut st = inner.state.rt_lock();
+        // Re-checked under the lock: a stop or reset in between wins.
+        if inner.seq.load(Ordering::SeqCst) == self.seq {
+            inner.arm(&mut st, self.when);
+        }
     }
 }
 
