@@ -466,3 +466,103 @@ fn oncelock_waiter_woken_by_a_panic_waits_for_the_retry() {
         assert_eq!(cell.get(), Some(&7));
     }
 }
+
+/// Stray `done()` calls (each panics, caught) racing with `wait()` and with
+/// a legitimate final `done()`. `done` used to take the counter to -1 for
+/// an instant before restoring it: a `wait` that saw -1 parked with the
+/// counter back at 0 and nobody left to wake it, and a final `done` (1 ->
+/// 0) that saw -1 under the lock woke nobody. Both hung. Run in a child
+/// process, with a silent panic hook (thousands of caught panics).
+#[test]
+fn waitgroup_stray_done_panics_without_hanging_waiters() {
+    use gosched::sync::WaitGroup;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::mpsc;
+    use std::time::Instant;
+
+    const ROLE: &str = "waitgroup-stray-done";
+    if common::child_role().as_deref() == Some(ROLE) {
+        std::panic::set_hook(Box::new(|_| {}));
+        let wg = WaitGroup::new();
+        let stop = Arc::new(AtomicBool::new(false));
+        let strays = {
+            let (wg, stop) = (wg.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut panics = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    if std::panic::catch_unwind(|| wg.done()).is_err() {
+                        panics += 1;
+                    }
+                }
+                panics
+            })
+        };
+        // Each part runs for `BUDGET` (the windows are nanoseconds wide);
+        // a waiter that does not come back within `HUNG` is stuck for good.
+        const BUDGET: Duration = Duration::from_secs(2);
+        const HUNG: Duration = Duration::from_secs(20);
+        let finish = |what: &str, rx: mpsc::Receiver<u64>| match rx.recv_timeout(HUNG) {
+            Ok(n) => println!("{what}={n}"),
+            Err(_) => {
+                println!("hung: {what}, counter {}", wg.count());
+                std::process::exit(3);
+            }
+        };
+
+        // 1. `wait` on a zero counter while stray `done`s run.
+        let (tx, rx) = mpsc::channel();
+        let w = wg.clone();
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let mut n = 0u64;
+            while t0.elapsed() < BUDGET {
+                w.wait();
+                n += 1;
+            }
+            let _ = tx.send(n);
+        });
+        finish("waits", rx);
+
+        // 2. Rounds of add(1), a final done() on another thread, wait().
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let d = wg.clone();
+        std::thread::spawn(move || {
+            for () in go_rx {
+                // A stray may have taken this round's count: then ours
+                // is the stray one and panics.
+                let _ = std::panic::catch_unwind(|| d.done());
+            }
+        });
+        let (tx, rx) = mpsc::channel();
+        let w = wg.clone();
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let mut n = 0u64;
+            while t0.elapsed() < BUDGET {
+                w.add(1);
+                go_tx.send(()).unwrap();
+                w.wait();
+                n += 1;
+            }
+            let _ = tx.send(n);
+        });
+        finish("rounds", rx);
+
+        stop.store(true, Ordering::Relaxed);
+        println!("stray-panics={}", strays.join().unwrap());
+        assert_eq!(wg.count(), 0);
+        println!("wg-ok");
+        return;
+    }
+    let out = common::run_child(
+        "waitgroup_stray_done_panics_without_hanging_waiters",
+        ROLE,
+        &[],
+    );
+    assert!(
+        out.status.success() && out.stdout.contains("wg-ok"),
+        "{}",
+        out.describe()
+    );
+    assert!(out.stdout_u64("stray-panics=") > 0, "{}", out.describe());
+}

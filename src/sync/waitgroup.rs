@@ -122,7 +122,8 @@ impl WaitGroup {
     /// # Panics
     ///
     /// `sync: negative WaitGroup counter` if the counter is already zero,
-    /// as in Go.
+    /// as in Go. The counter is then left at zero (it never goes below), so
+    /// waiters and a concurrent legitimate `done` are unaffected.
     ///
     /// # Examples
     ///
@@ -132,11 +133,20 @@ impl WaitGroup {
     /// assert!(r.is_err()); // more done() than add()
     /// ```
     pub fn done(&self) {
-        let prev = self.inner.count.fetch_sub(1, Ordering::AcqRel);
-        if prev <= 0 {
-            self.inner.count.fetch_add(1, Ordering::AcqRel);
+        // Check, then decrement, in one CAS (as `add`): a stray call must
+        // not take the counter below zero even for an instant, or a `wait`
+        // seeing that would park for good, and the `done` that brought it
+        // to zero, re-checking under the lock, would wake nobody. AcqRel:
+        // pairs with the other `done`s and `add`s.
+        let prev = self
+            .inner
+            .count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                (c > 0).then(|| c - 1)
+            });
+        let Ok(prev) = prev else {
             panic!("sync: negative WaitGroup counter");
-        }
+        };
         if prev == 1 {
             let woken = {
                 let _np = NoPreempt::enter();
