@@ -207,6 +207,33 @@ fn child(scenario: &str) {
                 rx.recv()
             });
         }
+        // A timer channel used on a plain thread first (this starts the
+        // helper thread that fires plain threads' timers), then a true
+        // deadlock: still reported. The helper thread, idle with no timer
+        // pending, used to hide it for good (the child hung).
+        "plain_thread_after_then_main_recv" => {
+            assert!(chan::after(Duration::from_millis(1)).recv().is_some());
+            rt.block_on(|| {
+                let (tx, rx) = chan::channel::<u32>(0);
+                std::mem::forget(tx);
+                rx.recv();
+            });
+        }
+        // The same after a plain thread's Timer was stopped: the helper
+        // thread, waiting for that timer's deadline when it was cancelled,
+        // hid the deadlock until then (here after the 30 s kill).
+        "plain_thread_stopped_timer_then_main_recv" => {
+            let t = chan::Timer::new(Duration::from_secs(60));
+            std::thread::sleep(Duration::from_millis(50)); // the helper waits on it
+            assert!(t.stop());
+            rt.block_on(|| t.c().recv());
+        }
+        // The main goroutine waits for a timer channel made on a plain
+        // thread: the helper thread will fire it (not a deadlock).
+        "main_recv_on_plain_thread_after" => {
+            let at = chan::after(Duration::from_millis(800));
+            assert!(rt.block_on(|| at.recv()).is_some());
+        }
         other => panic!("unknown scenario {other}"),
     }
     drop(rt);
@@ -360,12 +387,45 @@ fn plain_thread_parking_late_is_part_of_a_deadlock() -> Result<(), String> {
     reported_in_chan_receive("plain_thread_parks_late")
 }
 
+fn plain_thread_timer_channel_does_not_hide_a_deadlock() -> Result<(), String> {
+    reported_in_chan_receive("plain_thread_after_then_main_recv")
+}
+
+fn plain_thread_stopped_timer_does_not_hide_a_deadlock() -> Result<(), String> {
+    reported_in_chan_receive("plain_thread_stopped_timer_then_main_recv")
+}
+
+fn goroutine_waiting_for_a_helper_thread_timer_is_not_a_deadlock() -> Result<(), String> {
+    completes(
+        "main_recv_on_plain_thread_after",
+        Duration::from_millis(800),
+    )
+}
+
 fn main() {
     if let Ok(s) = std::env::var(ROLE) {
         child(&s);
         return;
     }
-    let tests: [(&str, Check); 13] = [
+    // `cargo test --test deadlock NAME...`: only the checks whose name
+    // contains one of the NAMEs.
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let tests: [(&str, Check); 16] = [
+        (
+            "plain_thread_timer_channel_does_not_hide_a_deadlock",
+            plain_thread_timer_channel_does_not_hide_a_deadlock,
+        ),
+        (
+            "plain_thread_stopped_timer_does_not_hide_a_deadlock",
+            plain_thread_stopped_timer_does_not_hide_a_deadlock,
+        ),
+        (
+            "goroutine_waiting_for_a_helper_thread_timer_is_not_a_deadlock",
+            goroutine_waiting_for_a_helper_thread_timer_is_not_a_deadlock,
+        ),
         (
             "timed_channel_waits_on_main_are_not_a_deadlock",
             timed_channel_waits_on_main_are_not_a_deadlock,
@@ -416,8 +476,12 @@ fn main() {
             pending_timer_is_not_a_deadlock,
         ),
     ];
+    let tests: Vec<(&str, Check)> = tests
+        .into_iter()
+        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
+        .collect();
     let mut failed = 0;
-    for (name, f) in tests {
+    for &(name, f) in &tests {
         match f() {
             Ok(()) => println!("test {name} ... ok"),
             Err(e) => {

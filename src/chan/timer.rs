@@ -13,6 +13,7 @@
 //! a loop leaves nothing behind. Every duration is accepted: deadlines are
 //! clamped to 100 years (`FOREVER`), which is "never" in practice.
 
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -153,7 +154,7 @@ impl Slot {
             Slot::Runtime(sh, id) => sh
                 .upgrade()
                 .is_some_and(|sh| !sh.is_shut_down() && sh.timers.cancel(id)),
-            Slot::Fallback(id) => fallback().timers.cancel(id),
+            Slot::Fallback(id) => fallback().cancel(id),
         }
     }
 }
@@ -272,12 +273,33 @@ fn arm_fallback(armed: Armed, when: Instant, period: Duration, tx: Sender<Instan
 /// The timer thread for channels made outside any runtime: a heap of the
 /// same kind as a runtime's, fired by one helper thread that sleeps on a
 /// note until the earliest deadline.
+///
+/// # The deadlock check
+///
+/// The deadlock check accounts for every thread of the process
+/// (`Shared::deadlocked`). While the heap is empty the helper thread can
+/// wake nobody, so it counts itself in `THREADS_PARKED` (as the SIGQUIT
+/// thread does); it used not to, and once it existed no deadlock was ever
+/// reported again. With a timer pending it is not counted: the timer will
+/// fire and may wake a goroutine, so nothing is deadlocked.
+///
+/// The count never includes the thread while a timer is pending, not even
+/// before the thread has woken to look: whoever adds a timer takes the
+/// count back at once (`uncount`), and the thread, having counted itself,
+/// looks at the heap again. Both sides publish, fence, then look (Dekker),
+/// so at least one sees the other; `counted` makes sure only one of them
+/// gives the count back.
 pub(super) struct Fallback {
     timers: Timers,
-    /// Woken when a timer becomes the earliest.
+    /// Woken when a timer becomes the earliest, and when the last pending
+    /// timer is cancelled (the thread then counts itself parked).
     note: Note,
     /// The heap's deadlines are nanoseconds since this instant.
     epoch: Instant,
+    /// The thread is counted in `THREADS_PARKED` (see the type docs). Set
+    /// by the thread after counting itself; cleared by whoever gives the
+    /// count back.
+    counted: AtomicBool,
 }
 
 pub(super) fn fallback() -> &'static Fallback {
@@ -287,6 +309,7 @@ pub(super) fn fallback() -> &'static Fallback {
             timers: Timers::new(),
             note: Note::new(),
             epoch: Instant::now(),
+            counted: AtomicBool::new(false),
         }));
         std::thread::Builder::new()
             .name("gosched-chan-timer".into())
@@ -299,21 +322,63 @@ pub(super) fn fallback() -> &'static Fallback {
 impl Fallback {
     pub(super) fn add(&self, when: Instant, task: Task) -> TimerId {
         let (id, earliest) = self.timers.add(timer::nanos_since(self.epoch, when), task);
+        // Dekker with `run`: the timer is in the heap; now look whether
+        // the thread counted itself parked (type docs).
+        fence(Ordering::SeqCst);
+        self.uncount();
         if earliest {
             self.note.wake();
         }
         id
     }
 
+    /// Cancels a timer (see `Timers::cancel`). When that empties the
+    /// heap, wakes the thread: it was waiting for that deadline, not
+    /// counted as parked, and must count itself now (or a deadlock stays
+    /// hidden until the cancelled deadline).
+    fn cancel(&self, id: TimerId) -> bool {
+        let was = self.timers.cancel(id);
+        if was && self.timers.next().is_none() {
+            self.note.wake();
+        }
+        was
+    }
+
+    /// Gives back the thread's count in `THREADS_PARKED`, if it holds one.
+    fn uncount(&self) {
+        if self.counted.load(Ordering::SeqCst)
+            && self
+                .counted
+                .compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            crate::sched::g::THREADS_PARKED.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
     fn run(&self) {
         loop {
             let now = timer::nanos(self.epoch.elapsed());
             self.timers.fire(now);
-            let timeout = self
-                .timers
-                .next()
-                .map(|next| Duration::from_nanos(next.saturating_sub(now)));
+            let timeout = match self.timers.next() {
+                Some(next) => Some(Duration::from_nanos(next.saturating_sub(now))),
+                None => {
+                    // Nothing to fire: parked for the deadlock check.
+                    // Counted before `counted` is set, so whoever clears
+                    // it finds the count there to give back.
+                    crate::sched::g::THREADS_PARKED.fetch_add(1, Ordering::SeqCst);
+                    self.counted.store(true, Ordering::SeqCst);
+                    // Dekker with `add`: look again (type docs).
+                    fence(Ordering::SeqCst);
+                    if self.timers.next().is_some() {
+                        self.uncount();
+                        continue;
+                    }
+                    None
+                }
+            };
             self.note.wait(timeout);
+            self.uncount();
         }
     }
 }

@@ -14,9 +14,11 @@ impl Shared {
     /// timer is pending, no `blocking()` call is in flight and no goroutine
     /// waits for I/O (Go: netpoll waiters keep checkdead quiet); some goroutine
     /// is alive and all live ones are parked; and every thread of the process
-    /// is accounted for as one of our Ms, sysmon, or a plain thread parked on
-    /// a runtime object with no deadline (so no other thread exists that could
-    /// still send on a channel). Any other thread, whatever it does (a timed
+    /// is accounted for as one of our Ms, sysmon, a plain thread parked on
+    /// a runtime object with no deadline, or a helper thread that can wake
+    /// nobody (`gosched-sigquit`; `gosched-chan-timer` while no timer of
+    /// plain threads is pending), so no other thread exists that could
+    /// still send on a channel. Any other thread, whatever it does (a timed
     /// wait such as `recv_timeout`, `std::thread::sleep`, a system call, a
     /// lock of another library), might wake a goroutine, so its existence
     /// alone rules a deadlock out: Go reports one only when no goroutine can
