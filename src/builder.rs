@@ -123,6 +123,33 @@ pub(crate) struct Config {
 /// ```
 pub const DEFAULT_SYSMON_NICE: i32 = -20;
 
+/// The fewest threads ([`Builder::max_threads`]) a runtime with `procs`
+/// Ps can run on: `2 * procs + 2`. Per P, the M running its goroutines
+/// and one more: a ThreadAffine preemption parks the preempted goroutine's
+/// thread while the P goes on with another M (up to half the threads
+/// beside one per P and sysmon, and at least one,
+/// `Shared::affine_parked_limit`), and an M that hands its P to such a
+/// thread, or gives it up, is busy until it reaches the idle list, so for
+/// a moment a P can need a second M. Plus sysmon, plus one: `newm` dies of
+/// thread exhaustion when the new M and sysmon do not fit. With one fewer
+/// thread, busy call-free loops killed the program (exit 2) in 1 of 20
+/// runs (2 Ps, 5 threads) to 7 of 13 (1 P, 3 threads); with `procs + 2`
+/// in half the runs. `build` and `set_procs` refuse less.
+pub(crate) fn min_threads(procs: usize) -> usize {
+    procs.saturating_mul(2).saturating_add(2)
+}
+
+/// The error of `build` and `set_procs` for `procs` Ps under a limit of
+/// `max_threads` below [`min_threads`].
+pub(crate) fn too_few_threads(procs: usize, max_threads: usize) -> io::Error {
+    invalid(format!(
+        "procs {procs} needs max_threads >= {}, have {max_threads} (one thread per P, one more \
+         per P for preempted goroutines' threads and hand-offs, sysmon and a spare; raise \
+         Builder::max_threads / GOSCHED_MAXTHREADS or lower the number of Ps)",
+        min_threads(procs)
+    ))
+}
+
 /// Default cap on the threads of one runtime: 10,000, Go's `maxmcount`.
 ///
 /// # Examples
@@ -238,7 +265,9 @@ impl Builder {
     /// (at most [`MAX_PROCS`]). 0, or more than [`MAX_PROCS`] (1024), is an
     /// error at `build`: every P is allocated up front and visited by sysmon,
     /// so an absurd value would exhaust memory before anything runs (see
-    /// [`MAX_PROCS`] for why 1024).
+    /// [`MAX_PROCS`] for why 1024). So is a number of Ps that
+    /// [`max_threads`](Builder::max_threads) cannot run: `n` Ps need
+    /// `max_threads >= 2 * n + 2` (see there).
     ///
     /// # Examples
     ///
@@ -247,6 +276,8 @@ impl Builder {
     /// assert_eq!(rt.stats().procs, 1);
     /// let err = gosched::Builder::new().procs(usize::MAX).build().unwrap_err();
     /// assert!(err.to_string().contains("MAX_PROCS"));
+    /// let err = gosched::Builder::new().procs(8).max_threads(3).build().unwrap_err();
+    /// assert!(err.to_string().contains("procs 8 needs max_threads >= 18, have 3"));
     /// ```
     pub fn procs(mut self, n: usize) -> Builder {
         self.procs = Some(n);
@@ -383,13 +414,31 @@ impl Builder {
     /// that, call-free loops run on until their next runtime call (counted
     /// as `threads` refusals in [`Stats`](crate::Stats)).
     ///
+    /// The limit must leave room for the Ps: `n` Ps need at least
+    /// `2 * n + 2` threads (one M per P; one more per P, for the thread a
+    /// ThreadAffine preemption parks and for an M between handing its P on
+    /// and going idle; sysmon; a spare). Less is an `InvalidInput` error at
+    /// `build` naming both numbers, as is a later
+    /// [`Runtime::set_procs`](crate::Runtime::set_procs) beyond it (it
+    /// used to be accepted, and the program died of thread exhaustion as
+    /// soon as the Ps were busy).
+    ///
     /// # Examples
     ///
     /// ```
-    /// let rt = gosched::Builder::new().max_threads(64).build().unwrap();
+    /// let rt = gosched::Builder::new().procs(2).max_threads(64).build().unwrap();
     /// assert_eq!(rt.stats().max_threads, 64);
     /// let err = gosched::Builder::new().max_threads(1).build().unwrap_err();
     /// assert!(err.to_string().contains("max_threads(1)"));
+    ///
+    /// // 1 P needs 4 threads; 8 Ps would need 18.
+    /// let rt = gosched::Builder::new().procs(1).max_threads(4).build().unwrap();
+    /// let err = rt.set_procs(8).unwrap_err();
+    /// assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    /// assert!(err.to_string().contains("procs 8 needs max_threads >= 18, have 4"));
+    /// assert_eq!(rt.procs(), 1);
+    /// let err = gosched::Builder::new().procs(2).max_threads(5).build().unwrap_err();
+    /// assert!(err.to_string().contains("procs 2 needs max_threads >= 6, have 5"));
     /// ```
     pub fn max_threads(mut self, n: usize) -> Builder {
         self.max_threads = Some(n);
@@ -717,6 +766,9 @@ impl Builder {
                 None => DEFAULT_MAX_THREADS,
             },
         };
+        if max_threads < min_threads(procs) {
+            return Err(too_few_threads(procs, max_threads));
+        }
         Ok(Config {
             procs,
             stack_size,

@@ -478,3 +478,51 @@ fn scheddetail_prints_p_m_and_g_lines() {
         bad.describe()
     );
 }
+
+/// More Ps than `max_threads` can run (`2 * procs + 2` threads) is an
+/// `InvalidInput` error naming both numbers, from the builder and from the
+/// environment. It used to build, and the program died of thread
+/// exhaustion (exit 2) as soon as the Ps were busy.
+#[test]
+fn procs_that_max_threads_cannot_run_are_an_error_naming_both() {
+    if child_role().is_some() {
+        report_build(Builder::new());
+        return;
+    }
+    let e = Builder::new().procs(8).max_threads(3).build().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    assert!(
+        e.to_string()
+            .contains("procs 8 needs max_threads >= 18, have 3"),
+        "{e}"
+    );
+    let e = Builder::new().procs(1).max_threads(3).build().unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("procs 1 needs max_threads >= 4, have 3"),
+        "{e}"
+    );
+    let rt = Builder::new().procs(1).max_threads(4).build().unwrap();
+    assert_eq!(rt.block_on(|| 1), 1);
+    drop(rt);
+    let out = run_child(
+        "procs_that_max_threads_cannot_run_are_an_error_naming_both",
+        "env",
+        &[("GOSCHED_MAXPROCS", "3"), ("GOSCHED_MAXTHREADS", "7")],
+    );
+    let l = line(&out, "BUILD-ERR");
+    assert!(
+        l.contains("InvalidInput") && l.contains("procs 3 needs max_threads >= 8, have 7"),
+        "{l}"
+    );
+    let out = run_child(
+        "procs_that_max_threads_cannot_run_are_an_error_naming_both",
+        "env",
+        &[("GOSCHED_MAXPROCS", "3"), ("GOSCHED_MAXTHREADS", "8")],
+    );
+    assert!(
+        line(&out, "BUILD-OK").contains("procs=3"),
+        "{}",
+        out.describe()
+    );
+}

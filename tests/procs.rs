@@ -713,3 +713,116 @@ fn a_loop_preempted_off_a_dropped_p_runs_on_while_the_other_ps_idle() {
         rt.set_procs(4).unwrap();
     }
 }
+
+/// Busy goroutines on `procs` Ps under `max_threads`: call-free loops
+/// (preempted asynchronously, ThreadAffine: each preemption parks a
+/// thread) and loops that yield, for `secs`; prints the refusals.
+fn busy_ps(rt: &gosched::Runtime, goroutines: usize, run: Duration) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopper = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(run);
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
+    rt.block_on(|| {
+        let hs: Vec<_> = (0..goroutines)
+            .map(|i| {
+                let stop = stop.clone();
+                gosched::spawn(move || {
+                    let mut x = 1u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        x = std::hint::black_box(x).wrapping_mul(3).wrapping_add(1);
+                        if i % 2 == 0 && x.is_multiple_of(1024) {
+                            gosched::yield_now();
+                        }
+                    }
+                    x
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+    });
+    stopper.join().unwrap();
+    println!("refused={}", rt.stats().preempt_refused);
+}
+
+/// `set_procs` beyond what `max_threads` can run is an error naming both
+/// numbers, and the runtime goes on with its Ps. It used to return Ok:
+/// with `procs(1).max_threads(3)`, `set_procs(8)` returned Ok(1), and 8
+/// busy goroutines then killed the program (thread exhaustion, exit 2).
+#[test]
+fn set_procs_beyond_what_max_threads_can_run_is_an_error() {
+    if common::child_role().is_some() {
+        let rt = Builder::new()
+            .procs(1)
+            .max_threads(4)
+            .preempt_quantum(Duration::from_millis(1))
+            .build()
+            .unwrap();
+        let e = rt.set_procs(8).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+        println!("ERR {e}");
+        assert_eq!(rt.procs(), 1);
+        // The boundary: 1 P needs 4 threads, 2 need 6.
+        let e = rt.set_procs(2).unwrap_err();
+        println!("ERR {e}");
+        assert_eq!(rt.set_procs(1).unwrap(), 1);
+        busy_ps(&rt, 8, Duration::from_millis(1500));
+        return;
+    }
+    let out = common::run_child(
+        "set_procs_beyond_what_max_threads_can_run_is_an_error",
+        "resize",
+        &[],
+    );
+    assert!(out.status.success(), "{}", out.describe());
+    assert!(
+        out.stdout
+            .contains("ERR procs 8 needs max_threads >= 18, have 4"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stdout
+            .contains("ERR procs 2 needs max_threads >= 6, have 4"),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        !out.stderr.contains("thread exhaustion"),
+        "{}",
+        out.describe()
+    );
+}
+
+/// The fewest threads `build` and `set_procs` accept (`2 * procs + 2`)
+/// run busy Ps: ThreadAffine preemption of call-free loops (a parked
+/// thread per preemption, hand-offs between threads) stays within them.
+/// With one thread fewer this died of thread exhaustion in 1 run of 20 (2
+/// Ps) to 7 of 13 (1 P); with `procs + 2` in half the runs.
+#[test]
+#[cfg_attr(
+    not(feature = "preempt-signal"),
+    ignore = "needs asynchronous preemption (the preempt-signal feature)"
+)]
+fn the_fewest_threads_accepted_run_busy_ps() {
+    if let Some(role) = common::child_role() {
+        let procs: usize = role.parse().unwrap();
+        let rt = Builder::new()
+            .procs(procs)
+            .max_threads(2 * procs + 2)
+            .preempt_quantum(Duration::from_millis(1))
+            .build()
+            .unwrap();
+        busy_ps(&rt, 4 * procs, Duration::from_secs(2));
+        return;
+    }
+    for procs in ["1", "2"] {
+        let out = common::run_child("the_fewest_threads_accepted_run_busy_ps", procs, &[]);
+        assert!(out.status.success(), "procs {procs}: {}", out.describe());
+    }
+}

@@ -125,13 +125,19 @@ impl Shared {
     }
 
     /// `Runtime::set_procs`: Go's procresize (module docs). Returns the
-    /// previous count.
+    /// previous count. Refuses more Ps than `max_threads` can run
+    /// (`builder::min_threads`): accepted, they made `newm` die of thread
+    /// exhaustion as soon as they were busy (`set_procs(8)` under
+    /// `max_threads(3)` returned Ok).
     pub(crate) fn procresize(&self, n: usize) -> io::Result<usize> {
         if n == 0 || n > MAX_PROCS {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("set_procs({n}): the number of Ps must be in 1..={MAX_PROCS}"),
             ));
+        }
+        if self.cfg.max_threads < crate::builder::min_threads(n) {
+            return Err(crate::builder::too_few_threads(n, self.cfg.max_threads));
         }
         while self
             .resizing
