@@ -99,6 +99,14 @@ impl Wake for Signal {
 /// await a goroutine: the goroutine's exit wakes the awaiting task. Polling
 /// again after `Ready` panics.
 ///
+/// The task's `Waker` is called by the finishing goroutine (or by the
+/// runtime's drop, for a goroutine it abandons), preemptible and outside
+/// the runtime's locks. If it panics, the panic is caught and discarded
+/// (the panic hook reports it as usual): the goroutine has already
+/// published its result, so it finishes normally and `poll` still returns
+/// it; the runtime carries on. tokio does the same with its `JoinHandle`'s
+/// waker.
+///
 /// # Examples
 ///
 /// ```
@@ -118,14 +126,26 @@ impl<R> Future for JoinHandle<R> {
 impl<R> JoinInner<R> {
     /// `JoinHandle::poll`: the result if the goroutine has finished, else
     /// register the task's waker (replacing an earlier one), re-checking
-    /// under the waiter lock that `complete` takes.
+    /// under the waiter lock that `complete` takes. The waker is foreign
+    /// code: it is cloned before the lock is taken, and the one it replaces
+    /// is dropped after it is released (and outside the no-preempt region).
     fn poll_join(&self, cx: &mut Context<'_>) -> Poll<std::thread::Result<R>> {
-        {
-            let _np = crate::sched::NoPreempt::enter();
-            let mut w = self.waiter.rt_lock();
-            // Acquire: pairs with the Release store in `complete`.
-            if !self.done.load(Ordering::Acquire) {
-                *w = Some(Waiter::Waker(cx.waker().clone()));
+        // Acquire: pairs with the Release store in `complete`.
+        if !self.done.load(Ordering::Acquire) {
+            let mut w = Some(Waiter::Waker(cx.waker().clone()));
+            let pending = {
+                let _np = crate::sched::NoPreempt::enter();
+                let mut slot = self.waiter.rt_lock();
+                // Acquire: as above.
+                let pending = !self.done.load(Ordering::Acquire);
+                if pending {
+                    std::mem::swap(&mut *slot, &mut w);
+                }
+                pending
+            };
+            // The replaced waker, or our unused clone: dropped here.
+            drop(w);
+            if pending {
                 return Poll::Pending;
             }
         }

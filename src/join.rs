@@ -30,15 +30,33 @@ impl<R> JoinInner<R> {
         }
     }
 
+    /// Publishes the goroutine's result and wakes whoever waits for it.
+    /// A goroutine or thread in `join` is woken inside the no-preempt
+    /// region; an async task's `Waker` (foreign code) is woken after it,
+    /// preemptible and outside every runtime lock, by [`wake_task`].
     pub(crate) fn complete(&self, r: std::thread::Result<R>) {
-        let _np = sched::NoPreempt::enter();
-        // SAFETY: only the goroutine writes, once, before `done`.
-        unsafe { *self.result.get() = Some(r) };
-        // Pairs with the Acquire loads in `wait` and `is_finished`.
-        self.done.store(true, Ordering::Release);
-        let w = self.waiter.rt_lock().take();
-        if let Some(w) = w {
-            w.unpark();
+        let task = {
+            let _np = sched::NoPreempt::enter();
+            // SAFETY: only the goroutine writes, once, before `done`.
+            unsafe { *self.result.get() = Some(r) };
+            // Pairs with the Acquire loads in `wait` and `is_finished`.
+            self.done.store(true, Ordering::Release);
+            let w = self.waiter.rt_lock().take();
+            match w {
+                Some(Waiter::Waker(w)) => Some(w),
+                Some(w) => {
+                    w.unpark();
+                    None
+                }
+                None => None,
+            }
+        };
+        // Nothing replaces the waker now (`done` is set), so it is woken
+        // exactly once. If the goroutine is abandoned just before this
+        // (preempted here, then its runtime dropped), the task is not woken:
+        // as for a goroutine abandoned inside the waker's own code.
+        if let Some(w) = task {
+            wake_task(w);
         }
     }
 
@@ -59,6 +77,7 @@ impl<R> JoinInner<R> {
         match w {
             // A goroutine of the dropped runtime is abandoned too.
             Some(Waiter::G(g)) if std::ptr::eq(g.shared.load(Ordering::Acquire), rt) => {}
+            Some(Waiter::Waker(w)) => wake_task(w),
             Some(w) => w.unpark(),
             None => {}
         }
@@ -86,6 +105,20 @@ impl<R> JoinInner<R> {
             }
         }
     }
+}
+
+/// Wakes (and drops) the `Waker` of a task awaiting a `JoinHandle`, when
+/// its goroutine has finished or been abandoned. The waker is foreign
+/// code: `complete` calls this outside its no-preempt region, holding no
+/// runtime lock (`abandon` runs on the dropping thread once every M has
+/// stopped, but its caller still holds the runtime's list of goroutines).
+/// A panic in it is caught and discarded (the panic hook has reported it):
+/// the result is already published, and the finishing goroutine (or the
+/// runtime's drop) has nobody to pass it to. Unwinding further would leave
+/// a goroutine's `extern "C"` entry, which aborts the process. tokio treats
+/// a panic in its `JoinHandle`'s waker the same way.
+fn wake_task(w: std::task::Waker) {
+    let _ = catch_unwind(AssertUnwindSafe(move || w.wake()));
 }
 
 /// A goroutine's closure and its result slot in one allocation: the G runs

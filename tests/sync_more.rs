@@ -566,3 +566,213 @@ fn waitgroup_stray_done_panics_without_hanging_waiters() {
     );
     assert!(out.stdout_u64("stray-panics=") > 0, "{}", out.describe());
 }
+
+/// What a [`hooked_waker`] does when cloned, woken or dropped.
+#[derive(Default)]
+struct WakerHooks {
+    /// Spin in `clone` / `drop` / `wake` until another goroutine has run
+    /// (`ticks` moved), recording whether it did.
+    spin_clone: std::sync::atomic::AtomicBool,
+    spin_drop: std::sync::atomic::AtomicBool,
+    spin_wake: std::sync::atomic::AtomicBool,
+    /// Panic in `wake`.
+    panic_wake: std::sync::atomic::AtomicBool,
+    /// 0: no spin yet; 1: the last spin saw `ticks` move; 2: it did not.
+    spun: std::sync::atomic::AtomicU8,
+    wakes: AtomicUsize,
+    ticks: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl WakerHooks {
+    /// Spins (preemptible, unless the caller is in a no-preempt region)
+    /// until the ticker goroutine has run, for at most 5 s.
+    fn spin(&self) {
+        let t0 = std::time::Instant::now();
+        let start = self.ticks.load(Ordering::SeqCst);
+        while self.ticks.load(Ordering::SeqCst) == start && t0.elapsed() < Duration::from_secs(5) {
+            std::hint::spin_loop();
+        }
+        let moved = self.ticks.load(Ordering::SeqCst) != start;
+        self.spun.store(if moved { 1 } else { 2 }, Ordering::SeqCst);
+    }
+}
+
+/// A `Waker` backed by an `Arc<WakerHooks>` whose clone, wake and drop run
+/// the hooks' code (std's `Wake` does not let clone or drop run any).
+fn hooked_waker(h: &Arc<WakerHooks>) -> std::task::Waker {
+    use std::task::{RawWaker, RawWakerVTable, Waker};
+    unsafe fn clone(p: *const ()) -> RawWaker {
+        // SAFETY: `p` is an `Arc<WakerHooks>` pointer that this waker owns
+        // a count on; the clone takes another.
+        let h = unsafe {
+            Arc::increment_strong_count(p as *const WakerHooks);
+            &*(p as *const WakerHooks)
+        };
+        if h.spin_clone.load(Ordering::SeqCst) {
+            h.spin();
+        }
+        RawWaker::new(p, &VTABLE)
+    }
+    unsafe fn wake(p: *const ()) {
+        // SAFETY: as in `clone`; `wake` consumes the waker: drop it after.
+        unsafe {
+            wake_by_ref(p);
+            drop(p);
+        }
+    }
+    unsafe fn wake_by_ref(p: *const ()) {
+        // SAFETY: the waker owns a count on the `Arc` (see `clone`).
+        let h = unsafe { &*(p as *const WakerHooks) };
+        h.wakes.fetch_add(1, Ordering::SeqCst);
+        if h.spin_wake.load(Ordering::SeqCst) {
+            h.spin();
+        }
+        if h.panic_wake.load(Ordering::SeqCst) {
+            panic!("waker boom");
+        }
+    }
+    unsafe fn drop(p: *const ()) {
+        // SAFETY: the waker owns a count on the `Arc` (see `clone`); it is
+        // released last.
+        unsafe {
+            let h = &*(p as *const WakerHooks);
+            if h.spin_drop.load(Ordering::SeqCst) {
+                h.spin();
+            }
+            Arc::decrement_strong_count(p as *const WakerHooks);
+        }
+    }
+    static VTABLE: RawWakerVTable = RawWakerVTable::new(clone, wake, wake_by_ref, drop);
+    let p = Arc::into_raw(h.clone()) as *const ();
+    // SAFETY: the vtable's functions keep the contract above: each waker
+    // owns one count on the `Arc`, and every function is thread-safe.
+    unsafe { Waker::from_raw(RawWaker::new(p, &VTABLE)) }
+}
+
+/// Polls `h` once with `w`.
+fn poll_once<R>(
+    h: &mut gosched::JoinHandle<R>,
+    w: &std::task::Waker,
+) -> std::task::Poll<std::thread::Result<R>> {
+    use std::future::Future;
+    std::pin::Pin::new(h).poll(&mut std::task::Context::from_waker(w))
+}
+
+/// A task's `Waker` is foreign code: `JoinHandle::poll` used to clone it
+/// and drop the one it replaced while holding the runtime's lock in a
+/// no-preempt region, and the finishing goroutine woke it in its own
+/// no-preempt region, so a slow waker held the only P (nothing else ran).
+/// Each hook spins until another goroutine has run; on one P that happens
+/// only if the spinning goroutine can be preempted.
+#[test]
+fn join_handle_waker_code_runs_preemptible() {
+    let _w = common::watchdog();
+    let rt = Builder::new()
+        .procs(1)
+        .async_preempt(true)
+        .preempt_quantum(Duration::from_millis(2))
+        .build()
+        .unwrap();
+    let ticks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let hooks = |f: fn(&WakerHooks) -> &std::sync::atomic::AtomicBool| {
+        let h = Arc::new(WakerHooks {
+            ticks: ticks.clone(),
+            ..WakerHooks::default()
+        });
+        f(&h).store(true, Ordering::SeqCst);
+        h
+    };
+    let (a, b) = (hooks(|h| &h.spin_clone), hooks(|h| &h.spin_wake));
+    let (a2, b2) = (a.clone(), b.clone());
+    let (clone_ran, drop_ran, wake_ran) = rt.block_on(move || {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (t, s) = (ticks.clone(), stop.clone());
+        let ticker = gosched::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                t.fetch_add(1, Ordering::SeqCst);
+                gosched::sleep(Duration::from_millis(1));
+            }
+        });
+        let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let r = release.clone();
+        let mut h = gosched::spawn(move || {
+            while !r.load(Ordering::SeqCst) {
+                gosched::sleep(Duration::from_millis(1));
+            }
+            5
+        });
+        let (wa, wb) = (hooked_waker(&a2), hooked_waker(&b2));
+        // Registers a clone of `wa` (its clone spins).
+        assert!(poll_once(&mut h, &wa).is_pending());
+        let clone_ran = a2.spun.swap(0, Ordering::SeqCst);
+        drop(wa); // ours, not the registered clone
+        a2.spin_drop.store(true, Ordering::SeqCst);
+        // Replaces it with a clone of `wb` (the old one's drop spins).
+        assert!(poll_once(&mut h, &wb).is_pending());
+        let drop_ran = a2.spun.swap(0, Ordering::SeqCst);
+        // The goroutine's end wakes `wb`'s clone (its wake spins).
+        release.store(true, Ordering::SeqCst);
+        while b2.spun.load(Ordering::SeqCst) == 0 {
+            gosched::sleep(Duration::from_millis(1));
+        }
+        let wake_ran = b2.spun.load(Ordering::SeqCst);
+        match poll_once(&mut h, &wb) {
+            std::task::Poll::Ready(r) => assert_eq!(r.unwrap(), 5),
+            std::task::Poll::Pending => panic!("woken but not ready"),
+        }
+        stop.store(true, Ordering::SeqCst);
+        ticker.join().unwrap();
+        (clone_ran, drop_ran, wake_ran)
+    });
+    // Per hook (clone, drop of the replaced waker, wake): 1 if another
+    // goroutine ran while it spun, 2 if not (it ran unpreemptible).
+    assert_eq!((clone_ran, drop_ran, wake_ran), (1, 1, 1));
+    assert_eq!(b.wakes.load(Ordering::SeqCst), 1);
+    assert_eq!(a.wakes.load(Ordering::SeqCst), 0);
+}
+
+/// A `Waker` that panics when the goroutine it waits for finishes: the
+/// panic used to unwind out of the goroutine's entry (`extern "C"`) and
+/// abort the process. It is now caught and discarded (the panic hook has
+/// reported it), like tokio does for a `JoinHandle`'s waker; the goroutine
+/// and the runtime carry on. Run in a child process (the old abort).
+#[test]
+fn join_handle_waker_panic_does_not_abort() {
+    const ROLE: &str = "waker-panic";
+    if common::child_role().as_deref() == Some(ROLE) {
+        let rt = Builder::new().procs(2).build().unwrap();
+        let hooks = Arc::new(WakerHooks::default());
+        hooks.panic_wake.store(true, Ordering::SeqCst);
+        let hk = hooks.clone();
+        let v = rt.block_on(move || {
+            let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let r = release.clone();
+            let mut h = gosched::spawn(move || {
+                while !r.load(Ordering::SeqCst) {
+                    gosched::sleep(Duration::from_millis(1));
+                }
+                5
+            });
+            let w = hooked_waker(&hk);
+            assert!(poll_once(&mut h, &w).is_pending());
+            release.store(true, Ordering::SeqCst);
+            while hk.wakes.load(Ordering::SeqCst) == 0 {
+                gosched::sleep(Duration::from_millis(1));
+            }
+            let v = loop {
+                match poll_once(&mut h, std::task::Waker::noop()) {
+                    std::task::Poll::Ready(r) => break r.unwrap(),
+                    std::task::Poll::Pending => gosched::sleep(Duration::from_millis(1)),
+                }
+            };
+            // The runtime still works.
+            v + gosched::spawn(|| 1).join().unwrap()
+        });
+        println!("v={v}");
+        return;
+    }
+    let out = common::run_child("join_handle_waker_panic_does_not_abort", ROLE, &[]);
+    assert!(out.status.success(), "{}", out.describe());
+    assert_eq!(out.stdout_u64("v="), 6, "{}", out.describe());
+    assert!(out.stderr.contains("waker boom"), "{}", out.describe());
+}
