@@ -21,8 +21,52 @@ use gosched::chan;
 
 const ROLE: &str = "GOSCHED_DEADLOCK_CHILD";
 
+/// The first CPU the calling thread may run on.
+fn first_cpu() -> usize {
+    // SAFETY: cpu_set_t is plain data, filled in by the kernel; CPU_ISSET
+    // reads bits inside the set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let r = libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
+        assert_eq!(r, 0, "sched_getaffinity");
+        (0..libc::CPU_SETSIZE as usize)
+            .find(|&c| libc::CPU_ISSET(c, &set))
+            .expect("no CPU allowed")
+    }
+}
+
+/// Restricts the calling thread to CPU `cpu`.
+fn pin_to(cpu: usize) {
+    // SAFETY: builds a one-CPU set (`cpu` < CPU_SETSIZE: it came from
+    // `first_cpu`) and applies it to this thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let r = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(r, 0, "sched_setaffinity");
+    }
+}
+
+/// The `spin` role: keeps CPU `GOSCHED_SPIN_CPU` busy for at most 20 s,
+/// and dies with its parent.
+fn spin() {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets this process's death
+    // signal.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    let cpu: usize = std::env::var("GOSCHED_SPIN_CPU").unwrap().parse().unwrap();
+    pin_to(cpu);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        std::hint::spin_loop();
+    }
+}
+
 /// Child scenarios.
 fn child(scenario: &str) {
+    if scenario == "spin" {
+        spin();
+        return;
+    }
     let rt = gosched::Builder::new().procs(2).build().unwrap();
     match scenario {
         // The main goroutine receives on a channel only it could send on.
@@ -234,6 +278,53 @@ fn child(scenario: &str) {
             let at = chan::after(Duration::from_millis(800));
             assert!(rt.block_on(|| at.recv()).is_some());
         }
+        // A plain thread ping-pongs with the main goroutine through
+        // unbuffered channels, starved of CPU: SCHED_IDLE, on the CPU three
+        // busy processes spin on (one was not enough to starve it for
+        // 100 ms). After each reply it is woken but may not
+        // run for a long time; every P is idle and the goroutine parked
+        // meanwhile. Not a deadlock: the woken thread will run.
+        "starved_plain_thread_ping_pong" => {
+            let cpu = first_cpu();
+            let mut spinners: Vec<_> = (0..3)
+                .map(|_| {
+                    Command::new(std::env::current_exe().unwrap())
+                        .env(ROLE, "spin")
+                        .env("GOSCHED_SPIN_CPU", cpu.to_string())
+                        .spawn()
+                        .expect("start a spinner")
+                })
+                .collect();
+            let (a_tx, a_rx) = chan::channel::<u32>(0);
+            let (b_tx, b_rx) = chan::channel::<u32>(0);
+            let t = std::thread::spawn(move || {
+                pin_to(cpu);
+                let param = libc::sched_param { sched_priority: 0 };
+                // SAFETY: changes only the calling thread's policy (to the
+                // lowest, which needs no privilege).
+                let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+                assert_eq!(r, 0, "sched_setscheduler(SCHED_IDLE)");
+                let start = Instant::now();
+                let mut n = 0;
+                while start.elapsed() < Duration::from_secs(4) {
+                    a_tx.send(n).unwrap();
+                    assert_eq!(b_rx.recv(), Some(n));
+                    n += 1;
+                }
+                n
+            });
+            rt.block_on(move || {
+                while let Some(v) = a_rx.recv() {
+                    b_tx.send(v).unwrap();
+                }
+            });
+            let rounds = t.join().unwrap();
+            for s in &mut spinners {
+                let _ = s.kill();
+                let _ = s.wait();
+            }
+            assert!(rounds > 0);
+        }
         other => panic!("unknown scenario {other}"),
     }
     drop(rt);
@@ -402,6 +493,14 @@ fn goroutine_waiting_for_a_helper_thread_timer_is_not_a_deadlock() -> Result<(),
     )
 }
 
+/// Goes with a fix in the deadlock check: a plain thread woken but not yet
+/// run still counted as parked, so every P idle, the goroutine parked and
+/// the thread "parked" looked like a deadlock for as long as the thread
+/// waited for a CPU (100 ms was enough: exit 2).
+fn starved_plain_thread_is_not_a_deadlock() -> Result<(), String> {
+    completes("starved_plain_thread_ping_pong", Duration::from_secs(4))
+}
+
 fn main() {
     if let Ok(s) = std::env::var(ROLE) {
         child(&s);
@@ -413,7 +512,11 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let tests: [(&str, Check); 16] = [
+    let tests: [(&str, Check); 17] = [
+        (
+            "starved_plain_thread_is_not_a_deadlock",
+            starved_plain_thread_is_not_a_deadlock,
+        ),
         (
             "plain_thread_timer_channel_does_not_hide_a_deadlock",
             plain_thread_timer_channel_does_not_hide_a_deadlock,

@@ -22,8 +22,10 @@ impl Shared {
     /// wait such as `recv_timeout`, `std::thread::sleep`, a system call, a
     /// lock of another library), might wake a goroutine, so its existence
     /// alone rules a deadlock out: Go reports one only when no goroutine can
-    /// ever run again, and a false report kills a correct program. The caller
-    /// re-checks after a pause to rule out races.
+    /// ever run again, and a false report kills a correct program. Last,
+    /// every thread but the caller must be asleep in the kernel
+    /// (`others_asleep`): a plain thread woken but not yet run still counts
+    /// as parked. The caller re-checks after a pause to rule out races.
     pub(crate) fn deadlocked(&self) -> bool {
         if LIVE_RUNTIMES.load(Ordering::SeqCst) != 1
             || !self.all_idle()
@@ -53,6 +55,7 @@ impl Shared {
         }
         let threads = std::fs::read_dir("/proc/self/task").map_or(usize::MAX, |d| d.count());
         threads == nm + 1 + crate::sched::g::THREADS_PARKED.load(Ordering::SeqCst)
+            && others_asleep()
     }
 
     /// A number that changes whenever anything in this runtime makes
@@ -234,6 +237,43 @@ fn human_size(bytes: usize) -> String {
         }
     }
     format!("{bytes} B")
+}
+
+/// Is every thread of the process but the caller asleep ('S' in
+/// `/proc/self/task/TID/stat`)? A plain thread counts in `THREADS_PARKED`
+/// from its park until it has returned from it, so a thread woken but not
+/// yet run (runnable, 'R': no CPU for it yet on a loaded or throttled
+/// machine, or a low priority) is still counted, and the goroutine that
+/// woke it may have parked since: the count alone looked like a deadlock
+/// for as long as the thread waited for a CPU (sysmon's second look,
+/// 100 ms later, saw nothing move either). Only 'S' (an interruptible
+/// sleep: a futex, a pipe read) counts as asleep; any other state, and a
+/// thread we cannot read, rules a deadlock out for this look.
+fn others_asleep() -> bool {
+    // SAFETY: gettid has no preconditions.
+    let me = unsafe { libc::gettid() };
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return false;
+    };
+    dir.into_iter().all(|e| {
+        let Some(tid) = e
+            .ok()
+            .and_then(|e| e.file_name().to_str().and_then(|t| t.parse::<i32>().ok()))
+        else {
+            return false;
+        };
+        tid == me || thread_state(tid) == Some('S')
+    })
+}
+
+/// The state letter of thread `tid` of this process (`R`, `S`, `D`, ...),
+/// if it can be read.
+fn thread_state(tid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    // The state follows the parenthesised command name, which may contain
+    // spaces or parentheses itself: take the last ')'.
+    let i = stat.rfind(')')?;
+    stat[i + 1..].trim_start().chars().next()
 }
 
 /// Threads of the process now (`/proc/self/task`; 0 if unreadable).
