@@ -315,6 +315,7 @@ impl Drop for Runtime {
         if let Some(t) = self.sysmon.take() {
             let _ = t.join();
         }
+        self.shared.timers.drop_all();
         self.shared.abandon_goroutines();
         // Nobody polls any more: close the poller (and the sockets that
         // abandoned goroutines wait on).

@@ -245,10 +245,9 @@ fn ticker_outliving_its_runtime_keeps_ticking() {
 
 /// A runtime dropped while a goroutine is still parked abandons it, and
 /// the abandoned goroutine keeps the runtime's state alive, pending timer
-/// tasks included: they are never dropped, so the drop guard that moves a
-/// Timer to the helper thread never runs.
+/// tasks included: `Runtime::drop` drops them itself, so the drop guard
+/// moves a Timer to the helper thread (before, they were never dropped).
 #[test]
-#[ignore = "needs Runtime::drop to drop its pending timer tasks (a change in src/runtime.rs and src/sched/timer.rs)"]
 fn runtime_dropped_with_an_abandoned_goroutine_still_fires_its_timers() {
     let (tx, rx) = gosched::chan::channel::<()>(0);
     let t = {

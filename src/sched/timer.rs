@@ -120,6 +120,22 @@ impl Timers {
         was
     }
 
+    /// Drops every pending task unrun: `Runtime::drop`, once no thread
+    /// fires this heap. An abandoned goroutine keeps the runtime's state
+    /// (and so this heap) alive, and a task kept here would never run nor
+    /// drop: a `Timer`'s task moves to the helper thread when dropped
+    /// unrun, `after`'s channel closes.
+    pub(crate) fn drop_all(&self) {
+        let tasks = {
+            let mut h = self.heap.rt_lock();
+            h.order.clear();
+            self.next.store(u64::MAX, Ordering::Relaxed);
+            std::mem::take(&mut h.tasks)
+        };
+        // Outside the lock: dropping a task may close a channel or re-arm.
+        drop(tasks);
+    }
+
     /// Timers pending now (not fired, not cancelled).
     pub(crate) fn pending(&self) -> usize {
         self.heap.rt_lock().tasks.len()
