@@ -8,6 +8,7 @@
 mod common;
 
 use std::io::{Read, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -413,4 +414,198 @@ fn a_second_registration_wait_gets_its_own_timeout() {
             });
         },
     );
+}
+
+// ---------------------------------------------------------------------------
+// Readiness seen by one waiter is not lost for another
+
+/// Two goroutines receive on one socket through `read_with`; the first
+/// gets `WouldBlock` and reaches its wait only later (its closure sleeps
+/// after the `WouldBlock`, as a goroutine preempted right after its
+/// system call would). Two datagrams arrive meanwhile: one edge. Each
+/// receiver must get one. The second used to hang: it too had got
+/// `WouldBlock` before the datagrams (the closures ran side by side), the
+/// first to wait consumed the readiness ("READY") and took datagram 1,
+/// and the second parked with datagram 2 queued and no edge to come. Now
+/// the second waits for the first's call to end (Go's fdMutex), then
+/// finds datagram 2.
+#[test]
+fn readiness_consumed_by_one_receiver_is_not_lost_for_the_other() {
+    let _w = common::watchdog();
+    within(Duration::from_secs(40), "the second receiver", || {
+        let rt = Builder::new().procs(2).build().unwrap();
+        rt.block_on(|| {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.set_nonblocking(true).unwrap();
+            let to = s.local_addr().unwrap();
+            let r = Arc::new(Registration::new(s).unwrap());
+            let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            // Register the socket and settle: one datagram through a wait.
+            let r0 = r.clone();
+            let warm = gosched::spawn(move || r0.read_with(|s| s.recv(&mut [0u8; 8])).unwrap());
+            gosched::sleep(Duration::from_millis(20));
+            c.send_to(b"w", to).unwrap();
+            warm.join().unwrap();
+            for round in 0..3 {
+                let blocked = Arc::new(AtomicUsize::new(0));
+                let receiver = |pause: Duration| {
+                    let r = r.clone();
+                    let blocked = blocked.clone();
+                    gosched::spawn(move || {
+                        let mut first = true;
+                        let mut buf = [0u8; 8];
+                        let n = r
+                            .read_with(|s| {
+                                let res = s.recv(&mut buf);
+                                if first && res.is_err() {
+                                    first = false;
+                                    blocked.fetch_add(1, Ordering::SeqCst);
+                                    gosched::sleep(pause);
+                                }
+                                res
+                            })
+                            .unwrap();
+                        buf[..n].to_vec()
+                    })
+                };
+                let x = receiver(Duration::from_millis(100));
+                let y = receiver(Duration::from_millis(250));
+                // Both inside their closures (before the fix), or one
+                // inside and the other waiting for its turn (after).
+                while blocked.load(Ordering::SeqCst) < 1 {
+                    gosched::sleep(Duration::from_millis(1));
+                }
+                let t = Instant::now();
+                while blocked.load(Ordering::SeqCst) < 2 && t.elapsed() < Duration::from_millis(50)
+                {
+                    gosched::sleep(Duration::from_millis(1));
+                }
+                c.send_to(b"1", to).unwrap();
+                c.send_to(b"2", to).unwrap();
+                let mut got = vec![x.join().unwrap(), y.join().unwrap()];
+                got.sort();
+                assert_eq!(got, [b"1".to_vec(), b"2".to_vec()], "round {round}");
+            }
+        });
+    });
+}
+
+/// Many rounds of two `UdpSocket` receivers and two datagrams sent
+/// together from a plain thread at varying moments: each receiver gets
+/// one datagram, well within its (generous) read timeout. A receiver
+/// waiting for the other's turn with a deadline is handed the turn.
+#[test]
+fn two_receivers_get_two_datagrams_sent_together_round_after_round() {
+    let _w = common::watchdog();
+    within(Duration::from_secs(50), "two receivers", || {
+        let rt = Builder::new().procs(2).build().unwrap();
+        rt.block_on(|| {
+            let s = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let to = s.local_addr().unwrap();
+            let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let mut rng = common::XorShift::new(0x5eed);
+            for round in 0..300u64 {
+                let recv = |s: Arc<UdpSocket>| {
+                    gosched::spawn(move || {
+                        let mut buf = [0u8; 8];
+                        s.recv(&mut buf).map(|n| buf[0..n].to_vec())
+                    })
+                };
+                let (x, y) = (recv(s.clone()), recv(s.clone()));
+                let delay = Duration::from_micros(rng.below(300));
+                let sender = {
+                    let c = c.try_clone().unwrap();
+                    std::thread::spawn(move || {
+                        std::thread::sleep(delay);
+                        c.send_to(b"a", to).unwrap();
+                        c.send_to(b"b", to).unwrap();
+                    })
+                };
+                let (a, b) = (x.join().unwrap(), y.join().unwrap());
+                sender.join().unwrap();
+                let mut got = vec![
+                    a.unwrap_or_else(|e| panic!("round {round}: {e}")),
+                    b.unwrap_or_else(|e| panic!("round {round}: {e}")),
+                ];
+                got.sort();
+                assert_eq!(got, [b"a".to_vec(), b"b".to_vec()], "round {round}");
+            }
+        });
+    });
+}
+
+/// Several goroutines accept on one listener while bursts of connections
+/// arrive (several behind one edge): every connection is accepted, round
+/// after round.
+#[test]
+fn several_acceptors_take_every_connection_of_a_burst() {
+    let _w = common::watchdog();
+    within(Duration::from_secs(50), "several acceptors", || {
+        let rt = Builder::new().procs(2).build().unwrap();
+        rt.block_on(|| {
+            let l = Arc::new(TcpListener::bind("127.0.0.1:0").unwrap());
+            let addr = l.local_addr().unwrap();
+            let mut rng = common::XorShift::new(0xacce);
+            for round in 0..100u64 {
+                let acceptors: Vec<_> = (0..4)
+                    .map(|_| {
+                        let l = l.clone();
+                        gosched::spawn(move || l.accept().map(|(s, _)| s))
+                    })
+                    .collect();
+                let delay = Duration::from_micros(rng.below(300));
+                let connector = std::thread::spawn(move || {
+                    std::thread::sleep(delay);
+                    (0..4)
+                        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+                        .collect::<Vec<_>>()
+                });
+                for a in acceptors {
+                    a.join()
+                        .unwrap()
+                        .unwrap_or_else(|e| panic!("round {round}: {e}"));
+                }
+                connector.join().unwrap();
+            }
+        });
+    });
+}
+
+/// A `read_with` closure that reads through its own `Registration` again
+/// would wait for itself (reads are serialised): it panics, naming the
+/// mistake, instead of hanging.
+#[test]
+fn a_read_with_closure_that_reads_its_own_registration_panics() {
+    let _w = common::watchdog();
+    within(Duration::from_secs(30), "a re-entrant read_with", || {
+        let rt = Builder::new().procs(1).build().unwrap();
+        rt.block_on(|| {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.set_nonblocking(true).unwrap();
+            let to = s.local_addr().unwrap();
+            let r = Arc::new(Registration::new(s).unwrap());
+            let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            // Registered (the turn applies from the first wait on).
+            let r0 = r.clone();
+            let warm = gosched::spawn(move || r0.read_with(|s| s.recv(&mut [0u8; 8])).unwrap());
+            gosched::sleep(Duration::from_millis(20));
+            c.send_to(b"w", to).unwrap();
+            warm.join().unwrap();
+            let r1 = r.clone();
+            let nested =
+                gosched::spawn(move || r1.read_with(|_| r1.read_with(|s| s.recv(&mut [0u8; 8]))));
+            let e = nested.join().unwrap_err();
+            let msg = e
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| e.downcast_ref::<&str>().copied())
+                .unwrap_or("");
+            assert!(msg.contains("its own registration"), "{msg}");
+            // The turn was released by the unwinding: the socket works.
+            c.send_to(b"x", to).unwrap();
+            let mut buf = [0u8; 8];
+            assert_eq!(r.read_with(|s| s.recv(&mut buf)).unwrap(), 1);
+        });
+    });
 }

@@ -106,16 +106,24 @@
 //!    I/O, which consumes the readiness), or from EMPTY to READY.
 //! 4. A deadline is a runtime timer that CASes `G -> EMPTY` and wakes G;
 //!    exactly one of the timer and the poller gets G out of the slot.
-//! 5. One goroutine waits per slot: a second waiter on the same direction
-//!    queues on the slot's `turn` mutex and, once it gets it, returns for
-//!    a retry (the readiness it waited for may have been consumed by the
-//!    first). One with a deadline looks at the turn after pauses of 50 µs
-//!    doubling to 1 ms instead, and gives up at its deadline (it used to
-//!    wait for the turn without one, until the first waiter got data).
-//!    Known gap: the first waiter may consume readiness that a second
-//!    receiver, whose `WouldBlock` came before the data, needed; with two
-//!    datagrams behind one edge the second may then wait for the next
-//!    event (Go serialises readers with its fdMutex instead).
+//! 5. One goroutine waits per slot, and it is the only goroutine of its
+//!    direction between a `WouldBlock` and its park: the I/O loops of
+//!    `net::Io` (every socket call and `Registration::read_with` /
+//!    `write_with`) hold the direction's *turn* (`Desc::lock_turn`, Go's
+//!    fdMutex readLock / writeLock) from their first attempt to their
+//!    result, so that the one READY token is never consumed by a waiter
+//!    whose `WouldBlock` came before another's (two receivers that both
+//!    got `WouldBlock` before two datagrams arrived behind one edge: the
+//!    first to wait took the token and datagram 1; the second parked with
+//!    datagram 2 queued and no edge to come). Same-direction I/O on one
+//!    socket is therefore serialised among the goroutines that park here,
+//!    as in Go. A goroutine waiting for the turn honours its own deadline
+//!    (a timed acquire; deadlines are per call here, not per socket as in
+//!    Go). Plain threads and goroutines of other runtimes wait in
+//!    `poll(2)`, which consumes no token, and take no turn. A bare wait
+//!    (`Registration::wait_readable`) takes the turn only if it is free;
+//!    otherwise it waits for it (within its deadline) and returns for a
+//!    retry.
 //!
 //! Descriptors are allocated by the driver and never freed while it lives
 //! (Go's pollCache is type-stable memory too): an event may name a
@@ -204,11 +212,6 @@ pub(crate) const SYSMON_WATCH_AFTER: Duration = Duration::from_micros(200);
 /// of some CPU: at most ~2,500 per second while Ps are busy.
 pub(crate) const SYSMON_BACKOFF_CAP: Duration = Duration::from_micros(400);
 
-/// A second waiter's pauses between looks at the turn when it has a
-/// deadline (step 5).
-const TURN_PAUSE_MIN: Duration = Duration::from_micros(50);
-const TURN_PAUSE_MAX: Duration = Duration::from_millis(1);
-
 /// One direction of a descriptor: EMPTY, READY or a waiting G's address.
 struct Slot(AtomicUsize);
 
@@ -262,6 +265,226 @@ impl Slot {
     }
 }
 
+/// `Turn::state` bits: someone holds the turn; goroutines queue for it.
+const TURN_HELD: u32 = 1;
+const TURN_QUEUED: u32 = 2;
+
+/// One direction's turn (step 5; Go's fdMutex read or write half): a lock
+/// held across a whole I/O call, with a FIFO queue whose waiters may give
+/// up at a deadline. Unlocking with waiters hands the turn straight to the
+/// head one (`TURN_HELD` stays set), so a waiter that timed out has never
+/// owned it and one that was handed it owns it whatever its clock says.
+pub(crate) struct Turn {
+    /// `TURN_HELD | TURN_QUEUED`. The uncontended lock and unlock are one
+    /// CAS each; `TURN_QUEUED` changes only under `queue`'s lock and sends
+    /// an unlock to the slow path.
+    state: AtomicU32,
+    /// The holding goroutine's address (0: none; a plain thread never
+    /// holds a turn), to report a re-entrant lock instead of hanging.
+    owner: AtomicUsize,
+    /// Waiters, FIFO. Each entry lives on its waiter's stack until it is
+    /// handed the turn (`granted`) or takes itself out under this lock.
+    queue: Mutex<TurnQueue>,
+}
+
+struct TurnQueue(std::collections::VecDeque<*const TurnWaiter>);
+
+// SAFETY: the pointers are dereferenced only under the queue's lock, and
+// point at entries that stay alive until they are granted or removed (both
+// under that lock).
+unsafe impl Send for TurnQueue {}
+
+struct TurnWaiter {
+    waiter: crate::sched::g::Waiter,
+    /// Set (Release) by the unlocker after unlinking the entry: the turn
+    /// is ours.
+    granted: AtomicBool,
+}
+
+impl Turn {
+    fn new() -> Turn {
+        Turn {
+            state: AtomicU32::new(0),
+            owner: AtomicUsize::new(0),
+            queue: Mutex::new(TurnQueue(std::collections::VecDeque::new())),
+        }
+    }
+
+    /// Takes the turn for goroutine `g`, waiting FIFO; false if `deadline`
+    /// passed first.
+    ///
+    /// # Panics
+    ///
+    /// If `g` holds it already (an I/O closure that re-entered its own
+    /// registration in the same direction: it would wait for itself).
+    fn lock(&self, g: GRef, deadline: Option<Instant>) -> bool {
+        // Acquire: pairs with the Release of the last unlock.
+        let mine = self
+            .state
+            .compare_exchange(0, TURN_HELD, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+            || self.lock_slow(g, deadline);
+        if mine {
+            self.owner.store(g.as_ptr() as usize, Ordering::Relaxed);
+        }
+        mine
+    }
+
+    /// Takes the turn if it is free.
+    fn try_lock(&self, g: GRef) -> bool {
+        let mine = self
+            .state
+            .compare_exchange(0, TURN_HELD, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok();
+        if mine {
+            self.owner.store(g.as_ptr() as usize, Ordering::Relaxed);
+        }
+        mine
+    }
+
+    #[cold]
+    fn lock_slow(&self, g: GRef, deadline: Option<Instant>) -> bool {
+        // Only we store our own address there, and we clear it before we
+        // unlock: seeing it means we hold the turn.
+        assert!(
+            self.owner.load(Ordering::Relaxed) != g.as_ptr() as usize,
+            "gosched: an I/O closure (Registration::read_with / write_with) used its own \
+             registration in the same direction; I/O in one direction of a socket is \
+             serialised, so it would wait for itself"
+        );
+        let me = TurnWaiter {
+            waiter: crate::sched::g::Waiter::G(g),
+            granted: AtomicBool::new(false),
+        };
+        {
+            let _np = crate::sched::NoPreempt::enter();
+            let mut q = self.queue.rt_lock();
+            let mut s = self.state.load(Ordering::Relaxed);
+            loop {
+                if s & TURN_HELD == 0 {
+                    // Free: then nobody queues (unlock hands the turn to a
+                    // queued waiter), and only a fast-path locker races us.
+                    match self.state.compare_exchange(
+                        s,
+                        s | TURN_HELD,
+                        Ordering::Acquire,
+                        Ordering::Relaxed,
+                    ) {
+                        Ok(_) => {
+                            drop(q);
+                            return true;
+                        }
+                        Err(now) => s = now,
+                    }
+                    continue;
+                }
+                // A CAS, not a store: the holder's fast unlock (HELD -> 0)
+                // either comes first (we see the turn free) or fails and
+                // takes the slow path, which needs the lock we hold.
+                match self.state.compare_exchange(
+                    s,
+                    s | TURN_QUEUED,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => break,
+                    Err(now) => s = now,
+                }
+            }
+            q.0.push_back(&me);
+            drop(q);
+        }
+        loop {
+            // Acquire: pairs with the unlocker's Release.
+            if me.granted.load(Ordering::Acquire) {
+                return true;
+            }
+            match deadline {
+                None => crate::sched::g::park("IO wait (turn)"),
+                Some(d) if Instant::now() < d => crate::sched::g::park_until("IO wait (turn)", d),
+                Some(_) => {
+                    let _np = crate::sched::NoPreempt::enter();
+                    let mut q = self.queue.rt_lock();
+                    // Under the lock: granted, or still queued.
+                    let granted = me.granted.load(Ordering::Acquire);
+                    if !granted {
+                        let at = q.0.iter().position(|&w| std::ptr::eq(w, &me));
+                        q.0.remove(at.expect("a turn waiter neither granted nor queued"));
+                        if q.0.is_empty() {
+                            self.state.fetch_and(!TURN_QUEUED, Ordering::Relaxed);
+                        }
+                    }
+                    drop(q);
+                    return granted;
+                }
+            }
+        }
+    }
+
+    fn unlock(&self) {
+        self.owner.store(0, Ordering::Relaxed);
+        // Release: pairs with the next holder's Acquire.
+        if self
+            .state
+            .compare_exchange(TURN_HELD, 0, Ordering::Release, Ordering::Relaxed)
+            .is_err()
+        {
+            self.unlock_slow();
+        }
+    }
+
+    #[cold]
+    fn unlock_slow(&self) {
+        let woken = {
+            let _np = crate::sched::NoPreempt::enter();
+            let mut q = self.queue.rt_lock();
+            let next = match q.0.pop_front() {
+                Some(w) => {
+                    if q.0.is_empty() {
+                        self.state.fetch_and(!TURN_QUEUED, Ordering::Relaxed);
+                    }
+                    // SAFETY: a queued entry is alive until it is granted
+                    // or removed, both under this lock; we set `granted`
+                    // last and touch the entry no more.
+                    let w = unsafe { &*w };
+                    let waiter = w.waiter.clone();
+                    // TURN_HELD stays set: the turn is the waiter's now.
+                    w.granted.store(true, Ordering::Release);
+                    Some(waiter)
+                }
+                None => {
+                    // The waiters gave up (and cleared TURN_QUEUED).
+                    self.state.fetch_and(!TURN_HELD, Ordering::Release);
+                    None
+                }
+            };
+            drop(q);
+            next
+        };
+        if let Some(w) = woken {
+            w.unpark();
+        }
+    }
+}
+
+/// A held turn (`Desc::lock_turn`); unlocks when dropped.
+pub(crate) struct TurnGuard {
+    desc: &'static Desc,
+    dir: Dir,
+}
+
+impl TurnGuard {
+    pub(crate) fn dir(&self) -> Dir {
+        self.dir
+    }
+}
+
+impl Drop for TurnGuard {
+    fn drop(&mut self) {
+        self.desc.turn[self.dir as usize].unlock();
+    }
+}
+
 /// A registered file descriptor (Go's pollDesc). Aligned so its address
 /// leaves room for nothing but the tag above bit 48, and so that two
 /// descriptors never share a cache line.
@@ -274,8 +497,8 @@ pub(crate) struct Desc {
     fd: AtomicI32,
     /// Reader and writer slots.
     slots: [Slot; 2],
-    /// Serialises waiters of one direction (step 5).
-    turn: [crate::sync::Mutex<()>; 2],
+    /// Serialises the I/O calls of one direction (step 5).
+    turn: [Turn; 2],
     /// Goroutines inside `wait` on this descriptor (parked, or woken and
     /// not yet resumed): the ones a runtime drop abandons.
     inside: AtomicU32,
@@ -296,7 +519,7 @@ impl Desc {
             gen: AtomicU64::new(0),
             fd: AtomicI32::new(-1),
             slots: [Slot(AtomicUsize::new(EMPTY)), Slot(AtomicUsize::new(EMPTY))],
-            turn: [crate::sync::Mutex::new(()), crate::sync::Mutex::new(())],
+            turn: [Turn::new(), Turn::new()],
             inside: AtomicU32::new(0),
             in_use: AtomicBool::new(false),
             dead: AtomicBool::new(false),
@@ -319,6 +542,24 @@ impl Desc {
     /// See `Desc::hup`.
     pub(crate) fn peer_closed(&self) -> bool {
         self.hup.load(Ordering::Acquire)
+    }
+
+    /// Takes the turn in `dir` for goroutine `g`, the calling goroutine
+    /// (step 5), waiting in line until `deadline`; None if it passed first.
+    /// Only goroutines that park on this descriptor's driver take turns.
+    ///
+    /// # Panics
+    ///
+    /// If `g` holds that turn already.
+    pub(crate) fn lock_turn(
+        &'static self,
+        dir: Dir,
+        g: GRef,
+        deadline: Option<Instant>,
+    ) -> Option<TurnGuard> {
+        self.turn[dir as usize]
+            .lock(g, deadline)
+            .then_some(TurnGuard { desc: self, dir })
     }
 }
 
@@ -491,45 +732,41 @@ impl Driver {
     }
 
     /// Parks the calling goroutine until `desc` may be ready in direction
-    /// `dir`, or `deadline` (steps 1, 2, 4 and 5 in the module docs). May
-    /// return spuriously; the caller retries its I/O and checks its
-    /// deadline. Call it from a goroutine of this driver's runtime that can
-    /// park: the goroutines a poll wakes are made runnable on the polling
-    /// runtime's queues.
+    /// `dir`, or `deadline`, for a caller that does not hold the turn (a
+    /// bare `Registration` wait): with the turn free it takes it for the
+    /// wait; otherwise it waits for the turn (within `deadline`) and
+    /// returns for a retry, the readiness it waited for perhaps consumed by
+    /// the holder (step 5). May return spuriously. Call it from a goroutine
+    /// of this driver's runtime that can park.
     pub(crate) fn wait(
         self: &Arc<Driver>,
         desc: &'static Desc,
         dir: Dir,
         deadline: Option<Instant>,
     ) {
+        // Not even a READY is ours without the turn: its holder may be
+        // between a `WouldBlock` and its wait, and need it.
+        let g = crate::sched::current_g().expect("Driver::wait outside a goroutine");
+        if desc.turn[dir as usize].try_lock(g) {
+            let turn = TurnGuard { desc, dir };
+            self.wait_turn(&turn, deadline);
+        } else {
+            drop(desc.lock_turn(dir, g, deadline));
+        }
+    }
+
+    /// Parks the calling goroutine, which holds `turn`, until its
+    /// descriptor may be ready in the turn's direction, or `deadline`
+    /// (steps 1, 2 and 4 in the module docs). May return spuriously; the
+    /// caller retries its I/O and checks its deadline. Call it from a
+    /// goroutine of this driver's runtime that can park: the goroutines a
+    /// poll wakes are made runnable on the polling runtime's queues.
+    pub(crate) fn wait_turn(self: &Arc<Driver>, turn: &TurnGuard, deadline: Option<Instant>) {
+        let (desc, dir) = (turn.desc, turn.dir);
         let slot = &desc.slots[dir as usize];
         if slot.take_ready() {
             return;
         }
-        let turn = &desc.turn[dir as usize];
-        let _turn = match turn.try_lock() {
-            Some(t) => t,
-            None => {
-                // Another goroutine waits in this direction: wait for our
-                // turn, then retry (step 5); with a deadline, only until
-                // then (the mutex has no timed lock: look again after a
-                // pause that doubles from 50 µs to 1 ms).
-                match deadline {
-                    None => drop(turn.lock()),
-                    Some(d) => {
-                        let mut pause = TURN_PAUSE_MIN;
-                        while let Some(left) = d.checked_duration_since(Instant::now()) {
-                            if turn.try_lock().is_some() {
-                                break;
-                            }
-                            crate::sleep(pause.min(left));
-                            pause = (pause * 2).min(TURN_PAUSE_MAX);
-                        }
-                    }
-                }
-                return;
-            }
-        };
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return;
         }
@@ -570,7 +807,7 @@ impl Driver {
                 slot.take_ready();
             }
             Err(other) => {
-                unreachable!("two goroutines in one slot ({other:#x}) despite the turn lock")
+                unreachable!("two goroutines in one slot ({other:#x}) despite the turn")
             }
         }
         desc.inside.fetch_sub(1, Ordering::Relaxed);

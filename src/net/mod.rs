@@ -22,6 +22,16 @@
 //! [`io::ErrorKind::TimedOut`] and the socket stays usable. `EINTR` never
 //! reaches the caller.
 //!
+//! Calls in one direction on one socket are serialised, as Go serialises
+//! them (its fdMutex): among goroutines, a second read (receive, accept)
+//! waits until the first returns, and likewise for writes (sends), each
+//! within its own timeout; a read and a write run side by side. So the
+//! readiness one goroutine waited for cannot be taken by another that
+//! found the socket empty earlier (with edge-triggered readiness it was:
+//! two receivers and two datagrams behind one edge left the second
+//! receiver parked with a datagram queued). Plain threads, which wait in
+//! `poll(2)`, are not serialised.
+//!
 //! Handles made by `try_clone` share one registration; the last one
 //! dropped deregisters and closes the fd (no goroutine can be parked on it
 //! then: a parked goroutine holds a handle). `shutdown` wakes goroutines
@@ -93,7 +103,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::driver::{Desc, Dir, Driver};
+use crate::driver::{Desc, Dir, Driver, TurnGuard};
+use crate::sched::g::GRef;
 
 /// A nonblocking I/O object and its (lazy) netpoller registration: the
 /// core of every type in this module.
@@ -125,9 +136,27 @@ impl Reg {
     /// Only a runtime's own goroutines may wait on its poller: the
     /// goroutines a poll wakes go onto the polling runtime's queues.
     fn parks_here(&self) -> bool {
-        !self.driver.is_closed()
-            && crate::sched::with_current_shared(|sh| Arc::ptr_eq(&sh.driver, &self.driver))
-                .unwrap_or(false)
+        crate::sched::current_g().is_some_and(|g| self.parks_g(g))
+    }
+
+    /// `parks_here` for goroutine `g`, the calling one.
+    fn parks_g(&self, g: GRef) -> bool {
+        // SAFETY: a running goroutine's runtime is alive.
+        let sh = unsafe { &*g.shared.load(Ordering::Acquire) };
+        !self.driver.is_closed() && Arc::ptr_eq(&sh.driver, &self.driver)
+    }
+}
+
+/// The direction's turn, held by a goroutine that parks on the
+/// registration's poller through a whole I/O call (see `Io::io_until`).
+struct Held<'a> {
+    reg: &'a Reg,
+    turn: TurnGuard,
+}
+
+impl Held<'_> {
+    fn wait(&self, deadline: Option<Instant>) {
+        self.reg.driver.wait_turn(&self.turn, deadline);
     }
 }
 
@@ -204,6 +233,8 @@ impl<T: AsFd> Io<T> {
     /// event, so once an event said the peer closed (`Desc::peer_closed`)
     /// every call tries the socket first. In a
     /// request/reply exchange this saves one system call per message.
+    /// The pre-wait, like the rest of the call, runs under the direction's
+    /// turn (`io_until`), so the READY it may consume is its own.
     pub(crate) fn io_stream(
         &self,
         dir: Dir,
@@ -213,18 +244,17 @@ impl<T: AsFd> Io<T> {
         let deadline = self
             .timeout(dir)
             .and_then(|t| Instant::now().checked_add(t));
+        let mut held = self.take_turn(dir, deadline)?;
         let short = &self.short[dir as usize];
         if short.load(Ordering::Relaxed) {
             short.store(false, Ordering::Relaxed);
-            let waitable = self
-                .reg
-                .get()
-                .is_some_and(|r| !r.desc.peer_closed() && r.parks_here());
-            if waitable && crate::sched::g::parkable_g().is_some() {
-                self.wait(dir, deadline)?;
+            if let Some(h) = &held {
+                if !h.reg.desc.peer_closed() {
+                    h.wait(deadline);
+                }
             }
         }
-        let r = self.io_until(dir, deadline, f);
+        let r = self.io_loop(dir, deadline, &mut held, f);
         if let Ok(n) = r {
             if n > 0 && n < len {
                 short.store(true, Ordering::Relaxed);
@@ -240,10 +270,53 @@ impl<T: AsFd> Io<T> {
     }
 
     /// `io` with an absolute deadline (None: none).
+    ///
+    /// A goroutine that parks on this registration's poller holds the
+    /// direction's turn (`Desc::lock_turn`, Go's fdMutex) from its first
+    /// attempt to its result, so that it is the only one of its direction
+    /// between a `WouldBlock` and its park (the readiness token it may
+    /// consume is then its own; see step 5 of the driver's "Descriptors"):
+    /// same-direction calls on one socket run one at a time, each waiting
+    /// for the turn within its own deadline. A goroutine whose fd is not
+    /// registered yet tries once without the turn; on `WouldBlock` it
+    /// registers, takes the turn and tries again before it parks. Plain
+    /// threads and goroutines of other runtimes wait in `poll(2)` (level
+    /// triggered: no token to lose) and take no turn.
     pub(crate) fn io_until<R>(
         &self,
         dir: Dir,
         deadline: Option<Instant>,
+        f: impl FnMut(&T) -> io::Result<R>,
+    ) -> io::Result<R> {
+        let mut held = self.take_turn(dir, deadline)?;
+        self.io_loop(dir, deadline, &mut held, f)
+    }
+
+    /// The turn in `dir` if the calling goroutine parks on this object's
+    /// registration; `TimedOut` if `deadline` passes while it waits for it.
+    #[inline]
+    fn take_turn(&self, dir: Dir, deadline: Option<Instant>) -> io::Result<Option<Held<'_>>> {
+        let Some(reg) = self.reg.get() else {
+            return Ok(None);
+        };
+        let Some(g) = crate::sched::g::parkable_g() else {
+            return Ok(None);
+        };
+        if !reg.parks_g(g) {
+            return Ok(None);
+        }
+        match reg.desc.lock_turn(dir, g, deadline) {
+            Some(turn) => Ok(Some(Held { reg, turn })),
+            None => Err(timed_out()),
+        }
+    }
+
+    /// The loop of `io_until`, holding `held` if it is the turn.
+    fn io_loop<'a, R>(
+        &'a self,
+        dir: Dir,
+        deadline: Option<Instant>,
+        held: &mut Option<Held<'a>>,
         mut f: impl FnMut(&T) -> io::Result<R>,
     ) -> io::Result<R> {
         loop {
@@ -254,6 +327,23 @@ impl<T: AsFd> Io<T> {
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(timed_out());
+            }
+            if let Some(h) = held {
+                debug_assert_eq!(h.turn.dir(), dir);
+                h.wait(deadline);
+                continue;
+            }
+            if crate::sched::g::parkable_g().is_some() {
+                // No turn yet: this fd's first wait (or another goroutine
+                // registered it since our call began). Register it with our
+                // runtime if nobody has, and retry under the turn: the
+                // `WouldBlock` above was seen without it. Registered with
+                // another runtime: no turn, `wait` polls.
+                self.registration()?;
+                *held = self.take_turn(dir, deadline)?;
+                if held.is_some() {
+                    continue;
+                }
             }
             self.wait(dir, deadline)?;
         }

@@ -22,6 +22,19 @@ use crate::driver::Dir;
 /// wait, and deregistered when the `Registration` drops (which then drops
 /// the object, closing the fd) or in [`into_inner`](Registration::into_inner).
 ///
+/// I/O in one direction is serialised, as Go serialises the reads (and the
+/// writes) of one connection: while a goroutine is inside
+/// [`read_with`](Registration::read_with) (trying, parked, trying again),
+/// another goroutine's `read_with` on the same `Registration` waits for it
+/// to return, and likewise for [`write_with`](Registration::write_with);
+/// a read and a write run side by side. So readiness one goroutine waited
+/// for is never taken by another that got `WouldBlock` earlier. Hence a
+/// `read_with` closure must not use its own `Registration` for reading
+/// again (a nested `read_with` or `wait_readable` would wait for itself:
+/// it panics instead), nor a `write_with` closure for writing. Plain
+/// threads (which wait in `poll(2)`) and goroutines of another runtime are
+/// not serialised.
+///
 /// # Examples
 ///
 /// A goroutine parks on a pipe until another writes to it:
@@ -127,7 +140,10 @@ impl<T: AsFd> Registration<T> {
     }
 
     /// Parks until the fd may be readable (or `timeout`, if given, passes:
-    /// then `TimedOut`).
+    /// then `TimedOut`). While another goroutine is inside
+    /// [`read_with`](Registration::read_with) it waits for that call to
+    /// return and then returns (the readiness may have gone to that call:
+    /// retry the I/O).
     ///
     /// # Errors
     ///
@@ -180,9 +196,19 @@ impl<T: AsFd> Registration<T> {
     /// Runs the read `f` until it does not return `WouldBlock`, parking
     /// for readability in between. `Interrupted` is retried.
     ///
+    /// One goroutine at a time reads through a `Registration` this way
+    /// (see the type's docs): a second waits for the first's call to
+    /// return. `f` must not read through this `Registration` itself.
+    ///
     /// # Errors
     ///
     /// `f`'s error.
+    ///
+    /// # Panics
+    ///
+    /// If `f`, run by a goroutine, calls `read_with` or `wait_readable` on
+    /// this `Registration` while it would have to wait (it would wait for
+    /// its own call).
     ///
     /// # Examples
     ///
@@ -201,11 +227,17 @@ impl<T: AsFd> Registration<T> {
     }
 
     /// Runs the write `f` until it does not return `WouldBlock`, parking
-    /// for writability in between.
+    /// for writability in between. Serialised like
+    /// [`read_with`](Registration::read_with), for writes.
     ///
     /// # Errors
     ///
     /// `f`'s error.
+    ///
+    /// # Panics
+    ///
+    /// If `f`, run by a goroutine, calls `write_with` or `wait_writable` on
+    /// this `Registration` while it would have to wait.
     ///
     /// # Examples
     ///

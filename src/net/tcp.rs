@@ -11,6 +11,8 @@ use crate::driver::Dir;
 
 /// A TCP socket server, listening for connections: `std::net::TcpListener`
 /// whose `accept` parks the calling goroutine instead of its thread.
+/// Several goroutines may accept on one listener (share it with an `Arc`):
+/// their `accept`s run one at a time, as in Go.
 ///
 /// # Examples
 ///
@@ -143,7 +145,10 @@ impl Iterator for Incoming<'_> {
 /// A TCP connection: `std::net::TcpStream` whose reads, writes and
 /// connects park the calling goroutine instead of its thread. Clones made
 /// by [`try_clone`](TcpStream::try_clone) share the socket (and its
-/// timeouts, as std's share the socket's options).
+/// timeouts, as std's share the socket's options). As in Go, the reads of
+/// one socket run one at a time, whichever handles and goroutines make
+/// them (a read waits for the one before it to return, within its own read
+/// timeout), and so do its writes; a read and a write run side by side.
 ///
 /// # Examples
 ///

@@ -9,7 +9,10 @@ use crate::driver::Dir;
 
 /// A UDP socket: `std::net::UdpSocket` whose sends and receives park the
 /// calling goroutine instead of its thread. Several goroutines may receive
-/// on one socket (share it with an `Arc`); they take turns waiting.
+/// on one socket (share it with an `Arc`): as in Go, their receives run
+/// one at a time (a receive waits for the one before it to return, within
+/// its own read timeout), and so do their sends; a receive and a send run
+/// side by side.
 ///
 /// # Examples
 ///
