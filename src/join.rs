@@ -37,6 +37,7 @@ impl<R> JoinInner<R> {
     pub(crate) fn complete(&self, r: std::thread::Result<R>) {
         let task = {
             let _np = sched::NoPreempt::enter();
+            sched::note_finishing();
             // SAFETY: only the goroutine writes, once, before `done`.
             unsafe { *self.result.get() = Some(r) };
             // Pairs with the Acquire loads in `wait` and `is_finished`.

@@ -296,6 +296,29 @@ impl Runtime {
     }
 }
 
+impl Runtime {
+    /// Lets goroutines that have published their result finish exiting
+    /// before the Ms stop (up to `FINISH_WAIT`): `block_on` returns as soon
+    /// as its goroutine's result is out, and a drop right after it
+    /// abandoned that goroutine on its way out about half the time, in the
+    /// release builds measured here; an abandoned goroutine keeps the
+    /// runtime's state alive, so 1,000 `build`-`block_on`-`drop` rounds
+    /// kept 0.4-1 GB of it.
+    fn wait_for_finishing(&self) {
+        let start = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_micros(10);
+        while self.shared.finishing.load(Ordering::SeqCst) > 0 && start.elapsed() < FINISH_WAIT {
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(std::time::Duration::from_millis(1));
+        }
+    }
+}
+
+/// How long `Runtime::drop` waits for goroutines already past their
+/// result: their exit normally takes microseconds; past this (a
+/// goroutine-local value's destructor that blocks, say) they are abandoned.
+const FINISH_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Drop for Runtime {
     fn drop(&mut self) {
         if crate::os::fork::forked() {
@@ -311,6 +334,7 @@ impl Drop for Runtime {
             "gosched: a Runtime dropped from one of its own goroutines; it would have to join the thread \
              it runs on. Drop it from outside (e.g. after block_on returns)"
         );
+        self.wait_for_finishing();
         self.shared.shutdown();
         if let Some(t) = self.sysmon.take() {
             let _ = t.join();

@@ -139,6 +139,9 @@ pub(crate) struct G {
     /// queue's tail like a time-sliced one (`G0::after`). Owner (the M
     /// switching it out; handed over through the run queues).
     pub(crate) run_origin: Cell<u64>,
+    /// It has published its result (`JoinInner::complete`) and is counted
+    /// in `Shared::finishing` until it exits (owner).
+    pub(crate) finishing: Cell<bool>,
     /// Goroutine-local values (`crate::local`), indexed by key (owner;
     /// emptied when the goroutine's body ends).
     pub(crate) locals: crate::local::Slots,
@@ -187,6 +190,7 @@ impl G {
             wakes: Cell::new(0),
             runnable_at: Cell::new(0),
             run_origin: Cell::new(0),
+            finishing: Cell::new(false),
             wakeup_signal: AtomicBool::new(false),
             name: UnsafeCell::new(None),
         }
@@ -232,7 +236,13 @@ impl GRef {
 
     /// Step 3 of the handshake: wakes the goroutine if it is parked, or
     /// leaves a token if it is not.
+    ///
+    /// Not preemptible from the claim to the enqueue (as Go's `goready`,
+    /// which runs on the system stack): a waker preempted in between (a
+    /// CPU-bound goroutine releasing a lock, say) held the woken goroutine
+    /// neither parked nor queued for as long as it waited for a P itself.
     pub(crate) fn unpark(self) {
+        let _np = crate::sched::NoPreempt::enter();
         if self.unpark_deferred() {
             crate::sched::ready(self);
         }

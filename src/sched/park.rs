@@ -54,6 +54,20 @@ pub(crate) fn async_preempted() {
     switch_to_g0(g, Reason::AsyncPreempt);
 }
 
+/// The calling goroutine is about to publish its result (`JoinInner::complete`,
+/// inside a no-preempt region): count it in `Shared::finishing` until it
+/// exits (`G0::gfput`), so that `Runtime::drop` waits for it rather than
+/// abandon it on its way out.
+pub(crate) fn note_finishing() {
+    if let Some(g) = current_g() {
+        if !g.finishing.replace(true) {
+            // SAFETY: the G's runtime outlives the G.
+            let sh = unsafe { &*g.shared.load(Ordering::Acquire) };
+            sh.finishing.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
 /// Makes a parked goroutine runnable: into the current P's `runnext` when
 /// the caller is a goroutine of the same runtime (it runs next, Go's
 /// `ready(gp, next=true)`), else onto the global queue. Then `wakep`.

@@ -522,6 +522,9 @@ impl G0<'_> {
                 self.sh.gfree.rt_lock().push(g);
             }
         }
+        if g.finishing.replace(false) {
+            self.sh.finishing.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     pub(super) fn stack_get(&self) -> Stack {

@@ -123,6 +123,9 @@ pub(crate) struct Shared {
     pub(crate) counters_spawned_outside: AtomicU64,
     /// Exits on an M that had lost its P.
     pub(crate) counters_exited_outside: AtomicU64,
+    /// Goroutines that have published their result but not yet exited
+    /// (`sched::note_finishing`): `Runtime::drop` waits for them.
+    pub(crate) finishing: AtomicUsize,
     /// Weak self-reference so Gs can hold the runtime alive.
     pub(crate) me: std::sync::Weak<Shared>,
 }
@@ -205,6 +208,7 @@ impl Shared {
             affine_parked: AtomicUsize::new(0),
             counters_spawned_outside: AtomicU64::new(0),
             counters_exited_outside: AtomicU64::new(0),
+            finishing: AtomicUsize::new(0),
             me: me.clone(),
         }))
     }
