@@ -260,7 +260,9 @@ impl Runtime {
     ///
     /// # Errors
     ///
-    /// `InvalidInput` naming `n` when it is 0 or above [`MAX_PROCS`](crate::MAX_PROCS).
+    /// `InvalidInput` naming `n` when it is 0 or above [`MAX_PROCS`](crate::MAX_PROCS), or
+    /// when `n` Ps need more threads than the runtime's `max_threads` allows (`2 * n + 2`,
+    /// see [`Builder::max_threads`](crate::Builder::max_threads)).
     ///
     /// # Examples
     ///
