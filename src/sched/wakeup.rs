@@ -66,6 +66,20 @@
 //!    in turn, last in, first out (the bimodal benchmark's 5 ms requests
 //!    took 70-140 ms at p99 at 50 % load).
 //!
+//! Known limitation: a woken goroutine whose burst outlasts its turn
+//! (more than `WAKEUP_GRANULARITY` before it blocks; a goroutine's first
+//! run on a new thread took 110-370 µs in a debug build) is preempted
+//! for the kept one and queued behind it, so it waits for the rest of the
+//! kept goroutine's quantum: up to 10 ms by default, for ever with time
+//! slicing off (`Duration::MAX`). Giving it further turns, alternating
+//! with the kept goroutine, fixes that, but only if sysmon enforces each
+//! turn on time, and sysmon looks at a P only when its goroutine runs:
+//! when it looks while the P is handed to the woken goroutine's thread it
+//! sleeps its idle backoff and that turn lasts up to 10 ms. Waking sysmon
+//! when the woken goroutine starts makes turns exact but cost a 1 ms
+//! ticker beside a hog 10-30 µs at p50 (latency bench, 2026-12-07): not
+//! landed.
+//!
 //! A request put off because no goroutine has run for the granularity yet
 //! is made again by sysmon when one has (`wakeup_preempt` returns when).
 //! While every P keeps switching goroutines (a busy server: its woken
