@@ -275,12 +275,24 @@ pub(super) extern "C" fn on_sigurg(
 /// Called by the trampoline on the goroutine's stack, with every register
 /// saved: yield to the scheduler; return when resumed. `frame` is the
 /// trampoline's frame pointer (only the frame-walk test looks at it).
+///
+/// errno is part of the interrupted state too: the goroutine may be between
+/// a libc call and its read of errno (`io::Error::last_os_error`), and the
+/// scheduler's own system calls on this thread meanwhile (a futex wait that
+/// a signal interrupts: EINTR) overwrite it; in Migrate mode the goroutine
+/// resumes on another thread, with that thread's errno. So it is saved here
+/// and restored through a fresh `__errno_location` after the switch (a
+/// call, not a cached thread-local address).
 pub(crate) extern "C" fn async_preempt_yield(frame: usize) {
     #[cfg(test)]
     fp_walk::on_park(frame);
     #[cfg(not(test))]
     let _ = frame;
+    // SAFETY: __errno_location returns the calling thread's errno slot.
+    let errno = unsafe { *libc::__errno_location() };
     crate::sched::async_preempted();
+    // SAFETY: as above, on the thread we resumed on.
+    unsafe { *std::hint::black_box(libc::__errno_location()) = errno };
 }
 
 /// Test hook: what a profiler sampling a preempted goroutine would see. The
