@@ -380,6 +380,27 @@ fn runtime_calls_in_a_forked_child_panic_instead_of_hanging() {
         "a goroutine parking in a forked child: wait status {status}"
     );
 
+    // So does one that yields, with another goroutine queued: the child's
+    // copy of the scheduler ran that goroutine (its side effects twice).
+    let (ran, status) = rt.block_on(|| {
+        let ran = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let r = ran.clone();
+        let queued = gosched::spawn(move || {
+            r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        let status = in_forked_child(|| {
+            gosched::yield_now();
+            true
+        });
+        queued.join().unwrap();
+        (ran.load(std::sync::atomic::Ordering::SeqCst), status)
+    });
+    assert_eq!(ran, 1);
+    assert!(
+        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGABRT,
+        "a goroutine yielding in a forked child: wait status {status}"
+    );
+
     // Fork then exec keeps working, from a goroutine (`pre_exec` makes std
     // take the fork path rather than posix_spawn).
     let ok = rt.block_on(|| {

@@ -10,7 +10,9 @@
 //! entry point that needs the runtime's threads (spawn, `block_on`, `join`,
 //! parking a goroutine, making one runnable, building a runtime) checks it
 //! and panics with a message that says so (parking a goroutine, where
-//! unwinding could leave a wait entry dangling, prints it and aborts).
+//! unwinding could leave a wait entry dangling, prints it and aborts, as
+//! does any other switch to the scheduler: `yield_now`, a cooperative
+//! preemption at the end of a no-preempt region).
 //! Fork then exec (what `std::process::Command` does) is fine: the child
 //! replaces the image before it calls anything of ours; the handler only
 //! stores a flag, which is async-signal-safe.

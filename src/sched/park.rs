@@ -12,6 +12,10 @@ use crate::sched::g::{GRef, EMPTY, G, NOTIFIED};
 /// Switches from goroutine `g` (the caller) to its M's scheduler, saying
 /// why; returns when the goroutine is resumed, possibly on another M.
 pub(crate) fn switch_to_g0(g: GRef, reason: Reason) {
+    // In a fork()ed child the scheduler is a frozen copy: its g0 would run
+    // goroutines queued in the parent (their side effects twice) or wait
+    // for threads that do not exist (see `os::fork`).
+    crate::os::fork::check_or_abort();
     raise_no_preempt(g);
     let m = this_m();
     // SAFETY: we are a goroutine, so `m` is this thread's live M and its
@@ -41,6 +45,8 @@ pub(crate) fn gopark(reason: &'static str) {
 
 /// `yield_now` for the calling goroutine.
 pub(crate) fn goyield(g: GRef) {
+    // Before the direct hand-off too (see `switch_to_g0`).
+    crate::os::fork::check_or_abort();
     if !yield_direct(g) {
         switch_to_g0(g, Reason::Yield);
     }
