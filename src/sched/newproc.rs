@@ -206,13 +206,15 @@ impl Shared {
 
     /// Live goroutines.
     pub(crate) fn goroutines(&self) -> usize {
-        let spawned = self.spawned();
-        let exited: u64 = self
-            .used_ps()
+        self.spawned().saturating_sub(self.exited()) as usize
+    }
+
+    /// Goroutines exited so far.
+    pub(crate) fn exited(&self) -> u64 {
+        self.used_ps()
             .iter()
             .map(|p| p.counters.exited.load(Ordering::Relaxed))
             .sum::<u64>()
-            + self.counters_exited_outside.load(Ordering::Relaxed);
-        spawned.saturating_sub(exited) as usize
+            + self.counters_exited_outside.load(Ordering::Relaxed)
     }
 }
