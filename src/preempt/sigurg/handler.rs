@@ -124,7 +124,7 @@ pub(super) fn read_text_ranges() -> usize {
     out[1]
 }
 
-fn in_main_text(pc: usize) -> bool {
+pub(super) fn in_main_text(pc: usize) -> bool {
     (0..MAX_RANGES).any(|k| {
         let s = TEXT[2 * k].load(Ordering::Relaxed);
         s != 0 && pc >= s && pc < TEXT[2 * k + 1].load(Ordering::Relaxed)

@@ -87,12 +87,26 @@ pub(super) fn init(load: usize) {
     // release build whose symbols carry LLVM's `.llvm.<n>` suffix was
     // refused everywhere until the suffix was understood).
     let me = init as *const () as usize;
-    let i = ranges.partition_point(|&(start, _)| start <= me);
-    if i == 0 || me >= ranges[i - 1].1 {
+    if !self_check(&ranges, me, super::handler::in_main_text(me)) {
         return;
     }
     // Pairs with the Acquire in `admits`.
     super::publish_once(&TABLE, Table { ranges });
+}
+
+/// Whether the table may be used, given where `init` itself is (`me`): it
+/// must admit `init` when gosched is part of the main executable. When it
+/// is not (a cdylib or staticlib loaded by a C or Python host: `init` lies
+/// in another object), the check says nothing about the host's names, and
+/// the table (the host's Rust functions, if any) is used: falling back to
+/// the whole text there admitted the host's C code, the case rule 4 exists
+/// for.
+fn self_check(ranges: &[(usize, usize)], me: usize, me_in_main_text: bool) -> bool {
+    if !me_in_main_text {
+        return true;
+    }
+    let i = ranges.partition_point(|&(start, _)| start <= me);
+    i != 0 && me < ranges[i - 1].1
 }
 
 /// Rule 4 for a pc of the main executable: `Some(true)` if it lies in an
@@ -252,6 +266,20 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
 mod tests {
     use super::*;
     use std::alloc::{GlobalAlloc, Layout, System};
+
+    /// The self-check falls back to the whole text only when gosched is in
+    /// the main executable and the table does not admit its own `init`;
+    /// gosched in a library loaded by a C host keeps the table (it used to
+    /// fall back, admitting the host's C code).
+    #[test]
+    fn self_check_keeps_the_table_for_a_host_executable() {
+        let ranges = [(0x1000, 0x2000), (0x3000, 0x4000)];
+        assert!(self_check(&ranges, 0x1800, true));
+        assert!(!self_check(&ranges, 0x2800, true));
+        assert!(!self_check(&ranges, 0x800, true));
+        assert!(self_check(&ranges, 0x7f00_0000_0000, false));
+        assert!(self_check(&[], 0x7f00_0000_0000, false));
+    }
 
     /// An allocator type whose methods the table must refuse.
     struct Counting;
