@@ -62,7 +62,16 @@ pub(crate) fn yield_direct(g: GRef) -> bool {
         if tick.is_multiple_of(GLOBAL_CHECK) {
             return None;
         }
-        let next = q.take_next().or_else(|| q.pop())?;
+        let next = match q.take_next() {
+            Some(g) => {
+                // A goroutine kept for a wake-up resumes: our turn is over
+                // (left set, sysmon took a later `runnext` goroutine for a
+                // kept one and preempted whoever ran for it).
+                p.clear_kept();
+                g
+            }
+            None => q.pop()?,
+        };
         if next.locked_m.get().is_some() || next.stack_hi.load(Ordering::Relaxed) == 0 {
             // g0 takes it from runnext (empty: we just emptied it, or it
             // was empty when we popped the rest of the queue).
