@@ -416,3 +416,155 @@ fn runtime_calls_in_a_forked_child_panic_instead_of_hanging() {
     tx.send(1).unwrap();
     println!("FORK-OK");
 }
+
+/// Runs `call` in `blocking()` on a goroutine of `rt` and returns a slot
+/// for what it returned and the errno after it, filled in inside the
+/// blocking call (the goroutine may be abandoned as soon as it returns);
+/// waits until the goroutine is about to make the call.
+#[cfg(feature = "preempt-signal")]
+fn blocking_call_in(
+    rt: &gosched::Runtime,
+    call: impl FnOnce() -> i32 + Send + 'static,
+) -> std::sync::Arc<std::sync::Mutex<Option<(i32, i32, Duration)>>> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let slot = Arc::new(Mutex::new(None));
+    let started = Arc::new(AtomicBool::new(false));
+    let (s, st) = (slot.clone(), started.clone());
+    drop(rt.spawn(move || {
+        st.store(true, Ordering::SeqCst);
+        gosched::blocking(move || {
+            let t = std::time::Instant::now();
+            let r = call();
+            let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            *s.lock().unwrap() = Some((r, errno, t.elapsed()));
+        });
+    }));
+    assert!(
+        wait_until(Duration::from_secs(20), || started
+            .load(std::sync::atomic::Ordering::SeqCst)),
+        "the goroutine never started"
+    );
+    slot
+}
+
+#[cfg(feature = "preempt-signal")]
+#[test]
+fn dropping_the_runtime_does_not_interrupt_blocking_calls() {
+    // Runtime drop sent SIGURG to every M with a goroutine, every 200 µs,
+    // those inside `blocking()` too: poll and nanosleep, never restarted
+    // after a handler, failed with EINTR.
+    let _w = common::watchdog();
+    let rt = Builder::new().procs(2).async_preempt(true).build().unwrap();
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` has room for the two descriptors.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let rd = fds[0];
+    // Nobody writes: the poll can only time out.
+    let polled = blocking_call_in(&rt, move || {
+        let mut pfd = libc::pollfd {
+            fd: rd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, 300) }
+    });
+    let slept = blocking_call_in(&rt, || {
+        let ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 300_000_000,
+        };
+        // SAFETY: a valid timespec; no remainder wanted.
+        unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) }
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    // Waits for both calls.
+    drop(rt);
+    let (r, errno, took) = polled
+        .lock()
+        .unwrap()
+        .expect("the poll returned before the drop did");
+    assert_eq!(
+        (r, errno == libc::EINTR),
+        (0, false),
+        "poll returned {r} (errno {errno}) after {took:?}, not 0 after 300 ms"
+    );
+    let (r, errno, took) = slept
+        .lock()
+        .unwrap()
+        .expect("nanosleep returned before the drop did");
+    assert_eq!(
+        r, 0,
+        "nanosleep returned {r} (errno {errno}) after {took:?}, not 0 after 300 ms"
+    );
+    assert!(
+        took >= Duration::from_millis(290),
+        "nanosleep took {took:?}"
+    );
+    // SAFETY: our descriptors, closed once.
+    unsafe {
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+    }
+}
+
+#[cfg(feature = "preempt-signal")]
+#[test]
+fn dropping_the_runtime_stops_a_loop_run_after_a_blocking_call() {
+    // Signals are held back only for the call: a goroutine that returns
+    // from it into a loop without calls is still stopped by the drop.
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let _w = common::watchdog();
+    let rt = Builder::new().procs(2).async_preempt(true).build().unwrap();
+    let looping = Arc::new(AtomicBool::new(false));
+    let l = looping.clone();
+    drop(rt.spawn(move || {
+        // Shorter than a quantum, with nothing else to run and a P idle:
+        // sysmon leaves the P alone (with one P it retakes it, as Go does),
+        // so the loop runs on the M that made the call.
+        gosched::blocking(|| std::thread::sleep(Duration::from_millis(1)));
+        l.store(true, Ordering::SeqCst);
+        let mut x = 0u64;
+        loop {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+    }));
+    assert!(
+        wait_until(Duration::from_secs(20), || looping.load(Ordering::SeqCst)),
+        "the loop never began"
+    );
+    let t = std::time::Instant::now();
+    drop(rt);
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "drop took {:?}",
+        t.elapsed()
+    );
+
+    // The same with the drop begun while the goroutine is inside the call
+    // (it may yield at the call's end, preemption having been requested).
+    let rt = Builder::new().procs(1).async_preempt(true).build().unwrap();
+    let inside = Arc::new(AtomicBool::new(false));
+    let i = inside.clone();
+    drop(rt.spawn(move || {
+        i.store(true, Ordering::SeqCst);
+        gosched::blocking(|| std::thread::sleep(Duration::from_millis(100)));
+        let mut x = 0u64;
+        loop {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+    }));
+    assert!(
+        wait_until(Duration::from_secs(20), || inside.load(Ordering::SeqCst)),
+        "the goroutine never started"
+    );
+    let t = std::time::Instant::now();
+    drop(rt);
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "drop took {:?}",
+        t.elapsed()
+    );
+}

@@ -74,7 +74,10 @@ pub(crate) struct M {
     /// Why the current goroutine switched to g0 (owner thread).
     pub(crate) reason: Cell<Reason>,
     /// 1 while a preemption signal is in flight (Go's signalPending): set
-    /// by sysmon's CAS before tgkill, cleared by the handler.
+    /// by sysmon's CAS before tgkill, cleared by the handler. Also held
+    /// (set by the same CAS) by a goroutine of this M for the whole of a
+    /// `blocking()` call, so that no signal interrupts the call
+    /// (`syscall::hold_signals`), and cleared when the call returns.
     #[cfg(feature = "preempt-signal")]
     pub(crate) signal_pending: AtomicBool,
     /// Set by the SIGURG handler when it sends the goroutine to the

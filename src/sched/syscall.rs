@@ -21,6 +21,10 @@ use crate::sched::{
 ///    and runs again when some M with a P picks it.
 pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
     let Some(g) = current_g() else { return f() };
+    if g.in_blocking.get() {
+        // Nested: the outer call did all of it, and holds the signals.
+        return f();
+    }
     let _np = NoPreempt::enter();
     let m = cur_m();
     // SAFETY: we are a goroutine in a no-preempt region, so `m` is this
@@ -44,6 +48,9 @@ pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
     g.in_blocking.set(true);
     // Its slice timer's signal would interrupt the call.
     crate::preempt::disarm_slice_timer(m);
+    // So would anyone else's (Runtime drop's, a late sysmon's): none may
+    // be sent to this M until `Exit` lets go.
+    hold_signals(m);
     sh.note_busy();
     struct Exit<'a> {
         g: GRef,
@@ -55,6 +62,9 @@ pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
     impl Drop for Exit<'_> {
         fn drop(&mut self) {
             let sh = self.m.shared_ref();
+            // First: a goroutine that goes on running after the call must
+            // be stoppable again (Runtime drop signals it until it yields).
+            release_signals(self.m);
             self.g.in_blocking.set(false);
             sh.in_blocking.fetch_sub(1, Ordering::SeqCst);
             if self
@@ -71,6 +81,84 @@ pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
     let _exit = Exit { g, m, p, sys, user };
     f()
 }
+
+/// How long `hold_signals` waits for a preemption signal already in flight
+/// to this M to arrive before it takes the flag anyway.
+#[cfg(feature = "preempt-signal")]
+const IN_FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Keeps preemption signals away from this M for a blocking call: Linux
+/// does not restart `poll`, `ppoll`, `select`, `epoll_wait`, `nanosleep`,
+/// `clock_nanosleep`, `sem_timedwait` or a socket call with a timeout
+/// after a handler, even with `SA_RESTART`: they fail with `EINTR` (and
+/// `sleep` returns early). Go never signals an M in a system call either.
+///
+/// Every sender (sysmon, wake-up preemption, `set_procs`, Runtime drop)
+/// goes through `signal_m`, which sends only after its CAS of the M's
+/// `signal_pending` from false to true. So the blocking goroutine takes
+/// that flag itself, with the same CAS: once it holds it, no signal can be
+/// sent to this M, whatever the sender saw of the P or the goroutine a
+/// moment before (a check-then-signal race a separate "in blocking" flag
+/// would leave open). If the CAS fails, a signal is in flight; the
+/// goroutine waits, making system calls (on whose return the kernel
+/// delivers a signal already sent), until the handler, here on this
+/// thread, acknowledges it, and tries again.
+///
+/// The wait is bounded: a flag nobody will clear (SIGURG blocked on this
+/// thread, or the signal taken by an application handler installed over
+/// ours, until sysmon re-installs ours) must not stall the call. A blocked
+/// SIGURG cannot interrupt the call anyway; in the other cases the flag
+/// is taken after `IN_FLIGHT_WAIT`.
+#[cfg(feature = "preempt-signal")]
+fn hold_signals(m: &M) {
+    let hold = || {
+        // Pairs with `signal_m`'s CAS and the handler's Release store.
+        m.signal_pending
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    };
+    if hold() {
+        return;
+    }
+    if sigurg_blocked() {
+        m.signal_pending.store(true, Ordering::Release);
+        return;
+    }
+    let start = std::time::Instant::now();
+    while !hold() {
+        if start.elapsed() > IN_FLIGHT_WAIT {
+            m.signal_pending.store(true, Ordering::Release);
+            return;
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// Is SIGURG blocked in this thread's signal mask?
+#[cfg(feature = "preempt-signal")]
+fn sigurg_blocked() -> bool {
+    // SAFETY: sigset_t is plain data, filled in by pthread_sigmask.
+    let mut cur: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: a query (null new set) of this thread's mask into `cur`.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut cur) };
+    // SAFETY: `cur` is an initialised sigset_t.
+    r == 0 && unsafe { libc::sigismember(&cur, libc::SIGURG) } == 1
+}
+
+/// Lets preemption signals reach this M again (end of a blocking call).
+#[cfg(feature = "preempt-signal")]
+fn release_signals(m: &M) {
+    // Pairs with `signal_m`'s CAS.
+    m.signal_pending.store(false, Ordering::Release);
+}
+
+/// No preemption signals without `preempt-signal`.
+#[cfg(not(feature = "preempt-signal"))]
+fn hold_signals(_m: &M) {}
+
+/// No preemption signals without `preempt-signal`.
+#[cfg(not(feature = "preempt-signal"))]
+fn release_signals(_m: &M) {}
 
 /// Go's LockOSThread for the calling goroutine.
 pub(crate) fn lock_os_thread() {

@@ -21,7 +21,12 @@ impl Shared {
         self.wake_sysmon();
         loop {
             // Wake parked Ms; ask running goroutines to yield (and signal
-            // their threads, so a loop without calls stops too).
+            // their threads, so a loop without calls stops too). Not an M
+            // whose goroutine is inside `blocking()`: it holds its M's
+            // `signal_pending` for the call, so `signal_m` sends nothing
+            // there (a signal would make poll, nanosleep and the like fail
+            // with EINTR; the drop waits for the call anyway). The call
+            // returned, the goroutine is signalled again until it yields.
             for m in self.allm.rt_lock().iter() {
                 self.wake_m(m);
                 let g = m.curg.load(Ordering::Acquire);
