@@ -665,6 +665,10 @@ fn poll_once<R>(
 /// Each hook spins until another goroutine has run; on one P that happens
 /// only if the spinning goroutine can be preempted.
 #[test]
+#[cfg_attr(
+    not(feature = "preempt-signal"),
+    ignore = "needs asynchronous preemption (the preempt-signal feature)"
+)]
 fn join_handle_waker_code_runs_preemptible() {
     let _w = common::watchdog();
     let rt = Builder::new()
