@@ -885,6 +885,12 @@ fn a_kept_goroutine_resumes_after_the_woken_ones_turn() {
 /// trampoline call: the goroutine was preempted again as soon as it
 /// resumed, outside any request, and sent to the global queue's tail.
 #[test]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "the hog is a clock-read loop: optimized, it is almost always inside the system \
+              call, where signals are refused, and on a VM whose cross-CPU signals take tens \
+              of µs it is never preempted (README, \"What cannot be preempted\")"
+)]
 fn no_preemption_without_a_request() {
     let _s = serial();
     let _w = watchdog();
