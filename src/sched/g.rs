@@ -242,9 +242,9 @@ impl GRef {
     /// CPU-bound goroutine releasing a lock, say) held the woken goroutine
     /// neither parked nor queued for as long as it waited for a P itself.
     pub(crate) fn unpark(self) {
-        let _np = crate::sched::NoPreempt::enter();
+        let np = crate::sched::NoPreempt::enter();
         if self.unpark_deferred() {
-            crate::sched::ready(self);
+            crate::sched::ready_in(self, &np);
         }
     }
 

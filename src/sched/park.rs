@@ -79,7 +79,15 @@ pub(crate) fn note_finishing() {
 /// `ready(gp, next=true)`), else onto the global queue. Then `wakep`.
 pub(crate) fn ready(g: GRef) {
     crate::os::fork::check();
-    let _np = NoPreempt::enter();
+    let np = NoPreempt::enter();
+    ready_in(g, &np);
+}
+
+/// `ready` inside the caller's no-preempt region (`GRef::unpark`'s, which
+/// covers its claim of the goroutine too: one region, not two nested, on
+/// every channel and lock hand-off).
+pub(crate) fn ready_in(g: GRef, _np: &NoPreempt) {
+    crate::os::fork::check();
     // SAFETY: the G's runtime outlives the G.
     let sh = unsafe { &*g.shared.load(Ordering::Acquire) };
     let wakes = g.wakes.get().wrapping_add(1);
