@@ -77,15 +77,8 @@ pub(crate) fn note_finishing() {
 /// Makes a parked goroutine runnable: into the current P's `runnext` when
 /// the caller is a goroutine of the same runtime (it runs next, Go's
 /// `ready(gp, next=true)`), else onto the global queue. Then `wakep`.
-pub(crate) fn ready(g: GRef) {
-    crate::os::fork::check();
-    let np = NoPreempt::enter();
-    ready_in(g, &np);
-}
-
-/// `ready` inside the caller's no-preempt region (`GRef::unpark`'s, which
-/// covers its claim of the goroutine too: one region, not two nested, on
-/// every channel and lock hand-off).
+/// Called inside the caller's no-preempt region (`GRef::unpark`'s, which
+/// covers its claim of the goroutine too).
 pub(crate) fn ready_in(g: GRef, _np: &NoPreempt) {
     crate::os::fork::check();
     // SAFETY: the G's runtime outlives the G.
