@@ -138,14 +138,23 @@
 //! # Shutdown
 //!
 //! A runtime dropped while goroutines wait for I/O abandons them (their
-//! stacks are unmapped, so their sockets are never dropped). `close` closes
-//! the fd of every descriptor that a goroutine was inside `wait` on and
-//! marks it dead: surviving handles (clones held elsewhere) then fail with
-//! an error instead of touching the fd number again. Not covered: a plain
-//! thread, or a goroutine of another runtime, inside a call on such a
-//! clone at the very moment of the drop (its check of `dead` and its
-//! system call are not atomic with the close; Go's fdMutex, a per-call use
-//! count, would cover it).
+//! stacks are unmapped, so their sockets are never dropped). `close` marks
+//! every descriptor that a goroutine was inside `wait` on dead: surviving
+//! handles (clones held elsewhere) then fail with an error instead of
+//! touching the fd number again. It closes the fd only if the descriptor
+//! was registered with `register_owned`, by gosched's own socket types
+//! (`TcpStream`, `TcpListener`, `UdpSocket`), whose object owns its fd and
+//! is reachable only through gosched's handles. A `net::Registration<T>`
+//! registers with `register`, and its fd is never closed here: `T` may not
+//! own it (`&File`, `BorrowedFd`, an `Arc<File>` cloned elsewhere), and
+//! closing it would be an I/O-safety violation (the real owner would close
+//! or use a number the process may have reused for another file). An
+//! abandoned `Registration` whose `T` does own its fd leaks that fd
+//! instead, with the object. Not covered: a plain thread, or a goroutine
+//! of another runtime, inside a call on a clone of a socket at the very
+//! moment of the drop (its check of `dead` and its system call are not
+//! atomic with the close; Go's fdMutex, a per-call use count, would cover
+//! it).
 //!
 //! # One runtime per descriptor
 //!
@@ -504,7 +513,13 @@ pub(crate) struct Desc {
     inside: AtomicU32,
     /// Registered now (the table lock guards the transitions).
     in_use: AtomicBool,
-    /// The runtime closed the fd at shutdown; handles must not touch it.
+    /// The registering handle's object owns the fd (`register_owned`):
+    /// `close` closes it at shutdown if the descriptor is dead. Written at
+    /// registration under the table lock.
+    owned: AtomicBool,
+    /// The runtime shut down while a goroutine waited here (see
+    /// "Shutdown"): handles must not touch the fd, which the runtime
+    /// closed if it is `owned`.
     dead: AtomicBool,
     /// An event since registration said the peer closed its side or the
     /// connection failed (`EPOLLRDHUP`, `EPOLLHUP`, `EPOLLERR`): a read
@@ -522,6 +537,7 @@ impl Desc {
             turn: [Turn::new(), Turn::new()],
             inside: AtomicU32::new(0),
             in_use: AtomicBool::new(false),
+            owned: AtomicBool::new(false),
             dead: AtomicBool::new(false),
             hup: AtomicBool::new(false),
         }
@@ -534,9 +550,16 @@ impl Desc {
         addr | ((self.gen.load(Ordering::Relaxed) & TAG_MASK) << ADDR_BITS)
     }
 
-    /// The runtime closed this fd at shutdown.
+    /// The runtime shut down while a goroutine waited on this
+    /// descriptor: handles must not use the fd any more.
     pub(crate) fn is_dead(&self) -> bool {
         self.dead.load(Ordering::Acquire)
+    }
+
+    /// The runtime closed this fd at shutdown (it is dead and `owned`):
+    /// its handle must forget its object, not drop it.
+    fn fd_closed(&self) -> bool {
+        self.is_dead() && self.owned.load(Ordering::Relaxed)
     }
 
     /// See `Desc::hup`.
@@ -661,8 +684,21 @@ impl Driver {
 
     /// Registers `fd` (Go's poll_runtime_pollOpen). The descriptor lives
     /// as long as the driver (not really `'static`): callers keep an
-    /// `Arc<Driver>` beside it.
+    /// `Arc<Driver>` beside it. The driver never closes `fd`, not even at
+    /// shutdown (see "Shutdown"): for a `net::Registration`, whose object
+    /// may not own it.
     pub(crate) fn register(&self, fd: RawFd) -> io::Result<&'static Desc> {
+        self.register_as(fd, false)
+    }
+
+    /// `register` for an fd that the registering handle's object owns and
+    /// that only gosched's handles reach (its socket types): if a goroutine
+    /// is abandoned waiting on it, the runtime's drop closes it.
+    pub(crate) fn register_owned(&self, fd: RawFd) -> io::Result<&'static Desc> {
+        self.register_as(fd, true)
+    }
+
+    fn register_as(&self, fd: RawFd, owned: bool) -> io::Result<&'static Desc> {
         let _np = crate::sched::NoPreempt::enter();
         let desc = {
             let mut t = self.table.rt_lock();
@@ -679,6 +715,7 @@ impl Driver {
             };
             d.fd.store(fd, Ordering::Relaxed);
             d.in_use.store(true, Ordering::Relaxed);
+            d.owned.store(owned, Ordering::Relaxed);
             d.hup.store(false, Ordering::Relaxed);
             self.registered.fetch_add(1, Ordering::Relaxed);
             d
@@ -692,22 +729,24 @@ impl Driver {
 
     /// Deregisters `desc` (Go's poll_runtime_pollClose). Returns false if
     /// the runtime already closed its fd at shutdown (the caller must not
-    /// close it again).
+    /// close it again). A dead descriptor whose fd the runtime left open
+    /// (not `owned`) stays dead (its poller is closed): true, the caller
+    /// still owns what it owned.
     pub(crate) fn deregister(&self, desc: &'static Desc) -> bool {
         let _np = crate::sched::NoPreempt::enter();
         if desc.is_dead() {
-            return false;
+            return !desc.fd_closed();
         }
         self.os.deregister(desc.fd.load(Ordering::Relaxed));
         self.release(desc)
     }
 
-    /// Returns `desc` to the free list (bumping its generation); false if
-    /// it is dead.
+    /// Returns `desc` to the free list (bumping its generation) unless it
+    /// is dead; false if the runtime closed its fd (`Desc::fd_closed`).
     fn release(&self, desc: &'static Desc) -> bool {
         let mut t = self.table.rt_lock();
         if desc.is_dead() {
-            return false;
+            return !desc.fd_closed();
         }
         // Events still carrying the old tag are dropped from now on.
         desc.gen.fetch_add(1, Ordering::Release);
@@ -862,8 +901,9 @@ impl Driver {
     }
 
     /// Closes the poller at runtime drop (after every M and sysmon
-    /// stopped): closes the fds that abandoned goroutines wait on (see
-    /// "Shutdown"), then the OS poller.
+    /// stopped): marks dead the descriptors that abandoned goroutines wait
+    /// on and closes those fds that are `owned` (see "Shutdown"), then
+    /// closes the OS poller.
     pub(crate) fn close(&self) {
         let _np = crate::sched::NoPreempt::enter();
         {
@@ -879,10 +919,16 @@ impl Driver {
                 if d.inside.load(Ordering::Relaxed) > 0 {
                     d.dead.store(true, Ordering::Release);
                     let fd = d.fd.swap(-1, Ordering::Relaxed);
-                    // SAFETY: the fd's owner is a handle that only abandoned
-                    // goroutines can reach any more (or one that checks
-                    // `dead` before each use).
-                    unsafe { libc::close(fd) };
+                    // Only a gosched socket's fd: a `Registration`'s
+                    // object may not own its fd.
+                    if d.owned.load(Ordering::Relaxed) {
+                        // SAFETY: `owned`: the fd belongs to a gosched
+                        // socket's object, reachable only through handles
+                        // that abandoned goroutines hold (or clones that
+                        // check `dead` before each use, and forget the
+                        // object instead of dropping it: `fd_closed`).
+                        unsafe { libc::close(fd) };
+                    }
                 }
             }
         }

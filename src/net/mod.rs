@@ -39,7 +39,8 @@
 //!
 //! A runtime dropped while goroutines are parked on sockets closes those
 //! sockets (the goroutines are abandoned, their handles never dropped);
-//! other handles of such a socket then fail with an error.
+//! other handles of such a socket then fail with an error. It never closes
+//! the fd of a [`Registration`], whose object may not own it (see there).
 //!
 //! # Examples
 //!
@@ -112,6 +113,10 @@ pub(crate) struct Io<T: AsFd> {
     /// The object. Dropped in `Drop` unless the runtime already closed its
     /// fd (then forgotten).
     io: std::mem::ManuallyDrop<T>,
+    /// `io` owns its fd and only gosched's handles reach it (a socket
+    /// type, made by `Io::owning`): the runtime may close the fd at
+    /// shutdown (the driver's "Shutdown"). False for a `Registration`.
+    owned: bool,
     /// The registration, made by the first goroutine that must wait.
     reg: OnceLock<Reg>,
     /// Serialises the first registration (two goroutines could race to
@@ -161,9 +166,24 @@ impl Held<'_> {
 }
 
 impl<T: AsFd> Io<T> {
+    /// For an object that may not own its fd (a `Registration`'s): the
+    /// runtime never closes the fd, not even when it abandons a goroutine
+    /// waiting on it.
     pub(crate) fn new(io: T) -> Io<T> {
+        Io::with_ownership(io, false)
+    }
+
+    /// For an object that owns its fd and that only gosched's handles
+    /// reach (the socket types of this module): a runtime dropped while a
+    /// goroutine waits on it closes the fd (the driver's "Shutdown").
+    pub(crate) fn owning(io: T) -> Io<T> {
+        Io::with_ownership(io, true)
+    }
+
+    fn with_ownership(io: T, owned: bool) -> Io<T> {
         Io {
             io: std::mem::ManuallyDrop::new(io),
+            owned,
             reg: OnceLock::new(),
             init: std::sync::Mutex::new(()),
             timeouts: [AtomicU64::new(NO_TIMEOUT), AtomicU64::new(NO_TIMEOUT)],
@@ -382,7 +402,11 @@ impl<T: AsFd> Io<T> {
         }
         let driver = crate::sched::with_current_shared(|sh| sh.driver.clone())
             .ok_or_else(|| io::Error::other("gosched: registering a socket outside a goroutine"))?;
-        let desc = driver.register(self.fd())?;
+        let desc = if self.owned {
+            driver.register_owned(self.fd())?
+        } else {
+            driver.register(self.fd())?
+        };
         Ok(self.reg.get_or_init(|| Reg { driver, desc }))
     }
 

@@ -20,7 +20,16 @@ use crate::driver::Dir;
 ///
 /// The fd is registered with the calling goroutine's runtime on the first
 /// wait, and deregistered when the `Registration` drops (which then drops
-/// the object, closing the fd) or in [`into_inner`](Registration::into_inner).
+/// the object, closing the fd if the object owns it) or in
+/// [`into_inner`](Registration::into_inner).
+///
+/// gosched never closes the fd itself, since it cannot know whether `T`
+/// owns it (`&File`, `BorrowedFd`, an `Arc<File>` cloned elsewhere do not).
+/// So a goroutine abandoned by a runtime drop while it waits in a
+/// `Registration` keeps its object: the fd is not closed (it leaks if `T`
+/// owns it), and other users of the `Registration` get an error from its
+/// waits and I/O helpers from then on (the object stays reachable through
+/// [`get_ref`](Registration::get_ref) and `into_inner`).
 ///
 /// I/O in one direction is serialised, as Go serialises the reads (and the
 /// writes) of one connection: while a goroutine is inside
@@ -133,8 +142,9 @@ impl<T: AsFd> Registration<T> {
     ///
     /// # Errors
     ///
-    /// If the runtime it was registered with shut down while a goroutine
-    /// waited on it (the runtime closed the fd then).
+    /// None at present: even after the runtime it was registered with shut
+    /// down while a goroutine waited on it, the object is returned (the
+    /// runtime never closes a `Registration`'s fd).
     pub fn into_inner(self) -> io::Result<T> {
         self.inner.into_inner()
     }

@@ -74,7 +74,9 @@ impl TcpListener {
     /// ```
     pub fn from_std(l: std::net::TcpListener) -> io::Result<TcpListener> {
         l.set_nonblocking(true)?;
-        Ok(TcpListener { inner: Io::new(l) })
+        Ok(TcpListener {
+            inner: Io::owning(l),
+        })
     }
 
     /// Accepts a connection: parks the calling goroutine (blocks a plain
@@ -254,7 +256,7 @@ impl TcpStream {
 
     fn wrap(s: std::net::TcpStream) -> TcpStream {
         TcpStream {
-            inner: Arc::new(Io::new(s)),
+            inner: Arc::new(Io::owning(s)),
         }
     }
 

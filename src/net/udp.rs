@@ -70,7 +70,9 @@ impl UdpSocket {
     /// ```
     pub fn from_std(s: std::net::UdpSocket) -> io::Result<UdpSocket> {
         s.set_nonblocking(true)?;
-        Ok(UdpSocket { inner: Io::new(s) })
+        Ok(UdpSocket {
+            inner: Io::owning(s),
+        })
     }
 
     /// Sends `buf` to `addr` (its first resolved address); returns the bytes
