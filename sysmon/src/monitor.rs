@@ -99,6 +99,9 @@ pub struct Monitor {
     idle: u32,
     /// The current idle-backoff sleep (Go's `delay`).
     delay: Duration,
+    /// After a look that found nobody waiting for a P: the next look (rule
+    /// 2's uncontended backoff). No slice's quantum wakes sysmon before it.
+    quiet_until: Option<Duration>,
     counters: Counters,
 }
 
@@ -122,6 +125,7 @@ impl Monitor {
             ps: vec![PRecord::default(); procs],
             idle: 0,
             delay,
+            quiet_until: None,
             counters: Counters::default(),
         }
     }
@@ -201,6 +205,13 @@ impl Monitor {
             self.ps[p].refused = view.refused;
             earliest = min_deadline(earliest, deadline);
         }
+        // Rule 2's uncontended backoff: the next look, if nobody waited.
+        match waiting {
+            Some(false) => self.quiet_until = after(now, self.uncontended_interval()),
+            Some(true) => self.quiet_until = None,
+            // No overrunning slice was looked at: keep the backoff.
+            None => {}
+        }
 
         // Rule 5: sleep.
         let next_timer = target.next_timer();
@@ -245,6 +256,14 @@ impl Monitor {
     pub fn woken(&mut self) {
         self.idle = 0;
         self.delay = self.cfg.min_sleep;
+        // Rule 2's uncontended backoff ends: every slice's own quantum
+        // counts again.
+        self.quiet_until = None;
+    }
+
+    /// Rule 2's uncontended backoff: `max(quantum, uncontended_look_max)`.
+    fn uncontended_interval(&self) -> Duration {
+        self.cfg.uncontended_look_max.max(self.cfg.quantum)
     }
 
     /// What the monitor has done so far.
@@ -289,13 +308,15 @@ impl Monitor {
         };
         if now < deadline {
             self.ps[p].strikes = 0;
-            return Some(deadline);
+            // During an uncontended backoff the slice's end does not wake
+            // sysmon: nobody waits for its P.
+            return Some(self.quiet_until.map_or(deadline, |q| q.max(deadline)));
         }
         if self.cfg.only_when_contended && !*waiting.get_or_insert_with(|| contended(target)) {
             // Nobody waits for a P: preempting would only reschedule this
-            // goroutine. Look again a quantum later.
+            // goroutine. Look again later (the uncontended backoff).
             self.ps[p].strikes = 0;
-            return after(now, self.cfg.quantum);
+            return after(now, self.uncontended_interval());
         }
         let rec = &mut self.ps[p];
         if rec.requested && view.refused > rec.refused {

@@ -65,6 +65,85 @@ fn only_when_contended_skips_a_lone_overrunning_goroutine() {
     assert_eq!(preempts(&t.take_calls()), 2);
 }
 
+/// Two Ps running goroutines since 0 with nothing waiting, 100 µs quantum,
+/// `only_when_contended` (as the runtime configures it).
+fn two_uncontended_hogs_at_100us() -> (FakeTarget, Monitor) {
+    let cfg = Config {
+        quantum: us(100),
+        only_when_contended: true,
+        ..Config::default()
+    };
+    let t = FakeTarget::new(vec![PView::running(1, ms(0)), PView::running(1, ms(0))]);
+    (t, Monitor::new(cfg, 2))
+}
+
+/// Beside goroutines nothing waits for, sysmon looks every
+/// `uncontended_look_max` rather than every quantum: at a 100 µs quantum
+/// it looked every 100 µs, each look taking a CPU from one of them.
+#[test]
+fn looks_back_off_while_nobody_waits() {
+    let (mut t, mut m) = two_uncontended_hogs_at_100us();
+    let mut now = us(100);
+    for _ in 0..3 {
+        let d = sleep_for(m.tick(&mut t, now));
+        assert_eq!(d, ms(1));
+        now += d;
+    }
+    assert!(t.take_calls().is_empty());
+    // A goroutine waits: both overrunning slices are asked at once, and
+    // the next look is the ordinary retry.
+    t.global_work = true;
+    let d = sleep_for(m.tick(&mut t, now));
+    assert_eq!(preempts(&t.take_calls()), 2);
+    assert_eq!(d, us(25));
+    // Both start new slices; nobody waits: their quanta count again (the
+    // backoff ended with the contended look), then the backoff resumes.
+    t.global_work = false;
+    now += d;
+    t.ps[0] = PView::running(2, now);
+    t.ps[1] = PView::running(2, now);
+    assert_eq!(sleep_for(m.tick(&mut t, now)), us(100));
+    now += us(100);
+    assert_eq!(sleep_for(m.tick(&mut t, now)), ms(1));
+    assert!(t.take_calls().is_empty());
+}
+
+/// During the backoff a slice that begins does not wake sysmon at its
+/// quantum (nobody waits for its P), until the backoff's next look; a
+/// wake-up by the runtime ends the backoff.
+#[test]
+fn a_new_slice_does_not_end_an_uncontended_backoff() {
+    let (mut t, mut m) = two_uncontended_hogs_at_100us();
+    assert_eq!(sleep_for(m.tick(&mut t, us(1_000))), ms(1));
+    // P 1 starts a slice 100 µs later (sysmon woken early by a timer):
+    // its quantum would end at 1.2 ms; sysmon sleeps to the backoff's look.
+    t.ps[1] = PView::running(2, us(1_100));
+    assert_eq!(sleep_for(m.tick(&mut t, us(1_100))), us(900));
+    assert!(t.take_calls().is_empty());
+    // A wake-up by the runtime ends the backoff: the slice's own quantum
+    // counts again.
+    m.woken();
+    assert_eq!(sleep_for(m.tick(&mut t, us(1_120))), us(80));
+}
+
+/// The backoff is bounded by the quantum when that is longer than
+/// `uncontended_look_max`: at the default 10 ms quantum nothing changes.
+#[test]
+fn the_uncontended_backoff_never_looks_less_often_than_a_quantum() {
+    let cfg = Config {
+        only_when_contended: true,
+        ..Config::default()
+    };
+    let mut t = FakeTarget::new(vec![PView::running(1, ms(0))]);
+    let mut m = Monitor::new(cfg, 1);
+    let mut now = ms(10);
+    for _ in 0..5 {
+        let d = sleep_for(m.tick(&mut t, now));
+        assert_eq!(d, ms(10));
+        now += d;
+    }
+}
+
 /// A timed slice is the runtime's timer's to end: sysmon sleeps past its
 /// quantum and only asks `timer_grace` later (the timer's backstop), then
 /// retries as for any slice.
