@@ -27,6 +27,10 @@
 //!   quantum is never timed; the "timer per slice" design the sysmon
 //!   crate rejects armed one in every `execute`). The first slice of a
 //!   hog is still ended by sysmon.
+//! * Only while some goroutine waits for a P when the slice starts
+//!   (`Shared::runnable_waiting`): a timer that fires with nobody waiting
+//!   makes no request (below), so it was a wasted signal on the
+//!   goroutine's CPU.
 //! * Only while at least as many Ps are busy as the process has CPUs:
 //!   otherwise sysmon has a CPU of its own, and its signal, sent from
 //!   there, costs the goroutine less than a timer armed and fired on the
@@ -77,6 +81,15 @@ pub(crate) fn arm(m: &M, p: usize, tick: u64) {
         // comes from another CPU; a timer costs the goroutine's own CPU
         // the arming and the interrupt: 7.4 against 4.5 µs per preemption,
         // two loops on one P at 100 µs, Migrate).
+        return;
+    }
+    if !sh.runnable_waiting() {
+        // Nobody waits for a P: the timer would find nothing to make room
+        // for, and its signal would cost the goroutine's CPU for nothing
+        // (two hogs on two Ps beside a 1 ms ticker at 100 µs: one wasted
+        // signal per tick). Work that starts to wait later either wakes
+        // the runtime (wake-up preemption) or is seen by sysmon's next
+        // look (its uncontended backoff).
         return;
     }
     let mut id = m.timer_id.load(Ordering::Relaxed);
