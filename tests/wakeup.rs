@@ -742,6 +742,52 @@ fn one_wakeup_preempts_one_hog() {
     );
 }
 
+/// The same at a 100 µs quantum, where a wake-up used to cost two signals:
+/// the hog preempted for the ticker, its ran quantum up, waited in the
+/// global queue while the ticker ran, so sysmon's next look saw a goroutine
+/// waiting and preempted the other P's hog as well; or the hog, resumed,
+/// had its next slice timed although nobody waited, and the timer's signal
+/// found nothing to do (`not_requested`). Counts every signal the handler
+/// saw: preemptions and refusals.
+#[test]
+fn one_wakeup_costs_one_signal_at_a_short_quantum() {
+    let _s = serial();
+    let _w = watchdog();
+    let n = 500;
+    let rt = Builder::new()
+        .procs(2)
+        .preempt_quantum(Duration::from_micros(100))
+        .build()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let work = Arc::new(AtomicU64::new(0));
+    let hs: Vec<_> = (0..2).map(|_| counting_hog(&rt, &stop, &work)).collect();
+    std::thread::sleep(Duration::from_millis(30));
+    let before = rt.stats();
+    rt.block_on(move || {
+        for _ in 0..n {
+            gosched::sleep(Duration::from_millis(1));
+        }
+    });
+    let s = rt.stats();
+    stop.store(true, Ordering::Relaxed);
+    for h in hs {
+        h.join().unwrap();
+    }
+    let signals =
+        (s.preempt_async + s.preempt_refused) - (before.preempt_async + before.preempt_refused);
+    eprintln!(
+        "{signals} signals for {n} wake-ups: {} preemptions, refusals {:?}",
+        s.preempt_async - before.preempt_async,
+        s.preempt_refused_by_reason
+    );
+    let bound = n as u64 + n as u64 / 4 + 20;
+    assert!(
+        signals <= bound,
+        "{signals} signals for {n} wake-ups (bound {bound})"
+    );
+}
+
 /// ThreadAffine: a goroutine that did not yield at a runtime call when
 /// asked to make room for a woken goroutine is signalled at once the next
 /// time, instead of after another `WAKEUP_RETRY` (20 µs) of cooperative

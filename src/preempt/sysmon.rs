@@ -19,9 +19,14 @@ struct RuntimeTarget<'a> {
     sh: &'a Shared,
     /// The tick's time (ns since the epoch).
     now: u64,
+    /// The tick's start on the slice clock (`Shared::slice_clock`).
+    tick_clock: u64,
     /// Per P: (schedtick, when sysmon first saw it), to date `UNSTAMPED`
     /// slices.
     first_seen: &'a [Cell<(u64, u64)>],
+    /// Per P: the `schedtick` of the latest `observe`, so that a request
+    /// lands only in the slice the policy judged (`preempt`).
+    observed: &'a [Cell<u64>],
     /// The starvation warning was printed (once per runtime).
     warned_starved: &'a Cell<bool>,
 }
@@ -68,6 +73,7 @@ impl Target for RuntimeTarget<'_> {
             unsafe { (*m).refused.load(Ordering::Relaxed) }
         };
         let schedtick = pp.schedtick.load(Ordering::Acquire);
+        self.observed[p].set(schedtick);
         let stamp = pp.slice_start.load(Ordering::Relaxed);
         PView {
             status,
@@ -90,7 +96,26 @@ impl Target for RuntimeTarget<'_> {
     }
 
     fn preempt(&mut self, p: usize, send_signal: bool) -> Preempt {
-        self.sh.preempt_p(p, send_signal)
+        let tick = self.observed[p].get();
+        if self.sh.asked_for_wakeup_since(p, tick, self.tick_clock) {
+            // Asked for a wake-up in this slice during this very tick (by
+            // its own `fire_timers`): that request stands for this one. A
+            // second signal only landed after the switch: one wasted signal
+            // per timer wake-up beside a hog. (Only this tick's: a thread
+            // asleep in the kernel is handed off only after sysmon's own
+            // refused signals, rule 3, and the wake-up's retries, renewing
+            // their request all the time, must not hold them back.)
+            return Preempt::AlreadyPending;
+        }
+        if !self.sh.slice_wanted(p) {
+            // Preempting this P would serve none of the goroutines waiting
+            // (see `slice_wanted`). Answered as a request already out: the
+            // policy retries with its backoff meanwhile.
+            return Preempt::AlreadyPending;
+        }
+        // Only in the slice observed: a request landing in a later one
+        // would preempt a goroutine that has just started.
+        self.sh.preempt_slice(p, Some(tick), send_signal)
     }
 
     fn retake(&mut self, p: usize) -> bool {
@@ -210,6 +235,7 @@ fn run(sh: &Shared) {
     };
     let mut mon = Monitor::new(cfg, sh.procs());
     let first_seen = vec![Cell::new((u64::MAX, 0)); sh.ps.len()];
+    let observed = vec![Cell::new(u64::MAX); sh.ps.len()];
     let warned_starved = Cell::new(false);
     let trace = sh.cfg.schedtrace;
     let mut next_trace = trace.map(|t| sh.nanotime().saturating_add(nanos(t)));
@@ -221,7 +247,9 @@ fn run(sh: &Shared) {
         let mut target = RuntimeTarget {
             sh,
             now,
+            tick_clock: sh.slice_clock(),
             first_seen: &first_seen,
+            observed: &observed,
             warned_starved: &warned_starved,
         };
         let sleep = mon.tick(&mut target, Duration::from_nanos(now));

@@ -142,6 +142,18 @@ impl P {
         self.kept_tick.load(Ordering::Relaxed) != super::wakeup::NO_WAKEUP
     }
 
+    /// Was the P asked to make room for a woken goroutine in its current
+    /// slice, and is it still in that slice (running it, or switching out
+    /// of it)? See `Shared::wakeup_preempt`.
+    pub(crate) fn making_room_for_wakeup(&self) -> bool {
+        let tick = self.schedtick.load(Ordering::Acquire);
+        self.wakeup_tick.load(Ordering::Relaxed) == tick
+            && matches!(
+                super::pstate(self.status.load(Ordering::Acquire)),
+                super::P_USER | super::P_SCHED | super::P_HANDOFF
+            )
+    }
+
     /// `runnext` was taken in the ordinary order: nothing is kept.
     pub(crate) fn clear_kept(&self) {
         self.kept_tick

@@ -354,7 +354,12 @@ impl G0<'_> {
     /// so a hog preempted by every wake-up of a 1 ms ticker would otherwise
     /// never reach its quantum, and the goroutines queued behind it would
     /// starve (Jain's index 0.5 in the fairness example). Past that it goes
-    /// to the global queue's tail, as a time-sliced goroutine does.
+    /// to the global queue's tail, as a time-sliced goroutine does, if
+    /// some goroutine waits there or in a run queue: with nobody behind it
+    /// nobody starves, and in the global queue it counted as waiting, so
+    /// sysmon preempted the other Ps' goroutines for it (two hogs on two
+    /// Ps beside a 1 ms ticker at a 100 µs quantum: 1.5-1.8 preemptions
+    /// per tick).
     pub(super) fn requeue_preempted_for_wakeup(&self, g: GRef, origin: u64) -> bool {
         let Some(p) = self.m.p.get() else {
             return false;
@@ -372,7 +377,8 @@ impl G0<'_> {
             o => o,
         };
         let ran_ns = now.saturating_sub(origin) as f64 * self.sh.ns_per_clock_unit();
-        if ran_ns >= self.sh.cfg.quantum.as_nanos() as f64 {
+        if ran_ns >= self.sh.cfg.quantum.as_nanos() as f64 && self.sh.waiting_besides_wakeups(None)
+        {
             return false;
         }
         g.run_origin.set(origin.max(1));

@@ -437,6 +437,51 @@ impl Shared {
             && self.nmspinning.load(Ordering::SeqCst) == 0
     }
 
+    /// Was P `p` asked to yield for a wake-up in slice `tick`, at or after
+    /// `since` (slice clock)?
+    pub(crate) fn asked_for_wakeup_since(&self, p: usize, tick: u64, since: u64) -> bool {
+        let pp = &self.ps[p];
+        pp.wakeup_tick.load(Ordering::Relaxed) == tick
+            && pp.wakeup_asked.load(Ordering::Relaxed) >= since
+    }
+
+    /// sysmon's time slicing of P `p` (its rule 2), which found goroutines
+    /// waiting: would preempting `p` serve any of them? With wake-up
+    /// preemption on, not if the only ones waiting are a goroutine kept
+    /// in another P's `runnext` for a wake-up (it waits for that P's turn:
+    /// `kept_turn_preempt`) or woken goroutines while another P is on its
+    /// way to make room for them (asked in its current slice, not switched
+    /// yet). Preempting `p` then preempted a second hog for the same
+    /// wake-up (two hogs on two Ps beside a 1 ms ticker at 100 µs: 1.5-2
+    /// signals per tick). A request that is `p`'s own counts: its thread
+    /// may be asleep in the kernel, where only sysmon's refused signals
+    /// lead to a hand-off (rule 3); and if the asked P's is, the woken
+    /// goroutines wait for that hand-off.
+    pub(crate) fn slice_wanted(&self, p: usize) -> bool {
+        if !self.cfg.wakeup_preempt || self.waiting_besides_wakeups(Some(p)) {
+            return true;
+        }
+        !self.woken.is_empty()
+            && !self.ps[..self.procs()]
+                .iter()
+                .enumerate()
+                .any(|(q, pp)| q != p && pp.making_room_for_wakeup())
+    }
+
+    /// Does a goroutine wait for a P that wake-up preemption does not look
+    /// after: one in the global queues other than `woken`, in a run
+    /// queue's deque or yield slot, or in a `runnext` not kept there for a
+    /// wake-up (but P `own`'s kept one counts)? A racy snapshot.
+    pub(crate) fn waiting_besides_wakeups(&self, own: Option<usize>) -> bool {
+        if !self.injector.is_empty() || !self.sliced.is_empty() {
+            return true;
+        }
+        self.ps[..self.procs()].iter().enumerate().any(|(q, pp)| {
+            pp.runq.has_work_besides_next()
+                || (pp.runq.next_is_set() && (own == Some(q) || !pp.keeps_for_wakeup()))
+        })
+    }
+
     /// Have the goroutines woken since a goroutine was kept for a wake-up at
     /// `kept_at` (slice clock) had their turn (step 3)?
     pub(crate) fn kept_turn_over(&self, kept_at: u64) -> bool {

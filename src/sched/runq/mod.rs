@@ -93,6 +93,12 @@ impl RunQueue {
         !self.stealer.is_empty() || !self.next.load(Ordering::Acquire).is_null()
     }
 
+    /// Is anything queued besides `runnext` (the deque or the yield
+    /// slot)? A racy snapshot.
+    pub(crate) fn has_work_besides_next(&self) -> bool {
+        !self.stealer.is_empty() || !self.yielded.load(Ordering::Relaxed).is_null()
+    }
+
     /// Is `runnext` filled? A racy snapshot (sysmon: a kept goroutine a
     /// thief took is no longer waiting there).
     pub(crate) fn next_is_set(&self) -> bool {
