@@ -724,7 +724,9 @@ impl Builder {
                             format!("sysmon_realtime(true): {why}"),
                         ));
                     }
-                    eprintln!("gosched: GOSCHED_SYSMONRT=1 ignored: {why}");
+                    crate::diag::stderr_line(format_args!(
+                        "gosched: GOSCHED_SYSMONRT=1 ignored: {why}"
+                    ));
                     false
                 }
             };

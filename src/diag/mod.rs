@@ -17,3 +17,12 @@ pub(crate) mod sigquit;
 pub(crate) mod stats;
 
 pub(crate) use self::checkdead::die;
+
+/// Writes one line of a runtime message to stderr and ignores a failure.
+/// `eprintln!` panics when stderr is closed (a program piped into `head`
+/// whose pipe closed): on sysmon's thread that panic ended sysmon, and no
+/// timer fired and no goroutine was preempted again (the program hung).
+pub(crate) fn stderr_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_fmt(format_args!("{args}\n"));
+}

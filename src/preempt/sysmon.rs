@@ -170,7 +170,7 @@ impl Target for RuntimeTarget<'_> {
         .into_iter()
         .max_by_key(|&r| self.sh.counters.refused[r as usize].load(Ordering::Relaxed))
         .unwrap_or(crate::preempt::Refusal::SigMask) as usize;
-        eprintln!(
+        crate::diag::stderr_line(format_args!(
             "gosched: warning: the goroutine on P {p} has overrun its {:?} quantum by {:?} and every \
              asynchronous preemption was refused, mostly `{}`: {}. Goroutines waiting for this P \
              do not run until it reaches a runtime call. Keep signal handlers short and split long \
@@ -180,7 +180,7 @@ impl Target for RuntimeTarget<'_> {
             overrun,
             crate::preempt::REFUSAL_NAMES[reason],
             crate::preempt::REFUSAL_HELP[reason],
-        );
+        ));
     }
 }
 
@@ -257,7 +257,7 @@ fn run(sh: &Shared) {
         let poll_cap = sh.sysmon_netpoll();
         if let (Some(t), Some(at)) = (trace, next_trace) {
             if now >= at {
-                eprintln!("{}", sh.schedtrace_line());
+                crate::diag::stderr_line(format_args!("{}", sh.schedtrace_line()));
                 next_trace = Some(now.saturating_add(nanos(t)));
             }
         }

@@ -161,13 +161,13 @@ pub(crate) fn reclaim_sigurg() -> usize {
     if theirs.sa_sigaction != ours {
         set_forward(&theirs);
         if !WARNED.swap(true, Ordering::Relaxed) {
-            eprintln!(
+            crate::diag::stderr_line(format_args!(
                 "gosched: warning: the SIGURG handler was replaced after the runtime started \
                  (handler {:#x}); asynchronous preemption needs SIGURG: gosched re-installed its \
                  handler and forwards every SIGURG to the application's. Install SIGURG handlers \
                  before building the first runtime.",
                 theirs.sa_sigaction
-            );
+            ));
         }
         RECLAIMS.fetch_add(1, Ordering::AcqRel);
     }
