@@ -139,10 +139,6 @@ pub(crate) struct G {
     /// queue's tail like a time-sliced one (`G0::after`). Owner (the M
     /// switching it out; handed over through the run queues).
     pub(crate) run_origin: Cell<u64>,
-    /// Turns it has had since it was woken, each ended by the turn rule
-    /// for a goroutine kept aside for a wake-up (`sched::wakeup`, step 3);
-    /// 0 after any ordinary switch. Owner, as `run_origin`.
-    pub(crate) wakeup_turns: Cell<u32>,
     /// It has published its result (`JoinInner::complete`) and is counted
     /// in `Shared::finishing` until it exits (owner).
     pub(crate) finishing: Cell<bool>,
@@ -194,7 +190,6 @@ impl G {
             wakes: Cell::new(0),
             runnable_at: Cell::new(0),
             run_origin: Cell::new(0),
-            wakeup_turns: Cell::new(0),
             finishing: Cell::new(false),
             wakeup_signal: AtomicBool::new(false),
             name: UnsafeCell::new(None),

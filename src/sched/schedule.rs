@@ -265,7 +265,6 @@ impl G0<'_> {
         let reason = self.m.reason.replace(Reason::None);
         // Kept only by a wake-up preemption (see `requeue_preempted_for_wakeup`).
         let origin = g.run_origin.replace(0);
-        let turns = g.wakeup_turns.replace(0);
         // Its next fresh slice is timed if this one was time-sliced
         // (`preempt::slice_timer`; one kept for a wake-up is not, see
         // `requeue_preempted_for_wakeup`).
@@ -289,7 +288,7 @@ impl G0<'_> {
                 // It answers requests at runtime calls: the next wake-up
                 // request tries that first again (`sched::wakeup`).
                 g.wakeup_signal.store(false, Ordering::Relaxed);
-                if !self.requeue_preempted_for_wakeup(g, origin, turns) {
+                if !self.requeue_preempted_for_wakeup(g, origin) {
                     self.queue_sliced(g, false);
                 }
             }
@@ -309,7 +308,7 @@ impl G0<'_> {
                 // (Go's preemptPark/gopreempt_m). Locked to us, our P
                 // follows it: `stoplockedm` hands the P on, and `handoffp`
                 // sees the goroutine in the global queue (or our runnext).
-                if !self.requeue_preempted_for_wakeup(g, origin, turns) {
+                if !self.requeue_preempted_for_wakeup(g, origin) {
                     self.queue_sliced(g, self.m.locked_g.get().is_none());
                 }
             }
@@ -361,19 +360,7 @@ impl G0<'_> {
     /// sysmon preempted the other Ps' goroutines for it (two hogs on two
     /// Ps beside a 1 ms ticker at a 100 µs quantum: 1.5-1.8 preemptions
     /// per tick).
-    ///
-    /// A woken goroutine whose turn ended while one is kept (`turns`: how
-    /// many it has had since it was woken) goes back among the woken, up
-    /// to `WAKEUP_TURNS` times: the kept goroutine resumes, and the next
-    /// wake-up request, once that one has run the granularity, gives it
-    /// another turn. Queued behind the kept goroutine instead, it waited
-    /// for the rest of that goroutine's quantum (for ever with time
-    /// slicing off) whenever its first burst outlasted one turn: a
-    /// goroutine's first run on a new thread (a fresh stack, cold caches)
-    /// took 110-140 µs in a debug build, and `block_on`'s goroutine beside
-    /// a hog never ran again (tests/wakeup.rs
-    /// `a_woken_goroutine_whose_turn_ends_runs_again_soon`).
-    pub(super) fn requeue_preempted_for_wakeup(&self, g: GRef, origin: u64, turns: u32) -> bool {
+    pub(super) fn requeue_preempted_for_wakeup(&self, g: GRef, origin: u64) -> bool {
         let Some(p) = self.m.p.get() else {
             return false;
         };
@@ -400,14 +387,6 @@ impl G0<'_> {
         g.hog.set(false);
         let tick = pp.schedtick.load(Ordering::Relaxed);
         if pp.kept_since(tick).is_some() && self.runq().has_next() {
-            if turns < super::wakeup::WAKEUP_TURNS {
-                // Its turn ended (see above). Not kept: the kept goroutine
-                // resumes first, since a turn has been had.
-                g.wakeup_turns.set(turns + 1);
-                self.sh.woken.push(g);
-                self.sh.look_at_kept_soon();
-                return true;
-            }
             // One preempted for an earlier wake-up is kept already: it
             // resumes first, and `g` queues behind it. Displacing it to the
             // tail would make the oldest of several long goroutines wait

@@ -66,20 +66,19 @@
 //!    in turn, last in, first out (the bimodal benchmark's 5 ms requests
 //!    took 70-140 ms at p99 at 50 % load).
 //!
-//! A woken goroutine whose burst outlasts its turn (more than
-//! `WAKEUP_GRANULARITY` before it blocks; a goroutine's first run on a new
-//! thread took 110-370 µs in a debug build) is preempted for the kept one
-//! and goes back among the woken, up to `WAKEUP_TURNS` (8) times: the kept
-//! goroutine resumes, and the next wake-up request, once it has run the
-//! granularity, gives the woken one another turn. Queued behind the kept
-//! goroutine instead, it waited for the rest of that one's quantum (up to
-//! 10 ms by default, for ever with time slicing off). sysmon enforces each
-//! turn (`kept_turn_preempt`), and looks again within `WAKEUP_RETRY` at a
-//! P that is still switching to the woken goroutine (a ThreadAffine
-//! hand-off): skipped, it slept its idle backoff and the turn lasted 10
-//! ms. (Waking sysmon from the M when the woken goroutine starts made the
-//! turns as exact, but put a futex wake on every wake-up's path: a 1 ms
-//! ticker beside a hog was 10-30 µs later at p50.)
+//! Known limitation: a woken goroutine whose burst outlasts its turn
+//! (more than `WAKEUP_GRANULARITY` before it blocks; a goroutine's first
+//! run on a new thread took 110-370 µs in a debug build) is preempted
+//! for the kept one and queued behind it, so it waits for the rest of the
+//! kept goroutine's quantum: up to 10 ms by default, for ever with time
+//! slicing off (`Duration::MAX`). Giving it further turns, alternating
+//! with the kept goroutine, fixes that, but only if sysmon enforces each
+//! turn on time, and sysmon looks at a P only when its goroutine runs:
+//! when it looks while the P is handed to the woken goroutine's thread it
+//! sleeps its idle backoff and that turn lasts up to 10 ms. Waking sysmon
+//! when the woken goroutine starts makes turns exact but cost a 1 ms
+//! ticker beside a hog 10-30 µs at p50 (latency bench, 2026-12-07): not
+//! landed.
 //!
 //! A request put off because no goroutine has run for the granularity yet
 //! is made again by sysmon when one has (`wakeup_preempt` returns when).
@@ -124,16 +123,6 @@ use crate::builder::PreemptMode;
 /// a preemption costs 10-50 µs on a VM, so 100 µs keeps at least ~2/3 of
 /// a P for a hog even when it is asked every time it may be.
 pub(crate) const WAKEUP_GRANULARITY: Duration = Duration::from_micros(100);
-
-/// Turns a woken goroutine may have while a goroutine is kept aside for it
-/// (`G0::requeue_preempted_for_wakeup`), each `WAKEUP_GRANULARITY` long
-/// and alternating with the kept one's, before it waits for time slicing
-/// like any runnable goroutine: a burst of up to ~1 ms after a wake-up
-/// (or a goroutine's first run on a new thread, 110-370 µs in a debug
-/// build) is not cut off for a quantum, and a CPU-bound goroutine woken
-/// once does not share the P by wake-up preemption for ever. Each extra
-/// turn costs the kept goroutine one more preemption.
-pub(crate) const WAKEUP_TURNS: u32 = 8;
 
 /// First repeat of a wake-up request the goroutine refused; doubles per
 /// repeat up to `WAKEUP_RETRY_MAX`. In ThreadAffine mode it is also how
@@ -295,25 +284,10 @@ impl Shared {
         };
         for (i, p) in self.ps[..self.procs()].iter().enumerate() {
             let kept = p.kept_tick.load(Ordering::Relaxed);
-            if kept == NO_WAKEUP {
-                continue;
-            }
-            match pstate(p.status.load(Ordering::Acquire)) {
-                P_USER => {}
-                P_SCHED | P_HANDOFF => {
-                    // Switching to the woken goroutine (a ThreadAffine
-                    // hand-off takes tens of µs): look again soon. Skipped,
-                    // sysmon slept its idle backoff (10 ms) when this was
-                    // the only P it had to watch, and the turn lasted that
-                    // long.
-                    soonest(Some(WAKEUP_RETRY));
-                    continue;
-                }
-                // In a blocking call (sysmon's retake rule looks after it)
-                // or idle.
-                _ => continue,
-            }
-            if !p.runq.next_is_set() {
+            if kept == NO_WAKEUP
+                || pstate(p.status.load(Ordering::Acquire)) != P_USER
+                || !p.runq.next_is_set()
+            {
                 continue;
             }
             let tick = p.schedtick.load(Ordering::Acquire);
