@@ -77,8 +77,13 @@
 //! when it looks while the P is handed to the woken goroutine's thread it
 //! sleeps its idle backoff and that turn lasts up to 10 ms. Waking sysmon
 //! when the woken goroutine starts makes turns exact but cost a 1 ms
-//! ticker beside a hog 10-30 µs at p50 (latency bench, 2026-12-07): not
-//! landed.
+//! ticker beside a hog 10-30 µs at p50 (latency bench, 2026-12-07); having
+//! sysmon look again within 20 µs at a P still switching instead costs
+//! nothing there. But further turns taken from the woken queue hurt the
+//! bimodal benchmark: a long request back in that queue ran ahead of the
+//! short requests woken after it, and the kept long request resumed after
+//! each turn before them too (short p50 at 50 % load 0.65-0.83 ms ->
+//! 1.6-1.8 ms). Not landed; turns would have to rank below fresh wake-ups.
 //!
 //! A request put off because no goroutine has run for the granularity yet
 //! is made again by sysmon when one has (`wakeup_preempt` returns when).
