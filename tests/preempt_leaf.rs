@@ -3,8 +3,10 @@
 //! nearly all its time outside the main executable, where safe-point rule 4
 //! used to refuse every preemption; libc's memory routines and libm are now
 //! admitted when called from the main executable, so a ticker beside such a
-//! loop on the only P is served. `GOSCHED_LEAFPREEMPTOFF=1` restores the
-//! refusal.
+//! loop on the only P is served. So is a loop reading the thread's CPU
+//! clock (libc's `clock_gettime` and the vDSO's, which makes the system
+//! call: nearly every signal arrives on its return, in the vDSO).
+//! `GOSCHED_LEAFPREEMPTOFF=1` restores the refusal.
 //!
 //! Each scenario runs in a child process: the table of admitted routines is
 //! built once per process (at the first runtime), and a watchdog thread
@@ -43,6 +45,23 @@ fn libc_loop(load: &str, stop: &AtomicBool) -> u64 {
             b.copy_from_slice(black_box(&a));
             rounds += 1;
         }
+    } else if load == "clock" {
+        // The thread's CPU clock: a system call made from the vDSO, where
+        // nearly every signal is delivered (on the call's return).
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let mut acc = 0i64;
+        while !stop.load(Ordering::Relaxed) {
+            for _ in 0..64 {
+                // SAFETY: a valid clock id and a valid out-pointer.
+                unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+                acc = acc.wrapping_add(ts.tv_nsec);
+            }
+            rounds += 1;
+        }
+        black_box(acc);
     } else {
         let (mut x, mut acc) = (0.5f64, 0.0f64);
         while !stop.load(Ordering::Relaxed) {
@@ -204,6 +223,24 @@ fn ticker_beside_sin_loop_is_served_migrate() {
     ticker_served(
         "ticker_beside_sin_loop_is_served_migrate",
         "sin",
+        PreemptMode::Migrate,
+    );
+}
+
+#[test]
+fn ticker_beside_cpu_clock_loop_is_served_thread_affine() {
+    ticker_served(
+        "ticker_beside_cpu_clock_loop_is_served_thread_affine",
+        "clock",
+        PreemptMode::ThreadAffine,
+    );
+}
+
+#[test]
+fn ticker_beside_cpu_clock_loop_is_served_migrate() {
+    ticker_served(
+        "ticker_beside_cpu_clock_loop_is_served_migrate",
+        "clock",
         PreemptMode::Migrate,
     );
 }

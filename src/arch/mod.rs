@@ -23,7 +23,7 @@
 //! | `SigContext` *(signal)* | the interrupted machine context in a signal handler: `pc()`, `sp()`, `sigmask()`, and `push_call(target)`, which makes the thread, on return from the handler, behave as if the interrupted instruction had called `target` from below the red zone |
 //! | `signal_frame_above(sp, top, alt_sp, alt_size)` *(signal)* | whether a kernel signal frame (the one `sigreturn` unwinds) lies on the stack between `sp` and `top`, recognised by the thread's alternate-stack words saved in it (safe-point rule 5) |
 //! | `set_thread_base(m)`, `thread_base_word::<OFF>()` | how the current M is found: point a per-thread register at the thread's M; read a word of it in **one instruction**, so that a goroutine migrating between threads always reads the M it runs on (see below) |
-//! | `DWARF_SP`, `DWARF_RA` *(signal)* | DWARF numbers of the stack pointer and the return-address column, for the unwind-table reading of `crate::preempt::sigurg::leaf` (which also assumes, as x86-64 guarantees, that a `call` pushes the return address at the new stack pointer) |
+//! | `DWARF_SP`, `DWARF_FP`, `DWARF_RA` *(signal)* | DWARF numbers of the stack pointer, the frame pointer and the return-address column, for the unwind-table reading of `crate::preempt::sigurg::leaf` (which also assumes, as x86-64 guarantees, that a `call` pushes the return address at the new stack pointer) |
 //! | `ticks()`, `ticks_are_time()` | the cycle counter: a cheap monotonic timestamp, and whether its differences measure time (an invariant TSC) |
 //! | `store_then_load(a, b)` (tests) | a store and a load as two adjacent instructions with no fence, the hot side of `crate::os::membarrier`'s Dekker pair, for the test that shows the asymmetric fence is needed |
 //!

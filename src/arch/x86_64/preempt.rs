@@ -43,6 +43,9 @@ use core::arch::global_asm;
 /// DWARF register number of rsp (x86-64 psABI), for reading `.eh_frame`.
 pub(crate) const DWARF_SP: u64 = 7;
 
+/// DWARF register number of rbp, the frame pointer (x86-64 psABI).
+pub(crate) const DWARF_FP: u64 = 6;
+
 /// DWARF column of the return address (x86-64 psABI).
 pub(crate) const DWARF_RA: u64 = 16;
 
@@ -314,9 +317,9 @@ impl SigContext {
         self.greg(libc::REG_RSP)
     }
 
-    /// The interrupted frame pointer (rbp). Test support: the frame-pointer
-    /// walk test compares it with what the trampoline frame links to.
-    #[cfg(test)]
+    /// The interrupted frame pointer (rbp): the CFA base of a leaf routine
+    /// framed by it (`leaf::admits`), and what the frame-pointer walk test
+    /// compares with the trampoline frame's link.
     pub(crate) fn fp(&self) -> usize {
         self.greg(libc::REG_RBP)
     }

@@ -182,7 +182,7 @@ fn try_preempt(m: &crate::sched::M, ctx: &mut arch::SigContext) -> Result<(), Re
     let leaf = || {
         // SAFETY: rule 3 checked bottom <= sp <= top: [sp, top) is the
         // live part of the goroutine's stack.
-        unsafe { leaf::admits(ctx.pc(), sp, stack_top, preemptible_main) }
+        unsafe { leaf::admits(ctx.pc(), sp, ctx.fp(), stack_top, preemptible_main) }
     };
     if !preemptible_main(ctx.pc()) && (in_main_text(ctx.pc()) || !leaf()) {
         return Err(Refusal::ForeignCode);

@@ -5,11 +5,13 @@
 //!
 //! Each admitted function's FDE program (the CIE's initial instructions,
 //! then the FDE's) is run once to split the function into rows
-//! `(start, end, cfa)` wherever the CFA is rsp plus a constant: that is
-//! what the handler's caller check reads. A stretch where the CFA is
-//! rbp-based or an expression gets no row and stays refused. glibc's
-//! string routines never move rsp (one row, CFA = rsp + 8); libm's C
-//! functions have a few rows each.
+//! `(start, end, cfa, fp)` wherever the CFA is rsp or rbp plus a constant:
+//! that is what the handler's caller check reads (an rbp-based row only
+//! for the interrupted frame, whose rbp the signal context holds). A
+//! stretch where the CFA is an expression gets no row and stays refused.
+//! glibc's string routines never move rsp (one row, CFA = rsp + 8); libm's
+//! C functions have a few rows each; the vDSO's time functions realign
+//! the stack behind rbp (CFA = rbp + 16 in their bodies).
 
 use super::objects::Object;
 use super::Row;
@@ -108,7 +110,7 @@ impl Object {
                 out.push(Row {
                     start: s,
                     end: e,
-                    cfa: r.cfa,
+                    ..r
                 });
             }
         }
@@ -294,6 +296,7 @@ impl Object {
 /// DWARF register numbers of the stack pointer and the return-address
 /// column (the architecture's psABI).
 const RSP: u64 = crate::arch::DWARF_SP;
+const RBP: u64 = crate::arch::DWARF_FP;
 const RA: u64 = crate::arch::DWARF_RA;
 /// A CFA that is not a register plus an offset (an expression).
 const NO_REG: u64 = u64::MAX;
@@ -319,17 +322,24 @@ struct CfiState {
 
 impl CfiState {
     /// Closes the stretch `[pc, to)` under the current rule: a row if the
-    /// CFA is rsp plus a sane offset (at least the return address, below
-    /// 64 KiB), none otherwise (pcs there stay refused).
+    /// CFA is rsp or rbp plus a sane offset (at least the return address
+    /// (and, for rbp, the saved rbp), below 64 KiB), none otherwise (pcs
+    /// there stay refused).
     fn emit(&mut self, to: usize) {
-        if to > self.pc && self.reg == RSP && (8..1 << 16).contains(&self.off) {
+        let fp = match self.reg {
+            RSP if (8..1 << 16).contains(&self.off) => false,
+            RBP if (16..1 << 16).contains(&self.off) => true,
+            _ => return,
+        };
+        if to > self.pc {
             let cfa = self.off as usize;
             match self.rows.last_mut() {
-                Some(r) if r.end == self.pc && r.cfa == cfa => r.end = to,
+                Some(r) if r.end == self.pc && r.cfa == cfa && r.fp == fp => r.end = to,
                 _ => self.rows.push(Row {
                     start: self.pc,
                     end: to,
                     cfa,
+                    fp,
                 }),
             }
         }

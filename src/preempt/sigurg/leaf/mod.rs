@@ -23,17 +23,30 @@
 //!    - in `libc.so.6`, the routines named in [`objects::LIBC_LEAVES`] (memory and
 //!      byte-string routines: `memcpy`, `memmove`, `memset`, `memcmp`,
 //!      `bcmp`, `strlen`, ...; nothing locale-dependent, nothing that
-//!      allocates or locks). Everything else in libc stays refused;
+//!      allocates or locks) and the clock wrappers (`clock_gettime`,
+//!      `gettimeofday`, `time`: a call into the vDSO, or the system call,
+//!      and an `errno` store on failure). Everything else in libc stays
+//!      refused;
 //!    - in `libm.so.6`, every function it exports and every implementation
 //!      its IFUNCs chose for its internal calls. libm imports no lock, no
 //!      allocator and no thread function (its imports are `errno`, the
 //!      stack protector, `__assert_fail`, `fputs`/`fwrite` for the old SVID
 //!      error messages, `qsort` and the `__strto*_nan` parsers), so a pc in
 //!      libm code never holds a lock. Its ELF constructors are not
-//!      exported and stay refused (they run under the loader lock).
+//!      exported and stay refused (they run under the loader lock);
+//!    - in the vDSO (`linux-vdso.so.1`), its clocks and `getcpu`: loads
+//!      from the kernel's data page under a sequence count, `rdtscp`, and
+//!      for clocks that page does not cover (the CPU-time clocks) a system
+//!      call. The kernel itself preempts and migrates threads anywhere in
+//!      them; resumed later or on another CPU, the sequence-count loop
+//!      retries. Their bodies realign the stack behind rbp, so their rows
+//!      are rbp-based. A release-built loop reading
+//!      `CLOCK_THREAD_CPUTIME_ID` (every signal delivered on the system
+//!      call's return, in the vDSO) was never preempted before.
 //! 2. Its caller is the main executable: unwinding from the interrupted
 //!    rsp through admitted frames only (at most `MAX_DEPTH`, using each
-//!    frame's CFA offset at its pc), the first return address outside
+//!    frame's CFA offset at its pc: from rsp, or from the interrupted rbp
+//!    for the interrupted frame only), the first return address outside
 //!    them lies in code rule 4 admits there (a Rust function, see
 //!    `super::rust_code`: not a C allocator's `memcpy` call). This matters: libc itself
 //!    calls `memcpy` from `realloc` with the arena locked and from
@@ -104,12 +117,17 @@ use objects::{kind_of, loaded_objects};
 
 /// One stretch of an admitted routine: for every pc in `[start, end)` the
 /// canonical frame address (the caller's rsp before its `call`) is
-/// `rsp + cfa`, so the return address is at `rsp + cfa - 8`.
+/// `rsp + cfa` (`rbp + cfa` when `fp`), so the return address is at
+/// `cfa - 8`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Row {
     pub(super) start: usize,
     pub(super) end: usize,
     pub(super) cfa: usize,
+    /// The CFA is rbp-based (the vDSO's time functions realign the stack
+    /// behind a frame pointer). Admitted only for the interrupted frame,
+    /// whose rbp the signal context holds.
+    pub(super) fp: bool,
 }
 
 /// The admitted rows, sorted by `start` and disjoint.
@@ -152,21 +170,28 @@ fn rows() -> &'static [Row] {
     unsafe { &(*t).rows }
 }
 
-/// The CFA offset at `pc` if it lies in an admitted routine.
+/// The row of the admitted routine `pc` lies in, if any.
 /// Async-signal-safe: one atomic load and a binary search over an
 /// immutable slice.
-fn cfa_at(pc: usize) -> Option<usize> {
+fn row_at(pc: usize) -> Option<Row> {
     let r = rows();
     let i = r.partition_point(|row| row.start <= pc);
     let row = r.get(i.checked_sub(1)?)?;
-    (pc < row.end).then_some(row.cfa)
+    (pc < row.end).then_some(*row)
 }
 
-/// Whether the code interrupted at `pc` with stack pointer `rsp` may be
-/// preempted: `pc` lies in an admitted routine and, unwinding through
-/// admitted frames only (at most `MAX_DEPTH`), the first return address
-/// outside them satisfies `in_main_text`. Called by the SIGURG handler:
-/// async-signal-safe (atomic loads, a binary search, stack reads).
+/// The rsp-based CFA offset at `pc` if it lies in an admitted routine.
+#[cfg(test)]
+fn cfa_at(pc: usize) -> Option<usize> {
+    row_at(pc).filter(|r| !r.fp).map(|r| r.cfa)
+}
+
+/// Whether the code interrupted at `pc` with stack pointer `rsp` and frame
+/// pointer `fp` may be preempted: `pc` lies in an admitted routine and,
+/// unwinding through admitted frames only (at most `MAX_DEPTH`), the first
+/// return address outside them satisfies `in_main_text`. Called by the
+/// SIGURG handler: async-signal-safe (atomic loads, a binary search, stack
+/// reads).
 ///
 /// # Safety
 /// `[rsp, top)` must be readable memory: the interrupted goroutine's live
@@ -174,6 +199,7 @@ fn cfa_at(pc: usize) -> Option<usize> {
 pub(crate) unsafe fn admits(
     pc: usize,
     rsp: usize,
+    fp: usize,
     top: usize,
     in_main_text: impl Fn(usize) -> bool,
 ) -> bool {
@@ -181,16 +207,28 @@ pub(crate) unsafe fn admits(
     // return address - 1, the call instruction (the return address itself
     // may begin a stretch with another CFA rule, after a noreturn call).
     let (mut at, mut sp) = (pc, rsp);
-    for _ in 0..MAX_DEPTH {
-        let Some(cfa) = cfa_at(at).and_then(|off| sp.checked_add(off)) else {
+    for depth in 0..MAX_DEPTH {
+        let Some(row) = row_at(at) else {
             return false;
         };
-        if cfa > top {
+        // An rbp-based rule only where rbp is known: the interrupted frame.
+        let base = match (row.fp, depth) {
+            (false, _) => sp,
+            (true, 0) => fp,
+            (true, _) => return false,
+        };
+        let Some(cfa) = base.checked_add(row.cfa) else {
+            return false;
+        };
+        // The return address slot [cfa - 8, cfa) must lie in [sp, top):
+        // rsp-based rows guarantee the lower bound (every offset is at
+        // least 8), an rbp-based one is checked.
+        if cfa > top || cfa < sp.saturating_add(8) {
             return false;
         }
-        // SAFETY: rsp <= sp < sp + 8 <= cfa <= top (every row's offset is
-        // at least 8), so the word lies in the live stack the caller
-        // vouched for; read unaligned, as nothing forces rsp's alignment.
+        // SAFETY: rsp <= sp <= cfa - 8 < cfa <= top (checked above), so the
+        // word lies in the live stack the caller vouched for; read
+        // unaligned, as nothing forces rsp's alignment.
         let ra = unsafe { ((cfa - 8) as *const usize).read_unaligned() };
         if in_main_text(ra) {
             return true;
@@ -340,15 +378,69 @@ mod tests {
             let stack = [ra, 0, 0, 0];
             let rsp = stack.as_ptr() as usize;
             // SAFETY: [rsp, rsp + 32) is `stack`.
-            let got = unsafe { admits(memcpy, rsp, rsp + 32, in_main) };
+            let got = unsafe { admits(memcpy, rsp, 0, rsp + 32, in_main) };
             assert_eq!(got, want, "return address {ra:#x}");
         }
         let stack = [main_ra];
         let rsp = stack.as_ptr() as usize;
         // SAFETY: only [rsp, rsp + 4) would be read, and it is refused.
-        assert!(!unsafe { admits(memcpy, rsp, rsp + 4, in_main) });
+        assert!(!unsafe { admits(memcpy, rsp, 0, rsp + 4, in_main) });
         // A pc outside every admitted routine.
         // SAFETY: as above; nothing is read.
-        assert!(!unsafe { admits(addr_of("malloc"), rsp, rsp + 8, in_main) });
+        assert!(!unsafe { admits(addr_of("malloc"), rsp, 0, rsp + 8, in_main) });
+    }
+    /// The time functions a clock-reading loop spends its time in are
+    /// admitted: libc's `clock_gettime` wrapper (rsp-based) and the vDSO's
+    /// (framed by rbp in its body). A release-built loop reading
+    /// `CLOCK_THREAD_CPUTIME_ID` (a system call made from the vDSO, where
+    /// every signal is delivered on its return) was never preempted.
+    #[test]
+    fn leaf_table_admits_the_clock_routines() {
+        let r = table();
+        let wrapper = addr_of("clock_gettime");
+        assert_ne!(wrapper, 0);
+        assert_eq!(row_at(wrapper).map(|r| (r.cfa, r.fp)), Some((8, false)));
+        let vdso = objects::vdso_text().expect("no vDSO mapped");
+        let rows: Vec<&Row> = r
+            .iter()
+            .filter(|row| row.start >= vdso.0 && row.end <= vdso.1)
+            .collect();
+        assert!(
+            rows.iter().any(|row| row.fp),
+            "no rbp-framed vDSO row: {rows:x?}"
+        );
+    }
+
+    /// An rbp-based row is used only for the interrupted frame, with the
+    /// interrupted rbp; the return address slot it names must lie between
+    /// rsp and the stack top; as a caller's row it refuses.
+    #[test]
+    fn an_rbp_framed_leaf_is_admitted_only_as_the_interrupted_frame() {
+        let r = table();
+        let Some(row) = r.iter().find(|row| row.fp).copied() else {
+            panic!("no rbp-framed row in the table");
+        };
+        let main_ra = 0x1234_5678usize;
+        let in_main = |a: usize| a == main_ra;
+        // A frame as the vDSO builds it: [.., saved rbp, return address],
+        // rbp pointing at the saved rbp (CFA = rbp + 16).
+        let stack = [0usize, 0, 0, 0, main_ra, 0];
+        let rsp = stack.as_ptr() as usize;
+        let top = rsp + 8 * stack.len();
+        let fp = rsp + 8 * 4 + 8 - row.cfa;
+        // SAFETY: every read lies in `stack` (checked against rsp and top).
+        unsafe {
+            assert!(admits(row.start, rsp, fp, top, in_main));
+            // rbp below rsp, or past the top: refused.
+            assert!(!admits(row.start, rsp, rsp - 64, top, in_main));
+            assert!(!admits(row.start, rsp, top, top, in_main));
+        }
+        // As a caller (reached from a memcpy frame whose return address
+        // points into it): refused, its rbp is unknown.
+        let memcpy = addr_of("memcpy");
+        let stack = [row.start + 1, main_ra, 0, 0];
+        let rsp = stack.as_ptr() as usize;
+        // SAFETY: reads lie in `stack`.
+        assert!(!unsafe { admits(memcpy, rsp, rsp, rsp + 32, in_main) });
     }
 }

@@ -48,8 +48,11 @@ use std::ffi::CStr;
 
 /// libc routines whose implementation may be preempted: memory and string
 /// routines that use only registers and the stack (no locale, no errno, no
-/// allocation, no lock). IFUNCs are resolved to the implementation chosen
-/// for this CPU.
+/// allocation, no lock), and the clock wrappers, which call the vDSO (or
+/// make the system call) and at most store `errno` on failure, as libm
+/// does. IFUNCs are resolved to the implementation chosen for this CPU
+/// (glibc's `time` and `gettimeofday` may resolve into the vDSO, admitted
+/// there).
 pub(crate) const LIBC_LEAVES: &[&str] = &[
     "memcpy",
     "memmove",
@@ -93,6 +96,28 @@ pub(crate) const LIBC_LEAVES: &[&str] = &[
     "__memmove_chk",
     "__mempcpy_chk",
     "__memset_chk",
+    "clock_gettime",
+    "__clock_gettime",
+    "gettimeofday",
+    "time",
+];
+
+/// The vDSO's functions admitted: the clocks and `getcpu` (a few loads
+/// from the kernel's data page, `rdtscp`, and for clocks the page does not
+/// cover a `syscall`: no lock, no thread state, and the kernel itself
+/// preempts and migrates threads anywhere in them). Not
+/// `__vdso_sgx_enter_enclave`.
+const VDSO_LEAVES: &[&str] = &[
+    "clock_gettime",
+    "__vdso_clock_gettime",
+    "clock_getres",
+    "__vdso_clock_getres",
+    "gettimeofday",
+    "__vdso_gettimeofday",
+    "time",
+    "__vdso_time",
+    "getcpu",
+    "__vdso_getcpu",
 ];
 
 /// A loaded object as `dl_iterate_phdr` reports it.
@@ -110,6 +135,7 @@ pub(super) struct Object {
 pub(super) enum Kind {
     Libc,
     Libm,
+    Vdso,
 }
 
 pub(super) fn kind_of(path: &CStr) -> Option<Kind> {
@@ -119,6 +145,8 @@ pub(super) fn kind_of(path: &CStr) -> Option<Kind> {
         Some(Kind::Libc)
     } else if file.starts_with(b"libm.so.") {
         Some(Kind::Libm)
+    } else if file.starts_with(b"linux-vdso.so.") {
+        Some(Kind::Vdso)
     } else {
         None
     }
@@ -302,7 +330,13 @@ impl Object {
 
     /// Adds this object's admitted ranges to `out` (see the module docs).
     pub(super) fn admit(&self, kind: Kind, out: &mut Vec<(usize, usize)>) {
-        let Some(handle) = self.handle() else { return };
+        // For IFUNCs only (the vDSO has none, and no loader handle).
+        let handle = if kind == Kind::Vdso {
+            None
+        } else {
+            let Some(h) = self.handle() else { return };
+            Some(h)
+        };
         let (Some(symtab), Some(strtab), Some(strsz), Some(count)) = (
             self.dyn_entry(DT_SYMTAB),
             self.dyn_entry(DT_STRTAB),
@@ -320,14 +354,20 @@ impl Object {
             let Some(name) = self.name_at(strtab, strsz as usize, s.name) else {
                 continue;
             };
-            if kind == Kind::Libc && !LIBC_LEAVES.iter().any(|l| l.as_bytes() == name) {
+            let allow = match kind {
+                Kind::Libc => LIBC_LEAVES,
+                Kind::Vdso => VDSO_LEAVES,
+                Kind::Libm => &[][..],
+            };
+            if kind != Kind::Libm && !allow.iter().any(|l| l.as_bytes() == name) {
                 continue;
             }
             let range = if s.kind == STT_FUNC {
                 let start = self.base.wrapping_add(s.value);
                 Some((start, start.saturating_add(s.size)))
             } else {
-                self.resolve_ifunc(handle, name)
+                handle
+                    .and_then(|h| self.resolve_ifunc(h, name))
                     .and_then(|a| self.fn_extent(a))
             };
             if let Some((a, b)) = range {
@@ -390,6 +430,18 @@ impl Object {
     fn fn_extent(&self, pc: usize) -> Option<(usize, usize)> {
         self.rows(pc, 0, 0, &mut Vec::new())
     }
+}
+
+/// Test support: the vDSO's executable segment, if one is mapped.
+#[cfg(test)]
+pub(super) fn vdso_text() -> Option<(usize, usize)> {
+    loaded_objects()
+        .into_iter()
+        .find(|o| kind_of(&o.name) == Some(Kind::Vdso))?
+        .segs
+        .iter()
+        .find(|s| s.2)
+        .map(|s| (s.0, s.1))
 }
 
 /// Test support: the names of the functions libc defines and exports that
