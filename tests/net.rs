@@ -13,22 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{child_role, run_child, watchdog};
+use common::{child_role, in_child, run_child, watchdog};
 use gosched::net::{Registration, TcpListener, TcpStream, UdpSocket};
 use gosched::{Builder, Runtime};
-
-/// Runs `body` in a child process (role `role`) when called from the
-/// parent, and runs it directly in the child.
-fn in_child(test: &str, body: fn()) {
-    match child_role() {
-        Some(r) if r == test => body(),
-        Some(_) => {}
-        None => {
-            let out = run_child(test, test, &[]);
-            assert!(out.status.success(), "{}", out.describe());
-        }
-    }
-}
 
 fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()

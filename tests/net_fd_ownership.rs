@@ -14,22 +14,9 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, RawFd};
 use std::time::{Duration, Instant};
 
-use common::{child_role, run_child, watchdog};
+use common::{in_child, watchdog};
 use gosched::net::{Registration, TcpListener, TcpStream, UdpSocket};
 use gosched::Builder;
-
-/// Runs `body` in a child process when called from the parent, and runs
-/// it directly in the child.
-fn in_child(test: &str, body: fn()) {
-    match child_role() {
-        Some(r) if r == test => body(),
-        Some(_) => {}
-        None => {
-            let out = run_child(test, test, &[]);
-            assert!(out.status.success(), "{}", out.describe());
-        }
-    }
-}
 
 /// A nonblocking pipe: (read end, write end), leaked so that they live
 /// (and stay owned by these `File`s) for the rest of the process.

@@ -94,6 +94,20 @@ pub fn run_child(test: &str, role: &str, envs: &[(&str, &str)]) -> ChildOutput {
     }
 }
 
+/// Runs `body` in a child process (role: the test's name) when called
+/// from the parent, asserting that it exits with status 0, and runs it
+/// directly in the child.
+pub fn in_child(test: &str, body: fn()) {
+    match child_role() {
+        Some(r) if r == test => body(),
+        Some(_) => {}
+        None => {
+            let out = run_child(test, test, &[]);
+            assert!(out.status.success(), "{}", out.describe());
+        }
+    }
+}
+
 /// The command [`run_child`] would start for `test` in role `role`, for a
 /// test that must run the child itself (e.g. concurrently with its own
 /// work, talking to it over a socket). The caller adds variables, pipes
