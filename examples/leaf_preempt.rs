@@ -14,12 +14,17 @@
 //! - `sin`, `exp`: `f64::sin` (`f64::exp`) of a moving argument, summed:
 //!   most of its time is in libm (`exp` goes through a wrapper into an
 //!   IFUNC-chosen implementation: two libm frames);
+//! - `clock`: `clock_gettime(CLOCK_THREAD_CPUTIME_ID)`, the thread's CPU
+//!   clock: a system call the vDSO makes, on whose return nearly every
+//!   signal arrives; `now`: `Instant::now()` (`CLOCK_MONOTONIC`, read in
+//!   the vDSO without a system call);
 //! - `hog`: a multiply-add loop in the executable (the reference).
 //!
 //! Asynchronous preemption may land in a goroutine only at safe points;
 //! code outside the main executable is refused except for libc's memory
-//! and string routines and libm (`GOSCHED_LEAFPREEMPTOFF=1` refuses those
-//! too, the behaviour before they were admitted). The ticker sleeps 1 ms
+//! and string routines, libm and the clocks (libc's and the vDSO's)
+//! (`GOSCHED_LEAFPREEMPTOFF=1` refuses those too, the behaviour before they
+//! were admitted). The ticker sleeps 1 ms
 //! `--ticks` times and reports its lateness (p50, p99, max) with the
 //! runtime's preemption counters.
 
@@ -35,7 +40,7 @@ const HELP: &str = "\
 leaf_preempt: a 1 ms ticker beside a memcpy, sin or arithmetic loop on one P
 
 options:
-  --load memcpy|sin|exp|hog  what the loop goroutine runs (default memcpy)
+  --load memcpy|sin|exp|clock|now|hog  what the loop goroutine runs (default memcpy)
   --quantum D             preemption quantum, e.g. 1ms, 500us (default 1ms)
   --mode affine|migrate   preemption mode (default affine)
   --size BYTES            memcpy size in bytes (default 8388608)
@@ -97,7 +102,10 @@ fn parse() -> Result<Opts, String> {
             _ => return Err(format!("unknown option {a:?}")),
         }
     }
-    if !["memcpy", "sin", "exp", "hog"].contains(&o.load.as_str()) || o.ticks == 0 || o.size == 0 {
+    if !["memcpy", "sin", "exp", "clock", "now", "hog"].contains(&o.load.as_str())
+        || o.ticks == 0
+        || o.size == 0
+    {
         return Err(format!(
             "bad --load {:?}, --ticks or --size (must be > 0)",
             o.load
@@ -130,6 +138,31 @@ fn run_loop(load: &str, size: usize, stop: &AtomicBool) -> u64 {
                 rounds += 1;
             }
             black_box(acc);
+        }
+        "clock" => {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            let mut acc = 0i64;
+            while !stop.load(Relaxed) {
+                for _ in 0..64 {
+                    // SAFETY: a valid clock id and a valid out-pointer.
+                    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+                    acc = acc.wrapping_add(ts.tv_nsec);
+                }
+                rounds += 1;
+            }
+            black_box(acc);
+        }
+        "now" => {
+            let mut last = Instant::now();
+            while !stop.load(Relaxed) {
+                for _ in 0..64 {
+                    last = black_box(Instant::now().max(last));
+                }
+                rounds += 1;
+            }
         }
         _ => {
             let mut x = 1u64;
