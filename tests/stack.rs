@@ -176,6 +176,40 @@ fn segfault_on_a_plain_thread_stays_a_sigsegv() {
     assert_plain_segv("segfault_on_a_plain_thread_stays_a_sigsegv");
 }
 
+/// A frame that steps more than a page below the stack without touching
+/// the pages in between (C code built without stack-clash probes; Rust
+/// probes every page of a large frame) lands in the 64 KiB guard region and
+/// is reported as a stack overflow. Below a one-page guard it landed in the
+/// neighbouring goroutine's stack (the slot below), and corrupted that
+/// goroutine's oldest frames silently.
+#[test]
+fn a_frame_stepping_8_kib_below_the_stack_is_an_overflow() {
+    const SIZE: usize = 64 << 10;
+    if child_role().is_some() {
+        let rt = Builder::new().procs(1).stack_size(SIZE).build().unwrap();
+        rt.block_on(|| {
+            gosched::spawn(|| {
+                eprintln!("child goroutine id: {}", gosched::current_id().unwrap());
+                // Near the stack's top (the goroutine's first frames); the
+                // stack's bottom is SIZE below the top.
+                let local = 0u8;
+                let here = std::hint::black_box(&local) as *const u8 as usize;
+                let below = here - SIZE - (8 << 10);
+                // SAFETY: none: this write is the fault under test (it lies
+                // 8-16 KiB below this goroutine's stack).
+                unsafe { std::ptr::write_volatile(below as *mut u8, 1) };
+            })
+            .join()
+            .unwrap();
+        });
+        unreachable!("the write 8 KiB below the stack did not fault");
+    }
+    assert_overflow_report(
+        "a_frame_stepping_8_kib_below_the_stack_is_an_overflow",
+        SIZE,
+    );
+}
+
 #[test]
 fn segfault_in_a_goroutine_off_its_guard_page_stays_a_sigsegv() {
     if child_role().is_some() {
