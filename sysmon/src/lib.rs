@@ -158,10 +158,10 @@
 //!      and says so with [`Monitor::woken`]; a park that merely times out
 //!      leaves it as it was.
 //!    * Otherwise take the earliest known deadline: for each running P the
-//!      end of its quantum (`slice_start + quantum`) or, when it is already
-//!      overrunning and has been asked to yield, a retry after
-//!      `max(min_sleep, quantum / 4)` (during an uncontended backoff, the
-//!      backoff's next look if that is later); for each P in a blocking call the
+//!      end of its quantum (`slice_start + quantum`; during an uncontended
+//!      backoff, the backoff's next look if that is later) or, when it is
+//!      already overrunning and has been asked to yield, a retry after
+//!      `max(min_sleep, quantum / 4)`; for each P in a blocking call the
 //!      moment it becomes retakable (`syscall_start + syscall_retake`;
 //!      `now + syscall_retake` when its call was first seen in this tick;
 //!      `syscall_start + quantum` when no work waits); and the next timer.

@@ -389,6 +389,7 @@ mod tests {
         // SAFETY: as above; nothing is read.
         assert!(!unsafe { admits(addr_of("malloc"), rsp, 0, rsp + 8, in_main) });
     }
+
     /// The time functions a clock-reading loop spends its time in are
     /// admitted: libc's `clock_gettime` wrapper (rsp-based) and the vDSO's
     /// (framed by rbp in its body). A release-built loop reading
@@ -423,17 +424,23 @@ mod tests {
         let main_ra = 0x1234_5678usize;
         let in_main = |a: usize| a == main_ra;
         // A frame as the vDSO builds it: [.., saved rbp, return address],
-        // rbp pointing at the saved rbp (CFA = rbp + 16).
-        let stack = [0usize, 0, 0, 0, main_ra, 0];
-        let rsp = stack.as_ptr() as usize;
-        let top = rsp + 8 * stack.len();
-        let fp = rsp + 8 * 4 + 8 - row.cfa;
-        // SAFETY: every read lies in `stack` (checked against rsp and top).
+        // rbp pointing at the saved rbp (CFA = rbp + 16). `main_ra` also
+        // sits below rsp and above the top passed in the refused cases, so
+        // that only the bound checks refuse them.
+        let stack = [0usize, main_ra, 0, 0, 0, 0, main_ra, 0];
+        let base = stack.as_ptr() as usize;
+        let rsp = base + 8 * 2;
+        let top = base + 8 * stack.len();
+        // The rbp whose row puts the return address slot at `stack[k]`.
+        let fp_for = |k: usize| base + 8 * k + 8 - row.cfa;
+        // SAFETY: admitted reads lie in [rsp, top) within `stack`; the
+        // refused cases read nothing.
         unsafe {
-            assert!(admits(row.start, rsp, fp, top, in_main));
-            // rbp below rsp, or past the top: refused.
-            assert!(!admits(row.start, rsp, rsp - 64, top, in_main));
-            assert!(!admits(row.start, rsp, top, top, in_main));
+            assert!(admits(row.start, rsp, fp_for(6), top, in_main));
+            // Its return address slot below rsp (stack[1]), or at or past
+            // the top (stack[6], top lowered to stack[6]): refused.
+            assert!(!admits(row.start, rsp, fp_for(1), top, in_main));
+            assert!(!admits(row.start, rsp, fp_for(6), base + 8 * 6, in_main));
         }
         // As a caller (reached from a memcpy frame whose return address
         // points into it): refused, its rbp is unknown.

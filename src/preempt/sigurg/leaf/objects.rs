@@ -354,12 +354,12 @@ impl Object {
             let Some(name) = self.name_at(strtab, strsz as usize, s.name) else {
                 continue;
             };
-            let allow = match kind {
-                Kind::Libc => LIBC_LEAVES,
-                Kind::Vdso => VDSO_LEAVES,
-                Kind::Libm => &[][..],
+            let allowlist = match kind {
+                Kind::Libc => Some(LIBC_LEAVES),
+                Kind::Vdso => Some(VDSO_LEAVES),
+                Kind::Libm => None, // every function
             };
-            if kind != Kind::Libm && !allow.iter().any(|l| l.as_bytes() == name) {
+            if allowlist.is_some_and(|l| !l.iter().any(|f| f.as_bytes() == name)) {
                 continue;
             }
             let range = if s.kind == STT_FUNC {
