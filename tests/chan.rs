@@ -612,6 +612,42 @@ fn tick_zero_ticks_at_the_minimum_period_without_spinning() {
     }
 }
 
+/// A ticker nobody receives from, in an otherwise idle runtime, wakes one
+/// thread per tick: the M asleep in the driver fires it and sleeps on.
+/// (That M used to give up its sleeper role before firing; the ticker's
+/// re-arm then found no sleeper and woke a second thread every tick:
+/// sysmon with 1 P, an M to take the role with 2.)
+#[test]
+fn an_unread_ticker_wakes_one_thread_per_tick() {
+    const PERIOD: Duration = Duration::from_micros(500);
+    // Per-thread counts: in a child, away from other tests' runtimes.
+    if child_role().is_some() {
+        for procs in [1, 2] {
+            let (ticks, switches) = rt(procs).block_on(|| {
+                let t = tick(PERIOD);
+                t.recv().unwrap();
+                let before = common::voluntary_switches("gosched-");
+                let start = Instant::now();
+                gosched::sleep(Duration::from_millis(300));
+                let ticks = start.elapsed().as_micros() / PERIOD.as_micros();
+                let after = common::voluntary_switches("gosched-");
+                drop(t);
+                (ticks, common::switches_since(&before, &after))
+            });
+            eprintln!("UNREAD procs={procs} ticks={ticks} switches={switches}");
+        }
+        return;
+    }
+    let out = run_child("an_unread_ticker_wakes_one_thread_per_tick", "unread", &[]);
+    for line in report_lines(&out, "UNREAD ") {
+        let (ticks, switches) = (field(line, "ticks="), field(line, "switches="));
+        assert!(ticks >= 500, "{line}");
+        // One per tick, plus a few (sysmon's backstop looks, the sleep's
+        // own wake-up); two per tick before.
+        assert!(switches * 10 < ticks * 14, "{line}");
+    }
+}
+
 /// The report lines a successful child printed with `prefix` (at least
 /// one); echoed for the test log.
 fn report_lines<'a>(out: &'a common::ChildOutput, prefix: &str) -> Vec<&'a str> {

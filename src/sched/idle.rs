@@ -41,13 +41,19 @@ impl G0<'_> {
             // the echo example with 1,000 connections, against 7,000.
             // The M that idles the next P takes the role in its own
             // `stopm`.
+            // (We may hold the role already: `fire_as_sleeper` kept it.)
+            let held = self.sh.timer_m.load(Ordering::SeqCst) == me;
             let sleeper = (self.sh.timers.next().is_some() || self.sh.driver.waiters() != 0)
                 && self.sh.npidle.load(Ordering::SeqCst) > 0
-                && self
-                    .sh
-                    .timer_m
-                    .compare_exchange(ptr::null_mut(), me, Ordering::SeqCst, Ordering::Relaxed)
-                    .is_ok();
+                && (held
+                    || self
+                        .sh
+                        .timer_m
+                        .compare_exchange(ptr::null_mut(), me, Ordering::SeqCst, Ordering::Relaxed)
+                        .is_ok());
+            if held && !sleeper {
+                self.leave_sleeper_role();
+            }
             let (woken, io) = if sleeper {
                 let timeout = self
                     .sh
@@ -59,12 +65,15 @@ impl G0<'_> {
                 (self.m.note.wait(None), Vec::new())
             };
             self.sh.unpin(self.m);
+            if sleeper && !woken && io.is_empty() && self.timer_due() {
+                match self.fire_as_sleeper() {
+                    FiredAsSleeper::Run => return true,
+                    FiredAsSleeper::Sleep => continue,
+                    FiredAsSleeper::NoP => {}
+                }
+            }
             if sleeper {
-                self.sh.timer_m.store(ptr::null_mut(), Ordering::SeqCst);
-                // Dekker with `wake_m`, which skips the futex wake while it
-                // sees us as the sleeper: our leaving the role comes before
-                // our next look at the note.
-                fence(Ordering::SeqCst);
+                self.leave_sleeper_role();
             }
             // Goroutines the poll woke: queued now, their wake-up below
             // (ourselves if we get a P, else `wakep`).
@@ -78,12 +87,7 @@ impl G0<'_> {
                 self.wake_for_io(io_ready, 0);
                 return true;
             }
-            let timer_due = !woken
-                && self
-                    .sh
-                    .timers
-                    .next()
-                    .is_some_and(|n| n <= self.sh.nanotime());
+            let timer_due = !woken && self.timer_due();
             if !timer_due && io_ready == 0 {
                 continue;
             }
@@ -112,6 +116,69 @@ impl G0<'_> {
                 self.sh.wake_sysmon();
             }
         }
+    }
+
+    fn timer_due(&self) -> bool {
+        self.sh
+            .timers
+            .next()
+            .is_some_and(|n| n <= self.sh.nanotime())
+    }
+
+    /// Ends our sleeper role (`stopm`).
+    fn leave_sleeper_role(&self) {
+        self.sh.timer_m.store(ptr::null_mut(), Ordering::SeqCst);
+        // Dekker with `wake_m`, which skips the futex wake while it sees
+        // us as the sleeper: our leaving the role comes before our next
+        // look at the note.
+        fence(Ordering::SeqCst);
+    }
+
+    /// The sleeper woke for a due timer, and nothing else: take an idle P,
+    /// fire the timers *keeping the role*, and give the P back and sleep on
+    /// if they made nothing runnable (a ticker nobody receives from, a
+    /// timer that only re-arms itself).
+    ///
+    /// Leaving the role before firing made every re-arming timer wake a
+    /// second thread: `add_timer` saw no sleeper and, with our P taken,
+    /// no idle P either, and woke sysmon (or, with another P idle, started
+    /// an M to become the sleeper), once per tick: an idle process with a
+    /// 100 µs ticker used 70-95 % of a CPU in a debug build. The P is taken
+    /// without `note_busy` (sysmon need not look at a P held for
+    /// microseconds) and before firing, so that a goroutine the timers wake
+    /// runs here, on this thread, as before.
+    fn fire_as_sleeper(&self) -> FiredAsSleeper {
+        let mut idle = self.sh.midle.rt_lock();
+        // Not on the idle list: someone is handing us a P (`take_nextp`).
+        let Some(pos) = idle.iter().position(|m| Arc::ptr_eq(m, self.m)) else {
+            return FiredAsSleeper::NoP;
+        };
+        let Some(p) = self.sh.pidleget() else {
+            return FiredAsSleeper::NoP;
+        };
+        idle.swap_remove(pos);
+        drop(idle);
+        self.acquirep_quiet(p);
+        self.sh.sleeper_firing.store(true, Ordering::SeqCst);
+        self.sh.fire_timers_wait();
+        self.sh.sleeper_firing.store(false, Ordering::SeqCst);
+        // Dekker with `add_timer` (see there).
+        fence(Ordering::SeqCst);
+        let skipped = self.sh.sleeper_skipped.swap(false, Ordering::SeqCst);
+        if self.p().runq.has_work() || self.sh.global_has_work() {
+            // Run what they woke, here: we are no longer the sleeper.
+            self.leave_sleeper_role();
+            self.sh.note_busy();
+            if skipped {
+                self.sh.wake_timer_owner();
+            }
+            return FiredAsSleeper::Run;
+        }
+        // Back to sleep: the loop recomputes the timeout from the heap.
+        self.sh.midle.rt_lock().push(self.m.clone());
+        let p = self.releasep();
+        self.sh.pidleput(p);
+        FiredAsSleeper::Sleep
     }
 
     /// After a driver wait in `stopm` made `n` goroutines runnable (on the
@@ -216,4 +283,15 @@ impl G0<'_> {
         self.sh.pin_to_this_cpu(lm);
         lm.note.wake();
     }
+}
+
+/// What `G0::fire_as_sleeper` did.
+enum FiredAsSleeper {
+    /// Timers woke goroutines: we hold a P to run them, and left the role.
+    Run,
+    /// Nothing became runnable: P given back, still the sleeper.
+    Sleep,
+    /// No idle P (or one is being handed to us): the caller goes on as for
+    /// any other wake-up.
+    NoP,
 }

@@ -113,6 +113,13 @@ impl G0<'_> {
     }
 
     pub(super) fn acquirep(&self, p: usize) {
+        self.acquirep_quiet(p);
+        self.sh.note_busy();
+    }
+
+    /// `acquirep` without telling sysmon that a P got busy: for a P held
+    /// only a moment unless work turns up (`G0::fire_as_sleeper`).
+    pub(super) fn acquirep_quiet(&self, p: usize) {
         debug_assert!(self.m.p.get().is_none());
         let pp = &self.sh.ps[p];
         pp.m.store(Arc::as_ptr(self.m) as *mut M, Ordering::Relaxed);
@@ -125,7 +132,6 @@ impl G0<'_> {
         // P handed on from a thread blocked in the kernel must not keep the
         // slice sysmon already gave up on (its next goroutine may block too).
         self.m.new_p.set(true);
-        self.sh.note_busy();
     }
 
     pub(super) fn releasep(&self) -> usize {

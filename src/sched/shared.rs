@@ -88,6 +88,12 @@ pub(crate) struct Shared {
     /// blocks in the driver's poller (`crate::driver`). Wake it with
     /// `wake_m`.
     pub(crate) timer_m: AtomicPtr<M>,
+    /// The sleeper (`timer_m`) woke for a due timer and fires timers,
+    /// keeping its role (`G0::fire_as_sleeper`): `add_timer` need not wake
+    /// anyone for an earlier deadline, and sets `sleeper_skipped` instead.
+    pub(crate) sleeper_firing: AtomicBool,
+    /// `add_timer` skipped its wake-up while the sleeper was firing.
+    pub(crate) sleeper_skipped: AtomicBool,
     /// The driver: the OS poller idle Ms wait in, and the netpoller.
     pub(crate) driver: Arc<crate::driver::Driver>,
     pub(crate) stacks: StackPool,
@@ -193,6 +199,8 @@ impl Shared {
             threads: Mutex::new(Vec::new()),
             timers: Timers::new(),
             timer_m: AtomicPtr::new(ptr::null_mut()),
+            sleeper_firing: AtomicBool::new(false),
+            sleeper_skipped: AtomicBool::new(false),
             driver,
             stacks,
             gfree: Mutex::new(Vec::new()),

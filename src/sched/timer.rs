@@ -227,21 +227,37 @@ impl crate::sched::Shared {
         let _np = crate::sched::NoPreempt::enter();
         let (id, earliest) = self.timers.add(self.instant_to_nanos(deadline), task);
         if earliest {
-            let tm = self.timer_m.load(Ordering::Acquire);
-            if !tm.is_null() {
-                // SAFETY: Ms live as long as Shared (allm holds them).
-                self.wake_m(unsafe { &*tm });
-            } else if self.npidle.load(Ordering::SeqCst) > 0 {
-                // Nobody sleeps on timers and a P is idle: start an M,
-                // which finds nothing to run and becomes the timer sleeper.
-                self.wakep();
+            // Dekker with `G0::fire_as_sleeper`: our timer before our look
+            // at the flag; its flag's clearing before its look at the heap.
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if self.sleeper_firing.load(Ordering::SeqCst) {
+                // The sleeper is awake, firing (most often this is a ticker
+                // re-arming from its own fire): it looks at the heap again
+                // before it sleeps or leaves its role.
+                self.sleeper_skipped.store(true, Ordering::SeqCst);
             } else {
-                // Every P is busy: sysmon fires timers for them; make it
-                // recompute its sleep with this deadline.
-                self.wake_sysmon();
+                self.wake_timer_owner();
             }
         }
         id
+    }
+
+    /// The earliest timer deadline moved earlier: wake whoever fires
+    /// timers, so that it sleeps until the new one.
+    pub(crate) fn wake_timer_owner(&self) {
+        let tm = self.timer_m.load(Ordering::Acquire);
+        if !tm.is_null() {
+            // SAFETY: Ms live as long as Shared (allm holds them).
+            self.wake_m(unsafe { &*tm });
+        } else if self.npidle.load(Ordering::SeqCst) > 0 {
+            // Nobody sleeps on timers and a P is idle: start an M,
+            // which finds nothing to run and becomes the timer sleeper.
+            self.wakep();
+        } else {
+            // Every P is busy: sysmon fires timers for them; make it
+            // recompute its sleep with this deadline.
+            self.wake_sysmon();
+        }
     }
 
     /// Fires due timers unless another thread holds the timer heap (see
