@@ -98,6 +98,10 @@ pub(crate) struct G {
     /// without blocking): its next fresh slice is timed by its M's slice
     /// timer (`preempt::slice_timer`). Owner.
     pub(crate) hog: Cell<bool>,
+    /// Preempted asynchronously in ThreadAffine mode to make room for a
+    /// wake-up, and kept (`G0::requeue_preempted_for_wakeup`): its M counts
+    /// itself in `Shared::wakeup_parked` while it waits (owner).
+    pub(crate) wakeup_kept: Cell<bool>,
     /// Locked to its M because it was panicking (unwinding, or inside the
     /// panic hook) when it last switched out: std keeps that state per OS
     /// thread, so no other goroutine may run on the thread until the panic
@@ -179,6 +183,7 @@ impl G {
             lock_count: Cell::new(0),
             affine: Cell::new(false),
             hog: Cell::new(false),
+            wakeup_kept: Cell::new(false),
             unwinding: Cell::new(false),
             locked_m: Cell::new(None),
             wait_reason: Cell::new(""),

@@ -199,12 +199,24 @@ impl G0<'_> {
         // preemption (ThreadAffine): count us until it resumes (see
         // `find_runnable`).
         let affine = self.m.locked_g.get().is_some_and(|g| g.affine.get());
+        let for_wakeup = affine
+            && self
+                .m
+                .locked_g
+                .get()
+                .is_some_and(|g| g.wakeup_kept.replace(false));
         if affine {
             self.sh.affine_parked.fetch_add(1, Ordering::Relaxed);
+        }
+        if for_wakeup {
+            self.sh.wakeup_parked.fetch_add(1, Ordering::Relaxed);
         }
         let ok = self.stoplockedm_wait(own_mask);
         if affine {
             self.sh.affine_parked.fetch_sub(1, Ordering::Relaxed);
+        }
+        if for_wakeup {
+            self.sh.wakeup_parked.fetch_sub(1, Ordering::Relaxed);
         }
         ok
     }

@@ -314,7 +314,10 @@ impl G0<'_> {
                 // (Go's preemptPark/gopreempt_m). Locked to us, our P
                 // follows it: `stoplockedm` hands the P on, and `handoffp`
                 // sees the goroutine in the global queue (or our runnext).
-                if !self.requeue_preempted_for_wakeup(g, origin) {
+                let kept = self.requeue_preempted_for_wakeup(g, origin);
+                g.wakeup_kept
+                    .set(kept && self.sh.cfg.mode == PreemptMode::ThreadAffine);
+                if !kept {
                     self.queue_sliced(g, self.m.locked_g.get().is_none());
                 }
             }

@@ -125,6 +125,10 @@ pub(crate) struct Shared {
     /// Written by those Ms (`stoplockedm`); read by `find_runnable` (Relaxed:
     /// a scheduling hint).
     pub(crate) affine_parked: AtomicUsize,
+    /// Of those, the Ms whose goroutine was preempted for a wake-up
+    /// (`G::wakeup_kept`): wake-up preemption sends no more signals in
+    /// ThreadAffine mode while `wakeup_signal_allowed` says so.
+    pub(crate) wakeup_parked: AtomicUsize,
     /// Spawns from outside any P of this runtime (plain threads).
     pub(crate) counters_spawned_outside: AtomicU64,
     /// Exits on an M that had lost its P.
@@ -214,6 +218,7 @@ impl Shared {
             wakeup_deferrals: AtomicU32::new(0),
             in_blocking: AtomicUsize::new(0),
             affine_parked: AtomicUsize::new(0),
+            wakeup_parked: AtomicUsize::new(0),
             counters_spawned_outside: AtomicU64::new(0),
             counters_exited_outside: AtomicU64::new(0),
             finishing: AtomicUsize::new(0),

@@ -38,7 +38,11 @@
 //!    switch that puts sysmon on the hog's CPU. Before, a burst of 10,000
 //!    wake-ups (10,000 connections closing at once) preempted dozens of
 //!    such goroutines by signal and grew the runtime from 3 to 14-51
-//!    threads.
+//!    threads. And while `WAKEUP_PARKED_PER_P` threads per P are parked
+//!    with goroutines preempted for wake-ups, requests send no signal at
+//!    all (`Shared::wakeup_signal_allowed`): on a slower machine, where a
+//!    debug build's goroutines ran past the granularity between runtime
+//!    calls, the same burst still grew it to 20-71 threads.
 //! 3. **No penalty for the preempted.** A goroutine preempted on such a
 //!    request goes to its P's `runnext`, not to the tail of the global queue
 //!    (`G0::after`): it resumes as soon as the woken goroutine blocks or
@@ -141,6 +145,10 @@ const WAKEUP_RETRY_MAX: Duration = Duration::from_millis(2);
 /// The longest sysmon waits between looks while a woken goroutine waits
 /// but every P keeps switching goroutines (see `wakeup_preempt`).
 const WAKEUP_LOOK_MAX: Duration = Duration::from_millis(1);
+
+/// Threads per P that ThreadAffine wake-up preemption may keep parked at
+/// once (see `Shared::wakeup_signal_allowed`).
+const WAKEUP_PARKED_PER_P: usize = 2;
 
 /// `P::wakeup_tick` when no request is outstanding.
 pub(crate) const NO_WAKEUP: u64 = u64::MAX;
@@ -247,9 +255,10 @@ impl Shared {
             // A goroutine that did not answer its last cooperative request
             // gets the signal at once, as in Migrate mode.
             let coop_first = self.cfg.mode == PreemptMode::ThreadAffine
-                && !self
+                && (!self
                     .p_goroutine(p)
-                    .is_some_and(|g| g.wakeup_signal.load(Ordering::Relaxed));
+                    .is_some_and(|g| g.wakeup_signal.load(Ordering::Relaxed))
+                    || !self.wakeup_signal_allowed());
             if coop_first {
                 // Cooperatively first (step 2): sysmon sends the signal if
                 // the goroutine is still in this slice `WAKEUP_RETRY` later.
@@ -376,6 +385,14 @@ impl Shared {
         pp.wakeup_asked.store(now, Ordering::Relaxed);
         pp.wakeup_retries
             .store(n.saturating_add(1), Ordering::Relaxed);
+        if affine && !self.wakeup_signal_allowed() {
+            // Threads parked for wake-ups: the request stays cooperative.
+            return Some(
+                WAKEUP_RETRY
+                    .saturating_mul(1 << n.saturating_add(1).min(16))
+                    .min(WAKEUP_RETRY_MAX),
+            );
+        }
         if affine && n == 0 {
             // It did not answer the cooperative request: signal it at once
             // next time (step 2).
@@ -389,6 +406,19 @@ impl Shared {
                 .saturating_mul(1 << n.saturating_add(1).min(16))
                 .min(WAKEUP_RETRY_MAX),
         )
+    }
+
+    /// ThreadAffine mode: may a wake-up request be sent as a signal? A
+    /// goroutine preempted by signal for a wake-up parks its thread until it
+    /// resumes, after the woken ones' turn; in a burst (10,000 goroutines
+    /// woken at once, each running tens of microseconds in a debug build on
+    /// a slow VM) goroutines preempted one after the other queued behind
+    /// each other on their P, each with its thread: 25-71 OS threads in
+    /// tests/net_scale.rs. With `WAKEUP_PARKED_PER_P` per P parked so, the
+    /// requests stay cooperative (the goroutine yields at its next runtime
+    /// call, or when its quantum ends) until one of them resumes.
+    fn wakeup_signal_allowed(&self) -> bool {
+        self.wakeup_parked.load(Ordering::Relaxed) < WAKEUP_PARKED_PER_P * self.procs()
     }
 
     /// Will sysmon look at wake-up preemption again within `d` anyway (see
