@@ -43,6 +43,12 @@
 //!    every other M sleeps on its note. With every P busy nobody takes
 //!    the role (the Ps poll, sysmon fires timers): a spare M would only be
 //!    woken by each event to find no P. The M that idles a P takes it.
+//!    Woken by a due timer alone, the sleeper fires it *keeping* the role
+//!    (`G0::fire_as_sleeper`: with an idle P in hand, so that what the
+//!    timer wakes runs here), and sleeps on if nothing became runnable:
+//!    a timer that re-arms itself meanwhile (a ticker) finds the sleeper
+//!    awake and wakes nobody. While the sleeper exists sysmon leaves timers
+//!    to it (it backs it up 1 ms late while some P is busy).
 //! 2. Waking an M is `Shared::wake_m`: set its note, then, if it is the
 //!    sleeper, break the poller. The sleeper checks its note after taking
 //!    the role and before waiting (a Dekker pair on `timer_m` and the
