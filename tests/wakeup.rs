@@ -868,12 +868,16 @@ fn a_hog_that_ignored_a_request_is_signalled_at_once_next_time() {
         "median lateness: first wake-up beside a hog {first:?}, second {second:?}; second faster in {faster} of {}",
         pairs.len()
     );
-    // The grace is 20 µs; half of it must show, and in most pairs.
+    // The grace is 20 µs; a quarter of it must show, in 60 % of the pairs
+    // (with no difference, 50 % +- 2.9 %: 60 % is 3.5 standard
+    // deviations). On the Intel VM the medians differed by 20-30 µs and
+    // 2/3 of the pairs were faster; on the AMD VM, where a wake-up beside a
+    // hog takes 100-160 µs, by 9-46 µs and in 62-91 % of the pairs.
     assert!(
-        second + Duration::from_micros(10) < first,
+        second + Duration::from_micros(5) < first,
         "first {first:?}, second {second:?}"
     );
-    assert!(faster * 3 >= pairs.len() * 2, "{faster} of {}", pairs.len());
+    assert!(faster * 5 >= pairs.len() * 3, "{faster} of {}", pairs.len());
 }
 
 /// A goroutine started from outside the runtime (`block_on`, `spawn` from

@@ -174,9 +174,12 @@ impl G0<'_> {
             }
             return FiredAsSleeper::Run;
         }
-        // Back to sleep: the loop recomputes the timeout from the heap.
-        self.sh.midle.rt_lock().push(self.m.clone());
+        // Back to sleep: the loop recomputes the timeout from the heap. P
+        // released, then us on the idle list, then the P: a `startm` that
+        // takes the P finds an M to hand it to (no new thread), and one
+        // that pops us meanwhile hands us another P while we hold none.
         let p = self.releasep();
+        self.sh.midle.rt_lock().push(self.m.clone());
         self.sh.pidleput(p);
         FiredAsSleeper::Sleep
     }
