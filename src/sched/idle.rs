@@ -94,18 +94,12 @@ impl G0<'_> {
             // A timer is due or I/O woke goroutines. If a P is idle, leave
             // the idle list (unless someone already took us off it and is
             // about to hand us a P), take the P and run them ourselves.
-            let mut idle = self.sh.midle.rt_lock();
-            if let Some(pos) = idle.iter().position(|m| Arc::ptr_eq(m, self.m)) {
-                if let Some(p) = self.sh.pidleget() {
-                    idle.swap_remove(pos);
-                    drop(idle);
-                    self.acquirep(p);
-                    self.sh.fire_timers();
-                    self.wake_for_io(io_ready, 1);
-                    return true;
-                }
+            if let Some(p) = self.leave_idle_with_a_p() {
+                self.acquirep(p);
+                self.sh.fire_timers();
+                self.wake_for_io(io_ready, 1);
+                return true;
             }
-            drop(idle);
             // No P for us (every P is busy): fire the timers anyway. The
             // goroutines they (and the poll) wake wait on the global queue
             // for a P, and the deadline moves on, so we sleep instead of
@@ -123,6 +117,17 @@ impl G0<'_> {
             .timers
             .next()
             .is_some_and(|n| n <= self.sh.nanotime())
+    }
+
+    /// Takes an idle P and leaves the idle M list, both or neither (under
+    /// the list's lock): None if no P is idle, or if someone already took
+    /// us off the list and is about to hand us a P (`take_nextp`).
+    fn leave_idle_with_a_p(&self) -> Option<usize> {
+        let mut idle = self.sh.midle.rt_lock();
+        let pos = idle.iter().position(|m| Arc::ptr_eq(m, self.m))?;
+        let p = self.sh.pidleget()?;
+        idle.swap_remove(pos);
+        Some(p)
     }
 
     /// Ends our sleeper role (`stopm`).
@@ -148,16 +153,9 @@ impl G0<'_> {
     /// microseconds) and before firing, so that a goroutine the timers wake
     /// runs here, on this thread, as before.
     fn fire_as_sleeper(&self) -> FiredAsSleeper {
-        let mut idle = self.sh.midle.rt_lock();
-        // Not on the idle list: someone is handing us a P (`take_nextp`).
-        let Some(pos) = idle.iter().position(|m| Arc::ptr_eq(m, self.m)) else {
+        let Some(p) = self.leave_idle_with_a_p() else {
             return FiredAsSleeper::NoP;
         };
-        let Some(p) = self.sh.pidleget() else {
-            return FiredAsSleeper::NoP;
-        };
-        idle.swap_remove(pos);
-        drop(idle);
         self.acquirep_quiet(p);
         self.sh.sleeper_firing.store(true, Ordering::SeqCst);
         self.sh.fire_timers_wait();
@@ -201,13 +199,9 @@ impl G0<'_> {
         // Our locked G waits in a run queue after an asynchronous
         // preemption (ThreadAffine): count us until it resumes (see
         // `find_runnable`).
-        let affine = self.m.locked_g.get().is_some_and(|g| g.affine.get());
-        let for_wakeup = affine
-            && self
-                .m
-                .locked_g
-                .get()
-                .is_some_and(|g| g.wakeup_kept.replace(false));
+        let locked = self.m.locked_g.get();
+        let affine = locked.is_some_and(|g| g.affine.get());
+        let for_wakeup = affine && locked.is_some_and(|g| g.wakeup_kept.replace(false));
         if affine {
             self.sh.affine_parked.fetch_add(1, Ordering::Relaxed);
         }
