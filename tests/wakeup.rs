@@ -1103,3 +1103,64 @@ fn hogs_on_every_p_are_time_sliced_by_their_own_timers() {
     }
     assert!(failure.is_empty(), "{failure}");
 }
+
+/// Three long requests on one P, each started by a wake-up, beside a
+/// 500 µs ticker (ThreadAffine, time slicing off): the first two are
+/// preempted for the ticker's wake-ups and kept, each with its thread
+/// parked, which is the cap on threads parked for wake-ups at one P
+/// (`WAKEUP_PARKED_PER_P`). The cap then left the third request holding the
+/// P until it finished, and the ticker waited all that time (tens of
+/// milliseconds here; the bimodal benchmark's short requests waited ~5 ms
+/// behind a third long one even at 20 % load). A goroutine that has run
+/// 1 ms is now preempted whatever the cap: the ticker is never more than a
+/// few milliseconds late.
+#[test]
+fn a_third_long_request_is_preempted_beside_two_kept_ones() {
+    let _s = serial();
+    let _w = watchdog();
+    let rt = one_p_no_time_slicing();
+    let late = rt.block_on(|| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let stop = stop.clone();
+            gosched::spawn(move || {
+                let mut late = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    gosched::sleep(Duration::from_micros(500));
+                    late.push(t.elapsed().saturating_sub(Duration::from_micros(500)));
+                }
+                late
+            })
+        };
+        let long: Vec<_> = (0..3u64)
+            .map(|i| {
+                gosched::spawn(move || {
+                    gosched::sleep(Duration::from_millis(2 * i + 1));
+                    spin_cpu(Duration::from_millis(40));
+                })
+            })
+            .collect();
+        for h in long {
+            h.join().unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        ticker.join().unwrap()
+    });
+    let worst = late.iter().max().copied().unwrap_or_default();
+    let stats = rt.stats();
+    eprintln!(
+        "{} ticks, worst {worst:?}, p99 {:?}; {stats:?}",
+        late.len(),
+        p99(&{
+            let mut v = late.clone();
+            v.sort();
+            v
+        })
+    );
+    assert!(late.len() >= 50, "{} ticks", late.len());
+    assert!(
+        worst < Duration::from_millis(10),
+        "a tick was {worst:?} late beside three long requests: {stats:?}"
+    );
+}

@@ -42,7 +42,10 @@
 //!    with goroutines preempted for wake-ups, requests send no signal at
 //!    all (`Shared::wakeup_signal_allowed`): on a slower machine, where a
 //!    debug build's goroutines ran past the granularity between runtime
-//!    calls, the same burst still grew it to 20-71 threads.
+//!    calls, the same burst still grew it to 20-71 threads. Except to a
+//!    goroutine that has run `WAKEUP_SIGNAL_ANYWAY` (1 ms) in its slice: a
+//!    long request or a CPU hog is worth a parked thread, and one woken
+//!    beside two kept ones otherwise held its P to the end.
 //! 3. **No penalty for the preempted.** A goroutine preempted on such a
 //!    request goes to its P's `runnext`, not to the tail of the global queue
 //!    (`G0::after`): it resumes as soon as the woken goroutine blocks or
@@ -150,6 +153,11 @@ const WAKEUP_LOOK_MAX: Duration = Duration::from_millis(1);
 /// once (see `Shared::wakeup_signal_allowed`).
 const WAKEUP_PARKED_PER_P: usize = 2;
 
+/// A goroutine that has run this long in its slice is preempted by signal
+/// for a wake-up even while `WAKEUP_PARKED_PER_P` threads per P are parked
+/// for wake-ups (see `Shared::wakeup_signal_allowed`).
+const WAKEUP_SIGNAL_ANYWAY: Duration = Duration::from_millis(1);
+
 /// `P::wakeup_tick` when no request is outstanding.
 pub(crate) const NO_WAKEUP: u64 = u64::MAX;
 
@@ -233,14 +241,14 @@ impl Shared {
             return Some(wait);
         }
         self.wakeup_deferrals.store(0, Ordering::Relaxed);
-        self.ask(p, tick, now, from_sysmon)
+        self.ask(p, tick, ran, now, from_sysmon)
     }
 
     /// Asks P `p`, in slice `tick`, to yield for a woken (or kept)
     /// goroutine: at most once per slice (the `wakeup_tick` CAS);
     /// cooperatively first in ThreadAffine mode, with the signal at once
     /// otherwise. Returns when sysmon should look again.
-    fn ask(&self, p: usize, tick: u64, now: u64, from_sysmon: bool) -> Option<Duration> {
+    fn ask(&self, p: usize, tick: u64, ran: u64, now: u64, from_sysmon: bool) -> Option<Duration> {
         let pp = &self.ps[p];
         let prev = pp.wakeup_tick.load(Ordering::Relaxed);
         if pp
@@ -258,7 +266,7 @@ impl Shared {
                 && (!self
                     .p_goroutine(p)
                     .is_some_and(|g| g.wakeup_signal.load(Ordering::Relaxed))
-                    || !self.wakeup_signal_allowed());
+                    || !self.wakeup_signal_allowed(ran));
             if coop_first {
                 // Cooperatively first (step 2): sysmon sends the signal if
                 // the goroutine is still in this slice `WAKEUP_RETRY` later.
@@ -324,7 +332,7 @@ impl Shared {
                 soonest(Some(Duration::from_nanos(gran - ran)));
                 continue;
             }
-            soonest(Some(self.ask(i, tick, now, true).unwrap_or(WAKEUP_RETRY)));
+            soonest(Some(self.ask(i, tick, ran, now, true).unwrap_or(WAKEUP_RETRY)));
         }
         next
     }
@@ -385,12 +393,21 @@ impl Shared {
         pp.wakeup_asked.store(now, Ordering::Relaxed);
         pp.wakeup_retries
             .store(n.saturating_add(1), Ordering::Relaxed);
-        if affine && !self.wakeup_signal_allowed() {
-            // Threads parked for wake-ups: the request stays cooperative.
+        let start = pp.slice_start.load(Ordering::Relaxed);
+        let ran = if start == UNSTAMPED {
+            0
+        } else {
+            (now.saturating_sub(start) as f64 * ns_per_unit) as u64
+        };
+        if affine && !self.wakeup_signal_allowed(ran) {
+            // Threads parked for wake-ups: the request stays cooperative
+            // until the goroutine has run `WAKEUP_SIGNAL_ANYWAY`.
+            let anyway = (WAKEUP_SIGNAL_ANYWAY.as_nanos() as u64).saturating_sub(ran);
             return Some(
                 WAKEUP_RETRY
                     .saturating_mul(1 << n.saturating_add(1).min(16))
-                    .min(WAKEUP_RETRY_MAX),
+                    .min(WAKEUP_RETRY_MAX)
+                    .min(Duration::from_nanos(anyway.max(1))),
             );
         }
         if affine && n == 0 {
@@ -417,8 +434,18 @@ impl Shared {
     /// tests/net_scale.rs. With `WAKEUP_PARKED_PER_P` per P parked so, the
     /// requests stay cooperative (the goroutine yields at its next runtime
     /// call, or when its quantum ends) until one of them resumes.
-    fn wakeup_signal_allowed(&self) -> bool {
-        self.wakeup_parked.load(Ordering::Relaxed) < WAKEUP_PARKED_PER_P * self.procs()
+    ///
+    /// A goroutine that has run `WAKEUP_SIGNAL_ANYWAY` in its slice gets
+    /// the signal whatever the count (`ran`: ns in its slice): the cap is
+    /// for bursts of goroutines that each run a little past the
+    /// granularity, and it left a long request or a CPU hog that was
+    /// itself woken holding the P until its quantum ended or it finished:
+    /// beside two long requests kept for wake-ups, the bimodal benchmark's
+    /// short requests waited for a third one, ~5 ms, even at 20 % load
+    /// (AMD VM: short p99 2-8 ms).
+    fn wakeup_signal_allowed(&self, ran: u64) -> bool {
+        ran >= WAKEUP_SIGNAL_ANYWAY.as_nanos() as u64
+            || self.wakeup_parked.load(Ordering::Relaxed) < WAKEUP_PARKED_PER_P * self.procs()
     }
 
     /// Will sysmon look at wake-up preemption again within `d` anyway (see
