@@ -289,7 +289,7 @@ fn run(sh: &Shared) {
                     .store(now.saturating_add(nanos(retry)), Ordering::SeqCst);
             }
         } else {
-            sh.wakeup_deferrals.store(0, Ordering::Relaxed);
+            sh.wakeup_deferrals_reset();
             if sh.cfg.wakeup_preempt && !sh.woken.is_empty() {
                 // A woken goroutine waits, but no request can be made now:
                 // a P was idle or an M spinning a moment ago (one handing

@@ -103,6 +103,7 @@ impl G0<'_> {
             // Goroutines woken from outside any P first (see `Shared::woken`).
             if !self.sh.woken.is_empty() {
                 if let Some(g) = steal_one(|| self.sh.woken.steal()) {
+                    self.sh.woken_taken.fetch_add(1, Ordering::Relaxed);
                     return Some((g, false));
                 }
             }

@@ -86,7 +86,8 @@ pub(crate) struct M {
     /// sysmon after the handler cleared the first) is refused (safe-point
     /// rule 2). Accepted, it nested a second trampoline call: the goroutine,
     /// resumed, finished the first one and was preempted again at once,
-    /// outside any request. Only this thread reads or writes it.
+    /// outside any request. Only this thread writes it; sysmon reads it
+    /// (`Shared::p_preempting`: a hint, not to repeat the request).
     #[cfg(feature = "preempt-signal")]
     pub(crate) preempting: AtomicBool,
     /// The kernel id of this M's slice timer (`preempt::slice_timer`),

@@ -92,8 +92,9 @@ pub(crate) struct P {
     pub(crate) wakeup_cpu: AtomicU64,
     /// The `schedtick` of the slice whose goroutine was preempted for a
     /// wake-up and kept in `runnext` (`wakeup::NO_WAKEUP`: none), and when
-    /// (`Shared::slice_clock`), so that it resumes once the woken
-    /// goroutines have had their turn (see `sched::wakeup`, step 3). The
+    /// the woken goroutines' turn began (`Shared::slice_clock`; `TURN_UNSTARTED`
+    /// until the first of them starts: `P::start_turn`), so that it resumes
+    /// once they have had their turn (see `sched::wakeup`, step 3). The
     /// owner writes both (`P::keep_for_wakeup`, `P::clear_kept`); sysmon
     /// reads `kept_tick` (`Shared::kept_turn_preempt`).
     pub(crate) kept_tick: AtomicU64,
@@ -106,6 +107,9 @@ pub(crate) struct P {
     pub(crate) counters: PCounters,
     pub(crate) local: UnsafeCell<PLocal>,
 }
+
+/// `P::kept_at` before the woken goroutines' turn begins.
+pub(crate) const TURN_UNSTARTED: u64 = 0;
 
 /// The part of a P only its owner touches (on g0).
 pub(crate) struct PLocal {
@@ -120,15 +124,31 @@ pub(crate) struct PLocal {
 /// The goroutine kept for a wake-up (owner only, but for sysmon's reads).
 impl P {
     /// `runnext` now holds the goroutine preempted for a wake-up in slice
-    /// `tick`, at `now`.
-    pub(crate) fn keep_for_wakeup(&self, tick: u64, now: u64) {
-        self.kept_at.store(now, Ordering::Relaxed);
+    /// `tick`; the woken goroutines' turn begins when the first of them
+    /// starts (`start_turn`).
+    pub(crate) fn keep_for_wakeup(&self, tick: u64) {
+        self.kept_at.store(TURN_UNSTARTED, Ordering::Relaxed);
         self.kept_tick.store(tick, Ordering::Relaxed);
+    }
+
+    /// A fresh slice starts at `now` (slice clock): if a goroutine is kept
+    /// for a wake-up and the woken goroutines' turn has not begun, it
+    /// begins now. Dating the turn from the preemption instead counted the
+    /// thread hand-off into it: on a VM where that took 40 µs, the kept
+    /// goroutine resumed after one woken goroutine of several, and the
+    /// others waited for its next preemption (bimodal benchmark).
+    #[inline]
+    pub(crate) fn start_turn(&self, now: u64) {
+        if self.kept_tick.load(Ordering::Relaxed) != super::wakeup::NO_WAKEUP
+            && self.kept_at.load(Ordering::Relaxed) == TURN_UNSTARTED
+        {
+            self.kept_at.store(now.max(1), Ordering::Relaxed);
+        }
     }
 
     /// Is a goroutine kept in `runnext` that may resume (a slice has
     /// started since it was preempted: a woken goroutine has had a turn)?
-    /// Returns when it was kept.
+    /// Returns when that turn began (`TURN_UNSTARTED`: not yet).
     #[inline]
     pub(crate) fn kept_since(&self, schedtick: u64) -> Option<u64> {
         let tick = self.kept_tick.load(Ordering::Relaxed);

@@ -219,8 +219,9 @@ impl G0<'_> {
         let p = self.p();
         if !inherit || self.m.new_p.get() {
             self.m.new_p.set(false);
-            p.slice_start
-                .store(self.sh.slice_clock(), Ordering::Relaxed);
+            let now = self.sh.slice_clock();
+            p.slice_start.store(now, Ordering::Relaxed);
+            p.start_turn(now);
             let tick = p.schedtick.load(Ordering::Relaxed) + 1;
             p.schedtick.store(tick, Ordering::Release);
             if g.hog.get() && self.sh.cfg.slice_timer {
@@ -405,7 +406,7 @@ impl G0<'_> {
         } else {
             self.runq().put_next(g);
         }
-        pp.keep_for_wakeup(tick, now);
+        pp.keep_for_wakeup(tick);
         // sysmon applies the turn rule to whatever runs next.
         self.sh.look_at_kept_soon();
         true

@@ -116,8 +116,15 @@ pub(crate) struct Shared {
     /// The nice value sysmon got (`Stats::sysmon_nice`).
     pub(crate) sysmon_nice: AtomicI32,
     /// sysmon's looks in a row that found every P's slice younger than the
-    /// wake-up granularity (its backoff; see `Shared::wakeup_preempt`).
+    /// wake-up granularity while the Ps took woken goroutines (its backoff;
+    /// see `Shared::wakeup_preempt`).
     pub(crate) wakeup_deferrals: AtomicU32,
+    /// `woken_taken` at sysmon's last such look (`wakeup::NO_SAMPLE`: none
+    /// since the last request). sysmon only.
+    pub(crate) wakeup_deferral_seen: AtomicU64,
+    /// Goroutines taken from `woken` so far (`find_runnable`): sysmon's
+    /// measure of whether the Ps serve the woken goroutines on their own.
+    pub(crate) woken_taken: AtomicU64,
     /// Goroutines blocked in `blocking()` right now.
     pub(crate) in_blocking: AtomicUsize,
     /// Ms parked with a goroutine that was preempted asynchronously in
@@ -216,6 +223,8 @@ impl Shared {
             sysmon_wakeup_look: AtomicU64::new(u64::MAX),
             sysmon_nice: AtomicI32::new(0),
             wakeup_deferrals: AtomicU32::new(0),
+            wakeup_deferral_seen: AtomicU64::new(wakeup::NO_SAMPLE),
+            woken_taken: AtomicU64::new(0),
             in_blocking: AtomicUsize::new(0),
             affine_parked: AtomicUsize::new(0),
             wakeup_parked: AtomicUsize::new(0),

@@ -53,7 +53,11 @@
 //!    In ThreadAffine mode it stays locked to its thread, and its P is handed
 //!    to another thread for the woken goroutine, as for any preemption.
 //!    It resumes once the woken goroutines have had their turn: when none
-//!    is left, or after `WAKEUP_GRANULARITY` of theirs
+//!    is left, or after `WAKEUP_GRANULARITY` of theirs, counted from when
+//!    the first of them starts (`P::start_turn`; counted from the
+//!    preemption, the thread hand-off in between, 40 µs on a VM, used up
+//!    most of the turn, and the kept goroutine resumed after one woken
+//!    goroutine of several)
 //!    (`P::keep_for_wakeup`, `Shared::kept_turn_over`; a woken
 //!    goroutine that makes no call is asked to yield then, by sysmon, as
 //!    for a wake-up: `Shared::kept_turn_preempt`). Not before
@@ -221,13 +225,24 @@ impl Shared {
             // Too early to interrupt anyone: ask again when the goroutine
             // that has run longest reaches the granularity. Every P began
             // its slice less than the granularity ago, so the Ps are
-            // switching goroutines and will take the woken one at their
-            // next switch; while that goes on (a busy server, whose woken
-            // queue is never empty) sysmon looks less and less often, up to
+            // switching goroutines; if they took woken goroutines since
+            // sysmon's last such look (a busy server, whose woken queue is
+            // never empty), they will take this one at their next switch,
+            // and sysmon looks less and less often, up to
             // `WAKEUP_LOOK_MAX`, instead of every 100 µs: each look takes a
-            // CPU from a worker.
+            // CPU from a worker. If they took none, the goroutine that runs
+            // now is the one to ask, when it reaches the granularity: a
+            // backoff there (applied to every look before) left a woken
+            // goroutine waiting 200-400 µs beside a long request resumed a
+            // moment before (bimodal benchmark, AMD VM).
             let wait = Duration::from_nanos(gran - ran);
             if from_sysmon {
+                let taken = self.woken_taken.load(Ordering::Relaxed);
+                let seen = self.wakeup_deferral_seen.swap(taken, Ordering::Relaxed);
+                if seen == taken || seen == NO_SAMPLE {
+                    self.wakeup_deferrals.store(0, Ordering::Relaxed);
+                    return Some(wait);
+                }
                 let n = self.wakeup_deferrals.fetch_add(1, Ordering::Relaxed);
                 let backoff = WAKEUP_GRANULARITY
                     .saturating_mul(1 << n.min(16))
@@ -240,8 +255,16 @@ impl Shared {
             }
             return Some(wait);
         }
-        self.wakeup_deferrals.store(0, Ordering::Relaxed);
+        self.wakeup_deferrals_reset();
         self.ask(p, tick, ran, now, from_sysmon)
+    }
+
+    /// Starts sysmon's deferral backoff over (see `wakeup_preempt`): a
+    /// request was made, or no woken goroutine waits.
+    pub(crate) fn wakeup_deferrals_reset(&self) {
+        self.wakeup_deferrals.store(0, Ordering::Relaxed);
+        self.wakeup_deferral_seen
+            .store(NO_SAMPLE, Ordering::Relaxed);
     }
 
     /// Asks P `p`, in slice `tick`, to yield for a woken (or kept)
@@ -332,7 +355,9 @@ impl Shared {
                 soonest(Some(Duration::from_nanos(gran - ran)));
                 continue;
             }
-            soonest(Some(self.ask(i, tick, ran, now, true).unwrap_or(WAKEUP_RETRY)));
+            soonest(Some(
+                self.ask(i, tick, ran, now, true).unwrap_or(WAKEUP_RETRY),
+            ));
         }
         next
     }
@@ -357,10 +382,14 @@ impl Shared {
     /// runtime call, and a signal would pin it for nothing.
     fn wakeup_retry(&self, p: usize, now: u64, ns_per_unit: f64) -> Option<Duration> {
         let pp = &self.ps[p];
-        if pstate(pp.status.load(Ordering::Acquire)) != P_USER {
-            // Switching: it takes the woken goroutine next (or, handed to
-            // a thread whose goroutine is locked to it, runs that one
-            // first): look again soon.
+        if pstate(pp.status.load(Ordering::Acquire)) != P_USER || self.p_preempting(p) {
+            // Switching (or on its way: the handler took the signal): it
+            // takes the woken goroutine next (or, handed to a thread whose
+            // goroutine is locked to it, runs that one first): look again
+            // soon. A repeat sent while the goroutine was on its way to g0
+            // was refused (rule 2) and cost its thread one more signal: on
+            // a VM where sysmon shares the goroutine's CPU, the first
+            // signal's round trip outlasted `WAKEUP_RETRY`.
             return Some(WAKEUP_RETRY);
         }
         let affine = self.cfg.mode == PreemptMode::ThreadAffine;
@@ -474,6 +503,20 @@ impl Shared {
         unsafe { g.as_ref() }
     }
 
+    /// Has the SIGURG handler of the thread that runs P `p` sent its
+    /// goroutine to the scheduler, which has not switched it out yet?
+    #[cfg(feature = "preempt-signal")]
+    fn p_preempting(&self, p: usize) -> bool {
+        let mp = self.ps[p].m.load(Ordering::Acquire);
+        // SAFETY: Ms live as long as Shared.
+        !mp.is_null() && unsafe { (*mp).preempting.load(Ordering::Relaxed) }
+    }
+
+    #[cfg(not(feature = "preempt-signal"))]
+    fn p_preempting(&self, _p: usize) -> bool {
+        false
+    }
+
     /// CPU time used by the thread that runs P `p` now, in ns.
     fn p_thread_cpu(&self, p: usize) -> Option<u64> {
         let mp = self.ps[p].m.load(Ordering::Acquire);
@@ -544,10 +587,13 @@ impl Shared {
         })
     }
 
-    /// Have the goroutines woken since a goroutine was kept for a wake-up at
-    /// `kept_at` (slice clock) had their turn (step 3)?
-    pub(crate) fn kept_turn_over(&self, kept_at: u64) -> bool {
-        let ran = self.slice_clock().saturating_sub(kept_at) as f64 * self.ns_per_clock_unit();
+    /// Have the woken goroutines whose turn began at `turn` (slice clock;
+    /// `TURN_UNSTARTED`: none has started yet) had their turn (step 3)?
+    pub(crate) fn kept_turn_over(&self, turn: u64) -> bool {
+        if turn == p::TURN_UNSTARTED {
+            return false;
+        }
+        let ran = self.slice_clock().saturating_sub(turn) as f64 * self.ns_per_clock_unit();
         ran >= WAKEUP_GRANULARITY.as_nanos() as f64
     }
 
