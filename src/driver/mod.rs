@@ -75,16 +75,25 @@
 //!      goroutine that makes no calls (Go's bound is 10 ms). While any
 //!      descriptor is registered sysmon never sleeps longer than that
 //!      bound with Ps busy: a goroutine parking on I/O does not wake it.
-//! 5. And when no M has polled for [`SYSMON_WATCH_AFTER`] while every P is
-//!    busy and goroutines wait for I/O (each P runs a goroutine that makes
-//!    no calls: a long request, a CPU hog), sysmon does not sleep on its
-//!    note but *watches* the poller (contract item 6) until its next tick:
+//! 5. And when a P is *stuck* (its goroutine has run the wake-up
+//!    granularity, 100 µs, in its slice: a long request, a CPU hog), or no
+//!    M has polled for [`SYSMON_WATCH_AFTER`], while every P is busy and
+//!    goroutines wait for I/O, sysmon does not sleep on its note but
+//!    *watches* the poller (contract item 6) until its next tick:
 //!    an event wakes it at once, and it polls, so the woken goroutine is
 //!    runnable (and a wake-up preemption asked for) within microseconds of
 //!    the packet instead of within the poll bound (a goroutine reading a
 //!    socket beside a CPU hog on 1 P was woken 0.5 ms late at p50, 1 ms
 //!    at p99). Not while Ps poll on their own: in a busy server every
-//!    packet would wake sysmon, a thread switch each. Nor right after a
+//!    packet would wake sysmon, a thread switch each. Nor merely because
+//!    sysmon's own poll was the last one: in a server serving short
+//!    requests one after the other, the Ps took the goroutines that poll
+//!    woke and never polled themselves, so sysmon watched, and ran, for
+//!    nearly every request (12,000 times a second beside the bimodal
+//!    benchmark's 12,000 requests at 50 % load, on the server's only CPU);
+//!    while no P is stuck it sleeps until the longest-running slice could
+//!    be, backing off while the Ps keep switching (`Shared::until_stuck`).
+//!    Nor right after a
 //!    watch whose poll woke nobody: its events were for goroutines that
 //!    are working, not parked (a server at saturation, requests queued on
 //!    every connection), and sysmon pauses `SYSMON_WATCH_AFTER`, doubling
@@ -613,9 +622,6 @@ pub(crate) struct Driver {
     /// When the poller was last looked at, in ns since the runtime's
     /// epoch (for sysmon).
     last_poll: AtomicU64,
-    /// `last_poll` as sysmon's own last poll left it: while the two are
-    /// equal no M has polled since (sysmon only).
-    sysmon_last_poll: AtomicU64,
     /// sysmon is in (or about to enter) `OsPoller::watch`: a waker of
     /// sysmon must `unwatch` rather than wake its note's futex (SeqCst, a
     /// Dekker pair with the note; see `Shared::wake_sysmon`).
@@ -624,6 +630,12 @@ pub(crate) struct Driver {
     /// wait for I/O, in ns (0: from `SYSMON_WATCH_AFTER`); see
     /// `Shared::sysmon_wait` (sysmon only).
     sysmon_backoff: AtomicU64,
+    /// The slice (P and `schedtick`, `netpoll::slice_key`) sysmon last slept
+    /// for until it could be stuck, and the next such sleep while the Ps
+    /// keep switching, in ns (0: from the granularity); see
+    /// `Shared::until_stuck` (sysmon only).
+    sysmon_young: AtomicU64,
+    sysmon_young_backoff: AtomicU64,
     /// After a watch whose poll woke nobody (its events were for
     /// descriptors no goroutine waits on: a busy server's connections
     /// whose handlers are still working), sysmon does not watch again
@@ -659,7 +671,8 @@ impl Driver {
             waiters: AtomicUsize::new(0),
             blocked: AtomicBool::new(false),
             last_poll: AtomicU64::new(0),
-            sysmon_last_poll: AtomicU64::new(u64::MAX),
+            sysmon_young: AtomicU64::new(u64::MAX),
+            sysmon_young_backoff: AtomicU64::new(0),
             sysmon_watching: AtomicBool::new(false),
             sysmon_backoff: AtomicU64::new(0),
             sysmon_quiet_until: AtomicU64::new(0),

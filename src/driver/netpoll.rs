@@ -106,17 +106,10 @@ impl Shared {
         let bound = poll_bound(self.cfg.quantum);
         // Nobody waits, or an M blocks in the poller and gets every event
         // itself: nothing to poll now.
-        if self.driver.should_poll() && self.netpoll_if_older(bound) > 0 {
-            self.note_sysmon_poll();
+        if self.driver.should_poll() {
+            self.netpoll_if_older(bound);
         }
         Some(bound)
-    }
-
-    /// Remembers that sysmon's poll wrote `last_poll` (see `sysmon_wait`).
-    fn note_sysmon_poll(&self) {
-        let d = &self.driver;
-        d.sysmon_last_poll
-            .store(d.last_poll.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     /// Wakes sysmon: its note, and its watch of the poller if it is in one
@@ -139,7 +132,8 @@ impl Shared {
     /// sysmon's sleep while every P is busy: `timeout`, or less if it is
     /// woken (returns true) or, while it watches the poller, if I/O gets
     /// ready (it polls, and returns true). It watches when goroutines wait
-    /// for I/O, no M blocks in the poller and no M has polled for
+    /// for I/O, no M blocks in the poller, and a P is stuck (its goroutine
+    /// has run the wake-up granularity) or no M has polled for
     /// `SYSMON_WATCH_AFTER` (step 5 of "Who waits in the poller").
     ///
     /// Otherwise it sleeps on its note, at most `poll_cap` (sysmon_netpoll's
@@ -166,8 +160,15 @@ impl Shared {
             .sysmon_quiet_until
             .load(Ordering::Relaxed)
             .saturating_sub(now);
-        let stale = quiet == 0
-            && (last == d.sysmon_last_poll.load(Ordering::Relaxed) || age >= watch_after);
+        // A P whose goroutine has run for the wake-up granularity is stuck
+        // in it: I/O readiness would wait for its next scheduling point,
+        // and a wake-up preemption can make room now. Ps that only run
+        // younger slices take I/O at their own polls (before they idle,
+        // and every `GLOBAL_CHECK` slices).
+        let gran = crate::sched::WAKEUP_GRANULARITY.as_nanos() as u64;
+        let longest = self.longest_slice();
+        let stuck = longest.is_some_and(|(_, ran, _)| ran >= gran);
+        let stale = quiet == 0 && (stuck || age >= watch_after);
         if !stale || !d.should_poll() || d.os.break_pending() {
             let mut t = poll_cap.map_or(timeout, |c| c.min(timeout));
             if quiet > 0 {
@@ -179,6 +180,9 @@ impl Shared {
                 let backoff = next_backoff(&d.sysmon_backoff, watch_after, cap);
                 let until_stale = Duration::from_nanos((watch_after - age).max(backoff));
                 t = t.min(until_stale);
+                if let Some(young) = self.until_stuck(longest, gran) {
+                    t = t.min(young);
+                }
             }
             let r = self.sysmon_note.wait(Some(t));
             if r {
@@ -203,9 +207,36 @@ impl Shared {
             } else {
                 self.sysmon_quiet_reset();
             }
-            self.note_sysmon_poll();
         }
         self.sysmon_note.take() || ready
+    }
+
+    /// How long sysmon may sleep before the longest-running slice
+    /// (`longest`, from `longest_slice`) could be stuck (have run `gran`),
+    /// backing off while the Ps keep switching: if the slice it slept for
+    /// last time has ended meanwhile, the sleep doubles from `gran` up to
+    /// `SYSMON_BACKOFF_CAP` (a server serving short requests one after the
+    /// other starts a slice every few microseconds). None: no P runs a
+    /// goroutine.
+    fn until_stuck(&self, longest: Option<(usize, u64, u64)>, gran: u64) -> Option<Duration> {
+        let d = &self.driver;
+        let Some((p, ran, tick)) = longest else {
+            d.sysmon_young.store(NO_SLICE, Ordering::Relaxed);
+            d.sysmon_young_backoff.store(0, Ordering::Relaxed);
+            return None;
+        };
+        let key = slice_key(p, tick);
+        let prev = d.sysmon_young.swap(key, Ordering::Relaxed);
+        let backoff = if prev != key && prev != NO_SLICE {
+            next_backoff(
+                &d.sysmon_young_backoff,
+                gran,
+                SYSMON_BACKOFF_CAP.as_nanos() as u64,
+            )
+        } else {
+            0
+        };
+        Some(Duration::from_nanos(gran.saturating_sub(ran).max(backoff)))
     }
 
     /// sysmon's watch woke nobody: its events were edges on descriptors
@@ -269,6 +300,14 @@ impl Shared {
             let _ = self.wakeup_preempt(false);
         }
     }
+}
+
+/// `Driver::sysmon_young` when sysmon slept for no slice.
+const NO_SLICE: u64 = u64::MAX;
+
+/// One slice of one P, as `Driver::sysmon_young` remembers it.
+fn slice_key(p: usize, tick: u64) -> u64 {
+    ((p as u64) << 48) ^ tick
 }
 
 /// A doubling backoff kept in `slot` (ns; 0 = start over): returns this

@@ -528,6 +528,29 @@ impl Shared {
         crate::os::cputime::thread_cpu_ns(tid)
     }
 
+    /// The P whose goroutine has run longest in its current slice, if any
+    /// P runs one: (P, ns run, `schedtick`). A racy snapshot, for sysmon.
+    pub(crate) fn longest_slice(&self) -> Option<(usize, u64, u64)> {
+        let now = self.slice_clock();
+        let ns_per_unit = self.ns_per_clock_unit();
+        let mut best: Option<(usize, u64, u64)> = None;
+        for (i, p) in self.ps[..self.procs()].iter().enumerate() {
+            if pstate(p.status.load(Ordering::Acquire)) != P_USER {
+                continue;
+            }
+            let tick = p.schedtick.load(Ordering::Acquire);
+            let start = p.slice_start.load(Ordering::Relaxed);
+            if start == UNSTAMPED {
+                continue;
+            }
+            let ran = (now.saturating_sub(start) as f64 * ns_per_unit) as u64;
+            if best.is_none_or(|b| ran > b.1) {
+                best = Some((i, ran, tick));
+            }
+        }
+        best
+    }
+
     /// Does a woken goroutine wait for a P while every P is busy (sysmon
     /// then calls `wakeup_preempt` for requests the granularity put off)?
     pub(crate) fn wakeup_waiting(&self) -> bool {
