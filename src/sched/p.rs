@@ -3,7 +3,7 @@
 //! module docs of `crate::sched`).
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use super::runq::RunQueue;
 use super::*;
@@ -86,6 +86,12 @@ pub(crate) struct P {
     /// request (the `wakeup_tick` CAS or sysmon), read by sysmon.
     pub(crate) wakeup_asked: AtomicU64,
     pub(crate) wakeup_retries: AtomicU32,
+    /// The request in `wakeup_tick`'s slice went out as a signal that the
+    /// handler has not refused: sysmon does not repeat it (see
+    /// `Shared::wakeup_retry`). Set by whoever sent it; cleared by a
+    /// cooperative request and by the handler when it refuses a signal
+    /// (which then wakes sysmon: `Shared::wakeup_signal_refused`).
+    pub(crate) wakeup_signalled: AtomicBool,
     /// ThreadAffine: the CPU time (ns) the P's thread had used when sysmon
     /// last looked at an outstanding request (`wakeup::NO_SAMPLE`: not yet
     /// since the request). sysmon only.

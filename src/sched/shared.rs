@@ -172,6 +172,7 @@ impl Shared {
                 wakeup_asked: AtomicU64::new(0),
                 wakeup_retries: AtomicU32::new(0),
                 wakeup_cpu: AtomicU64::new(wakeup::NO_SAMPLE),
+                wakeup_signalled: AtomicBool::new(false),
                 slice_start: AtomicU64::new(0),
                 timed_tick: AtomicU64::new(NO_TIMER),
                 syscalltick: AtomicU64::new(0),

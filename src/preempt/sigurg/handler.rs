@@ -58,7 +58,9 @@
 //!    preemption request sysmon would have made for the slice it timed.
 //! 3. Check rules 1-6; if all hold, clear the request and `push_call` the
 //!    trampoline into the ucontext; else count the refusal (in the M's
-//!    `refused`, which sysmon reads, unless nothing was requested).
+//!    `refused`, which sysmon reads, unless nothing was requested) and,
+//!    with wake-up preemption on, wake sysmon, which waits for that rather
+//!    than look again at a wake-up request it signalled.
 //! 4. Acknowledge: clear the M's signal-pending flag, so sysmon may signal
 //!    again.
 //! 5. Forward the signal to the application's SIGURG action (the one
@@ -67,7 +69,9 @@
 //!    a thread-local flag marks the call for step 1.
 //!
 //! It calls nothing that is not async-signal-safe: atomics, thread-local
-//! accesses, and the application's handler.
+//! accesses, the system calls that wake sysmon (a futex wake or an
+//! eventfd write, errno preserved), a slice timer's `timer_settime`, and
+//! the application's handler.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -258,6 +262,21 @@ pub(super) extern "C" fn on_sigurg(
             // says nothing about it.
             if why != Refusal::NotRequested {
                 m.refused.fetch_add(1, Ordering::Relaxed);
+                // sysmon repeats a refused wake-up request with a backoff,
+                // and waits for this wake instead of looking meanwhile
+                // (`Shared::wakeup_retry`). Atomics and one system call,
+                // whose errno (a full eventfd: EAGAIN) must not reach the
+                // interrupted code.
+                let sh = m.shared_ref();
+                if sh.cfg.wakeup_preempt {
+                    // SAFETY: __errno_location returns this thread's errno
+                    // slot; we restore what we read.
+                    unsafe {
+                        let errno = *libc::__errno_location();
+                        sh.wakeup_signal_refused(m);
+                        *libc::__errno_location() = errno;
+                    }
+                }
             }
             m.shared_ref().counters.refused[why as usize].fetch_add(1, Ordering::Relaxed);
         }
