@@ -58,9 +58,10 @@
 //!    preemption request sysmon would have made for the slice it timed.
 //! 3. Check rules 1-6; if all hold, clear the request and `push_call` the
 //!    trampoline into the ucontext; else count the refusal (in the M's
-//!    `refused`, which sysmon reads, unless nothing was requested) and,
-//!    with wake-up preemption on, wake sysmon, which waits for that rather
-//!    than look again at a wake-up request it signalled.
+//!    `refused`, which sysmon reads, unless nothing was requested) and, if
+//!    the signal was a wake-up request's, wake sysmon, which waits for that
+//!    rather than look again at a request it signalled
+//!    (`Shared::wakeup_signal_refused`).
 //! 4. Acknowledge: clear the M's signal-pending flag, so sysmon may signal
 //!    again.
 //! 5. Forward the signal to the application's SIGURG action (the one
