@@ -221,12 +221,10 @@ impl Shared {
             if state != P_USER {
                 continue;
             }
-            let start = p.slice_start.load(Ordering::Relaxed);
-            if start == UNSTAMPED {
-                // Began with a direct yield a moment ago (sysmon dates it).
+            // None: began with a direct yield a moment ago.
+            let Some(ran) = slice_ran(p, now, ns_per_unit) else {
                 continue;
-            }
-            let ran = (now.saturating_sub(start) as f64 * ns_per_unit) as u64;
+            };
             if best.is_none_or(|b| ran > b.1) {
                 best = Some((i, ran, tick));
             }
@@ -384,12 +382,10 @@ impl Shared {
                 soonest(self.wakeup_retry(i, now, ns_per_unit));
                 continue;
             }
-            let start = p.slice_start.load(Ordering::Relaxed);
-            if start == UNSTAMPED {
+            let Some(ran) = slice_ran(p, now, ns_per_unit) else {
                 soonest(Some(WAKEUP_GRANULARITY));
                 continue;
-            }
-            let ran = (now.saturating_sub(start) as f64 * ns_per_unit) as u64;
+            };
             if ran < gran {
                 soonest(Some(Duration::from_nanos(gran - ran)));
                 continue;
@@ -476,12 +472,7 @@ impl Shared {
         pp.wakeup_asked.store(now, Ordering::Relaxed);
         pp.wakeup_retries
             .store(n.saturating_add(1), Ordering::Relaxed);
-        let start = pp.slice_start.load(Ordering::Relaxed);
-        let ran = if start == UNSTAMPED {
-            0
-        } else {
-            (now.saturating_sub(start) as f64 * ns_per_unit) as u64
-        };
+        let ran = slice_ran(pp, now, ns_per_unit).unwrap_or(0);
         if affine && !self.wakeup_signal_allowed(ran) {
             // Threads parked for wake-ups: the request stays cooperative
             // until the goroutine has run `WAKEUP_SIGNAL_ANYWAY`.
@@ -593,11 +584,9 @@ impl Shared {
                 continue;
             }
             let tick = p.schedtick.load(Ordering::Acquire);
-            let start = p.slice_start.load(Ordering::Relaxed);
-            if start == UNSTAMPED {
+            let Some(ran) = slice_ran(p, now, ns_per_unit) else {
                 continue;
-            }
-            let ran = (now.saturating_sub(start) as f64 * ns_per_unit) as u64;
+            };
             if best.is_none_or(|b| ran > b.1) {
                 best = Some((i, ran, tick));
             }
@@ -680,4 +669,12 @@ impl Shared {
         let pp = &self.ps[p];
         pp.wakeup_tick.load(Ordering::Relaxed) == pp.schedtick.load(Ordering::Relaxed)
     }
+}
+
+/// How long P `p`'s current slice has run at `now` (slice clock units,
+/// `ns_per_unit` ns each), in ns. None right after a direct yield, which
+/// leaves the slice unstamped for sysmon to date (`UNSTAMPED`).
+fn slice_ran(p: &p::P, now: u64, ns_per_unit: f64) -> Option<u64> {
+    let start = p.slice_start.load(Ordering::Relaxed);
+    (start != UNSTAMPED).then(|| (now.saturating_sub(start) as f64 * ns_per_unit) as u64)
 }
