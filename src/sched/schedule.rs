@@ -295,7 +295,7 @@ impl G0<'_> {
                 // It answers requests at runtime calls: the next wake-up
                 // request tries that first again (`sched::wakeup`).
                 g.wakeup_signal.store(false, Ordering::Relaxed);
-                if !self.requeue_preempted_for_wakeup(g, origin) {
+                if !self.requeue_preempted_for_wakeup(g, origin, true) {
                     self.queue_sliced(g, false);
                 }
             }
@@ -315,7 +315,7 @@ impl G0<'_> {
                 // (Go's preemptPark/gopreempt_m). Locked to us, our P
                 // follows it: `stoplockedm` hands the P on, and `handoffp`
                 // sees the goroutine in the global queue (or our runnext).
-                let kept = self.requeue_preempted_for_wakeup(g, origin);
+                let kept = self.requeue_preempted_for_wakeup(g, origin, false);
                 g.wakeup_kept
                     .set(kept && self.sh.cfg.mode == PreemptMode::ThreadAffine);
                 if !kept {
@@ -369,8 +369,9 @@ impl G0<'_> {
     /// nobody starves, and in the global queue it counted as waiting, so
     /// sysmon preempted the other Ps' goroutines for it (two hogs on two
     /// Ps beside a 1 ms ticker at a 100 µs quantum: 1.5-1.8 preemptions
-    /// per tick).
-    pub(super) fn requeue_preempted_for_wakeup(&self, g: GRef, origin: u64) -> bool {
+    /// per tick). `coop`: it yielded at a runtime call (see the body for
+    /// where such a goroutine waits while another one is kept).
+    pub(super) fn requeue_preempted_for_wakeup(&self, g: GRef, origin: u64, coop: bool) -> bool {
         let Some(p) = self.m.p.get() else {
             return false;
         };
@@ -397,6 +398,21 @@ impl G0<'_> {
         g.hog.set(false);
         let tick = pp.schedtick.load(Ordering::Relaxed);
         if pp.kept_since(tick).is_some() && self.runq().has_next() {
+            if coop {
+                // It yielded at a runtime call for the kept one's turn: a
+                // goroutine that makes calls (a short request caught in
+                // its turn on a slow machine). Behind the kept one in the
+                // run queue nothing tracked it, and it waited until the
+                // kept one, making no calls, ended its quantum (38 ms with
+                // time slicing off: a 500 µs ticker beside long requests,
+                // tests/wakeup.rs). It waits among the woken goroutines
+                // instead, for which sysmon asks the kept one for room
+                // once it has run the granularity; being asked again costs
+                // it a cooperative yield, no parked thread.
+                self.sh.woken.push(g);
+                self.sh.look_at_woken_soon();
+                return true;
+            }
             // One preempted for an earlier wake-up is kept already: it
             // resumes first, and `g` queues behind it. Displacing it to the
             // tail would make the oldest of several long goroutines wait

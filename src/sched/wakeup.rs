@@ -399,6 +399,15 @@ impl Shared {
 
     /// A goroutine was just kept aside: make sure sysmon looks within the
     /// granularity (`kept_turn_preempt`), waking it unless it will anyway.
+    /// A goroutine joined `woken` from inside a P that is about to resume a
+    /// kept one (`G0::requeue_preempted_for_wakeup`): make sure sysmon looks
+    /// within the granularity, when it may ask for room for it.
+    pub(crate) fn look_at_woken_soon(&self) {
+        if !self.sysmon_looks_within(WAKEUP_GRANULARITY) {
+            self.wake_sysmon();
+        }
+    }
+
     pub(crate) fn look_at_kept_soon(&self) {
         if !self.sysmon_looks_within(WAKEUP_GRANULARITY) {
             self.wake_sysmon();
