@@ -1114,13 +1114,14 @@ fn hogs_on_every_p_are_time_sliced_by_their_own_timers() {
 /// a third long one even at 20 % load). A goroutine that has run 1 ms is
 /// now preempted whatever the cap: the ticker is never more than a few
 /// milliseconds late. The better of two runs: about one run in 40 a tick
-/// comes ~10 ms late for another reason, not diagnosed yet (traced once:
-/// the ticker's 500 µs timer fell due while the long request held the P
-/// and an idle M slept in the poller; sysmon's next sleep was its 10 ms
-/// maximum, and the timer fired 10 ms late; issue 11's notes). A run in
-/// which the ticker is caught by the kept request's turn rule and yields
-/// would also queue it behind the resumed request, where no wake-up
-/// preemption looks for it (seen with a timed-turn variant not kept).
+/// comes ~10 ms late for another reason, not diagnosed for certain
+/// (traced once: the ticker's 500 µs timer fell due while the only P was
+/// being handed to a kept request's thread; sysmon, finding no P running a
+/// goroutine to ask, slept its 10 ms maximum; issue 11's notes). Also
+/// about one run in 40 the ticker, slow to finish its turn after a slow
+/// thread hand-off, yielded for the kept request's turn and was queued
+/// behind it, where nothing looked for it (31-42 ms late): fixed, it now
+/// waits among the woken goroutines (`G0::requeue_preempted_for_wakeup`).
 #[test]
 fn a_third_long_request_is_preempted_beside_two_kept_ones() {
     let _s = serial();
