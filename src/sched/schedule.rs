@@ -408,9 +408,12 @@ impl G0<'_> {
                 // tests/wakeup.rs). It waits among the woken goroutines
                 // instead, for which sysmon asks the kept one for room
                 // once it has run the granularity; being asked again costs
-                // it a cooperative yield, no parked thread.
-                self.sh.woken.push(g);
-                self.sh.look_at_woken_soon();
+                // it a cooperative yield, no parked thread. (`ready_woken`
+                // also wakes an idle P's M for it, if there is one; with
+                // none it asks nothing of our P, which is between
+                // goroutines: sysmon will.)
+                self.sh.ready_woken(g);
+                self.sh.look_within_granularity();
                 return true;
             }
             // One preempted for an earlier wake-up is kept already: it
@@ -424,7 +427,7 @@ impl G0<'_> {
         }
         pp.keep_for_wakeup(tick);
         // sysmon applies the turn rule to whatever runs next.
-        self.sh.look_at_kept_soon();
+        self.sh.look_within_granularity();
         true
     }
 

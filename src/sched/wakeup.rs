@@ -397,18 +397,13 @@ impl Shared {
         next
     }
 
-    /// A goroutine was just kept aside: make sure sysmon looks within the
-    /// granularity (`kept_turn_preempt`), waking it unless it will anyway.
-    /// A goroutine joined `woken` from inside a P that is about to resume a
-    /// kept one (`G0::requeue_preempted_for_wakeup`): make sure sysmon looks
-    /// within the granularity, when it may ask for room for it.
-    pub(crate) fn look_at_woken_soon(&self) {
-        if !self.sysmon_looks_within(WAKEUP_GRANULARITY) {
-            self.wake_sysmon();
-        }
-    }
-
-    pub(crate) fn look_at_kept_soon(&self) {
+    /// Makes sure sysmon looks at wake-up preemption within the
+    /// granularity, waking it unless it will anyway: a goroutine was just
+    /// kept aside (`kept_turn_preempt` applies the turn rule to whatever
+    /// runs next), or one joined `woken` from inside a P about to resume a
+    /// kept one (`G0::requeue_preempted_for_wakeup`: sysmon asks for room
+    /// for it once the kept one has run the granularity).
+    pub(crate) fn look_within_granularity(&self) {
         if !self.sysmon_looks_within(WAKEUP_GRANULARITY) {
             self.wake_sysmon();
         }
@@ -426,6 +421,8 @@ impl Shared {
     /// runtime call, and a signal would pin it for nothing.
     fn wakeup_retry(&self, p: usize, now: u64, ns_per_unit: f64) -> Option<Duration> {
         let pp = &self.ps[p];
+        let asked = pp.wakeup_asked.load(Ordering::Relaxed);
+        let since = Duration::from_nanos((now.saturating_sub(asked) as f64 * ns_per_unit) as u64);
         if pp.wakeup_signalled.load(Ordering::Relaxed) {
             // The signal went out and was not refused: its goroutine is on
             // its way to the scheduler, or the signal to it (a thread the
@@ -434,9 +431,6 @@ impl Shared {
             // lost signal. Looking every `WAKEUP_RETRY` meanwhile was two
             // of sysmon's ~5 runs per wake-up preemption in the bimodal
             // server, on its only CPU.
-            let asked = pp.wakeup_asked.load(Ordering::Relaxed);
-            let since =
-                Duration::from_nanos((now.saturating_sub(asked) as f64 * ns_per_unit) as u64);
             if since < WAKEUP_SIGNALLED_LOOK {
                 return Some(WAKEUP_SIGNALLED_LOOK - since);
             }
@@ -457,11 +451,7 @@ impl Shared {
                 .store(self.p_thread_cpu(p).unwrap_or(0), Ordering::Relaxed);
         }
         let n = pp.wakeup_retries.load(Ordering::Relaxed);
-        let wait = WAKEUP_RETRY
-            .saturating_mul(1 << n.min(16))
-            .min(WAKEUP_RETRY_MAX);
-        let asked = pp.wakeup_asked.load(Ordering::Relaxed);
-        let since = Duration::from_nanos((now.saturating_sub(asked) as f64 * ns_per_unit) as u64);
+        let wait = retry_backoff(n);
         if since < wait {
             return Some(wait - since);
         }
@@ -474,7 +464,7 @@ impl Shared {
                     pp.wakeup_asked.store(now, Ordering::Relaxed);
                     pp.wakeup_retries
                         .store(n.saturating_add(1), Ordering::Relaxed);
-                    return Some(wait.saturating_mul(2).min(WAKEUP_RETRY_MAX));
+                    return Some(retry_backoff(n.saturating_add(1)));
                 }
             }
         }
@@ -487,10 +477,7 @@ impl Shared {
             // until the goroutine has run `WAKEUP_SIGNAL_ANYWAY`.
             let anyway = (WAKEUP_SIGNAL_ANYWAY.as_nanos() as u64).saturating_sub(ran);
             return Some(
-                WAKEUP_RETRY
-                    .saturating_mul(1 << n.saturating_add(1).min(16))
-                    .min(WAKEUP_RETRY_MAX)
-                    .min(Duration::from_nanos(anyway.max(1))),
+                retry_backoff(n.saturating_add(1)).min(Duration::from_nanos(anyway.max(1))),
             );
         }
         if affine && n == 0 {
@@ -501,11 +488,7 @@ impl Shared {
             }
         }
         self.signal_for_wakeup(p, pp.wakeup_tick.load(Ordering::Relaxed));
-        Some(
-            WAKEUP_RETRY
-                .saturating_mul(1 << n.saturating_add(1).min(16))
-                .min(WAKEUP_RETRY_MAX),
-        )
+        Some(retry_backoff(n.saturating_add(1)))
     }
 
     /// ThreadAffine mode: may a wake-up request be sent as a signal? A
@@ -543,15 +526,18 @@ impl Shared {
         look != u64::MAX && look <= self.nanotime().saturating_add(d.as_nanos() as u64)
     }
 
-    /// The goroutine P `p` runs now, if any (it may change at any moment:
-    /// for hints only).
-    fn p_goroutine(&self, p: usize) -> Option<&g::G> {
+    /// The M that owns P `p` now, if any (it may change at any moment: for
+    /// hints only).
+    fn p_m(&self, p: usize) -> Option<&M> {
         let mp = self.ps[p].m.load(Ordering::Acquire);
-        if mp.is_null() {
-            return None;
-        }
-        // SAFETY: Ms live as long as Shared.
-        let g = unsafe { (*mp).curg.load(Ordering::Acquire) };
+        // SAFETY: a non-null `P::m` points to an M, and Ms live as long as
+        // Shared (`allm` holds them).
+        unsafe { mp.as_ref() }
+    }
+
+    /// The goroutine P `p` runs now, if any (a hint, as `p_m`).
+    fn p_goroutine(&self, p: usize) -> Option<&g::G> {
+        let g = self.p_m(p)?.curg.load(Ordering::Acquire);
         // SAFETY: G structs are never freed while the runtime runs (see
         // `preempt_p`); we only touch its atomics.
         unsafe { g.as_ref() }
@@ -561,9 +547,8 @@ impl Shared {
     /// goroutine to the scheduler, which has not switched it out yet?
     #[cfg(feature = "preempt-signal")]
     fn p_preempting(&self, p: usize) -> bool {
-        let mp = self.ps[p].m.load(Ordering::Acquire);
-        // SAFETY: Ms live as long as Shared.
-        !mp.is_null() && unsafe { (*mp).preempting.load(Ordering::Relaxed) }
+        self.p_m(p)
+            .is_some_and(|m| m.preempting.load(Ordering::Relaxed))
     }
 
     #[cfg(not(feature = "preempt-signal"))]
@@ -573,12 +558,7 @@ impl Shared {
 
     /// CPU time used by the thread that runs P `p` now, in ns.
     fn p_thread_cpu(&self, p: usize) -> Option<u64> {
-        let mp = self.ps[p].m.load(Ordering::Acquire);
-        if mp.is_null() {
-            return None;
-        }
-        // SAFETY: Ms live as long as Shared.
-        let tid = unsafe { (*mp).tid.load(Ordering::Acquire) };
+        let tid = self.p_m(p)?.tid.load(Ordering::Acquire);
         crate::os::cputime::thread_cpu_ns(tid)
     }
 
@@ -686,4 +666,12 @@ impl Shared {
 fn slice_ran(p: &p::P, now: u64, ns_per_unit: f64) -> Option<u64> {
     let start = p.slice_start.load(Ordering::Relaxed);
     (start != UNSTAMPED).then(|| (now.saturating_sub(start) as f64 * ns_per_unit) as u64)
+}
+
+/// The wait before repeat `n` of a wake-up request: `WAKEUP_RETRY`,
+/// doubling per repeat, at most `WAKEUP_RETRY_MAX`.
+fn retry_backoff(n: u32) -> Duration {
+    WAKEUP_RETRY
+        .saturating_mul(1 << n.min(16))
+        .min(WAKEUP_RETRY_MAX)
 }
