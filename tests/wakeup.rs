@@ -1124,20 +1124,48 @@ fn hogs_on_every_p_are_time_sliced_by_their_own_timers() {
 /// waits among the woken goroutines (`G0::requeue_preempted_for_wakeup`).
 #[test]
 fn a_third_long_request_is_preempted_beside_two_kept_ones() {
+    ticker_beside_three_long_requests_within("the worst tick", 1.0, Duration::from_millis(10));
+}
+
+/// The same three long requests and ticker: while two of them are kept
+/// aside for the ticker's wake-ups, each with its thread parked (the cap,
+/// `WAKEUP_PARKED_PER_P`), the one that runs was left a cooperative
+/// request it never answers until it had run 1 ms in its slice, at every
+/// tick, although it had been preempted by signal before and still held
+/// its thread (parking it parks no new one). The ticks of that phase (the
+/// first request's run after the other two were kept, a sixth of the
+/// run) came ~800 µs late, the others ~50 µs; now it is preempted at once
+/// and the 90th percentile is ~70 µs. (The bimodal server fell into that
+/// state at 50 % load on the AMD VM: ~1.4 ms per short request.)
+#[test]
+fn a_long_request_holding_its_thread_is_preempted_at_once_beside_two_kept_ones() {
+    ticker_beside_three_long_requests_within(
+        "the 90th percentile tick",
+        0.9,
+        Duration::from_micros(400),
+    );
+}
+
+/// Runs `ticker_beside_three_long_requests` up to twice and passes when, in
+/// either run, the ticks' lateness at quantile `q` (1.0: the worst) is
+/// below `bound`; `what` names the quantile in the failure message.
+fn ticker_beside_three_long_requests_within(what: &str, q: f64, bound: Duration) {
     let _s = serial();
     let _w = watchdog();
-    let mut worst_runs = Vec::new();
+    let mut runs = Vec::new();
     for _ in 0..2 {
-        let (late, stats) = ticker_beside_three_long_requests();
-        let worst = late.iter().max().copied().unwrap_or_default();
-        eprintln!("{} ticks, worst {worst:?}; {stats:?}", late.len());
+        let (mut late, stats) = ticker_beside_three_long_requests();
+        late.sort();
+        let i = ((late.len() as f64 * q) as usize).min(late.len().saturating_sub(1));
+        let at_q = late.get(i).copied().unwrap_or_default();
+        eprintln!("{} ticks, {what} {at_q:?} late; {stats:?}", late.len());
         assert!(late.len() >= 20, "{} ticks", late.len());
-        if worst < Duration::from_millis(10) {
+        if at_q < bound {
             return;
         }
-        worst_runs.push(worst);
+        runs.push(at_q);
     }
-    panic!("a tick was {worst_runs:?} late beside three long requests, in each run");
+    panic!("{what} was {runs:?} late beside three long requests, in each run");
 }
 
 /// The lateness of a 500 µs ticker's sleeps while three 40 ms no-call

@@ -92,8 +92,10 @@ pub(crate) struct G {
     /// `lock_os_thread` nesting depth (owner; Go's lockedExt).
     pub(crate) lock_count: Cell<u32>,
     /// Locked to its M after an asynchronous preemption in ThreadAffine
-    /// mode, until its next cooperative scheduling point (owner).
-    pub(crate) affine: Cell<bool>,
+    /// mode, until its next cooperative scheduling point. Written by the
+    /// owner; read by wake-up preemption from other threads (Relaxed: a
+    /// hint there, see `Shared::wakeup_signal_allowed`).
+    pub(crate) affine: AtomicBool,
     /// Its last slice ended in a time-slice preemption (it ran a quantum
     /// without blocking): its next fresh slice is timed by its M's slice
     /// timer (`preempt::slice_timer`). Owner.
@@ -181,7 +183,7 @@ impl G {
             preempt: AtomicBool::new(false),
             no_preempt: AtomicU32::new(1),
             lock_count: Cell::new(0),
-            affine: Cell::new(false),
+            affine: AtomicBool::new(false),
             hog: Cell::new(false),
             wakeup_kept: Cell::new(false),
             unwinding: Cell::new(false),

@@ -200,7 +200,7 @@ impl G0<'_> {
         // preemption (ThreadAffine): count us until it resumes (see
         // `find_runnable`).
         let locked = self.m.locked_g.get();
-        let affine = locked.is_some_and(|g| g.affine.get());
+        let affine = locked.is_some_and(|g| g.affine.load(Ordering::Relaxed));
         let for_wakeup = affine && locked.is_some_and(|g| g.wakeup_kept.replace(false));
         if affine {
             self.sh.affine_parked.fetch_add(1, Ordering::Relaxed);

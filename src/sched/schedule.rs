@@ -277,9 +277,9 @@ impl G0<'_> {
         // `requeue_preempted_for_wakeup`).
         g.hog
             .set(matches!(reason, Reason::AsyncPreempt | Reason::CoopPreempt));
-        if reason != Reason::AsyncPreempt && g.affine.get() {
+        if reason != Reason::AsyncPreempt && g.affine.load(Ordering::Relaxed) {
             // A cooperative scheduling point ends ThreadAffine pinning.
-            g.affine.set(false);
+            g.affine.store(false, Ordering::Relaxed);
             self.unlock_if_free(g);
         }
         if reason != Reason::Exit {
@@ -307,7 +307,7 @@ impl G0<'_> {
                     .preempt_async
                     .fetch_add(1, Ordering::Relaxed);
                 if self.sh.cfg.mode == PreemptMode::ThreadAffine {
-                    g.affine.set(true);
+                    g.affine.store(true, Ordering::Relaxed);
                     g.locked_m.set(Some(NonNull::from(&**self.m)));
                     self.m.locked_g.set(Some(g));
                 }
@@ -434,7 +434,7 @@ impl G0<'_> {
     /// Ends `g`'s lock to this M unless something still holds it there:
     /// `lock_os_thread`, ThreadAffine pinning, or a panic in progress.
     pub(super) fn unlock_if_free(&self, g: GRef) {
-        if g.lock_count.get() == 0 && !g.affine.get() && !g.unwinding.get() {
+        if g.lock_count.get() == 0 && !g.affine.load(Ordering::Relaxed) && !g.unwinding.get() {
             g.locked_m.set(None);
             self.m.locked_g.set(None);
         }
@@ -534,7 +534,7 @@ impl G0<'_> {
             self.m.locked_g.set(None);
         }
         g.lock_count.set(0);
-        g.affine.set(false);
+        g.affine.store(false, Ordering::Relaxed);
         g.unwinding.set(false);
         // SAFETY: owner access: the G finished on this M.
         let stack = unsafe { (*g.stack.get()).take() };

@@ -186,7 +186,7 @@ pub(crate) fn unlock_os_thread() {
         return;
     }
     g.lock_count.set(n - 1);
-    if n == 1 && !g.affine.get() && !g.unwinding.get() {
+    if n == 1 && !g.affine.load(Ordering::Relaxed) && !g.unwinding.get() {
         let m = cur_m();
         g.locked_m.set(None);
         // SAFETY: as in `lock_os_thread`.

@@ -45,7 +45,10 @@
 //!    calls, the same burst still grew it to 20-71 threads. Except to a
 //!    goroutine that has run `WAKEUP_SIGNAL_ANYWAY` (1 ms) in its slice: a
 //!    long request or a CPU hog is worth a parked thread, and one woken
-//!    beside two kept ones otherwise held its P to the end.
+//!    beside two kept ones otherwise held its P to the end. Nor to one
+//!    still locked to its thread from an earlier asynchronous preemption
+//!    (`G::affine`): parking it parks no new thread, and behind a few long
+//!    requests in service at once the cap made every wake-up wait ~1 ms.
 //! 3. **No penalty for the preempted.** A goroutine preempted on such a
 //!    request goes to its P's `runnext`, not to the tail of the global queue
 //!    (`G0::after`): it resumes as soon as the woken goroutine blocks or
@@ -299,7 +302,7 @@ impl Shared {
                 && (!self
                     .p_goroutine(p)
                     .is_some_and(|g| g.wakeup_signal.load(Ordering::Relaxed))
-                    || !self.wakeup_signal_allowed(ran));
+                    || !self.wakeup_signal_allowed(p, ran));
             if coop_first {
                 // Cooperatively first (step 2): sysmon sends the signal if
                 // the goroutine is still in this slice `WAKEUP_RETRY` later.
@@ -472,7 +475,7 @@ impl Shared {
         pp.wakeup_retries
             .store(n.saturating_add(1), Ordering::Relaxed);
         let ran = slice_ran(pp, now, ns_per_unit).unwrap_or(0);
-        if affine && !self.wakeup_signal_allowed(ran) {
+        if affine && !self.wakeup_signal_allowed(p, ran) {
             // Threads parked for wake-ups: the request stays cooperative
             // until the goroutine has run `WAKEUP_SIGNAL_ANYWAY`.
             let anyway = (WAKEUP_SIGNAL_ANYWAY.as_nanos() as u64).saturating_sub(ran);
@@ -509,9 +512,23 @@ impl Shared {
     /// beside two long requests kept for wake-ups, the bimodal benchmark's
     /// short requests waited for a third one, ~5 ms, even at 20 % load
     /// (AMD VM: short p99 2-8 ms).
-    fn wakeup_signal_allowed(&self, ran: u64) -> bool {
+    ///
+    /// Nor does the cap hold back a goroutine that is still locked to its
+    /// thread from an earlier asynchronous preemption (`G::affine`: it
+    /// resumed and has not reached a runtime call since): its thread is
+    /// taken already, and parking it adds none. That is every long request
+    /// after its first preemption. Behind a few long requests in service
+    /// at once (time-sliced or kept, each with its thread parked), the cap
+    /// made every wake-up beside the running one wait until that one had
+    /// run `WAKEUP_SIGNAL_ANYWAY` again, after each of its turns: ~1.4 ms
+    /// per short request once the bimodal server fell behind at 50 % load
+    /// (AMD VM, traced), which kept it behind.
+    fn wakeup_signal_allowed(&self, p: usize, ran: u64) -> bool {
         ran >= WAKEUP_SIGNAL_ANYWAY.as_nanos() as u64
             || self.wakeup_parked.load(Ordering::Relaxed) < WAKEUP_PARKED_PER_P * self.procs()
+            || self
+                .p_goroutine(p)
+                .is_some_and(|g| g.affine.load(Ordering::Relaxed))
     }
 
     /// Will sysmon look at wake-up preemption again within `d` anyway (see
