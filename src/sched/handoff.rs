@@ -34,9 +34,12 @@ impl Shared {
             return self.destroyp(p);
         }
         self.ps[p].m.store(ptr::null_mut(), Ordering::Relaxed);
+        // Counted before it says idle (see `Shared::npidle`).
+        self.npidle.fetch_add(1, Ordering::SeqCst);
+        #[cfg(test)]
+        tests::between_idle_stores();
         self.ps[p].status.store(P_IDLE, Ordering::Release);
         l.push(p);
-        self.npidle.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Go's wakep: start a spinning M if a P is idle and nobody spins.
@@ -383,4 +386,65 @@ impl Shared {
 /// `M::nextg`'s value for a handed goroutine (null: none).
 fn nextg_ptr(g: Option<GRef>) -> *mut G {
     g.map_or(ptr::null_mut(), GRef::as_ptr)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    use std::time::{Duration, Instant};
+
+    use crate::sched::{pstate, Shared, P_IDLE};
+
+    /// `pidleput` stops between its two stores while this is `HOLD`, and
+    /// sets `HELD` there; `RELEASE` lets it go on.
+    static PAUSE: AtomicU8 = AtomicU8::new(OFF);
+    const OFF: u8 = 0;
+    const HOLD: u8 = 1;
+    const HELD: u8 = 2;
+    const RELEASE: u8 = 3;
+
+    pub(super) fn between_idle_stores() {
+        if PAUSE
+            .compare_exchange(HOLD, HELD, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            while PAUSE.load(Ordering::Acquire) != RELEASE {
+                std::hint::spin_loop();
+            }
+        }
+    }
+
+    /// sysmon's view of an idle runtime: a P whose status says idle is
+    /// counted in `npidle` (see its docs), also while the M that idles it
+    /// is stopped between the two stores (by the kernel, for sysmon at
+    /// nice -20 on its CPU). Before, `pidleput` counted it after the status
+    /// store: an idle P in a runtime that was not idle, and sysmon, whose
+    /// idle branch goes round its loop again at once when `all_idle`
+    /// disagrees, spun there for 9 ms.
+    #[test]
+    fn a_p_that_says_idle_is_counted_idle() {
+        let cfg = crate::Builder::new().procs(1).config().unwrap();
+        let sh = Shared::new(cfg).unwrap();
+        let p = sh.pidleget().expect("the only P is idle");
+        PAUSE.store(HOLD, Ordering::Release);
+        let idler = {
+            let sh = sh.clone();
+            std::thread::spawn(move || sh.pidleput(p))
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while PAUSE.load(Ordering::Acquire) != HELD {
+            assert!(Instant::now() < deadline, "pidleput never paused");
+            std::thread::yield_now();
+        }
+        let says_idle = pstate(sh.ps[p].status.load(Ordering::Acquire)) == P_IDLE;
+        let counted = sh.npidle.load(Ordering::SeqCst);
+        PAUSE.store(RELEASE, Ordering::Release);
+        idler.join().unwrap();
+        assert!(
+            !says_idle || counted == 1,
+            "midway through pidleput the P says idle but npidle is {counted}"
+        );
+        assert!(sh.all_idle());
+        assert_eq!(pstate(sh.ps[p].status.load(Ordering::Acquire)), P_IDLE);
+    }
 }

@@ -163,6 +163,9 @@ impl Shared {
         let _np = NoPreempt::enter();
         {
             let mut idle = self.pidle.rt_lock();
+            // Counted before sysmon can see them, idle or dead (see
+            // `Shared::npidle`).
+            self.npidle.fetch_add(n - old, Ordering::SeqCst);
             self.gomaxprocs.store(n, Ordering::SeqCst);
             for p in old..n {
                 let pp = &self.ps[p];
@@ -170,7 +173,6 @@ impl Shared {
                 pp.status.store(P_IDLE, Ordering::Release);
                 idle.push(p);
             }
-            self.npidle.fetch_add(n - old, Ordering::SeqCst);
             self.ps_used.fetch_max(n, Ordering::Relaxed);
         }
         // Work queued while fewer Ps ran can start now: one spinning M, which
