@@ -189,9 +189,9 @@ impl Shared {
     /// `wakep`), with `from_sysmon` false; by sysmon while a woken goroutine
     /// still waits, with `from_sysmon` true.
     ///
-    /// Returns `Some(d)` if no goroutine has run for the granularity yet:
-    /// ask again in `d` (sysmon does; `ready` wakes sysmon so that it
-    /// does). A P already asked in its current slice is never asked again
+    /// Returns `Some(d)` if no goroutine has run for the granularity yet,
+    /// or (to sysmon) if no P runs one at all: ask again in `d` (sysmon
+    /// does; `ready` wakes sysmon so that it does). A P already asked in its current slice is never asked again
     /// in it: if its signal was refused (a goroutine in libc or a signal
     /// handler), sysmon's own retries, with their backoff, take over.
     pub(crate) fn wakeup_preempt(&self, from_sysmon: bool) -> Option<Duration> {
@@ -232,7 +232,17 @@ impl Shared {
                 best = Some((i, ran, tick));
             }
         }
-        let (p, ran, tick) = best?;
+        let Some((p, ran, tick)) = best else {
+            // No P runs a goroutine: each is between two (or had its slice
+            // begin with a direct yield). Whatever they run next may make
+            // no call: sysmon looks again within the granularity. It used
+            // to plan nothing here and sleep its maximum: with the only P
+            // being handed to a kept long request's thread just as sysmon
+            // fired a ticker's timer, the request resumed first and the
+            // ticker waited 10 ms (time slicing off: up to the request's
+            // end, 45 ms; tests/wakeup.rs, 4 runs in 350).
+            return from_sysmon.then_some(WAKEUP_GRANULARITY);
+        };
         let gran = WAKEUP_GRANULARITY.as_nanos() as u64;
         if ran < gran {
             // Too early to interrupt anyone: ask again when the goroutine
@@ -691,4 +701,33 @@ fn retry_backoff(n: u32) -> Duration {
     WAKEUP_RETRY
         .saturating_mul(1 << n.min(16))
         .min(WAKEUP_RETRY_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WAKEUP_GRANULARITY;
+    use crate::sched::Shared;
+
+    /// sysmon, while a woken goroutine waits and the only P is on its way
+    /// to another thread (taken off the idle list here: `P_HANDOFF`, as
+    /// when it is handed to a kept goroutine's thread), plans a look
+    /// within the granularity: the goroutine that P runs next may make no
+    /// call. It planned none and slept its maximum (10 ms; see
+    /// `wakeup_preempt`).
+    #[test]
+    fn sysmon_looks_again_soon_while_every_p_is_between_goroutines() {
+        let cfg = crate::Builder::new()
+            .procs(1)
+            .wakeup_preempt(true)
+            .config()
+            .unwrap();
+        let sh = Shared::new(cfg).unwrap();
+        let p = sh.pidleget().expect("the only P is idle");
+        assert_eq!(sh.wakeup_preempt(true), Some(WAKEUP_GRANULARITY));
+        // A waker outside sysmon has nobody to ask either: nothing to do.
+        assert_eq!(sh.wakeup_preempt(false), None);
+        sh.pidleput(p);
+        // With the P idle, its M takes the woken goroutine: no look.
+        assert_eq!(sh.wakeup_preempt(true), None);
+    }
 }
