@@ -448,7 +448,7 @@ impl Builder {
     /// Wake-up preemption: when a goroutine is woken from outside any P (a
     /// timer, a plain thread, a blocking call) while every P is busy and no
     /// thread looks for work, the goroutine that has run longest (at least
-    /// 100 µs into its slice) is asked to yield at once, so the woken one
+    /// 200 µs into its slice) is asked to yield at once, so the woken one
     /// runs within microseconds instead of up to a quantum; the preempted
     /// goroutine keeps its place (it runs next on its P). Default on with
     /// the `preempt-signal` feature, unless `GOSCHED_WAKEUPPREEMPTOFF=1`;

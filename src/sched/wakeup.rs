@@ -146,10 +146,21 @@ use super::*;
 use crate::builder::PreemptMode;
 
 /// A goroutine is preempted for a wake-up only after it ran this long in
-/// its slice: Linux's CFS wake-up granularity is 1 ms scaled by CPU count;
-/// a preemption costs 10-50 µs on a VM, so 100 µs keeps at least ~2/3 of
-/// a P for a hog even when it is asked every time it may be.
-pub(crate) const WAKEUP_GRANULARITY: Duration = Duration::from_micros(100);
+/// its slice, and the woken goroutines' turn beside a kept one lasts this
+/// long (step 3): Linux's CFS wake-up granularity is 1 ms scaled by CPU
+/// count. A ThreadAffine wake-up preemption costs 30-60 µs of CPU on a VM
+/// (a signal, two thread hand-offs, sysmon's looks), so a hog asked every
+/// time it may be keeps over 40 % of its P, and beside a stream of woken
+/// goroutines (turns of at most this long) at least a third.
+///
+/// 100 µs until 2026-12-07: at 50 % load the bimodal server (one CPU, AMD
+/// VM) preempted its long requests twice as often, and with twice the
+/// overhead fell behind: short-request p99 3.1-4.3 ms against 2.6-2.8 ms
+/// at 200 µs (server CPU 87-88 % against 82-84 %, long p50 33-39 ms
+/// against 26-28 ms; two alternated batches of 4 and 6 runs); at 30-35 %
+/// the two were within the machine's noise (1.3-1.6 ms against
+/// 1.5-1.7 ms).
+pub(crate) const WAKEUP_GRANULARITY: Duration = Duration::from_micros(200);
 
 /// First repeat of a wake-up request the goroutine refused; doubles per
 /// repeat up to `WAKEUP_RETRY_MAX`. In ThreadAffine mode it is also how
