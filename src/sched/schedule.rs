@@ -427,7 +427,7 @@ impl G0<'_> {
         }
         pp.keep_for_wakeup(tick);
         // sysmon applies the turn rule to whatever runs next.
-        self.sh.look_within_granularity();
+        self.sh.look_at_kept_turn();
         true
     }
 

@@ -175,6 +175,15 @@ const WAKEUP_RETRY_MAX: Duration = Duration::from_millis(2);
 /// unless the handler refuses it (and wakes sysmon): a backstop.
 const WAKEUP_SIGNALLED_LOOK: Duration = Duration::from_millis(1);
 
+/// When sysmon looks first after a wake-up request went out as a signal:
+/// by then the goroutine has switched out and the woken goroutines have
+/// had their turn (a thread hand-off, then at most `WAKEUP_GRANULARITY`),
+/// so that one look applies the turn rule as well (`kept_turn_preempt`),
+/// and keeping the preempted goroutine aside wakes nobody
+/// (`look_at_kept_turn`). If the goroutine is still in the slice the
+/// request was for, sysmon looks again at `WAKEUP_SIGNALLED_LOOK`.
+const WAKEUP_TURN_LOOK: Duration = WAKEUP_GRANULARITY.saturating_mul(2);
+
 /// The longest sysmon waits between looks while a woken goroutine waits
 /// but every P keeps switching goroutines (see `wakeup_preempt`).
 const WAKEUP_LOOK_MAX: Duration = Duration::from_millis(1);
@@ -422,13 +431,29 @@ impl Shared {
     }
 
     /// Makes sure sysmon looks at wake-up preemption within the
-    /// granularity, waking it unless it will anyway: a goroutine was just
-    /// kept aside (`kept_turn_preempt` applies the turn rule to whatever
-    /// runs next), or one joined `woken` from inside a P about to resume a
-    /// kept one (`G0::requeue_preempted_for_wakeup`: sysmon asks for room
-    /// for it once the kept one has run the granularity).
+    /// granularity, waking it unless it will anyway: a goroutine joined
+    /// `woken` from inside a P about to resume a kept one
+    /// (`G0::requeue_preempted_for_wakeup`: sysmon asks for room for it
+    /// once the kept one has run the granularity).
     pub(crate) fn look_within_granularity(&self) {
         if !self.sysmon_looks_within(WAKEUP_GRANULARITY) {
+            self.wake_sysmon();
+        }
+    }
+
+    /// A goroutine was just kept aside for a wake-up (step 3): makes sure
+    /// sysmon looks at the turn rule (`kept_turn_preempt`) once the woken
+    /// goroutines have had their turn, waking it unless it will anyway,
+    /// which it nearly always will: it planned that look when it made the
+    /// request (`WAKEUP_TURN_LOOK`). Waking it for a look within the
+    /// granularity was wasted where sysmon shares the goroutine's CPU: it
+    /// ran at once, while the P was still on its way to another thread,
+    /// found no turn begun and planned nothing new (2,300 such runs a
+    /// second in the bimodal server at 50 % load, traced); that CPU switch
+    /// was on the way to the woken goroutine, and a look 1 ms later, the
+    /// signalled request's backstop, came as well.
+    pub(crate) fn look_at_kept_turn(&self) {
+        if !self.sysmon_looks_within(WAKEUP_TURN_LOOK) {
             self.wake_sysmon();
         }
     }
@@ -454,7 +479,11 @@ impl Shared {
             // handler), so there is nothing to look at before then but a
             // lost signal. Looking every `WAKEUP_RETRY` meanwhile was two
             // of sysmon's ~5 runs per wake-up preemption in the bimodal
-            // server, on its only CPU.
+            // server, on its only CPU. The first look comes after the
+            // woken goroutines' turn (`WAKEUP_TURN_LOOK`).
+            if since < WAKEUP_TURN_LOOK {
+                return Some(WAKEUP_TURN_LOOK - since);
+            }
             if since < WAKEUP_SIGNALLED_LOOK {
                 return Some(WAKEUP_SIGNALLED_LOOK - since);
             }
