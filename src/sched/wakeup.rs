@@ -125,7 +125,11 @@
 //! out and its P had been handed over, was two of sysmon's ~5 runs per
 //! wake-up preemption in the bimodal server, on the server's only CPU
 //! (50 % load on the AMD VM: server CPU 89 -> 79 %, short p99 16.9 ->
-//! 7.7 ms, long p50 32.9 -> 18.8 ms).
+//! 7.7 ms, long p50 32.9 -> 18.8 ms). Its first look at a signalled
+//! request comes once the woken goroutines have had their turn
+//! (`WAKEUP_TURN_LOOK`), and applies the turn rule too, so keeping the
+//! preempted goroutine aside need not wake it (`look_at_kept_turn`); the
+//! backstop follows only if the goroutine is still in that slice.
 //!
 //! Thrashing: the granularity bounds how often one P can be interrupted
 //! (at most once per `WAKEUP_GRANULARITY` of its goroutine's running time),
@@ -211,9 +215,10 @@ impl Shared {
     ///
     /// Returns `Some(d)` if no goroutine has run for the granularity yet,
     /// or (to sysmon) if no P runs one at all: ask again in `d` (sysmon
-    /// does; `ready` wakes sysmon so that it does). A P already asked in its current slice is never asked again
-    /// in it: if its signal was refused (a goroutine in libc or a signal
-    /// handler), sysmon's own retries, with their backoff, take over.
+    /// does; `ready` wakes sysmon so that it does). A P already asked in
+    /// its current slice is never asked again in it: if its signal was
+    /// refused (a goroutine in libc or a signal handler), sysmon's own
+    /// retries, with their backoff, take over.
     pub(crate) fn wakeup_preempt(&self, from_sysmon: bool) -> Option<Duration> {
         if !self.wakeup_may_help() {
             return None;
