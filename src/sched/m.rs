@@ -47,8 +47,9 @@ pub(crate) struct M {
     /// switched out instead: `G0::unpin_locked`). None if it could not be
     /// read.
     pub(crate) cpu_mask: Cell<Option<libc::cpu_set_t>>,
-    /// `cpu_mask` is known, so pinning this M can be undone (set once at
-    /// start, read by the M that pins it).
+    /// `cpu_mask` is known, so pinning this M can be undone, and allows
+    /// several CPUs, so pinning it changes something (set once at start,
+    /// read by the M that pins it).
     pub(crate) unpinnable: AtomicBool,
     /// A goroutine on this M holds a claim on its P (see "Ownership of a
     /// P"). Written only by this M's thread; read by sysmon's retake.

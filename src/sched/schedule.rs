@@ -34,7 +34,7 @@ use super::runq::Owner;
 use super::*;
 use crate::arch;
 use crate::builder::PreemptMode;
-use crate::os::affinity::thread_cpu_mask;
+use crate::os::affinity::{several_cpus, thread_cpu_mask};
 use crate::sched::g::{GRef, EMPTY, PARKED};
 use crate::stack::Stack;
 use crossbeam_deque::Injector;
@@ -54,8 +54,13 @@ pub(super) fn mstart(sh: Arc<Shared>, m: Arc<M>) {
     // Before `tid` is published: whoever pins this thread (and so needs
     // the tid) finds the mask to restore recorded.
     m.cpu_mask.set(thread_cpu_mask());
-    m.unpinnable
-        .store(m.cpu_mask.get().is_some(), Ordering::Release);
+    // Allowed one CPU only, the thread is where a pin would put it: no
+    // `sched_setaffinity` pair per hand-off (two per ThreadAffine wake-up
+    // preemption in a server started under `taskset -c N`).
+    m.unpinnable.store(
+        m.cpu_mask.get().is_some_and(|mask| several_cpus(&mask)),
+        Ordering::Release,
+    );
     // SAFETY: gettid has no preconditions.
     m.tid.store(unsafe { libc::gettid() }, Ordering::Release);
     let _alt = crate::os::signal::AltStack::install();
