@@ -1136,14 +1136,17 @@ fn a_third_long_request_is_preempted_beside_two_kept_ones() {
 /// its thread (parking it parks no new one). The ticks of that phase (the
 /// first request's run after the other two were kept, a sixth of the
 /// run) came ~800 µs late, the others ~50 µs; now it is preempted at once
-/// and the 90th percentile is ~70 µs. (The bimodal server fell into that
-/// state at 50 % load on the AMD VM: ~1.4 ms per short request.)
+/// and the 90th percentile is ~70 µs (130-150 µs with the 200 µs
+/// granularity; 0.5-2.8 ms with a second test suite running on the same
+/// two CPUs, so the bound, 550 µs, is for a machine running this test
+/// alone). (The bimodal server fell into that state at 50 % load on the
+/// AMD VM: ~1.4 ms per short request.)
 #[test]
 fn a_long_request_holding_its_thread_is_preempted_at_once_beside_two_kept_ones() {
     ticker_beside_three_long_requests_within(
         "the 90th percentile tick",
         0.9,
-        Duration::from_micros(400),
+        Duration::from_micros(550),
     );
 }
 
