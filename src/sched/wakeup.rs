@@ -43,7 +43,7 @@
 //!    all (`Shared::wakeup_signal_allowed`): on a slower machine, where a
 //!    debug build's goroutines ran past the granularity between runtime
 //!    calls, the same burst still grew it to 20-71 threads. Except to a
-//!    goroutine that has run `WAKEUP_SIGNAL_ANYWAY` (1 ms) in its slice: a
+//!    goroutine that has run `WAKEUP_SIGNAL_ANYWAY` (600 µs) in its slice: a
 //!    long request or a CPU hog is worth a parked thread, and one woken
 //!    beside two kept ones otherwise held its P to the end. Nor to one
 //!    still locked to its thread from an earlier asynchronous preemption
@@ -198,8 +198,15 @@ const WAKEUP_PARKED_PER_P: usize = 2;
 
 /// A goroutine that has run this long in its slice is preempted by signal
 /// for a wake-up even while `WAKEUP_PARKED_PER_P` threads per P are parked
-/// for wake-ups (see `Shared::wakeup_signal_allowed`).
-const WAKEUP_SIGNAL_ANYWAY: Duration = Duration::from_millis(1);
+/// for wake-ups (see `Shared::wakeup_signal_allowed`). Above the 110-370
+/// µs a burst's goroutines ran between runtime calls in a debug build on a
+/// slow VM (the bursts the cap is for). 1 ms until 2026-12-07: a long
+/// request that started while two others were parked held the short ones
+/// behind it for that long (bimodal server at 50 % load, AMD VM,
+/// alternated batches of 6 and 5 runs: short p99 2.60 / 3.25 ms at 1 ms,
+/// 1.82 / 1.99 ms at 600 µs; at 30 % 1.38 -> 0.97 ms; tests/net_scale.rs
+/// still 7-8 threads).
+const WAKEUP_SIGNAL_ANYWAY: Duration = Duration::from_micros(600);
 
 /// `P::wakeup_tick` when no request is outstanding.
 pub(crate) const NO_WAKEUP: u64 = u64::MAX;
