@@ -1112,8 +1112,9 @@ fn hogs_on_every_p_are_time_sliced_by_their_own_timers() {
 /// P until it finished, and the ticker waited all that time (40 ms here,
 /// in every run; the bimodal benchmark's short requests waited ~5 ms behind
 /// a third long one even at 20 % load). A goroutine that has run 1 ms
-/// (600 µs since 2026-12-07) is now preempted whatever the cap: the ticker is never more than a few
-/// milliseconds late. The better of two runs: about one run in 90 a tick
+/// (600 µs since 2026-12-07) is now preempted whatever the cap: the
+/// ticker is never more than a few milliseconds late. The better of two
+/// runs: about one run in 90 a tick
 /// came 10-45 ms late for another reason: the ticker's timer fell due
 /// while the only P was being handed to a kept request's thread, and
 /// sysmon, finding no P running a goroutine to ask, slept its 10 ms
