@@ -1114,16 +1114,15 @@ fn hogs_on_every_p_are_time_sliced_by_their_own_timers() {
 /// a third long one even at 20 % load). A goroutine that has run 1 ms
 /// (600 µs since 2026-12-07) is now preempted whatever the cap: the
 /// ticker is never more than a few milliseconds late. The better of two
-/// runs: about one run in 90 a tick
-/// came 10-45 ms late for another reason: the ticker's timer fell due
-/// while the only P was being handed to a kept request's thread, and
-/// sysmon, finding no P running a goroutine to ask, slept its 10 ms
-/// maximum (traced; fixed: it looks again within the granularity, 0 runs
-/// in 350 since). Also
-/// about one run in 40 the ticker, slow to finish its turn after a slow
-/// thread hand-off, yielded for the kept request's turn and was queued
-/// behind it, where nothing looked for it (31-42 ms late): fixed, it now
-/// waits among the woken goroutines (`G0::requeue_preempted_for_wakeup`).
+/// runs: about one run in 90 a tick came 10-45 ms late for another
+/// reason: the ticker's timer fell due while the only P was being handed
+/// to a kept request's thread, and sysmon, finding no P running a
+/// goroutine to ask, slept its 10 ms maximum (traced; fixed: it looks
+/// again within the granularity, 0 runs in 350 since). Also about one run
+/// in 40 the ticker, slow to finish its turn after a slow thread hand-off,
+/// yielded for the kept request's turn and was queued behind it, where
+/// nothing looked for it (31-42 ms late): fixed, it now waits among the
+/// woken goroutines (`G0::requeue_preempted_for_wakeup`).
 #[test]
 fn a_third_long_request_is_preempted_beside_two_kept_ones() {
     ticker_beside_three_long_requests_within("the worst tick", 1.0, Duration::from_millis(10));
