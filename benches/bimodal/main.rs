@@ -7,6 +7,7 @@
 //! BIMODAL_SECS=5 cargo bench --bench bimodal           # longer load points
 //! BIMODAL_ONLY=gosched,go cargo bench --bench bimodal  # some contenders
 //! BIMODAL_QUICK=1 cargo bench --bench bimodal          # CI smoke run (~3 s, no Go, no tokio)
+//! BIMODAL_ROUNDS=5 BIMODAL_LOADS=50 cargo bench --bench bimodal  # medians of 5 interleaved rounds
 //! ```
 //!
 //! A TCP server on 127.0.0.1 serves requests that each carry a service
@@ -57,7 +58,19 @@
 //! `BIMODAL_PROCS` (Ps of the gosched servers, default 1),
 //! `BIMODAL_CAPACITY` (requests/s that 100 % means; default: measured),
 //! `BIMODAL_PIN=0` (no CPU pinning), `BIMODAL_STATS=1` (the gosched
-//! servers print their scheduler counters every second), `BIMODAL_QUICK=1`.
+//! servers print their scheduler counters every second), `BIMODAL_QUICK=1`,
+//! `BIMODAL_ROUNDS` (default 1).
+//!
+//! **Rounds.** On a shared or virtual machine one load point's p99 moves
+//! by 2-4x between minutes (the same binary's short p99 at 50 % load gave
+//! 1.3 to 6.5 ms within ten minutes on a 2-vCPU VM), so one run compares
+//! the contenders' windows as much as the contenders. With
+//! `BIMODAL_ROUNDS=N` the sweep runs N times, each round starting with the
+//! next contender (a different order per round, so no contender always
+//! runs first or last); every round's rows are printed as they come, then
+//! a table of medians over the rounds (per contender and load, each column
+//! its own median), from which the summary, the targets, the CSV's
+//! `median` rows and the plot are made. The capacity is measured once.
 //! Without `--bench` on the command line (`cargo test --benches`) it runs
 //! the quick variant: `gosched-10ms` and `std` at 10 % and 50 %, 0.3 s
 //! each, and fails if a request goes unanswered.
@@ -342,6 +355,8 @@ struct Config {
     only: Option<Vec<String>>,
     quick: bool,
     pin: bool,
+    /// `BIMODAL_ROUNDS`: sweeps to run, reported as medians.
+    rounds: usize,
 }
 
 fn env_parse<T: std::str::FromStr>(name: &str) -> Option<T> {
@@ -410,6 +425,14 @@ fn config() -> Config {
         only,
         quick,
         pin: cpus >= 2 && !std::env::var("BIMODAL_PIN").is_ok_and(|v| v == "0"),
+        rounds: match env_parse::<usize>("BIMODAL_ROUNDS") {
+            None => 1,
+            Some(n) if (1..=100).contains(&n) => n,
+            Some(n) => {
+                eprintln!("bimodal: BIMODAL_ROUNDS={n}: expected 1 to 100");
+                std::process::exit(2);
+            }
+        },
     }
 }
 
@@ -609,40 +632,97 @@ fn human(ns: u64) -> String {
     }
 }
 
+/// What a row reports of one load point: throughput, counts and the
+/// latency quantiles (ns) of the short and the long requests.
+#[derive(Clone, Copy)]
+struct Stats {
+    achieved: f64,
+    short_n: u64,
+    /// p50, p99, p99.9.
+    short: [u64; 3],
+    long_n: u64,
+    long: [u64; 3],
+    lost: u64,
+}
+
+const QUANTILES: [f64; 3] = [0.5, 0.99, 0.999];
+
+impl Stats {
+    fn of(p: &Point) -> Stats {
+        let q = |h: &hdrhistogram::Histogram<u64>| {
+            QUANTILES.map(|q| {
+                if h.is_empty() {
+                    0
+                } else {
+                    h.value_at_quantile(q)
+                }
+            })
+        };
+        Stats {
+            achieved: p.achieved,
+            short_n: p.short.len(),
+            short: q(&p.short),
+            long_n: p.long.len(),
+            long: q(&p.long),
+            lost: p.lost,
+        }
+    }
+
+    /// Each field's median over `all` (not empty).
+    fn median(all: &[Stats]) -> Stats {
+        let f = |get: &dyn Fn(&Stats) -> f64| median(all.iter().map(get).collect());
+        let u = |get: &dyn Fn(&Stats) -> u64| f(&|s| get(s) as f64).round() as u64;
+        Stats {
+            achieved: f(&|s| s.achieved),
+            short_n: u(&|s| s.short_n),
+            short: [0, 1, 2].map(|i| u(&|s| s.short[i])),
+            long_n: u(&|s| s.long_n),
+            long: [0, 1, 2].map(|i| u(&|s| s.long[i])),
+            lost: u(&|s| s.lost),
+        }
+    }
+}
+
+/// The median of `v` (the mean of the middle two for an even count); 0
+/// for none.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 struct Row {
     name: &'static str,
     load: u32,
     offered: f64,
-    point: Point,
-    /// CPUs' worth of time other processes used during the row.
+    stats: Stats,
+    /// CPUs' worth of time other processes used during the row (for a
+    /// median row: the median over the rounds).
     others: f64,
+    /// The round it was measured in (from 1); `None`: medians over rounds.
+    round: Option<usize>,
 }
 
 impl Row {
-    fn q(h: &hdrhistogram::Histogram<u64>, q: f64) -> u64 {
-        if h.is_empty() {
-            0
-        } else {
-            h.value_at_quantile(q)
-        }
-    }
-
     fn print(&self) {
-        let p = &self.point;
-        let (s, l) = (&p.short, &p.long);
+        let p = &self.stats;
+        let (s, l) = (p.short, p.long);
         println!(
             "{:<20} {:>3} % {:>8.0} {:>8.0} | {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} | {:>4} {:>5}",
             self.name,
             self.load,
             self.offered,
             p.achieved,
-            human(Row::q(s, 0.5)),
-            human(Row::q(s, 0.99)),
-            human(Row::q(s, 0.999)),
-            human(Row::q(l, 0.5)),
-            human(Row::q(l, 0.99)),
-            human(Row::q(l, 0.999)),
-            l.len(),
+            human(s[0]),
+            human(s[1]),
+            human(s[2]),
+            human(l[0]),
+            human(l[1]),
+            human(l[2]),
+            p.long_n,
             p.lost,
         );
         if self.others > BUSY_CPUS {
@@ -654,35 +734,62 @@ impl Row {
     }
 
     fn csv(&self, out: &mut String) {
-        let p = &self.point;
-        let us = |h, q| Row::q(h, q) as f64 / 1e3;
+        let p = &self.stats;
+        let us = |ns: u64| ns as f64 / 1e3;
         let _ = writeln!(
             out,
-            "{},{},{:.0},{:.0},{},{:.1},{:.1},{:.1},{},{:.1},{:.1},{:.1},{},{},{:.3}",
+            "{},{},{:.0},{:.0},{},{:.1},{:.1},{:.1},{},{:.1},{:.1},{:.1},{},{},{:.3},{}",
             self.name,
             self.load,
             self.offered,
             p.achieved,
-            p.short.len(),
-            us(&p.short, 0.5),
-            us(&p.short, 0.99),
-            us(&p.short, 0.999),
-            p.long.len(),
-            us(&p.long, 0.5),
-            us(&p.long, 0.99),
-            us(&p.long, 0.999),
+            p.short_n,
+            us(p.short[0]),
+            us(p.short[1]),
+            us(p.short[2]),
+            p.long_n,
+            us(p.long[0]),
+            us(p.long[1]),
+            us(p.long[2]),
             p.lost,
             loadavg().replace(' ', "/"),
             self.others,
+            self.round.map_or("median".to_string(), |r| r.to_string()),
         );
     }
 
     fn short_p99_us(&self) -> f64 {
-        Row::q(&self.point.short, 0.99) as f64 / 1e3
+        self.stats.short[1] as f64 / 1e3
     }
 }
 
-const HEADER: &str = "contender,load_pct,offered_per_s,achieved_per_s,short_n,short_p50_us,short_p99_us,short_p999_us,long_n,long_p50_us,long_p99_us,long_p999_us,lost,loadavg,other_cpus";
+/// One row per contender and load: each column's median over `rows`
+/// (every round's), in the order they first appear.
+fn median_rows(rows: &[Row]) -> Vec<Row> {
+    let mut out: Vec<Row> = Vec::new();
+    for r in rows {
+        if out.iter().any(|m| m.name == r.name && m.load == r.load) {
+            continue;
+        }
+        let same: Vec<&Row> = rows
+            .iter()
+            .filter(|x| x.name == r.name && x.load == r.load)
+            .collect();
+        let stats: Vec<Stats> = same.iter().map(|x| x.stats).collect();
+        out.push(Row {
+            name: r.name,
+            load: r.load,
+            offered: r.offered,
+            stats: Stats::median(&stats),
+            others: median(same.iter().map(|x| x.others).collect()),
+            round: None,
+        });
+    }
+    out.sort_by_key(|r| (CONTENDERS.iter().position(|c| c.name == r.name), r.load));
+    out
+}
+
+const HEADER: &str = "contender,load_pct,offered_per_s,achieved_per_s,short_n,short_p50_us,short_p99_us,short_p999_us,long_n,long_p50_us,long_p99_us,long_p999_us,lost,loadavg,other_cpus,round";
 
 /// The load (percent) at which short p99 crosses `CROSS_US`, interpolated
 /// on a log scale between the two points around it; `None` if it never
@@ -725,7 +832,12 @@ fn summary(cfg: &Config, rows: &[Row], saturation: &[(&str, f64)]) {
         crossing(&rs)
     };
     println!(
-        "\nshort-request p99 at 50 % load, the load where it crosses 1 ms, saturation throughput:"
+        "\nshort-request p99 at 50 % load, the load where it crosses 1 ms, saturation throughput{}:",
+        if cfg.rounds > 1 {
+            format!(" (p99: medians over {} rounds)", cfg.rounds)
+        } else {
+            String::new()
+        }
     );
     for n in &names {
         let at50 = p99_at(n, 50).map_or("-".into(), |u| human((u * 1e3) as u64));
@@ -789,6 +901,92 @@ fn targets(
             fmt(g)
         );
     }
+}
+
+fn print_header() {
+    println!(
+        "\n{:<20} {:>5} {:>8} {:>8} | {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} | {:>4} {:>5}",
+        "contender",
+        "load",
+        "offered",
+        "achieved",
+        "short50",
+        "short99",
+        "short999",
+        "long50",
+        "long99",
+        "long999",
+        "longs",
+        "lost"
+    );
+}
+
+/// One contender's sweep over the loads, on a server of its own: prints
+/// each row, appends it to `rows` and `csv`. False if something failed.
+fn sweep(
+    cfg: &Config,
+    c: &Contender,
+    program: &Path,
+    capacity: f64,
+    round: usize,
+    rows: &mut Vec<Row>,
+    csv: &mut String,
+) -> bool {
+    let server = match start(cfg, c.kind, program) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("{:<20} server did not start: {e}", c.name);
+            return false;
+        }
+    };
+    if cfg.quick {
+        println!(
+            "{:<20} server at {}, {:.2} spin steps/ns",
+            c.name, server.addr, server.steps_per_ns
+        );
+    }
+    let mut ok = true;
+    for &load in &cfg.loads {
+        let rate = capacity * load as f64 / 100.0;
+        let run = Run {
+            rate,
+            secs: cfg.secs,
+            warmup: cfg.secs / 10,
+            conns: cfg.conns,
+            seed: 0x6269_6d6f_6461_6c00 | load as u64,
+            drain: cfg.secs.max(Duration::from_secs(2)),
+        };
+        let ours = [std::process::id(), server.child.id()];
+        let (t0, w0) = (others_ticks(&ours), std::time::Instant::now());
+        let got = client::run(server.addr, &run, &MIX);
+        let others = others_ticks(&ours).saturating_sub(t0) as f64
+            / clock_ticks()
+            / w0.elapsed().as_secs_f64();
+        match got {
+            Ok(point) => {
+                let row = Row {
+                    name: c.name,
+                    load,
+                    offered: rate,
+                    stats: Stats::of(&point),
+                    others,
+                    round: Some(round),
+                };
+                row.print();
+                row.csv(csv);
+                if cfg.quick && (row.stats.lost > 0 || row.stats.short_n == 0) {
+                    println!("  ^ unanswered requests or no short request measured");
+                    ok = false;
+                }
+                rows.push(row);
+            }
+            Err(e) => {
+                println!("{:<20} {load:>3} % client failed: {e}", c.name);
+                return false;
+            }
+        }
+    }
+    ok
 }
 
 fn main() {
@@ -892,80 +1090,36 @@ saturation throughput (offered {:.0} req/s):",
             ": the best saturation throughput"
         }
     );
-    println!(
-        "\n{:<20} {:>5} {:>8} {:>8} | {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} | {:>4} {:>5}",
-        "contender",
-        "load",
-        "offered",
-        "achieved",
-        "short50",
-        "short99",
-        "short999",
-        "long50",
-        "long99",
-        "long999",
-        "longs",
-        "lost"
-    );
     let mut rows = Vec::new();
     let mut csv = format!("{HEADER}\n");
-    for (c, program) in &programs {
-        let server = match start(&cfg, c.kind, program) {
-            Ok(s) => s,
-            Err(e) => {
-                println!("{:<20} server did not start: {e}", c.name);
-                failed = true;
-                continue;
-            }
-        };
-        if cfg.quick {
+    for round in 0..cfg.rounds {
+        if cfg.rounds > 1 {
             println!(
-                "{:<20} server at {}, {:.2} spin steps/ns",
-                c.name, server.addr, server.steps_per_ns
+                "\nround {} of {} (load average {})",
+                round + 1,
+                cfg.rounds,
+                loadavg()
             );
         }
-        for &load in &cfg.loads {
-            let rate = capacity * load as f64 / 100.0;
-            let run = Run {
-                rate,
-                secs: cfg.secs,
-                warmup: cfg.secs / 10,
-                conns: cfg.conns,
-                seed: 0x6269_6d6f_6461_6c00 | load as u64,
-                drain: cfg.secs.max(Duration::from_secs(2)),
-            };
-            let ours = [std::process::id(), server.child.id()];
-            let (t0, w0) = (others_ticks(&ours), std::time::Instant::now());
-            let got = client::run(server.addr, &run, &MIX);
-            let others = others_ticks(&ours).saturating_sub(t0) as f64
-                / clock_ticks()
-                / w0.elapsed().as_secs_f64();
-            match got {
-                Ok(point) => {
-                    let row = Row {
-                        name: c.name,
-                        load,
-                        offered: rate,
-                        point,
-                        others,
-                    };
-                    row.print();
-                    row.csv(&mut csv);
-                    if cfg.quick && (row.point.lost > 0 || row.point.short.is_empty()) {
-                        println!("  ^ unanswered requests or no short request measured");
-                        failed = true;
-                    }
-                    rows.push(row);
-                }
-                Err(e) => {
-                    println!("{:<20} {load:>3} % client failed: {e}", c.name);
-                    failed = true;
-                    break;
-                }
-            }
+        print_header();
+        // Each round starts with the next contender.
+        for i in 0..programs.len() {
+            let (c, program) = &programs[(i + round) % programs.len()];
+            failed |= !sweep(&cfg, c, program, capacity, round + 1, &mut rows, &mut csv);
         }
-        drop(server);
     }
+    let rows = if cfg.rounds > 1 {
+        println!("\nmedians over {} rounds:", cfg.rounds);
+        print_header();
+        let medians = median_rows(&rows);
+        for r in &medians {
+            r.print();
+            r.csv(&mut csv);
+        }
+        medians
+    } else {
+        rows
+    };
     summary(&cfg, &rows, &saturation);
     let dir = target_dir();
     let _ = std::fs::create_dir_all(&dir);
