@@ -441,8 +441,8 @@ fn sysmon_backs_off_while_every_p_keeps_switching() {
 
 /// A burst of goroutines woken together while the only P runs a hog is
 /// served in one turn: the hog, kept aside for the first of them, resumes
-/// once they have all run or had `WAKEUP_GRANULARITY` (100 µs), not after
-/// each one. (It used to resume after the first; each of the others then
+/// once they have all run or had their turn (`WAKEUP_TURN`, 400 µs), not
+/// after each one. (It used to resume after the first; each of the others then
 /// waited for a new wake-up request, one per 100 µs of hog time: the last
 /// of 16 sleepers woken by one timer tick ran ~2 ms late, past the whole
 /// of a busy server's short requests queued behind a long one.)
@@ -523,11 +523,12 @@ fn check_burst_spans(rt: &gosched::Runtime, spans: &[Duration], what: &str, boun
 
 /// A burst of I/O wake-ups too long for one turn, beside a long request
 /// with no runtime calls on the only P, is served in a few turns: the
-/// request, kept aside for the burst, resumes after `WAKEUP_GRANULARITY`
-/// of it, and the readers still waiting get the next wake-up preemption
-/// once it has run the granularity again (measured: the last of 8 readers
-/// of 80 µs each starts 1.6-1.9 ms after the packets), not at the end of
-/// its 10 ms slice.
+/// request, kept aside for the burst, resumes after a turn of it
+/// (`WAKEUP_TURN`, 400 µs), and the readers still waiting get the next
+/// wake-up preemption once it has run the granularity (200 µs) again
+/// (measured with 100 µs for both: the last of 8 readers of 80 µs each
+/// started 1.6-1.9 ms after the packets), not at the end of its 10 ms
+/// slice.
 #[test]
 fn the_rest_of_a_long_burst_is_served_in_the_next_turns() {
     let _s = serial();

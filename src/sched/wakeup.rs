@@ -56,7 +56,7 @@
 //!    In ThreadAffine mode it stays locked to its thread, and its P is handed
 //!    to another thread for the woken goroutine, as for any preemption.
 //!    It resumes once the woken goroutines have had their turn: when none
-//!    is left, or after `WAKEUP_GRANULARITY` of theirs, counted from when
+//!    is left, or after `WAKEUP_TURN` of theirs, counted from when
 //!    the first of them starts (`P::start_turn`; counted from the
 //!    preemption, the thread hand-off in between, 40 µs on a VM, used up
 //!    most of the turn, and the kept goroutine resumed after one woken
@@ -134,7 +134,9 @@
 //! Thrashing: the granularity bounds how often one P can be interrupted
 //! (at most once per `WAKEUP_GRANULARITY` of its goroutine's running time),
 //! so a hog keeps most of its P even beside a goroutine woken in a loop
-//! from outside. Goroutines readied from inside a P (a channel ping-pong
+//! from outside, and beside a stream of woken goroutines that never lets
+//! the woken queue empty, a third (the granularity, then a `WAKEUP_TURN`
+//! of twice that). Goroutines readied from inside a P (a channel ping-pong
 //! between goroutines) never trigger it: they go to the waker's `runnext`.
 //!
 //! Rejected: preempting the P with the *latest* slice (it is the most
@@ -150,12 +152,11 @@ use super::*;
 use crate::builder::PreemptMode;
 
 /// A goroutine is preempted for a wake-up only after it ran this long in
-/// its slice, and the woken goroutines' turn beside a kept one lasts this
-/// long (step 3): Linux's CFS wake-up granularity is 1 ms scaled by CPU
-/// count. A ThreadAffine wake-up preemption costs 30-60 µs of CPU on a VM
-/// (a signal, two thread hand-offs, sysmon's looks), so a hog asked every
-/// time it may be keeps over 40 % of its P, and beside a stream of woken
-/// goroutines (turns of at most this long) at least a third.
+/// its slice, and a woken goroutine that makes no call is asked to yield
+/// to a kept one after this long (step 3): Linux's CFS wake-up granularity
+/// is 1 ms scaled by CPU count. A ThreadAffine wake-up preemption costs
+/// 30-60 µs of CPU on a VM (a signal, two thread hand-offs, sysmon's
+/// looks), so a hog asked every time it may be keeps over 40 % of its P.
 ///
 /// 100 µs until 2026-12-07: at 50 % load the bimodal server (one CPU, AMD
 /// VM) preempted its long requests twice as often, and with twice the
@@ -165,6 +166,20 @@ use crate::builder::PreemptMode;
 /// the two were within the machine's noise (1.3-1.6 ms against
 /// 1.5-1.7 ms).
 pub(crate) const WAKEUP_GRANULARITY: Duration = Duration::from_micros(200);
+
+/// How long the woken goroutines run beside a goroutine kept aside for
+/// them before it resumes, at most (step 3; counted from when the first of
+/// them starts): twice the granularity, so beside a stream of woken
+/// goroutines a hog keeps a third of its P. Each turn costs a wake-up
+/// preemption, in ThreadAffine mode two thread hand-offs besides: with
+/// turns of one granularity, a server behind on its short requests (woken
+/// queue never empty) spent on those what it needed to catch up. 200 µs
+/// until 2026-12-07: the bimodal server at 50 % load (AMD VM without
+/// AVX-512), three alternated batches of 5 runs: median short p99 1.60,
+/// 2.61 and 1.52 ms with 200 µs, 1.04, 1.55 and 1.14 ms with 400 µs (1.06
+/// ms with 600 µs in the first batch); at 30 % 1.97 and 0.69 ms against
+/// 1.94 and 0.71 ms; long p50 within noise (17-19 ms either way).
+const WAKEUP_TURN: Duration = WAKEUP_GRANULARITY.saturating_mul(2);
 
 /// First repeat of a wake-up request the goroutine refused; doubles per
 /// repeat up to `WAKEUP_RETRY_MAX`. In ThreadAffine mode it is also how
@@ -180,9 +195,10 @@ const WAKEUP_RETRY_MAX: Duration = Duration::from_millis(2);
 const WAKEUP_SIGNALLED_LOOK: Duration = Duration::from_millis(1);
 
 /// When sysmon looks first after a wake-up request went out as a signal:
-/// by then the goroutine has switched out and the woken goroutines have
-/// had their turn (a thread hand-off, then at most `WAKEUP_GRANULARITY`),
-/// so that one look applies the turn rule as well (`kept_turn_preempt`),
+/// by then the goroutine has switched out and the first woken goroutine
+/// has run the granularity if it makes no call (a thread hand-off, then
+/// `WAKEUP_GRANULARITY`), so that one look applies the turn rule as well
+/// (`kept_turn_preempt`),
 /// and keeping the preempted goroutine aside wakes nobody
 /// (`look_at_kept_turn`). If the goroutine is still in the slice the
 /// request was for, sysmon looks again at `WAKEUP_SIGNALLED_LOOK`.
@@ -388,7 +404,7 @@ impl Shared {
 
     /// sysmon: a goroutine kept aside for a wake-up (step 3) waits in a P's
     /// `runnext` while a goroutine that started after it (the woken one)
-    /// has had its turn (`WAKEUP_GRANULARITY`) and still runs: ask that P
+    /// has run `WAKEUP_GRANULARITY` and still runs: ask that P
     /// to yield, as for a wake-up. The turn rule used to be applied only at
     /// the P's next scheduling point, so a woken goroutine that makes no
     /// call (a second long request) held the P until its quantum ended,
@@ -728,7 +744,7 @@ impl Shared {
             return false;
         }
         let ran = self.slice_clock().saturating_sub(turn) as f64 * self.ns_per_clock_unit();
-        ran >= WAKEUP_GRANULARITY.as_nanos() as f64
+        ran >= WAKEUP_TURN.as_nanos() as f64
     }
 
     /// Was the goroutine that P `p` ran in its current slice asked to yield
