@@ -442,10 +442,10 @@ fn sysmon_backs_off_while_every_p_keeps_switching() {
 /// A burst of goroutines woken together while the only P runs a hog is
 /// served in one turn: the hog, kept aside for the first of them, resumes
 /// once they have all run or had their turn (`WAKEUP_TURN`, 400 µs), not
-/// after each one. (It used to resume after the first; each of the others then
-/// waited for a new wake-up request, one per 100 µs of hog time: the last
-/// of 16 sleepers woken by one timer tick ran ~2 ms late, past the whole
-/// of a busy server's short requests queued behind a long one.)
+/// after each one. (It used to resume after the first; each of the others
+/// then waited for a new wake-up request, one per 100 µs of hog time: the
+/// last of 16 sleepers woken by one timer tick ran ~2 ms late, past the
+/// whole of a busy server's short requests queued behind a long one.)
 #[test]
 fn a_burst_of_wakeups_is_served_in_one_turn_beside_a_hog() {
     let _s = serial();

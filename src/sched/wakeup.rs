@@ -198,10 +198,9 @@ const WAKEUP_SIGNALLED_LOOK: Duration = Duration::from_millis(1);
 /// by then the goroutine has switched out and the first woken goroutine
 /// has run the granularity if it makes no call (a thread hand-off, then
 /// `WAKEUP_GRANULARITY`), so that one look applies the turn rule as well
-/// (`kept_turn_preempt`),
-/// and keeping the preempted goroutine aside wakes nobody
-/// (`look_at_kept_turn`). If the goroutine is still in the slice the
-/// request was for, sysmon looks again at `WAKEUP_SIGNALLED_LOOK`.
+/// (`kept_turn_preempt`), and keeping the preempted goroutine aside wakes
+/// nobody (`look_at_kept_turn`). If the goroutine is still in the slice
+/// the request was for, sysmon looks again at `WAKEUP_SIGNALLED_LOOK`.
 const WAKEUP_TURN_LOOK: Duration = WAKEUP_GRANULARITY.saturating_mul(2);
 
 /// The longest sysmon waits between looks while a woken goroutine waits
