@@ -450,7 +450,8 @@ impl Builder {
     /// thread looks for work, the goroutine that has run longest (at least
     /// 200 µs into its slice) is asked to yield at once, so the woken one
     /// runs within microseconds instead of up to a quantum; the preempted
-    /// goroutine keeps its place (it runs next on its P). Default on with
+    /// goroutine keeps its place: it runs next on its P, once the woken
+    /// goroutines have blocked or run 400 µs between them. Default on with
     /// the `preempt-signal` feature, unless `GOSCHED_WAKEUPPREEMPTOFF=1`;
     /// with asynchronous preemption off, only the cooperative flag is set.
     ///
