@@ -327,9 +327,12 @@ fn assert_timed_out(r: (std::io::ErrorKind, Duration), kind: std::io::ErrorKind)
 
 /// A goroutine receives on a UDP socket (no timeout); a second one, with
 /// a read timeout, receives on the same socket: it gets `TimedOut` in
-/// time, and the first still gets the next datagram. The second waiter
-/// used to queue behind the first on a lock with no deadline: it hung
-/// until the first got a datagram.
+/// time, so does a third (the first still holds the turn), and the first
+/// still gets the next datagram. The second waiter used to queue behind
+/// the first on a lock with no deadline: it hung until the first got a
+/// datagram. Then the second's timeout released the turn the first held
+/// (a guard built for a lock it did not get), and the third parked beside
+/// the first: "two goroutines in one slot" (a panic).
 #[test]
 fn a_second_udp_receiver_gets_its_own_timeout() {
     let _w = common::watchdog();
@@ -346,6 +349,10 @@ fn a_second_udp_receiver_gets_its_own_timeout() {
             });
             gosched::sleep(Duration::from_millis(20)); // let it park
             s.set_read_timeout(Some(SECOND_TIMEOUT)).unwrap();
+            let t = Instant::now();
+            let e = s.recv(&mut [0u8; 64]).unwrap_err();
+            assert_timed_out((e.kind(), t.elapsed()), std::io::ErrorKind::TimedOut);
+            // The first still holds the turn: a third waits behind it too.
             let t = Instant::now();
             let e = s.recv(&mut [0u8; 64]).unwrap_err();
             assert_timed_out((e.kind(), t.elapsed()), std::io::ErrorKind::TimedOut);
@@ -374,6 +381,9 @@ fn a_second_tcp_reader_gets_its_own_timeout() {
             });
             gosched::sleep(Duration::from_millis(20));
             s.set_read_timeout(Some(SECOND_TIMEOUT)).unwrap();
+            let t = Instant::now();
+            let e = (&s).read(&mut [0u8; 8]).unwrap_err();
+            assert_timed_out((e.kind(), t.elapsed()), std::io::ErrorKind::TimedOut);
             let t = Instant::now();
             let e = (&s).read(&mut [0u8; 8]).unwrap_err();
             assert_timed_out((e.kind(), t.elapsed()), std::io::ErrorKind::TimedOut);
@@ -408,9 +418,51 @@ fn a_second_registration_wait_gets_its_own_timeout() {
                 let t = Instant::now();
                 let e = r.wait_readable(Some(SECOND_TIMEOUT)).unwrap_err();
                 assert_timed_out((e.kind(), t.elapsed()), std::io::ErrorKind::TimedOut);
+                let t = Instant::now();
+                let e = r.wait_readable(Some(SECOND_TIMEOUT)).unwrap_err();
+                assert_timed_out((e.kind(), t.elapsed()), std::io::ErrorKind::TimedOut);
                 let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
                 c.send_to(b"first", to).unwrap();
                 assert_eq!(first.join().unwrap(), b"first");
+            });
+        },
+    );
+}
+
+/// Writes are serialised too: a goroutine's `write_all` parks on a full
+/// send buffer (the peer reads nothing); a second writer with a write
+/// timeout gets `TimedOut`, and so does a third: the first still holds
+/// the write turn. The third used to get the turn the second's timeout
+/// released, and write beside the first (or park beside it and panic).
+#[test]
+fn a_timed_out_writer_leaves_the_turn_with_the_writer_that_holds_it() {
+    let _w = common::watchdog();
+    within(
+        Duration::from_secs(30),
+        "writers queued on one stream",
+        || {
+            let rt = Builder::new().procs(2).build().unwrap();
+            rt.block_on(|| {
+                let l = TcpListener::bind("127.0.0.1:0").unwrap();
+                let peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+                let (s, _) = l.accept().unwrap();
+                let s2 = s.try_clone().unwrap();
+                let first = gosched::spawn(move || {
+                    // Far more than loopback's buffers hold: it parks.
+                    let big = vec![7u8; 64 << 20];
+                    (&s2).write_all(&big).map_err(|e| e.kind())
+                });
+                gosched::sleep(Duration::from_millis(100)); // let it fill and park
+                s.set_write_timeout(Some(SECOND_TIMEOUT)).unwrap();
+                for writer in ["second", "third"] {
+                    let t = Instant::now();
+                    let r = (&s).write(&[1u8; 16]);
+                    let e = r.expect_err(&format!("the {writer} writer wrote beside the first"));
+                    assert_timed_out((e.kind(), t.elapsed()), std::io::ErrorKind::TimedOut);
+                }
+                drop(peer); // the first's write ends with an error
+                let r = first.join().unwrap();
+                assert!(r.is_err(), "the first writer: {r:?}");
             });
         },
     );

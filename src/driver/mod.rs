@@ -595,9 +595,11 @@ impl Desc {
         g: GRef,
         deadline: Option<Instant>,
     ) -> Option<TurnGuard> {
+        // `then`, not `then_some`: a guard built for a lock not taken would
+        // release, when dropped, the turn another goroutine holds.
         self.turn[dir as usize]
             .lock(g, deadline)
-            .then_some(TurnGuard { desc: self, dir })
+            .then(|| TurnGuard { desc: self, dir })
     }
 }
 
