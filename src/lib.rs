@@ -371,7 +371,9 @@ pub fn current_id() -> Option<u64> {
     sched::current_g().map(|g| g.id.load(std::sync::atomic::Ordering::Relaxed))
 }
 
-/// Goroutines alive in the calling goroutine's runtime (0 outside one).
+/// Goroutines alive in the calling goroutine's runtime (0 outside one),
+/// as [`Stats::goroutines`] counts them (one that just delivered its
+/// result to `join` may still count for a moment).
 ///
 /// # Examples
 ///

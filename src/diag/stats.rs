@@ -22,7 +22,10 @@ use crate::sched::{self, Shared};
 #[non_exhaustive]
 #[derive(Clone, Debug)]
 pub struct Stats {
-    /// Goroutines alive now (spawned and not finished).
+    /// Goroutines alive now (spawned and not finished). A goroutine
+    /// counts until its thread has switched away from it, a moment after
+    /// it delivered its result: right after `join` or `block_on` returns
+    /// it may still count (as with Go's `runtime.NumGoroutine`).
     pub goroutines: usize,
     /// Goroutines spawned since the runtime started.
     pub spawned: u64,
