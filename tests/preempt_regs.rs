@@ -617,3 +617,142 @@ fn avx512_registers_survive_preemption_thread_affine() {
 fn avx512_registers_survive_preemption_migrate() {
     avx512_registers_survive_preemption(PreemptMode::Migrate);
 }
+
+/// Loads eight values on the x87 register stack (all of it), spins `n`
+/// rounds of `dec; jnz` with them there (a preemption lands in the loop),
+/// then pops and adds them: 8.0 if they all survived.
+#[inline(never)]
+fn x87_full_stack(n: u64) -> f64 {
+    let one = 1.0f64;
+    let mut sum = 0.0f64;
+    // SAFETY: x87 is baseline on x86-64; the block pushes eight values and
+    // pops all eight (the stack is empty again after it, as the ABI wants),
+    // reads `one` and writes `sum`, both live locals.
+    unsafe {
+        std::arch::asm!(
+            "fld qword ptr [{one}]",
+            "fld st(0)", "fld st(0)", "fld st(0)",
+            "fld st(0)", "fld st(0)", "fld st(0)", "fld st(0)",
+            "2:",
+            "dec {n}",
+            "jnz 2b",
+            "faddp st(1), st", "faddp st(1), st", "faddp st(1), st", "faddp st(1), st",
+            "faddp st(1), st", "faddp st(1), st", "faddp st(1), st",
+            "fstp qword ptr [{sum}]",
+            one = in(reg) &one,
+            sum = in(reg) &mut sum,
+            n = inout(reg) n.max(1) => _,
+        );
+    }
+    sum
+}
+
+/// sqrt(2) on the x87 unit (what C's `sqrtl` does): pushes three values,
+/// so it needs the free stack slots the ABI promises at every call.
+#[inline(never)]
+fn x87_sqrt2() -> f64 {
+    let mut r = 0.0f64;
+    // SAFETY: x87 is baseline on x86-64; the block pushes one value,
+    // computes on it and pops it, and writes `r`, a live local.
+    unsafe {
+        std::arch::asm!(
+            "fld1",
+            "fadd st, st(0)",
+            "fsqrt",
+            "fstp qword ptr [{r}]",
+            r = in(reg) &mut r,
+        );
+    }
+    r
+}
+
+/// A goroutine preempted with a full x87 register stack: the scheduler
+/// and every goroutine that runs meanwhile (on its thread, or on a thread
+/// the scheduler started then: a new thread inherits its creator's x87
+/// registers) start with an empty stack, as at any call; the preempted
+/// goroutine gets its eight values back. The trampoline used to call the
+/// scheduler with the interrupted x87 stack still loaded: fresh goroutines'
+/// x87 math overflowed it and returned NaN (28-58 of ~2,900 in Migrate
+/// mode, 1 in ThreadAffine, every run).
+fn x87_stack_stays_with_its_goroutine(mode: PreemptMode) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let _s = serial();
+    assert_eq!(x87_sqrt2(), std::f64::consts::SQRT_2);
+    let b = Builder::new()
+        .procs(1)
+        .preempt_quantum(Duration::from_micros(100))
+        .preempt_mode(mode);
+    // SAFETY: the goroutines run x87 arithmetic and a spin on locals; no
+    // thread-locals, no stdout.
+    let rt = unsafe { b.allow_migrate() }.build().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let wrong = Arc::new(AtomicU64::new(0));
+    let (ran, sums) = rt.block_on({
+        let (stop, wrong) = (stop.clone(), wrong.clone());
+        move || {
+            // Three, so that in ThreadAffine mode each preempted one's
+            // thread waits with it and the scheduler starts new threads.
+            let hogs: Vec<_> = (0..3)
+                .map(|_| {
+                    let s = stop.clone();
+                    gosched::spawn(move || {
+                        let mut bad = 0u64;
+                        while !s.load(Ordering::Relaxed) {
+                            if x87_full_stack(1_000_000) != 8.0 {
+                                bad += 1;
+                            }
+                        }
+                        bad
+                    })
+                })
+                .collect();
+            let t = Instant::now();
+            let mut ran = 0u64;
+            while t.elapsed() < Duration::from_millis(700) {
+                let w = wrong.clone();
+                gosched::spawn(move || {
+                    if x87_sqrt2() != std::f64::consts::SQRT_2 {
+                        w.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let t = Instant::now();
+                    while t.elapsed() < Duration::from_micros(300) {}
+                })
+                .join()
+                .unwrap();
+                ran += 1;
+            }
+            stop.store(true, Ordering::Relaxed);
+            (
+                ran,
+                hogs.into_iter().map(|h| h.join().unwrap()).sum::<u64>(),
+            )
+        }
+    });
+    let st = rt.stats();
+    eprintln!(
+        "{mode:?}: {ran} goroutines computed sqrt(2) beside the x87 hogs, preempt_async={}",
+        st.preempt_async
+    );
+    assert_eq!(sums, 0, "{mode:?}: the preempted goroutine lost x87 values");
+    assert_eq!(
+        wrong.load(Ordering::Relaxed),
+        0,
+        "{mode:?}: goroutines found the preempted goroutine's x87 stack ({ran} ran)"
+    );
+    assert!(
+        st.preempt_async > 20,
+        "{mode:?}: too few asynchronous preemptions: {}",
+        st.preempt_async
+    );
+}
+
+#[test]
+fn x87_stack_stays_with_its_goroutine_thread_affine() {
+    x87_stack_stays_with_its_goroutine(PreemptMode::ThreadAffine);
+}
+
+#[test]
+fn x87_stack_stays_with_its_goroutine_migrate() {
+    x87_stack_stays_with_its_goroutine(PreemptMode::Migrate);
+}

@@ -122,12 +122,23 @@ global_asm!(
     "2:",
     "    xsave64 [rsp]",            // x87, SSE, AVX (and AVX-512 where enabled)
     "3:",
+    // The state the ABI promises at a call, for the scheduler and for
+    // whatever it runs or starts before this goroutine resumes: an empty
+    // x87 register stack and default control words (a thread created now
+    // inherits its creator's x87 registers), DF clear. XRSTOR brings the
+    // interrupted state back; MXCSR is also kept by hand, in bytes of the
+    // legacy area the processor leaves to software (464..512), since
+    // XRSTOR may load its default instead where the SSE state was initial.
+    "    stmxcsr [rsp + 464]",
+    "    ldmxcsr [rip + {mxcsr_init}]", // round to nearest, exceptions masked
+    "    fninit",                   // empty x87 stack, control word 0x37f
     "    cld",                      // the ABI wants DF clear at a call
     "    mov rdi, rbp",             // park(frame): the trampoline frame (test hook)
     "    call {park}",              // into the scheduler; returns when resumed
     "    mov eax, -1",
     "    mov edx, -1",
-    "    xrstor64 [rsp]",           // either format (XCOMP_BV bit 63), MXCSR included
+    "    xrstor64 [rsp]",           // either format (XCOMP_BV bit 63), x87 included
+    "    ldmxcsr [rsp + 464]",      // the interrupted MXCSR
     "    lea rsp, [rbp - 15 * 8]",  // back to the general registers (rflags,
     "    pop r15",                  // then fourteen, below rbp)
     "    pop r14",
@@ -153,12 +164,17 @@ global_asm!(
     ".popsection",
     xsave_size = sym XSAVE_SIZE,
     xsavec = sym USE_XSAVEC,
+    mxcsr_init = sym MXCSR_INIT,
     park = sym crate::preempt::async_preempt_yield,
 );
 
 extern "C" {
     fn gosched_arch_async_preempt();
 }
+
+/// MXCSR at process start (SysV ABI): round to nearest, every exception
+/// masked, no flush-to-zero. The trampoline loads it for the scheduler.
+static MXCSR_INIT: u32 = 0x1f80;
 
 /// Bytes of the XSAVE area for the features XCR0 enables (CPUID 0xD.0 EBX),
 /// rounded up to 64; 0 until [`init_extended_state`] ran or when the CPU lacks XSAVE.
