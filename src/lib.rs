@@ -67,6 +67,19 @@
 //! instructions, a promise the caller makes with the `unsafe`
 //! [`Builder::allow_migrate`] (without it `build` refuses Migrate).
 //!
+//! ### Signal masks
+//!
+//! A thread's signal mask is thread state, like its affinity: a goroutine
+//! that changes it with `pthread_sigmask` changes it for the goroutines
+//! that run on that thread after it, unless it called [`lock_os_thread`]
+//! first (a thread whose locked goroutine ends gets its mask back). A
+//! blocked SIGPIPE or SIGINT does not affect preemption. A blocked
+//! **SIGURG**, gosched's preemption signal, stops asynchronous preemption
+//! on that thread until it is unblocked: a goroutine may block it around a
+//! section that must not be interrupted, but should unblock it before it
+//! blocks, yields or returns, or use [`no_preempt`], which costs no system
+//! call.
+//!
 //! ## Soundness: thread identity across cooperative points
 //!
 //! At *cooperative* points (yield, sleep, channel operations, join, lock

@@ -925,3 +925,71 @@ fn a_time_sliced_goroutine_entering_a_blocking_call_is_not_interrupted() {
         "{interrupted} of {calls} polls failed with EINTR"
     );
 }
+
+/// Child: one P; a goroutine blocks SIGPIPE with `pthread_sigmask` (as
+/// network code that wants EPIPE instead of the signal may) and ends with
+/// it blocked, so the mask stays on its thread; then a no-call hog beside a
+/// sleeping main goroutine on that thread. The sleep returns only once the
+/// hog is preempted asynchronously.
+fn blocked_sigpipe_child() {
+    let rt = Builder::new()
+        .procs(1)
+        .preempt_quantum(Duration::from_millis(1))
+        .build()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let t = Instant::now();
+    rt.block_on(move || {
+        gosched::spawn(|| {
+            // SAFETY: sigset_t is plain data, initialised by sigemptyset;
+            // pthread_sigmask changes only this thread's mask.
+            unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGPIPE);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            }
+        })
+        .join()
+        .unwrap();
+        let s2 = s.clone();
+        let h = gosched::spawn(move || hog(&s2));
+        gosched::sleep(Duration::from_millis(50));
+        s.store(true, Ordering::Relaxed);
+        h.join().unwrap();
+    });
+    let st = rt.stats();
+    eprintln!(
+        "SLEPT_MS={} PREEMPT_ASYNC={} REFUSED_SIGMASK={}",
+        t.elapsed().as_millis(),
+        st.preempt_async,
+        refused(&st, "sigmask")
+    );
+}
+
+/// A signal mask a goroutine left on its thread is not taken for a signal
+/// handler: it used to have every preemption on that thread refused as
+/// "inside a signal handler" (rule 5 compared masks), and a hog there
+/// starved the P for good.
+#[test]
+fn a_blocked_sigpipe_left_on_a_thread_does_not_stop_preemption() {
+    const TEST: &str = "a_blocked_sigpipe_left_on_a_thread_does_not_stop_preemption";
+    if child_role().as_deref() == Some("blocked_sigpipe") {
+        return blocked_sigpipe_child();
+    }
+    let _s = serial();
+    let out = run_child(TEST, "blocked_sigpipe", Duration::from_secs(30));
+    out.assert_success("blocked SIGPIPE child (a timeout is a starved hog)");
+    eprintln!("{}", out.stderr.lines().last().unwrap_or(""));
+    assert!(
+        out.report("PREEMPT_ASYNC").is_some_and(|n| n > 0),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.report("SLEPT_MS").is_some_and(|ms| ms < 5_000),
+        "the sleep beside the hog took too long\n{}",
+        out.stderr
+    );
+}

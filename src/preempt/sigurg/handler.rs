@@ -32,12 +32,18 @@
 //!    preempted: it would resume, and `sigreturn`, on whatever thread runs
 //!    the goroutine next (installing the first thread's alternate signal
 //!    stack there), and a ThreadAffine goroutine would hold its handler
-//!    open while others run. Two checks: the interrupted signal mask is the
-//!    M's normal one (a handler normally blocks at least its own signal),
-//!    and no kernel signal frame lies between the interrupted sp and the
-//!    stack top (an `SA_NODEFER` handler with an empty `sa_mask` changes no
-//!    mask; `arch::signal_frame_above` finds its frame by the thread's
-//!    alternate-stack words the kernel saves in it).
+//!    open while others run. The check: no kernel signal frame lies
+//!    between the interrupted sp and the stack top
+//!    (`arch::signal_frame_above` finds one by the thread's alternate-stack
+//!    words the kernel saves in it, whatever the handler's mask). The
+//!    signal mask is no evidence by itself: a goroutine may block signals
+//!    with `pthread_sigmask` (and a thread's mask outlives the goroutine
+//!    that set it); only an M without a recorded alternate stack, where no
+//!    scan is possible, is refused for a mask other than its normal one. A
+//!    goroutine that blocks SIGURG itself is not preempted asynchronously
+//!    until it unblocks it (the signal waits, pending), nor is any
+//!    goroutine after it on a thread it left so: see the crate docs'
+//!    "Signal masks".
 //!
 //! 6. In ThreadAffine mode, fewer Ms are parked holding preempted
 //!    goroutines than `max_threads` leaves for them
@@ -192,24 +198,33 @@ fn try_preempt(m: &crate::sched::M, ctx: &mut arch::SigContext) -> Result<(), Re
     if !preemptible_main(ctx.pc()) && (in_main_text(ctx.pc()) || !leaf()) {
         return Err(Refusal::ForeignCode);
     }
-    // Rule 5: compare the kernel's 64-bit mask (the rest of glibc's
-    // sigset_t is padding the kernel does not write).
-    // SAFETY: both are valid sigset_t values; we read their first 8 bytes.
-    let (now, normal) = unsafe {
-        (
-            (ctx.sigmask() as *const libc::sigset_t)
-                .cast::<u64>()
-                .read_unaligned(),
-            m.sigmask.get().cast::<u64>().read_unaligned(),
-        )
-    };
-    if now != normal {
-        return Err(Refusal::SigMask);
-    }
-    // Rule 5, second half: a handler that changed no mask (SA_NODEFER,
-    // empty sa_mask) is recognised by the kernel's signal frame it runs
-    // above. Scanned last: it reads the goroutine's live stack.
+    // Rule 5: a handler running on the goroutine's stack is recognised by
+    // the kernel's signal frame it runs above, whatever the mask (an
+    // `SA_NODEFER` handler with an empty `sa_mask` changes none). A mask
+    // other than the M's normal one alone is no evidence: a goroutine that
+    // blocked SIGPIPE with `pthread_sigmask` (and left it so for the
+    // goroutines after it on this thread) used to have every preemption
+    // refused. Scanned last: it reads the goroutine's live stack.
     let (alt_sp, alt_size) = crate::os::signal::this_altstack();
+    if alt_sp == 0 {
+        // No alternate stack recorded, so no scan: the mask is all there
+        // is to go by (a handler normally blocks at least its own signal).
+        // Compare the kernel's 64-bit mask (the rest of glibc's sigset_t
+        // is padding the kernel does not write).
+        // SAFETY: both are valid sigset_t values; we read their first 8
+        // bytes.
+        let (now, normal) = unsafe {
+            (
+                (ctx.sigmask() as *const libc::sigset_t)
+                    .cast::<u64>()
+                    .read_unaligned(),
+                m.sigmask.get().cast::<u64>().read_unaligned(),
+            )
+        };
+        if now != normal {
+            return Err(Refusal::SigMask);
+        }
+    }
     let top = stack.map_or(0, |s| s.top);
     // SAFETY: rule 3 checked bottom <= sp <= top: [sp, top) is the live
     // part of the goroutine's stack, mapped and ours (this thread runs it
