@@ -78,7 +78,8 @@
 //! on that thread until it is unblocked: a goroutine may block it around a
 //! section that must not be interrupted, but should unblock it before it
 //! blocks, yields or returns, or use [`no_preempt`], which costs no system
-//! call.
+//! call. sysmon warns on stderr, once, when a preemption signal has waited
+//! 200 ms on a thread that blocks SIGURG.
 //!
 //! ## Soundness: thread identity across cooperative points
 //!

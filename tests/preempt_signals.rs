@@ -993,3 +993,65 @@ fn a_blocked_sigpipe_left_on_a_thread_does_not_stop_preemption() {
         out.stderr
     );
 }
+
+/// Child: one P; a goroutine blocks SIGURG and ends with it blocked; then
+/// a no-call hog beside a sleeping main goroutine on that thread. The hog
+/// cannot be preempted asynchronously; a plain thread stops it after
+/// `SIGURG_BLOCKED_FOR`.
+fn blocked_sigurg_child() {
+    let rt = Builder::new()
+        .procs(1)
+        .preempt_quantum(Duration::from_millis(1))
+        .build()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(SIGURG_BLOCKED_FOR);
+        s.store(true, Ordering::Relaxed);
+    });
+    let s = stop.clone();
+    let t = Instant::now();
+    rt.block_on(move || {
+        gosched::spawn(|| {
+            // SAFETY: sigset_t is plain data, initialised by sigemptyset;
+            // pthread_sigmask changes only this thread's mask.
+            unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGURG);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            }
+        })
+        .join()
+        .unwrap();
+        let s2 = s.clone();
+        let h = gosched::spawn(move || hog(&s2));
+        gosched::sleep(Duration::from_millis(1));
+        h.join().unwrap();
+    });
+    stopper.join().unwrap();
+    eprintln!("SLEPT_MS={}", t.elapsed().as_millis());
+}
+
+/// How long the blocked-SIGURG child's hog runs.
+const SIGURG_BLOCKED_FOR: Duration = Duration::from_millis(1500);
+
+/// A thread left with SIGURG blocked cannot be preempted (the crate docs
+/// say so); sysmon says so on stderr, once, instead of the P starving in
+/// silence.
+#[test]
+fn a_thread_left_with_sigurg_blocked_is_reported() {
+    const TEST: &str = "a_thread_left_with_sigurg_blocked_is_reported";
+    if child_role().as_deref() == Some("blocked_sigurg") {
+        return blocked_sigurg_child();
+    }
+    let _s = serial();
+    let out = run_child(TEST, "blocked_sigurg", Duration::from_secs(30));
+    out.assert_success("blocked SIGURG child");
+    let warnings = out
+        .stderr
+        .matches("runs a goroutine with SIGURG blocked")
+        .count();
+    assert_eq!(warnings, 1, "want one warning\n{}", out.stderr);
+}

@@ -207,3 +207,61 @@ impl Drop for AltStack {
         }
     }
 }
+
+/// Whether thread `tid` of this process blocks signal `sig`, from the
+/// `SigBlk` line of its `/proc` status (None if unreadable). Allocates:
+/// for sysmon, never for a signal handler.
+#[cfg(feature = "preempt-signal")]
+pub(crate) fn thread_blocks(tid: i32, sig: libc::c_int) -> Option<bool> {
+    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).ok()?;
+    sigblk_has(&status, sig)
+}
+
+/// `SigBlk` of a `/proc/*/status` text includes signal `sig` (1-based).
+#[cfg(feature = "preempt-signal")]
+fn sigblk_has(status: &str, sig: libc::c_int) -> Option<bool> {
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigBlk:"))?
+        .trim();
+    let mask = u64::from_str_radix(hex, 16).ok()?;
+    let bit = u32::try_from(sig).ok()?.checked_sub(1)?;
+    Some(mask.checked_shr(bit).is_some_and(|m| m & 1 == 1))
+}
+
+#[cfg(all(test, feature = "preempt-signal"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sigblk_is_read_from_proc_status_text() {
+        // SIGURG is 23: bit 22 (0x400000).
+        let text = "Name:\tx\nSigPnd:\t0000000000000000\nSigBlk:\t0000000000400000\n";
+        assert_eq!(sigblk_has(text, libc::SIGURG), Some(true));
+        assert_eq!(sigblk_has(text, libc::SIGPIPE), Some(false));
+        assert_eq!(sigblk_has("SigBlk:\tzz\n", libc::SIGURG), None);
+        assert_eq!(sigblk_has("Name:\tx\n", libc::SIGURG), None);
+        assert_eq!(sigblk_has(text, 0), None);
+    }
+
+    #[test]
+    fn a_blocked_signal_of_this_thread_shows_in_proc() {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        let block = |how| {
+            // SAFETY: sigset_t is plain data initialised by sigemptyset;
+            // pthread_sigmask changes only this (test) thread's mask.
+            unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGURG);
+                libc::pthread_sigmask(how, &set, std::ptr::null_mut());
+            }
+        };
+        block(libc::SIG_BLOCK);
+        let blocked = thread_blocks(tid, libc::SIGURG);
+        block(libc::SIG_UNBLOCK);
+        assert_eq!(blocked, Some(true));
+        assert_eq!(thread_blocks(tid, libc::SIGURG), Some(false));
+    }
+}

@@ -211,13 +211,25 @@ pub(crate) fn signal_m(m: &M) -> bool {
 /// the next check).
 const HANDLER_CHECK: Duration = Duration::from_millis(10);
 
-/// sysmon's watch over the SIGURG handler (see `reclaim_sigurg`).
+/// How long a preemption signal may stay pending on a thread that runs a
+/// goroutine before sysmon looks at the thread's signal mask: a thread the
+/// kernel has not run for that long is rare, one that blocks SIGURG never
+/// takes the signal (see the crate docs' "Signal masks").
+const STUCK_SIGNAL: Duration = Duration::from_millis(200);
+
+/// sysmon's watch over the SIGURG handler (see `reclaim_sigurg`) and over
+/// signals that stay pending.
 #[derive(Default)]
 pub(crate) struct HandlerWatch {
     /// When to check next (ns since the epoch).
     next: u64,
     /// The reclaim generation this runtime has caught up with.
     seen: usize,
+    /// Threads (tid) whose signal was pending at the last check, since
+    /// when (ns since the epoch).
+    pending: Vec<(i32, u64)>,
+    /// The blocked-SIGURG warning was printed (once per runtime).
+    warned: bool,
 }
 
 impl HandlerWatch {
@@ -242,6 +254,46 @@ impl HandlerWatch {
                 // Pairs with `signal_m`'s CAS, as the handler's store does.
                 m.signal_pending.store(false, Ordering::Release);
             }
+        }
+        if !self.warned {
+            self.check_pending(sh, now);
+        }
+    }
+
+    /// Warns once if a thread that runs a goroutine has had a preemption
+    /// signal pending for `STUCK_SIGNAL` because it blocks SIGURG: nothing
+    /// else would say why the goroutines waiting for its P never run.
+    fn check_pending(&mut self, sh: &Shared, now: u64) {
+        let mut stuck = None;
+        let before = std::mem::take(&mut self.pending);
+        for m in sh.allm.rt_lock().iter() {
+            if !m.signal_pending.load(Ordering::Acquire) || m.curg.load(Ordering::Relaxed).is_null()
+            {
+                continue;
+            }
+            let tid = m.tid.load(Ordering::Relaxed);
+            let since = before
+                .iter()
+                .find(|&&(t, _)| t == tid)
+                .map_or(now, |&(_, since)| since);
+            self.pending.push((tid, since));
+            if now.saturating_sub(since) >= STUCK_SIGNAL.as_nanos() as u64 {
+                stuck = Some((tid, now.saturating_sub(since)));
+            }
+        }
+        let Some((tid, for_ns)) = stuck else {
+            return;
+        };
+        if crate::os::signal::thread_blocks(tid, libc::SIGURG) == Some(true) {
+            self.warned = true;
+            crate::diag::stderr_line(format_args!(
+                "gosched: warning: thread {tid} runs a goroutine with SIGURG blocked (its preemption \
+                 signal has waited {:?}): it cannot be preempted asynchronously, and goroutines \
+                 waiting for its P do not run until it reaches a runtime call. A goroutine that \
+                 blocks SIGURG with pthread_sigmask should unblock it before it blocks, yields or \
+                 returns (or use gosched::no_preempt). Printed once.",
+                Duration::from_nanos(for_ns)
+            ));
         }
     }
 }
