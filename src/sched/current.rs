@@ -38,8 +38,17 @@ pub(crate) fn cur_m() -> *const M {
 }
 
 /// Is the calling thread an M? (A thread-local: the answer never changes
-/// for a thread, so a stale read after a migration is still right.)
-#[inline]
+/// for a thread.)
+///
+/// Never inlined: inlined into a goroutine's loop, LLVM computed the
+/// thread-local's address once, before the loop, and kept reading that
+/// address after the goroutine moved to another thread at a yield; once
+/// the first thread had exited (`Runtime` drop), the read hit its freed
+/// TLS block and said "not an M" to a goroutine on a live one (`spawn`
+/// then panicked "called outside a goroutine"; release builds, 1-7 times
+/// in 40 drops of a spawning runtime). A call computes the address from
+/// the thread running it, every time.
+#[inline(never)]
 fn on_m() -> bool {
     !CUR_M.with(|c| c.get()).is_null()
 }
@@ -66,9 +75,8 @@ pub(crate) fn this_m() -> *const M {
 /// reason; it never async-preempts runtime code at all, which we cannot
 /// promise for the std functions our runtime code calls.)
 ///
-/// The thread-local read before it only tells a plain thread from an M:
-/// a stale value (from the thread we ran on before a migration) is still
-/// non-null, because goroutines run only on Ms.
+/// The thread-local read before it only tells a plain thread from an M
+/// (`on_m`, a call, so it reads the running thread's).
 #[inline]
 pub(crate) fn current_g() -> Option<GRef> {
     if !on_m() {
