@@ -609,7 +609,7 @@ fn goroutines_spawning_while_their_runtime_drops_stay_goroutines() {
                     // loop's view of it (abandoned at the drop).
                     std::mem::forget(h);
                     i += 1;
-                    if i % 16 == 0 {
+                    if i.is_multiple_of(16) {
                         gosched::yield_now();
                     }
                 }
