@@ -176,6 +176,9 @@ impl Shared {
         // below would live until the end of the function, two at once).
         let threads = self.allm.rt_lock().len();
         let idle_threads = self.midle.rt_lock().len();
+        // Read once: `set_procs` may change it meanwhile, and one snapshot
+        // must agree with itself (`local_runqueues` is indexed by P).
+        let procs = self.procs();
         Stats {
             goroutines: self.goroutines(),
             spawned: self.spawned(),
@@ -194,7 +197,7 @@ impl Shared {
             idle_threads,
             in_syscall: self.in_blocking.load(Ordering::Relaxed),
             global_runqueue: self.global_queue_len(),
-            local_runqueues: (0..self.procs()).map(|p| self.ps[p].runq.len()).collect(),
+            local_runqueues: (0..procs).map(|p| self.ps[p].runq.len()).collect(),
             sched_latency: (0..sched::SCHED_LATENCY_BUCKETS)
                 .map(|i| {
                     let bound = if i + 1 == sched::SCHED_LATENCY_BUCKETS {
@@ -209,9 +212,10 @@ impl Shared {
                 .collect(),
             poll_waits: self.driver.waits.load(Ordering::Relaxed),
             poll_wakeups: self.driver.wakeups.load(Ordering::Relaxed),
-            procs: self.procs(),
+            procs,
             max_threads: self.cfg.max_threads,
-            idle_procs: self.npidle.load(Ordering::Relaxed),
+            // A shrink counts the Ps it drops as idle until it destroys them.
+            idle_procs: self.npidle.load(Ordering::Relaxed).min(procs),
             stack_size: self.stacks.stack_size(),
             quantum: self.cfg.quantum,
             async_preempt: self.cfg.async_preempt,
