@@ -714,6 +714,9 @@ impl Builder {
         };
         // Parsed whether or not it matters, so that a typo is an error.
         let slice_timer_off = env_flag("GOSCHED_SLICETIMEROFF")?.unwrap_or(false);
+        // Read by the leaf table once per process (`preempt::install`);
+        // checked here so that a typo is an error too.
+        env_flag("GOSCHED_LEAFPREEMPTOFF")?;
         let slice_timer = async_preempt && quantum != Duration::MAX && !slice_timer_off;
         // Refused by the kernel: an error if asked for here, a warning if
         // asked for by the environment.

@@ -94,7 +94,7 @@ fn malformed_environment_variables_are_errors_naming_them() {
     // (a flag that only matters with asynchronous preemption on is still
     // checked with it off: a typo is never silently ignored).
     type Beside = &'static [(&'static str, &'static str)];
-    let cases: [(&str, &str, Beside); 10] = [
+    let cases: [(&str, &str, Beside); 12] = [
         ("GOSCHED_MAXPROCS", "abc", &[]),
         ("GOSCHED_MAXPROCS", "0", &[]),
         ("GOSCHED_MAXPROCS", "-1", &[]),
@@ -115,6 +115,14 @@ fn malformed_environment_variables_are_errors_naming_them() {
         (
             "GOSCHED_WAKEUPPREEMPTOFF",
             "on",
+            &[("GOSCHED_ASYNCPREEMPTOFF", "1")],
+        ),
+        // Read once per process by the leaf table; used to be ignored
+        // unless exactly "1".
+        ("GOSCHED_LEAFPREEMPTOFF", "yes", &[]),
+        (
+            "GOSCHED_LEAFPREEMPTOFF",
+            "2",
             &[("GOSCHED_ASYNCPREEMPTOFF", "1")],
         ),
     ];

@@ -153,7 +153,7 @@ pub(crate) fn init() {
     if !TABLE.load(Ordering::Acquire).is_null() {
         return;
     }
-    let off = std::env::var(OFF_ENV).is_ok_and(|v| v == "1");
+    let off = std::env::var(OFF_ENV).is_ok_and(|v| v.trim() == "1");
     let rows = if off { Vec::new() } else { collect() };
     // Pairs with the Acquire load in `rows`.
     super::publish_once(&TABLE, Table { rows });
