@@ -926,28 +926,36 @@ fn a_time_sliced_goroutine_entering_a_blocking_call_is_not_interrupted() {
     );
 }
 
-/// Child: one P; a goroutine blocks SIGPIPE with `pthread_sigmask` (as
-/// network code that wants EPIPE instead of the signal may) and ends with
-/// it blocked, so the mask stays on its thread; then a no-call hog beside a
+/// Child: one P; a goroutine blocks `sig` with `pthread_sigmask` (as
+/// network code that wants EPIPE instead of SIGPIPE may) and ends with it
+/// blocked, so the mask stays on its thread; then a no-call hog beside a
 /// sleeping main goroutine on that thread. The sleep returns only once the
-/// hog is preempted asynchronously.
-fn blocked_sigpipe_child() {
+/// hog is preempted asynchronously, or (`stop_after`) once a plain thread
+/// stopped the hog.
+fn blocked_signal_child(sig: libc::c_int, stop_after: Option<Duration>) {
     let rt = Builder::new()
         .procs(1)
         .preempt_quantum(Duration::from_millis(1))
         .build()
         .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
+    let stopper = stop_after.map(|after| {
+        let s = stop.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(after);
+            s.store(true, Ordering::Relaxed);
+        })
+    });
     let s = stop.clone();
     let t = Instant::now();
     rt.block_on(move || {
-        gosched::spawn(|| {
+        gosched::spawn(move || {
             // SAFETY: sigset_t is plain data, initialised by sigemptyset;
             // pthread_sigmask changes only this thread's mask.
             unsafe {
                 let mut set: libc::sigset_t = std::mem::zeroed();
                 libc::sigemptyset(&mut set);
-                libc::sigaddset(&mut set, libc::SIGPIPE);
+                libc::sigaddset(&mut set, sig);
                 libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
             }
         })
@@ -959,6 +967,9 @@ fn blocked_sigpipe_child() {
         s.store(true, Ordering::Relaxed);
         h.join().unwrap();
     });
+    if let Some(stopper) = stopper {
+        stopper.join().unwrap();
+    }
     let st = rt.stats();
     eprintln!(
         "SLEPT_MS={} PREEMPT_ASYNC={} REFUSED_SIGMASK={}",
@@ -976,7 +987,7 @@ fn blocked_sigpipe_child() {
 fn a_blocked_sigpipe_left_on_a_thread_does_not_stop_preemption() {
     const TEST: &str = "a_blocked_sigpipe_left_on_a_thread_does_not_stop_preemption";
     if child_role().as_deref() == Some("blocked_sigpipe") {
-        return blocked_sigpipe_child();
+        return blocked_signal_child(libc::SIGPIPE, None);
     }
     let _s = serial();
     let out = run_child(TEST, "blocked_sigpipe", Duration::from_secs(30));
@@ -994,46 +1005,6 @@ fn a_blocked_sigpipe_left_on_a_thread_does_not_stop_preemption() {
     );
 }
 
-/// Child: one P; a goroutine blocks SIGURG and ends with it blocked; then
-/// a no-call hog beside a sleeping main goroutine on that thread. The hog
-/// cannot be preempted asynchronously; a plain thread stops it after
-/// `SIGURG_BLOCKED_FOR`.
-fn blocked_sigurg_child() {
-    let rt = Builder::new()
-        .procs(1)
-        .preempt_quantum(Duration::from_millis(1))
-        .build()
-        .unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = stop.clone();
-    let stopper = std::thread::spawn(move || {
-        std::thread::sleep(SIGURG_BLOCKED_FOR);
-        s.store(true, Ordering::Relaxed);
-    });
-    let s = stop.clone();
-    let t = Instant::now();
-    rt.block_on(move || {
-        gosched::spawn(|| {
-            // SAFETY: sigset_t is plain data, initialised by sigemptyset;
-            // pthread_sigmask changes only this thread's mask.
-            unsafe {
-                let mut set: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut set);
-                libc::sigaddset(&mut set, libc::SIGURG);
-                libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-            }
-        })
-        .join()
-        .unwrap();
-        let s2 = s.clone();
-        let h = gosched::spawn(move || hog(&s2));
-        gosched::sleep(Duration::from_millis(1));
-        h.join().unwrap();
-    });
-    stopper.join().unwrap();
-    eprintln!("SLEPT_MS={}", t.elapsed().as_millis());
-}
-
 /// How long the blocked-SIGURG child's hog runs.
 const SIGURG_BLOCKED_FOR: Duration = Duration::from_millis(1500);
 
@@ -1044,7 +1015,7 @@ const SIGURG_BLOCKED_FOR: Duration = Duration::from_millis(1500);
 fn a_thread_left_with_sigurg_blocked_is_reported() {
     const TEST: &str = "a_thread_left_with_sigurg_blocked_is_reported";
     if child_role().as_deref() == Some("blocked_sigurg") {
-        return blocked_sigurg_child();
+        return blocked_signal_child(libc::SIGURG, Some(SIGURG_BLOCKED_FOR));
     }
     let _s = serial();
     let out = run_child(TEST, "blocked_sigurg", Duration::from_secs(30));
