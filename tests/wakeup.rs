@@ -1142,7 +1142,17 @@ fn a_third_long_request_is_preempted_beside_two_kept_ones() {
 /// two CPUs, so the bound, 550 µs, is for a machine running this test
 /// alone). (The bimodal server fell into that state at 50 % load on the
 /// AMD VM: ~1.4 ms per short request.)
+///
+/// Ignored by default since the woken goroutines' turn became 400 µs
+/// (9ad8454): the 90th percentile is now 340-600 µs in a quiet window and
+/// 0.8-1.1 ms in a noisy one, where the broken rule (the `affine` clause
+/// of `wakeup_signal_allowed` removed) gave 630-900 µs, and 160 µs once:
+/// no bound tells them apart on this VM, and a fresh-clone CI run failed
+/// at 620-670 µs (2026-12-08). Run it with `--ignored` on a quiet
+/// machine; it needs a measure of the kept phase's ticks instead of a
+/// quantile.
 #[test]
+#[ignore = "a latency bound that a shared 2-vCPU VM cannot hold: run with --ignored on a quiet machine"]
 fn a_long_request_holding_its_thread_is_preempted_at_once_beside_two_kept_ones() {
     ticker_beside_three_long_requests_within(
         "the 90th percentile tick",
