@@ -452,7 +452,7 @@ fn a_timed_out_writer_leaves_the_turn_with_the_writer_that_holds_it() {
                     let big = vec![7u8; 64 << 20];
                     (&s2).write_all(&big).map_err(|e| e.kind())
                 });
-                gosched::sleep(Duration::from_millis(100)); // let it fill and park
+                wait_until_send_queue_is_full(&s);
                 s.set_write_timeout(Some(SECOND_TIMEOUT)).unwrap();
                 for writer in ["second", "third"] {
                     let t = Instant::now();
@@ -466,6 +466,34 @@ fn a_timed_out_writer_leaves_the_turn_with_the_writer_that_holds_it() {
             });
         },
     );
+}
+
+/// Sleeps until `s`'s send queue (`TIOCOUTQ`: bytes written and not yet
+/// acknowledged) has stopped growing, at a size above zero: a writer of
+/// far more than the peer's buffers hold (which reads nothing) has filled
+/// it and parked. A fixed sleep of 100 ms was not always enough on a
+/// loaded CI machine: the second writer found room and wrote.
+fn wait_until_send_queue_is_full(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let queued = || {
+        let mut n: libc::c_int = 0;
+        // SAFETY: a valid socket descriptor and a c_int for the result.
+        let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+        assert_eq!(r, 0, "TIOCOUTQ: {}", std::io::Error::last_os_error());
+        n
+    };
+    let t = Instant::now();
+    let (mut last, mut same) = (0, 0);
+    while same < 3 {
+        assert!(
+            t.elapsed() < LATE,
+            "the send queue never filled: {last} bytes"
+        );
+        gosched::sleep(Duration::from_millis(20));
+        let n = queued();
+        same = if n > 0 && n == last { same + 1 } else { 0 };
+        last = n;
+    }
 }
 
 // ---------------------------------------------------------------------------
