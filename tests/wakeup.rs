@@ -615,22 +615,24 @@ fn the_rest_of_a_long_burst_is_served_in_the_next_turns() {
 /// clock is read every 4,096 rounds (a system call, where preemption is
 /// refused).
 fn spin_cpu(d: Duration) {
-    let cpu = || {
-        let mut t = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: a valid timespec and clock id.
-        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-        Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
-    };
-    let end = cpu() + d;
+    let end = thread_cpu() + d;
     let mut x = 0u64;
-    while cpu() < end {
+    while thread_cpu() < end {
         for _ in 0..4096 {
             x = std::hint::black_box(x + 1);
         }
     }
+}
+
+/// The calling thread's CPU time.
+fn thread_cpu() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec and clock id.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 /// One P and a quantum far longer than the tests below: only wake-up
@@ -1217,4 +1219,62 @@ fn ticker_beside_three_long_requests() -> (Vec<Duration>, gosched::Stats) {
     });
     let stats = rt.stats();
     (late, stats)
+}
+
+/// Two goroutines whose sleeps end together on one idle P (time slicing
+/// off): a sleeper, then a long request (30 ms of CPU, no calls). The
+/// P's scheduler fires both timers at once; the sleeper went to `runnext`
+/// and the request, readied after it, took its place and pushed the
+/// sleeper to the run queue's tail, where no wake-up preemption looks: it
+/// waited for the whole request (20 rounds of 20, every run; a 500 µs
+/// ticker's first tick came 39-49 ms late beside three long requests in
+/// 5 runs of 18). Now the goroutines a scheduler's timers wake wait among
+/// the woken ones: the sleeper runs first, and any left behind a
+/// call-free goroutine get a wake-up preemption.
+#[test]
+fn a_sleeper_woken_together_with_a_long_request_is_not_queued_behind_it() {
+    let _s = serial();
+    let _w = watchdog();
+    let rt = one_p_no_time_slicing();
+    let nap = Duration::from_millis(10);
+    // Sleeps until `due`; false if it was past already (the machine held
+    // this goroutine up: the round does not test the timers).
+    let sleep_until = |due: Instant| match due.checked_duration_since(Instant::now()) {
+        Some(d) if d > Duration::from_millis(1) => {
+            gosched::sleep(d);
+            true
+        }
+        _ => false,
+    };
+    let rounds: Vec<Option<Duration>> = rt.block_on(|| {
+        (0..20)
+            .map(|_| {
+                let due = Instant::now() + nap;
+                let sleeper = gosched::spawn(move || sleep_until(due).then(|| due.elapsed()));
+                // Due 1 µs after the sleeper: when the scheduler wakes
+                // for the first, the second is due too.
+                let request = gosched::spawn(move || {
+                    let slept = sleep_until(due + Duration::from_micros(1));
+                    spin_cpu(Duration::from_millis(30));
+                    slept
+                });
+                let late = sleeper.join().unwrap();
+                let slept = request.join().unwrap();
+                late.filter(|_| slept)
+            })
+            .collect()
+    });
+    eprintln!("sleeper lateness: {rounds:?}");
+    let late: Vec<Duration> = rounds.into_iter().flatten().collect();
+    assert!(late.len() >= 10, "only {} of 20 rounds slept", late.len());
+    let behind = late
+        .iter()
+        .filter(|d| **d > Duration::from_millis(20))
+        .count();
+    assert_eq!(
+        behind,
+        0,
+        "{behind} of {} sleepers waited behind the request: {late:?}",
+        late.len()
+    );
 }

@@ -76,7 +76,9 @@ pub(crate) fn note_finishing() {
 
 /// Makes a parked goroutine runnable: into the current P's `runnext` when
 /// the caller is a goroutine of the same runtime (it runs next, Go's
-/// `ready(gp, next=true)`), else onto the global queue. Then `wakep`.
+/// `ready(gp, next=true)`), else (a plain thread, another runtime, a
+/// scheduler firing timers) among the woken goroutines (`Shared::woken`).
+/// Then `wakep`.
 /// Called inside the caller's no-preempt region (`GRef::unpark`'s, which
 /// covers its claim of the goroutine too).
 pub(crate) fn ready_in(g: GRef, _np: &NoPreempt) {
@@ -93,14 +95,26 @@ pub(crate) fn ready_in(g: GRef, _np: &NoPreempt) {
     // wait behind everything queued since (a timer fired by this P pushed a
     // kept long request behind the request that had preempted it). `g`
     // then waits among the woken goroutines, which run before the kept one.
-    let local = sh.with_local(|p, q, _| {
-        if p.keeps_for_wakeup() && q.has_next() {
-            return false;
-        }
-        q.put_next(g);
-        true
-    });
-    if local != Some(true) {
+    //
+    // Nor from the scheduler (`g0` firing timers: no goroutine readies):
+    // goroutines whose timers fell due together pushed each other out of
+    // `runnext` to the run queue's tail, and one that sysmon's timer look
+    // woke meanwhile went among the woken goroutines, which a P takes
+    // first; either way the first to run (a long request) held the P while
+    // the others waited where no wake-up preemption looks (a sleeper woken
+    // with a 30 ms request: 30 ms late). They wait among the woken
+    // goroutines, in the order their timers fell due: the P takes them
+    // first, and those it leaves behind a call-free goroutine get a
+    // wake-up preemption.
+    let local = current_g().is_some()
+        && sh.with_local(|p, q, _| {
+            if p.keeps_for_wakeup() && q.has_next() {
+                return false;
+            }
+            q.put_next(g);
+            true
+        }) == Some(true);
+    if !local {
         sh.ready_woken(g);
         return;
     }

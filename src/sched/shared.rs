@@ -56,7 +56,8 @@ pub(crate) struct Shared {
     /// queue in `injector`, in Go's order.)
     pub(crate) sliced: Injector<GRef>,
     /// Goroutines woken from outside any P (a timer fired by sysmon or an
-    /// idle M, a plain thread's send, a goroutine in `blocking`), and those
+    /// idle M, a plain thread's send, a goroutine in `blocking`) or by a
+    /// P's scheduler (the timers it fires: see `ready_in`), and those
     /// spawned from outside (`Runtime::block_on`, `Runtime::spawn`): Go puts
     /// them in the waker's `runnext`, where they run before the queued
     /// crowd; with no P to hold them, this queue is checked first by every
