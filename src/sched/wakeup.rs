@@ -7,11 +7,14 @@
 //! woken task preempt a task that has had its share. gosched does the
 //! latter, in three parts:
 //!
-//! 1. **Where the woken goroutine waits.** A goroutine woken from inside a
-//!    P goes to that P's `runnext`, as in Go. One woken from outside any P
+//! 1. **Where the woken goroutine waits.** A goroutine woken by a goroutine
+//!    goes to its P's `runnext`, as in Go. One woken from outside any P
 //!    (a timer fired by sysmon or an idle M, a plain thread's send, a
-//!    goroutine in `blocking`) goes to `Shared::woken`, which every P checks
-//!    before anything else: it never queues behind preempted hogs.
+//!    goroutine in `blocking`) or by a P's scheduler (the timers it fires
+//!    between two goroutines: in `runnext`, two due together pushed each
+//!    other to the run queue's tail, where nothing below looks) goes to
+//!    `Shared::woken`, which every P checks before anything else: it never
+//!    queues behind preempted hogs.
 //! 2. **Who makes room** (`Shared::wakeup_preempt`, called by `ready` after
 //!    it queued into `woken`). If a P is idle or an M spins, they will take
 //!    it: nothing to do. Otherwise pick the P whose current goroutine has
