@@ -92,14 +92,21 @@ impl<R> JoinInner<R> {
                 return unsafe { (*self.result.get()).take() }.expect("join result taken twice");
             }
             crate::os::fork::check();
-            {
+            let replaced = {
                 let _np = sched::NoPreempt::enter();
                 let mut w = self.waiter.rt_lock();
                 if self.done.load(Ordering::Acquire) {
                     continue;
                 }
-                *w = Some(Waiter::current());
-            }
+                w.replace(Waiter::current())
+            };
+            // A task's `Waker` left by an earlier `poll` is foreign code:
+            // dropped after the lock and the no-preempt region, as `poll`
+            // drops the one it replaces. Dropped under them, a waker whose
+            // drop parked held the lock while parked: the finishing
+            // goroutine blocked its thread on it, and `Runtime::drop`
+            // waited for that thread for ever.
+            drop(replaced);
             crate::sched::preempt_check();
             if !self.done.load(Ordering::Acquire) {
                 park("join");

@@ -195,6 +195,47 @@ fn a_join_handle_is_a_future() {
     }
 }
 
+/// A `JoinHandle` polled once as a future (it keeps the task's waker),
+/// then joined: `join` put the goroutine in the waker's place and dropped
+/// the waker holding the handle's lock, in a no-preempt region. A waker
+/// whose drop parks (here for 5 s) left the lock held by a parked
+/// goroutine: the joined goroutine, finishing, blocked its thread on the
+/// lock, and dropping the runtime then waited for that thread for ever
+/// (5 runs of 5 hung). The old waker is now dropped after the lock, as
+/// `poll` already did.
+#[test]
+fn join_drops_a_waker_left_by_a_poll_outside_the_lock() {
+    common::in_child("join_drops_a_waker_left_by_a_poll_outside_the_lock", || {
+        let _w = common::watchdog();
+        struct ParksOnDrop;
+        impl std::task::Wake for ParksOnDrop {
+            fn wake(self: Arc<Self>) {}
+        }
+        impl Drop for ParksOnDrop {
+            fn drop(&mut self) {
+                gosched::sleep(Duration::from_secs(5));
+            }
+        }
+        let rt = Builder::new().procs(2).build().unwrap();
+        let _joiner = rt.spawn(|| {
+            let mut h = gosched::spawn(|| gosched::sleep(Duration::from_millis(20)));
+            let waker = Waker::from(Arc::new(ParksOnDrop));
+            assert!(Pin::new(&mut h)
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending());
+            drop(waker); // the handle holds the last reference
+            h.join().unwrap();
+        });
+        // The joined goroutine has finished; the joiner sleeps in the
+        // waker's drop.
+        std::thread::sleep(Duration::from_millis(100));
+        let t = Instant::now();
+        drop(rt);
+        // Not after the waker's 5 s: the joiner is abandoned.
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    });
+}
+
 #[test]
 fn the_waker_is_send_and_sync() {
     fn is<T: Send + Sync>(_: &T) {}
