@@ -216,7 +216,9 @@ impl<T> Drop for Packet<T> {
         // borrow from 'scope. A panic here cannot be reported to anyone
         // (std aborts too).
         if catch_unwind(AssertUnwindSafe(move || drop(result))).is_err() {
-            eprintln!("fatal: the result of a scoped goroutine panicked on drop");
+            crate::diag::stderr_line(format_args!(
+                "fatal: the result of a scoped goroutine panicked on drop"
+            ));
             std::process::abort();
         }
         self.scope.decrement(unhandled);

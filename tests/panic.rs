@@ -273,3 +273,46 @@ fn unwinder_that_yields_keeps_its_thread_and_its_panic_state() {
         "a healthy goroutine ran on the unwinder's thread"
     );
 }
+
+/// A goroutine nobody joins (its handle dropped) whose result panics when
+/// dropped: the goroutine drops it on its way out, outside any
+/// `catch_unwind`, and the unwinding ran off the goroutine's stack:
+/// "fatal runtime error: failed to initiate panic, error 5". There is
+/// nobody to hand that panic to (std aborts too, saying "thread result
+/// panicked on drop"): the process aborts, saying which goroutine's
+/// result it was.
+#[test]
+fn an_unjoined_result_that_panics_on_drop_aborts_with_a_message() {
+    const TEST: &str = "an_unjoined_result_that_panics_on_drop_aborts_with_a_message";
+    if child_role().as_deref() == Some(TEST) {
+        struct Bomb;
+        impl Drop for Bomb {
+            fn drop(&mut self) {
+                panic!("bomb drop");
+            }
+        }
+        let rt = gosched::Builder::new().procs(2).build().unwrap();
+        rt.block_on(|| {
+            let h = gosched::spawn(|| {
+                gosched::sleep(Duration::from_millis(10));
+                Bomb
+            });
+            drop(h);
+            gosched::sleep(Duration::from_millis(200));
+        });
+        println!("not reached");
+        return;
+    }
+    if child_role().is_some() {
+        return;
+    }
+    let out = run_child(TEST, TEST, &[]);
+    assert_eq!(out.signal(), Some(libc::SIGABRT), "{}", out.describe());
+    assert!(out.stderr.contains("bomb drop"), "{}", out.describe());
+    assert!(
+        out.stderr.contains("the result of goroutine") && out.stderr.contains("panicked on drop"),
+        "{}",
+        out.describe()
+    );
+    assert!(!out.stdout.contains("not reached"), "{}", out.describe());
+}

@@ -150,7 +150,19 @@ pub(crate) unsafe extern "C" fn g_entry(arg: usize) -> ! {
     // are dropped here, on the goroutine, as is our count on it.
     f.run();
     // SAFETY: owner access, as above; the borrow `f` ended.
-    drop(unsafe { (*g.entry.get()).take() });
+    let body = unsafe { (*g.entry.get()).take() };
+    // With nobody to join it (the handle dropped), the result goes with the
+    // body: a panic in its drop has nobody to go to either (std aborts too,
+    // "thread result panicked on drop"). Unwinding further ran off the
+    // goroutine's stack: "failed to initiate panic", with no word of why.
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(body))).is_err() {
+        crate::diag::stderr_line(format_args!(
+            "fatal: the result of goroutine {} panicked on drop (its handle was dropped: nobody \
+             joined it)",
+            g.id.load(Ordering::Relaxed)
+        ));
+        std::process::abort();
+    }
     // Goroutine-local values re-created by that drop (a destructor of an
     // unjoined scoped result using a `local!`): drop them here, on the
     // goroutine, so the G's next goroutine starts empty (a panic in them
