@@ -79,7 +79,11 @@
 //! section that must not be interrupted, but should unblock it before it
 //! blocks, yields or returns, or use [`no_preempt`], which costs no system
 //! call. sysmon warns on stderr, once, when a preemption signal has waited
-//! 200 ms on a thread that blocks SIGURG.
+//! 200 ms on a thread that blocks SIGURG. The alternate signal stack
+//! (`sigaltstack`) is thread state too: a goroutine may replace or disable
+//! the one the runtime gave its thread (the preemption signal then runs on
+//! the new one, or on the goroutine's stack, so give it room), and a signal
+//! handler running on a goroutine's stack is still never preempted.
 //!
 //! ## Soundness: thread identity across cooperative points
 //!

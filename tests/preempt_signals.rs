@@ -484,7 +484,54 @@ fn nodefer_builder(mode: PreemptMode, procs: usize) -> Builder {
 /// how many handlers are running: a handler that was preempted stays
 /// "running" while other goroutines run, so more than `procs - 1` (the
 /// other Ps' goroutines) is a handler preempted mid-way.
-fn nodefer_child(mode: PreemptMode, procs: usize) {
+/// Which alternate signal stack the raising goroutines' threads have when
+/// they raise SIGUSR1.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum AltStack {
+    /// The one the runtime gave the M.
+    Runtime,
+    /// One the goroutine installs with `sigaltstack` (per thread).
+    Own,
+    /// None: the goroutine disables it (`SS_DISABLE`).
+    Disabled,
+}
+
+/// Gives the calling thread its own alternate signal stack (one leaked
+/// 256 KiB buffer per thread: a buffer shared by two threads would be
+/// corrupted by their concurrent handlers), or none.
+#[inline(never)]
+fn replace_altstack(alt: AltStack) {
+    thread_local! {
+        static OWN: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+    let ss = match alt {
+        AltStack::Runtime => return,
+        AltStack::Own => {
+            let sp = OWN.with(|o| {
+                if o.get() == 0 {
+                    let buf = Box::leak(vec![0u8; 256 << 10].into_boxed_slice());
+                    o.set(buf.as_mut_ptr() as usize);
+                }
+                o.get()
+            });
+            libc::stack_t {
+                ss_sp: sp as *mut libc::c_void,
+                ss_flags: 0,
+                ss_size: 256 << 10,
+            }
+        }
+        AltStack::Disabled => libc::stack_t {
+            ss_sp: std::ptr::null_mut(),
+            ss_flags: libc::SS_DISABLE,
+            ss_size: 0,
+        },
+    };
+    // SAFETY: a valid stack_t naming this thread's own buffer (or none);
+    // we are not running on the alternate stack now.
+    assert_eq!(unsafe { libc::sigaltstack(&ss, std::ptr::null_mut()) }, 0);
+}
+
+fn nodefer_child(mode: PreemptMode, procs: usize, alt: AltStack) {
     // SAFETY: an async-signal-safe sa_handler (atomics and arithmetic).
     unsafe {
         install_handler(
@@ -507,6 +554,10 @@ fn nodefer_child(mode: PreemptMode, procs: usize) {
                         if IN_USR1.load(Ordering::SeqCst) > limit {
                             b.fetch_add(1, Ordering::Relaxed);
                         }
+                        // (In Migrate mode a preemption may come between
+                        // the two: the raise then finds a thread with the
+                        // runtime's alternate stack, the case above.)
+                        gosched::no_preempt(|| replace_altstack(alt));
                         // SAFETY: raise(3) runs our own handler on this thread.
                         unsafe { libc::raise(libc::SIGUSR1) };
                         // A cooperative point between raises: these
@@ -552,19 +603,26 @@ fn nodefer_child(mode: PreemptMode, procs: usize) {
 }
 
 fn nodefer_handler_is_never_preempted(mode: PreemptMode, procs: usize, test: &str) {
-    let role = format!("nodefer_{mode:?}");
+    handler_is_never_preempted(mode, procs, AltStack::Runtime, test);
+}
+
+fn handler_is_never_preempted(mode: PreemptMode, procs: usize, alt: AltStack, test: &str) {
+    let role = format!("nodefer_{mode:?}_{alt:?}");
     if child_role().as_deref() == Some(role.as_str()) {
-        return nodefer_child(mode, procs);
+        return nodefer_child(mode, procs, alt);
     }
     let _s = serial();
     let out = run_child(test, &role, Duration::from_secs(60));
     out.assert_success("SA_NODEFER handler child");
-    eprintln!("{mode:?}: {}", out.stderr.lines().last().unwrap_or(""));
+    eprintln!(
+        "{mode:?} {alt:?}: {}",
+        out.stderr.lines().last().unwrap_or("")
+    );
     assert!(out.report("RUNS").is_some_and(|r| r > 0), "{}", out.stderr);
     assert_eq!(
         out.report("PREEMPTED_IN_HANDLER"),
         Some(0),
-        "{mode:?}: a goroutine was preempted inside its SA_NODEFER signal handler\n{}",
+        "{mode:?} {alt:?}: a goroutine was preempted inside its SA_NODEFER signal handler\n{}",
         out.stderr
     );
     assert!(
@@ -596,6 +654,61 @@ fn sa_nodefer_handler_is_not_preempted_migrate() {
         PreemptMode::Migrate,
         2,
         "sa_nodefer_handler_is_not_preempted_migrate",
+    );
+}
+
+/// The same handler on threads whose alternate signal stack the goroutine
+/// replaced with its own (`sigaltstack`: thread state, like the mask). The
+/// kernel saves the thread's alternate stack in every signal frame, and
+/// rule 5 recognised a handler's frame by the stack the runtime had
+/// installed: after the goroutine's own, it found none and preempted the
+/// handler (1 P: nearly every run of the handler; Migrate on 2 Ps: the
+/// handler's `sigreturn` on another thread left two threads with one
+/// alternate stack, and the process died of SIGSEGV or SIGABRT in 9 runs
+/// of 10). Rule 5 now takes the words to look for from the preemption
+/// signal's own frame: the thread's alternate stack as it is.
+#[test]
+fn a_handler_on_a_thread_with_its_own_altstack_is_not_preempted_thread_affine() {
+    handler_is_never_preempted(
+        PreemptMode::ThreadAffine,
+        1,
+        AltStack::Own,
+        "a_handler_on_a_thread_with_its_own_altstack_is_not_preempted_thread_affine",
+    );
+}
+
+/// As above in Migrate mode on 2 Ps.
+#[test]
+fn a_handler_on_a_thread_with_its_own_altstack_is_not_preempted_migrate() {
+    handler_is_never_preempted(
+        PreemptMode::Migrate,
+        2,
+        AltStack::Own,
+        "a_handler_on_a_thread_with_its_own_altstack_is_not_preempted_migrate",
+    );
+}
+
+/// As above on threads whose alternate signal stack the goroutine
+/// disabled: the frames then hold no stack at all, and the handler leaves
+/// the mask as it was (`SA_NODEFER`).
+#[test]
+fn a_handler_on_a_thread_without_an_altstack_is_not_preempted_thread_affine() {
+    handler_is_never_preempted(
+        PreemptMode::ThreadAffine,
+        1,
+        AltStack::Disabled,
+        "a_handler_on_a_thread_without_an_altstack_is_not_preempted_thread_affine",
+    );
+}
+
+/// As above in Migrate mode on 2 Ps.
+#[test]
+fn a_handler_on_a_thread_without_an_altstack_is_not_preempted_migrate() {
+    handler_is_never_preempted(
+        PreemptMode::Migrate,
+        2,
+        AltStack::Disabled,
+        "a_handler_on_a_thread_without_an_altstack_is_not_preempted_migrate",
     );
 }
 

@@ -130,23 +130,6 @@ impl SigBuf {
 /// a full XSAVE image (about 3.5 KiB with AVX-512) plus our handlers.
 const ALTSTACK_SIZE: usize = 64 << 10;
 
-#[cfg(feature = "preempt-signal")]
-thread_local! {
-    /// This thread's `AltStack` as (ss_sp, ss_size), or (0, 0). Written by
-    /// `AltStack::install`/drop on the owning thread; read by its SIGURG
-    /// handler (a const-initialised thread-local without destructor: a
-    /// plain TLS read, async-signal-safe).
-    static THIS_ALTSTACK: core::cell::Cell<(usize, usize)> = const { core::cell::Cell::new((0, 0)) };
-}
-
-/// The calling thread's gosched alternate signal stack as (ss_sp, ss_size);
-/// (0, 0) when it has none. Async-signal-safe. Read by the SIGURG
-/// handler's signal-frame scan (safe-point rule 5).
-#[cfg(feature = "preempt-signal")]
-pub(crate) fn this_altstack() -> (usize, usize) {
-    THIS_ALTSTACK.with(|a| a.get())
-}
-
 /// An M's alternate signal stack, installed for the life of the M thread.
 pub(crate) struct AltStack {
     base: *mut libc::c_void,
@@ -187,8 +170,6 @@ impl AltStack {
             };
             let mut old: libc::stack_t = core::mem::zeroed();
             libc::sigaltstack(&ss, &mut old);
-            #[cfg(feature = "preempt-signal")]
-            THIS_ALTSTACK.with(|a| a.set((ss.ss_sp as usize, ALTSTACK_SIZE)));
             AltStack { base, len, old }
         }
     }
@@ -196,8 +177,6 @@ impl AltStack {
 
 impl Drop for AltStack {
     fn drop(&mut self) {
-        #[cfg(feature = "preempt-signal")]
-        THIS_ALTSTACK.with(|a| a.set((0, 0)));
         // SAFETY: restores the thread's previous signal stack (dropped on the
         // same thread that installed it, outside any handler), then unmaps
         // ours, which is no longer in use.

@@ -250,12 +250,19 @@ pub(crate) fn async_preempt_trampoline() -> usize {
 /// ```
 ///
 /// The scan looks, at every address `a` = 8 mod 16 from `sp` up, for that
-/// shape: `uc_stack` equal to this thread's alternate signal stack
-/// (`alt_sp`, `alt_size`: two exact words that ordinary data on a goroutine
-/// stack does not hold), and a saved rsp in `(a, top]`. It does not depend
-/// on the signal mask (an `SA_NODEFER` handler with an empty `sa_mask`
-/// leaves it unchanged) nor on the handler's restorer. Cost: one compare
-/// per 16 bytes of live stack. Async-signal-safe.
+/// shape: `uc_stack` equal to the thread's alternate signal stack as it is
+/// now (`alt`: the `uc_stack` of the preemption signal's own frame, since
+/// a goroutine may have replaced the runtime's with `sigaltstack`), and a
+/// saved rsp in `(a, top]`. An alternate stack's address and size are two
+/// exact words that ordinary data on a goroutine stack does not hold. With
+/// the alternate stack disabled (`alt` is `None`) the frame holds zeros
+/// and `SS_DISABLE`, which zeroed data can mimic but for the flag: it then
+/// also needs `uc_mcontext.fpregs` to point, 64-aligned, between the
+/// machine context and the saved rsp (a false match refuses one
+/// preemption). It
+/// does not depend on the signal mask (an `SA_NODEFER` handler with an
+/// empty `sa_mask` leaves it unchanged) nor on the handler's restorer.
+/// Cost: one compare per 16 bytes of live stack. Async-signal-safe.
 ///
 /// # Safety
 /// `[sp, top)` must be readable (the live part of the interrupted thread's
@@ -263,21 +270,24 @@ pub(crate) fn async_preempt_trampoline() -> usize {
 pub(crate) unsafe fn signal_frame_above(
     sp: usize,
     top: usize,
-    alt_sp: usize,
-    alt_size: usize,
+    alt: Option<(usize, usize)>,
 ) -> bool {
     use core::mem::offset_of;
     const UC: usize = 8; // the ucontext follows pretcode
     const SS_SP: usize =
         UC + offset_of!(libc::ucontext_t, uc_stack) + offset_of!(libc::stack_t, ss_sp);
+    const SS_FLAGS: usize =
+        UC + offset_of!(libc::ucontext_t, uc_stack) + offset_of!(libc::stack_t, ss_flags);
     const SS_SIZE: usize =
         UC + offset_of!(libc::ucontext_t, uc_stack) + offset_of!(libc::stack_t, ss_size);
     const RSP: usize = UC
         + offset_of!(libc::ucontext_t, uc_mcontext)
         + offset_of!(libc::mcontext_t, gregs)
         + 8 * libc::REG_RSP as usize;
+    const FPREGS: usize =
+        UC + offset_of!(libc::ucontext_t, uc_mcontext) + offset_of!(libc::mcontext_t, fpregs);
     const END: usize = UC + core::mem::size_of::<libc::ucontext_t>();
-    if alt_sp == 0 || top < END || sp > top - END {
+    if top < END || sp > top - END {
         return false;
     }
     let word = |a: usize| {
@@ -288,7 +298,20 @@ pub(crate) unsafe fn signal_frame_above(
     // The first address >= sp that is 8 mod 16.
     let mut a = ((sp + 8 + 15) & !15) - 8;
     while a <= top - END {
-        if word(a + SS_SP) == alt_sp && word(a + SS_SIZE) == alt_size {
+        let shape = match alt {
+            Some((alt_sp, alt_size)) => word(a + SS_SP) == alt_sp && word(a + SS_SIZE) == alt_size,
+            None => {
+                // `ss_flags` is an int: the padding after it is not written.
+                word(a + SS_SP) == 0
+                    && word(a + SS_SIZE) == 0
+                    && word(a + SS_FLAGS) as u32 == libc::SS_DISABLE as u32
+                    && {
+                        let fp = word(a + FPREGS);
+                        fp.is_multiple_of(64) && fp > a + FPREGS && fp < word(a + RSP)
+                    }
+            }
+        };
+        if shape {
             let saved_sp = word(a + RSP);
             if saved_sp > a && saved_sp <= top {
                 return true;
@@ -338,6 +361,16 @@ impl SigContext {
     /// compares with the trampoline frame's link.
     pub(crate) fn fp(&self) -> usize {
         self.greg(libc::REG_RBP)
+    }
+
+    /// The thread's alternate signal stack when the signal was delivered,
+    /// as the kernel saved it in this frame (`uc_stack`): (ss_sp, ss_size),
+    /// or `None` when it has none (`SS_DISABLE`).
+    pub(crate) fn altstack(&self) -> Option<(usize, usize)> {
+        // SAFETY: as in `greg`.
+        let ss = unsafe { &(*self.uc).uc_stack };
+        (ss.ss_flags & libc::SS_DISABLE == 0 && !ss.ss_sp.is_null())
+            .then_some((ss.ss_sp as usize, ss.ss_size))
     }
 
     /// The signal mask that sigreturn will restore.

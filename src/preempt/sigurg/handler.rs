@@ -35,11 +35,14 @@
 //!    open while others run. The check: no kernel signal frame lies
 //!    between the interrupted sp and the stack top
 //!    (`arch::signal_frame_above` finds one by the thread's alternate-stack
-//!    words the kernel saves in it, whatever the handler's mask). The
+//!    words the kernel saves in it, whatever the handler's mask: the
+//!    alternate stack as the preemption signal found it, which a goroutine
+//!    may have replaced or disabled with `sigaltstack`). The
 //!    signal mask is no evidence by itself: a goroutine may block signals
 //!    with `pthread_sigmask` (and a thread's mask outlives the goroutine
-//!    that set it); only an M without a recorded alternate stack, where no
-//!    scan is possible, is refused for a mask other than its normal one. A
+//!    that set it); only on a thread without an alternate stack, where the
+//!    scan has little to match, is a mask other than the M's normal one
+//!    refused too. A
 //!    goroutine that blocks SIGURG itself is not preempted asynchronously
 //!    until it unblocks it (the signal waits, pending), nor is any
 //!    goroutine after it on a thread it left so: see the crate docs'
@@ -205,10 +208,18 @@ fn try_preempt(m: &crate::sched::M, ctx: &mut arch::SigContext) -> Result<(), Re
     // blocked SIGPIPE with `pthread_sigmask` (and left it so for the
     // goroutines after it on this thread) used to have every preemption
     // refused. Scanned last: it reads the goroutine's live stack.
-    let (alt_sp, alt_size) = crate::os::signal::this_altstack();
-    if alt_sp == 0 {
-        // No alternate stack recorded, so no scan: the mask is all there
-        // is to go by (a handler normally blocks at least its own signal).
+    // The thread's alternate stack as this signal found it: the runtime's,
+    // or one a goroutine installed (`sigaltstack` is thread state, like
+    // the mask), which the kernel saves in every frame since. Matching the
+    // runtime's own only, rule 5 missed every handler on a thread whose
+    // goroutine had replaced it: preempted, and in Migrate mode resumed on
+    // another thread, whose `sigreturn` then installed the first thread's
+    // alternate stack there too (two threads on one stack: SIGSEGV).
+    let alt = ctx.altstack();
+    if alt.is_none() {
+        // No alternate stack: the frame scan has only zeros and a flag to
+        // match, so the mask counts too (a handler normally blocks at
+        // least its own signal).
         // Compare the kernel's 64-bit mask (the rest of glibc's sigset_t
         // is padding the kernel does not write).
         // SAFETY: both are valid sigset_t values; we read their first 8
@@ -229,7 +240,7 @@ fn try_preempt(m: &crate::sched::M, ctx: &mut arch::SigContext) -> Result<(), Re
     // SAFETY: rule 3 checked bottom <= sp <= top: [sp, top) is the live
     // part of the goroutine's stack, mapped and ours (this thread runs it
     // and is stopped in this handler).
-    if unsafe { arch::signal_frame_above(sp, top, alt_sp, alt_size) } {
+    if unsafe { arch::signal_frame_above(sp, top, alt) } {
         return Err(Refusal::SigMask);
     }
     g.preempt.store(false, Ordering::Relaxed);
