@@ -177,6 +177,8 @@ impl Shared {
             #[cfg(feature = "preempt-signal")]
             signal_pending: AtomicBool::new(false),
             #[cfg(feature = "preempt-signal")]
+            sigurg_seq: AtomicU64::new(0),
+            #[cfg(feature = "preempt-signal")]
             preempting: AtomicBool::new(false),
             #[cfg(feature = "preempt-signal")]
             timer_id: AtomicI32::new(crate::preempt::NO_SLICE_TIMER),

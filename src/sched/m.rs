@@ -81,6 +81,13 @@ pub(crate) struct M {
     /// (`syscall::hold_signals`), and cleared when the call returns.
     #[cfg(feature = "preempt-signal")]
     pub(crate) signal_pending: AtomicBool,
+    /// Bumped by the SIGURG handler on entry and again on its way out: odd
+    /// while a handler runs on this thread. sysmon's watch for a signal
+    /// that stays pending (`HandlerWatch`) tells a new signal, and a
+    /// thread the kernel left waiting inside the handler (SIGURG is
+    /// blocked there too), from one that never arrives.
+    #[cfg(feature = "preempt-signal")]
+    pub(crate) sigurg_seq: AtomicU64,
     /// Set by the SIGURG handler when it sends the goroutine to the
     /// trampoline, cleared by g0 once the goroutine has switched out
     /// (`G0::after`): a second signal in between (a request repeated by

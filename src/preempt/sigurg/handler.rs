@@ -276,6 +276,7 @@ pub(super) extern "C" fn on_sigurg(
     if !m.is_null() {
         // SAFETY: this thread's live M.
         let m = unsafe { &*m };
+        m.sigurg_seq.fetch_add(1, Ordering::Relaxed);
         // Step 2, second half.
         if slice_timer::is_ours(m, info) {
             slice_timer::request(m);
@@ -309,6 +310,7 @@ pub(super) extern "C" fn on_sigurg(
         }
         // Step 4; pairs with sysmon's CAS before tgkill.
         m.signal_pending.store(false, Ordering::Release);
+        m.sigurg_seq.fetch_add(1, Ordering::Relaxed);
     }
     // Step 5; pairs with the Release store in `set_forward`.
     let handler = FORWARD_HANDLER.load(Ordering::Acquire);

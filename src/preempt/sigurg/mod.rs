@@ -225,11 +225,33 @@ pub(crate) struct HandlerWatch {
     next: u64,
     /// The reclaim generation this runtime has caught up with.
     seen: usize,
-    /// Threads (tid) whose signal was pending at the last check, since
-    /// when (ns since the epoch).
-    pending: Vec<(i32, u64)>,
+    /// Threads whose signal was pending at the last check: (tid, since
+    /// when in ns since the epoch, the M's `sigurg_seq` then).
+    pending: Vec<(i32, u64, u64)>,
     /// The blocked-SIGURG warning was printed (once per runtime).
     warned: bool,
+}
+
+/// Since when (ns) thread `tid`, seen at `now` with a signal pending and
+/// handler sequence `seq` (`M::sigurg_seq`), has waited for one signal,
+/// given the last check's `before`; `None` while a handler runs there
+/// (odd `seq`: the kernel blocks SIGURG inside it, and may leave the
+/// thread waiting for a CPU there on a loaded machine). A thread that took
+/// a signal since (`seq` moved) waits for a new one: counted from now.
+/// Counting from the first sighting whatever happened in between, a busy
+/// thread signalled at every check, or one descheduled inside the handler,
+/// looked stuck: a false "SIGURG blocked" warning at load averages of
+/// 11-18.
+fn pending_since(before: &[(i32, u64, u64)], tid: i32, seq: u64, now: u64) -> Option<u64> {
+    if seq % 2 == 1 {
+        return None;
+    }
+    Some(
+        before
+            .iter()
+            .find(|&&(t, _, s)| t == tid && s == seq)
+            .map_or(now, |&(_, since, _)| since),
+    )
 }
 
 impl HandlerWatch {
@@ -272,11 +294,11 @@ impl HandlerWatch {
                 continue;
             }
             let tid = m.tid.load(Ordering::Relaxed);
-            let since = before
-                .iter()
-                .find(|&&(t, _)| t == tid)
-                .map_or(now, |&(_, since)| since);
-            self.pending.push((tid, since));
+            let seq = m.sigurg_seq.load(Ordering::Relaxed);
+            let Some(since) = pending_since(&before, tid, seq, now) else {
+                continue;
+            };
+            self.pending.push((tid, since, seq));
             if now.saturating_sub(since) >= STUCK_SIGNAL.as_nanos() as u64 {
                 stuck = Some((tid, now.saturating_sub(since)));
             }
@@ -295,5 +317,52 @@ impl HandlerWatch {
                 Duration::from_nanos(for_ns)
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    /// Runs checks 10 ms apart on one thread whose signal is pending at
+    /// each, with the handler sequence `seqs` seen at each; returns how
+    /// long it has waited at the last.
+    fn waited(seqs: &[u64]) -> Option<u64> {
+        let mut before = Vec::new();
+        let mut last = None;
+        for (i, &seq) in seqs.iter().enumerate() {
+            let now = 1_000 * MS + i as u64 * 10 * MS;
+            last = pending_since(&before, 7, seq, now).map(|since| now - since);
+            before = last.map(|w| vec![(7, now - w, seq)]).unwrap_or_default();
+        }
+        last
+    }
+
+    #[test]
+    fn one_signal_that_never_arrives_waits_from_its_first_sighting() {
+        assert_eq!(waited(&[4; 21]), Some(200 * MS));
+    }
+
+    #[test]
+    fn a_thread_that_takes_a_signal_between_checks_waits_from_the_last() {
+        // Signalled again after each one it took: never one stuck signal.
+        let seqs: Vec<u64> = (0..21).map(|i| 2 * i).collect();
+        assert_eq!(waited(&seqs), Some(0));
+        // Took one after 150 ms, then waits again.
+        let mut seqs = vec![4; 16];
+        seqs.extend([6; 5]);
+        assert_eq!(waited(&seqs), Some(40 * MS));
+    }
+
+    #[test]
+    fn a_thread_inside_the_handler_is_not_waiting() {
+        // The kernel blocks SIGURG while the handler runs; a thread left
+        // waiting for a CPU there is not one that blocks it.
+        assert_eq!(waited(&[5; 21]), None);
+        let mut seqs = vec![5; 20];
+        seqs.push(6);
+        assert_eq!(waited(&seqs), Some(0));
     }
 }
