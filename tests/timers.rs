@@ -2,6 +2,8 @@
 //! semantics: no stale value after stop or reset), from goroutines and
 //! plain threads.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use gosched::chan::{RecvTimeoutError, Ticker, Timer};
@@ -264,4 +266,74 @@ fn runtime_dropped_with_an_abandoned_goroutine_still_fires_its_timers() {
         t.c().recv_timeout(Duration::from_secs(10)).is_ok(),
         "the timer never fired after its runtime was dropped"
     );
+}
+
+/// Plain threads reset timers of a runtime while it is dropped: each
+/// timer's last reset must fire, on the helper thread once the runtime is
+/// gone. A reset could find the runtime not yet shut down, then insert
+/// its task after the drop had emptied the heap: the task sat in a heap
+/// nobody fires (kept alive by an abandoned goroutine: 5 of 16 timers lost
+/// in a round), or, when the reset held the last reference to the
+/// runtime, dropping it dropped the heap, whose task re-armed by taking
+/// the lock the reset held: the thread hung (3 runs of 3 in release, 2
+/// of 3 in debug, with 4 threads and 30 rounds). Run in a child: the hang
+/// leaves a thread stuck for good.
+#[test]
+fn timers_reset_while_their_runtime_drops_all_fire() {
+    const TEST: &str = "timers_reset_while_their_runtime_drops_all_fire";
+    if common::child_role().as_deref() == Some(TEST) {
+        let _w = common::watchdog();
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        for round in 0..40 {
+            // Odd rounds keep the runtime's state alive after its drop (an
+            // abandoned goroutine), even ones let the resets drop it.
+            let threads = if round % 2 == 1 { 8 } else { 4 };
+            let b = rt(1);
+            if round % 2 == 1 {
+                let (keep, parked) = gosched::chan::channel::<()>(0);
+                b.spawn(move || parked.recv());
+                std::mem::forget(keep);
+            }
+            let timers: Vec<Arc<Timer>> = b.block_on(|| {
+                (0..threads)
+                    .map(|_| Arc::new(Timer::new(Duration::from_secs(3600))))
+                    .collect()
+            });
+            let stop = Arc::new(AtomicBool::new(false));
+            let resetters: Vec<_> = timers
+                .iter()
+                .map(|t| {
+                    let (t, stop) = (t.clone(), stop.clone());
+                    std::thread::spawn(move || {
+                        t.reset(Duration::from_millis(30));
+                        while !stop.load(Ordering::Relaxed) {
+                            t.reset(Duration::from_millis(30));
+                        }
+                    })
+                })
+                .collect();
+            std::thread::sleep(Duration::from_millis(20));
+            drop(b);
+            std::thread::sleep(Duration::from_millis(10));
+            stop.store(true, Ordering::Relaxed);
+            for r in resetters {
+                r.join().unwrap();
+            }
+            let lost = timers
+                .iter()
+                .filter(|t| t.c().recv_timeout(Duration::from_secs(5)).is_err())
+                .count();
+            assert_eq!(
+                lost, 0,
+                "round {round}: {lost} of {threads} timers never fired"
+            );
+        }
+        return;
+    }
+    if common::child_role().is_some() {
+        return;
+    }
+    let out = common::run_child(TEST, TEST, &[]);
+    assert!(out.status.success(), "{}", out.describe());
 }

@@ -153,12 +153,21 @@ impl Home {
     /// Adds `task` to this heap, or to the fallback heap if the runtime is
     /// gone or shutting down (its heap would never fire it).
     fn add(&self, when: Instant, task: Task) -> Slot {
+        let mut task = task;
         if let Home::Runtime(w) = self {
-            // A task running on the runtime's own thread cannot hold the
-            // last reference: `Runtime::drop` joins its threads before
-            // dropping its own.
+            // The shutdown check and the insertion in one step
+            // (`try_add_timer`): checked apart, a reset from a plain thread
+            // while the runtime dropped could insert after the heap was
+            // emptied (see `Timers::try_add`). Our reference to the
+            // runtime is not the last while the heap is open (`Runtime`
+            // keeps one until after `drop_all`); once it is closed it
+            // may be, and dropping it here, under the caller's state lock,
+            // drops an empty heap: no task of ours.
             if let Some(sh) = w.upgrade().filter(|sh| !sh.is_shut_down()) {
-                return Slot::Runtime(w.clone(), sh.add_timer(when, task));
+                match sh.try_add_timer(when, task) {
+                    Ok(id) => return Slot::Runtime(w.clone(), id),
+                    Err(t) => task = t,
+                }
             }
         }
         Slot::Fallback(fallback().add(when, task))

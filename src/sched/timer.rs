@@ -54,6 +54,9 @@ struct Heap {
     order: BinaryHeap<Reverse<(u64, u64)>>,
     tasks: HashMap<u64, Task>,
     seq: u64,
+    /// Set by `drop_all`: the runtime is gone, nothing will fire a task
+    /// added now (`try_add` refuses it).
+    closed: bool,
 }
 
 /// Cancelled entries a heap may hold beyond twice its live ones before
@@ -80,8 +83,29 @@ impl Timers {
     }
 
     /// Adds a timer; returns its id and whether it is now the earliest.
+    /// For the runtime's own threads, which `drop_all` outlives.
     pub(crate) fn add(&self, when: u64, task: Task) -> (TimerId, bool) {
+        match self.try_add(when, task) {
+            Ok(added) => added,
+            // Unreachable from the runtime's threads (joined before
+            // `drop_all`); elsewhere, as `try_add`'s caller would: the
+            // task is dropped, outside the lock.
+            Err(_) => (TimerId(0), false),
+        }
+    }
+
+    /// `add`, unless `drop_all` has run: then the task back. The check and
+    /// the insertion are one step under the heap's lock; a caller that
+    /// checked the runtime's shutdown first and inserted later (a timer
+    /// reset from a plain thread while the runtime dropped) left its task
+    /// in a heap nobody fires, or, holding the last reference to the
+    /// runtime, dropped the heap and the task in it, whose drop re-arms
+    /// the timer under the lock the caller held: a thread hung for good.
+    pub(crate) fn try_add(&self, when: u64, task: Task) -> Result<(TimerId, bool), Task> {
         let mut h = self.heap.rt_lock();
+        if h.closed {
+            return Err(task);
+        }
         h.seq += 1;
         let id = h.seq;
         h.order.push(Reverse((when, id)));
@@ -90,7 +114,7 @@ impl Timers {
         if earliest {
             self.next.store(when, Ordering::Relaxed);
         }
-        (TimerId(id), earliest)
+        Ok((TimerId(id), earliest))
     }
 
     /// Cancels a timer that has not fired. Returns whether it was pending.
@@ -128,6 +152,7 @@ impl Timers {
     pub(crate) fn drop_all(&self) {
         let tasks = {
             let mut h = self.heap.rt_lock();
+            h.closed = true;
             h.order.clear();
             self.next.store(u64::MAX, Ordering::Relaxed);
             std::mem::take(&mut h.tasks)
@@ -222,10 +247,18 @@ pub(crate) fn cancel_current(id: TimerId) {
 }
 
 impl crate::sched::Shared {
-    /// Adds a timer; wakes whoever sleeps until a later deadline.
+    /// Adds a timer; wakes whoever sleeps until a later deadline. For the
+    /// runtime's own threads (see `Timers::add`).
     pub(crate) fn add_timer(&self, deadline: Instant, task: Task) -> TimerId {
+        self.try_add_timer(deadline, task).unwrap_or(TimerId(0))
+    }
+
+    /// `add_timer`, unless the runtime's heap is closed (dropped: see
+    /// `Timers::try_add`): then the task back, for the caller to put
+    /// elsewhere.
+    pub(crate) fn try_add_timer(&self, deadline: Instant, task: Task) -> Result<TimerId, Task> {
         let _np = crate::sched::NoPreempt::enter();
-        let (id, earliest) = self.timers.add(self.instant_to_nanos(deadline), task);
+        let (id, earliest) = self.timers.try_add(self.instant_to_nanos(deadline), task)?;
         if earliest {
             // Dekker with `G0::fire_as_sleeper`: our timer before our look
             // at the flag; its flag's clearing before its look at the heap.
@@ -239,7 +272,7 @@ impl crate::sched::Shared {
                 self.wake_timer_owner();
             }
         }
-        id
+        Ok(id)
     }
 
     /// The earliest timer deadline moved earlier: wake whoever fires
