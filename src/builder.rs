@@ -383,6 +383,15 @@ impl Builder {
     /// code and resume on another OS thread, while its old thread runs other
     /// goroutines; std's stdout `RefCell` is then borrowed twice (an abort)
     /// and thread-local updates are lost or land on the wrong thread.
+    /// Panicking is thread state too: std counts a panic in progress per
+    /// thread (`std::thread::panicking`, "in the panic hook"), so code that
+    /// unwinds, runs drops during an unwind or captures a `Backtrace` is
+    /// covered by this promise, as is any std call that reads `errno` after
+    /// a system call (`Command::output` beside concurrent `env::set_var`
+    /// once failed with "Success"): under Migrate, a goroutine preempted
+    /// while unwinding, with a drop that sleeps or yields, aborted the
+    /// process as "thread panicked while processing panic" in 4 runs of 27
+    /// (ThreadAffine: none).
     /// Thread identity taken and released entirely inside
     /// [`no_preempt`](crate::no_preempt) is fine: that closure is never
     /// preempted asynchronously.

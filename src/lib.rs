@@ -317,6 +317,20 @@ pub fn no_preempt<R>(f: impl FnOnce() -> R) -> R {
 /// still free) or queues for one (Go's entersyscall/exitsyscall). On a
 /// plain thread it just calls `f`.
 ///
+/// No preemption signal is sent to the thread while `f` runs. A blocking
+/// system call made *outside* `blocking` holds the goroutine's P; when
+/// goroutines wait for it, sysmon signals the thread (as for any goroutine
+/// that overruns its quantum), finds it asleep in the kernel and hands the
+/// P to another thread. The signal interrupts the call: calls the kernel
+/// restarts after a handler are unaffected, but `poll`, `select`,
+/// `epoll_wait`, `nanosleep`, `sem_timedwait`, `sigtimedwait` and socket
+/// calls with a timeout (`SO_RCVTIMEO`/`SO_SNDTIMEO`, as std's
+/// `set_read_timeout` sets) fail with `EINTR`: std's `TcpStream::read` with a
+/// read timeout returns `ErrorKind::Interrupted` (`read_exact` and
+/// `write_all` retry it). Go 1.14's release notes warn of the same. Wrap
+/// such calls in `blocking`, or retry on `Interrupted`; `std::thread::sleep`,
+/// `recv_timeout` and plain reads of pipes and sockets retry by themselves.
+///
 /// # Examples
 ///
 /// ```

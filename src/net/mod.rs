@@ -39,8 +39,12 @@
 //!
 //! A runtime dropped while goroutines are parked on sockets closes those
 //! sockets (the goroutines are abandoned, their handles never dropped);
-//! other handles of such a socket then fail with an error. It never closes
-//! the fd of a [`Registration`], whose object may not own it (see there).
+//! other handles of such a socket then fail with an error. Except a call
+//! already waiting on such a handle (a clone, read by a goroutine of
+//! another runtime) at the moment of the drop: it may go on waiting for
+//! the peer (the kernel keeps the socket open while the call polls it),
+//! until its timeout, which then reports `EBADF`. It never closes the fd
+//! of a [`Registration`], whose object may not own it (see there).
 //!
 //! # Examples
 //!
