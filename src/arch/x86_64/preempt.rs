@@ -259,10 +259,10 @@ pub(crate) fn async_preempt_trampoline() -> usize {
 /// and `SS_DISABLE`, which zeroed data can mimic but for the flag: it then
 /// also needs `uc_mcontext.fpregs` to point, 64-aligned, between the
 /// machine context and the saved rsp (a false match refuses one
-/// preemption). It
-/// does not depend on the signal mask (an `SA_NODEFER` handler with an
-/// empty `sa_mask` leaves it unchanged) nor on the handler's restorer.
-/// Cost: one compare per 16 bytes of live stack. Async-signal-safe.
+/// preemption). It does not depend on the signal mask (an `SA_NODEFER`
+/// handler with an empty `sa_mask` leaves it unchanged) nor on the
+/// handler's restorer. Cost: one compare per 16 bytes of live stack.
+/// Async-signal-safe.
 ///
 /// # Safety
 /// `[sp, top)` must be readable (the live part of the interrupted thread's

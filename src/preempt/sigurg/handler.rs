@@ -42,11 +42,10 @@
 //!    with `pthread_sigmask` (and a thread's mask outlives the goroutine
 //!    that set it); only on a thread without an alternate stack, where the
 //!    scan has little to match, is a mask other than the M's normal one
-//!    refused too. A
-//!    goroutine that blocks SIGURG itself is not preempted asynchronously
-//!    until it unblocks it (the signal waits, pending), nor is any
-//!    goroutine after it on a thread it left so: see the crate docs'
-//!    "Signal masks".
+//!    refused too. A goroutine that blocks SIGURG itself is not preempted
+//!    asynchronously until it unblocks it (the signal waits, pending), nor
+//!    is any goroutine after it on a thread it left so: see the crate
+//!    docs' "Signal masks".
 //!
 //! 6. In ThreadAffine mode, fewer Ms are parked holding preempted
 //!    goroutines than `max_threads` leaves for them
