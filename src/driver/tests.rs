@@ -91,3 +91,43 @@ fn sysmon_keeps_the_poll_bound_while_a_descriptor_is_registered() {
     assert_eq!(sh.sysmon_netpoll(), None, "deregistered");
     close([r, w]);
 }
+
+/// A runtime drop closes an abandoned socket's fd, but not while a
+/// handle's system call on it is in progress (a clone used by a plain
+/// thread): it waits for the call, then closes, and turns later calls
+/// away. It used to close at once, and a call that had checked the
+/// descriptor a moment before reached whatever file the process opened
+/// next under that number.
+#[test]
+fn close_waits_for_a_call_in_progress_before_closing_an_owned_fd() {
+    let d = std::sync::Arc::new(Driver::new().unwrap());
+    let (r, w) = pipe();
+    let desc = d.register_owned(r).unwrap();
+    // An abandoned goroutine waits on it.
+    desc.inside.fetch_add(1, Ordering::Relaxed);
+    assert!(desc.enter_call(), "a live descriptor turned a call away");
+    let closer = {
+        let d = d.clone();
+        std::thread::spawn(move || d.close())
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    // SAFETY: F_GETFD takes no pointer; fails with EBADF on a closed fd.
+    let open = unsafe { libc::fcntl(r, libc::F_GETFD) } >= 0;
+    assert!(open, "the fd was closed under a call in progress");
+    assert!(!closer.is_finished(), "close did not wait for the call");
+    desc.exit_call();
+    closer.join().unwrap();
+    // SAFETY: as above.
+    let open = unsafe { libc::fcntl(r, libc::F_GETFD) } >= 0;
+    assert!(
+        !open,
+        "the abandoned socket's fd was not closed after the call"
+    );
+    assert!(!desc.enter_call(), "a call on a dead descriptor went ahead");
+    close_one(w);
+}
+
+fn close_one(fd: RawFd) {
+    // SAFETY: an fd this test opened and no longer uses.
+    unsafe { libc::close(fd) };
+}

@@ -195,11 +195,16 @@ impl<T: AsFd> Io<T> {
         }
     }
 
-    /// The object, unless the runtime closed its fd at shutdown.
-    pub(crate) fn get(&self) -> io::Result<&T> {
+    /// The object for one system call, unless the runtime closed its fd
+    /// at shutdown; the runtime does not close it while the returned
+    /// `Use` lives (`Desc::enter_call`).
+    pub(crate) fn get(&self) -> io::Result<Use<'_, T>> {
         match self.reg.get() {
-            Some(r) if r.desc.is_dead() => Err(crate::driver::shut_down()),
-            _ => Ok(&self.io),
+            Some(r) if !r.desc.enter_call() => Err(crate::driver::shut_down()),
+            r => Ok(Use {
+                io: &self.io,
+                desc: r.map(|r| r.desc),
+            }),
         }
     }
 
@@ -344,7 +349,7 @@ impl<T: AsFd> Io<T> {
         mut f: impl FnMut(&T) -> io::Result<R>,
     ) -> io::Result<R> {
         loop {
-            match f(self.get()?) {
+            match f(&*self.get()?) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 r => return r,
@@ -439,6 +444,28 @@ impl<T: AsFd> Io<T> {
             for &d in dirs {
                 r.driver.notify(r.desc, d);
             }
+        }
+    }
+}
+
+/// `Io::get`'s object, counted as a call in progress on its descriptor
+/// until dropped.
+pub(crate) struct Use<'a, T> {
+    io: &'a T,
+    desc: Option<&'static crate::driver::Desc>,
+}
+
+impl<T> std::ops::Deref for Use<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        self.io
+    }
+}
+
+impl<T> Drop for Use<'_, T> {
+    fn drop(&mut self) {
+        if let Some(d) = self.desc {
+            d.exit_call();
         }
     }
 }
