@@ -16,8 +16,13 @@ impl Shared {
     /// not in Go's line, `pollwait=N`: goroutines parked on the netpoller.
     pub(crate) fn schedtrace_line(&self) -> String {
         let ms = self.epoch.elapsed().as_millis();
-        let procs = self.procs();
-        let idle = self.npidle.load(Ordering::Relaxed);
+        // One snapshot of the two: `procresize` changes both under the
+        // idle list's lock. Read apart, a shrink from 64 Ps printed
+        // `gomaxprocs=1 idleprocs=64`.
+        let (procs, idle) = {
+            let _idle = self.pidle.rt_lock();
+            (self.procs(), self.npidle.load(Ordering::Relaxed))
+        };
         let threads = self.allm.rt_lock().len();
         let idlethreads = self.midle.rt_lock().len();
         let spinning = self.nmspinning.load(Ordering::Relaxed);
@@ -28,7 +33,7 @@ impl Shared {
         );
         let pollwait = self.driver.waiters();
         if self.cfg.scheddetail {
-            return format!("{head} pollwait={pollwait}") + &self.scheddetail();
+            return format!("{head} pollwait={pollwait}") + &self.scheddetail(procs);
         }
         let local: Vec<String> = (0..procs)
             .map(|p| self.ps[p].runq.len().to_string())
@@ -41,8 +46,9 @@ impl Shared {
     /// 2 syscall; G: 1 runnable, 2 running, 4 waiting); an id of none is
     /// -1. Fields gosched has no counterpart for, or that only their owner
     /// may read, are left out; a named goroutine's line ends with
-    /// `name="..."` (not in Go's, which has no goroutine names).
-    fn scheddetail(&self) -> String {
+    /// `name="..."` (not in Go's, which has no goroutine names). `procs`:
+    /// the header's `gomaxprocs` (read again, it could differ).
+    fn scheddetail(&self, procs: usize) -> String {
         let mut out = String::new();
         let ms: Vec<(usize, *mut crate::sched::g::G, bool)> = self
             .allm
@@ -57,7 +63,7 @@ impl Shared {
             })
             .collect();
         let mut p_of_m = vec![-1i64; ms.iter().map(|m| m.0).max().unwrap_or(0) + 1];
-        for (i, p) in self.ps[..self.procs()].iter().enumerate() {
+        for (i, p) in self.ps[..procs].iter().enumerate() {
             let status = match crate::sched::pstate(p.status.load(Ordering::Acquire)) {
                 crate::sched::P_IDLE => 0,
                 crate::sched::P_SYSCALL => 2,
