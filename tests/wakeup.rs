@@ -615,12 +615,22 @@ fn the_rest_of_a_long_burst_is_served_in_the_next_turns() {
 /// clock is read every 4,096 rounds (a system call, where preemption is
 /// refused).
 fn spin_cpu(d: Duration) {
-    let end = thread_cpu() + d;
+    spin_cpu_chunks(d, |_| {});
+}
+
+/// `spin_cpu`, calling `after` with the CPU time of each 4,096-round chunk
+/// (between two reads of the clock) as it ends.
+fn spin_cpu_chunks(d: Duration, mut after: impl FnMut(Duration)) {
+    let mut last = thread_cpu();
+    let end = last + d;
     let mut x = 0u64;
-    while thread_cpu() < end {
+    while last < end {
         for _ in 0..4096 {
             x = std::hint::black_box(x + 1);
         }
+        let now = thread_cpu();
+        after(now.saturating_sub(last));
+        last = now;
     }
 }
 
@@ -1285,21 +1295,11 @@ fn request_cpu_while_a_tick_is_due() -> (Vec<(Duration, usize)>, gosched::Stats)
                 gosched::spawn(move || {
                     gosched::sleep(Duration::from_millis(2 * i + 1));
                     in_service.fetch_add(1, Ordering::Relaxed);
-                    let end = thread_cpu() + Duration::from_millis(40);
-                    let mut x = 0u64;
-                    loop {
-                        let before = thread_cpu();
-                        if before >= end {
-                            break;
-                        }
-                        for _ in 0..4096 {
-                            x = std::hint::black_box(x + 1);
-                        }
-                        let chunk = thread_cpu().saturating_sub(before);
+                    spin_cpu_chunks(Duration::from_millis(40), |chunk| {
                         if ns() > due.load(Ordering::Relaxed) {
                             overdue.fetch_add(chunk.as_nanos() as u64, Ordering::Relaxed);
                         }
-                    }
+                    });
                     in_service.fetch_sub(1, Ordering::Relaxed);
                 })
             })

@@ -8,7 +8,7 @@ fn pipe() -> (RawFd, RawFd) {
     (fds[0], fds[1])
 }
 
-fn close(fds: [RawFd; 2]) {
+fn close<const N: usize>(fds: [RawFd; N]) {
     for fd in fds {
         // SAFETY: fds this test opened and no longer uses.
         unsafe { libc::close(fd) };
@@ -124,10 +124,5 @@ fn close_waits_for_a_call_in_progress_before_closing_an_owned_fd() {
         "the abandoned socket's fd was not closed after the call"
     );
     assert!(!desc.enter_call(), "a call on a dead descriptor went ahead");
-    close_one(w);
-}
-
-fn close_one(fd: RawFd) {
-    // SAFETY: an fd this test opened and no longer uses.
-    unsafe { libc::close(fd) };
+    close([w]);
 }
