@@ -430,7 +430,11 @@ impl Builder {
     /// parks one thread per preempted goroutine, and keeps at most half of
     /// the threads left beside one per P and sysmon parked that way; past
     /// that, call-free loops run on until their next runtime call (counted
-    /// as `threads` refusals in [`Stats`](crate::Stats)).
+    /// as `threads` refusals in [`Stats`](crate::Stats)). A shrink
+    /// ([`Runtime::set_procs`](crate::Runtime::set_procs)) parks the
+    /// goroutines of the Ps it drops whatever the count (their threads
+    /// exist already); a grow that would not leave that half beside the
+    /// new Ps is refused (`WouldBlock`) until enough of them have run.
     ///
     /// The limit must leave room for the Ps: `n` Ps need at least
     /// `2 * n + 2` threads (one M per P; one more per P, for the thread a

@@ -249,11 +249,19 @@ impl Runtime {
     /// preemption, a signal: a loop without calls stops within
     /// microseconds) and its P is taken after 2 ms at the latest, so
     /// `set_procs` returns within a few milliseconds. When it returns, at
-    /// most `n` Ps run goroutines; a goroutine that never reaches a
-    /// scheduling point with asynchronous preemption off goes on running
-    /// on its thread, without a P, until it does. No goroutine is lost or
+    /// most `n` Ps run goroutines. A goroutine whose P was taken that way
+    /// (the signal was refused: it ran in libc, say) goes on running on its
+    /// thread, without a P, until its next scheduling point; sysmon signals
+    /// it once a quantum until one lands. With asynchronous preemption off
+    /// it runs on until its next runtime call. No goroutine is lost or
     /// run twice; timers, locked goroutines and goroutines in
     /// [`blocking`](crate::blocking) carry on.
+    ///
+    /// In [`ThreadAffine`](crate::PreemptMode::ThreadAffine) mode each
+    /// goroutine preempted off a dropped P keeps its thread until it runs
+    /// again, which beside call-free loops can take a while; growing needs
+    /// new threads beside those (see
+    /// [`Builder::max_threads`](crate::Builder::max_threads)).
     ///
     /// Callable from a goroutine (it parks while it waits) and from a
     /// plain thread. Concurrent calls take effect one after the other.
@@ -263,6 +271,12 @@ impl Runtime {
     /// `InvalidInput` naming `n` when it is 0 or above [`MAX_PROCS`](crate::MAX_PROCS), or
     /// when `n` Ps need more threads than the runtime's `max_threads` allows (`2 * n + 2`,
     /// see [`Builder::max_threads`](crate::Builder::max_threads)).
+    ///
+    /// `WouldBlock` when growing in ThreadAffine mode while more threads hold preempted
+    /// goroutines than `max_threads` leaves for them beside `n` Ps (half of what it leaves
+    /// beside one thread per P and sysmon); the message names the numbers. Nothing changes;
+    /// the same call succeeds once those goroutines have run. With the default limit
+    /// (10,000 threads) this takes thousands of goroutines preempted at once.
     ///
     /// # Examples
     ///

@@ -943,3 +943,177 @@ fn schedtrace_lines_agree_with_themselves_during_set_procs() {
         );
     }
 }
+
+/// libc's `qsort` over `v` with a Rust comparator: nearly all the time in
+/// libc, where asynchronous preemption is refused (safe-point rule 4).
+fn libc_sort(v: &mut [u32]) {
+    extern "C" fn cmp(a: *const libc::c_void, b: *const libc::c_void) -> libc::c_int {
+        // SAFETY: qsort passes pointers to two elements of `v`.
+        let (a, b) = unsafe { (*a.cast::<u32>(), *b.cast::<u32>()) };
+        a.cmp(&b) as libc::c_int
+    }
+    // SAFETY: `v` is a valid slice of `v.len()` u32s; `cmp` reads two of
+    // them.
+    unsafe { libc::qsort(v.as_mut_ptr().cast(), v.len(), 4, Some(cmp)) };
+}
+
+/// Goroutines that spend their time in libc (sorting with `qsort`) use no
+/// more CPUs than the Ps a shrink leaves. The shrink's signal lands in
+/// libc and is refused, so after its grace it takes the P from under the
+/// goroutine, which runs on without one; nobody asked it again, and 4 such
+/// goroutines used 1.8-2.0 CPUs at `set_procs(1)` until they ended. sysmon
+/// now signals a goroutine running without a P once a quantum, and the
+/// signal that lands in Rust code between two sorts parks it.
+#[test]
+#[cfg_attr(
+    not(feature = "preempt-signal"),
+    ignore = "needs asynchronous preemption (the preempt-signal feature)"
+)]
+fn goroutines_in_libc_use_only_the_ps_a_shrink_leaves() {
+    if common::child_role().is_some() {
+        let rt = Builder::new()
+            .procs(2)
+            .preempt_quantum(Duration::from_millis(1))
+            .build()
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let hs: Vec<_> = (0..4u32)
+            .map(|i| {
+                let stop = stop.clone();
+                rt.spawn(move || {
+                    let mut v: Vec<u32> = (0..100_000u32).map(|x| x ^ i).collect();
+                    while !stop.load(Ordering::Relaxed) {
+                        for x in v.iter_mut() {
+                            *x = x.wrapping_mul(2_654_435_761);
+                        }
+                        libc_sort(&mut v);
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        // A few shrinks, each one a chance for a refused signal.
+        for _ in 0..10 {
+            rt.set_procs(1).unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+            rt.set_procs(2).unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        rt.set_procs(1).unwrap();
+        // A goroutine left without a P sorts for up to ~10 ms between two
+        // chances to be preempted: give them time.
+        std::thread::sleep(Duration::from_millis(500));
+        let used = cpus_used_over(Duration::from_secs(1));
+        stop.store(true, Ordering::Relaxed);
+        for h in hs {
+            h.join().unwrap();
+        }
+        println!("cpus_pct={}", (used * 100.0) as u64);
+        return;
+    }
+    let _s = serial();
+    let out = common::run_child(
+        "goroutines_in_libc_use_only_the_ps_a_shrink_leaves",
+        "sort",
+        &[],
+    );
+    assert!(out.status.success(), "{}", out.describe());
+    // One P: about one CPU, plus sysmon's refused signals.
+    assert!(out.stdout_u64("cpus_pct=") <= 150, "{}", out.describe());
+}
+
+/// Shrinking to 1 P and growing back beside call-free loops, with
+/// `max_threads` at the fewest the larger count accepts (ThreadAffine:
+/// each goroutine preempted off a dropped P keeps its thread): never
+/// thread exhaustion. Growing is refused (`WouldBlock`, naming the
+/// numbers) while those threads exceed what the new count leaves for them,
+/// and succeeds once the loops have ended. It used to grow anyway and die
+/// of thread exhaustion (exit 2) within a few rounds, every run.
+#[test]
+#[cfg_attr(
+    not(feature = "preempt-signal"),
+    ignore = "needs asynchronous preemption (the preempt-signal feature)"
+)]
+fn resizing_beside_call_free_loops_at_the_fewest_threads_never_exhausts_them() {
+    if common::child_role().is_some() {
+        let rt = Arc::new(
+            Builder::new()
+                .procs(2)
+                .max_threads(6)
+                .preempt_quantum(Duration::from_micros(200))
+                .build()
+                .unwrap(),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let resizer = {
+            let (rt, stop) = (rt.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut resizes, mut refused, mut message) = (0u64, 0u64, String::new());
+                while !stop.load(Ordering::Relaxed) {
+                    match rt.set_procs(if resizes % 2 == 0 { 1 } else { 2 }) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            refused += 1;
+                            message = e.to_string();
+                        }
+                        Err(e) => panic!("set_procs: {e}"),
+                    }
+                    resizes += 1;
+                    std::thread::sleep(Duration::from_micros(300));
+                }
+                (resizes, refused, message)
+            })
+        };
+        let sum: u64 = rt.block_on(|| {
+            let hs: Vec<_> = (0..8u64)
+                .map(|i| {
+                    gosched::spawn(move || {
+                        let t = Instant::now();
+                        let mut x = i;
+                        while t.elapsed() < Duration::from_secs(1) {
+                            x = std::hint::black_box(x).wrapping_mul(3).wrapping_add(1);
+                        }
+                        i
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        stop.store(true, Ordering::Relaxed);
+        let (resizes, refused, message) = resizer.join().unwrap();
+        // The loops have ended: their threads are free again.
+        let grown = common::wait_until(Duration::from_secs(5), || rt.set_procs(2).is_ok());
+        println!(
+            "sum={sum} resizes={resizes} refused={refused} grown={}",
+            u64::from(grown)
+        );
+        eprintln!("last refusal: {message}");
+        return;
+    }
+    let out = common::run_child(
+        "resizing_beside_call_free_loops_at_the_fewest_threads_never_exhausts_them",
+        "churn",
+        &[],
+    );
+    assert!(out.status.success(), "{}", out.describe());
+    assert!(
+        !out.stderr.contains("thread exhaustion"),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(
+        out.stdout_u64("sum="),
+        (0..8).sum::<u64>(),
+        "{}",
+        out.describe()
+    );
+    assert_eq!(out.stdout_u64("grown="), 1, "{}", out.describe());
+    assert!(out.stdout_u64("resizes=") >= 20, "{}", out.describe());
+    if out.stdout_u64("refused=") > 0 {
+        assert!(
+            out.stderr.contains("set_procs(2): ") && out.stderr.contains("max_threads(6)"),
+            "{}",
+            out.describe()
+        );
+    }
+}

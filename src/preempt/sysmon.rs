@@ -12,7 +12,7 @@ use std::time::Duration;
 use gosched_sysmon::{Config as PolicyConfig, Monitor, PStatus, PView, Preempt, Sleep, Target};
 
 use crate::sched::timer::nanos;
-use crate::sched::Shared;
+use crate::sched::{RuntimeLock, Shared};
 
 /// sysmon's view of the runtime.
 struct RuntimeTarget<'a> {
@@ -255,6 +255,8 @@ fn run(sh: &Shared) {
     let mut next_trace = trace.map(|t| sh.nanotime().saturating_add(nanos(t)));
     let mut handler = crate::preempt::HandlerWatch::new();
     let mut deadlock_look = DEADLOCK_LOOK_MIN;
+    // When to look at goroutines running without a P next (0: at once).
+    let mut next_pless = 0u64;
     while !sh.shutdown.load(Ordering::Acquire) {
         let now = sh.nanotime();
         handler.check(sh, now);
@@ -276,6 +278,21 @@ fn run(sh: &Shared) {
             }
         }
         let mut trace_cap = next_trace.map(|at| Duration::from_nanos(at.saturating_sub(now)));
+        // Goroutines running without a P: signalled once a quantum.
+        if sh.npless.load(Ordering::SeqCst) != 0 {
+            if now >= next_pless {
+                next_pless = now.saturating_add(nanos(sh.cfg.quantum));
+                if !preempt_pless(sh) {
+                    next_pless = 0;
+                }
+            }
+            if next_pless != 0 {
+                lower_to(
+                    &mut trace_cap,
+                    Duration::from_nanos(next_pless.saturating_sub(now)),
+                );
+            }
+        }
         // Not watching, until the check below says otherwise (see
         // `Shared::sysmon_wakeup_look`).
         sh.sysmon_wakeup_look.store(u64::MAX, Ordering::SeqCst);
@@ -375,6 +392,42 @@ fn run(sh: &Shared) {
             mon.woken();
         }
     }
+}
+
+/// Signals every M whose goroutine runs on without a P (`M::pless_run`)
+/// and forgets those whose run has ended. A retake took the P from under
+/// that goroutine (its thread was blocked in the kernel, or `set_procs`
+/// dropped the P and its goroutine did not yield within the grace), and
+/// nobody else looks at it until its next scheduling point: a call-free
+/// loop went on for good, a CPU beyond GOMAXPROCS (four goroutines sorting
+/// with libc's `qsort` after `set_procs(1)` used 1.8-2.0 CPUs until they
+/// ended). Such a preemption parks the thread without a P to hand on (safe-
+/// point rule 6 lets it through). A thread asleep in the kernel is left
+/// alone: the signal would only interrupt its system call (`EINTR`).
+/// Returns whether any such M remains.
+fn preempt_pless(sh: &Shared) -> bool {
+    let mut left = false;
+    for m in sh.allm.rt_lock().iter() {
+        let run = m.pless_run.load(Ordering::Acquire);
+        if run == 0 {
+            continue;
+        }
+        if m.runs.load(Ordering::Acquire) != run || m.curg.load(Ordering::Acquire).is_null() {
+            // That run has ended: the goroutine reached the scheduler.
+            if m.pless_run
+                .compare_exchange(run, 0, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                sh.npless.fetch_sub(1, Ordering::SeqCst);
+            }
+            continue;
+        }
+        left = true;
+        if !thread_sleeping(m.tid.load(Ordering::Acquire)) {
+            crate::preempt::signal_m(m);
+        }
+    }
+    left
 }
 
 /// sysmon's looks for a deadlock while every P is idle and goroutines are

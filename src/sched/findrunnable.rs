@@ -268,7 +268,22 @@ impl Shared {
     /// with `max_threads(64)` did, every run: the soft cap was 64 parked
     /// Ms).
     pub(crate) fn affine_parked_limit(&self) -> usize {
-        (self.cfg.max_threads.saturating_sub(self.procs() + 1) / 2).max(1)
+        self.affine_parked_limit_at(self.procs())
+    }
+
+    /// `affine_parked_limit` with `procs` Ps.
+    pub(crate) fn affine_parked_limit_at(&self, procs: usize) -> usize {
+        (self.cfg.max_threads.saturating_sub(procs.saturating_add(1)) / 2).max(1)
+    }
+
+    /// Threads held by goroutines that ThreadAffine preemption, or a
+    /// retake, left without a P: Ms parked with a preempted goroutine and
+    /// Ms whose goroutine runs on without a P (counted until sysmon sees
+    /// that run end, so for a moment some are counted twice).
+    pub(crate) fn affine_pinned(&self) -> usize {
+        self.affine_parked
+            .load(Ordering::Relaxed)
+            .saturating_add(self.npless.load(Ordering::Relaxed))
     }
 
     /// Are `affine_parked_cap()` Ms parked with preempted ThreadAffine

@@ -194,6 +194,8 @@ impl Shared {
             unpinnable: AtomicBool::new(false),
             this: AtomicPtr::new(ptr::null_mut()),
             refused: AtomicU64::new(0),
+            runs: AtomicU64::new(0),
+            pless_run: AtomicU64::new(0),
             // SAFETY: sigset_t is plain data; filled in by the M at start.
             sigmask: UnsafeCell::new(unsafe { std::mem::zeroed() }),
         });
@@ -260,6 +262,19 @@ impl Shared {
         }
         let mp = self.ps[p].m.load(Ordering::Acquire);
         if expect == P_USER && !mp.is_null() {
+            // Its goroutine runs on without a P: sysmon signals the M until
+            // this run ends (`preempt_pless`). The run our CAS took the P
+            // from, read at once: the M stored it before the `USER` status
+            // our CAS read (a later run would need a P first, after it
+            // saw the loss; at worst sysmon then asks a goroutine that has
+            // one again: the signal finds no request).
+            // SAFETY: Ms live as long as Shared.
+            let m = unsafe { &*mp };
+            let run = m.runs.load(Ordering::Acquire);
+            if self.cfg.async_preempt && m.pless_run.swap(run, Ordering::AcqRel) == 0 {
+                self.npless.fetch_add(1, Ordering::SeqCst);
+            }
+
             // A goroutine of that M may hold a claim on the P (Dekker with
             // `claim_p`, see "Ownership of a P"): wait for it to end. Claims
             // are a few dozen instructions in no-preempt regions.

@@ -116,6 +116,18 @@ pub(crate) struct M {
     pub(crate) timer_armed: AtomicBool,
     /// Asynchronous preemption attempts the handler refused on this M.
     pub(crate) refused: AtomicU64,
+    /// This M's runs of goroutines so far: g0 bumps it in `execute` before
+    /// each switch to a goroutine, so it names the current run (never 0
+    /// inside one). Written by the owner; read by a retake, sysmon and
+    /// this thread's signal handler.
+    pub(crate) runs: AtomicU64,
+    /// The run (`runs`) whose P a retake took while its goroutine ran in
+    /// user code (`Shared::retake` in `P_USER`: a blocked thread, a
+    /// `set_procs` shrink): that goroutine goes on without a P until its
+    /// next scheduling point, and sysmon signals the M until that run
+    /// ends (`Shared::preempt_pless`). 0: none. Set by the retake, cleared
+    /// by sysmon.
+    pub(crate) pless_run: AtomicU64,
     /// The signal mask this M runs goroutines with (safe-point rule 5).
     pub(crate) sigmask: UnsafeCell<libc::sigset_t>,
 }

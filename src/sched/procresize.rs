@@ -19,7 +19,12 @@
 //!    no-call loop yields within microseconds), takes a P in a blocking call
 //!    at once (sysmon's retake), and after `RETIRE_GRACE` takes a P whose
 //!    goroutine still runs (the blocked-thread retake: the goroutine goes on
-//!    without a P until its next scheduling point, as after a blocking call).
+//!    without a P until its next scheduling point, and sysmon signals it
+//!    once a quantum until it gets there, `M::pless_run`). In ThreadAffine
+//!    mode the goroutines preempted off dropped Ps keep their threads
+//!    (safe-point rule 6 does not count them: their threads exist
+//!    already), so a later grow checks that the threads `max_threads`
+//!    leaves fit beside them (`grow_fits`).
 //! 3. Destroying (`destroyp`, by whoever owns the P): its `runnext`, yield
 //!    slot and local queue go to the global queue in that order (the order
 //!    they would have run in), its caches of free Gs and stacks to the
@@ -148,6 +153,10 @@ impl Shared {
         }
         let old = self.procs();
         if n > old {
+            if let Err(e) = self.grow_fits(n) {
+                self.resizing.store(false, Ordering::Release);
+                return Err(e);
+            }
             self.grow(old, n);
         } else if n < old {
             self.shrink(old, n);
@@ -156,6 +165,37 @@ impl Shared {
         // sysmon sizes its view from `gomaxprocs` on its next tick.
         self.wake_sysmon();
         Ok(old)
+    }
+
+    /// Growing to `n` Ps needs a thread for each, beside the threads held
+    /// by goroutines that ThreadAffine preemption parked or a retake left
+    /// without a P (`affine_pinned`): no more of those than `n` Ps leave
+    /// for them (`affine_parked_limit_at(n)`, half of what `max_threads`
+    /// leaves beside the Ps and sysmon; the rest is for blocking calls,
+    /// locked goroutines and hand-offs). A shrink adds to them past the
+    /// limit: the goroutines preempted off the dropped Ps keep their
+    /// threads, and beside call-free loops none of them runs again soon.
+    /// Growing anyway, with `max_threads` at the fewest `n` Ps accept, the
+    /// Ps' new threads died of thread exhaustion: shrinking to 1 and
+    /// growing back beside busy loops did, every time, after a few rounds.
+    fn grow_fits(&self, n: usize) -> io::Result<()> {
+        if self.cfg.mode != crate::builder::PreemptMode::ThreadAffine {
+            return Ok(());
+        }
+        let pinned = self.affine_pinned();
+        let room = self.affine_parked_limit_at(n);
+        if pinned <= room {
+            return Ok(());
+        }
+        Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!(
+                "set_procs({n}): {pinned} threads hold goroutines preempted in ThreadAffine mode, \
+                 more than max_threads({}) leaves for them beside {n} Ps ({room}); try again once \
+                 they have run, or raise Builder::max_threads / GOSCHED_MAXTHREADS",
+                self.cfg.max_threads
+            ),
+        ))
     }
 
     fn grow(&self, old: usize, n: usize) {

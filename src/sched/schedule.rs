@@ -246,6 +246,10 @@ impl G0<'_> {
         }
         note_running(self.sh, p, g);
         g.preempt.store(false, Ordering::Relaxed);
+        // A new run (`M::pless_run`), before the goroutine shows in
+        // `curg`. Owner-only: a load and a store, no locked instruction.
+        let run = self.m.runs.load(Ordering::Relaxed).wrapping_add(1).max(1);
+        self.m.runs.store(run, Ordering::Relaxed);
         self.m.curg.store(g.as_ptr(), Ordering::Relaxed);
         let mine = pstatus(self.m, P_SCHED);
         // Release: our writes to P-local data happen-before a retake.

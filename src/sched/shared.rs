@@ -136,6 +136,10 @@ pub(crate) struct Shared {
     pub(crate) woken_taken: AtomicU64,
     /// Goroutines blocked in `blocking()` right now.
     pub(crate) in_blocking: AtomicUsize,
+    /// Ms with a `pless_run` set: their goroutine may run on without a P
+    /// (`Shared::preempt_pless`; sysmon looks at every M only while this
+    /// is non-zero).
+    pub(crate) npless: AtomicUsize,
     /// Ms parked with a goroutine that was preempted asynchronously in
     /// ThreadAffine mode and waits in a run queue to resume on them.
     /// Written by those Ms (`stoplockedm`); read by `find_runnable` (Relaxed:
@@ -236,6 +240,7 @@ impl Shared {
             wakeup_deferral_seen: AtomicU64::new(wakeup::NO_SAMPLE),
             woken_taken: AtomicU64::new(0),
             in_blocking: AtomicUsize::new(0),
+            npless: AtomicUsize::new(0),
             affine_parked: AtomicUsize::new(0),
             wakeup_parked: AtomicUsize::new(0),
             counters_spawned_outside: AtomicU64::new(0),

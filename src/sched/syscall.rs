@@ -37,13 +37,15 @@ pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
     p.syscalltick.fetch_add(1, Ordering::Release);
     let user = pstatus(m, P_USER);
     let sys = pstatus(m, P_SYSCALL);
-    if p.status
+    // Our P may have been retaken already (blocked-M hand-off, a
+    // `set_procs` shrink): the call runs without one, protected from
+    // signals all the same (sysmon signals a goroutine running without a
+    // P), and the goroutine then waits for a P as after a retaken call.
+    // It used to run `f` unprotected and go on without a P afterwards.
+    let had_p = p
+        .status
         .compare_exchange(user, sys, Ordering::AcqRel, Ordering::Relaxed)
-        .is_err()
-    {
-        // Our P was already retaken (blocked-M hand-off): just run f.
-        return f();
-    }
+        .is_ok();
     sh.in_blocking.fetch_add(1, Ordering::SeqCst);
     g.in_blocking.set(true);
     // Its slice timer's signal would interrupt the call.
@@ -56,6 +58,7 @@ pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
         g: GRef,
         m: &'a M,
         p: &'a P,
+        had_p: bool,
         sys: u64,
         user: u64,
     }
@@ -67,18 +70,26 @@ pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
             release_signals(self.m);
             self.g.in_blocking.set(false);
             sh.in_blocking.fetch_sub(1, Ordering::SeqCst);
-            if self
-                .p
-                .status
-                .compare_exchange(self.sys, self.user, Ordering::AcqRel, Ordering::Relaxed)
-                .is_err()
+            if !self.had_p
+                || self
+                    .p
+                    .status
+                    .compare_exchange(self.sys, self.user, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_err()
             {
                 // Retaken: queue ourselves and wait for a P (Go's exitsyscall0).
                 switch_to_g0(self.g, Reason::ExitSyscall);
             }
         }
     }
-    let _exit = Exit { g, m, p, sys, user };
+    let _exit = Exit {
+        g,
+        m,
+        p,
+        had_p,
+        sys,
+        user,
+    };
     f()
 }
 

@@ -51,7 +51,9 @@
 //!    goroutines than `max_threads` leaves for them
 //!    (`Shared::affine_parked_limit`, half the threads beside one per P
 //!    and sysmon): each such preemption parks one more thread, and past
-//!    the limit the runtime would die of thread exhaustion.
+//!    the limit the runtime would die of thread exhaustion. Except for a
+//!    goroutine without a live P (retaken, or dropped by `set_procs`):
+//!    parking its thread frees a CPU and starts no other thread.
 //!
 //! A refused attempt is counted by reason; the cooperative flag stays set
 //! and sysmon retries at its next deadline.
@@ -151,6 +153,23 @@ fn preemptible_main(pc: usize) -> bool {
     in_main_text(pc) && rust_code::admits(pc).unwrap_or(true)
 }
 
+/// Rule 6's exception: does this M's goroutine run with a P that goes on
+/// after it (one a preemption hands to another thread)? Not if a retake
+/// took its P (`M::pless_run` names this run) or `set_procs` dropped it
+/// (its owner destroys it when the goroutine yields). Parking such a
+/// goroutine's thread starts no other (the thread runs it now either
+/// way), and the goroutine stops running beyond GOMAXPROCS: refused, a
+/// call-free loop on a dropped P ran on without a P until it ended.
+fn holds_a_live_p(m: &crate::sched::M, sh: &crate::sched::Shared) -> bool {
+    let pless = m.pless_run.load(Ordering::Relaxed);
+    if pless != 0 && pless == m.runs.load(Ordering::Relaxed) {
+        return false;
+    }
+    // `M::p` changes only on g0; this handler interrupted the goroutine
+    // (rules 1 and 2), so g0 is not writing it.
+    !m.p.get().is_some_and(|p| sh.p_dropped(p))
+}
+
 /// Step 3 of the handler: checks the rules; on success rewrites `ctx`.
 fn try_preempt(m: &crate::sched::M, ctx: &mut arch::SigContext) -> Result<(), Refusal> {
     let sh = m.shared_ref();
@@ -172,9 +191,11 @@ fn try_preempt(m: &crate::sched::M, ctx: &mut arch::SigContext) -> Result<(), Re
         return Err(Refusal::NoPreempt);
     }
     // Rule 6: a ThreadAffine preemption parks this thread with the
-    // goroutine; not past the threads `max_threads` leaves for that.
+    // goroutine; not past the threads `max_threads` leaves for that,
+    // unless the goroutine holds no P another thread must take over.
     if sh.cfg.mode == crate::builder::PreemptMode::ThreadAffine
         && sh.affine_parked.load(Ordering::Relaxed) >= sh.affine_parked_limit()
+        && holds_a_live_p(m, sh)
     {
         return Err(Refusal::Threads);
     }
