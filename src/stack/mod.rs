@@ -21,6 +21,10 @@
 //! 3. The reservation is registered process-wide so the SIGSEGV handler can
 //!    tell a guard-page hit (a goroutine stack overflow) from any other fault
 //!    without locks (see `crate::os::signal`).
+//! 4. At runtime shutdown the reservation is unmapped, unless goroutines
+//!    were abandoned with their stacks: then it stays mapped, the memory of
+//!    its other stacks released, and the next pool with the same layout
+//!    takes it over (`Retired`).
 //!
 //! The guard is 64 KiB, not one page, because the stack below it is another
 //! goroutine's: a C function whose frame is larger than the guard and that
@@ -42,8 +46,6 @@ use crate::sched::RuntimeLock;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
-
-use memmap2::{MmapMut, MmapOptions};
 
 /// Bytes of the guard region below each stack (a multiple of the page
 /// size on every Linux page size up to 64 KiB; see the module docs).
@@ -128,10 +130,75 @@ enum GuardMode {
     Mprotect,
 }
 
+/// An anonymous `MAP_NORESERVE` mapping of `len` bytes at `base`,
+/// unmapped on drop.
+struct Reservation {
+    base: usize,
+    len: usize,
+}
+
+impl Reservation {
+    fn new(len: usize) -> io::Result<Reservation> {
+        // SAFETY: a fresh private anonymous mapping; it aliases nothing.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Reservation {
+            base: p as usize,
+            len,
+        })
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, which nothing uses any more (its owner
+        // dropped it after every goroutine on it was gone).
+        let r = unsafe { libc::munmap(self.base as *mut _, self.len) };
+        debug_assert_eq!(r, 0, "munmap of a stack reservation failed");
+    }
+}
+
+/// A reservation whose runtime was dropped with goroutines it abandoned:
+/// their stacks (slots `kept`) must stay mapped, since other threads may
+/// still reach into them (see `StackPool::unmap_except`). The memory of
+/// its other stacks is released; the next pool with the same layout
+/// adopts the reservation (`StackPool::new`) instead of reserving another.
+/// Unmapped around the kept stacks instead, each kept stack was a mapping
+/// of its own (400 drops with 200 abandoned goroutines each passed
+/// `vm.max_map_count`), and each drop left a hole just short of a
+/// reservation (after 510 drops with 20 each, `build` failed in 1 run of
+/// 3 with "cannot reserve 256 GiB").
+struct Retired {
+    res: Reservation,
+    slot: usize,
+    guard: usize,
+    /// Slots carved (guards installed) so far.
+    carved: usize,
+    /// Sorted slot indices.
+    kept: Vec<usize>,
+}
+
+/// Reservations kept for the stacks of abandoned goroutines.
+static RETIRED: Mutex<Vec<Retired>> = Mutex::new(Vec::new());
+
 /// The stacks of one runtime.
 pub(crate) struct StackPool {
-    /// The reservation; taken and unmapped by `unmap` at runtime shutdown.
-    map: Mutex<Option<MmapMut>>,
+    /// The reservation; taken by `unmap_except` at runtime shutdown.
+    map: Mutex<Option<Reservation>>,
+    /// Slots holding the stacks of goroutines another runtime abandoned
+    /// (sorted; see `Retired`): never handed out, never unmapped.
+    kept: Vec<usize>,
     base: usize,
     /// Distance between two slots: guard + usable stack.
     slot: usize,
@@ -152,22 +219,43 @@ impl StackPool {
     pub(crate) fn new(stack_size: usize) -> io::Result<StackPool> {
         let guard = GUARD.max(page_size());
         let slot = stack_size + guard;
-        let map = MmapOptions::new()
-            .len(RESERVATION)
-            .no_reserve_swap()
-            .map_anon()
-            .map_err(reservation_error)?;
+        let adopted = {
+            let mut retired = RETIRED.rt_lock();
+            let i = retired
+                .iter()
+                .position(|r| r.slot == slot && r.guard == guard);
+            i.map(|i| retired.swap_remove(i))
+        };
+        let (map, carved, kept) = match adopted {
+            Some(r) => (r.res, r.carved, r.kept),
+            None => (
+                Reservation::new(RESERVATION).map_err(reservation_error)?,
+                0,
+                Vec::new(),
+            ),
+        };
         let nslots = RESERVATION / slot;
-        let base = map.as_ptr() as usize;
+        let base = map.base;
+        // An adopted reservation's carved slots have their guards; all but
+        // the kept ones are free (their memory released, zero on first
+        // touch).
+        let free = (0..carved)
+            .filter(|i| kept.binary_search(i).is_err())
+            .map(|i| Stack {
+                bottom: base + i * slot + guard,
+                top: base + (i + 1) * slot,
+            })
+            .collect();
         let registration = overflow::register_stacks(base, nslots * slot, slot, guard);
         Ok(StackPool {
             map: Mutex::new(Some(map)),
+            kept,
             base,
             slot,
             guard,
             nslots,
-            carved: AtomicUsize::new(0),
-            free: Mutex::new(Vec::new()),
+            carved: AtomicUsize::new(carved),
+            free: Mutex::new(free),
             mode: Mutex::new(GuardMode::Madvise),
             warned: AtomicBool::new(false),
             registration: Mutex::new(Some(registration)),
@@ -249,34 +337,58 @@ impl StackPool {
     /// queue, and a later send or close from another thread walks that
     /// queue; unmapping the stack made it fault (or worse, once the
     /// address range is reused).
-    pub(crate) fn unmap_except(&self, mut keep: Vec<(usize, usize)>) {
+    ///
+    /// With stacks to keep, the reservation stays mapped whole, the memory
+    /// of every other stack released, for the next pool of the same layout
+    /// to adopt (`Retired`).
+    pub(crate) fn unmap_except(&self, keep: Vec<(usize, usize)>) {
         // Unregister first: the addresses may be reused by any mapping.
         drop(self.registration.rt_lock().take());
         let map = self.map.rt_lock().take();
         self.free.rt_lock().clear();
         let Some(map) = map else { return };
-        if keep.is_empty() {
-            return drop(map);
-        }
-        let (base, end) = (map.as_ptr() as usize, map.as_ptr() as usize + map.len());
-        // Unmapped piecewise below instead of all at once.
-        std::mem::forget(map);
-        keep.sort_unstable();
-        let mut at = base;
-        for (lo, hi) in keep.into_iter().chain([(end, end)]) {
+        let mut kept = self.kept.clone();
+        kept.extend(keep.into_iter().map(|(lo, hi)| {
+            let i = (lo - self.guard - self.base) / self.slot;
             debug_assert!(
-                base <= lo && lo <= hi && hi <= end,
+                i < self.nslots
+                    && lo == self.base + i * self.slot + self.guard
+                    && hi == lo + self.stack_size(),
                 "a stack outside the pool"
             );
-            if lo > at {
-                // SAFETY: [at, lo) lies inside our reservation (page
-                // aligned: slot and guard sizes are pages) and holds no
-                // kept stack; every M has exited, so nothing runs on it.
-                let r = unsafe { libc::munmap(at as *mut _, lo - at) };
-                debug_assert_eq!(r, 0, "munmap of a stack range failed");
-            }
-            at = at.max(hi);
+            i
+        }));
+        if kept.is_empty() {
+            return drop(map);
         }
+        kept.sort_unstable();
+        kept.dedup();
+        let carved = self.carved.load(Ordering::Relaxed);
+        let mut at = 0;
+        for k in kept.iter().copied().chain([carved]) {
+            if k > at {
+                // SAFETY: slots [at, k) lie inside our reservation and hold
+                // no kept stack; every M has exited, so nothing runs on
+                // them. Guards survive (`MADV_GUARD_INSTALL` markers are
+                // not zapped by `MADV_DONTNEED`; `mprotect`ed ones keep
+                // their protection).
+                unsafe {
+                    libc::madvise(
+                        (self.base + at * self.slot) as *mut _,
+                        (k - at) * self.slot,
+                        libc::MADV_DONTNEED,
+                    )
+                };
+            }
+            at = at.max(k + 1);
+        }
+        RETIRED.rt_lock().push(Retired {
+            res: map,
+            slot: self.slot,
+            guard: self.guard,
+            carved,
+            kept,
+        });
     }
 
     /// Prepares a stack for a P cache: trims it if it was used deeply.
