@@ -211,7 +211,9 @@ impl<T> Drop for Entry<T> {
         if self.queued.get() {
             // A queue would keep a dangling pointer: a bug in this crate.
             // Continuing could corrupt memory; stop here instead.
-            eprintln!("fatal: gosched channel waiter dropped while still queued");
+            crate::diag::stderr_line(format_args!(
+                "fatal: gosched channel waiter dropped while still queued"
+            ));
             std::process::abort();
         }
     }

@@ -282,11 +282,13 @@ fn process_threads() -> usize {
 }
 
 /// Writes `msg` to stderr in one piece and exits with status 2 (Go's exit
-/// status for a fatal error).
+/// status for a fatal error). Past std's `Stderr` lock (see
+/// `diag::write_stderr`: a goroutine parked holding it left a fatal
+/// report waiting for good); a second report (say, SIGQUIT during a
+/// deadlock report) waits for the first one's exit instead.
 pub(crate) fn die(msg: &str) -> ! {
-    use std::io::Write;
-    let mut err = std::io::stderr().lock();
-    let _ = err.write_all(msg.as_bytes());
-    let _ = err.flush();
+    static DYING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = DYING.lock();
+    crate::diag::write_stderr(msg.as_bytes());
     std::process::exit(2)
 }

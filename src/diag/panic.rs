@@ -47,7 +47,6 @@
 //! panics when stderr fails, and a panic inside a panic hook aborts the
 //! process).
 
-use std::io::Write;
 use std::panic::PanicHookInfo;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Once;
@@ -127,5 +126,6 @@ fn report(info: &PanicHookInfo<'_>, id: u64, name: Option<&str>) {
             }
         }
     }
-    let _ = std::io::stderr().lock().write_all(out.as_bytes());
+    // Unlocked, as std's own hook writes (see `diag::write_stderr`).
+    crate::diag::write_stderr(out.as_bytes());
 }

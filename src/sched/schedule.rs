@@ -47,7 +47,9 @@ pub(super) fn mstart(sh: Arc<Shared>, m: Arc<M>) {
     if let Err(e) = arch::set_thread_base(Arc::as_ptr(&m) as usize) {
         // Only a seccomp filter that forbids the system call gets here,
         // and no goroutine could run.
-        eprintln!("fatal: gosched could not set up an M thread: {e}");
+        crate::diag::stderr_line(format_args!(
+            "fatal: gosched could not set up an M thread: {e}"
+        ));
         std::process::abort();
     }
     set_cur_m(Arc::as_ptr(&m));

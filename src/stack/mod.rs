@@ -426,11 +426,11 @@ impl StackPool {
             );
         }
         if carved * 2 + 1000 > limit && !self.warned.swap(true, Ordering::Relaxed) {
-            eprintln!(
+            crate::diag::stderr_line(format_args!(
                 "gosched: warning: {carved} stacks with mprotect guards use ~{} of vm.max_map_count={limit} \
                  mappings (this kernel lacks MADV_GUARD_INSTALL); raise vm.max_map_count or use fewer goroutines",
                 carved * 2
-            );
+            ));
         }
     }
 
