@@ -297,6 +297,13 @@ impl Builder {
     /// memory is committed only as the stack is used). Default 1 MiB;
     /// accepted range 16 KiB ..= 1 GiB.
     ///
+    /// Every runtime's stacks share one fixed 256 GiB address-space
+    /// reservation, each with a 64 KiB guard: at most
+    /// `256 GiB / (stack_size + 64 KiB)` goroutines that have started can
+    /// be alive at once (246,723 at 1 MiB, 2,097,152 at 64 KiB, 255 at
+    /// 1 GiB). One more is Go's `fatal error: out of memory`, with the
+    /// numbers and the goroutine dump (exit status 2).
+    ///
     /// # Examples
     ///
     /// ```

@@ -83,7 +83,13 @@
 //! (`sigaltstack`) is thread state too: a goroutine may replace or disable
 //! the one the runtime gave its thread (the preemption signal then runs on
 //! the new one, or on the goroutine's stack, so give it room), and a signal
-//! handler running on a goroutine's stack is still never preempted.
+//! handler running on a goroutine's stack is still never preempted. But
+//! the stack-overflow report runs on the alternate stack: while the
+//! thread has none, or one the goroutine freed, a goroutine overflowing
+//! its stack there dies of a plain SIGSEGV, unreported, and so does any
+//! later goroutine on that thread. Put the runtime's back (the `old`
+//! stack `sigaltstack` returned) before the goroutine yields or returns,
+//! as with the mask.
 //!
 //! ## Soundness: thread identity across cooperative points
 //!

@@ -316,3 +316,36 @@ fn an_unjoined_result_that_panics_on_drop_aborts_with_a_message() {
     );
     assert!(!out.stdout.contains("not reached"), "{}", out.describe());
 }
+
+/// A caught panic on the smallest stack `build` accepts (16 KiB), with
+/// `RUST_BACKTRACE=1`: the report and its backtrace are printed and `join`
+/// returns the panic. Resolving the backtrace's symbols on the goroutine's
+/// stack overflowed it: the process died of "overflowed its stack" (exit
+/// 134) before printing even the message, 10 runs of 10.
+#[test]
+fn a_panic_with_a_backtrace_on_the_smallest_stack_is_reported_and_caught() {
+    if common::child_role().is_some() {
+        let rt = gosched::Builder::new()
+            .procs(1)
+            .stack_size(16 << 10)
+            .build()
+            .unwrap();
+        let r = rt.block_on(|| gosched::spawn(|| panic!("small-stack panic")).join());
+        println!("caught={}", u64::from(r.is_err()));
+        return;
+    }
+    let out = common::run_child(
+        "a_panic_with_a_backtrace_on_the_smallest_stack_is_reported_and_caught",
+        "small",
+        &[("RUST_BACKTRACE", "1")],
+    );
+    assert!(out.status.success(), "{}", out.describe());
+    assert_eq!(out.stdout_u64("caught="), 1, "{}", out.describe());
+    assert!(
+        out.stderr.contains("panicked at tests/panic.rs")
+            && out.stderr.contains("small-stack panic")
+            && out.stderr.contains("stack backtrace:"),
+        "{}",
+        out.describe()
+    );
+}

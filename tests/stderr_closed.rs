@@ -117,6 +117,10 @@ fn printer_child() {
 /// could preempt that loop, and sysmon waited for the lock: the process
 /// hung (10 runs of 10 in release, 9 of 10 in debug).
 #[test]
+#[cfg_attr(
+    not(feature = "preempt-signal"),
+    ignore = "needs asynchronous preemption (the preempt-signal feature)"
+)]
 fn schedtrace_never_waits_for_a_goroutine_holding_stderr() {
     if child_role().as_deref() == Some("printer") {
         return printer_child();

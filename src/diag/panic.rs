@@ -81,14 +81,27 @@ fn hook(info: &PanicHookInfo<'_>, prev: &Hook, prev_is_default: bool) {
         Some(g) if prev_is_default => {
             // SAFETY: we are that goroutine (see `G::name`).
             let name = unsafe { g.name() };
-            report(info, g.id.load(Ordering::Relaxed), name);
+            // The goroutine's stack left below this frame.
+            let here = 0u8;
+            let sp = std::hint::black_box(&here) as *const u8 as usize;
+            let room = sp.saturating_sub(g.stack_lo.load(Ordering::Relaxed));
+            report(info, g.id.load(Ordering::Relaxed), name, room);
         }
         _ => prev(info),
     }
 }
 
+/// Stack that resolving a backtrace's symbols may use on the panicking
+/// goroutine's own stack (std's debug-info reader has deep frames: on a
+/// 16 KiB stack, `RUST_BACKTRACE=1` turned a caught panic into a stack
+/// overflow that killed the process; 24 KiB sufficed). With less left, the
+/// frames are captured there (an unwinder walk: little stack) and resolved
+/// on a thread of their own.
+const RESOLVE_ROOM: usize = 256 << 10;
+
 /// std's default report with the goroutine in place of the thread.
-fn report(info: &PanicHookInfo<'_>, id: u64, name: Option<&str>) {
+/// `room`: the goroutine's stack left.
+fn report(info: &PanicHookInfo<'_>, id: u64, name: Option<&str>, room: usize) {
     let mut out = format!("\ngoroutine {id}");
     if let Some(name) = name {
         out.push_str(&format!(" {name:?}"));
@@ -105,27 +118,49 @@ fn report(info: &PanicHookInfo<'_>, id: u64, name: Option<&str>) {
         .or_else(|| p.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("Box<dyn Any>");
     out.push_str(&format!(":\n{msg}\n"));
-    match std::env::var("RUST_BACKTRACE").as_deref() {
-        Err(_) | Ok("0") => {
-            static FIRST: AtomicBool = AtomicBool::new(true);
-            if FIRST.swap(false, Ordering::Relaxed) {
-                out.push_str(
-                    "note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n",
-                );
-            }
-        }
-        Ok(style) => {
-            let bt = std::backtrace::Backtrace::force_capture();
-            if style == "full" {
-                out.push_str(&format!("stack backtrace:\n{bt:#}"));
-            } else {
-                out.push_str(&format!(
-                    "stack backtrace:\n{bt}note: Some details are omitted, run with \
-                     `RUST_BACKTRACE=full` for a verbose backtrace.\n"
-                ));
-            }
+    let style = std::env::var("RUST_BACKTRACE");
+    if matches!(style.as_deref(), Err(_) | Ok("0")) {
+        static FIRST: AtomicBool = AtomicBool::new(true);
+        if FIRST.swap(false, Ordering::Relaxed) {
+            out.push_str(
+                "note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n",
+            );
         }
     }
-    // Unlocked, as std's own hook writes (see `diag::write_stderr`).
-    crate::diag::write_stderr(out.as_bytes());
+    if let Some(style) = style.ok().filter(|s| s != "0") {
+        let bt = std::backtrace::Backtrace::force_capture();
+        let text = move || {
+            if style == "full" {
+                format!("stack backtrace:\n{bt:#}")
+            } else {
+                format!(
+                    "stack backtrace:\n{bt}note: Some details are omitted, run with \
+                     `RUST_BACKTRACE=full` for a verbose backtrace.\n"
+                )
+            }
+        };
+        let text = if room >= RESOLVE_ROOM {
+            text()
+        } else {
+            match std::thread::Builder::new()
+                .name("gosched-backtrace".into())
+                .spawn(text)
+                .map(|t| t.join())
+            {
+                Ok(Ok(text)) => text,
+                Ok(Err(_)) => "stack backtrace omitted: resolving it panicked\n".to_owned(),
+                Err(e) => format!(
+                    "stack backtrace omitted: the goroutine has {room} bytes of stack left and \
+                     no thread could be started to resolve it: {e}\n"
+                ),
+            }
+        };
+        out.push_str(&text);
+    }
+    // In one piece, under std's stderr lock, so that neither goroutines
+    // panicking at once on several Ps nor a program's `eprintln!` (a hook
+    // of its own that calls ours) cut into the report. Unlike sysmon (see
+    // `diag::write_stderr`), a goroutine may wait for that lock: if its
+    // holder is parked, sysmon hands our P on while this thread waits.
+    let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), out.as_bytes());
 }

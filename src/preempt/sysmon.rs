@@ -174,16 +174,20 @@ impl Target for RuntimeTarget<'_> {
         if self.warned_starved.replace(true) {
             return;
         }
-        // The dominant reason among those a running goroutine can cause.
+        // The dominant reason among those a running goroutine can cause
+        // (the first on a tie). Rule 6's was missing: a goroutine starved
+        // by it alone was reported as "inside a signal handler".
         let reason = [
             crate::preempt::Refusal::NoPreempt,
             crate::preempt::Refusal::Stack,
             crate::preempt::Refusal::ForeignCode,
             crate::preempt::Refusal::SigMask,
+            crate::preempt::Refusal::Threads,
         ]
         .into_iter()
+        .rev()
         .max_by_key(|&r| self.sh.counters.refused[r as usize].load(Ordering::Relaxed))
-        .unwrap_or(crate::preempt::Refusal::SigMask) as usize;
+        .unwrap_or(crate::preempt::Refusal::NoPreempt) as usize;
         crate::diag::stderr_line(format_args!(
             "gosched: warning: the goroutine on P {p} has overrun its {:?} quantum by {:?} and every \
              asynchronous preemption was refused, mostly `{}`: {}. Goroutines waiting for this P \

@@ -276,16 +276,6 @@ impl Shared {
         (self.cfg.max_threads.saturating_sub(procs.saturating_add(1)) / 2).max(1)
     }
 
-    /// Threads held by goroutines that ThreadAffine preemption, or a
-    /// retake, left without a P: Ms parked with a preempted goroutine and
-    /// Ms whose goroutine runs on without a P (counted until sysmon sees
-    /// that run end, so for a moment some are counted twice).
-    pub(crate) fn affine_pinned(&self) -> usize {
-        self.affine_parked
-            .load(Ordering::Relaxed)
-            .saturating_add(self.npless.load(Ordering::Relaxed))
-    }
-
     /// Are `affine_parked_cap()` Ms parked with preempted ThreadAffine
     /// goroutines?
     pub(super) fn affine_full(&self) -> bool {

@@ -8,11 +8,16 @@ use std::sync::atomic::{
     fence, AtomicBool, AtomicI32, AtomicPtr, AtomicU64, AtomicUsize, Ordering,
 };
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::*;
 use crate::os::note::Note;
 use crate::sched::g::{GRef, G};
 use crate::sched::RuntimeLock;
+
+/// How long `startm` waits for an M to go idle at the thread limit before
+/// `newm` dies of thread exhaustion (`Shared::idle_m_at_the_limit`).
+const LIMIT_WAIT: Duration = Duration::from_millis(50);
 
 impl Shared {
     pub(crate) fn pidleget(&self) -> Option<usize> {
@@ -87,6 +92,7 @@ impl Shared {
         };
         self.ps[p].status.store(P_HANDOFF, Ordering::Relaxed);
         let m = self.midle.rt_lock().pop();
+        let m = m.or_else(|| self.idle_m_at_the_limit());
         match m {
             Some(m) => {
                 m.spinning.store(spinning, Ordering::Relaxed);
@@ -147,6 +153,30 @@ impl Shared {
             // the calling thread.
             unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mask) };
         }
+    }
+
+    /// With no idle M and no room for a new one (`newm` would die of
+    /// thread exhaustion): waits up to `LIMIT_WAIT` for an M to go idle
+    /// and takes it. Ms are often on their way there: one that handed its
+    /// P on, one destroying a P `set_procs` dropped, a spinning one giving
+    /// up. The fewest threads `set_procs` accepts count one such M per P;
+    /// right after a shrink there can be more (1 <-> 2 Ps under
+    /// `max_threads(6)` beside loops preempted in ThreadAffine mode died of
+    /// thread exhaustion in 9 runs of 20, with two Ms a few instructions
+    /// from the idle list). None if none goes idle in time (then the
+    /// limit is real, and `newm` reports it).
+    fn idle_m_at_the_limit(&self) -> Option<Arc<M>> {
+        if self.allm.rt_lock().len() + 2 <= self.cfg.max_threads {
+            return None;
+        }
+        let start = std::time::Instant::now();
+        while start.elapsed() < LIMIT_WAIT {
+            std::thread::sleep(Duration::from_micros(50));
+            if let Some(m) = self.midle.rt_lock().pop() {
+                return Some(m);
+            }
+        }
+        None
     }
 
     /// Go's newm: a new M (OS thread) to run P `p`, `g` first. The only

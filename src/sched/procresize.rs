@@ -168,21 +168,24 @@ impl Shared {
     }
 
     /// Growing to `n` Ps needs a thread for each, beside the threads held
-    /// by goroutines that ThreadAffine preemption parked or a retake left
-    /// without a P (`affine_pinned`): no more of those than `n` Ps leave
-    /// for them (`affine_parked_limit_at(n)`, half of what `max_threads`
-    /// leaves beside the Ps and sysmon; the rest is for blocking calls,
-    /// locked goroutines and hand-offs). A shrink adds to them past the
-    /// limit: the goroutines preempted off the dropped Ps keep their
-    /// threads, and beside call-free loops none of them runs again soon.
-    /// Growing anyway, with `max_threads` at the fewest `n` Ps accept, the
-    /// Ps' new threads died of thread exhaustion: shrinking to 1 and
-    /// growing back beside busy loops did, every time, after a few rounds.
+    /// by goroutines that ThreadAffine preemption parked: no more of those
+    /// than `n` Ps leave for them (`affine_parked_limit_at(n)`, half of
+    /// what `max_threads` leaves beside the Ps and sysmon; the rest is for
+    /// blocking calls, locked goroutines and hand-offs). A shrink adds to
+    /// them past the limit: the goroutines preempted off the dropped Ps
+    /// keep their threads, and beside call-free loops none of them runs
+    /// again soon. Growing anyway, with `max_threads` at the fewest `n` Ps
+    /// accept, the Ps' new threads died of thread exhaustion: shrinking to
+    /// 1 and growing back beside busy loops did, every time, after a few
+    /// rounds. Goroutines left running without a P are not counted: they
+    /// are parked (and counted) within a quantum, or asleep in the kernel,
+    /// where they are blocking calls in all but name (counting them
+    /// refused a grow while two goroutines waited in plain pipe reads).
     fn grow_fits(&self, n: usize) -> io::Result<()> {
         if self.cfg.mode != crate::builder::PreemptMode::ThreadAffine {
             return Ok(());
         }
-        let pinned = self.affine_pinned();
+        let pinned = self.affine_parked.load(Ordering::Relaxed);
         let room = self.affine_parked_limit_at(n);
         if pinned <= room {
             return Ok(());
