@@ -26,7 +26,9 @@ use crate::sched::{NoPreempt, RuntimeLock, Shared};
 /// (Go's `time.After`). It never fires early. Called in a goroutine, the
 /// timer belongs to that goroutine's runtime (if the runtime is dropped
 /// first, the channel closes without a value); elsewhere a helper thread
-/// fires it.
+/// fires it. After its one value the channel is closed: a second `recv`
+/// returns `None` at once (Go's channel stays open, and a second receive
+/// blocks for ever).
 ///
 /// Dropping every receiver before it fires cancels the timer, so a
 /// `select!` that times out with `recv(after(d))` can run in a loop without
@@ -40,8 +42,10 @@ use crate::sched::{NoPreempt, RuntimeLock, Shared};
 /// let rt = gosched::Runtime::new().unwrap();
 /// rt.block_on(|| {
 ///     let start = Instant::now();
-///     let fired = gosched::chan::after(Duration::from_millis(5)).recv().unwrap();
+///     let timeout = gosched::chan::after(Duration::from_millis(5));
+///     let fired = timeout.recv().unwrap();
 ///     assert!(fired - start >= Duration::from_millis(5));
+///     assert_eq!(timeout.recv(), None);
 ///
 ///     // An unused timeout is cancelled when its receiver drops.
 ///     let (tx, rx) = gosched::chan::channel(1);

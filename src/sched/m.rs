@@ -125,7 +125,7 @@ pub(crate) struct M {
     /// user code (`Shared::retake` in `P_USER`: a blocked thread, a
     /// `set_procs` shrink): that goroutine goes on without a P until its
     /// next scheduling point, and sysmon signals the M until that run
-    /// ends (`Shared::preempt_pless`). 0: none. Set by the retake, cleared
+    /// ends (`preempt::sysmon::preempt_pless`). 0: none. Set by the retake, cleared
     /// by sysmon.
     pub(crate) pless_run: AtomicU64,
     /// The signal mask this M runs goroutines with (safe-point rule 5).

@@ -137,7 +137,7 @@ pub(crate) struct Shared {
     /// Goroutines blocked in `blocking()` right now.
     pub(crate) in_blocking: AtomicUsize,
     /// Ms with a `pless_run` set: their goroutine may run on without a P
-    /// (`Shared::preempt_pless`; sysmon looks at every M only while this
+    /// (`preempt::sysmon::preempt_pless`; sysmon looks at every M only while this
     /// is non-zero).
     pub(crate) npless: AtomicUsize,
     /// Ms parked with a goroutine that was preempted asynchronously in
