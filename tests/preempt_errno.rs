@@ -141,3 +141,70 @@ fn errno_survives_preemption_thread_affine() {
 fn errno_survives_preemption_migrate() {
     errno_survives_preemption(PreemptMode::Migrate);
 }
+
+/// Migrate mode on 2 Ps: a goroutine preempted asynchronously resumes on
+/// another thread, where its errno must be restored, not on the thread it
+/// left (whose slot belongs to whatever goroutine runs there now). In
+/// release builds LLVM reused the first `__errno_location` result across
+/// the switch: a standalone program doing this read 3-10 % wrong (other
+/// goroutines' values), 0 after the fix; inside this harness the same
+/// scenario read 0 wrong before the fix too, so this guards the property
+/// rather than reproducing that build's code. Run by `.ci/run` in release
+/// too (debug builds call `__errno_location` afresh anyway). A goroutine
+/// preempted between `__errno_location` returning and its use of the slot
+/// still writes the old thread's (the thread-local-by-reference hazard
+/// `allow_migrate` names): a handful of reads per 100,000 at most.
+#[test]
+fn errno_follows_a_goroutine_migrated_by_preemption() {
+    let b = Builder::new()
+        .procs(2)
+        .preempt_quantum(Duration::from_micros(100))
+        .preempt_mode(PreemptMode::Migrate);
+    // SAFETY: the goroutines touch only errno (which this test is about)
+    // and their locals.
+    let rt = unsafe { b.allow_migrate() }.build().unwrap();
+    let wrong = Arc::new(AtomicU64::new(0));
+    let checks = Arc::new(AtomicU64::new(0));
+    rt.block_on(|| {
+        let hs: Vec<_> = (0..4)
+            .map(|i| {
+                let (wrong, checks) = (wrong.clone(), checks.clone());
+                gosched::spawn(move || {
+                    let want = 5000 + i;
+                    let end = Instant::now() + Duration::from_millis(1500);
+                    while Instant::now() < end {
+                        black_box(set_errno as fn(i32))(want);
+                        let mut x = 1u64;
+                        for _ in 0..20_000 {
+                            x = black_box(
+                                x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1),
+                            );
+                        }
+                        black_box(x);
+                        if black_box(errno as fn() -> i32)() != want {
+                            wrong.fetch_add(1, Ordering::Relaxed);
+                        }
+                        checks.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+    });
+    let s = rt.stats();
+    let (wrong, checks) = (
+        wrong.load(Ordering::Relaxed),
+        checks.load(Ordering::Relaxed),
+    );
+    eprintln!(
+        "{wrong} of {checks} errno reads wrong, {} asynchronous preemptions",
+        s.preempt_async
+    );
+    assert!(s.preempt_async > 100, "too few preemptions to tell: {s:?}");
+    assert!(
+        wrong * 1000 <= checks,
+        "errno lost across migration in {wrong} of {checks} reads"
+    );
+}

@@ -299,3 +299,126 @@ fn stack_overflow_is_reported_on_a_stack_an_older_runtime_used() {
         64 << 10,
     );
 }
+
+/// How many times the application's SIGSEGV handlers below ran.
+static APP_SEGVS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Installs `h` as the SIGSEGV action with `flags` (plus `SA_SIGINFO`,
+/// `SA_ONSTACK`), before any runtime exists in the child.
+fn install_app_segv(
+    h: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void),
+    flags: libc::c_int,
+) {
+    // SAFETY: a valid action for a synchronous signal; the handlers below
+    // are async-signal-safe (atomics, write, mprotect).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = h as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | flags;
+        libc::sigaction(libc::SIGSEGV, &sa, std::ptr::null_mut());
+    }
+}
+
+/// A crash reporter's handler: logs and returns (the fault runs again).
+extern "C" fn crash_reporter(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    APP_SEGVS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let line = b"crash reporter ran\n";
+    // SAFETY: write(2) from a static buffer.
+    unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
+}
+
+/// A crash reporter installed with `SA_RESETHAND` before the runtime: a
+/// fault in a goroutine runs it once, then the default action kills the
+/// process with SIGSEGV, as without gosched. Forwarded as a plain call, the
+/// action was never reset: the fault repeated for ever at full CPU (the
+/// reporter ran ~1.4 million times in 5 s) and the process never died.
+#[test]
+fn a_resethand_crash_reporter_runs_once_and_the_process_dies() {
+    if child_role().is_some() {
+        install_app_segv(crash_reporter, libc::SA_RESETHAND);
+        let rt = Builder::new().procs(1).build().unwrap();
+        rt.block_on(|| {
+            eprintln!("about to fault");
+            segfault();
+        });
+        unreachable!("the fault returned");
+    }
+    let out = run_child(
+        "a_resethand_crash_reporter_runs_once_and_the_process_dies",
+        "reporter",
+        &[],
+    );
+    assert_eq!(out.signal(), Some(SIGSEGV), "{}", out.describe());
+    assert_eq!(
+        out.stderr.matches("crash reporter ran").count(),
+        1,
+        "{}",
+        out.describe()
+    );
+}
+
+/// Two pages a fault-driven collector protects; its handler unprotects the
+/// faulting one, reading the second first (a nested fault).
+static PAGE_A: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static PAGE_B: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+extern "C" fn collector(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    use std::sync::atomic::Ordering::Relaxed;
+    APP_SEGVS.fetch_add(1, Relaxed);
+    // SAFETY: the kernel passes a valid siginfo to an SA_SIGINFO handler.
+    let page = unsafe { (*info).si_addr() } as usize & !4095;
+    if page == PAGE_A.load(Relaxed) {
+        // SAFETY: page B is ours; reading it while protected faults, and
+        // this handler (SA_NODEFER) fixes that nested fault first.
+        black_box(unsafe { std::ptr::read_volatile(PAGE_B.load(Relaxed) as *const u64) });
+    }
+    if page == PAGE_A.load(Relaxed) || page == PAGE_B.load(Relaxed) {
+        // SAFETY: our own anonymous page.
+        unsafe { libc::mprotect(page as *mut _, 4096, libc::PROT_READ | libc::PROT_WRITE) };
+    }
+}
+
+/// An `SA_NODEFER` SIGSEGV handler that takes a nested fault (the pattern
+/// of fault-driven collectors and JITs) works in a goroutine as without
+/// gosched. Forwarded with SIGSEGV still blocked (gosched's own handler's
+/// mask), the nested fault killed the process, 4 runs of 4.
+#[test]
+fn an_app_sigsegv_handler_may_take_a_nested_fault() {
+    if child_role().is_some() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let page = || {
+            // SAFETY: a fresh private anonymous mapping.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_NONE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            assert_ne!(p, libc::MAP_FAILED);
+            p as usize
+        };
+        PAGE_A.store(page(), Relaxed);
+        PAGE_B.store(page(), Relaxed);
+        install_app_segv(collector, libc::SA_NODEFER);
+        let rt = Builder::new().procs(1).build().unwrap();
+        let seen = rt.block_on(|| {
+            // SAFETY: page A is ours; the write faults until the handler
+            // unprotects it.
+            unsafe { std::ptr::write_volatile(PAGE_A.load(Relaxed) as *mut u64, 42) };
+            APP_SEGVS.load(Relaxed)
+        });
+        println!("handled={seen}");
+        return;
+    }
+    let out = run_child(
+        "an_app_sigsegv_handler_may_take_a_nested_fault",
+        "collector",
+        &[],
+    );
+    assert!(out.status.success(), "{}", out.describe());
+    assert_eq!(out.stdout_u64("handled="), 2, "{}", out.describe());
+}

@@ -78,6 +78,52 @@ pub(crate) fn forward(
     true
 }
 
+/// The kernel's 64-bit view of a `sigset_t` (glibc's is 128 bytes; the
+/// kernel reads and writes the first 8): signal `s` is bit `s - 1`.
+pub(crate) fn kernel_mask(set: &libc::sigset_t) -> u64 {
+    // SAFETY: a sigset_t is at least 8 bytes of plain data.
+    unsafe {
+        (set as *const libc::sigset_t)
+            .cast::<u64>()
+            .read_unaligned()
+    }
+}
+
+/// Before calling a handler we forward to (`forward`), sets the thread's
+/// signal mask as the kernel would have on delivering to it: the
+/// interrupted code's mask (`uc`'s, which `sigreturn` restores when we
+/// return), plus the action's `sa_mask` (`mask`, `kernel_mask` of it), plus
+/// the signal itself unless `SA_NODEFER` is in `flags` (then minus it).
+/// Without it the handler ran with our mask: a fault-driven collector's
+/// `SA_NODEFER` SIGSEGV handler that touched a second protected page died
+/// of the nested fault (SIGSEGV blocked), and an action's `sa_mask` did
+/// not hold. Async-signal-safe.
+pub(crate) fn mask_as_kernel(
+    mask: u64,
+    flags: libc::c_int,
+    sig: libc::c_int,
+    uc: *mut libc::c_void,
+) {
+    let uc = uc.cast::<libc::ucontext_t>();
+    // SAFETY: `uc` is the running handler's ucontext.
+    let mut set = unsafe { (*uc).uc_sigmask };
+    // SAFETY: sigaddset/sigdelset only write `set`, a valid sigset_t.
+    unsafe {
+        for s in 1..=64 {
+            if mask & (1u64 << (s - 1)) != 0 {
+                libc::sigaddset(&mut set, s);
+            }
+        }
+        if flags & libc::SA_NODEFER == 0 {
+            libc::sigaddset(&mut set, sig);
+        } else {
+            libc::sigdelset(&mut set, sig);
+        }
+        // pthread_sigmask is sigprocmask on Linux: async-signal-safe.
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, core::ptr::null_mut());
+    }
+}
+
 /// A fixed buffer for composing messages inside signal handlers: no
 /// allocation, no locks, no `fmt`.
 pub(crate) struct SigBuf {

@@ -182,7 +182,9 @@ fn install_segv_handler() {
 /// 1. If the faulting address is in a goroutine stack's guard page, write
 ///    the overflow message to stderr and abort.
 /// 2. Otherwise forward to the previous handler: call it if it is a
-///    function; for SIG_DFL or SIG_IGN restore the default action and
+///    function, with the mask the kernel would have set for it and, for
+///    `SA_RESETHAND`, the default action restored first; for SIG_DFL or
+///    SIG_IGN restore the default action and
 ///    return, so the faulting instruction runs again and the kernel kills the
 ///    process with SIGSEGV as it would have without us.
 extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
@@ -203,7 +205,26 @@ extern "C" fn on_segv(sig: libc::c_int, info: *mut libc::siginfo_t, uc: *mut lib
     // SAFETY: PREV_SEGV was written before this handler was installed and
     // is never written again.
     let prev = unsafe { &*core::ptr::addr_of!(PREV_SEGV) };
-    if !forward(prev.sa_sigaction, prev.sa_flags, sig, info, uc) {
+    let h = prev.sa_sigaction;
+    if h != libc::SIG_DFL && h != libc::SIG_IGN {
+        // As the kernel would for that action: its mask, and for
+        // `SA_RESETHAND` the default action from now on (called as a plain
+        // function each time, a crash reporter's handler that returned
+        // made the fault repeat for ever, at full CPU, instead of killing
+        // the process).
+        crate::os::signal::mask_as_kernel(
+            crate::os::signal::kernel_mask(&prev.sa_mask),
+            prev.sa_flags,
+            sig,
+            uc,
+        );
+        if prev.sa_flags & libc::SA_RESETHAND != 0 {
+            let dfl = zeroed_sigaction();
+            // SAFETY: resetting a signal disposition is async-signal-safe.
+            unsafe { libc::sigaction(libc::SIGSEGV, &dfl, core::ptr::null_mut()) };
+        }
+    }
+    if !forward(h, prev.sa_flags, sig, info, uc) {
         // SIG_DFL or SIG_IGN before us: restore the default action; the
         // faulting instruction runs again and the kernel kills the process.
         let dfl = zeroed_sigaction(); // SIG_DFL

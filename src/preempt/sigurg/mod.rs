@@ -39,7 +39,7 @@ mod leaf;
 mod rust_code;
 mod slice_timer;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Once;
 use std::time::Duration;
 
@@ -63,6 +63,8 @@ pub(crate) use slice_timer::{
 /// old flags.
 static FORWARD_HANDLER: AtomicUsize = AtomicUsize::new(libc::SIG_DFL);
 static FORWARD_FLAGS: AtomicUsize = AtomicUsize::new(0);
+/// Its `sa_mask` (`os::signal::kernel_mask`), written with the flags.
+static FORWARD_MASK: AtomicU64 = AtomicU64::new(0);
 
 fn set_forward(prev: &libc::sigaction) {
     let h = if prev.sa_sigaction == on_sigurg as *const () as usize {
@@ -71,6 +73,10 @@ fn set_forward(prev: &libc::sigaction) {
         prev.sa_sigaction
     };
     FORWARD_HANDLER.store(libc::SIG_DFL, Ordering::Relaxed);
+    FORWARD_MASK.store(
+        crate::os::signal::kernel_mask(&prev.sa_mask),
+        Ordering::Relaxed,
+    );
     FORWARD_FLAGS.store(prev.sa_flags as usize, Ordering::Release);
     // Pairs with the Acquire load in `on_sigurg`.
     FORWARD_HANDLER.store(h, Ordering::Release);
