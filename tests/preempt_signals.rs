@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common_preempt::{child_role, hog, refused, run_child, serial};
+use common_preempt::{child_role, hog, refused, run_child, serial, spin_for};
 use gosched::{Builder, PreemptMode};
 
 /// A pipe whose ends close on drop.
@@ -1138,4 +1138,79 @@ fn a_thread_left_with_sigurg_blocked_is_reported() {
         .matches("runs a goroutine with SIGURG blocked")
         .count();
     assert_eq!(warnings, 1, "want one warning\n{}", out.stderr);
+}
+
+/// Profiler samples (SIGPROF handler) and how many of them landed in a
+/// goroutine, by `gosched::current_id`.
+static PROF_SAMPLES: AtomicU64 = AtomicU64::new(0);
+static PROF_IN_GOROUTINE: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn on_sigprof(_: libc::c_int) {
+    PROF_SAMPLES.fetch_add(1, Ordering::Relaxed);
+    if gosched::current_id().is_some() {
+        PROF_IN_GOROUTINE.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A sampling profiler's SIGPROF handler (on the alternate stack) may ask
+/// which goroutine it interrupted while goroutines are preempted around
+/// it. In debug builds the consistency check of `current_g` took the
+/// alternate stack (or g0 mid-switch) for a wrong `curg` and aborted the
+/// process, every run.
+#[test]
+fn a_profiler_signal_handler_may_ask_for_the_current_goroutine() {
+    if child_role().as_deref() == Some("prof") {
+        // SAFETY: an async-signal-safe handler (atomics and a TLS read);
+        // the interval timer is this child's alone.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_sigprof as *const () as usize;
+            sa.sa_flags = libc::SA_ONSTACK | libc::SA_RESTART;
+            libc::sigaction(libc::SIGPROF, &sa, std::ptr::null_mut());
+        }
+        let rt = Builder::new()
+            .procs(2)
+            .preempt_quantum(Duration::from_millis(1))
+            .build()
+            .unwrap();
+        let every_ms = libc::itimerval {
+            it_interval: libc::timeval {
+                tv_sec: 0,
+                tv_usec: 1000,
+            },
+            it_value: libc::timeval {
+                tv_sec: 0,
+                tv_usec: 1000,
+            },
+        };
+        // SAFETY: a valid itimerval; the old value is not wanted.
+        unsafe { libc::setitimer(libc::ITIMER_PROF, &every_ms, std::ptr::null_mut()) };
+        rt.block_on(|| {
+            let hs: Vec<_> = (0..3)
+                .map(|_| gosched::spawn(|| spin_for(Duration::from_millis(500))))
+                .collect();
+            for h in hs {
+                h.join().unwrap();
+            }
+        });
+        // SAFETY: an all-zero itimerval disarms the timer.
+        unsafe { libc::setitimer(libc::ITIMER_PROF, &std::mem::zeroed(), std::ptr::null_mut()) };
+        eprintln!(
+            "SAMPLES={} IN_GOROUTINE={}",
+            PROF_SAMPLES.load(Ordering::Relaxed),
+            PROF_IN_GOROUTINE.load(Ordering::Relaxed)
+        );
+        return;
+    }
+    let out = run_child(
+        "a_profiler_signal_handler_may_ask_for_the_current_goroutine",
+        "prof",
+        Duration::from_secs(30),
+    );
+    out.assert_success("profiler child");
+    assert!(
+        out.report("IN_GOROUTINE").is_some_and(|n| n > 0),
+        "{}",
+        out.stderr
+    );
 }

@@ -96,17 +96,29 @@ pub(crate) fn current_g() -> Option<GRef> {
 /// Debug builds: `current_g`'s answer must agree with the stack we run on:
 /// a goroutine's stack holds our stack pointer, and on g0 the stack
 /// pointer is outside every goroutine stack. Catches a `curg` that is
-/// not (or not yet) the running goroutine.
+/// not (or not yet) the running goroutine. A signal handler (a profiler's,
+/// the application's SIGURG handler we forward to) runs on the thread's
+/// alternate stack, or interrupts g0 mid-switch with `curg` set: off
+/// `curg`'s stack, only another goroutine's stack is an error (the check
+/// aborted every run of a program asking `current_id` from a SIGPROF
+/// handler).
 #[cfg(debug_assertions)]
 #[inline(never)]
 fn check_current_g(g: Option<GRef>) {
     let probe = 0u8;
     let sp = std::hint::black_box(&probe) as *const u8 as usize;
     match g {
-        Some(g) => assert!(
-            g.stack_lo.load(Ordering::Relaxed) <= sp && sp < g.stack_hi.load(Ordering::Relaxed),
-            "gosched internal error: curg is not the running goroutine"
-        ),
+        Some(g) => {
+            let on_g =
+                g.stack_lo.load(Ordering::Relaxed) <= sp && sp < g.stack_hi.load(Ordering::Relaxed);
+            // SAFETY: only Ms get here (see `current_g`); `cur_m` is this
+            // thread's live M for the rest of this check (no switch).
+            let m = unsafe { &*cur_m() };
+            assert!(
+                on_g || !m.shared_ref().stacks.contains(sp),
+                "gosched internal error: curg is not the running goroutine"
+            );
+        }
         None => {
             // SAFETY: only Ms get here (see `current_g`); on g0 there is no
             // migration, so `cur_m` is this thread's live M.
