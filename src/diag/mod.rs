@@ -38,6 +38,8 @@ pub(crate) fn stderr_line(args: std::fmt::Arguments<'_>) {
 /// the process hung with `GOSCHED_SCHEDTRACE=1` (10 runs of 10). The same
 /// holds for the scheduler (g0) and for fatal reports. std's stderr is
 /// unbuffered, so nothing written through it waits to be flushed first.
+/// Async-signal-safe (a system call and an errno read): signal handlers'
+/// messages (`os::signal::SigBuf`) are written with it too.
 pub(crate) fn write_stderr(mut bytes: &[u8]) {
     while !bytes.is_empty() {
         // SAFETY: writes from a live slice of `bytes.len()` bytes.

@@ -106,22 +106,29 @@ pub(crate) fn mask_as_kernel(
 ) {
     let uc = uc.cast::<libc::ucontext_t>();
     // SAFETY: `uc` is the running handler's ucontext.
-    let mut set = unsafe { (*uc).uc_sigmask };
-    // SAFETY: sigaddset/sigdelset only write `set`, a valid sigset_t.
+    let mut bits = kernel_mask(unsafe { &(*uc).uc_sigmask }) | mask;
+    let own = 1u64 << (sig - 1);
+    if flags & libc::SA_NODEFER == 0 {
+        bits |= own;
+    } else {
+        bits &= !own;
+    }
+    let mut set = zeroed_sigset();
+    // SAFETY: a sigset_t is at least 8 bytes of plain data, the kernel's
+    // mask; pthread_sigmask (sigprocmask on Linux: async-signal-safe) only
+    // reads `set`, and drops glibc's internal signals itself.
     unsafe {
-        for s in 1..=64 {
-            if mask & (1u64 << (s - 1)) != 0 {
-                libc::sigaddset(&mut set, s);
-            }
-        }
-        if flags & libc::SA_NODEFER == 0 {
-            libc::sigaddset(&mut set, sig);
-        } else {
-            libc::sigdelset(&mut set, sig);
-        }
-        // pthread_sigmask is sigprocmask on Linux: async-signal-safe.
+        (&mut set as *mut libc::sigset_t)
+            .cast::<u64>()
+            .write_unaligned(bits);
         libc::pthread_sigmask(libc::SIG_SETMASK, &set, core::ptr::null_mut());
     }
+}
+
+/// An empty `sigset_t`.
+const fn zeroed_sigset() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain old data; all-zero is the empty set.
+    unsafe { core::mem::zeroed() }
 }
 
 /// A fixed buffer for composing messages inside signal handlers: no
@@ -160,15 +167,7 @@ impl SigBuf {
     }
 
     pub(crate) fn write_stderr(&self) {
-        let mut off = 0;
-        while off < self.len {
-            // SAFETY: write(2) is async-signal-safe; the range is in `buf`.
-            let n = unsafe { libc::write(2, self.buf[off..].as_ptr().cast(), self.len - off) };
-            if n <= 0 {
-                break;
-            }
-            off += n as usize;
-        }
+        crate::diag::write_stderr(&self.buf[..self.len]);
     }
 }
 

@@ -242,16 +242,10 @@ fn try_preempt(m: &crate::sched::M, ctx: &mut arch::SigContext) -> Result<(), Re
         // least its own signal).
         // Compare the kernel's 64-bit mask (the rest of glibc's sigset_t
         // is padding the kernel does not write).
-        // SAFETY: both are valid sigset_t values; we read their first 8
-        // bytes.
-        let (now, normal) = unsafe {
-            (
-                (ctx.sigmask() as *const libc::sigset_t)
-                    .cast::<u64>()
-                    .read_unaligned(),
-                m.sigmask.get().cast::<u64>().read_unaligned(),
-            )
-        };
+        let now = crate::os::signal::kernel_mask(ctx.sigmask());
+        // SAFETY: `M::sigmask` is written only by this thread, at M start,
+        // before any goroutine runs on it.
+        let normal = crate::os::signal::kernel_mask(unsafe { &*m.sigmask.get() });
         if now != normal {
             return Err(Refusal::SigMask);
         }
